@@ -1,0 +1,49 @@
+//! # kakuremichi-proto
+//!
+//! What Control, gateways and agents say to each other, as plain data with no I/O:
+//!
+//! - [`ids`]: validated identifiers (`Hostname`, `Target`, `PublicKey`, …). Untrusted strings
+//!   become these at the edge; past the edge nothing re-checks them.
+//! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
+//!   and the config snapshot Control pushes to every node.
+//!
+//! ```
+//! use kakuremichi_proto::{ids::Hostname, messages::{decode, encode, NodeMessage}};
+//! let host: Hostname = "App.Example.COM".parse().unwrap();
+//! assert_eq!(host.as_str(), "app.example.com");
+//! let wire = encode(&NodeMessage::Heartbeat);
+//! assert!(matches!(decode::<NodeMessage>(&wire), Ok(NodeMessage::Heartbeat)));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ids;
+pub mod messages;
+
+/// Why an identifier or a message was rejected. Always the sender's fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    /// A field held a value that does not parse; names the field and why.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field or kind of value.
+        field: &'static str,
+        /// A human-readable reason.
+        reason: String,
+    },
+    /// A message was larger than [`messages::MAX_MESSAGE_BYTES`].
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// A message was not valid JSON for its type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl ProtoError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ProtoError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Messages on the control WebSocket, one JSON object per text frame.
+//!
+//! A node opens `/ws/agent` or `/ws/gateway` with `Authorization: Bearer <API_KEY>` and sends
+//! [`NodeMessage::Hello`]. Control answers with [`ControlMessage::Config`], a full snapshot of
+//! everything the node needs, and sends a new snapshot whenever any of it changes. Both sides
+//! send [`NodeMessage::Heartbeat`]/[`ControlMessage::Heartbeat`] every [`HEARTBEAT_INTERVAL`];
+//! a peer silent for [`MISSED_HEARTBEATS_OFFLINE`] intervals is gone.
+
+use crate::ids::{Hostname, PublicKey, Target};
+use crate::ProtoError;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// How often each side sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// A node (or Control) silent for this many intervals is considered offline.
+pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
+/// The largest message either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Node → Control.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeMessage {
+    /// First message on every connection.
+    Hello(Hello),
+    /// Liveness, every [`HEARTBEAT_INTERVAL`].
+    Heartbeat,
+    /// What the node is running and has moved.
+    Status(NodeStatus),
+}
+
+/// Who the node is, beyond its API key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node's WireGuard public key; the private key never leaves the node.
+    pub public_key: PublicKey,
+    /// The node's software version.
+    pub version: String,
+    /// Gateways only: `host:port` where agents reach this gateway's WireGuard socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_endpoint: Option<String>,
+}
+
+/// Counters a node reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The config snapshot version the node has applied.
+    pub config_version: u64,
+    /// Peers with a live WireGuard session.
+    pub peers_up: u32,
+    /// Bytes received over WireGuard (all peers).
+    pub rx_bytes: u64,
+    /// Bytes sent over WireGuard (all peers).
+    pub tx_bytes: u64,
+}
+
+/// Control → node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// The node's full desired configuration.
+    Config(ConfigSnapshot),
+    /// Liveness, every [`HEARTBEAT_INTERVAL`].
+    Heartbeat,
+}
+
+/// Everything a node needs, versioned. A higher version replaces a lower one entirely.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSnapshot {
+    /// Monotonic across all of Control's changes.
+    pub version: u64,
+    /// The node's id in Control.
+    pub node_id: String,
+    /// The node's address inside the overlay network.
+    pub overlay_ip: Ipv4Addr,
+    /// Prefix length of the overlay network.
+    pub overlay_prefix: u8,
+    /// WireGuard peers: for an agent every enabled gateway, for a gateway every agent.
+    pub peers: Vec<PeerConfig>,
+    /// Gateways only: hostname routes to agents.
+    #[serde(default)]
+    pub routes: Vec<HttpRoute>,
+    /// Agents only: service ports on the overlay and where they forward.
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// One WireGuard peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// The peer node's id.
+    pub node_id: String,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// Its overlay address; the only source address accepted from it (AllowedIPs /32).
+    pub overlay_ip: Ipv4Addr,
+    /// Where to send its datagrams (gateways have one; agents are found by their handshakes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// A hostname a gateway serves, and where the tunnel's agent listens for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// The public hostname.
+    pub hostname: Hostname,
+    /// The agent's overlay address.
+    pub agent_ip: Ipv4Addr,
+    /// The tunnel's service port on that address.
+    pub service_port: u16,
+}
+
+/// A service port an agent listens on inside the overlay, and its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// Port on the agent's overlay address.
+    pub port: u16,
+    /// Where connections are forwarded.
+    pub target: Target,
+}
+
+/// Serialize a message for the wire.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    // Serializing these plain structs cannot fail: no maps with non-string keys, no floats.
+    serde_json::to_string(message).expect("protocol messages always serialize")
+}
+
+/// Parse a message from the wire, refusing oversized input before parsing it.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, ProtoError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtoError::TooLarge(text.len()));
+    }
+    serde_json::from_str(text).map_err(|e| ProtoError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trips() {
+        let snapshot = ConfigSnapshot {
+            version: 7,
+            node_id: "agt_1".into(),
+            overlay_ip: Ipv4Addr::new(10, 77, 0, 2),
+            overlay_prefix: 16,
+            peers: vec![PeerConfig {
+                node_id: "gw_1".into(),
+                public_key: PublicKey([1; 32]),
+                overlay_ip: Ipv4Addr::new(10, 77, 0, 1),
+                endpoint: Some("gw.example.com:51820".into()),
+            }],
+            routes: vec![],
+            services: vec![Service {
+                tunnel_id: "tun_1".into(),
+                port: 20000,
+                target: "127.0.0.1:8080".parse().unwrap(),
+            }],
+        };
+        let message = ControlMessage::Config(snapshot);
+        assert_eq!(decode::<ControlMessage>(&encode(&message)).unwrap(), message);
+    }
+
+    #[test]
+    fn rejects_garbage_and_oversize() {
+        assert!(matches!(decode::<NodeMessage>("{\"type\":\"nope\"}"), Err(ProtoError::Malformed(_))));
+        assert!(matches!(decode::<NodeMessage>("]"), Err(ProtoError::Malformed(_))));
+        let huge = " ".repeat(MAX_MESSAGE_BYTES + 1);
+        assert!(matches!(decode::<NodeMessage>(&huge), Err(ProtoError::TooLarge(_))));
+        let bad_key = r#"{"type":"hello","public_key":"AAAA","version":"1"}"#;
+        assert!(decode::<NodeMessage>(bad_key).is_err());
+    }
+}
