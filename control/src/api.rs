@@ -1,0 +1,244 @@
+//! The REST API under `/api/v1`: admin-token authenticated JSON. Input is parsed field by
+//! field so an error names the field; nothing is written unless the whole request is valid.
+
+use crate::error::Error;
+use crate::model::{NodeRecord, TunnelRecord};
+use crate::store::{NewTunnel, TunnelPatch};
+use crate::Control;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ProtoError;
+use kakuremichi_rt::http::{respond, Body};
+use serde_json::{json, Map, Value};
+
+/// Largest JSON body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Answer one `/api/v1/…` request.
+pub async fn handle(control: &Control, request: Request<Incoming>) -> Response<Body> {
+    match route(control, request).await {
+        Ok((status, body)) => json_response(status, &body),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The JSON form of an error.
+pub fn error_response(e: &Error) -> Response<Body> {
+    let status = e.status();
+    let message = if status >= 500 {
+        log::error!("api: {e}");
+        "internal error; see Control's log".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut body = json!({ "error": message });
+    if let Some(field) = e.field() {
+        body["field"] = json!(field);
+    }
+    json_response(status, &body)
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    respond(status, "application/json", format!("{body}\n"))
+}
+
+async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Value), Error> {
+    let token = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
+    match token {
+        Some(token) if control.store.token_is_valid(token)? => {}
+        Some(_) => return Err(Error::Unauthorized("unknown API token")),
+        None => return Err(Error::Unauthorized("send Authorization: Bearer <token> (kakuremichi-control token create)")),
+    }
+    let path = request.uri().path().trim_end_matches('/').to_string();
+    let segments: Vec<&str> = path.split('/').skip(3).collect(); // "", "api", "v1"
+    let method = request.method().clone();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["agents"]) => list_nodes(control, NodeKind::Agent),
+        (Method::GET, ["gateways"]) => list_nodes(control, NodeKind::Gateway),
+        (Method::POST, ["agents"]) => create_node(control, NodeKind::Agent, read_json(request).await?),
+        (Method::POST, ["gateways"]) => create_node(control, NodeKind::Gateway, read_json(request).await?),
+        (Method::GET, ["tunnels"]) => {
+            let state = control.store.state()?;
+            Ok((200, Value::Array(state.tunnels.iter().map(tunnel_json).collect())))
+        }
+        (Method::POST, ["tunnels"]) => create_tunnel(control, read_json(request).await?),
+        (Method::GET, ["tunnels", id]) => {
+            let state = control.store.state()?;
+            let tunnel = state.tunnels.iter().find(|t| t.id == *id).ok_or_else(|| Error::not_found("tunnel", id))?;
+            Ok((200, tunnel_json(tunnel)))
+        }
+        (Method::PATCH, ["tunnels", id]) => {
+            let id = id.to_string();
+            let patch = parse_patch(read_json(request).await?)?;
+            let tunnel = control.store.update_tunnel(&id, patch)?;
+            control.hub.notify_all();
+            Ok((200, tunnel_json(&tunnel)))
+        }
+        (Method::DELETE, ["tunnels", id]) => {
+            control.store.delete_tunnel(id)?;
+            control.hub.notify_all();
+            Ok((200, json!({ "deleted": id })))
+        }
+        (_, ["agents" | "gateways" | "tunnels", ..]) => Err(Error::invalid("method", "not allowed on this resource")),
+        _ => Err(Error::not_found("endpoint", &path)),
+    }
+}
+
+async fn read_json(request: Request<Incoming>) -> Result<Fields, Error> {
+    let bytes = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| Error::invalid("body", format!("unreadable or larger than {MAX_BODY_BYTES} bytes")))?
+        .to_bytes();
+    let value: Value = if bytes.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?
+    };
+    match value {
+        Value::Object(map) => Ok(Fields(map)),
+        _ => Err(Error::invalid("body", "expected a JSON object")),
+    }
+}
+
+/// A JSON object whose fields are taken one by one; leftovers are unknown fields.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn string(&mut self, name: &str) -> Result<Option<String>, Error> {
+        match self.0.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::invalid(name, "must be a string")),
+        }
+    }
+    fn required(&mut self, name: &str) -> Result<String, Error> {
+        self.string(name)?.ok_or_else(|| Error::invalid(name, "is required"))
+    }
+    fn parsed<T: std::str::FromStr<Err = ProtoError>>(&mut self, name: &str) -> Result<Option<T>, Error> {
+        let reason = |e: ProtoError| match e {
+            ProtoError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        self.string(name)?.map(|s| s.parse::<T>().map_err(|e| Error::invalid(name, reason(e)))).transpose()
+    }
+    fn boolean(&mut self, name: &str) -> Result<Option<bool>, Error> {
+        match self.0.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(_) => Err(Error::invalid(name, "must be true or false")),
+        }
+    }
+    fn finish(self) -> Result<(), Error> {
+        match self.0.keys().next() {
+            Some(unknown) => Err(Error::invalid(unknown, "unknown field")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_kind(fields: &mut Fields) -> Result<(), Error> {
+    match fields.string("kind")?.as_deref() {
+        None | Some("http") => Ok(()),
+        Some("tcp") => Err(Error::invalid("kind", "tcp tunnels are not available yet; use http")),
+        Some(other) => Err(Error::invalid("kind", format!("{other:?} is not http or tcp"))),
+    }
+}
+
+fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let new = NewTunnel {
+        hostname: fields.parsed("hostname")?.ok_or_else(|| Error::invalid("hostname", "is required"))?,
+        agent_id: fields.required("agent")?,
+        target: fields.parsed("target")?.ok_or_else(|| Error::invalid("target", "is required"))?,
+        enabled: fields.boolean("enabled")?.unwrap_or(true),
+    };
+    check_kind(&mut fields)?;
+    fields.finish()?;
+    let tunnel = control.store.create_tunnel(new)?;
+    control.hub.notify_all();
+    Ok((201, tunnel_json(&tunnel)))
+}
+
+fn parse_patch(mut fields: Fields) -> Result<TunnelPatch, Error> {
+    let patch = TunnelPatch {
+        hostname: fields.parsed("hostname")?,
+        agent_id: fields.string("agent")?,
+        target: fields.parsed("target")?,
+        enabled: fields.boolean("enabled")?,
+    };
+    check_kind(&mut fields)?;
+    fields.finish()?;
+    Ok(patch)
+}
+
+fn create_node(control: &Control, kind: NodeKind, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let name = fields.string("name")?.unwrap_or_else(|| kind.as_str().to_string());
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(Error::invalid("name", "must be 1 to 64 printable characters"));
+    }
+    fields.finish()?;
+    let (record, api_key) = control.store.create_node(kind, name)?;
+    let mut body = node_json(control, &record);
+    let binary = format!("kakuremichi-{}", kind.as_str());
+    let url = &control.public_url;
+    body["api_key"] = json!(api_key);
+    body["install"] = json!({
+        "shell": format!("CONTROL_URL={url} API_KEY={api_key} {binary}"),
+        "docker_compose": format!(
+            "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {url}\n      API_KEY: {api_key}\n",
+            kind = kind.as_str()
+        ),
+        "openwrt_uci": format!(
+            "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.control_url='{url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi",
+            kind = kind.as_str()
+        ),
+    });
+    Ok((201, body))
+}
+
+fn list_nodes(control: &Control, kind: NodeKind) -> Result<(u16, Value), Error> {
+    let state = control.store.state()?;
+    let nodes = state.nodes.iter().filter(|n| n.kind == kind).map(|n| node_json(control, n)).collect();
+    Ok((200, Value::Array(nodes)))
+}
+
+fn node_json(control: &Control, node: &NodeRecord) -> Value {
+    let presence = control.hub.presence(&node.id);
+    let mut value = json!({
+        "id": node.id,
+        "name": node.name,
+        "overlay_ip": node.overlay_ip.to_string(),
+        "public_key": node.public_key.map(|k| k.to_string()),
+        "version": node.version,
+        "online": presence.online,
+        "last_seen": presence.last_seen,
+        "created_at": node.created_at,
+    });
+    if node.kind == NodeKind::Gateway {
+        value["wireguard_endpoint"] = json!(node.wireguard_endpoint);
+    }
+    if let Some(status) = presence.status {
+        value["status"] = json!({
+            "config_version": status.config_version,
+            "peers_up": status.peers_up,
+            "rx_bytes": status.rx_bytes,
+            "tx_bytes": status.tx_bytes,
+        });
+    }
+    value
+}
+
+fn tunnel_json(tunnel: &TunnelRecord) -> Value {
+    json!({
+        "id": tunnel.id,
+        "kind": "http",
+        "hostname": tunnel.hostname.as_str(),
+        "agent": tunnel.agent_id,
+        "target": tunnel.target.to_string(),
+        "service_port": tunnel.service_port,
+        "enabled": tunnel.enabled,
+        "created_at": tunnel.created_at,
+    })
+}

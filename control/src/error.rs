@@ -1,0 +1,67 @@
+//! Control's one error type, grouped by whose fault it is, and its mapping to HTTP.
+
+/// What went wrong, and whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent a value that does not parse or is not allowed.
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The caller asked for something that clashes with existing state.
+    #[error("{field}: {message}")]
+    Conflict { field: String, message: String },
+    /// The caller named something that does not exist.
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+    /// Missing or wrong credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// The operator's configuration is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store failed or holds something unreadable.
+    #[error("store: {0}")]
+    Store(String),
+    /// An operating-system I/O failure.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.into(), message: message.into() }
+    }
+    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
+        Error::Conflict { field: field.into(), message: message.into() }
+    }
+    pub fn not_found(what: &'static str, id: &str) -> Self {
+        Error::NotFound { what, id: id.into() }
+    }
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Invalid { .. } => 400,
+            Error::Unauthorized(_) => 401,
+            Error::NotFound { .. } => 404,
+            Error::Conflict { .. } => 409,
+            Error::Config(_) | Error::Store(_) | Error::Io { .. } => 500,
+        }
+    }
+
+    /// The field at fault, if the caller's.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { field, .. } | Error::Conflict { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl From<heed::Error> for Error {
+    fn from(e: heed::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}

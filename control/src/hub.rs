@@ -1,0 +1,119 @@
+//! Who is connected right now: one entry per live node session, presence for the API, and
+//! the nudge that tells every session to push a new snapshot after a change.
+
+use kakuremichi_proto::messages::{NodeStatus, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+struct Session {
+    node_id: String,
+    last_message: Instant,
+    status: NodeStatus,
+    changed: async_channel::Sender<()>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    live: HashMap<u64, Session>,
+    /// Unix seconds of each node's last message, kept after it disconnects.
+    last_seen: HashMap<String, u64>,
+}
+
+/// A node's presence as the API shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Presence {
+    pub online: bool,
+    pub last_seen: Option<u64>,
+    pub status: Option<NodeStatus>,
+}
+
+/// Live sessions.
+#[derive(Default)]
+pub struct Hub {
+    sessions: Mutex<Sessions>,
+    next_id: AtomicU64,
+}
+
+/// A registered session; dropping it unregisters.
+pub struct SessionHandle {
+    hub: Arc<Hub>,
+    id: u64,
+    /// Receives a nudge whenever the store changed.
+    pub changed: async_channel::Receiver<()>,
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
+        // Sessions hold plain data; a panic elsewhere cannot leave them half-updated.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a connected node.
+    pub fn register(self: &Arc<Self>, node_id: &str) -> SessionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = async_channel::bounded(1);
+        let mut sessions = self.lock();
+        sessions.live.insert(
+            id,
+            Session { node_id: node_id.to_string(), last_message: Instant::now(), status: NodeStatus::default(), changed: tx },
+        );
+        sessions.last_seen.insert(node_id.to_string(), crate::auth::unix_now());
+        SessionHandle { hub: self.clone(), id, changed: rx }
+    }
+
+    /// Tell every session that the store changed.
+    pub fn notify_all(&self) {
+        for session in self.lock().live.values() {
+            // A full channel already holds an unread nudge.
+            let _ = session.changed.try_send(());
+        }
+    }
+
+    /// The node's presence: online if a session heard from it within the offline window.
+    pub fn presence(&self, node_id: &str) -> Presence {
+        let sessions = self.lock();
+        let window = HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE;
+        let live = sessions
+            .live
+            .values()
+            .filter(|s| s.node_id == node_id && s.last_message.elapsed() < window)
+            .max_by_key(|s| s.last_message);
+        Presence {
+            online: live.is_some(),
+            last_seen: sessions.last_seen.get(node_id).copied(),
+            status: live.map(|s| s.status.clone()),
+        }
+    }
+
+    /// How many node sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.lock().live.len()
+    }
+}
+
+impl SessionHandle {
+    /// The node said something; `status` if it was a status report.
+    pub fn heard(&self, status: Option<NodeStatus>) {
+        let mut sessions = self.hub.lock();
+        let Some(session) = sessions.live.get_mut(&self.id) else { return };
+        session.last_message = Instant::now();
+        if let Some(status) = status {
+            session.status = status;
+        }
+        let node_id = session.node_id.clone();
+        sessions.last_seen.insert(node_id, crate::auth::unix_now());
+    }
+
+    /// Time since the node last said anything.
+    pub fn silence(&self) -> std::time::Duration {
+        self.hub.lock().live.get(&self.id).map_or(std::time::Duration::MAX, |s| s.last_message.elapsed())
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.hub.lock().live.remove(&self.id);
+    }
+}

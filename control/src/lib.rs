@@ -1,0 +1,57 @@
+//! # kakuremichi-control
+//!
+//! The control plane. It holds users' intent (nodes, tunnels, tokens) in an LMDB store,
+//! answers the REST API, and pushes each node a full config snapshot over its WebSocket
+//! whenever anything changes. It is never on the data path: gateways and agents keep serving
+//! from their cached snapshots while Control is down.
+//!
+//! - [`model`]: records and the pure rules over them (address allocation, snapshots).
+//! - [`store`]: the heed store; one write transaction per change.
+//! - [`api`]: `/api/v1` JSON.
+//! - [`hub`] and [`session`]: live node WebSockets, presence and pushes.
+//! - [`server`]: the HTTP listener and routing.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use error::Error;
+
+use std::sync::Arc;
+
+/// Control's shared state.
+pub struct Control {
+    /// The durable store.
+    pub store: store::Store,
+    /// Live node sessions.
+    pub hub: Arc<hub::Hub>,
+    /// The URL nodes use to reach Control, for install snippets.
+    pub public_url: String,
+}
+
+/// Settings for [`run`].
+pub struct Settings {
+    pub data_dir: std::path::PathBuf,
+    pub listen: std::net::SocketAddr,
+    pub overlay: model::OverlayNet,
+    pub public_url: Option<String>,
+}
+
+/// Open the store and serve until the process ends.
+pub async fn run(settings: Settings) -> Result<(), Error> {
+    let store = store::Store::open(&settings.data_dir, settings.overlay)?;
+    let listener = async_io::Async::<std::net::TcpListener>::bind(settings.listen)
+        .map_err(|e| Error::io(format!("listening on {}", settings.listen), e))?;
+    let local = listener.get_ref().local_addr().map_err(|e| Error::io("local address", e))?;
+    let public_url = settings.public_url.unwrap_or_else(|| format!("http://{local}"));
+    log::info!("control listening on http://{local} (data in {})", settings.data_dir.display());
+    let control = Arc::new(Control { store, hub: Arc::default(), public_url });
+    server::serve(control, listener).await;
+    Ok(())
+}

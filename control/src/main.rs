@@ -1,0 +1,70 @@
+//! `kakuremichi-control`: serve Control, or manage its store from the command line.
+
+use argh::FromArgs;
+use std::path::PathBuf;
+
+/// kakuremichi control plane.
+#[derive(FromArgs)]
+struct Args {
+    /// directory of the LMDB store (default ./data)
+    #[argh(option, default = "PathBuf::from(\"./data\")")]
+    data_dir: PathBuf,
+    /// address to listen on (default 127.0.0.1:7080)
+    #[argh(option, default = "\"127.0.0.1:7080\".parse().unwrap()")]
+    listen: std::net::SocketAddr,
+    /// overlay network for node addresses, fixed at first start (default 10.77.0.0/16)
+    #[argh(option, default = "\"10.77.0.0/16\".parse().unwrap()")]
+    overlay_cidr: kakuremichi_control::model::OverlayNet,
+    /// URL nodes use to reach Control, shown in install snippets (default http://<listen>)
+    #[argh(option)]
+    public_url: Option<String>,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Token(TokenCommand),
+}
+
+/// manage admin API tokens
+#[derive(FromArgs)]
+#[argh(subcommand, name = "token")]
+struct TokenCommand {
+    #[argh(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum TokenAction {
+    Create(TokenCreate),
+}
+
+/// create an admin API token and print it
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+struct TokenCreate {
+    /// a name to remember the token by
+    #[argh(option, default = "String::from(\"cli\")")]
+    name: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    kakuremichi_rt::logger::init();
+    let args: Args = argh::from_env();
+    match args.command {
+        None => smol::block_on(kakuremichi_control::run(kakuremichi_control::Settings {
+            data_dir: args.data_dir,
+            listen: args.listen,
+            overlay: args.overlay_cidr,
+            public_url: args.public_url,
+        }))?,
+        Some(Command::Token(TokenCommand { action: TokenAction::Create(create) })) => {
+            let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
+            println!("{}", store.create_token(&create.name)?);
+        }
+    }
+    Ok(())
+}

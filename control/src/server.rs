@@ -1,0 +1,134 @@
+//! Control's HTTP listener: routes to the API, the node WebSockets and the health endpoints.
+
+use crate::api;
+use crate::error::Error;
+use crate::Control;
+use async_io::Async;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Method, Request, Response};
+use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::MAX_MESSAGE_BYTES;
+use kakuremichi_rt::http::{respond, Body};
+use kakuremichi_rt::io::{FuturesIo, HyperIo};
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// Accept connections forever.
+pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                log::warn!("accept: {e}");
+                async_io::Timer::after(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let control = control.clone();
+        smol::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(dispatch(control, request).await) }
+            });
+            if let Err(e) = kakuremichi_rt::http::http1_server().serve_connection(FuturesIo(stream), service).with_upgrades().await {
+                log::debug!("connection from {peer}: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => respond(200, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => match control.store.state() {
+            Ok(_) => respond(200, "text/plain", "ready\n"),
+            Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
+        },
+        (&Method::GET, "/metrics") => metrics(&control),
+        (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent),
+        (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway),
+        _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
+        (&Method::GET, "/") => respond(
+            200,
+            "text/html; charset=utf-8",
+            "<!doctype html><title>kakuremichi</title><h1>kakuremichi control</h1><p>API under <code>/api/v1</code>.</p>\n",
+        ),
+        _ => respond(404, "text/plain", "not found\n"),
+    }
+}
+
+fn metrics(control: &Control) -> Response<Body> {
+    let Ok(state) = control.store.state() else {
+        return respond(503, "text/plain", "store unavailable\n");
+    };
+    let online = |kind| state.nodes.iter().filter(|n| n.kind == kind && control.hub.presence(&n.id).online).count();
+    let text = format!(
+        "# TYPE kakuremichi_control_revision counter\nkakuremichi_control_revision {}\n\
+         # TYPE kakuremichi_control_tunnels gauge\nkakuremichi_control_tunnels {}\n\
+         # TYPE kakuremichi_control_nodes_online gauge\nkakuremichi_control_nodes_online{{kind=\"agent\"}} {}\nkakuremichi_control_nodes_online{{kind=\"gateway\"}} {}\n\
+         # TYPE kakuremichi_control_sessions gauge\nkakuremichi_control_sessions {}\n",
+        state.revision,
+        state.tunnels.len(),
+        online(NodeKind::Agent),
+        online(NodeKind::Gateway),
+        control.hub.session_count(),
+    );
+    respond(200, "text/plain; version=0.0.4", text)
+}
+
+/// Authenticate a node by its API key and switch the connection to a WebSocket.
+fn upgrade_node(control: Arc<Control>, mut request: Request<Incoming>, kind: NodeKind) -> Response<Body> {
+    let api_key = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
+    let node = match api_key.map(|key| control.store.node_by_api_key(key)) {
+        None => return api::error_response(&Error::Unauthorized("send Authorization: Bearer <API_KEY>")),
+        Some(Err(e)) => return api::error_response(&e),
+        Some(Ok(None)) => {
+            log::warn!("{} connection refused: unknown API key", kind.as_str());
+            return api::error_response(&Error::Unauthorized("unknown API key"));
+        }
+        Some(Ok(Some(node))) if node.kind != kind => {
+            return api::error_response(&Error::Unauthorized("this API key belongs to another kind of node"));
+        }
+        Some(Ok(Some(node))) => node,
+    };
+    let is_upgrade = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = request.headers().get(SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+        return respond(400, "text/plain", "expected a WebSocket upgrade\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    smol::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut config = WebSocketConfig::default();
+                config.max_message_size = Some(MAX_MESSAGE_BYTES);
+                config.max_frame_size = Some(MAX_MESSAGE_BYTES);
+                let ws = WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config)).await;
+                crate::session::run(control, node.id, ws).await;
+            }
+            Err(e) => log::debug!("upgrade failed: {e}"),
+        }
+    })
+    .detach();
+    let mut response = respond(101, "text/plain", "");
+    let headers = response.headers_mut();
+    headers.remove(hyper::header::CONTENT_TYPE);
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}

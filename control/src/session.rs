@@ -1,0 +1,133 @@
+//! One node's control WebSocket: hello, snapshot, then snapshots on change and heartbeats
+//! both ways until the socket closes or the node falls silent.
+
+use crate::hub::SessionHandle;
+use crate::model::snapshot;
+use crate::Control;
+use async_io::Timer;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
+use kakuremichi_proto::messages::{decode, encode, ControlMessage, NodeMessage, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a node has to send its hello after the upgrade.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Event {
+    Received(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+    StoreChanged,
+    Tick,
+}
+
+/// Serve one authenticated node until its socket ends.
+pub async fn run<S>(control: Arc<Control>, node_id: String, mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = match future::or(async { Some(ws.next().await) }, async {
+        Timer::after(HELLO_TIMEOUT).await;
+        None
+    })
+    .await
+    {
+        Some(Some(Ok(Message::Text(text)))) => decode::<NodeMessage>(&text),
+        _ => {
+            log::warn!("node {node_id}: no hello within {HELLO_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let Ok(NodeMessage::Hello(hello)) = hello else {
+        log::warn!("node {node_id}: first message was not a valid hello; closing");
+        let _ = ws.close(None).await;
+        return;
+    };
+    match control.store.record_hello(&node_id, hello.public_key, &hello.version, hello.wireguard_endpoint) {
+        Ok(true) => control.hub.notify_all(),
+        Ok(false) => {}
+        Err(e) => {
+            log::warn!("node {node_id}: hello refused: {e}");
+            let _ = ws.close(None).await;
+            return;
+        }
+    }
+    log::info!("node {node_id} connected (version {})", hello.version);
+    let session = control.hub.register(&node_id);
+    let mut sent_version = None;
+    if let Err(e) = push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await {
+        log::info!("node {node_id}: {e}");
+        return;
+    }
+    loop {
+        let event = future::or(async { Event::Received(ws.next().await) }, async {
+            future::or(
+                async {
+                    let _ = session.changed.recv().await;
+                    Event::StoreChanged
+                },
+                async {
+                    Timer::after(HEARTBEAT_INTERVAL).await;
+                    Event::Tick
+                },
+            )
+            .await
+        })
+        .await;
+        let outcome = match event {
+            Event::Received(Some(Ok(message))) => handle_message(&session, &node_id, message),
+            Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
+            Event::Received(None) => Err("disconnected".to_string()),
+            Event::StoreChanged => push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await,
+            Event::Tick => heartbeat(&session, &mut ws).await,
+        };
+        if let Err(reason) = outcome {
+            log::info!("node {node_id}: {reason}");
+            let _ = ws.close(None).await;
+            return;
+        }
+    }
+}
+
+fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> Result<(), String> {
+    match message {
+        Message::Text(text) => match decode::<NodeMessage>(&text) {
+            Ok(NodeMessage::Heartbeat) => session.heard(None),
+            Ok(NodeMessage::Status(status)) => session.heard(Some(status)),
+            Ok(NodeMessage::Hello(_)) => log::debug!("node {node_id}: repeated hello ignored"),
+            Err(e) => return Err(format!("bad message: {e}")),
+        },
+        Message::Ping(_) | Message::Pong(_) => session.heard(None),
+        Message::Close(_) => return Err("closed by node".into()),
+        Message::Binary(_) | Message::Frame(_) => return Err("unexpected binary frame".into()),
+    }
+    Ok(())
+}
+
+async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(session: &SessionHandle, ws: &mut WebSocketStream<S>) -> Result<(), String> {
+    if session.silence() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
+        return Err("missed heartbeats; offline".into());
+    }
+    send(ws, &ControlMessage::Heartbeat).await
+}
+
+async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
+    control: &Control,
+    node_id: &str,
+    ws: &mut WebSocketStream<S>,
+    sent_version: &mut Option<u64>,
+) -> Result<(), String> {
+    let state = control.store.state().map_err(|e| e.to_string())?;
+    if *sent_version == Some(state.revision) {
+        return Ok(());
+    }
+    let node = state.nodes.iter().find(|n| n.id == node_id).ok_or("node was removed")?;
+    let config = snapshot(state.revision, state.overlay, node, &state.nodes, &state.tunnels);
+    send(ws, &ControlMessage::Config(config)).await?;
+    *sent_version = Some(state.revision);
+    Ok(())
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: &ControlMessage) -> Result<(), String> {
+    ws.send(Message::text(encode(message))).await.map_err(|e| format!("send failed: {e}"))
+}

@@ -1,0 +1,292 @@
+//! Control's durable state in LMDB (heed). Every change is one write transaction that also
+//! bumps the revision, so a change is either wholly there after `kill -9` or not at all, and
+//! the revision numbers the config snapshots pushed to nodes.
+
+use crate::auth;
+use crate::error::Error;
+use crate::model::{allocate_service_port, NodeRecord, OverlayNet, TokenRecord, TunnelRecord};
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+type Table = Database<'static, Str, Bytes>;
+
+/// Upper bound of the LMDB map; pages are only used as data grows.
+const MAP_SIZE: usize = 1 << 30;
+
+/// Everything in the store at one revision.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub revision: u64,
+    pub overlay: OverlayNet,
+    pub nodes: Vec<NodeRecord>,
+    pub tunnels: Vec<TunnelRecord>,
+}
+
+/// A requested tunnel, already validated.
+#[derive(Clone, Debug)]
+pub struct NewTunnel {
+    pub hostname: Hostname,
+    pub agent_id: String,
+    pub target: Target,
+    pub enabled: bool,
+}
+
+/// Fields of a tunnel to change; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelPatch {
+    pub hostname: Option<Hostname>,
+    pub agent_id: Option<String>,
+    pub target: Option<Target>,
+    pub enabled: Option<bool>,
+}
+
+/// The open store.
+pub struct Store {
+    env: Env,
+    nodes: Table,
+    api_keys: Table,
+    tunnels: Table,
+    tokens: Table,
+    meta: Table,
+}
+
+const REVISION: &str = "revision";
+const OVERLAY: &str = "overlay";
+
+impl Store {
+    /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
+    /// `overlay` only applies then, and a different one later is an error.
+    pub fn open(dir: &Path, overlay: OverlayNet) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // SAFETY: LMDB requires that the same environment is not opened twice in one process
+        // and that its files are not modified except through LMDB. Control opens its data
+        // directory once, at start; other processes (the CLI) go through LMDB's own locking.
+        #[allow(unsafe_code)]
+        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(8).open(dir) }
+            .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
+        let mut tables = Vec::new();
+        for name in ["nodes", "api_keys", "tunnels", "tokens", "meta"] {
+            let wtxn = env.write_txn()?;
+            let table: Table = env
+                .create_databases_and_commit(wtxn, |opener, wtxn| {
+                    opener.create_database(wtxn, Some(name)).map(CommitOrAbort::<_, ()>::Commit)
+                })?
+                .unwrap_commit();
+            tables.push(table);
+        }
+        let [nodes, api_keys, tunnels, tokens, meta] = tables[..] else {
+            unreachable!("five tables were created above")
+        };
+        let store = Store { env, nodes, api_keys, tunnels, tokens, meta };
+        let mut wtxn = store.env.write_txn()?;
+        match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
+            Some(existing) if existing != overlay => {
+                return Err(Error::Config(format!(
+                    "the store's overlay network is {}/{}; it cannot change to {}/{}",
+                    existing.network, existing.prefix, overlay.network, overlay.prefix
+                )))
+            }
+            Some(_) => {}
+            None => put(&store.meta, &mut wtxn, OVERLAY, &overlay)?,
+        }
+        wtxn.commit()?;
+        Ok(store)
+    }
+
+    /// Everything, consistently, at the current revision.
+    pub fn state(&self) -> Result<State, Error> {
+        let rtxn = self.env.read_txn()?;
+        Ok(State {
+            revision: get(&self.meta, &rtxn, REVISION)?.unwrap_or(0),
+            overlay: get(&self.meta, &rtxn, OVERLAY)?.ok_or_else(|| Error::Store("overlay network missing".into()))?,
+            nodes: all(&self.nodes, &rtxn)?,
+            tunnels: all(&self.tunnels, &rtxn)?,
+        })
+    }
+
+    /// Run `change` in one write transaction that bumps the revision; commit only if it
+    /// succeeds.
+    fn write<T>(&self, change: impl FnOnce(&Self, &mut RwTxn) -> Result<T, Error>) -> Result<T, Error> {
+        let mut wtxn = self.env.write_txn()?;
+        let value = change(self, &mut wtxn)?;
+        let revision: u64 = get(&self.meta, &wtxn, REVISION)?.unwrap_or(0);
+        put(&self.meta, &mut wtxn, REVISION, &(revision + 1))?;
+        wtxn.commit()?;
+        Ok(value)
+    }
+
+    /// Enrol a node. Returns its record and its API key, which is not stored.
+    pub fn create_node(&self, kind: NodeKind, name: String) -> Result<(NodeRecord, String), Error> {
+        let api_key = auth::new_secret("kmk");
+        let record = self.write(|s, wtxn| {
+            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
+            let overlay: OverlayNet = get(&s.meta, wtxn, OVERLAY)?.ok_or_else(|| Error::Store("overlay network missing".into()))?;
+            let used: Vec<_> = nodes.iter().map(|n| n.overlay_ip).collect();
+            let overlay_ip = overlay.allocate(&used).ok_or_else(|| Error::conflict("overlay", "the overlay network is full"))?;
+            let record = NodeRecord {
+                id: auth::new_id(match kind {
+                    NodeKind::Agent => "agt",
+                    NodeKind::Gateway => "gw",
+                }),
+                kind,
+                name,
+                overlay_ip,
+                api_key_hash: auth::hash_secret(&api_key),
+                public_key: None,
+                version: None,
+                wireguard_endpoint: None,
+                created_at: auth::unix_now(),
+            };
+            put(&s.nodes, wtxn, &record.id, &record)?;
+            put(&s.api_keys, wtxn, &record.api_key_hash, &record.id)?;
+            Ok(record)
+        })?;
+        Ok((record, api_key))
+    }
+
+    /// The node an API key belongs to.
+    pub fn node_by_api_key(&self, api_key: &str) -> Result<Option<NodeRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let Some(id) = get::<String>(&self.api_keys, &rtxn, &auth::hash_secret(api_key))? else {
+            return Ok(None);
+        };
+        get(&self.nodes, &rtxn, &id)
+    }
+
+    /// Record what a node said in its hello. Returns whether anything changed (and so the
+    /// revision moved and peers need new snapshots).
+    pub fn record_hello(&self, id: &str, public_key: PublicKey, version: &str, endpoint: Option<String>) -> Result<bool, Error> {
+        let rtxn = self.env.read_txn()?;
+        let node: NodeRecord = get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+        let endpoint = if node.kind == NodeKind::Gateway { endpoint } else { None };
+        if node.public_key == Some(public_key) && node.version.as_deref() == Some(version) && node.wireguard_endpoint == endpoint {
+            return Ok(false);
+        }
+        drop(rtxn);
+        self.write(|s, wtxn| {
+            let clash = all::<NodeRecord>(&s.nodes, wtxn)?.into_iter().any(|n| n.id != id && n.public_key == Some(public_key));
+            if clash {
+                return Err(Error::conflict("public_key", "another node already uses this WireGuard key"));
+            }
+            let mut node: NodeRecord = get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            node.public_key = Some(public_key);
+            node.version = Some(version.to_string());
+            node.wireguard_endpoint = endpoint;
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(true)
+        })
+    }
+
+    /// Publish a tunnel.
+    pub fn create_tunnel(&self, new: NewTunnel) -> Result<TunnelRecord, Error> {
+        self.write(|s, wtxn| {
+            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+            s.check_agent(wtxn, &new.agent_id)?;
+            check_hostname_free(&tunnels, &new.hostname, None)?;
+            let service_port = allocate_service_port(&tunnels, &new.agent_id)
+                .ok_or_else(|| Error::conflict("agent", "the agent has no free service port"))?;
+            let record = TunnelRecord {
+                id: auth::new_id("tun"),
+                hostname: new.hostname,
+                agent_id: new.agent_id,
+                target: new.target,
+                service_port,
+                enabled: new.enabled,
+                created_at: auth::unix_now(),
+            };
+            put(&s.tunnels, wtxn, &record.id, &record)?;
+            Ok(record)
+        })
+    }
+
+    /// Change a tunnel.
+    pub fn update_tunnel(&self, id: &str, patch: TunnelPatch) -> Result<TunnelRecord, Error> {
+        self.write(|s, wtxn| {
+            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+            let mut record = tunnels.iter().find(|t| t.id == id).cloned().ok_or_else(|| Error::not_found("tunnel", id))?;
+            if let Some(hostname) = patch.hostname {
+                check_hostname_free(&tunnels, &hostname, Some(id))?;
+                record.hostname = hostname;
+            }
+            if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
+                s.check_agent(wtxn, &agent_id)?;
+                record.service_port = allocate_service_port(&tunnels, &agent_id)
+                    .ok_or_else(|| Error::conflict("agent", "the agent has no free service port"))?;
+                record.agent_id = agent_id;
+            }
+            if let Some(target) = patch.target {
+                record.target = target;
+            }
+            if let Some(enabled) = patch.enabled {
+                record.enabled = enabled;
+            }
+            put(&s.tunnels, wtxn, id, &record)?;
+            Ok(record)
+        })
+    }
+
+    /// Remove a tunnel.
+    pub fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
+        self.write(|s, wtxn| {
+            if !s.tunnels.delete(wtxn, id)? {
+                return Err(Error::not_found("tunnel", id));
+            }
+            Ok(())
+        })
+    }
+
+    fn check_agent(&self, txn: &RoTxn, agent_id: &str) -> Result<(), Error> {
+        match get::<NodeRecord>(&self.nodes, txn, agent_id)? {
+            Some(node) if node.kind == NodeKind::Agent => Ok(()),
+            _ => Err(Error::invalid("agent", format!("no agent with id {agent_id:?}"))),
+        }
+    }
+
+    /// Create an admin API token; returns it (only its hash is stored).
+    pub fn create_token(&self, name: &str) -> Result<String, Error> {
+        let token = auth::new_secret("kmt");
+        self.write(|s, wtxn| {
+            let record = TokenRecord { id: auth::new_id("tok"), name: name.to_string(), created_at: auth::unix_now() };
+            put(&s.tokens, wtxn, &auth::hash_secret(&token), &record)
+        })?;
+        Ok(token)
+    }
+
+    /// Whether `token` is a valid admin API token.
+    pub fn token_is_valid(&self, token: &str) -> Result<bool, Error> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.tokens.get(&rtxn, &auth::hash_secret(token))?.is_some())
+    }
+}
+
+fn check_hostname_free(tunnels: &[TunnelRecord], hostname: &Hostname, except: Option<&str>) -> Result<(), Error> {
+    if tunnels.iter().any(|t| &t.hostname == hostname && Some(t.id.as_str()) != except) {
+        return Err(Error::conflict("hostname", format!("{hostname} is already published")));
+    }
+    Ok(())
+}
+
+fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {
+    match table.get(txn, key)? {
+        Some(bytes) => serde_json::from_slice(bytes).map(Some).map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+fn put<T: Serialize>(table: &Table, txn: &mut RwTxn, key: &str, value: &T) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Store(format!("encoding {key:?}: {e}")))?;
+    table.put(txn, key, &bytes)?;
+    Ok(())
+}
+
+fn all<T: DeserializeOwned>(table: &Table, txn: &RoTxn) -> Result<Vec<T>, Error> {
+    let mut out = Vec::new();
+    for entry in table.iter(txn)? {
+        let (key, bytes) = entry?;
+        out.push(serde_json::from_slice(bytes).map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}")))?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,42 @@
+//! Shared HTTP plumbing: one body type, response helpers, and a server builder with the limits
+//! every listener applies to strangers.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use std::time::Duration;
+
+/// The body type of every response we build or relay.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Time a client gets to send a complete request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line plus headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 100;
+
+/// A body from bytes in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response with a status, a content type and a body.
+pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(full(body));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// An HTTP/1.1 server connection builder with our timeouts and size limits.
+pub fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(crate::exec::SmolTimer)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+}

@@ -1,0 +1,18 @@
+//! # kakuremichi-rt
+//!
+//! hyper without tokio: what the gateway, Control and the agent need to run hyper 1 on smol.
+//!
+//! - [`io`]: adapters between futures' `AsyncRead`/`AsyncWrite` and hyper's `rt::Read`/`Write`,
+//!   both ways (hyper's `Upgraded` only speaks hyper's traits).
+//! - [`exec`]: a hyper executor over `smol::spawn` and a hyper timer over `async_io::Timer`.
+//! - [`http`]: server builders with the limits every listener shares, and body helpers.
+//! - [`copy`]: a bidirectional copy that flushes every write and half-closes at EOF.
+//! - [`logger`]: a small stderr logger.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod copy;
+pub mod exec;
+pub mod http;
+pub mod io;
+pub mod logger;
