@@ -13,35 +13,13 @@ use hyper::{Method, Request, Response};
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::MAX_MESSAGE_BYTES;
 use kakuremichi_rt::http::{respond, Body};
-use kakuremichi_rt::io::{FuturesIo, HyperIo};
-use std::convert::Infallible;
+use kakuremichi_rt::io::HyperIo;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                log::warn!("accept: {e}");
-                async_io::Timer::after(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let control = control.clone();
-        smol::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let control = control.clone();
-                async move { Ok::<_, Infallible>(dispatch(control, request).await) }
-            });
-            if let Err(e) = kakuremichi_rt::http::http1_server().serve_connection(FuturesIo(stream), service).with_upgrades().await {
-                log::debug!("connection from {peer}: {e}");
-            }
-        })
-        .detach();
-    }
+    kakuremichi_rt::http::serve(listener, move |request, _peer| dispatch(control.clone(), request)).await
 }
 
 async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response<Body> {

@@ -155,10 +155,25 @@ impl PeerTable {
                         },
                     );
                     self.index_by_key.insert(spec.public_key, index);
+                    if spec.persistent_keepalive.is_some() {
+                        // Like wg(8): a peer with persistent keepalive is contacted at once, so
+                        // the far side learns our endpoint before it has anything to send.
+                        self.initiate_handshake(index);
+                    }
                 }
             }
         }
         self.index_by_ip = self.peers.iter().map(|(i, p)| (p.spec.overlay_ip, *i)).collect();
+    }
+
+    fn initiate_handshake(&mut self, index: u32) {
+        let PeerTable { peers, scratch, to_network, drops, .. } = self;
+        let Some(peer) = peers.get_mut(&index) else { return };
+        if let (Some(endpoint), TunnResult::WriteToNetwork(out)) =
+            (peer.endpoint, peer.tunn.format_handshake_initiation(scratch, false))
+        {
+            push_bounded(to_network, drops, endpoint, out);
+        }
     }
 
     fn allocate_index(&mut self) -> u32 {

@@ -40,3 +40,51 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
         .max_headers(MAX_HEADERS);
     builder
 }
+
+/// Accept HTTP/1.1 connections on `listener` forever, answering each request with `handler`
+/// (given the client's address). Upgrades (WebSocket) are allowed.
+pub async fn serve<F, Fut>(listener: async_io::Async<std::net::TcpListener>, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::warn!("accept: {e}");
+                async_io::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let handler = handler.clone();
+        // Each connection lives as long as its client keeps it open; hyper's own timeouts
+        // bound idle and slow clients.
+        smol::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = handler(request, peer);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            if let Err(e) = http1_server().serve_connection(crate::io::FuturesIo(stream), service).with_upgrades().await {
+                log::debug!("connection from {peer}: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+/// Answer `/healthz`, `/readyz` and `/metrics` for a node's admin listener; `None` for
+/// other paths.
+pub fn health_endpoints(path: &str, ready: Result<(), String>, metrics: impl FnOnce() -> String) -> Option<hyper::Response<Body>> {
+    Some(match path {
+        "/healthz" => respond(200, "text/plain", "ok\n"),
+        "/readyz" => match ready {
+            Ok(()) => respond(200, "text/plain", "ready\n"),
+            Err(why) => respond(503, "text/plain", format!("not ready: {why}\n")),
+        },
+        "/metrics" => respond(200, "text/plain; version=0.0.4", metrics()),
+        _ => return None,
+    })
+}

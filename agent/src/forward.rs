@@ -1,0 +1,91 @@
+//! Service ports: one overlay listener per tunnel, each connection forwarded to the tunnel's
+//! target. Reconciled against every snapshot: new ports start, removed ones stop, a changed
+//! target applies to the next connection without touching open ones.
+
+use async_io::Timer;
+use futures_lite::future;
+use kakuremichi_netstack::{Stack, TcpListener, TcpStream};
+use kakuremichi_proto::ids::Target;
+use kakuremichi_proto::messages::Service;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long to wait for a target to accept.
+const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Running {
+    target: Arc<RwLock<Target>>,
+    _accept_loop: smol::Task<()>,
+}
+
+/// The service ports currently listened on.
+pub struct Services {
+    stack: Stack,
+    running: HashMap<u16, Running>,
+}
+
+impl Services {
+    /// No services yet.
+    pub fn new(stack: Stack) -> Self {
+        Services { stack, running: HashMap::new() }
+    }
+
+    /// Listen on exactly the snapshot's service ports.
+    pub fn reconcile(&mut self, services: &[Service]) {
+        self.running.retain(|port, _| services.iter().any(|s| s.port == *port));
+        for service in services {
+            if let Some(running) = self.running.get(&service.port) {
+                *running.target.write().unwrap_or_else(|p| p.into_inner()) = service.target.clone();
+                continue;
+            }
+            match self.stack.listen(service.port) {
+                Ok(listener) => {
+                    let target = Arc::new(RwLock::new(service.target.clone()));
+                    let task = smol::spawn(accept_loop(listener, target.clone(), service.tunnel_id.clone()));
+                    self.running.insert(service.port, Running { target, _accept_loop: task });
+                }
+                Err(e) => log::error!("tunnel {}: cannot listen on service port {}: {e}", service.tunnel_id, service.port),
+            }
+        }
+    }
+
+    /// How many service ports are open.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether no service port is open.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, target: Arc<RwLock<Target>>, tunnel_id: String) {
+    loop {
+        let Ok((stream, from)) = listener.accept().await else { continue };
+        let target = target.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let tunnel_id = tunnel_id.clone();
+        // A forwarded connection lives as long as either side keeps it open; it outlives a
+        // tunnel edit on purpose.
+        smol::spawn(async move {
+            if let Err(e) = forward(stream, &target).await {
+                log::warn!("tunnel {tunnel_id}: connection from {from} to {target}: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn forward(overlay: TcpStream, target: &Target) -> std::io::Result<()> {
+    let connect = smol::net::TcpStream::connect((target.host(), target.port()));
+    let timeout = async {
+        Timer::after(TARGET_CONNECT_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "target did not accept in time"))
+    };
+    // On failure the overlay stream is dropped, which closes it: the gateway answers 502 at once.
+    let origin = future::or(connect, timeout).await?;
+    let _ = origin.set_nodelay(true);
+    kakuremichi_rt::copy::copy_bidirectional(overlay, origin).await?;
+    Ok(())
+}

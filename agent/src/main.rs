@@ -1,0 +1,70 @@
+//! `kakuremichi-agent`: publishes local services through kakuremichi gateways. Needs only
+//! `CONTROL_URL` and `API_KEY`.
+
+use argh::FromArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// kakuremichi agent: outbound-only tunnel endpoint beside your apps.
+#[derive(FromArgs)]
+struct Args {
+    /// control URL (or env CONTROL_URL), e.g. http://control.example.com:7080
+    #[argh(option)]
+    control_url: Option<String>,
+    /// API key from Control (or env API_KEY)
+    #[argh(option)]
+    api_key: Option<String>,
+    /// directory for the WireGuard key and cached config (or env STATE_DIR; default ./agent-state)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
+    /// loopback status listener for /healthz, /readyz, /metrics (default 127.0.0.1:9091)
+    #[argh(option, default = "\"127.0.0.1:9091\".parse().unwrap()")]
+    status_listen: SocketAddr,
+    /// local UDP address for WireGuard (default 0.0.0.0:0, any port)
+    #[argh(option, default = "\"0.0.0.0:0\".parse().unwrap()")]
+    wireguard_bind: SocketAddr,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Healthcheck(Healthcheck),
+}
+
+/// exit 0 if the agent's status listener answers /healthz with 200, else 1
+#[derive(FromArgs)]
+#[argh(subcommand, name = "healthcheck")]
+struct Healthcheck {}
+
+fn from_flag_or_env(flag: Option<String>, env: &str) -> anyhow::Result<String> {
+    flag.or_else(|| std::env::var(env).ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-")))
+}
+
+fn main() -> anyhow::Result<()> {
+    kakuremichi_rt::logger::init();
+    let args: Args = argh::from_env();
+    if let Some(Command::Healthcheck(_)) = args.command {
+        if let Err(why) = kakuremichi_agent::status::healthcheck(args.status_listen) {
+            eprintln!("unhealthy: {why}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let state_dir = args
+        .state_dir
+        .or_else(|| std::env::var_os("STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./agent-state"));
+    let settings = kakuremichi_agent::Settings {
+        control_url: from_flag_or_env(args.control_url, "CONTROL_URL")?,
+        api_key: from_flag_or_env(args.api_key, "API_KEY")?,
+        state_dir,
+        status_listen: args.status_listen,
+        wireguard_bind: args.wireguard_bind,
+    };
+    smol::block_on(kakuremichi_agent::run(settings))?;
+    Ok(())
+}

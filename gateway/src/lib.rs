@@ -1,0 +1,167 @@
+//! # kakuremichi-gateway
+//!
+//! The public entry. It terminates client connections, picks the tunnel by `Host`, and
+//! forwards over userspace WireGuard to the agent that owns the tunnel. Its configuration
+//! comes from Control and is cached, so it keeps serving while Control is down.
+//!
+//! - [`routes`]: hostname → tunnel (plain data).
+//! - [`proxy`]: the hyper service that forwards, with forwarding headers and upgrades.
+//! - [`pool`]: keep-alive connections to agents over the netstack.
+//! - [`pages`]: the 404 / 502 pages.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod pages;
+pub mod pool;
+pub mod proxy;
+pub mod routes;
+
+use async_io::Async;
+use futures_lite::future;
+use kakuremichi_netstack::Stack;
+use kakuremichi_nodelink::apply::{peer_specs, Latest};
+use kakuremichi_nodelink::link::{self, ControlUrl, LinkSettings, LinkState};
+use kakuremichi_nodelink::state_dir::StateDir;
+use kakuremichi_proto::ids::{NodeKind, PublicKey};
+use kakuremichi_proto::messages::{ConfigSnapshot, Hello};
+use routes::RouteTable;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Settings are missing or wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The state directory or control link setup failed.
+    #[error(transparent)]
+    Node(#[from] kakuremichi_nodelink::Error),
+    /// A listener could not be opened.
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What the gateway is told at start.
+pub struct Settings {
+    pub control_url: String,
+    pub api_key: String,
+    pub state_dir: PathBuf,
+    /// Plain HTTP listener.
+    pub http_listen: SocketAddr,
+    /// WireGuard UDP socket.
+    pub wireguard_listen: SocketAddr,
+    /// `host:port` agents use to reach the WireGuard socket.
+    pub wireguard_endpoint: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+}
+
+/// Request counters.
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub not_found: AtomicU64,
+    pub bad_gateway: AtomicU64,
+}
+
+/// A running gateway's shared state.
+pub struct Gateway {
+    stack: Stack,
+    routes: RwLock<Arc<RouteTable>>,
+    pool: pool::Pool,
+    config_version: AtomicU64,
+    link: LinkState,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn apply(&self, snapshot: ConfigSnapshot) {
+        // Agents find the gateway through their own handshakes: no endpoints, no keepalive.
+        let peers = peer_specs(&snapshot, None).await;
+        if self.stack.address() != Some(snapshot.overlay_ip) {
+            self.stack.set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
+        }
+        self.stack.set_peers(&peers);
+        let table = Arc::new(RouteTable::new(&snapshot.routes));
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+        self.config_version.store(snapshot.version, Ordering::Relaxed);
+        log::info!("applied config version {} ({} routes, {} peers)", snapshot.version, snapshot.routes.len(), peers.len());
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<Async<TcpListener>, Error> {
+    Async::<TcpListener>::bind(addr).map_err(|source| Error::Listen { addr, source })
+}
+
+/// Run the gateway until the process ends.
+pub async fn run(settings: Settings) -> Result<(), Error> {
+    let control = ControlUrl::parse(&settings.control_url, NodeKind::Gateway)?;
+    if settings.api_key.is_empty() {
+        return Err(Error::Config("API_KEY is empty".into()));
+    }
+    let state_dir = StateDir::open(&settings.state_dir)?;
+    let private_key = state_dir.private_key()?;
+    let stack = Stack::bind(settings.wireguard_listen, private_key)
+        .await
+        .map_err(|source| Error::Listen { addr: settings.wireguard_listen, source })?;
+    let http = listen(settings.http_listen)?;
+    let admin = listen(settings.admin_listen)?;
+    let gateway = Arc::new(Gateway {
+        pool: pool::Pool::new(stack.clone()),
+        stack,
+        routes: RwLock::default(),
+        config_version: AtomicU64::new(0),
+        link: LinkState::default(),
+        metrics: Metrics::default(),
+    });
+    let snapshots = Latest::default();
+    if let Some(cached) = state_dir.cached_config() {
+        log::info!("serving cached config version {} until Control answers", cached.version);
+        snapshots.put(cached);
+    }
+    log::info!(
+        "gateway: http on {}, wireguard on {} (endpoint {}), admin on {}",
+        settings.http_listen,
+        settings.wireguard_listen,
+        settings.wireguard_endpoint,
+        settings.admin_listen
+    );
+    let hello = Hello {
+        public_key: PublicKey(kakuremichi_netstack::public_key_of(&private_key)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
+    };
+    let link_settings = LinkSettings { control, api_key: settings.api_key, hello, state_dir };
+    let proxy_gateway = gateway.clone();
+    let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
+        proxy::handle(proxy_gateway.clone(), request, client, "http")
+    });
+    let admin_gateway = gateway.clone();
+    let serve_admin = kakuremichi_rt::http::serve(admin, move |request, _| {
+        let gateway = admin_gateway.clone();
+        async move { admin::handle(&gateway, request.uri().path()) }
+    });
+    let apply_loop = async {
+        loop {
+            let snapshot = snapshots.take().await;
+            gateway.apply(snapshot).await;
+        }
+    };
+    let control_link = link::run(
+        link_settings,
+        &gateway.link,
+        |snapshot| snapshots.put(snapshot),
+        || link::netstack_status(gateway.config_version.load(Ordering::Relaxed), &gateway.stack),
+    );
+    future::or(future::or(serve_http, serve_admin), future::or(apply_loop, control_link)).await;
+    Ok(())
+}

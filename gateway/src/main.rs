@@ -1,0 +1,59 @@
+//! `kakuremichi-gateway`: the public entry. Needs only `CONTROL_URL` and `API_KEY`.
+
+use argh::FromArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// kakuremichi gateway: routes public HTTP by hostname into WireGuard tunnels.
+#[derive(FromArgs)]
+struct Args {
+    /// control URL (or env CONTROL_URL), e.g. http://control.example.com:7080
+    #[argh(option)]
+    control_url: Option<String>,
+    /// API key from Control (or env API_KEY)
+    #[argh(option)]
+    api_key: Option<String>,
+    /// directory for the WireGuard key and cached config (default ./gateway-state)
+    #[argh(option, default = "PathBuf::from(\"./gateway-state\")")]
+    state_dir: PathBuf,
+    /// HTTP listen address (default 0.0.0.0:80)
+    #[argh(option, default = "\"0.0.0.0:80\".parse().unwrap()")]
+    http_listen: SocketAddr,
+    /// wireguard UDP listen address (default 0.0.0.0:51820)
+    #[argh(option, default = "\"0.0.0.0:51820\".parse().unwrap()")]
+    wireguard_listen: SocketAddr,
+    /// host:port agents use to reach the WireGuard socket (default: the listen address when
+    /// it is a specific IP)
+    #[argh(option)]
+    wireguard_endpoint: Option<String>,
+    /// admin listener for /healthz, /readyz, /metrics (default 127.0.0.1:9090)
+    #[argh(option, default = "\"127.0.0.1:9090\".parse().unwrap()")]
+    admin_listen: SocketAddr,
+}
+
+fn from_flag_or_env(flag: Option<String>, env: &str) -> anyhow::Result<String> {
+    flag.or_else(|| std::env::var(env).ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-")))
+}
+
+fn main() -> anyhow::Result<()> {
+    kakuremichi_rt::logger::init();
+    let args: Args = argh::from_env();
+    let wireguard_endpoint = match args.wireguard_endpoint {
+        Some(endpoint) => endpoint,
+        None if !args.wireguard_listen.ip().is_unspecified() => args.wireguard_listen.to_string(),
+        None => anyhow::bail!("--wireguard-endpoint is required when listening on {}: agents need a public host:port", args.wireguard_listen),
+    };
+    let settings = kakuremichi_gateway::Settings {
+        control_url: from_flag_or_env(args.control_url, "CONTROL_URL")?,
+        api_key: from_flag_or_env(args.api_key, "API_KEY")?,
+        state_dir: args.state_dir,
+        http_listen: args.http_listen,
+        wireguard_listen: args.wireguard_listen,
+        wireguard_endpoint,
+        admin_listen: args.admin_listen,
+    };
+    smol::block_on(kakuremichi_gateway::run(settings))?;
+    Ok(())
+}

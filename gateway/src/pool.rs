@@ -1,0 +1,100 @@
+//! Keep-alive HTTP/1.1 connections to agents' service ports, over the netstack.
+//!
+//! A connection goes back into the pool as soon as its response head arrived; it is handed
+//! out again only once hyper reports it ready (the previous body finished), and dropped once
+//! closed or idle too long.
+
+use hyper::client::conn::http1::{self, SendRequest};
+use kakuremichi_netstack::Stack;
+use kakuremichi_rt::http::Body;
+use kakuremichi_rt::io::FuturesIo;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections kept per upstream.
+const MAX_PER_UPSTREAM: usize = 64;
+
+struct Pooled {
+    sender: SendRequest<Body>,
+    returned: Instant,
+}
+
+/// A connection to one upstream.
+pub struct Conn {
+    /// Sends requests on the connection.
+    pub sender: SendRequest<Body>,
+    /// Whether it served a request before (and so may have been closed by the far end
+    /// meanwhile).
+    pub reused: bool,
+    upstream: SocketAddrV4,
+}
+
+/// Connections to agents, by upstream address.
+pub struct Pool {
+    stack: Stack,
+    idle: Mutex<HashMap<SocketAddrV4, Vec<Pooled>>>,
+}
+
+impl Pool {
+    /// An empty pool dialing through `stack`.
+    pub fn new(stack: Stack) -> Self {
+        Pool { stack, idle: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddrV4, Vec<Pooled>>> {
+        // The map holds plain handles; nothing is left half-done by a panic.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready pooled connection, or a new one.
+    pub async fn checkout(&self, upstream: SocketAddrV4) -> io::Result<Conn> {
+        if let Some(sender) = self.take_ready(upstream) {
+            return Ok(Conn { sender, reused: true, upstream });
+        }
+        self.connect(upstream).await
+    }
+
+    fn take_ready(&self, upstream: SocketAddrV4) -> Option<SendRequest<Body>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&upstream)?;
+        list.retain(|p| !p.sender.is_closed() && !(p.sender.is_ready() && p.returned.elapsed() > IDLE_TIMEOUT));
+        let position = list.iter().position(|p| p.sender.is_ready())?;
+        Some(list.swap_remove(position).sender)
+    }
+
+    /// A new connection.
+    pub async fn connect(&self, upstream: SocketAddrV4) -> io::Result<Conn> {
+        let stream = self.stack.connect(upstream).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(FuturesIo(stream))
+            .await
+            .map_err(|e| io::Error::other(format!("HTTP handshake with {upstream}: {e}")))?;
+        // The connection task ends when the connection closes; its sender lives in the pool.
+        smol::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                log::debug!("upstream connection {upstream}: {e}");
+            }
+        })
+        .detach();
+        Ok(Conn { sender, reused: false, upstream })
+    }
+
+    /// Return a connection whose response head arrived.
+    pub fn checkin(&self, conn: Conn) {
+        let mut idle = self.lock();
+        let list = idle.entry(conn.upstream).or_default();
+        if list.len() < MAX_PER_UPSTREAM {
+            list.push(Pooled { sender: conn.sender, returned: Instant::now() });
+        }
+    }
+
+    /// Connections held, busy or idle.
+    pub fn size(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}

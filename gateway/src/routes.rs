@@ -1,0 +1,80 @@
+//! Which tunnel serves a hostname. Plain data built from a config snapshot.
+
+use kakuremichi_proto::ids::Hostname;
+use kakuremichi_proto::messages::HttpRoute;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+/// Where one hostname's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// The public hostname, for pages and logs.
+    pub hostname: Hostname,
+    /// The agent's overlay address and the tunnel's service port.
+    pub upstream: SocketAddrV4,
+}
+
+/// Hostname → route.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    by_host: HashMap<Hostname, Route>,
+}
+
+impl RouteTable {
+    /// The table for a snapshot's routes.
+    pub fn new(routes: &[HttpRoute]) -> Self {
+        let by_host = routes
+            .iter()
+            .map(|r| {
+                let route = Route {
+                    tunnel_id: r.tunnel_id.clone(),
+                    hostname: r.hostname.clone(),
+                    upstream: SocketAddrV4::new(r.agent_ip, r.service_port),
+                };
+                (r.hostname.clone(), route)
+            })
+            .collect();
+        RouteTable { by_host }
+    }
+
+    /// The route for a `Host` header value (any port is ignored, case does not matter).
+    pub fn lookup(&self, host: &str) -> Option<&Route> {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        self.by_host.get(&name.parse::<Hostname>().ok()?)
+    }
+
+    /// How many hostnames are routed.
+    pub fn len(&self) -> usize {
+        self.by_host.len()
+    }
+
+    /// Whether no hostname is routed.
+    pub fn is_empty(&self) -> bool {
+        self.by_host.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_ignores_port_and_case() {
+        let table = RouteTable::new(&[HttpRoute {
+            tunnel_id: "tun_1".into(),
+            hostname: "app.localhost".parse().unwrap(),
+            agent_ip: "10.77.0.2".parse().unwrap(),
+            service_port: 20000,
+        }]);
+        assert_eq!(table.lookup("APP.localhost:8080").unwrap().upstream.port(), 20000);
+        assert!(table.lookup("app.localhost").is_some());
+        assert!(table.lookup("other.localhost").is_none());
+        assert!(table.lookup("").is_none());
+        assert!(table.lookup("app.localhost:x").is_none());
+    }
+}

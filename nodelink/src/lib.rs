@@ -1,0 +1,41 @@
+//! # kakuremichi-nodelink
+//!
+//! What gateways and agents share about talking to Control:
+//!
+//! - [`state_dir`]: the node's state directory: its WireGuard private key (made on first
+//!   start, never sent anywhere) and its last config snapshot, written atomically so a crash
+//!   leaves the old or the new file, never half of one.
+//! - [`apply`]: the newest snapshot wins; peers become netstack peer specs.
+//! - [`link`]: the control WebSocket: connect (resolving DNS each time), hello, snapshots in,
+//!   heartbeats and status out, reconnect with capped exponential backoff.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod link;
+pub mod state_dir;
+
+/// Why the link or the state directory failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator's settings are wrong (bad URL, unreadable key file).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Control refused the API key.
+    #[error("Control rejected the API key (HTTP 401): check API_KEY")]
+    Unauthorized,
+    /// Control could not be reached or the connection broke.
+    #[error("control connection: {0}")]
+    Connection(String),
+    /// Control sent something that is not our protocol.
+    #[error("Control sent an invalid message: {0}")]
+    Protocol(String),
+    /// Reading or writing the state directory failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

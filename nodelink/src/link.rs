@@ -1,0 +1,228 @@
+//! The control WebSocket, from the node's side.
+
+use crate::state_dir::StateDir;
+use crate::Error;
+use async_io::Timer;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::{self, Message};
+use futures_lite::{future, StreamExt};
+use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::{
+    decode, encode, ConfigSnapshot, ControlMessage, Hello, NodeMessage, NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES,
+    MISSED_HEARTBEATS_OFFLINE,
+};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Time allowed for TCP connect plus the WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and largest pause between reconnection attempts. The cap keeps a node within ten
+/// seconds of a Control that comes back.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(6);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// Where Control is, parsed from `CONTROL_URL`.
+#[derive(Clone, Debug)]
+pub struct ControlUrl {
+    host: String,
+    port: u16,
+    ws_url: String,
+}
+
+impl ControlUrl {
+    /// Parse `http://host[:port][/prefix]` for a node of `kind`.
+    pub fn parse(raw: &str, kind: NodeKind) -> Result<ControlUrl, Error> {
+        let uri: Uri = raw.parse().map_err(|e| Error::Config(format!("CONTROL_URL {raw:?}: {e}")))?;
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => {
+                return Err(Error::Config(format!(
+                    "CONTROL_URL {raw:?}: https is not supported by this build yet; use http:// on a trusted network"
+                )))
+            }
+            _ => return Err(Error::Config(format!("CONTROL_URL {raw:?} must start with http://"))),
+        };
+        let host = uri.host().ok_or_else(|| Error::Config(format!("CONTROL_URL {raw:?} has no host")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(default_port);
+        let prefix = uri.path().trim_end_matches('/');
+        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+        let ws_url = format!("ws://{authority}{prefix}/ws/{}", kind.as_str());
+        Ok(ControlUrl { host, port, ws_url })
+    }
+}
+
+/// What the link needs to know.
+pub struct LinkSettings {
+    /// Control's address.
+    pub control: ControlUrl,
+    /// The node's API key.
+    pub api_key: String,
+    /// What the node says in its hello.
+    pub hello: Hello,
+    /// Where snapshots are cached.
+    pub state_dir: StateDir,
+}
+
+/// Whether the link is up right now, for health endpoints.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    connected: AtomicBool,
+}
+
+impl LinkState {
+    /// Whether a session with Control is open.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Keep a session with Control open forever: every snapshot received is cached in the state
+/// directory and handed to `apply`; `status` is reported with each heartbeat.
+pub async fn run(
+    settings: LinkSettings,
+    state: &LinkState,
+    mut apply: impl FnMut(ConfigSnapshot),
+    status: impl Fn() -> NodeStatus,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let started = Instant::now();
+        let error = session(&settings, state, &mut apply, &status).await;
+        state.connected.store(false, Ordering::Relaxed);
+        match &error {
+            Error::Unauthorized => log::error!("{error}; retrying in {backoff:?}"),
+            _ => log::warn!("{error}; reconnecting in {backoff:?}"),
+        }
+        if started.elapsed() > STABLE_SESSION {
+            backoff = BACKOFF_FIRST;
+        }
+        Timer::after(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+/// `base` plus up to a quarter of it, so many nodes do not reconnect in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    base + base.mul_f64(f64::from(byte[0]) / 1024.0)
+}
+
+async fn timeout<T>(limit: Duration, what: &str, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    future::or(work, async {
+        Timer::after(limit).await;
+        Err(Error::Connection(format!("{what} timed out after {limit:?}")))
+    })
+    .await
+}
+
+enum Event {
+    Received(Option<Result<Message, tungstenite::Error>>),
+    Tick,
+}
+
+/// One session; returns why it ended.
+async fn session(settings: &LinkSettings, state: &LinkState, apply: &mut impl FnMut(ConfigSnapshot), status: &impl Fn() -> NodeStatus) -> Error {
+    let control = &settings.control;
+    let connect = async {
+        // Connecting by name resolves DNS again on every attempt.
+        let tcp = smol::net::TcpStream::connect((control.host.as_str(), control.port))
+            .await
+            .map_err(|e| Error::Connection(format!("{}:{}: {e}", control.host, control.port)))?;
+        let mut request = control.ws_url.as_str().into_client_request().map_err(|e| Error::Config(e.to_string()))?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", settings.api_key))
+            .map_err(|_| Error::Config("API_KEY contains characters not allowed in a header".into()))?;
+        request.headers_mut().insert("authorization", bearer);
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_MESSAGE_BYTES);
+        config.max_frame_size = Some(MAX_MESSAGE_BYTES);
+        match async_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(response)) if response.status() == 401 => Err(Error::Unauthorized),
+            Err(e) => Err(Error::Connection(format!("handshake with {}: {e}", control.ws_url))),
+        }
+    };
+    let mut ws = match timeout(CONNECT_TIMEOUT, "connecting to Control", connect).await {
+        Ok(ws) => ws,
+        Err(e) => return e,
+    };
+    let hello = NodeMessage::Hello(settings.hello.clone());
+    if let Err(e) = ws.send(Message::text(encode(&hello))).await {
+        return Error::Connection(e.to_string());
+    }
+    log::info!("connected to Control at {}", control.ws_url);
+    state.connected.store(true, Ordering::Relaxed);
+    let mut last_heard = Instant::now();
+    let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+    loop {
+        let event = future::or(async { Event::Received(ws.next().await) }, async {
+            Timer::at(next_heartbeat).await;
+            Event::Tick
+        })
+        .await;
+        match event {
+            Event::Received(Some(Ok(Message::Text(text)))) => {
+                last_heard = Instant::now();
+                match decode::<ControlMessage>(&text) {
+                    Ok(ControlMessage::Config(snapshot)) => {
+                        if let Err(e) = settings.state_dir.save_config(&snapshot) {
+                            log::warn!("could not cache config version {}: {e}", snapshot.version);
+                        }
+                        apply(snapshot);
+                    }
+                    Ok(ControlMessage::Heartbeat) => {}
+                    Err(e) => return Error::Protocol(e.to_string()),
+                }
+            }
+            Event::Received(Some(Ok(Message::Close(_)))) | Event::Received(None) => {
+                return Error::Connection("Control closed the connection".into())
+            }
+            Event::Received(Some(Ok(_))) => last_heard = Instant::now(),
+            Event::Received(Some(Err(e))) => return Error::Connection(e.to_string()),
+            Event::Tick => {
+                if last_heard.elapsed() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
+                    return Error::Connection("Control missed its heartbeats".into());
+                }
+                next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+                for message in [NodeMessage::Heartbeat, NodeMessage::Status(status())] {
+                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
+                        return Error::Connection(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Summarise a netstack's peers for a status report.
+pub fn netstack_status(config_version: u64, stack: &kakuremichi_netstack::Stack) -> NodeStatus {
+    let peers = stack.peer_stats();
+    NodeStatus {
+        config_version,
+        peers_up: peers.iter().filter(|p| p.is_up()).count() as u32,
+        rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
+        tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_urls() {
+        let url = ControlUrl::parse("http://control.lan:7080", NodeKind::Agent).unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("control.lan", 7080));
+        assert_eq!(url.ws_url, "ws://control.lan:7080/ws/agent");
+        let url = ControlUrl::parse("http://[::1]/k/", NodeKind::Gateway).unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.ws_url.as_str()), ("::1", 80, "ws://[::1]/k/ws/gateway"));
+        assert!(ControlUrl::parse("ftp://x", NodeKind::Agent).is_err());
+        assert!(ControlUrl::parse("control:7080", NodeKind::Agent).is_err());
+    }
+}

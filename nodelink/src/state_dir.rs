@@ -1,0 +1,110 @@
+//! The node's state directory: `wireguard.key` and `config.json`.
+
+use crate::Error;
+use base64::Engine;
+use kakuremichi_proto::messages::{decode, encode, ConfigSnapshot};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const KEY_FILE: &str = "wireguard.key";
+const CONFIG_FILE: &str = "config.json";
+
+/// A node's state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Use (and create if needed) `path`.
+    pub fn open(path: &Path) -> Result<StateDir, Error> {
+        fs::create_dir_all(path).map_err(|e| io(format!("creating state directory {}", path.display()), e))?;
+        Ok(StateDir { path: path.to_path_buf() })
+    }
+
+    /// The node's WireGuard private key, generated and saved on first use.
+    pub fn private_key(&self) -> Result<[u8; 32], Error> {
+        let file = self.path.join(KEY_FILE);
+        match fs::read_to_string(&file) {
+            Ok(text) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| Error::Config(format!("{} is not base64", file.display())))?;
+                bytes.try_into().map_err(|_| Error::Config(format!("{} does not hold a 32-byte key", file.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
+                let text = base64::engine::general_purpose::STANDARD.encode(key) + "\n";
+                write_atomically(&file, text.as_bytes(), true)?;
+                log::info!("generated a new WireGuard key in {}", file.display());
+                Ok(key)
+            }
+            Err(e) => Err(io(format!("reading {}", file.display()), e)),
+        }
+    }
+
+    /// The last snapshot received from Control, if any and readable.
+    pub fn cached_config(&self) -> Option<ConfigSnapshot> {
+        let file = self.path.join(CONFIG_FILE);
+        let text = fs::read_to_string(&file).ok()?;
+        match decode(&text) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                log::warn!("ignoring unreadable cached config {}: {e}", file.display());
+                None
+            }
+        }
+    }
+
+    /// Keep `config` for the next start.
+    pub fn save_config(&self, config: &ConfigSnapshot) -> Result<(), Error> {
+        write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes(), false)
+    }
+}
+
+fn io(context: String, source: std::io::Error) -> Error {
+    Error::Io { context, source }
+}
+
+/// Write `bytes` to a temporary file, sync it, and rename it over `file`.
+fn write_atomically(file: &Path, bytes: &[u8], private: bool) -> Result<(), Error> {
+    let tmp = file.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let context = || format!("writing {}", file.display());
+    let mut handle = options.open(&tmp).map_err(|e| io(context(), e))?;
+    handle.write_all(bytes).and_then(|_| handle.sync_all()).map_err(|e| io(context(), e))?;
+    fs::rename(&tmp, file).map_err(|e| io(context(), e))?;
+    if let Some(dir) = file.parent().and_then(|d| fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("kakuremichi-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).unwrap();
+        let key = state.private_key().unwrap();
+        assert_eq!(state.private_key().unwrap(), key);
+        fs::write(dir.join(KEY_FILE), "garbage").unwrap();
+        assert!(matches!(state.private_key(), Err(Error::Config(_))));
+        fs::write(dir.join(CONFIG_FILE), "{").unwrap();
+        assert!(state.cached_config().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
