@@ -1,6 +1,7 @@
 //! Service ports: one overlay listener per tunnel, each connection forwarded to the tunnel's
-//! target. Reconciled against every snapshot: new ports start, removed ones stop, a changed
-//! target applies to the next connection without touching open ones.
+//! target. Reconciled against every snapshot: new ports start; removed ones stop and close
+//! their connections; a changed target closes connections to the old one (a gateway's pooled
+//! keep-alive connection would otherwise keep reaching it).
 
 use async_io::Timer;
 use futures_lite::future;
@@ -14,9 +15,30 @@ use std::time::Duration;
 /// How long to wait for a target to accept.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a service's connections go now. Dropping it closes every connection forwarded to
+/// that target: each holds a receiver of `cancel`, which then reports closed.
+struct Destination {
+    target: Target,
+    cancel: async_channel::Sender<()>,
+    cancelled: async_channel::Receiver<()>,
+}
+
+impl Destination {
+    fn new(target: Target) -> Self {
+        let (cancel, cancelled) = async_channel::bounded(1);
+        Destination { target, cancel, cancelled }
+    }
+}
+
 struct Running {
-    target: Arc<RwLock<Target>>,
+    destination: Arc<RwLock<Destination>>,
     _accept_loop: smol::Task<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.destination.read().unwrap_or_else(|p| p.into_inner()).cancel.close();
+    }
 }
 
 /// The service ports currently listened on.
@@ -36,14 +58,18 @@ impl Services {
         self.running.retain(|port, _| services.iter().any(|s| s.port == *port));
         for service in services {
             if let Some(running) = self.running.get(&service.port) {
-                *running.target.write().unwrap_or_else(|p| p.into_inner()) = service.target.clone();
+                let mut destination = running.destination.write().unwrap_or_else(|p| p.into_inner());
+                if destination.target != service.target {
+                    destination.cancel.close();
+                    *destination = Destination::new(service.target.clone());
+                }
                 continue;
             }
             match self.stack.listen(service.port) {
                 Ok(listener) => {
-                    let target = Arc::new(RwLock::new(service.target.clone()));
-                    let task = smol::spawn(accept_loop(listener, target.clone(), service.tunnel_id.clone()));
-                    self.running.insert(service.port, Running { target, _accept_loop: task });
+                    let destination = Arc::new(RwLock::new(Destination::new(service.target.clone())));
+                    let task = smol::spawn(accept_loop(listener, destination.clone(), service.tunnel_id.clone()));
+                    self.running.insert(service.port, Running { destination, _accept_loop: task });
                 }
                 Err(e) => log::error!("tunnel {}: cannot listen on service port {}: {e}", service.tunnel_id, service.port),
             }
@@ -61,15 +87,21 @@ impl Services {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: Arc<RwLock<Target>>, tunnel_id: String) {
+async fn accept_loop(listener: TcpListener, destination: Arc<RwLock<Destination>>, tunnel_id: String) {
     loop {
         let Ok((stream, from)) = listener.accept().await else { continue };
-        let target = target.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (target, cancelled) = {
+            let destination = destination.read().unwrap_or_else(|p| p.into_inner());
+            (destination.target.clone(), destination.cancelled.clone())
+        };
         let tunnel_id = tunnel_id.clone();
-        // A forwarded connection lives as long as either side keeps it open; it outlives a
-        // tunnel edit on purpose.
+        // A forwarded connection lives until either side closes it or its target changes.
         smol::spawn(async move {
-            if let Err(e) = forward(stream, &target).await {
+            let cancel = async {
+                let _ = cancelled.recv().await;
+                Ok(())
+            };
+            if let Err(e) = future::or(forward(stream, &target), cancel).await {
                 log::warn!("tunnel {tunnel_id}: connection from {from} to {target}: {e}");
             }
         })

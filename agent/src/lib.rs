@@ -18,8 +18,7 @@ use kakuremichi_netstack::Stack;
 use kakuremichi_nodelink::apply::{peer_specs, Latest};
 use kakuremichi_nodelink::link::{self, ControlUrl, LinkSettings, LinkState};
 use kakuremichi_nodelink::state_dir::StateDir;
-use kakuremichi_proto::ids::{NodeKind, PublicKey};
-use kakuremichi_proto::messages::Hello;
+use kakuremichi_proto::ids::NodeKind;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -85,11 +84,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         log::info!("serving cached config version {} until Control answers", cached.version);
         snapshots.put(cached);
     }
-    let hello = Hello {
-        public_key: PublicKey(kakuremichi_netstack::public_key_of(&private_key)),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        wireguard_endpoint: None,
-    };
+    let hello = kakuremichi_nodelink::hello(&private_key, None);
     let link_settings = LinkSettings { control, api_key: settings.api_key, hello, state_dir };
     let status_agent = agent.clone();
     let serve_status = kakuremichi_rt::http::serve(status_listener, move |request, _| {

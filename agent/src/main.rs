@@ -38,12 +38,6 @@ enum Command {
 #[argh(subcommand, name = "healthcheck")]
 struct Healthcheck {}
 
-fn from_flag_or_env(flag: Option<String>, env: &str) -> anyhow::Result<String> {
-    flag.or_else(|| std::env::var(env).ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-")))
-}
-
 fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
@@ -59,8 +53,8 @@ fn main() -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("STATE_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("./agent-state"));
     let settings = kakuremichi_agent::Settings {
-        control_url: from_flag_or_env(args.control_url, "CONTROL_URL")?,
-        api_key: from_flag_or_env(args.api_key, "API_KEY")?,
+        control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,
+        api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
         state_dir,
         status_listen: args.status_listen,
         wireguard_bind: args.wireguard_bind,

@@ -23,6 +23,9 @@ pub struct NodeRecord {
     pub version: Option<String>,
     /// Gateways: where agents send WireGuard datagrams.
     pub wireguard_endpoint: Option<String>,
+    /// The node process's instance, from its last hello.
+    #[serde(default)]
+    pub instance: u64,
     pub created_at: u64,
 }
 
@@ -101,6 +104,7 @@ pub fn snapshot(
                 public_key: n.public_key?,
                 overlay_ip: n.overlay_ip,
                 endpoint: n.wireguard_endpoint.clone(),
+                instance: n.instance,
             })
         })
         .collect();
@@ -153,6 +157,7 @@ mod tests {
             public_key: key.map(|k| PublicKey([k; 32])),
             version: None,
             wireguard_endpoint: (kind == NodeKind::Gateway).then(|| "gw:51820".into()),
+            instance: 0,
             created_at: 0,
         }
     }

@@ -43,7 +43,7 @@ where
         let _ = ws.close(None).await;
         return;
     };
-    match control.store.record_hello(&node_id, hello.public_key, &hello.version, hello.wireguard_endpoint) {
+    match control.store.record_hello(&node_id, &hello) {
         Ok(true) => control.hub.notify_all(),
         Ok(false) => {}
         Err(e) => {

@@ -7,7 +7,8 @@ use crate::error::Error;
 use crate::model::{allocate_service_port, NodeRecord, OverlayNet, TokenRecord, TunnelRecord};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
-use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
+use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
+use kakuremichi_proto::messages::Hello;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 
@@ -138,6 +139,7 @@ impl Store {
                 public_key: None,
                 version: None,
                 wireguard_endpoint: None,
+                instance: 0,
                 created_at: auth::unix_now(),
             };
             put(&s.nodes, wtxn, &record.id, &record)?;
@@ -158,11 +160,16 @@ impl Store {
 
     /// Record what a node said in its hello. Returns whether anything changed (and so the
     /// revision moved and peers need new snapshots).
-    pub fn record_hello(&self, id: &str, public_key: PublicKey, version: &str, endpoint: Option<String>) -> Result<bool, Error> {
+    pub fn record_hello(&self, id: &str, hello: &Hello) -> Result<bool, Error> {
         let rtxn = self.env.read_txn()?;
         let node: NodeRecord = get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
-        let endpoint = if node.kind == NodeKind::Gateway { endpoint } else { None };
-        if node.public_key == Some(public_key) && node.version.as_deref() == Some(version) && node.wireguard_endpoint == endpoint {
+        let (public_key, version) = (hello.public_key, hello.version.as_str());
+        let endpoint = if node.kind == NodeKind::Gateway { hello.wireguard_endpoint.clone() } else { None };
+        let unchanged = node.public_key == Some(public_key)
+            && node.version.as_deref() == Some(version)
+            && node.wireguard_endpoint == endpoint
+            && node.instance == hello.instance;
+        if unchanged {
             return Ok(false);
         }
         drop(rtxn);
@@ -175,6 +182,7 @@ impl Store {
             node.public_key = Some(public_key);
             node.version = Some(version.to_string());
             node.wireguard_endpoint = endpoint;
+            node.instance = hello.instance;
             put(&s.nodes, wtxn, id, &node)?;
             Ok(true)
         })

@@ -24,12 +24,14 @@ use kakuremichi_nodelink::apply::{peer_specs, Latest};
 use kakuremichi_nodelink::link::{self, ControlUrl, LinkSettings, LinkState};
 use kakuremichi_nodelink::state_dir::StateDir;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
-use kakuremichi_proto::messages::{ConfigSnapshot, Hello};
+use kakuremichi_proto::messages::ConfigSnapshot;
 use routes::RouteTable;
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,13 @@ pub struct Gateway {
     config_version: AtomicU64,
     link: LinkState,
     metrics: Metrics,
+    state_dir: StateDir,
+    /// Agents' endpoints as last seen, by base64 public key; survives restarts.
+    known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
+
+/// How often learned agent endpoints are compared with the saved ones.
+const ENDPOINT_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Gateway {
     /// The current route table.
@@ -85,8 +93,21 @@ impl Gateway {
     }
 
     async fn apply(&self, snapshot: ConfigSnapshot) {
-        // Agents find the gateway through their own handshakes: no endpoints, no keepalive.
-        let peers = peer_specs(&snapshot, None).await;
+        // Agents find the gateway through their own handshakes; endpoints learned before a
+        // restart let the gateway start handshakes too. No keepalive: agents send theirs.
+        // An endpoint the stack learned now beats one saved earlier.
+        let mut peers = peer_specs(&snapshot, None).await;
+        let live: HashMap<[u8; 32], SocketAddr> =
+            self.stack.peer_stats().into_iter().filter_map(|p| Some((p.public_key, p.endpoint?))).collect();
+        {
+            let known = self.known_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            for (spec, config) in peers.iter_mut().zip(&snapshot.peers) {
+                spec.endpoint = spec
+                    .endpoint
+                    .or_else(|| live.get(&spec.public_key).copied())
+                    .or_else(|| known.get(&config.public_key.to_string()).copied());
+            }
+        }
         if self.stack.address() != Some(snapshot.overlay_ip) {
             self.stack.set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
         }
@@ -95,6 +116,26 @@ impl Gateway {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version.store(snapshot.version, Ordering::Relaxed);
         log::info!("applied config version {} ({} routes, {} peers)", snapshot.version, snapshot.routes.len(), peers.len());
+    }
+
+    /// Save agents' endpoints whenever they change.
+    async fn keep_endpoints(&self) {
+        loop {
+            async_io::Timer::after(ENDPOINT_SAVE_INTERVAL).await;
+            let current: HashMap<String, SocketAddr> = self
+                .stack
+                .peer_stats()
+                .into_iter()
+                .filter_map(|p| Some((PublicKey(p.public_key).to_string(), p.endpoint?)))
+                .collect();
+            let mut known = self.known_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            if current.iter().any(|(key, addr)| known.get(key) != Some(addr)) {
+                known.extend(current);
+                if let Err(e) = self.state_dir.save_peer_endpoints(&known) {
+                    log::warn!("could not save peer endpoints: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -122,6 +163,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         config_version: AtomicU64::new(0),
         link: LinkState::default(),
         metrics: Metrics::default(),
+        known_endpoints: Mutex::new(state_dir.peer_endpoints()),
+        state_dir: state_dir.clone(),
     });
     let snapshots = Latest::default();
     if let Some(cached) = state_dir.cached_config() {
@@ -135,11 +178,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.wireguard_endpoint,
         settings.admin_listen
     );
-    let hello = Hello {
-        public_key: PublicKey(kakuremichi_netstack::public_key_of(&private_key)),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
-    };
+    let hello = kakuremichi_nodelink::hello(&private_key, Some(settings.wireguard_endpoint.clone()));
     let link_settings = LinkSettings { control, api_key: settings.api_key, hello, state_dir };
     let proxy_gateway = gateway.clone();
     let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
@@ -162,6 +201,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         |snapshot| snapshots.put(snapshot),
         || link::netstack_status(gateway.config_version.load(Ordering::Relaxed), &gateway.stack),
     );
-    future::or(future::or(serve_http, serve_admin), future::or(apply_loop, control_link)).await;
+    let background = future::or(apply_loop, gateway.keep_endpoints());
+    future::or(future::or(serve_http, serve_admin), future::or(background, control_link)).await;
     Ok(())
 }

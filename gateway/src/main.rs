@@ -31,12 +31,6 @@ struct Args {
     admin_listen: SocketAddr,
 }
 
-fn from_flag_or_env(flag: Option<String>, env: &str) -> anyhow::Result<String> {
-    flag.or_else(|| std::env::var(env).ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-")))
-}
-
 fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
@@ -46,8 +40,8 @@ fn main() -> anyhow::Result<()> {
         None => anyhow::bail!("--wireguard-endpoint is required when listening on {}: agents need a public host:port", args.wireguard_listen),
     };
     let settings = kakuremichi_gateway::Settings {
-        control_url: from_flag_or_env(args.control_url, "CONTROL_URL")?,
-        api_key: from_flag_or_env(args.api_key, "API_KEY")?,
+        control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,
+        api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
         state_dir: args.state_dir,
         http_listen: args.http_listen,
         wireguard_listen: args.wireguard_listen,

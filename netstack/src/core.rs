@@ -77,10 +77,16 @@ pub struct Core {
 }
 
 impl Core {
-    /// A stack with this WireGuard private key, no address and no peers.
-    pub fn new(private_key: [u8; 32], now: Instant) -> Self {
+    /// A stack with this WireGuard private key, no address and no peers. `random_seed` seeds
+    /// TCP initial sequence numbers and the first ephemeral port, so a restarted node does not
+    /// reuse its previous run's connection tuples.
+    pub fn new(private_key: [u8; 32], random_seed: u64, now: Instant) -> Self {
         let mut device = QueueDevice::default();
-        let iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now);
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = random_seed;
+        let iface = Interface::new(config, &mut device, now);
+        let span = u64::from(EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start()) + 1;
+        let first_port = EPHEMERAL_PORTS.start() + (random_seed % span) as u16;
         Core {
             iface,
             device,
@@ -89,7 +95,7 @@ impl Core {
             address: None,
             listeners: HashMap::new(),
             orphans: Vec::new(),
-            next_ephemeral: *EPHEMERAL_PORTS.start(),
+            next_ephemeral: first_port,
         }
     }
 

@@ -24,6 +24,7 @@
 //!     overlay_ip: "10.77.0.1".parse().unwrap(),
 //!     endpoint: Some("203.0.113.7:51820".parse().unwrap()),
 //!     persistent_keepalive: Some(25),
+//!     incarnation: 0,
 //! }]);
 //! let listener = stack.listen(20000)?;
 //! let (stream, from) = listener.accept().await?;

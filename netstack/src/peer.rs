@@ -40,6 +40,8 @@ pub struct PeerSpec {
     pub endpoint: Option<SocketAddr>,
     /// Seconds between keepalives that keep a NAT mapping open, if any.
     pub persistent_keepalive: Option<u16>,
+    /// Which run of the peer's process this is; a new value drops the old session.
+    pub incarnation: u64,
 }
 
 /// What one peer has done, for status and metrics.
@@ -127,12 +129,20 @@ impl PeerTable {
         self.peers.retain(|_, peer| wanted.contains_key(&peer.spec.public_key));
         self.index_by_key.retain(|key, _| wanted.contains_key(key));
         for spec in specs {
-            match self.index_by_key.get(&spec.public_key).and_then(|i| self.peers.get_mut(i)) {
-                Some(peer) => {
+            match self.index_by_key.get(&spec.public_key).copied() {
+                Some(index) => {
+                    let Some(peer) = self.peers.get_mut(&index) else { continue };
                     if spec.endpoint.is_some() && spec.endpoint != peer.spec.endpoint {
                         peer.endpoint = spec.endpoint;
                     }
+                    // A restarted peer lost its sessions; ours may already be with its new
+                    // process, so start a new handshake rather than drop the session.
+                    let restarted = peer.spec.incarnation != spec.incarnation;
                     peer.spec = spec.clone();
+                    let has_session = peer.tunn.time_since_last_handshake().is_some_and(|t| t < SESSION_LIFETIME);
+                    if restarted || (spec.persistent_keepalive.is_some() && !has_session) {
+                        self.initiate_handshake(index, true);
+                    }
                 }
                 None => {
                     let index = self.allocate_index();
@@ -158,7 +168,7 @@ impl PeerTable {
                     if spec.persistent_keepalive.is_some() {
                         // Like wg(8): a peer with persistent keepalive is contacted at once, so
                         // the far side learns our endpoint before it has anything to send.
-                        self.initiate_handshake(index);
+                        self.initiate_handshake(index, false);
                     }
                 }
             }
@@ -166,11 +176,12 @@ impl PeerTable {
         self.index_by_ip = self.peers.iter().map(|(i, p)| (p.spec.overlay_ip, *i)).collect();
     }
 
-    fn initiate_handshake(&mut self, index: u32) {
+    fn initiate_handshake(&mut self, index: u32, force: bool) {
         let PeerTable { peers, scratch, to_network, drops, .. } = self;
         let Some(peer) = peers.get_mut(&index) else { return };
+        log::debug!("peer {}: initiating handshake to {:?}", short(&peer.spec.public_key), peer.endpoint);
         if let (Some(endpoint), TunnResult::WriteToNetwork(out)) =
-            (peer.endpoint, peer.tunn.format_handshake_initiation(scratch, false))
+            (peer.endpoint, peer.tunn.format_handshake_initiation(scratch, force))
         {
             push_bounded(to_network, drops, endpoint, out);
         }
@@ -215,7 +226,8 @@ impl PeerTable {
                 TunnResult::WriteToNetwork(out) => out.first() != Some(&COOKIE_REPLY_TYPE),
                 _ => true,
             };
-            if first && authenticated {
+            if first && authenticated && peer.endpoint != Some(from) {
+                log::debug!("peer {}: endpoint now {from}", short(&peer.spec.public_key));
                 peer.endpoint = Some(from);
             }
             first = false;
@@ -238,7 +250,8 @@ impl PeerTable {
                     drops.spoofed_sources += 1;
                     return;
                 }
-                TunnResult::Err(_) => {
+                TunnResult::Err(e) => {
+                    log::debug!("peer {}: datagram from {from} refused: {e:?}", short(&peer.spec.public_key));
                     drops.invalid_datagrams += 1;
                     return;
                 }
@@ -325,6 +338,11 @@ impl PeerTable {
             })
             .collect()
     }
+}
+
+/// The start of a key in base64-free hex, enough to tell peers apart in logs.
+fn short(key: &[u8; 32]) -> String {
+    key[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn push_bounded(

@@ -65,8 +65,10 @@ impl Stack {
         let local_addr = udp.get_ref().local_addr()?;
         let epoch = Instant::now();
         let (nudge, nudged) = async_channel::bounded(1);
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core::new(private_key, smoltcp::time::Instant::ZERO)),
+            core: Mutex::new(Core::new(private_key, u64::from_le_bytes(seed), smoltcp::time::Instant::ZERO)),
             nudge,
             epoch,
         });

@@ -33,7 +33,7 @@ impl Net {
             .map(|i| {
                 let key = random_key();
                 let ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
-                let mut core = Core::new(key, Instant::ZERO);
+                let mut core = Core::new(key, i as u64 * 7919, Instant::ZERO);
                 core.set_address(ip, 16);
                 Node { udp: format!("192.0.2.{}:51820", i + 1).parse().unwrap(), key, ip, core }
             })
@@ -47,6 +47,7 @@ impl Net {
             overlay_ip: self.nodes[i].ip,
             endpoint: with_endpoint.then_some(self.nodes[i].udp),
             persistent_keepalive: None,
+            incarnation: 0,
         }
     }
 
@@ -245,7 +246,7 @@ fn handshake_flood_gets_cookies() {
     // Valid initiations from a real peer key, replayed many times from one address.
     let mut initiations = Vec::new();
     for _ in 0..300 {
-        let mut other = Core::new(net.nodes[1].key, Instant::ZERO);
+        let mut other = Core::new(net.nodes[1].key, 1, Instant::ZERO);
         other.set_address(net.nodes[1].ip, 16);
         other.set_peers(&[net.spec(0, true)]);
         other.tcp_connect(SocketAddrV4::new(net.nodes[0].ip, 1)).unwrap();

@@ -55,7 +55,13 @@ pub async fn peer_specs(snapshot: &ConfigSnapshot, persistent_keepalive: Option<
             },
             None => None,
         };
-        specs.push(PeerSpec { public_key: peer.public_key.0, overlay_ip: peer.overlay_ip, endpoint, persistent_keepalive });
+        specs.push(PeerSpec {
+            public_key: peer.public_key.0,
+            overlay_ip: peer.overlay_ip,
+            endpoint,
+            persistent_keepalive,
+            incarnation: peer.instance,
+        });
     }
     specs
 }

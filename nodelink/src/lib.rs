@@ -15,6 +15,30 @@ pub mod apply;
 pub mod link;
 pub mod state_dir;
 
+use kakuremichi_proto::ids::PublicKey;
+use kakuremichi_proto::messages::Hello;
+
+/// The hello a node sends: its public key, version, a fresh instance number for this process,
+/// and (gateways) its WireGuard endpoint.
+pub fn hello(private_key: &[u8; 32], wireguard_endpoint: Option<String>) -> Hello {
+    let mut instance = [0u8; 8];
+    // Without randomness the instance is 0; peers then only miss the fast re-handshake.
+    let _ = getrandom::fill(&mut instance);
+    Hello {
+        public_key: PublicKey(kakuremichi_netstack::public_key_of(private_key)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        wireguard_endpoint,
+        instance: u64::from_le_bytes(instance),
+    }
+}
+
+/// A required setting from its command-line flag or, failing that, its environment variable.
+pub fn required_setting(flag: Option<String>, env: &str) -> Result<String, Error> {
+    flag.or_else(|| std::env::var(env).ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Config(format!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-"))))
+}
+
 /// Why the link or the state directory failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -4,11 +4,14 @@ use crate::Error;
 use base64::Engine;
 use kakuremichi_proto::messages::{decode, encode, ConfigSnapshot};
 use std::fs;
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 const KEY_FILE: &str = "wireguard.key";
 const CONFIG_FILE: &str = "config.json";
+const ENDPOINTS_FILE: &str = "peer-endpoints.json";
 
 /// A node's state directory.
 #[derive(Clone, Debug)]
@@ -58,6 +61,18 @@ impl StateDir {
         }
     }
 
+    /// Peers' last known WireGuard endpoints, by base64 public key.
+    pub fn peer_endpoints(&self) -> HashMap<String, SocketAddr> {
+        let text = fs::read_to_string(self.path.join(ENDPOINTS_FILE)).unwrap_or_default();
+        decode(&text).unwrap_or_default()
+    }
+
+    /// Keep peers' endpoints for the next start, so a restarted node can start handshakes
+    /// itself instead of waiting for peers whose sessions it lost.
+    pub fn save_peer_endpoints(&self, endpoints: &HashMap<String, SocketAddr>) -> Result<(), Error> {
+        write_atomically(&self.path.join(ENDPOINTS_FILE), encode(endpoints).as_bytes(), false)
+    }
+
     /// Keep `config` for the next start.
     pub fn save_config(&self, config: &ConfigSnapshot) -> Result<(), Error> {
         write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes(), false)
@@ -105,6 +120,9 @@ mod tests {
         assert!(matches!(state.private_key(), Err(Error::Config(_))));
         fs::write(dir.join(CONFIG_FILE), "{").unwrap();
         assert!(state.cached_config().is_none());
+        let endpoints = HashMap::from([("key".to_string(), "192.0.2.1:51820".parse().unwrap())]);
+        state.save_peer_endpoints(&endpoints).unwrap();
+        assert_eq!(state.peer_endpoints(), endpoints);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -41,6 +41,10 @@ pub struct Hello {
     /// Gateways only: `host:port` where agents reach this gateway's WireGuard socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_endpoint: Option<String>,
+    /// Random per process start. A peer whose instance changed lost its WireGuard sessions,
+    /// so nodes start a new handshake with it at once instead of waiting for timers.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// Counters a node reports.
@@ -99,6 +103,9 @@ pub struct PeerConfig {
     /// Where to send its datagrams (gateways have one; agents are found by their handshakes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The peer process's [`Hello::instance`].
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// A hostname a gateway serves, and where the tunnel's agent listens for it.
@@ -155,6 +162,7 @@ mod tests {
                 public_key: PublicKey([1; 32]),
                 overlay_ip: Ipv4Addr::new(10, 77, 0, 1),
                 endpoint: Some("gw.example.com:51820".into()),
+                instance: 9,
             }],
             routes: vec![],
             services: vec![Service {

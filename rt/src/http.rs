@@ -37,6 +37,7 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
         .timer(crate::exec::SmolTimer)
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     builder
 }

@@ -1,0 +1,258 @@
+//! A Control, gateways and agents as real processes on loopback.
+
+use crate::{curl, free_tcp_port, free_udp_port, wait_for, Answer};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Where cargo put the binaries: the test executable lives in `target/<profile>/deps/`.
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KAKUREMICHI_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// One kakuremichi process, restartable, killed when dropped.
+pub struct Node {
+    pub name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// The node's id in Control (empty for Control itself).
+    pub id: String,
+    /// HTTP port (gateways), status/admin port (agents, gateways), or API port (Control).
+    pub http_port: u16,
+    pub admin_port: u16,
+}
+
+impl Node {
+    fn new(name: &str, binary: &str, args: Vec<String>, env: Vec<(String, String)>, dir: &Path) -> Node {
+        Node {
+            name: name.to_string(),
+            binary: bin_dir().join(binary),
+            args,
+            env,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            id: String::new(),
+            http_port: 0,
+            admin_port: 0,
+        }
+    }
+
+    /// Start the process (appending to its log).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("KAKUREMICHI_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo build --bins` first)", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill and start again.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Control plus any number of gateways and agents, each with its own ports and state.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub control: Node,
+    pub token: String,
+    pub gateways: Vec<Node>,
+    pub agents: Vec<Node>,
+}
+
+impl Cluster {
+    /// Start Control with a fresh store and make an admin token.
+    pub fn new(name: &str) -> Cluster {
+        let mut nonce = [0u8; 4];
+        getrandom::fill(&mut nonce).expect("randomness");
+        let dir = std::env::temp_dir().join(format!("kakuremichi-{name}-{}-{:08x}", std::process::id(), u32::from_le_bytes(nonce)));
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let port = free_tcp_port();
+        let data = dir.join("control-data").display().to_string();
+        let token_output = Command::new(bin_dir().join("kakuremichi-control"))
+            .args(["--data-dir", &data, "token", "create", "--name", "tests"])
+            .output()
+            .expect("kakuremichi-control token create");
+        assert!(token_output.status.success(), "token create failed: {}", String::from_utf8_lossy(&token_output.stderr));
+        let token = String::from_utf8_lossy(&token_output.stdout).trim().to_string();
+        let args = vec!["--data-dir".into(), data, "--listen".into(), format!("127.0.0.1:{port}")];
+        let mut control = Node::new("control", "kakuremichi-control", args, vec![], &dir);
+        control.http_port = port;
+        control.start();
+        let cluster = Cluster { dir, control, token, gateways: Vec::new(), agents: Vec::new() };
+        wait_for(Duration::from_secs(10), || (curl(&[&cluster.control_url("/healthz")]).status == 200).then_some(()))
+            .expect("control answers /healthz");
+        cluster
+    }
+
+    /// `http://127.0.0.1:<control port><path>`.
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.control.http_port)
+    }
+
+    /// Call the REST API with the admin token.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let url = self.control_url(path);
+        let mut args = vec!["-X", method, "-H", &auth, "-H", "Content-Type: application/json", &url];
+        if let Some(body) = body {
+            args.extend(["--data-binary", body]);
+        }
+        curl(&args)
+    }
+
+    fn enrol(&self, kind: &str) -> (String, String) {
+        let answer = self.api("POST", &format!("/api/v1/{kind}s"), Some("{}"));
+        assert_eq!(answer.status, 201, "enrol {kind}: {}", answer.body);
+        let json = answer.json();
+        (json["id"].as_str().unwrap().to_string(), json["api_key"].as_str().unwrap().to_string())
+    }
+
+    /// Enrol and start a gateway; returns its index.
+    pub fn add_gateway(&mut self) -> usize {
+        let (id, api_key) = self.enrol("gateway");
+        let index = self.gateways.len();
+        let (http, admin, wireguard) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+        let state = self.dir.join(format!("gateway{index}-state")).display().to_string();
+        let args = vec![
+            "--state-dir".into(),
+            state,
+            "--http-listen".into(),
+            format!("127.0.0.1:{http}"),
+            "--wireguard-listen".into(),
+            format!("127.0.0.1:{wireguard}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+        ];
+        let env = vec![("CONTROL_URL".into(), self.control_url("")), ("API_KEY".into(), api_key)];
+        let mut node = Node::new(&format!("gateway{index}"), "kakuremichi-gateway", args, env, &self.dir);
+        node.id = id;
+        node.http_port = http;
+        node.admin_port = admin;
+        node.start();
+        self.gateways.push(node);
+        index
+    }
+
+    /// The gateway's WireGuard UDP port.
+    pub fn gateway_wireguard_port(&self, gateway: usize) -> u16 {
+        let args = &self.gateways[gateway].args;
+        let listen = &args[args.iter().position(|a| a == "--wireguard-listen").unwrap() + 1];
+        listen.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    /// Enrol and start an agent with `api_key` (or a freshly enrolled one); returns its index.
+    pub fn add_agent_with_key(&mut self, api_key: Option<&str>) -> usize {
+        let (id, key) = match api_key {
+            Some(key) => (String::new(), key.to_string()),
+            None => self.enrol("agent"),
+        };
+        let index = self.agents.len();
+        let status = free_tcp_port();
+        let state = self.dir.join(format!("agent{index}-state")).display().to_string();
+        let args = vec!["--state-dir".into(), state, "--status-listen".into(), format!("127.0.0.1:{status}")];
+        let env = vec![("CONTROL_URL".into(), self.control_url("")), ("API_KEY".into(), key)];
+        let mut node = Node::new(&format!("agent{index}"), "kakuremichi-agent", args, env, &self.dir);
+        node.id = id;
+        node.admin_port = status;
+        node.start();
+        self.agents.push(node);
+        index
+    }
+
+    /// Enrol and start an agent; returns its index.
+    pub fn add_agent(&mut self) -> usize {
+        self.add_agent_with_key(None)
+    }
+
+    /// Create a tunnel; returns its id.
+    pub fn create_tunnel(&self, hostname: &str, agent: usize, target: &str) -> String {
+        let body = serde_json::json!({ "hostname": hostname, "agent": self.agents[agent].id, "target": target }).to_string();
+        let answer = self.api("POST", "/api/v1/tunnels", Some(&body));
+        assert_eq!(answer.status, 201, "create tunnel: {}", answer.body);
+        answer.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// `GET http://<hostname>/<path>` through a gateway (resolved to the gateway's port).
+    pub fn get(&self, gateway: usize, hostname: &str, path: &str) -> Answer {
+        let port = self.gateways[gateway].http_port;
+        let resolve = format!("{hostname}:{port}:127.0.0.1");
+        curl(&["--resolve", &resolve, &format!("http://{hostname}:{port}{path}")])
+    }
+
+    /// Wait until `check` accepts what the gateway answers for `hostname`; returns how long
+    /// that took.
+    pub fn wait_until(&self, gateway: usize, hostname: &str, limit: Duration, mut check: impl FnMut(&Answer) -> bool) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        wait_for(limit, || check(&self.get(gateway, hostname, "/")).then(|| start.elapsed()))
+    }
+
+    /// The node's entry in `GET /api/v1/{agents,gateways}`.
+    pub fn node_status(&self, kind: &str, id: &str) -> serde_json::Value {
+        let list = self.api("GET", &format!("/api/v1/{kind}s"), None).json();
+        list.as_array().and_then(|a| a.iter().find(|n| n["id"] == id)).cloned().unwrap_or_default()
+    }
+
+    /// Logs of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        std::iter::once(&self.control)
+            .chain(&self.gateways)
+            .chain(&self.agents)
+            .map(|n| format!("===== {} =====\n{}", n.name, n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.gateways.clear();
+        self.agents.clear();
+        self.control.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}
