@@ -26,7 +26,11 @@ struct Destination {
 impl Destination {
     fn new(target: Target) -> Self {
         let (cancel, cancelled) = async_channel::bounded(1);
-        Destination { target, cancel, cancelled }
+        Destination {
+            target,
+            cancel,
+            cancelled,
+        }
     }
 }
 
@@ -37,7 +41,11 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.destination.read().unwrap_or_else(|p| p.into_inner()).cancel.close();
+        self.destination
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel
+            .close();
     }
 }
 
@@ -50,15 +58,22 @@ pub struct Services {
 impl Services {
     /// No services yet.
     pub fn new(stack: Stack) -> Self {
-        Services { stack, running: HashMap::new() }
+        Services {
+            stack,
+            running: HashMap::new(),
+        }
     }
 
     /// Listen on exactly the snapshot's service ports.
     pub fn reconcile(&mut self, services: &[Service]) {
-        self.running.retain(|port, _| services.iter().any(|s| s.port == *port));
+        self.running
+            .retain(|port, _| services.iter().any(|s| s.port == *port));
         for service in services {
             if let Some(running) = self.running.get(&service.port) {
-                let mut destination = running.destination.write().unwrap_or_else(|p| p.into_inner());
+                let mut destination = running
+                    .destination
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
                 if destination.target != service.target {
                     destination.cancel.close();
                     *destination = Destination::new(service.target.clone());
@@ -67,11 +82,26 @@ impl Services {
             }
             match self.stack.listen(service.port) {
                 Ok(listener) => {
-                    let destination = Arc::new(RwLock::new(Destination::new(service.target.clone())));
-                    let task = smol::spawn(accept_loop(listener, destination.clone(), service.tunnel_id.clone()));
-                    self.running.insert(service.port, Running { destination, _accept_loop: task });
+                    let destination =
+                        Arc::new(RwLock::new(Destination::new(service.target.clone())));
+                    let task = smol::spawn(accept_loop(
+                        listener,
+                        destination.clone(),
+                        service.tunnel_id.clone(),
+                    ));
+                    self.running.insert(
+                        service.port,
+                        Running {
+                            destination,
+                            _accept_loop: task,
+                        },
+                    );
                 }
-                Err(e) => log::error!("tunnel {}: cannot listen on service port {}: {e}", service.tunnel_id, service.port),
+                Err(e) => log::error!(
+                    "tunnel {}: cannot listen on service port {}: {e}",
+                    service.tunnel_id,
+                    service.port
+                ),
             }
         }
     }
@@ -87,9 +117,15 @@ impl Services {
     }
 }
 
-async fn accept_loop(listener: TcpListener, destination: Arc<RwLock<Destination>>, tunnel_id: String) {
+async fn accept_loop(
+    listener: TcpListener,
+    destination: Arc<RwLock<Destination>>,
+    tunnel_id: String,
+) {
     loop {
-        let Ok((stream, from)) = listener.accept().await else { continue };
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
         let (target, cancelled) = {
             let destination = destination.read().unwrap_or_else(|p| p.into_inner());
             (destination.target.clone(), destination.cancelled.clone())
@@ -113,7 +149,10 @@ async fn forward(overlay: TcpStream, target: &Target) -> std::io::Result<()> {
     let connect = smol::net::TcpStream::connect((target.host(), target.port()));
     let timeout = async {
         Timer::after(TARGET_CONNECT_TIMEOUT).await;
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "target did not accept in time"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "target did not accept in time",
+        ))
     };
     // On failure the overlay stream is dropped, which closes it: the gateway answers 502 at once.
     let origin = future::or(connect, timeout).await?;

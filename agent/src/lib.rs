@@ -38,7 +38,10 @@ pub enum Error {
     Node(#[from] kakuremichi_nodelink::Error),
     /// A socket could not be opened.
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What the agent is told at start.
@@ -70,9 +73,15 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let private_key = state_dir.private_key()?;
     let stack = Stack::bind(settings.wireguard_bind, private_key)
         .await
-        .map_err(|source| Error::Bind { addr: settings.wireguard_bind, source })?;
-    let status_listener = Async::<TcpListener>::bind(settings.status_listen)
-        .map_err(|source| Error::Bind { addr: settings.status_listen, source })?;
+        .map_err(|source| Error::Bind {
+            addr: settings.wireguard_bind,
+            source,
+        })?;
+    let status_listener =
+        Async::<TcpListener>::bind(settings.status_listen).map_err(|source| Error::Bind {
+            addr: settings.status_listen,
+            source,
+        })?;
     let agent = Arc::new(Agent {
         stack: stack.clone(),
         config_version: AtomicU64::new(0),
@@ -81,11 +90,19 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     });
     let snapshots = Latest::default();
     if let Some(cached) = state_dir.cached_config() {
-        log::info!("serving cached config version {} until Control answers", cached.version);
+        log::info!(
+            "serving cached config version {} until Control answers",
+            cached.version
+        );
         snapshots.put(cached);
     }
     let hello = kakuremichi_nodelink::hello(&private_key, None);
-    let link_settings = LinkSettings { control, api_key: settings.api_key, hello, state_dir };
+    let link_settings = LinkSettings {
+        control,
+        api_key: settings.api_key,
+        hello,
+        state_dir,
+    };
     let status_agent = agent.clone();
     let serve_status = kakuremichi_rt::http::serve(status_listener, move |request, _| {
         let agent = status_agent.clone();
@@ -102,7 +119,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             stack.set_peers(&peers);
             services.reconcile(&snapshot.services);
             agent.service_count.store(services.len(), Ordering::Relaxed);
-            agent.config_version.store(snapshot.version, Ordering::Relaxed);
+            agent
+                .config_version
+                .store(snapshot.version, Ordering::Relaxed);
             log::info!(
                 "applied config version {} ({} services, {} gateways)",
                 snapshot.version,
@@ -117,7 +136,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         |snapshot| snapshots.put(snapshot),
         || link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack),
     );
-    log::info!("agent started (status on http://{})", settings.status_listen);
+    log::info!(
+        "agent started (status on http://{})",
+        settings.status_listen
+    );
     future::or(serve_status, future::or(apply_loop, control_link)).await;
     Ok(())
 }

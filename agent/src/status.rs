@@ -11,25 +11,56 @@ use std::time::Duration;
 /// Answer one status request.
 pub fn handle(agent: &Agent, path: &str) -> Response<Body> {
     let version = agent.config_version.load(Ordering::Relaxed);
-    let ready = if version > 0 { Ok(()) } else { Err("no configuration yet (Control not reached, nothing cached)".to_string()) };
-    health_endpoints(path, ready, || metrics(agent)).unwrap_or_else(|| respond(404, "text/plain", "not found\n"))
+    let ready = if version > 0 {
+        Ok(())
+    } else {
+        Err("no configuration yet (Control not reached, nothing cached)".to_string())
+    };
+    health_endpoints(path, ready, || metrics(agent))
+        .unwrap_or_else(|| respond(404, "text/plain", "not found\n"))
 }
 
 fn metrics(agent: &Agent) -> String {
     let peers = agent.stack.peer_stats();
     let lines = [
-        ("config_version", "gauge", agent.config_version.load(Ordering::Relaxed)),
-        ("control_connected", "gauge", u64::from(agent.link.is_connected())),
-        ("services", "gauge", agent.service_count.load(Ordering::Relaxed) as u64),
+        (
+            "config_version",
+            "gauge",
+            agent.config_version.load(Ordering::Relaxed),
+        ),
+        (
+            "control_connected",
+            "gauge",
+            u64::from(agent.link.is_connected()),
+        ),
+        (
+            "services",
+            "gauge",
+            agent.service_count.load(Ordering::Relaxed) as u64,
+        ),
         ("peers", "gauge", peers.len() as u64),
-        ("peers_up", "gauge", peers.iter().filter(|p| p.is_up()).count() as u64),
-        ("wireguard_rx_bytes_total", "counter", peers.iter().map(|p| p.rx_bytes).sum()),
-        ("wireguard_tx_bytes_total", "counter", peers.iter().map(|p| p.tx_bytes).sum()),
+        (
+            "peers_up",
+            "gauge",
+            peers.iter().filter(|p| p.is_up()).count() as u64,
+        ),
+        (
+            "wireguard_rx_bytes_total",
+            "counter",
+            peers.iter().map(|p| p.rx_bytes).sum(),
+        ),
+        (
+            "wireguard_tx_bytes_total",
+            "counter",
+            peers.iter().map(|p| p.tx_bytes).sum(),
+        ),
         ("tcp_sockets", "gauge", agent.stack.socket_count() as u64),
     ];
     lines
         .iter()
-        .map(|(name, kind, value)| format!("# TYPE kakuremichi_agent_{name} {kind}\nkakuremichi_agent_{name} {value}\n"))
+        .map(|(name, kind, value)| {
+            format!("# TYPE kakuremichi_agent_{name} {kind}\nkakuremichi_agent_{name} {value}\n")
+        })
         .collect()
 }
 
@@ -37,7 +68,8 @@ fn metrics(agent: &Agent) -> String {
 /// `/healthz`, otherwise why not.
 pub fn healthcheck(addr: SocketAddr) -> Result<(), String> {
     let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")

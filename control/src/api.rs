@@ -49,7 +49,11 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
     match token {
         Some(token) if control.store.token_is_valid(token)? => {}
         Some(_) => return Err(Error::Unauthorized("unknown API token")),
-        None => return Err(Error::Unauthorized("send Authorization: Bearer <token> (kakuremichi-control token create)")),
+        None => {
+            return Err(Error::Unauthorized(
+                "send Authorization: Bearer <token> (kakuremichi-control token create)",
+            ))
+        }
     }
     let path = request.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').skip(3).collect(); // "", "api", "v1"
@@ -57,16 +61,27 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
     match (method, segments.as_slice()) {
         (Method::GET, ["agents"]) => list_nodes(control, NodeKind::Agent),
         (Method::GET, ["gateways"]) => list_nodes(control, NodeKind::Gateway),
-        (Method::POST, ["agents"]) => create_node(control, NodeKind::Agent, read_json(request).await?),
-        (Method::POST, ["gateways"]) => create_node(control, NodeKind::Gateway, read_json(request).await?),
+        (Method::POST, ["agents"]) => {
+            create_node(control, NodeKind::Agent, read_json(request).await?)
+        }
+        (Method::POST, ["gateways"]) => {
+            create_node(control, NodeKind::Gateway, read_json(request).await?)
+        }
         (Method::GET, ["tunnels"]) => {
             let state = control.store.state()?;
-            Ok((200, Value::Array(state.tunnels.iter().map(tunnel_json).collect())))
+            Ok((
+                200,
+                Value::Array(state.tunnels.iter().map(tunnel_json).collect()),
+            ))
         }
         (Method::POST, ["tunnels"]) => create_tunnel(control, read_json(request).await?),
         (Method::GET, ["tunnels", id]) => {
             let state = control.store.state()?;
-            let tunnel = state.tunnels.iter().find(|t| t.id == *id).ok_or_else(|| Error::not_found("tunnel", id))?;
+            let tunnel = state
+                .tunnels
+                .iter()
+                .find(|t| t.id == *id)
+                .ok_or_else(|| Error::not_found("tunnel", id))?;
             Ok((200, tunnel_json(tunnel)))
         }
         (Method::PATCH, ["tunnels", id]) => {
@@ -81,7 +96,9 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
-        (_, ["agents" | "gateways" | "tunnels", ..]) => Err(Error::invalid("method", "not allowed on this resource")),
+        (_, ["agents" | "gateways" | "tunnels", ..]) => {
+            Err(Error::invalid("method", "not allowed on this resource"))
+        }
         _ => Err(Error::not_found("endpoint", &path)),
     }
 }
@@ -90,12 +107,18 @@ async fn read_json(request: Request<Incoming>) -> Result<Fields, Error> {
     let bytes = Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|_| Error::invalid("body", format!("unreadable or larger than {MAX_BODY_BYTES} bytes")))?
+        .map_err(|_| {
+            Error::invalid(
+                "body",
+                format!("unreadable or larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?
         .to_bytes();
     let value: Value = if bytes.is_empty() {
         Value::Object(Map::new())
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?
     };
     match value {
         Value::Object(map) => Ok(Fields(map)),
@@ -115,14 +138,20 @@ impl Fields {
         }
     }
     fn required(&mut self, name: &str) -> Result<String, Error> {
-        self.string(name)?.ok_or_else(|| Error::invalid(name, "is required"))
+        self.string(name)?
+            .ok_or_else(|| Error::invalid(name, "is required"))
     }
-    fn parsed<T: std::str::FromStr<Err = ProtoError>>(&mut self, name: &str) -> Result<Option<T>, Error> {
+    fn parsed<T: std::str::FromStr<Err = ProtoError>>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<T>, Error> {
         let reason = |e: ProtoError| match e {
             ProtoError::Invalid { reason, .. } => reason,
             other => other.to_string(),
         };
-        self.string(name)?.map(|s| s.parse::<T>().map_err(|e| Error::invalid(name, reason(e)))).transpose()
+        self.string(name)?
+            .map(|s| s.parse::<T>().map_err(|e| Error::invalid(name, reason(e))))
+            .transpose()
     }
     fn boolean(&mut self, name: &str) -> Result<Option<bool>, Error> {
         match self.0.remove(name) {
@@ -142,16 +171,26 @@ impl Fields {
 fn check_kind(fields: &mut Fields) -> Result<(), Error> {
     match fields.string("kind")?.as_deref() {
         None | Some("http") => Ok(()),
-        Some("tcp") => Err(Error::invalid("kind", "tcp tunnels are not available yet; use http")),
-        Some(other) => Err(Error::invalid("kind", format!("{other:?} is not http or tcp"))),
+        Some("tcp") => Err(Error::invalid(
+            "kind",
+            "tcp tunnels are not available yet; use http",
+        )),
+        Some(other) => Err(Error::invalid(
+            "kind",
+            format!("{other:?} is not http or tcp"),
+        )),
     }
 }
 
 fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
     let new = NewTunnel {
-        hostname: fields.parsed("hostname")?.ok_or_else(|| Error::invalid("hostname", "is required"))?,
+        hostname: fields
+            .parsed("hostname")?
+            .ok_or_else(|| Error::invalid("hostname", "is required"))?,
         agent_id: fields.required("agent")?,
-        target: fields.parsed("target")?.ok_or_else(|| Error::invalid("target", "is required"))?,
+        target: fields
+            .parsed("target")?
+            .ok_or_else(|| Error::invalid("target", "is required"))?,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
     };
     check_kind(&mut fields)?;
@@ -173,10 +212,19 @@ fn parse_patch(mut fields: Fields) -> Result<TunnelPatch, Error> {
     Ok(patch)
 }
 
-fn create_node(control: &Control, kind: NodeKind, mut fields: Fields) -> Result<(u16, Value), Error> {
-    let name = fields.string("name")?.unwrap_or_else(|| kind.as_str().to_string());
+fn create_node(
+    control: &Control,
+    kind: NodeKind,
+    mut fields: Fields,
+) -> Result<(u16, Value), Error> {
+    let name = fields
+        .string("name")?
+        .unwrap_or_else(|| kind.as_str().to_string());
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "must be 1 to 64 printable characters"));
+        return Err(Error::invalid(
+            "name",
+            "must be 1 to 64 printable characters",
+        ));
     }
     fields.finish()?;
     let (record, api_key) = control.store.create_node(kind, name)?;
@@ -200,7 +248,12 @@ fn create_node(control: &Control, kind: NodeKind, mut fields: Fields) -> Result<
 
 fn list_nodes(control: &Control, kind: NodeKind) -> Result<(u16, Value), Error> {
     let state = control.store.state()?;
-    let nodes = state.nodes.iter().filter(|n| n.kind == kind).map(|n| node_json(control, n)).collect();
+    let nodes = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == kind)
+        .map(|n| node_json(control, n))
+        .collect();
     Ok((200, Value::Array(nodes)))
 }
 

@@ -13,13 +13,19 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A new secret such as `kmk_…` (node API key) or `kmt_…` (admin token).
 pub fn new_secret(prefix: &str) -> String {
-    format!("{prefix}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+    format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
 }
 
 /// A new record id such as `tun_3f9a…`.
 pub fn new_id(prefix: &str) -> String {
     let bytes: [u8; 8] = random_bytes();
-    format!("{prefix}_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "{prefix}_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// The stored form of a secret.
@@ -32,10 +38,15 @@ pub fn hash_secret(secret: &str) -> String {
 pub fn bearer(header: Option<&hyper::header::HeaderValue>) -> Option<&str> {
     let value = header?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

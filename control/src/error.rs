@@ -23,21 +23,36 @@ pub enum Error {
     Store(String),
     /// An operating-system I/O failure.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Error::Invalid { field: field.into(), message: message.into() }
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn conflict(field: &str, message: impl Into<String>) -> Self {
-        Error::Conflict { field: field.into(), message: message.into() }
+        Error::Conflict {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn not_found(what: &'static str, id: &str) -> Self {
-        Error::NotFound { what, id: id.into() }
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
     }
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The HTTP status this error answers with.

@@ -57,10 +57,21 @@ impl Hub {
         let mut sessions = self.lock();
         sessions.live.insert(
             id,
-            Session { node_id: node_id.to_string(), last_message: Instant::now(), status: NodeStatus::default(), changed: tx },
+            Session {
+                node_id: node_id.to_string(),
+                last_message: Instant::now(),
+                status: NodeStatus::default(),
+                changed: tx,
+            },
         );
-        sessions.last_seen.insert(node_id.to_string(), crate::auth::unix_now());
-        SessionHandle { hub: self.clone(), id, changed: rx }
+        sessions
+            .last_seen
+            .insert(node_id.to_string(), crate::auth::unix_now());
+        SessionHandle {
+            hub: self.clone(),
+            id,
+            changed: rx,
+        }
     }
 
     /// Tell every session that the store changed.
@@ -97,7 +108,9 @@ impl SessionHandle {
     /// The node said something; `status` if it was a status report.
     pub fn heard(&self, status: Option<NodeStatus>) {
         let mut sessions = self.hub.lock();
-        let Some(session) = sessions.live.get_mut(&self.id) else { return };
+        let Some(session) = sessions.live.get_mut(&self.id) else {
+            return;
+        };
         session.last_message = Instant::now();
         if let Some(status) = status {
             session.status = status;
@@ -108,7 +121,11 @@ impl SessionHandle {
 
     /// Time since the node last said anything.
     pub fn silence(&self) -> std::time::Duration {
-        self.hub.lock().live.get(&self.id).map_or(std::time::Duration::MAX, |s| s.last_message.elapsed())
+        self.hub
+            .lock()
+            .live
+            .get(&self.id)
+            .map_or(std::time::Duration::MAX, |s| s.last_message.elapsed())
     }
 }
 

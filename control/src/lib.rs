@@ -48,10 +48,22 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let store = store::Store::open(&settings.data_dir, settings.overlay)?;
     let listener = async_io::Async::<std::net::TcpListener>::bind(settings.listen)
         .map_err(|e| Error::io(format!("listening on {}", settings.listen), e))?;
-    let local = listener.get_ref().local_addr().map_err(|e| Error::io("local address", e))?;
-    let public_url = settings.public_url.unwrap_or_else(|| format!("http://{local}"));
-    log::info!("control listening on http://{local} (data in {})", settings.data_dir.display());
-    let control = Arc::new(Control { store, hub: Arc::default(), public_url });
+    let local = listener
+        .get_ref()
+        .local_addr()
+        .map_err(|e| Error::io("local address", e))?;
+    let public_url = settings
+        .public_url
+        .unwrap_or_else(|| format!("http://{local}"));
+    log::info!(
+        "control listening on http://{local} (data in {})",
+        settings.data_dir.display()
+    );
+    let control = Arc::new(Control {
+        store,
+        hub: Arc::default(),
+        public_url,
+    });
     server::serve(control, listener).await;
     Ok(())
 }

@@ -61,7 +61,9 @@ fn main() -> anyhow::Result<()> {
             overlay: args.overlay_cidr,
             public_url: args.public_url,
         }))?,
-        Some(Command::Token(TokenCommand { action: TokenAction::Create(create) })) => {
+        Some(Command::Token(TokenCommand {
+            action: TokenAction::Create(create),
+        })) => {
             let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
             println!("{}", store.create_token(&create.name)?);
         }

@@ -60,10 +60,19 @@ impl std::str::FromStr for OverlayNet {
     type Err = String;
     fn from_str(raw: &str) -> Result<Self, String> {
         let (ip, prefix) = raw.split_once('/').ok_or("expected a.b.c.d/len")?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| (8..=30).contains(p)).ok_or("prefix must be 8 to 30")?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or("prefix must be 8 to 30")?;
         let mask = u32::MAX << (32 - prefix);
-        Ok(OverlayNet { network: Ipv4Addr::from(u32::from(ip) & mask), prefix })
+        Ok(OverlayNet {
+            network: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
     }
 }
 
@@ -72,13 +81,19 @@ impl OverlayNet {
     pub fn allocate(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         let base = u32::from(self.network);
         let hosts = (1u32 << (32 - self.prefix)) - 2;
-        (1..=hosts).map(|i| Ipv4Addr::from(base + i)).find(|ip| !used.contains(ip))
+        (1..=hosts)
+            .map(|i| Ipv4Addr::from(base + i))
+            .find(|ip| !used.contains(ip))
     }
 }
 
 /// The lowest service port not used by `agent_id`'s tunnels.
 pub fn allocate_service_port(tunnels: &[TunnelRecord], agent_id: &str) -> Option<u16> {
-    let used: Vec<u16> = tunnels.iter().filter(|t| t.agent_id == agent_id).map(|t| t.service_port).collect();
+    let used: Vec<u16> = tunnels
+        .iter()
+        .filter(|t| t.agent_id == agent_id)
+        .map(|t| t.service_port)
+        .collect();
     (FIRST_SERVICE_PORT..=u16::MAX).find(|p| !used.contains(p))
 }
 
@@ -128,7 +143,11 @@ pub fn snapshot(
             Vec::new(),
             enabled
                 .filter(|t| t.agent_id == node.id)
-                .map(|t| Service { tunnel_id: t.id.clone(), port: t.service_port, target: t.target.clone() })
+                .map(|t| Service {
+                    tunnel_id: t.id.clone(),
+                    port: t.service_port,
+                    target: t.target.clone(),
+                })
                 .collect(),
         ),
     };
@@ -178,9 +197,15 @@ mod tests {
     fn overlay_allocation_skips_used_and_network_address() {
         let net: OverlayNet = "10.77.3.9/16".parse().unwrap();
         assert_eq!(net.network, Ipv4Addr::new(10, 77, 0, 0));
-        assert_eq!(net.allocate(&[Ipv4Addr::new(10, 77, 0, 1)]), Some(Ipv4Addr::new(10, 77, 0, 2)));
+        assert_eq!(
+            net.allocate(&[Ipv4Addr::new(10, 77, 0, 1)]),
+            Some(Ipv4Addr::new(10, 77, 0, 2))
+        );
         let tiny: OverlayNet = "10.0.0.0/30".parse().unwrap();
-        assert_eq!(tiny.allocate(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]), None);
+        assert_eq!(
+            tiny.allocate(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]),
+            None
+        );
         assert!("10.0.0.0/31".parse::<OverlayNet>().is_err());
     }
 
@@ -193,16 +218,39 @@ mod tests {
             node("a2", NodeKind::Agent, 3, Some(3)),
             node("a3", NodeKind::Agent, 4, None),
         ];
-        let tunnels = vec![tunnel("t1", "a1", 20000, true), tunnel("t2", "a2", 20000, true), tunnel("t3", "a1", 20001, false)];
+        let tunnels = vec![
+            tunnel("t1", "a1", 20000, true),
+            tunnel("t2", "a2", 20000, true),
+            tunnel("t3", "a1", 20001, false),
+        ];
         let a1 = snapshot(5, net, &nodes[1], &nodes, &tunnels);
-        assert_eq!(a1.peers.iter().map(|p| p.node_id.as_str()).collect::<Vec<_>>(), ["gw1"]);
+        assert_eq!(
+            a1.peers
+                .iter()
+                .map(|p| p.node_id.as_str())
+                .collect::<Vec<_>>(),
+            ["gw1"]
+        );
         assert_eq!(a1.services.len(), 1);
         assert_eq!(a1.services[0].tunnel_id, "t1");
         assert!(a1.routes.is_empty());
         let gw = snapshot(5, net, &nodes[0], &nodes, &tunnels);
         // a3 has not said hello (no key): not a peer yet.
-        assert_eq!(gw.peers.iter().map(|p| p.node_id.as_str()).collect::<Vec<_>>().len(), 2);
-        assert_eq!(gw.routes.iter().map(|r| r.tunnel_id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
+        assert_eq!(
+            gw.peers
+                .iter()
+                .map(|p| p.node_id.as_str())
+                .collect::<Vec<_>>()
+                .len(),
+            2
+        );
+        assert_eq!(
+            gw.routes
+                .iter()
+                .map(|r| r.tunnel_id.as_str())
+                .collect::<Vec<_>>(),
+            ["t1", "t2"]
+        );
         assert_eq!(allocate_service_port(&tunnels, "a1"), Some(20002));
     }
 }

@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
-    kakuremichi_rt::http::serve(listener, move |request, _peer| dispatch(control.clone(), request)).await
+    kakuremichi_rt::http::serve(listener, move |request, _peer| {
+        dispatch(control.clone(), request)
+    })
+    .await
 }
 
 async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response<Body> {
@@ -47,7 +50,13 @@ fn metrics(control: &Control) -> Response<Body> {
     let Ok(state) = control.store.state() else {
         return respond(503, "text/plain", "store unavailable\n");
     };
-    let online = |kind| state.nodes.iter().filter(|n| n.kind == kind && control.hub.presence(&n.id).online).count();
+    let online = |kind| {
+        state
+            .nodes
+            .iter()
+            .filter(|n| n.kind == kind && control.hub.presence(&n.id).online)
+            .count()
+    };
     let text = format!(
         "# TYPE kakuremichi_control_revision counter\nkakuremichi_control_revision {}\n\
          # TYPE kakuremichi_control_tunnels gauge\nkakuremichi_control_tunnels {}\n\
@@ -63,17 +72,27 @@ fn metrics(control: &Control) -> Response<Body> {
 }
 
 /// Authenticate a node by its API key and switch the connection to a WebSocket.
-fn upgrade_node(control: Arc<Control>, mut request: Request<Incoming>, kind: NodeKind) -> Response<Body> {
+fn upgrade_node(
+    control: Arc<Control>,
+    mut request: Request<Incoming>,
+    kind: NodeKind,
+) -> Response<Body> {
     let api_key = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
     let node = match api_key.map(|key| control.store.node_by_api_key(key)) {
-        None => return api::error_response(&Error::Unauthorized("send Authorization: Bearer <API_KEY>")),
+        None => {
+            return api::error_response(&Error::Unauthorized(
+                "send Authorization: Bearer <API_KEY>",
+            ))
+        }
         Some(Err(e)) => return api::error_response(&e),
         Some(Ok(None)) => {
             log::warn!("{} connection refused: unknown API key", kind.as_str());
             return api::error_response(&Error::Unauthorized("unknown API key"));
         }
         Some(Ok(Some(node))) if node.kind != kind => {
-            return api::error_response(&Error::Unauthorized("this API key belongs to another kind of node"));
+            return api::error_response(&Error::Unauthorized(
+                "this API key belongs to another kind of node",
+            ));
         }
         Some(Ok(Some(node))) => node,
     };
@@ -82,7 +101,11 @@ fn upgrade_node(control: Arc<Control>, mut request: Request<Incoming>, kind: Nod
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = request.headers().get(SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+    let Some(key) = request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade)
+    else {
         return respond(400, "text/plain", "expected a WebSocket upgrade\n");
     };
     let accept = derive_accept_key(key.as_bytes());
@@ -93,7 +116,9 @@ fn upgrade_node(control: Arc<Control>, mut request: Request<Incoming>, kind: Nod
                 let mut config = WebSocketConfig::default();
                 config.max_message_size = Some(MAX_MESSAGE_BYTES);
                 config.max_frame_size = Some(MAX_MESSAGE_BYTES);
-                let ws = WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config)).await;
+                let ws =
+                    WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config))
+                        .await;
                 crate::session::run(control, node.id, ws).await;
             }
             Err(e) => log::debug!("upgrade failed: {e}"),

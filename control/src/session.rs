@@ -8,7 +8,9 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
-use kakuremichi_proto::messages::{decode, encode, ControlMessage, NodeMessage, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
+use kakuremichi_proto::messages::{
+    decode, encode, ControlMessage, NodeMessage, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,7 +80,9 @@ where
             Event::Received(Some(Ok(message))) => handle_message(&session, &node_id, message),
             Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
             Event::Received(None) => Err("disconnected".to_string()),
-            Event::StoreChanged => push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await,
+            Event::StoreChanged => {
+                push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await
+            }
             Event::Tick => heartbeat(&session, &mut ws).await,
         };
         if let Err(reason) = outcome {
@@ -104,7 +108,10 @@ fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> R
     Ok(())
 }
 
-async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(session: &SessionHandle, ws: &mut WebSocketStream<S>) -> Result<(), String> {
+async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
+    session: &SessionHandle,
+    ws: &mut WebSocketStream<S>,
+) -> Result<(), String> {
     if session.silence() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
         return Err("missed heartbeats; offline".into());
     }
@@ -121,13 +128,28 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     if *sent_version == Some(state.revision) {
         return Ok(());
     }
-    let node = state.nodes.iter().find(|n| n.id == node_id).ok_or("node was removed")?;
-    let config = snapshot(state.revision, state.overlay, node, &state.nodes, &state.tunnels);
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.id == node_id)
+        .ok_or("node was removed")?;
+    let config = snapshot(
+        state.revision,
+        state.overlay,
+        node,
+        &state.nodes,
+        &state.tunnels,
+    );
     send(ws, &ControlMessage::Config(config)).await?;
     *sent_version = Some(state.revision);
     Ok(())
 }
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, message: &ControlMessage) -> Result<(), String> {
-    ws.send(Message::text(encode(message))).await.map_err(|e| format!("send failed: {e}"))
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    message: &ControlMessage,
+) -> Result<(), String> {
+    ws.send(Message::text(encode(message)))
+        .await
+        .map_err(|e| format!("send failed: {e}"))
 }

@@ -61,19 +61,27 @@ impl Store {
     /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
     /// `overlay` only applies then, and a different one later is an error.
     pub fn open(dir: &Path, overlay: OverlayNet) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         // SAFETY: LMDB requires that the same environment is not opened twice in one process
         // and that its files are not modified except through LMDB. Control opens its data
         // directory once, at start; other processes (the CLI) go through LMDB's own locking.
         #[allow(unsafe_code)]
-        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(8).open(dir) }
-            .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(MAP_SIZE)
+                .max_dbs(8)
+                .open(dir)
+        }
+        .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
         let mut tables = Vec::new();
         for name in ["nodes", "api_keys", "tunnels", "tokens", "meta"] {
             let wtxn = env.write_txn()?;
             let table: Table = env
                 .create_databases_and_commit(wtxn, |opener, wtxn| {
-                    opener.create_database(wtxn, Some(name)).map(CommitOrAbort::<_, ()>::Commit)
+                    opener
+                        .create_database(wtxn, Some(name))
+                        .map(CommitOrAbort::<_, ()>::Commit)
                 })?
                 .unwrap_commit();
             tables.push(table);
@@ -81,7 +89,14 @@ impl Store {
         let [nodes, api_keys, tunnels, tokens, meta] = tables[..] else {
             unreachable!("five tables were created above")
         };
-        let store = Store { env, nodes, api_keys, tunnels, tokens, meta };
+        let store = Store {
+            env,
+            nodes,
+            api_keys,
+            tunnels,
+            tokens,
+            meta,
+        };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
             Some(existing) if existing != overlay => {
@@ -102,7 +117,8 @@ impl Store {
         let rtxn = self.env.read_txn()?;
         Ok(State {
             revision: get(&self.meta, &rtxn, REVISION)?.unwrap_or(0),
-            overlay: get(&self.meta, &rtxn, OVERLAY)?.ok_or_else(|| Error::Store("overlay network missing".into()))?,
+            overlay: get(&self.meta, &rtxn, OVERLAY)?
+                .ok_or_else(|| Error::Store("overlay network missing".into()))?,
             nodes: all(&self.nodes, &rtxn)?,
             tunnels: all(&self.tunnels, &rtxn)?,
         })
@@ -110,7 +126,10 @@ impl Store {
 
     /// Run `change` in one write transaction that bumps the revision; commit only if it
     /// succeeds.
-    fn write<T>(&self, change: impl FnOnce(&Self, &mut RwTxn) -> Result<T, Error>) -> Result<T, Error> {
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&Self, &mut RwTxn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut wtxn = self.env.write_txn()?;
         let value = change(self, &mut wtxn)?;
         let revision: u64 = get(&self.meta, &wtxn, REVISION)?.unwrap_or(0);
@@ -124,9 +143,12 @@ impl Store {
         let api_key = auth::new_secret("kmk");
         let record = self.write(|s, wtxn| {
             let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
-            let overlay: OverlayNet = get(&s.meta, wtxn, OVERLAY)?.ok_or_else(|| Error::Store("overlay network missing".into()))?;
+            let overlay: OverlayNet = get(&s.meta, wtxn, OVERLAY)?
+                .ok_or_else(|| Error::Store("overlay network missing".into()))?;
             let used: Vec<_> = nodes.iter().map(|n| n.overlay_ip).collect();
-            let overlay_ip = overlay.allocate(&used).ok_or_else(|| Error::conflict("overlay", "the overlay network is full"))?;
+            let overlay_ip = overlay
+                .allocate(&used)
+                .ok_or_else(|| Error::conflict("overlay", "the overlay network is full"))?;
             let record = NodeRecord {
                 id: auth::new_id(match kind {
                     NodeKind::Agent => "agt",
@@ -162,9 +184,14 @@ impl Store {
     /// revision moved and peers need new snapshots).
     pub fn record_hello(&self, id: &str, hello: &Hello) -> Result<bool, Error> {
         let rtxn = self.env.read_txn()?;
-        let node: NodeRecord = get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+        let node: NodeRecord =
+            get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
         let (public_key, version) = (hello.public_key, hello.version.as_str());
-        let endpoint = if node.kind == NodeKind::Gateway { hello.wireguard_endpoint.clone() } else { None };
+        let endpoint = if node.kind == NodeKind::Gateway {
+            hello.wireguard_endpoint.clone()
+        } else {
+            None
+        };
         let unchanged = node.public_key == Some(public_key)
             && node.version.as_deref() == Some(version)
             && node.wireguard_endpoint == endpoint
@@ -174,11 +201,17 @@ impl Store {
         }
         drop(rtxn);
         self.write(|s, wtxn| {
-            let clash = all::<NodeRecord>(&s.nodes, wtxn)?.into_iter().any(|n| n.id != id && n.public_key == Some(public_key));
+            let clash = all::<NodeRecord>(&s.nodes, wtxn)?
+                .into_iter()
+                .any(|n| n.id != id && n.public_key == Some(public_key));
             if clash {
-                return Err(Error::conflict("public_key", "another node already uses this WireGuard key"));
+                return Err(Error::conflict(
+                    "public_key",
+                    "another node already uses this WireGuard key",
+                ));
             }
-            let mut node: NodeRecord = get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
             node.public_key = Some(public_key);
             node.version = Some(version.to_string());
             node.wireguard_endpoint = endpoint;
@@ -214,15 +247,21 @@ impl Store {
     pub fn update_tunnel(&self, id: &str, patch: TunnelPatch) -> Result<TunnelRecord, Error> {
         self.write(|s, wtxn| {
             let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
-            let mut record = tunnels.iter().find(|t| t.id == id).cloned().ok_or_else(|| Error::not_found("tunnel", id))?;
+            let mut record = tunnels
+                .iter()
+                .find(|t| t.id == id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("tunnel", id))?;
             if let Some(hostname) = patch.hostname {
                 check_hostname_free(&tunnels, &hostname, Some(id))?;
                 record.hostname = hostname;
             }
             if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
                 s.check_agent(wtxn, &agent_id)?;
-                record.service_port = allocate_service_port(&tunnels, &agent_id)
-                    .ok_or_else(|| Error::conflict("agent", "the agent has no free service port"))?;
+                record.service_port =
+                    allocate_service_port(&tunnels, &agent_id).ok_or_else(|| {
+                        Error::conflict("agent", "the agent has no free service port")
+                    })?;
                 record.agent_id = agent_id;
             }
             if let Some(target) = patch.target {
@@ -249,7 +288,10 @@ impl Store {
     fn check_agent(&self, txn: &RoTxn, agent_id: &str) -> Result<(), Error> {
         match get::<NodeRecord>(&self.nodes, txn, agent_id)? {
             Some(node) if node.kind == NodeKind::Agent => Ok(()),
-            _ => Err(Error::invalid("agent", format!("no agent with id {agent_id:?}"))),
+            _ => Err(Error::invalid(
+                "agent",
+                format!("no agent with id {agent_id:?}"),
+            )),
         }
     }
 
@@ -257,7 +299,11 @@ impl Store {
     pub fn create_token(&self, name: &str) -> Result<String, Error> {
         let token = auth::new_secret("kmt");
         self.write(|s, wtxn| {
-            let record = TokenRecord { id: auth::new_id("tok"), name: name.to_string(), created_at: auth::unix_now() };
+            let record = TokenRecord {
+                id: auth::new_id("tok"),
+                name: name.to_string(),
+                created_at: auth::unix_now(),
+            };
             put(&s.tokens, wtxn, &auth::hash_secret(&token), &record)
         })?;
         Ok(token)
@@ -270,22 +316,35 @@ impl Store {
     }
 }
 
-fn check_hostname_free(tunnels: &[TunnelRecord], hostname: &Hostname, except: Option<&str>) -> Result<(), Error> {
-    if tunnels.iter().any(|t| &t.hostname == hostname && Some(t.id.as_str()) != except) {
-        return Err(Error::conflict("hostname", format!("{hostname} is already published")));
+fn check_hostname_free(
+    tunnels: &[TunnelRecord],
+    hostname: &Hostname,
+    except: Option<&str>,
+) -> Result<(), Error> {
+    if tunnels
+        .iter()
+        .any(|t| &t.hostname == hostname && Some(t.id.as_str()) != except)
+    {
+        return Err(Error::conflict(
+            "hostname",
+            format!("{hostname} is already published"),
+        ));
     }
     Ok(())
 }
 
 fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {
     match table.get(txn, key)? {
-        Some(bytes) => serde_json::from_slice(bytes).map(Some).map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}"))),
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}"))),
         None => Ok(None),
     }
 }
 
 fn put<T: Serialize>(table: &Table, txn: &mut RwTxn, key: &str, value: &T) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(value).map_err(|e| Error::Store(format!("encoding {key:?}: {e}")))?;
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| Error::Store(format!("encoding {key:?}: {e}")))?;
     table.put(txn, key, &bytes)?;
     Ok(())
 }
@@ -294,7 +353,10 @@ fn all<T: DeserializeOwned>(table: &Table, txn: &RoTxn) -> Result<Vec<T>, Error>
     let mut out = Vec::new();
     for entry in table.iter(txn)? {
         let (key, bytes) = entry?;
-        out.push(serde_json::from_slice(bytes).map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}")))?);
+        out.push(
+            serde_json::from_slice(bytes)
+                .map_err(|e| Error::Store(format!("corrupt record {key:?}: {e}")))?,
+        );
     }
     Ok(out)
 }

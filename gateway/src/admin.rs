@@ -9,8 +9,13 @@ use std::sync::atomic::Ordering;
 /// Answer one admin request.
 pub fn handle(gateway: &Gateway, path: &str) -> Response<Body> {
     let version = gateway.config_version.load(Ordering::Relaxed);
-    let ready = if version > 0 { Ok(()) } else { Err("no configuration yet (Control not reached, nothing cached)".to_string()) };
-    health_endpoints(path, ready, || metrics(gateway)).unwrap_or_else(|| respond(404, "text/plain", "not found\n"))
+    let ready = if version > 0 {
+        Ok(())
+    } else {
+        Err("no configuration yet (Control not reached, nothing cached)".to_string())
+    };
+    health_endpoints(path, ready, || metrics(gateway))
+        .unwrap_or_else(|| respond(404, "text/plain", "not found\n"))
 }
 
 fn metrics(gateway: &Gateway) -> String {
@@ -18,18 +23,53 @@ fn metrics(gateway: &Gateway) -> String {
     let peers = gateway.stack.peer_stats();
     let mut text = String::new();
     let mut line = |name: &str, kind: &str, value: u64| {
-        let _ = writeln!(text, "# TYPE kakuremichi_gateway_{name} {kind}\nkakuremichi_gateway_{name} {value}");
+        let _ = writeln!(
+            text,
+            "# TYPE kakuremichi_gateway_{name} {kind}\nkakuremichi_gateway_{name} {value}"
+        );
     };
-    line("requests_total", "counter", m.requests.load(Ordering::Relaxed));
-    line("not_found_total", "counter", m.not_found.load(Ordering::Relaxed));
-    line("bad_gateway_total", "counter", m.bad_gateway.load(Ordering::Relaxed));
-    line("config_version", "gauge", gateway.config_version.load(Ordering::Relaxed));
-    line("control_connected", "gauge", u64::from(gateway.link.is_connected()));
+    line(
+        "requests_total",
+        "counter",
+        m.requests.load(Ordering::Relaxed),
+    );
+    line(
+        "not_found_total",
+        "counter",
+        m.not_found.load(Ordering::Relaxed),
+    );
+    line(
+        "bad_gateway_total",
+        "counter",
+        m.bad_gateway.load(Ordering::Relaxed),
+    );
+    line(
+        "config_version",
+        "gauge",
+        gateway.config_version.load(Ordering::Relaxed),
+    );
+    line(
+        "control_connected",
+        "gauge",
+        u64::from(gateway.link.is_connected()),
+    );
     line("routes", "gauge", gateway.routes().len() as u64);
     line("peers", "gauge", peers.len() as u64);
-    line("peers_up", "gauge", peers.iter().filter(|p| p.is_up()).count() as u64);
-    line("wireguard_rx_bytes_total", "counter", peers.iter().map(|p| p.rx_bytes).sum());
-    line("wireguard_tx_bytes_total", "counter", peers.iter().map(|p| p.tx_bytes).sum());
+    line(
+        "peers_up",
+        "gauge",
+        peers.iter().filter(|p| p.is_up()).count() as u64,
+    );
+    line(
+        "wireguard_rx_bytes_total",
+        "counter",
+        peers.iter().map(|p| p.rx_bytes).sum(),
+    );
+    line(
+        "wireguard_tx_bytes_total",
+        "counter",
+        peers.iter().map(|p| p.tx_bytes).sum(),
+    );
     line("upstream_connections", "gauge", gateway.pool.size() as u64);
     line("tcp_sockets", "gauge", gateway.stack.socket_count() as u64);
     text

@@ -44,7 +44,10 @@ pub enum Error {
     Node(#[from] kakuremichi_nodelink::Error),
     /// A listener could not be opened.
     #[error("listening on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What the gateway is told at start.
@@ -89,7 +92,10 @@ const ENDPOINT_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 impl Gateway {
     /// The current route table.
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn apply(&self, snapshot: ConfigSnapshot) {
@@ -97,10 +103,17 @@ impl Gateway {
         // restart let the gateway start handshakes too. No keepalive: agents send theirs.
         // An endpoint the stack learned now beats one saved earlier.
         let mut peers = peer_specs(&snapshot, None).await;
-        let live: HashMap<[u8; 32], SocketAddr> =
-            self.stack.peer_stats().into_iter().filter_map(|p| Some((p.public_key, p.endpoint?))).collect();
+        let live: HashMap<[u8; 32], SocketAddr> = self
+            .stack
+            .peer_stats()
+            .into_iter()
+            .filter_map(|p| Some((p.public_key, p.endpoint?)))
+            .collect();
         {
-            let known = self.known_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let known = self
+                .known_endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for (spec, config) in peers.iter_mut().zip(&snapshot.peers) {
                 spec.endpoint = spec
                     .endpoint
@@ -109,13 +122,20 @@ impl Gateway {
             }
         }
         if self.stack.address() != Some(snapshot.overlay_ip) {
-            self.stack.set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
+            self.stack
+                .set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
         }
         self.stack.set_peers(&peers);
         let table = Arc::new(RouteTable::new(&snapshot.routes));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
-        self.config_version.store(snapshot.version, Ordering::Relaxed);
-        log::info!("applied config version {} ({} routes, {} peers)", snapshot.version, snapshot.routes.len(), peers.len());
+        self.config_version
+            .store(snapshot.version, Ordering::Relaxed);
+        log::info!(
+            "applied config version {} ({} routes, {} peers)",
+            snapshot.version,
+            snapshot.routes.len(),
+            peers.len()
+        );
     }
 
     /// Save agents' endpoints whenever they change.
@@ -128,8 +148,14 @@ impl Gateway {
                 .into_iter()
                 .filter_map(|p| Some((PublicKey(p.public_key).to_string(), p.endpoint?)))
                 .collect();
-            let mut known = self.known_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-            if current.iter().any(|(key, addr)| known.get(key) != Some(addr)) {
+            let mut known = self
+                .known_endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if current
+                .iter()
+                .any(|(key, addr)| known.get(key) != Some(addr))
+            {
                 known.extend(current);
                 if let Err(e) = self.state_dir.save_peer_endpoints(&known) {
                     log::warn!("could not save peer endpoints: {e}");
@@ -153,7 +179,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let private_key = state_dir.private_key()?;
     let stack = Stack::bind(settings.wireguard_listen, private_key)
         .await
-        .map_err(|source| Error::Listen { addr: settings.wireguard_listen, source })?;
+        .map_err(|source| Error::Listen {
+            addr: settings.wireguard_listen,
+            source,
+        })?;
     let http = listen(settings.http_listen)?;
     let admin = listen(settings.admin_listen)?;
     let gateway = Arc::new(Gateway {
@@ -168,7 +197,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     });
     let snapshots = Latest::default();
     if let Some(cached) = state_dir.cached_config() {
-        log::info!("serving cached config version {} until Control answers", cached.version);
+        log::info!(
+            "serving cached config version {} until Control answers",
+            cached.version
+        );
         snapshots.put(cached);
     }
     log::info!(
@@ -178,8 +210,14 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.wireguard_endpoint,
         settings.admin_listen
     );
-    let hello = kakuremichi_nodelink::hello(&private_key, Some(settings.wireguard_endpoint.clone()));
-    let link_settings = LinkSettings { control, api_key: settings.api_key, hello, state_dir };
+    let hello =
+        kakuremichi_nodelink::hello(&private_key, Some(settings.wireguard_endpoint.clone()));
+    let link_settings = LinkSettings {
+        control,
+        api_key: settings.api_key,
+        hello,
+        state_dir,
+    };
     let proxy_gateway = gateway.clone();
     let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
         proxy::handle(proxy_gateway.clone(), request, client, "http")
@@ -199,9 +237,18 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         link_settings,
         &gateway.link,
         |snapshot| snapshots.put(snapshot),
-        || link::netstack_status(gateway.config_version.load(Ordering::Relaxed), &gateway.stack),
+        || {
+            link::netstack_status(
+                gateway.config_version.load(Ordering::Relaxed),
+                &gateway.stack,
+            )
+        },
     );
     let background = future::or(apply_loop, gateway.keep_endpoints());
-    future::or(future::or(serve_http, serve_admin), future::or(background, control_link)).await;
+    future::or(
+        future::or(serve_http, serve_admin),
+        future::or(background, control_link),
+    )
+    .await;
     Ok(())
 }

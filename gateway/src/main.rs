@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
     let wireguard_endpoint = match args.wireguard_endpoint {
         Some(endpoint) => endpoint,
         None if !args.wireguard_listen.ip().is_unspecified() => args.wireguard_listen.to_string(),
-        None => anyhow::bail!("--wireguard-endpoint is required when listening on {}: agents need a public host:port", args.wireguard_listen),
+        None => anyhow::bail!(
+            "--wireguard-endpoint is required when listening on {}: agents need a public host:port",
+            args.wireguard_listen
+        ),
     };
     let settings = kakuremichi_gateway::Settings {
         control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,

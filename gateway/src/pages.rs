@@ -25,13 +25,23 @@ fn page(status: u16, title: &str, message: &str) -> Response<Body> {
          <body><h1>{title}</h1><p>{message}</p><p><small>kakuremichi gateway</small></p></body></html>\n"
     );
     let mut response = respond(status, "text/html; charset=utf-8", html);
-    response.headers_mut().insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
 /// No tunnel serves this host.
 pub fn not_found(host: &str) -> Response<Body> {
-    page(404, "Not found", &format!("No site is published at <b>{}</b> on this gateway.", escape(host)))
+    page(
+        404,
+        "Not found",
+        &format!(
+            "No site is published at <b>{}</b> on this gateway.",
+            escape(host)
+        ),
+    )
 }
 
 /// The tunnel exists but its agent or origin did not answer.
@@ -39,7 +49,10 @@ pub fn bad_gateway(hostname: &str) -> Response<Body> {
     page(
         502,
         "Tunnel unavailable",
-        &format!("The tunnel for <b>{}</b> is not reachable right now. Please try again shortly.", escape(hostname)),
+        &format!(
+            "The tunnel for <b>{}</b> is not reachable right now. Please try again shortly.",
+            escape(hostname)
+        ),
     )
 }
 

@@ -43,7 +43,10 @@ pub struct Pool {
 impl Pool {
     /// An empty pool dialing through `stack`.
     pub fn new(stack: Stack) -> Self {
-        Pool { stack, idle: Mutex::new(HashMap::new()) }
+        Pool {
+            stack,
+            idle: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddrV4, Vec<Pooled>>> {
@@ -54,7 +57,11 @@ impl Pool {
     /// A ready pooled connection, or a new one.
     pub async fn checkout(&self, upstream: SocketAddrV4) -> io::Result<Conn> {
         if let Some(sender) = self.take_ready(upstream) {
-            return Ok(Conn { sender, reused: true, upstream });
+            return Ok(Conn {
+                sender,
+                reused: true,
+                upstream,
+            });
         }
         self.connect(upstream).await
     }
@@ -62,7 +69,10 @@ impl Pool {
     fn take_ready(&self, upstream: SocketAddrV4) -> Option<SendRequest<Body>> {
         let mut idle = self.lock();
         let list = idle.get_mut(&upstream)?;
-        list.retain(|p| !p.sender.is_closed() && !(p.sender.is_ready() && p.returned.elapsed() > IDLE_TIMEOUT));
+        list.retain(|p| {
+            let idle_too_long = p.sender.is_ready() && p.returned.elapsed() > IDLE_TIMEOUT;
+            !p.sender.is_closed() && !idle_too_long
+        });
         let position = list.iter().position(|p| p.sender.is_ready())?;
         Some(list.swap_remove(position).sender)
     }
@@ -81,7 +91,11 @@ impl Pool {
             }
         })
         .detach();
-        Ok(Conn { sender, reused: false, upstream })
+        Ok(Conn {
+            sender,
+            reused: false,
+            upstream,
+        })
     }
 
     /// Return a connection whose response head arrived.
@@ -89,7 +103,10 @@ impl Pool {
         let mut idle = self.lock();
         let list = idle.entry(conn.upstream).or_default();
         if list.len() < MAX_PER_UPSTREAM {
-            list.push(Pooled { sender: conn.sender, returned: Instant::now() });
+            list.push(Pooled {
+                sender: conn.sender,
+                returned: Instant::now(),
+            });
         }
     }
 

@@ -16,11 +16,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Answer one client request.
-pub async fn handle(gateway: Arc<Gateway>, mut request: Request<Incoming>, client: SocketAddr, scheme: &'static str) -> Response<Body> {
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    mut request: Request<Incoming>,
+    client: SocketAddr,
+    scheme: &'static str,
+) -> Response<Body> {
     gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let Some(host) = request_host(&request) else {
         return pages::bad_request("The request names no host.");
@@ -32,14 +45,15 @@ pub async fn handle(gateway: Arc<Gateway>, mut request: Request<Incoming>, clien
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
-    let mut response = match forward(&gateway.pool, route.upstream, request.map(|b| b.boxed())).await {
-        Ok(response) => response,
-        Err(e) => {
-            gateway.metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
-            log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
-            return pages::bad_gateway(route.hostname.as_str());
-        }
-    };
+    let mut response =
+        match forward(&gateway.pool, route.upstream, request.map(|b| b.boxed())).await {
+            Ok(response) => response,
+            Err(e) => {
+                gateway.metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
+                log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
+                return pages::bad_gateway(route.hostname.as_str());
+            }
+        };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -47,7 +61,11 @@ pub async fn handle(gateway: Arc<Gateway>, mut request: Request<Incoming>, clien
             smol::spawn(async move {
                 match futures_lite::future::try_zip(client_upgrade, upstream_upgrade).await {
                     Ok((client, upstream)) => {
-                        let _ = kakuremichi_rt::copy::copy_bidirectional(HyperIo(client), HyperIo(upstream)).await;
+                        let _ = kakuremichi_rt::copy::copy_bidirectional(
+                            HyperIo(client),
+                            HyperIo(upstream),
+                        )
+                        .await;
                     }
                     Err(e) => log::debug!("upgrade failed: {e}"),
                 }
@@ -62,13 +80,20 @@ pub async fn handle(gateway: Arc<Gateway>, mut request: Request<Incoming>, clien
 
 /// Send `request` upstream on a pooled connection; a pooled connection that turns out to be
 /// closed is replaced by a fresh one once, if the request was not sent.
-async fn forward(pool: &Pool, upstream: SocketAddrV4, request: Request<Body>) -> Result<Response<Incoming>, String> {
+async fn forward(
+    pool: &Pool,
+    upstream: SocketAddrV4,
+    request: Request<Body>,
+) -> Result<Response<Incoming>, String> {
     let mut conn = pool.checkout(upstream).await.map_err(|e| e.to_string())?;
     let result = match conn.sender.try_send_request(request).await {
         Err(mut e) if conn.reused && e.message().is_some() => {
             let request = e.take_message().ok_or("request lost")?;
             conn = pool.connect(upstream).await.map_err(|e| e.to_string())?;
-            conn.sender.send_request(request).await.map_err(|e| e.to_string())
+            conn.sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())
         }
         other => other.map_err(|e| e.into_error().to_string()),
     };
@@ -87,8 +112,18 @@ fn request_host(request: &Request<Incoming>) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
-fn prepare_request(request: &mut Request<Incoming>, host: &str, client: SocketAddr, scheme: &str, upgrade: Option<&HeaderValue>) {
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+fn prepare_request(
+    request: &mut Request<Incoming>,
+    host: &str,
+    client: SocketAddr,
+    scheme: &str,
+    upgrade: Option<&HeaderValue>,
+) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     // A path always parses as a URI; fall back to "/" rather than trust that.
     *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
     *request.version_mut() = Version::HTTP_11;
@@ -146,7 +181,10 @@ mod tests {
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut headers, None);
-        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        assert_eq!(
+            headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-kept"]
+        );
         let websocket = HeaderValue::from_static("websocket");
         remove_hop_by_hop(&mut headers, Some(&websocket));
         assert_eq!(headers.get(UPGRADE), Some(&websocket));

@@ -42,7 +42,11 @@ impl RouteTable {
     /// The route for a `Host` header value (any port is ignored, case does not matter).
     pub fn lookup(&self, host: &str) -> Option<&Route> {
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port))
+                if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
             _ => host,
         };
         self.by_host.get(&name.parse::<Hostname>().ok()?)
@@ -71,7 +75,10 @@ mod tests {
             agent_ip: "10.77.0.2".parse().unwrap(),
             service_port: 20000,
         }]);
-        assert_eq!(table.lookup("APP.localhost:8080").unwrap().upstream.port(), 20000);
+        assert_eq!(
+            table.lookup("APP.localhost:8080").unwrap().upstream.port(),
+            20000
+        );
         assert!(table.lookup("app.localhost").is_some());
         assert!(table.lookup("other.localhost").is_none());
         assert!(table.lookup("").is_none());

@@ -12,7 +12,9 @@ use crate::peer::{DropCounters, PeerSpec, PeerStats, PeerTable};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::task::Waker;
@@ -22,9 +24,9 @@ pub const TCP_BUFFER_BYTES: usize = 256 * 1024;
 /// Connections accepted by the stack but not yet by the application, per listened port.
 pub const MAX_BACKLOG: usize = 256;
 /// Keepalive probes on idle connections, so a vanished peer is noticed.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(4);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(3);
 /// A connection whose peer is silent this long (unanswered data, SYN or keepalives) is aborted.
-const TCP_TIMEOUT: Duration = Duration::from_secs(9);
+const TCP_TIMEOUT: Duration = Duration::from_secs(7);
 /// How long a socket the application dropped may take to finish closing.
 const ORPHAN_LINGER: Duration = Duration::from_secs(30);
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -132,7 +134,8 @@ impl Core {
     /// Take in one UDP datagram from the network.
     pub fn receive_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         let before = self.device.rx.len();
-        self.peers.handle_datagram(from, datagram, &mut self.device.rx);
+        self.peers
+            .handle_datagram(from, datagram, &mut self.device.rx);
         for i in before..self.device.rx.len() {
             if self.prepare_listener_for(i) {
                 // Let this SYN take its socket before another SYN in the batch could.
@@ -145,7 +148,12 @@ impl Core {
     /// If packet `i` of the receive queue opens a connection to a listened port, give it a
     /// listening socket of its own. Returns whether one was made.
     fn prepare_listener_for(&mut self, i: usize) -> bool {
-        let Some((remote, port)) = self.device.rx.get(i).and_then(|p| parse_syn(p, self.address)) else {
+        let Some((remote, port)) = self
+            .device
+            .rx
+            .get(i)
+            .and_then(|p| parse_syn(p, self.address))
+        else {
             return false;
         };
         let Some(listener) = self.listeners.get(&port) else {
@@ -157,7 +165,8 @@ impl Core {
         let taken = self.sockets.iter().any(|(_, socket)| match socket {
             smoltcp::socket::Socket::Tcp(s) => {
                 s.state() == tcp::State::Listen && s.listen_endpoint().port == port
-                    || s.local_endpoint().map(|e| e.port) == Some(port) && s.remote_endpoint() == Some(remote)
+                    || s.local_endpoint().map(|e| e.port) == Some(port)
+                        && s.remote_endpoint() == Some(remote)
             }
             #[allow(unreachable_patterns)]
             _ => false,
@@ -281,7 +290,11 @@ impl Core {
         let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start() + 1;
         for _ in 0..span {
             let port = self.next_ephemeral;
-            self.next_ephemeral = if port == *EPHEMERAL_PORTS.end() { *EPHEMERAL_PORTS.start() } else { port + 1 };
+            self.next_ephemeral = if port == *EPHEMERAL_PORTS.end() {
+                *EPHEMERAL_PORTS.start()
+            } else {
+                port + 1
+            };
             if !used.contains(&port) {
                 return Some(port);
             }
@@ -306,7 +319,11 @@ impl Core {
         if let Some(listener) = self.listeners.remove(&port) {
             for handle in listener.pending.into_iter().chain(listener.backlog) {
                 self.sockets.get_mut::<tcp::Socket>(handle).abort();
-                self.orphans.push(Orphan { handle, deadline: Instant::ZERO, aborted: true });
+                self.orphans.push(Orphan {
+                    handle,
+                    deadline: Instant::ZERO,
+                    aborted: true,
+                });
             }
         }
     }
@@ -335,7 +352,11 @@ impl Core {
             return;
         }
         socket.close();
-        self.orphans.push(Orphan { handle, deadline: now + ORPHAN_LINGER, aborted: false });
+        self.orphans.push(Orphan {
+            handle,
+            deadline: now + ORPHAN_LINGER,
+            aborted: false,
+        });
     }
 
     /// How many TCP sockets exist (open, handshaking, closing).
@@ -358,12 +379,15 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
 /// The remote endpoint and local port of a TCP SYN (without ACK) addressed to `local`.
 fn parse_syn(packet: &[u8], local: Option<Ipv4Addr>) -> Option<(IpEndpoint, u16)> {
     let ip = Ipv4Packet::new_checked(packet).ok()?;
-    if ip.next_header() != IpProtocol::Tcp || Some(Ipv4Addr::from(ip.dst_addr())) != local {
+    if ip.next_header() != IpProtocol::Tcp || Some(ip.dst_addr()) != local {
         return None;
     }
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     if !tcp.syn() || tcp.ack() || tcp.rst() {
         return None;
     }
-    Some((IpEndpoint::new(IpAddress::Ipv4(ip.src_addr()), tcp.src_port()), tcp.dst_port()))
+    Some((
+        IpEndpoint::new(IpAddress::Ipv4(ip.src_addr()), tcp.src_port()),
+        tcp.dst_port(),
+    ))
 }

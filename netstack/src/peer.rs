@@ -125,13 +125,17 @@ impl PeerTable {
     /// Make the table hold exactly these peers. Peers that stay keep their sessions and
     /// roamed endpoints; a changed configured endpoint replaces the roamed one.
     pub fn set_peers(&mut self, specs: &[PeerSpec]) {
-        let wanted: HashMap<[u8; 32], &PeerSpec> = specs.iter().map(|s| (s.public_key, s)).collect();
-        self.peers.retain(|_, peer| wanted.contains_key(&peer.spec.public_key));
+        let wanted: HashMap<[u8; 32], &PeerSpec> =
+            specs.iter().map(|s| (s.public_key, s)).collect();
+        self.peers
+            .retain(|_, peer| wanted.contains_key(&peer.spec.public_key));
         self.index_by_key.retain(|key, _| wanted.contains_key(key));
         for spec in specs {
             match self.index_by_key.get(&spec.public_key).copied() {
                 Some(index) => {
-                    let Some(peer) = self.peers.get_mut(&index) else { continue };
+                    let Some(peer) = self.peers.get_mut(&index) else {
+                        continue;
+                    };
                     if spec.endpoint.is_some() && spec.endpoint != peer.spec.endpoint {
                         peer.endpoint = spec.endpoint;
                     }
@@ -139,7 +143,10 @@ impl PeerTable {
                     // process, so start a new handshake rather than drop the session.
                     let restarted = peer.spec.incarnation != spec.incarnation;
                     peer.spec = spec.clone();
-                    let has_session = peer.tunn.time_since_last_handshake().is_some_and(|t| t < SESSION_LIFETIME);
+                    let has_session = peer
+                        .tunn
+                        .time_since_last_handshake()
+                        .is_some_and(|t| t < SESSION_LIFETIME);
                     if restarted || (spec.persistent_keepalive.is_some() && !has_session) {
                         self.initiate_handshake(index, true);
                     }
@@ -173,16 +180,33 @@ impl PeerTable {
                 }
             }
         }
-        self.index_by_ip = self.peers.iter().map(|(i, p)| (p.spec.overlay_ip, *i)).collect();
+        self.index_by_ip = self
+            .peers
+            .iter()
+            .map(|(i, p)| (p.spec.overlay_ip, *i))
+            .collect();
     }
 
     fn initiate_handshake(&mut self, index: u32, force: bool) {
-        let PeerTable { peers, scratch, to_network, drops, .. } = self;
-        let Some(peer) = peers.get_mut(&index) else { return };
-        log::debug!("peer {}: initiating handshake to {:?}", short(&peer.spec.public_key), peer.endpoint);
-        if let (Some(endpoint), TunnResult::WriteToNetwork(out)) =
-            (peer.endpoint, peer.tunn.format_handshake_initiation(scratch, force))
-        {
+        let PeerTable {
+            peers,
+            scratch,
+            to_network,
+            drops,
+            ..
+        } = self;
+        let Some(peer) = peers.get_mut(&index) else {
+            return;
+        };
+        log::debug!(
+            "peer {}: initiating handshake to {:?}",
+            short(&peer.spec.public_key),
+            peer.endpoint
+        );
+        if let (Some(endpoint), TunnResult::WriteToNetwork(out)) = (
+            peer.endpoint,
+            peer.tunn.format_handshake_initiation(scratch, force),
+        ) {
             push_bounded(to_network, drops, endpoint, out);
         }
     }
@@ -204,11 +228,22 @@ impl PeerTable {
     }
 
     /// Handle one datagram from the network; decrypted IP packets go to `to_stack`.
-    pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], to_stack: &mut VecDeque<Vec<u8>>) {
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        to_stack: &mut VecDeque<Vec<u8>>,
+    ) {
         let Some(index) = self.peer_index_for(from, datagram) else {
             return;
         };
-        let PeerTable { peers, scratch, to_network, drops, .. } = self;
+        let PeerTable {
+            peers,
+            scratch,
+            to_network,
+            drops,
+            ..
+        } = self;
         let Some(peer) = peers.get_mut(&index) else {
             drops.invalid_datagrams += 1;
             return;
@@ -251,7 +286,10 @@ impl PeerTable {
                     return;
                 }
                 TunnResult::Err(e) => {
-                    log::debug!("peer {}: datagram from {from} refused: {e:?}", short(&peer.spec.public_key));
+                    log::debug!(
+                        "peer {}: datagram from {from} refused: {e:?}",
+                        short(&peer.spec.public_key)
+                    );
                     drops.invalid_datagrams += 1;
                     return;
                 }
@@ -265,7 +303,10 @@ impl PeerTable {
     fn peer_index_for(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<u32> {
         let index = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(init)) => {
-                match self.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut self.scratch) {
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, &mut self.scratch)
+                {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         push_bounded(&mut self.to_network, &mut self.drops, from, cookie);
@@ -297,7 +338,11 @@ impl PeerTable {
             self.drops.no_route += 1;
             return;
         };
-        let Some(peer) = self.index_by_ip.get(&destination).and_then(|i| self.peers.get_mut(i)) else {
+        let Some(peer) = self
+            .index_by_ip
+            .get(&destination)
+            .and_then(|i| self.peers.get_mut(i))
+        else {
             self.drops.no_route += 1;
             return;
         };
@@ -315,7 +360,13 @@ impl PeerTable {
         if new_second {
             self.rate_limiter.reset_count();
         }
-        let PeerTable { peers, scratch, to_network, drops, .. } = self;
+        let PeerTable {
+            peers,
+            scratch,
+            to_network,
+            drops,
+            ..
+        } = self;
         for peer in peers.values_mut() {
             if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(scratch) {
                 if let Some(endpoint) = peer.endpoint {
@@ -363,5 +414,7 @@ pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
     if packet.len() < 20 || packet[0] >> 4 != 4 {
         return None;
     }
-    Some(Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]))
+    Some(Ipv4Addr::new(
+        packet[16], packet[17], packet[18], packet[19],
+    ))
 }

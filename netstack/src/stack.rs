@@ -36,7 +36,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock would leave smoltcp mid-update; the stack is not
         // usable after that, and every caller would fail the same way.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn now(&self) -> smoltcp::time::Instant {
@@ -68,12 +70,20 @@ impl Stack {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core::new(private_key, u64::from_le_bytes(seed), smoltcp::time::Instant::ZERO)),
+            core: Mutex::new(Core::new(
+                private_key,
+                u64::from_le_bytes(seed),
+                smoltcp::time::Instant::ZERO,
+            )),
             nudge,
             epoch,
         });
         let driver = smol::spawn(drive(shared.clone(), udp, nudged));
-        Ok(Stack { shared, local_addr, _driver: Arc::new(driver) })
+        Ok(Stack {
+            shared,
+            local_addr,
+            _driver: Arc::new(driver),
+        })
     }
 
     /// The bound UDP address.
@@ -109,12 +119,28 @@ impl Stack {
 
     /// Connect to a TCP port inside the overlay, waiting at most [`CONNECT_TIMEOUT`].
     pub async fn connect(&self, remote: SocketAddrV4) -> io::Result<TcpStream> {
-        let handle = self.shared.lock().tcp_connect(remote).map_err(|e| match e {
-            ConnectError::NoAddress => io::Error::new(io::ErrorKind::NotConnected, "overlay address not configured"),
-            ConnectError::NoRoute => io::Error::new(io::ErrorKind::HostUnreachable, format!("no peer owns {}", remote.ip())),
-            ConnectError::NoPorts => io::Error::new(io::ErrorKind::AddrInUse, "no free ephemeral port"),
-        })?;
-        let stream = TcpStream { shared: self.shared.clone(), handle, peer: remote };
+        let handle = self
+            .shared
+            .lock()
+            .tcp_connect(remote)
+            .map_err(|e| match e {
+                ConnectError::NoAddress => io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "overlay address not configured",
+                ),
+                ConnectError::NoRoute => io::Error::new(
+                    io::ErrorKind::HostUnreachable,
+                    format!("no peer owns {}", remote.ip()),
+                ),
+                ConnectError::NoPorts => {
+                    io::Error::new(io::ErrorKind::AddrInUse, "no free ephemeral port")
+                }
+            })?;
+        let stream = TcpStream {
+            shared: self.shared.clone(),
+            handle,
+            peer: remote,
+        };
         self.shared.nudge();
         let established = future::poll_fn(|cx| {
             let mut core = self.shared.lock();
@@ -133,7 +159,10 @@ impl Stack {
         });
         let timeout = async {
             Timer::after(CONNECT_TIMEOUT).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {remote}")))
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from {remote}"),
+            ))
         };
         future::or(established, timeout).await?;
         Ok(stream)
@@ -142,10 +171,16 @@ impl Stack {
     /// Accept TCP connections on a port of the overlay address.
     pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
         self.shared.lock().tcp_listen(port).map_err(|e| match e {
-            ListenError::InUse => io::Error::new(io::ErrorKind::AddrInUse, format!("port {port} is already listened on")),
+            ListenError::InUse => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("port {port} is already listened on"),
+            ),
             ListenError::Unaddressable => io::Error::new(io::ErrorKind::InvalidInput, "port 0"),
         })?;
-        Ok(TcpListener { shared: self.shared.clone(), port })
+        Ok(TcpListener {
+            shared: self.shared.clone(),
+            port,
+        })
     }
 }
 
@@ -168,7 +203,7 @@ async fn drive(shared: Arc<Shared>, udp: Async<UdpSocket>, nudged: async_channel
             }
             if Instant::now() >= next_tick {
                 ticks = ticks.wrapping_add(1);
-                core.update_timers(ticks % 4 == 0);
+                core.update_timers(ticks.is_multiple_of(4));
                 next_tick = Instant::now() + TIMER_TICK;
             }
             core.poll(now);
@@ -229,11 +264,17 @@ impl TcpStream {
 }
 
 impl AsyncRead for TcpStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut core = self.shared.lock();
         let socket = core.tcp(self.handle);
         if socket.can_recv() {
-            let n = socket.recv_slice(buf).map_err(|e| io::Error::other(e.to_string()))?;
+            let n = socket
+                .recv_slice(buf)
+                .map_err(|e| io::Error::other(e.to_string()))?;
             drop(core);
             // The window opened: let the driver tell the peer.
             self.shared.nudge();
@@ -241,9 +282,10 @@ impl AsyncRead for TcpStream {
         }
         if !socket.may_recv() {
             return Poll::Ready(match socket.state() {
-                tcp::State::Closed if socket.remote_endpoint().is_none() => {
-                    Err(io::Error::new(io::ErrorKind::ConnectionReset, "connection reset or timed out"))
-                }
+                tcp::State::Closed if socket.remote_endpoint().is_none() => Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset or timed out",
+                )),
                 _ => Ok(0),
             });
         }
@@ -253,14 +295,23 @@ impl AsyncRead for TcpStream {
 }
 
 impl AsyncWrite for TcpStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut core = self.shared.lock();
         let socket = core.tcp(self.handle);
         if !socket.may_send() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection closed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection closed",
+            )));
         }
         if socket.can_send() {
-            let n = socket.send_slice(buf).map_err(|e| io::Error::other(e.to_string()))?;
+            let n = socket
+                .send_slice(buf)
+                .map_err(|e| io::Error::other(e.to_string()))?;
             drop(core);
             self.shared.nudge();
             return Poll::Ready(Ok(n));
@@ -298,18 +349,29 @@ pub struct TcpListener {
 impl TcpListener {
     /// The next connection, with its remote overlay address.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddrV4)> {
-        let handle = future::poll_fn(|cx| match self.shared.lock().tcp_accept(self.port, cx.waker()) {
-            Some(handle) => Poll::Ready(handle),
-            None => Poll::Pending,
-        })
-        .await;
+        let handle =
+            future::poll_fn(
+                |cx| match self.shared.lock().tcp_accept(self.port, cx.waker()) {
+                    Some(handle) => Poll::Ready(handle),
+                    None => Poll::Pending,
+                },
+            )
+            .await;
         let peer = match self.shared.lock().tcp(handle).remote_endpoint() {
-            Some(smoltcp::wire::IpEndpoint { addr: smoltcp::wire::IpAddress::Ipv4(ip), port }) => {
-                SocketAddrV4::new(ip, port)
-            }
+            Some(smoltcp::wire::IpEndpoint {
+                addr: smoltcp::wire::IpAddress::Ipv4(ip),
+                port,
+            }) => SocketAddrV4::new(ip, port),
             _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         };
-        Ok((TcpStream { shared: self.shared.clone(), handle, peer }, peer))
+        Ok((
+            TcpStream {
+                shared: self.shared.clone(),
+                handle,
+                peer,
+            },
+            peer,
+        ))
     }
 
     /// The port listened on.

@@ -35,10 +35,19 @@ impl Net {
                 let ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
                 let mut core = Core::new(key, i as u64 * 7919, Instant::ZERO);
                 core.set_address(ip, 16);
-                Node { udp: format!("192.0.2.{}:51820", i + 1).parse().unwrap(), key, ip, core }
+                Node {
+                    udp: format!("192.0.2.{}:51820", i + 1).parse().unwrap(),
+                    key,
+                    ip,
+                    core,
+                }
             })
             .collect();
-        Net { nodes, now: Instant::ZERO, nat: vec![None; count] }
+        Net {
+            nodes,
+            now: Instant::ZERO,
+            nat: vec![None; count],
+        }
     }
 
     fn spec(&self, i: usize, with_endpoint: bool) -> PeerSpec {
@@ -91,7 +100,12 @@ impl Net {
 }
 
 /// Sends `payload` from a socket on `from` to one on `to`, returning what arrived.
-fn transfer(net: &mut Net, from: (usize, smoltcp::iface::SocketHandle), to: (usize, smoltcp::iface::SocketHandle), payload: &[u8]) -> Vec<u8> {
+fn transfer(
+    net: &mut Net,
+    from: (usize, smoltcp::iface::SocketHandle),
+    to: (usize, smoltcp::iface::SocketHandle),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut sent = 0;
     let mut received = Vec::new();
     let complete = net.run_until(|net| {
@@ -109,11 +123,21 @@ fn transfer(net: &mut Net, from: (usize, smoltcp::iface::SocketHandle), to: (usi
         }
         received.len() >= payload.len()
     });
-    assert!(complete, "transfer stalled at {} of {}", received.len(), payload.len());
+    assert!(
+        complete,
+        "transfer stalled at {} of {}",
+        received.len(),
+        payload.len()
+    );
     received
 }
 
-fn connect_and_accept(net: &mut Net, client: usize, server: usize, port: u16) -> (smoltcp::iface::SocketHandle, smoltcp::iface::SocketHandle) {
+fn connect_and_accept(
+    net: &mut Net,
+    client: usize,
+    server: usize,
+    port: u16,
+) -> (smoltcp::iface::SocketHandle, smoltcp::iface::SocketHandle) {
     net.nodes[server].core.tcp_listen(port).unwrap_or(());
     let remote = SocketAddrV4::new(net.nodes[server].ip, port);
     let handle = net.nodes[client].core.tcp_connect(remote).unwrap();
@@ -148,14 +172,19 @@ fn listener_backlog_takes_many_simultaneous_connections() {
     let mut net = Net::star(2);
     net.nodes[0].core.tcp_listen(8080).unwrap();
     let remote = SocketAddrV4::new(net.nodes[0].ip, 8080);
-    let clients: Vec<_> = (0..50).map(|_| net.nodes[1].core.tcp_connect(remote).unwrap()).collect();
+    let clients: Vec<_> = (0..50)
+        .map(|_| net.nodes[1].core.tcp_connect(remote).unwrap())
+        .collect();
     let waker = futures_waker();
     let mut accepted = 0;
     let ok = net.run_until(|net| {
         while net.nodes[0].core.tcp_accept(8080, &waker).is_some() {
             accepted += 1;
         }
-        accepted == 50 && clients.iter().all(|h| net.nodes[1].core.tcp(*h).state() == State::Established)
+        accepted == 50
+            && clients
+                .iter()
+                .all(|h| net.nodes[1].core.tcp(*h).state() == State::Established)
     });
     assert!(ok, "accepted {accepted} of 50");
 }
@@ -220,13 +249,21 @@ fn garbage_truncated_and_replayed_datagrams_are_dropped() {
     net.nodes[0].core.receive_datagram(net.now, from, &datagram);
     let invalid_before = net.nodes[0].core.drops().invalid_datagrams;
     net.nodes[0].core.receive_datagram(net.now, from, &datagram);
-    assert!(net.nodes[0].core.drops().invalid_datagrams > invalid_before, "replay accepted");
+    assert!(
+        net.nodes[0].core.drops().invalid_datagrams > invalid_before,
+        "replay accepted"
+    );
     // Truncated copies of it.
     for cut in [1, 16, 31, datagram.len() - 1] {
-        net.nodes[0].core.receive_datagram(net.now, from, &datagram[..cut]);
+        net.nodes[0]
+            .core
+            .receive_datagram(net.now, from, &datagram[..cut]);
     }
     // The session still works.
-    assert_eq!(transfer(&mut net, (1, client), (0, server), b"still fine"), b"hellostill fine");
+    assert_eq!(
+        transfer(&mut net, (1, client), (0, server), b"still fine"),
+        b"hellostill fine"
+    );
 }
 
 #[test]
@@ -249,7 +286,9 @@ fn handshake_flood_gets_cookies() {
         let mut other = Core::new(net.nodes[1].key, 1, Instant::ZERO);
         other.set_address(net.nodes[1].ip, 16);
         other.set_peers(&[net.spec(0, true)]);
-        other.tcp_connect(SocketAddrV4::new(net.nodes[0].ip, 1)).unwrap();
+        other
+            .tcp_connect(SocketAddrV4::new(net.nodes[0].ip, 1))
+            .unwrap();
         other.poll(Instant::ZERO);
         initiations.push(other.poll_transmit().unwrap().1);
     }

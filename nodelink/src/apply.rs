@@ -13,7 +13,10 @@ pub struct Latest<T> {
 
 impl<T> Default for Latest<T> {
     fn default() -> Self {
-        Latest { slot: Mutex::new(None), nudge: async_channel::bounded(1) }
+        Latest {
+            slot: Mutex::new(None),
+            nudge: async_channel::bounded(1),
+        }
     }
 }
 
@@ -28,7 +31,12 @@ impl<T> Latest<T> {
     /// Wait for a value and take it.
     pub async fn take(&self) -> T {
         loop {
-            if let Some(value) = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            if let Some(value) = self
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
                 return value;
             }
             // Both ends live in `self`, so the channel cannot be closed.
@@ -39,13 +47,19 @@ impl<T> Latest<T> {
 
 /// The snapshot's peers as netstack peer specs. Endpoints that do not resolve are left
 /// empty (the peer is kept, so its session survives a DNS hiccup) and logged.
-pub async fn peer_specs(snapshot: &ConfigSnapshot, persistent_keepalive: Option<u16>) -> Vec<PeerSpec> {
+pub async fn peer_specs(
+    snapshot: &ConfigSnapshot,
+    persistent_keepalive: Option<u16>,
+) -> Vec<PeerSpec> {
     let mut specs = Vec::with_capacity(snapshot.peers.len());
     for peer in &snapshot.peers {
         let endpoint = match &peer.endpoint {
             Some(endpoint) => match smol::net::resolve(endpoint.as_str()).await {
                 Ok(addrs) => addrs.into_iter().find(|a| a.is_ipv4()).or_else(|| {
-                    log::warn!("peer {}: endpoint {endpoint} has no IPv4 address", peer.node_id);
+                    log::warn!(
+                        "peer {}: endpoint {endpoint} has no IPv4 address",
+                        peer.node_id
+                    );
                     None
                 }),
                 Err(e) => {

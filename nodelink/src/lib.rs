@@ -36,7 +36,12 @@ pub fn hello(private_key: &[u8; 32], wireguard_endpoint: Option<String>) -> Hell
 pub fn required_setting(flag: Option<String>, env: &str) -> Result<String, Error> {
     flag.or_else(|| std::env::var(env).ok())
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| Error::Config(format!("{env} is required (environment variable or --{})", env.to_lowercase().replace('_', "-"))))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{env} is required (environment variable or --{})",
+                env.to_lowercase().replace('_', "-")
+            ))
+        })
 }
 
 /// Why the link or the state directory failed.

@@ -10,8 +10,8 @@ use async_tungstenite::tungstenite::{self, Message};
 use futures_lite::{future, StreamExt};
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
-    decode, encode, ConfigSnapshot, ControlMessage, Hello, NodeMessage, NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES,
-    MISSED_HEARTBEATS_OFFLINE,
+    decode, encode, ConfigSnapshot, ControlMessage, Hello, NodeMessage, NodeStatus,
+    HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,9 @@ pub struct ControlUrl {
 impl ControlUrl {
     /// Parse `http://host[:port][/prefix]` for a node of `kind`.
     pub fn parse(raw: &str, kind: NodeKind) -> Result<ControlUrl, Error> {
-        let uri: Uri = raw.parse().map_err(|e| Error::Config(format!("CONTROL_URL {raw:?}: {e}")))?;
+        let uri: Uri = raw
+            .parse()
+            .map_err(|e| Error::Config(format!("CONTROL_URL {raw:?}: {e}")))?;
         let default_port = match uri.scheme_str() {
             Some("http") => 80,
             Some("https") => {
@@ -47,8 +49,13 @@ impl ControlUrl {
             }
             _ => return Err(Error::Config(format!("CONTROL_URL {raw:?} must start with http://"))),
         };
-        let host = uri.host().ok_or_else(|| Error::Config(format!("CONTROL_URL {raw:?} has no host")))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Config(format!("CONTROL_URL {raw:?} has no host")))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(default_port);
         let prefix = uri.path().trim_end_matches('/');
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
@@ -114,10 +121,16 @@ fn jitter(base: Duration) -> Duration {
     base + base.mul_f64(f64::from(byte[0]) / 1024.0)
 }
 
-async fn timeout<T>(limit: Duration, what: &str, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+async fn timeout<T>(
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     future::or(work, async {
         Timer::after(limit).await;
-        Err(Error::Connection(format!("{what} timed out after {limit:?}")))
+        Err(Error::Connection(format!(
+            "{what} timed out after {limit:?}"
+        )))
     })
     .await
 }
@@ -128,24 +141,40 @@ enum Event {
 }
 
 /// One session; returns why it ended.
-async fn session(settings: &LinkSettings, state: &LinkState, apply: &mut impl FnMut(ConfigSnapshot), status: &impl Fn() -> NodeStatus) -> Error {
+async fn session(
+    settings: &LinkSettings,
+    state: &LinkState,
+    apply: &mut impl FnMut(ConfigSnapshot),
+    status: &impl Fn() -> NodeStatus,
+) -> Error {
     let control = &settings.control;
     let connect = async {
         // Connecting by name resolves DNS again on every attempt.
         let tcp = smol::net::TcpStream::connect((control.host.as_str(), control.port))
             .await
             .map_err(|e| Error::Connection(format!("{}:{}: {e}", control.host, control.port)))?;
-        let mut request = control.ws_url.as_str().into_client_request().map_err(|e| Error::Config(e.to_string()))?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", settings.api_key))
-            .map_err(|_| Error::Config("API_KEY contains characters not allowed in a header".into()))?;
+        let mut request = control
+            .ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let bearer =
+            HeaderValue::from_str(&format!("Bearer {}", settings.api_key)).map_err(|_| {
+                Error::Config("API_KEY contains characters not allowed in a header".into())
+            })?;
         request.headers_mut().insert("authorization", bearer);
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(MAX_MESSAGE_BYTES);
         config.max_frame_size = Some(MAX_MESSAGE_BYTES);
         match async_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
             Ok((ws, _)) => Ok(ws),
-            Err(tungstenite::Error::Http(response)) if response.status() == 401 => Err(Error::Unauthorized),
-            Err(e) => Err(Error::Connection(format!("handshake with {}: {e}", control.ws_url))),
+            Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
+                Err(Error::Unauthorized)
+            }
+            Err(e) => Err(Error::Connection(format!(
+                "handshake with {}: {e}",
+                control.ws_url
+            ))),
         }
     };
     let mut ws = match timeout(CONNECT_TIMEOUT, "connecting to Control", connect).await {
@@ -221,7 +250,10 @@ mod tests {
         assert_eq!((url.host.as_str(), url.port), ("control.lan", 7080));
         assert_eq!(url.ws_url, "ws://control.lan:7080/ws/agent");
         let url = ControlUrl::parse("http://[::1]/k/", NodeKind::Gateway).unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.ws_url.as_str()), ("::1", 80, "ws://[::1]/k/ws/gateway"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.ws_url.as_str()),
+            ("::1", 80, "ws://[::1]/k/ws/gateway")
+        );
         assert!(ControlUrl::parse("ftp://x", NodeKind::Agent).is_err());
         assert!(ControlUrl::parse("control:7080", NodeKind::Agent).is_err());
     }

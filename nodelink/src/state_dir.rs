@@ -3,8 +3,8 @@
 use crate::Error;
 use base64::Engine;
 use kakuremichi_proto::messages::{decode, encode, ConfigSnapshot};
-use std::fs;
 use std::collections::HashMap;
+use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +22,11 @@ pub struct StateDir {
 impl StateDir {
     /// Use (and create if needed) `path`.
     pub fn open(path: &Path) -> Result<StateDir, Error> {
-        fs::create_dir_all(path).map_err(|e| io(format!("creating state directory {}", path.display()), e))?;
-        Ok(StateDir { path: path.to_path_buf() })
+        fs::create_dir_all(path)
+            .map_err(|e| io(format!("creating state directory {}", path.display()), e))?;
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
     }
 
     /// The node's WireGuard private key, generated and saved on first use.
@@ -34,11 +37,14 @@ impl StateDir {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text.trim())
                     .map_err(|_| Error::Config(format!("{} is not base64", file.display())))?;
-                bytes.try_into().map_err(|_| Error::Config(format!("{} does not hold a 32-byte key", file.display())))
+                bytes.try_into().map_err(|_| {
+                    Error::Config(format!("{} does not hold a 32-byte key", file.display()))
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
+                getrandom::fill(&mut key)
+                    .map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
                 let text = base64::engine::general_purpose::STANDARD.encode(key) + "\n";
                 write_atomically(&file, text.as_bytes(), true)?;
                 log::info!("generated a new WireGuard key in {}", file.display());
@@ -69,13 +75,24 @@ impl StateDir {
 
     /// Keep peers' endpoints for the next start, so a restarted node can start handshakes
     /// itself instead of waiting for peers whose sessions it lost.
-    pub fn save_peer_endpoints(&self, endpoints: &HashMap<String, SocketAddr>) -> Result<(), Error> {
-        write_atomically(&self.path.join(ENDPOINTS_FILE), encode(endpoints).as_bytes(), false)
+    pub fn save_peer_endpoints(
+        &self,
+        endpoints: &HashMap<String, SocketAddr>,
+    ) -> Result<(), Error> {
+        write_atomically(
+            &self.path.join(ENDPOINTS_FILE),
+            encode(endpoints).as_bytes(),
+            false,
+        )
     }
 
     /// Keep `config` for the next start.
     pub fn save_config(&self, config: &ConfigSnapshot) -> Result<(), Error> {
-        write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes(), false)
+        write_atomically(
+            &self.path.join(CONFIG_FILE),
+            encode(config).as_bytes(),
+            false,
+        )
     }
 }
 
@@ -97,7 +114,10 @@ fn write_atomically(file: &Path, bytes: &[u8], private: bool) -> Result<(), Erro
     let _ = private;
     let context = || format!("writing {}", file.display());
     let mut handle = options.open(&tmp).map_err(|e| io(context(), e))?;
-    handle.write_all(bytes).and_then(|_| handle.sync_all()).map_err(|e| io(context(), e))?;
+    handle
+        .write_all(bytes)
+        .and_then(|_| handle.sync_all())
+        .map_err(|e| io(context(), e))?;
     fs::rename(&tmp, file).map_err(|e| io(context(), e))?;
     if let Some(dir) = file.parent().and_then(|d| fs::File::open(d).ok()) {
         let _ = dir.sync_all();

@@ -40,7 +40,10 @@ impl FromStr for Hostname {
     fn from_str(raw: &str) -> Result<Self, ProtoError> {
         let name = raw.trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() || name.len() > 253 {
-            return Err(ProtoError::invalid("hostname", "must be 1 to 253 characters"));
+            return Err(ProtoError::invalid(
+                "hostname",
+                "must be 1 to 253 characters",
+            ));
         }
         for label in name.split('.') {
             let valid_chars = label
@@ -95,20 +98,22 @@ impl FromStr for Target {
         let (host, port) = raw
             .rsplit_once(':')
             .ok_or_else(|| ProtoError::invalid("target", "expected host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| ProtoError::invalid("target", format!("port {port:?} is not 1-65535")))?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            ProtoError::invalid("target", format!("port {port:?} is not 1-65535"))
+        })?;
         let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             v6.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| ProtoError::invalid("target", format!("{v6:?} is not an IPv6 address")))?
+                .map_err(|_| {
+                    ProtoError::invalid("target", format!("{v6:?} is not an IPv6 address"))
+                })?
                 .to_string()
         } else if host.parse::<std::net::Ipv4Addr>().is_ok() {
             host.to_string()
         } else {
             Hostname::from_str(host)
-                .map_err(|_| ProtoError::invalid("target", format!("{host:?} is not a host name or IP")))?
+                .map_err(|_| {
+                    ProtoError::invalid("target", format!("{host:?} is not a host name or IP"))
+                })?
                 .0
         };
         Ok(Target { host, port })
@@ -182,8 +187,19 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        assert_eq!("App.localhost.".parse::<Hostname>().unwrap().as_str(), "app.localhost");
-        for bad in ["", "-a.com", "a-.com", "a..com", "a b.com", "a_b.com", &"x".repeat(64)] {
+        assert_eq!(
+            "App.localhost.".parse::<Hostname>().unwrap().as_str(),
+            "app.localhost"
+        );
+        for bad in [
+            "",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "a b.com",
+            "a_b.com",
+            &"x".repeat(64),
+        ] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad:?} accepted");
         }
     }
@@ -192,7 +208,10 @@ mod tests {
     fn targets() {
         let t: Target = "127.0.0.1:8080".parse().unwrap();
         assert_eq!((t.host(), t.port()), ("127.0.0.1", 8080));
-        assert_eq!("[::1]:80".parse::<Target>().unwrap().to_string(), "[::1]:80");
+        assert_eq!(
+            "[::1]:80".parse::<Target>().unwrap().to_string(),
+            "[::1]:80"
+        );
         assert_eq!("app:3000".parse::<Target>().unwrap().host(), "app");
         for bad in ["app", "app:0", "app:70000", ":80", "[zz]:80", "a b:80"] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?} accepted");

@@ -172,15 +172,27 @@ mod tests {
             }],
         };
         let message = ControlMessage::Config(snapshot);
-        assert_eq!(decode::<ControlMessage>(&encode(&message)).unwrap(), message);
+        assert_eq!(
+            decode::<ControlMessage>(&encode(&message)).unwrap(),
+            message
+        );
     }
 
     #[test]
     fn rejects_garbage_and_oversize() {
-        assert!(matches!(decode::<NodeMessage>("{\"type\":\"nope\"}"), Err(ProtoError::Malformed(_))));
-        assert!(matches!(decode::<NodeMessage>("]"), Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            decode::<NodeMessage>("{\"type\":\"nope\"}"),
+            Err(ProtoError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<NodeMessage>("]"),
+            Err(ProtoError::Malformed(_))
+        ));
         let huge = " ".repeat(MAX_MESSAGE_BYTES + 1);
-        assert!(matches!(decode::<NodeMessage>(&huge), Err(ProtoError::TooLarge(_))));
+        assert!(matches!(
+            decode::<NodeMessage>(&huge),
+            Err(ProtoError::TooLarge(_))
+        ));
         let bad_key = r#"{"type":"hello","public_key":"AAAA","version":"1"}"#;
         assert!(decode::<NodeMessage>(bad_key).is_err());
     }

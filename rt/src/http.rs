@@ -17,15 +17,20 @@ pub const MAX_HEADERS: usize = 100;
 
 /// A body from bytes in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A response with a status, a content type and a body.
 pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> hyper::Response<Body> {
     let mut response = hyper::Response::new(full(body));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -46,7 +51,11 @@ pub fn http1_server() -> hyper::server::conn::http1::Builder {
 /// (given the client's address). Upgrades (WebSocket) are allowed.
 pub async fn serve<F, Fut>(listener: async_io::Async<std::net::TcpListener>, handler: F)
 where
-    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     loop {
@@ -68,7 +77,11 @@ where
                 let response = handler(request, peer);
                 async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
-            if let Err(e) = http1_server().serve_connection(crate::io::FuturesIo(stream), service).with_upgrades().await {
+            if let Err(e) = http1_server()
+                .serve_connection(crate::io::FuturesIo(stream), service)
+                .with_upgrades()
+                .await
+            {
                 log::debug!("connection from {peer}: {e}");
             }
         })
@@ -78,7 +91,11 @@ where
 
 /// Answer `/healthz`, `/readyz` and `/metrics` for a node's admin listener; `None` for
 /// other paths.
-pub fn health_endpoints(path: &str, ready: Result<(), String>, metrics: impl FnOnce() -> String) -> Option<hyper::Response<Body>> {
+pub fn health_endpoints(
+    path: &str,
+    ready: Result<(), String>,
+    metrics: impl FnOnce() -> String,
+) -> Option<hyper::Response<Body>> {
     Some(match path {
         "/healthz" => respond(200, "text/plain", "ok\n"),
         "/readyz" => match ready {

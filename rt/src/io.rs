@@ -10,7 +10,11 @@ use std::task::{ready, Context, Poll};
 pub struct FuturesIo<T>(pub T);
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for FuturesIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: hyper::rt::ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
         #[allow(unsafe_code)]
         // SAFETY: every byte of the slice is written (zeroed) before it is viewed as `[u8]`,
         // and `advance(n)` only covers the `n` bytes the reader reported as filled.
@@ -28,7 +32,11 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for FuturesIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -44,7 +52,11 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
 pub struct HyperIo<T>(pub T);
 
 impl<T: hyper::rt::Read + Unpin> AsyncRead for HyperIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut read_buf = hyper::rt::ReadBuf::new(buf);
         ready!(Pin::new(&mut self.0).poll_read(cx, read_buf.unfilled()))?;
         Poll::Ready(Ok(read_buf.filled().len()))
@@ -52,7 +64,11 @@ impl<T: hyper::rt::Read + Unpin> AsyncRead for HyperIo<T> {
 }
 
 impl<T: hyper::rt::Write + Unpin> AsyncWrite for HyperIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

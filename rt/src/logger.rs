@@ -12,7 +12,13 @@ impl Log for StderrLogger {
     }
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            let _ = writeln!(std::io::stderr().lock(), "{:5} {}: {}", record.level(), record.target(), record.args());
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{:5} {}: {}",
+                record.level(),
+                record.target(),
+                record.args()
+            );
         }
     }
     fn flush(&self) {}

@@ -11,7 +11,10 @@ fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 /// One kakuremichi process, restartable, killed when dropped.
@@ -30,7 +33,13 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(name: &str, binary: &str, args: Vec<String>, env: Vec<(String, String)>, dir: &Path) -> Node {
+    fn new(
+        name: &str,
+        binary: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        dir: &Path,
+    ) -> Node {
         Node {
             name: name.to_string(),
             binary: bin_dir().join(binary),
@@ -47,7 +56,11 @@ impl Node {
     /// Start the process (appending to its log).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(&self.binary)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -56,7 +69,12 @@ impl Node {
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e} (run `cargo build --bins` first)", self.binary.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {}: {e} (run `cargo build --bins` first)",
+                    self.binary.display()
+                )
+            });
         self.child = Some(child);
     }
 
@@ -76,7 +94,9 @@ impl Node {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Everything the process logged so far.
@@ -105,7 +125,11 @@ impl Cluster {
     pub fn new(name: &str) -> Cluster {
         let mut nonce = [0u8; 4];
         getrandom::fill(&mut nonce).expect("randomness");
-        let dir = std::env::temp_dir().join(format!("kakuremichi-{name}-{}-{:08x}", std::process::id(), u32::from_le_bytes(nonce)));
+        let dir = std::env::temp_dir().join(format!(
+            "kakuremichi-{name}-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes(nonce)
+        ));
         std::fs::create_dir_all(&dir).expect("test directory");
         let port = free_tcp_port();
         let data = dir.join("control-data").display().to_string();
@@ -113,15 +137,34 @@ impl Cluster {
             .args(["--data-dir", &data, "token", "create", "--name", "tests"])
             .output()
             .expect("kakuremichi-control token create");
-        assert!(token_output.status.success(), "token create failed: {}", String::from_utf8_lossy(&token_output.stderr));
-        let token = String::from_utf8_lossy(&token_output.stdout).trim().to_string();
-        let args = vec!["--data-dir".into(), data, "--listen".into(), format!("127.0.0.1:{port}")];
+        assert!(
+            token_output.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&token_output.stderr)
+        );
+        let token = String::from_utf8_lossy(&token_output.stdout)
+            .trim()
+            .to_string();
+        let args = vec![
+            "--data-dir".into(),
+            data,
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
         let mut control = Node::new("control", "kakuremichi-control", args, vec![], &dir);
         control.http_port = port;
         control.start();
-        let cluster = Cluster { dir, control, token, gateways: Vec::new(), agents: Vec::new() };
-        wait_for(Duration::from_secs(10), || (curl(&[&cluster.control_url("/healthz")]).status == 200).then_some(()))
-            .expect("control answers /healthz");
+        let cluster = Cluster {
+            dir,
+            control,
+            token,
+            gateways: Vec::new(),
+            agents: Vec::new(),
+        };
+        wait_for(Duration::from_secs(10), || {
+            (curl(&[&cluster.control_url("/healthz")]).status == 200).then_some(())
+        })
+        .expect("control answers /healthz");
         cluster
     }
 
@@ -134,7 +177,15 @@ impl Cluster {
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
         let auth = format!("Authorization: Bearer {}", self.token);
         let url = self.control_url(path);
-        let mut args = vec!["-X", method, "-H", &auth, "-H", "Content-Type: application/json", &url];
+        let mut args = vec![
+            "-X",
+            method,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            &url,
+        ];
         if let Some(body) = body {
             args.extend(["--data-binary", body]);
         }
@@ -145,7 +196,10 @@ impl Cluster {
         let answer = self.api("POST", &format!("/api/v1/{kind}s"), Some("{}"));
         assert_eq!(answer.status, 201, "enrol {kind}: {}", answer.body);
         let json = answer.json();
-        (json["id"].as_str().unwrap().to_string(), json["api_key"].as_str().unwrap().to_string())
+        (
+            json["id"].as_str().unwrap().to_string(),
+            json["api_key"].as_str().unwrap().to_string(),
+        )
     }
 
     /// Enrol and start a gateway; returns its index.
@@ -153,7 +207,11 @@ impl Cluster {
         let (id, api_key) = self.enrol("gateway");
         let index = self.gateways.len();
         let (http, admin, wireguard) = (free_tcp_port(), free_tcp_port(), free_udp_port());
-        let state = self.dir.join(format!("gateway{index}-state")).display().to_string();
+        let state = self
+            .dir
+            .join(format!("gateway{index}-state"))
+            .display()
+            .to_string();
         let args = vec![
             "--state-dir".into(),
             state,
@@ -164,8 +222,17 @@ impl Cluster {
             "--admin-listen".into(),
             format!("127.0.0.1:{admin}"),
         ];
-        let env = vec![("CONTROL_URL".into(), self.control_url("")), ("API_KEY".into(), api_key)];
-        let mut node = Node::new(&format!("gateway{index}"), "kakuremichi-gateway", args, env, &self.dir);
+        let env = vec![
+            ("CONTROL_URL".into(), self.control_url("")),
+            ("API_KEY".into(), api_key),
+        ];
+        let mut node = Node::new(
+            &format!("gateway{index}"),
+            "kakuremichi-gateway",
+            args,
+            env,
+            &self.dir,
+        );
         node.id = id;
         node.http_port = http;
         node.admin_port = admin;
@@ -189,10 +256,28 @@ impl Cluster {
         };
         let index = self.agents.len();
         let status = free_tcp_port();
-        let state = self.dir.join(format!("agent{index}-state")).display().to_string();
-        let args = vec!["--state-dir".into(), state, "--status-listen".into(), format!("127.0.0.1:{status}")];
-        let env = vec![("CONTROL_URL".into(), self.control_url("")), ("API_KEY".into(), key)];
-        let mut node = Node::new(&format!("agent{index}"), "kakuremichi-agent", args, env, &self.dir);
+        let state = self
+            .dir
+            .join(format!("agent{index}-state"))
+            .display()
+            .to_string();
+        let args = vec![
+            "--state-dir".into(),
+            state,
+            "--status-listen".into(),
+            format!("127.0.0.1:{status}"),
+        ];
+        let env = vec![
+            ("CONTROL_URL".into(), self.control_url("")),
+            ("API_KEY".into(), key),
+        ];
+        let mut node = Node::new(
+            &format!("agent{index}"),
+            "kakuremichi-agent",
+            args,
+            env,
+            &self.dir,
+        );
         node.id = id;
         node.admin_port = status;
         node.start();
@@ -217,20 +302,35 @@ impl Cluster {
     pub fn get(&self, gateway: usize, hostname: &str, path: &str) -> Answer {
         let port = self.gateways[gateway].http_port;
         let resolve = format!("{hostname}:{port}:127.0.0.1");
-        curl(&["--resolve", &resolve, &format!("http://{hostname}:{port}{path}")])
+        curl(&[
+            "--resolve",
+            &resolve,
+            &format!("http://{hostname}:{port}{path}"),
+        ])
     }
 
     /// Wait until `check` accepts what the gateway answers for `hostname`; returns how long
     /// that took.
-    pub fn wait_until(&self, gateway: usize, hostname: &str, limit: Duration, mut check: impl FnMut(&Answer) -> bool) -> Option<Duration> {
+    pub fn wait_until(
+        &self,
+        gateway: usize,
+        hostname: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Answer) -> bool,
+    ) -> Option<Duration> {
         let start = std::time::Instant::now();
-        wait_for(limit, || check(&self.get(gateway, hostname, "/")).then(|| start.elapsed()))
+        wait_for(limit, || {
+            check(&self.get(gateway, hostname, "/")).then(|| start.elapsed())
+        })
     }
 
     /// The node's entry in `GET /api/v1/{agents,gateways}`.
     pub fn node_status(&self, kind: &str, id: &str) -> serde_json::Value {
         let list = self.api("GET", &format!("/api/v1/{kind}s"), None).json();
-        list.as_array().and_then(|a| a.iter().find(|n| n["id"] == id)).cloned().unwrap_or_default()
+        list.as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == id))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Logs of every process, for failure messages.

@@ -28,12 +28,18 @@ pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
 
 /// A loopback TCP port nobody listens on right now.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A loopback UDP port nobody uses right now.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// An HTTP answer as curl saw it.
@@ -59,5 +65,8 @@ pub fn curl(args: &[&str]) -> Answer {
         .expect("curl runs");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    Answer { status: status.trim().parse().unwrap_or(0), body: body.to_string() }
+    Answer {
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
 }

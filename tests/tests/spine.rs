@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 const LIVE_CONFIG_LIMIT: Duration = Duration::from_secs(2);
 
 fn origin_of(answer: &kakuremichi_tests::Answer) -> Option<String> {
-    (answer.status == 200).then(|| answer.json()["origin"].as_str().unwrap_or_default().to_string())
+    (answer.status == 200).then(|| {
+        answer.json()["origin"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
 
 #[test]
@@ -18,18 +23,30 @@ fn tunnel_serves_and_every_edit_applies_live() {
     cluster.add_gateway();
     let agent = cluster.add_agent();
     let agent_id = cluster.agents[agent].id.clone();
-    wait_for(Duration::from_secs(10), || cluster.node_status("agent", &agent_id)["online"].as_bool().filter(|o| *o))
-        .unwrap_or_else(|| panic!("agent never online\n{}", cluster.logs()));
+    wait_for(Duration::from_secs(10), || {
+        cluster.node_status("agent", &agent_id)["online"]
+            .as_bool()
+            .filter(|o| *o)
+    })
+    .unwrap_or_else(|| panic!("agent never online\n{}", cluster.logs()));
     let status = cluster.node_status("agent", &agent_id);
-    assert!(status["public_key"].as_str().is_some_and(|k| k.len() == 44), "{status}");
+    assert!(
+        status["public_key"].as_str().is_some_and(|k| k.len() == 44),
+        "{status}"
+    );
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
 
     let started = Instant::now();
     let id = cluster.create_tunnel("app.localhost", agent, &origin_a.addr.to_string());
     cluster
-        .wait_until(0, "app.localhost", Duration::from_secs(10), |a| origin_of(a).as_deref() == Some("a"))
+        .wait_until(0, "app.localhost", Duration::from_secs(10), |a| {
+            origin_of(a).as_deref() == Some("a")
+        })
         .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
-    println!("tunnel POST to first 200 through the gateway: {:.3} s", started.elapsed().as_secs_f64());
+    println!(
+        "tunnel POST to first 200 through the gateway: {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Forwarding headers reach the origin.
     let seen = cluster.get(0, "app.localhost", "/some/path?q=1").json();
@@ -37,38 +54,92 @@ fn tunnel_serves_and_every_edit_applies_live() {
     assert_eq!(seen["x_forwarded_for"], "127.0.0.1");
     assert_eq!(seen["x_real_ip"], "127.0.0.1");
     assert_eq!(seen["x_forwarded_proto"], "http");
-    assert!(seen["x_forwarded_host"].as_str().unwrap().starts_with("app.localhost"), "{seen}");
+    assert!(
+        seen["x_forwarded_host"]
+            .as_str()
+            .unwrap()
+            .starts_with("app.localhost"),
+        "{seen}"
+    );
 
     // Edit the target.
     let patch = format!(r#"{{"target":"{}"}}"#, origin_b.addr);
-    assert_eq!(cluster.api("PATCH", &format!("/api/v1/tunnels/{id}"), Some(&patch)).status, 200);
+    assert_eq!(
+        cluster
+            .api("PATCH", &format!("/api/v1/tunnels/{id}"), Some(&patch))
+            .status,
+        200
+    );
     cluster
-        .wait_until(0, "app.localhost", LIVE_CONFIG_LIMIT, |a| origin_of(a).as_deref() == Some("b"))
+        .wait_until(0, "app.localhost", LIVE_CONFIG_LIMIT, |a| {
+            origin_of(a).as_deref() == Some("b")
+        })
         .unwrap_or_else(|| panic!("target edit not applied within 2 s\n{}", cluster.logs()));
 
     // Disable, enable.
-    assert_eq!(cluster.api("PATCH", &format!("/api/v1/tunnels/{id}"), Some(r#"{"enabled":false}"#)).status, 200);
+    assert_eq!(
+        cluster
+            .api(
+                "PATCH",
+                &format!("/api/v1/tunnels/{id}"),
+                Some(r#"{"enabled":false}"#)
+            )
+            .status,
+        200
+    );
     cluster
         .wait_until(0, "app.localhost", LIVE_CONFIG_LIMIT, |a| a.status == 404)
         .unwrap_or_else(|| panic!("disable not applied within 2 s\n{}", cluster.logs()));
-    assert_eq!(cluster.api("PATCH", &format!("/api/v1/tunnels/{id}"), Some(r#"{"enabled":true}"#)).status, 200);
+    assert_eq!(
+        cluster
+            .api(
+                "PATCH",
+                &format!("/api/v1/tunnels/{id}"),
+                Some(r#"{"enabled":true}"#)
+            )
+            .status,
+        200
+    );
     cluster
         .wait_until(0, "app.localhost", LIVE_CONFIG_LIMIT, |a| a.status == 200)
         .unwrap_or_else(|| panic!("enable not applied within 2 s\n{}", cluster.logs()));
 
     // Rename the hostname.
-    assert_eq!(cluster.api("PATCH", &format!("/api/v1/tunnels/{id}"), Some(r#"{"hostname":"renamed.localhost"}"#)).status, 200);
+    assert_eq!(
+        cluster
+            .api(
+                "PATCH",
+                &format!("/api/v1/tunnels/{id}"),
+                Some(r#"{"hostname":"renamed.localhost"}"#)
+            )
+            .status,
+        200
+    );
     cluster
-        .wait_until(0, "renamed.localhost", LIVE_CONFIG_LIMIT, |a| a.status == 200)
+        .wait_until(0, "renamed.localhost", LIVE_CONFIG_LIMIT, |a| {
+            a.status == 200
+        })
         .unwrap_or_else(|| panic!("rename not applied within 2 s\n{}", cluster.logs()));
     assert_eq!(cluster.get(0, "app.localhost", "/").status, 404);
 
     // Delete.
-    assert_eq!(cluster.api("DELETE", &format!("/api/v1/tunnels/{id}"), None).status, 200);
+    assert_eq!(
+        cluster
+            .api("DELETE", &format!("/api/v1/tunnels/{id}"), None)
+            .status,
+        200
+    );
     cluster
-        .wait_until(0, "renamed.localhost", LIVE_CONFIG_LIMIT, |a| a.status == 404)
+        .wait_until(0, "renamed.localhost", LIVE_CONFIG_LIMIT, |a| {
+            a.status == 404
+        })
         .unwrap_or_else(|| panic!("delete not applied within 2 s\n{}", cluster.logs()));
-    assert_eq!(cluster.api("GET", &format!("/api/v1/tunnels/{id}"), None).status, 404);
+    assert_eq!(
+        cluster
+            .api("GET", &format!("/api/v1/tunnels/{id}"), None)
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -78,7 +149,11 @@ fn two_agents_with_two_tunnels_each_serve_at_once() {
     let origins: Vec<Origin> = (0..4).map(|i| Origin::start(&format!("o{i}"))).collect();
     let agents = [cluster.add_agent(), cluster.add_agent()];
     for (i, origin) in origins.iter().enumerate() {
-        cluster.create_tunnel(&format!("t{i}.localhost"), agents[i / 2], &origin.addr.to_string());
+        cluster.create_tunnel(
+            &format!("t{i}.localhost"),
+            agents[i / 2],
+            &origin.addr.to_string(),
+        );
     }
     for i in 0..4 {
         let host = format!("t{i}.localhost");
@@ -94,7 +169,11 @@ fn two_agents_with_two_tunnels_each_serve_at_once() {
                 scope.spawn(move || {
                     for _ in 0..10 {
                         let answer = cluster.get(0, &format!("t{i}.localhost"), "/");
-                        assert_eq!(origin_of(&answer).as_deref(), Some(format!("o{i}").as_str()), "{answer:?}");
+                        assert_eq!(
+                            origin_of(&answer).as_deref(),
+                            Some(format!("o{i}").as_str()),
+                            "{answer:?}"
+                        );
                     }
                 })
             })
@@ -113,9 +192,15 @@ fn unknown_hosts_dead_agents_and_refusing_origins_get_pages() {
     let origin = Origin::start("o");
     let closed_port = kakuremichi_tests::free_tcp_port();
     cluster.create_tunnel("up.localhost", agent, &origin.addr.to_string());
-    cluster.create_tunnel("refused.localhost", agent, &format!("127.0.0.1:{closed_port}"));
+    cluster.create_tunnel(
+        "refused.localhost",
+        agent,
+        &format!("127.0.0.1:{closed_port}"),
+    );
     cluster
-        .wait_until(0, "up.localhost", Duration::from_secs(10), |a| a.status == 200)
+        .wait_until(0, "up.localhost", Duration::from_secs(10), |a| {
+            a.status == 200
+        })
         .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
 
     let unknown = cluster.get(0, "nobody.localhost", "/");
@@ -126,18 +211,35 @@ fn unknown_hosts_dead_agents_and_refusing_origins_get_pages() {
     let started = Instant::now();
     let refused = cluster.get(0, "refused.localhost", "/");
     assert_eq!(refused.status, 502, "{refused:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "502 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "502 took {:?}",
+        started.elapsed()
+    );
     assert!(refused.body.contains("refused.localhost"));
-    assert!(!refused.body.contains("10.77.") && !refused.body.contains(&closed_port.to_string()), "{}", refused.body);
+    assert!(
+        !refused.body.contains("10.77.") && !refused.body.contains(&closed_port.to_string()),
+        "{}",
+        refused.body
+    );
 
     // The agent dies: 502 within 10 s.
     cluster.agents[agent].kill9();
     let died = Instant::now();
-    let answer = wait_for(Duration::from_secs(12), || Some(cluster.get(0, "up.localhost", "/")).filter(|a| a.status == 502))
-        .unwrap_or_else(|| panic!("no 502 after the agent died\n{}", cluster.logs()));
-    assert!(died.elapsed() <= Duration::from_secs(10), "502 only after {:?}", died.elapsed());
+    let answer = wait_for(Duration::from_secs(12), || {
+        Some(cluster.get(0, "up.localhost", "/")).filter(|a| a.status == 502)
+    })
+    .unwrap_or_else(|| panic!("no 502 after the agent died\n{}", cluster.logs()));
+    assert!(
+        died.elapsed() <= Duration::from_secs(10),
+        "502 only after {:?}",
+        died.elapsed()
+    );
     assert!(answer.body.contains("up.localhost"));
-    println!("502 after agent death: {:.2} s", died.elapsed().as_secs_f64());
+    println!(
+        "502 after agent death: {:.2} s",
+        died.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -161,19 +263,29 @@ fn every_component_recovers_from_kill_9() {
     // Gateway and agent restarted while Control is down: both serve from their caches.
     cluster.gateways[0].restart();
     cluster.agents[agent].restart();
-    serves(&cluster, Duration::from_secs(10), "gateway and agent restarted without control");
+    serves(
+        &cluster,
+        Duration::from_secs(10),
+        "gateway and agent restarted without control",
+    );
 
     // Control back: nodes reconnect within 10 s.
     cluster.control.start();
     let back = Instant::now();
-    let (gateway_id, agent_id) = (cluster.gateways[0].id.clone(), cluster.agents[agent].id.clone());
+    let (gateway_id, agent_id) = (
+        cluster.gateways[0].id.clone(),
+        cluster.agents[agent].id.clone(),
+    );
     wait_for(Duration::from_secs(10), || {
         let gateway = cluster.node_status("gateway", &gateway_id)["online"].as_bool() == Some(true);
         let agent = cluster.node_status("agent", &agent_id)["online"].as_bool() == Some(true);
         (gateway && agent).then_some(())
     })
     .unwrap_or_else(|| panic!("nodes did not reconnect within 10 s\n{}", cluster.logs()));
-    println!("nodes reconnected {:.2} s after Control restarted", back.elapsed().as_secs_f64());
+    println!(
+        "nodes reconnected {:.2} s after Control restarted",
+        back.elapsed().as_secs_f64()
+    );
 
     // Each of gateway and agent killed and restarted with Control up.
     cluster.gateways[0].restart();
@@ -185,7 +297,9 @@ fn every_component_recovers_from_kill_9() {
     let second = Origin::start("second");
     cluster.create_tunnel("second.localhost", agent, &second.addr.to_string());
     cluster
-        .wait_until(0, "second.localhost", Duration::from_secs(3), |a| a.status == 200)
+        .wait_until(0, "second.localhost", Duration::from_secs(3), |a| {
+            a.status == 200
+        })
         .unwrap_or_else(|| panic!("new tunnel after recovery not served\n{}", cluster.logs()));
 }
 
@@ -193,14 +307,34 @@ fn every_component_recovers_from_kill_9() {
 fn wrong_api_key_is_refused_clearly_and_retried() {
     let mut cluster = Cluster::new("wrong-key");
     let agent = cluster.add_agent_with_key(Some("kmk_not-a-real-key"));
-    let refused = wait_for(Duration::from_secs(10), || cluster.agents[agent].log().contains("rejected the API key").then_some(()));
+    let refused = wait_for(Duration::from_secs(10), || {
+        cluster.agents[agent]
+            .log()
+            .contains("rejected the API key")
+            .then_some(())
+    });
     assert!(refused.is_some(), "no clear log line\n{}", cluster.logs());
     // Still running, and still retrying.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(cluster.agents[agent].is_running(), "agent exited on a wrong key");
-    assert!(cluster.agents[agent].log().matches("rejected the API key").count() >= 2, "{}", cluster.agents[agent].log());
+    assert!(
+        cluster.agents[agent].is_running(),
+        "agent exited on a wrong key"
+    );
+    assert!(
+        cluster.agents[agent]
+            .log()
+            .matches("rejected the API key")
+            .count()
+            >= 2,
+        "{}",
+        cluster.agents[agent].log()
+    );
     // What Control answers on the wire.
-    let answer = curl(&["-H", "Authorization: Bearer kmk_wrong", &cluster.control_url("/ws/agent")]);
+    let answer = curl(&[
+        "-H",
+        "Authorization: Bearer kmk_wrong",
+        &cluster.control_url("/ws/agent"),
+    ]);
     assert_eq!(answer.status, 401);
 }
 
@@ -210,18 +344,45 @@ fn bad_api_input_gets_a_field_error_and_changes_nothing() {
     let agent = cluster.add_agent();
     let agent_id = cluster.agents[agent].id.clone();
     let before = cluster.api("GET", "/api/v1/tunnels", None).body;
-    let revision = |c: &Cluster| curl(&[&c.control_url("/metrics")]).body.lines().find(|l| l.starts_with("kakuremichi_control_revision ")).map(str::to_string);
+    let revision = |c: &Cluster| {
+        curl(&[&c.control_url("/metrics")])
+            .body
+            .lines()
+            .find(|l| l.starts_with("kakuremichi_control_revision "))
+            .map(str::to_string)
+    };
     let revision_before = revision(&cluster);
     let cases = [
         ("{", "body"),
         ("[]", "body"),
-        (r#"{"hostname":"a b","agent":"AGENT","target":"127.0.0.1:80"}"#, "hostname"),
-        (r#"{"hostname":"ok.localhost","agent":"AGENT","target":"nope"}"#, "target"),
-        (r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:0"}"#, "target"),
-        (r#"{"hostname":"ok.localhost","agent":"agt_missing","target":"127.0.0.1:80"}"#, "agent"),
-        (r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","extra":1}"#, "extra"),
-        (r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","enabled":"yes"}"#, "enabled"),
-        (r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","kind":"udp"}"#, "kind"),
+        (
+            r#"{"hostname":"a b","agent":"AGENT","target":"127.0.0.1:80"}"#,
+            "hostname",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"nope"}"#,
+            "target",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:0"}"#,
+            "target",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"agt_missing","target":"127.0.0.1:80"}"#,
+            "agent",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","extra":1}"#,
+            "extra",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","enabled":"yes"}"#,
+            "enabled",
+        ),
+        (
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","kind":"udp"}"#,
+            "kind",
+        ),
         (r#"{"agent":"AGENT","target":"127.0.0.1:80"}"#, "hostname"),
     ];
     for (body, field) in cases {
@@ -231,12 +392,32 @@ fn bad_api_input_gets_a_field_error_and_changes_nothing() {
         assert_eq!(answer.json()["field"], field, "{body}: {answer:?}");
     }
     let oversized = format!(r#"{{"hostname":"{}"}}"#, "a".repeat(100_000));
-    assert_eq!(cluster.api("POST", "/api/v1/tunnels", Some(&oversized)).status, 400);
-    let unauthenticated = curl(&["-X", "POST", "--data", "{}", &cluster.control_url("/api/v1/agents")]);
+    assert_eq!(
+        cluster
+            .api("POST", "/api/v1/tunnels", Some(&oversized))
+            .status,
+        400
+    );
+    let unauthenticated = curl(&[
+        "-X",
+        "POST",
+        "--data",
+        "{}",
+        &cluster.control_url("/api/v1/agents"),
+    ]);
     assert_eq!(unauthenticated.status, 401);
-    assert_eq!(cluster.api("PATCH", "/api/v1/tunnels/tun_missing", Some("{}")).status, 404);
+    assert_eq!(
+        cluster
+            .api("PATCH", "/api/v1/tunnels/tun_missing", Some("{}"))
+            .status,
+        404
+    );
     assert_eq!(cluster.api("GET", "/api/v1/tunnels", None).body, before);
-    assert_eq!(revision(&cluster), revision_before, "a refused request changed the store");
+    assert_eq!(
+        revision(&cluster),
+        revision_before,
+        "a refused request changed the store"
+    );
 }
 
 #[test]
@@ -247,7 +428,9 @@ fn gateway_shrugs_off_garbage_and_oversized_requests() {
     let agent = cluster.add_agent();
     cluster.create_tunnel("app.localhost", agent, &origin.addr.to_string());
     cluster
-        .wait_until(0, "app.localhost", Duration::from_secs(10), |a| a.status == 200)
+        .wait_until(0, "app.localhost", Duration::from_secs(10), |a| {
+            a.status == 200
+        })
         .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
 
     // Garbage on the WireGuard port: random bytes, fake headers of every message type.
@@ -263,17 +446,39 @@ fn gateway_shrugs_off_garbage_and_oversized_requests() {
     // Oversized header block and a malformed request line on the HTTP port.
     let huge = format!("X-Big: {}", "a".repeat(100_000));
     let port = cluster.gateways[0].http_port;
-    let answer = curl(&["-H", &huge, "-H", "Host: app.localhost", &format!("http://127.0.0.1:{port}/")]);
-    assert!(answer.status == 431 || answer.status == 400 || answer.status == 0, "{answer:?}");
+    let answer = curl(&[
+        "-H",
+        &huge,
+        "-H",
+        "Host: app.localhost",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert!(
+        answer.status == 431 || answer.status == 400 || answer.status == 0,
+        "{answer:?}"
+    );
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(&mut raw, b"\x00\xff GARBAGE\r\n\r\n").unwrap();
 
-    assert!(cluster.gateways[0].is_running(), "gateway died\n{}", cluster.logs());
+    assert!(
+        cluster.gateways[0].is_running(),
+        "gateway died\n{}",
+        cluster.logs()
+    );
     let after = cluster.get(0, "app.localhost", "/");
     assert_eq!(after.status, 200, "{after:?}\n{}", cluster.logs());
     let admin = cluster.gateways[0].admin_port;
-    assert_eq!(curl(&[&format!("http://127.0.0.1:{admin}/healthz")]).status, 200);
-    assert_eq!(curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).status, 200);
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{admin}/healthz")]).status,
+        200
+    );
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{admin}/readyz")]).status,
+        200
+    );
     let metrics = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]).body;
-    assert!(metrics.contains("kakuremichi_gateway_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("kakuremichi_gateway_requests_total"),
+        "{metrics}"
+    );
 }
