@@ -371,6 +371,9 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
     );
     socket.set_nagle_enabled(false);
+    // Without congestion control smoltcp sends a whole window at once, overruns UDP socket
+    // buffers and then waits out retransmission timeouts.
+    socket.set_congestion_control(tcp::CongestionControl::Cubic);
     socket.set_keep_alive(Some(TCP_KEEPALIVE));
     socket.set_timeout(Some(TCP_TIMEOUT));
     socket

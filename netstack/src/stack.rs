@@ -256,6 +256,14 @@ pub struct TcpStream {
     peer: SocketAddrV4,
 }
 
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TcpStream {
     /// The remote end's overlay address and port.
     pub fn peer_addr(&self) -> SocketAddrV4 {
@@ -344,6 +352,14 @@ impl Drop for TcpStream {
 pub struct TcpListener {
     shared: Arc<Shared>,
     port: u16,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TcpListener {
