@@ -8,7 +8,7 @@ pub mod cluster;
 pub mod origin;
 
 pub use cluster::{Cluster, Node};
-pub use origin::Origin;
+pub use origin::{EchoOrigin, Origin};
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! A small HTTP origin on loopback that answers every request with a JSON description of it
 //! (its name, path and the forwarding headers it received), served by hyper on its own thread.
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::Request;
 use kakuremichi_rt::http::respond;
@@ -26,30 +27,66 @@ impl Origin {
 pub fn serve_forever(listener: TcpListener, name: &str) {
     let listener = async_io::Async::new(listener).expect("async listener");
     let name = name.to_string();
-    smol::block_on(kakuremichi_rt::http::serve(
-        listener,
-        move |request: Request<Incoming>, _| {
-            let name = name.clone();
-            async move {
-                let header = |h: &str| {
-                    request
-                        .headers()
-                        .get(h)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                let body = serde_json::json!({
-                    "origin": name,
-                    "path": request.uri().path(),
-                    "host": header("host"),
-                    "x_forwarded_for": header("x-forwarded-for"),
-                    "x_forwarded_proto": header("x-forwarded-proto"),
-                    "x_forwarded_host": header("x-forwarded-host"),
-                    "x_real_ip": header("x-real-ip"),
-                });
-                respond(200, "application/json", body.to_string() + "\n")
+    let describe = move |request: Request<Incoming>, _| {
+        let name = name.clone();
+        async move {
+            let header = |h: &str| {
+                let value = request.headers().get(h).and_then(|v| v.to_str().ok());
+                value.unwrap_or("").to_string()
+            };
+            let mut body = serde_json::json!({
+                "origin": name,
+                "path": request.uri().path(),
+                "host": header("host"),
+                "x_forwarded_for": header("x-forwarded-for"),
+                "x_forwarded_proto": header("x-forwarded-proto"),
+                "x_forwarded_host": header("x-forwarded-host"),
+                "x_real_ip": header("x-real-ip"),
+            });
+            // Count the request body as it streams in, without keeping it.
+            let mut body_bytes = 0u64;
+            let mut incoming = request.into_body();
+            while let Some(Ok(frame)) = incoming.frame().await {
+                body_bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
             }
-        },
-    ));
+            body["body_bytes"] = body_bytes.into();
+            respond(200, "application/json", body.to_string() + "\n")
+        }
+    };
+    smol::block_on(kakuremichi_rt::http::serve(listener, describe));
+}
+
+/// A WebSocket origin that echoes every message back.
+pub struct EchoOrigin {
+    pub addr: SocketAddr,
+}
+
+impl EchoOrigin {
+    /// Start it on a free loopback port.
+    pub fn start() -> EchoOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo origin");
+        let addr = listener.local_addr().expect("echo origin address");
+        std::thread::spawn(move || {
+            let listener = async_io::Async::new(listener).expect("async listener");
+            smol::block_on(async {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    smol::spawn(async move {
+                        let Ok(mut ws) = async_tungstenite::accept_async(stream).await else {
+                            return;
+                        };
+                        while let Some(Ok(message)) = futures_lite::StreamExt::next(&mut ws).await {
+                            if message.is_close() || ws.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .detach();
+                }
+            });
+        });
+        EchoOrigin { addr }
+    }
 }

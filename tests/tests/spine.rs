@@ -482,3 +482,57 @@ fn gateway_shrugs_off_garbage_and_oversized_requests() {
         "{metrics}"
     );
 }
+
+#[test]
+fn websockets_and_streamed_uploads_pass_through() {
+    use async_tungstenite::tungstenite::Message;
+    use futures_lite::StreamExt;
+
+    let mut cluster = Cluster::new("websocket");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let echo = kakuremichi_tests::EchoOrigin::start();
+    let origin = Origin::start("upload");
+    cluster.create_tunnel("ws.localhost", agent, &echo.addr.to_string());
+    cluster.create_tunnel("upload.localhost", agent, &origin.addr.to_string());
+    cluster
+        .wait_until(0, "upload.localhost", Duration::from_secs(10), |a| {
+            a.status == 200
+        })
+        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+
+    // WebSocket: upgrade through the gateway, then messages both ways.
+    let port = cluster.gateways[0].http_port;
+    smol::block_on(async {
+        let tcp = smol::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let url = format!("ws://ws.localhost:{port}/socket");
+        let (mut ws, response) = async_tungstenite::client_async(url, tcp)
+            .await
+            .expect("upgrade through the gateway");
+        assert_eq!(response.status(), 101);
+        for i in 0..20 {
+            let text = format!("message {i} {}", "x".repeat(i * 100));
+            ws.send(Message::text(text.clone())).await.unwrap();
+            let echoed = ws.next().await.expect("an echo").expect("a frame");
+            assert_eq!(echoed.into_text().unwrap().as_str(), text);
+        }
+        ws.close(None).await.unwrap();
+    });
+
+    // A 20 MB upload streams through to the origin.
+    let file = cluster.dir.join("upload.bin");
+    std::fs::write(&file, vec![42u8; 20 << 20]).unwrap();
+    let resolve = format!("upload.localhost:{port}:127.0.0.1");
+    let data = format!("@{}", file.display());
+    let answer = curl(&[
+        "--resolve",
+        &resolve,
+        "--data-binary",
+        &data,
+        &format!("http://upload.localhost:{port}/up"),
+    ]);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["body_bytes"], 20 << 20);
+}
