@@ -15,9 +15,9 @@ pub mod status;
 use async_io::Async;
 use futures_lite::future;
 use kakuremichi_netstack::Stack;
-use kakuremichi_nodelink::apply::{peer_specs, Latest};
-use kakuremichi_nodelink::link::{self, ControlUrl, LinkSettings, LinkState};
-use kakuremichi_nodelink::state_dir::StateDir;
+use kakuremichi_nodelink::apply::{apply_network, peer_specs};
+use kakuremichi_nodelink::link::{self, LinkState};
+use kakuremichi_nodelink::node::NodeSettings;
 use kakuremichi_proto::ids::NodeKind;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -30,15 +30,12 @@ const PERSISTENT_KEEPALIVE: u16 = 25;
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Settings are missing or wrong.
-    #[error("configuration: {0}")]
-    Config(String),
     /// The state directory or control link setup failed.
     #[error(transparent)]
     Node(#[from] kakuremichi_nodelink::Error),
-    /// A socket could not be opened.
-    #[error("binding {addr}: {source}")]
-    Bind {
+    /// A listener could not be opened.
+    #[error("listening on {addr}: {source}")]
+    Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -65,44 +62,27 @@ pub struct Agent {
 
 /// Run the agent until the process ends.
 pub async fn run(settings: Settings) -> Result<(), Error> {
-    let control = ControlUrl::parse(&settings.control_url, NodeKind::Agent)?;
-    if settings.api_key.is_empty() {
-        return Err(Error::Config("API_KEY is empty".into()));
-    }
-    let state_dir = StateDir::open(&settings.state_dir)?;
-    let private_key = state_dir.private_key()?;
-    let stack = Stack::bind(settings.wireguard_bind, private_key)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: settings.wireguard_bind,
-            source,
-        })?;
+    let node = kakuremichi_nodelink::node::start(NodeSettings {
+        kind: NodeKind::Agent,
+        control_url: &settings.control_url,
+        api_key: settings.api_key,
+        state_dir: &settings.state_dir,
+        wireguard_bind: settings.wireguard_bind,
+        wireguard_endpoint: None,
+    })
+    .await?;
     let status_listener =
-        Async::<TcpListener>::bind(settings.status_listen).map_err(|source| Error::Bind {
+        Async::<TcpListener>::bind(settings.status_listen).map_err(|source| Error::Listen {
             addr: settings.status_listen,
             source,
         })?;
+    let (stack, snapshots) = (node.stack, node.snapshots);
     let agent = Arc::new(Agent {
         stack: stack.clone(),
         config_version: AtomicU64::new(0),
         service_count: AtomicUsize::new(0),
         link: LinkState::default(),
     });
-    let snapshots = Latest::default();
-    if let Some(cached) = state_dir.cached_config() {
-        log::info!(
-            "serving cached config version {} until Control answers",
-            cached.version
-        );
-        snapshots.put(cached);
-    }
-    let hello = kakuremichi_nodelink::hello(&private_key, None);
-    let link_settings = LinkSettings {
-        control,
-        api_key: settings.api_key,
-        hello,
-        state_dir,
-    };
     let status_agent = agent.clone();
     let serve_status = kakuremichi_rt::http::serve(status_listener, move |request, _| {
         let agent = status_agent.clone();
@@ -113,10 +93,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         loop {
             let snapshot = snapshots.take().await;
             let peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
-            if stack.address() != Some(snapshot.overlay_ip) {
-                stack.set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
-            }
-            stack.set_peers(&peers);
+            apply_network(&stack, &snapshot, &peers);
             services.reconcile(&snapshot.services);
             agent.service_count.store(services.len(), Ordering::Relaxed);
             agent
@@ -131,7 +108,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         }
     };
     let control_link = link::run(
-        link_settings,
+        node.link,
         &agent.link,
         |snapshot| snapshots.put(snapshot),
         || link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack),

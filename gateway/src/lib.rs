@@ -20,8 +20,9 @@ pub mod routes;
 use async_io::Async;
 use futures_lite::future;
 use kakuremichi_netstack::Stack;
-use kakuremichi_nodelink::apply::{peer_specs, Latest};
-use kakuremichi_nodelink::link::{self, ControlUrl, LinkSettings, LinkState};
+use kakuremichi_nodelink::apply::{apply_network, peer_specs};
+use kakuremichi_nodelink::link::{self, LinkState};
+use kakuremichi_nodelink::node::NodeSettings;
 use kakuremichi_nodelink::state_dir::StateDir;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::ConfigSnapshot;
@@ -36,9 +37,6 @@ use std::time::Duration;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Settings are missing or wrong.
-    #[error("configuration: {0}")]
-    Config(String),
     /// The state directory or control link setup failed.
     #[error(transparent)]
     Node(#[from] kakuremichi_nodelink::Error),
@@ -121,11 +119,7 @@ impl Gateway {
                     .or_else(|| known.get(&config.public_key.to_string()).copied());
             }
         }
-        if self.stack.address() != Some(snapshot.overlay_ip) {
-            self.stack
-                .set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
-        }
-        self.stack.set_peers(&peers);
+        apply_network(&self.stack, &snapshot, &peers);
         let table = Arc::new(RouteTable::new(&snapshot.routes));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version
@@ -171,20 +165,18 @@ fn listen(addr: SocketAddr) -> Result<Async<TcpListener>, Error> {
 
 /// Run the gateway until the process ends.
 pub async fn run(settings: Settings) -> Result<(), Error> {
-    let control = ControlUrl::parse(&settings.control_url, NodeKind::Gateway)?;
-    if settings.api_key.is_empty() {
-        return Err(Error::Config("API_KEY is empty".into()));
-    }
-    let state_dir = StateDir::open(&settings.state_dir)?;
-    let private_key = state_dir.private_key()?;
-    let stack = Stack::bind(settings.wireguard_listen, private_key)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: settings.wireguard_listen,
-            source,
-        })?;
+    let node = kakuremichi_nodelink::node::start(NodeSettings {
+        kind: NodeKind::Gateway,
+        control_url: &settings.control_url,
+        api_key: settings.api_key,
+        state_dir: &settings.state_dir,
+        wireguard_bind: settings.wireguard_listen,
+        wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
+    })
+    .await?;
     let http = listen(settings.http_listen)?;
     let admin = listen(settings.admin_listen)?;
+    let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let gateway = Arc::new(Gateway {
         pool: pool::Pool::new(stack.clone()),
         stack,
@@ -195,14 +187,6 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         known_endpoints: Mutex::new(state_dir.peer_endpoints()),
         state_dir: state_dir.clone(),
     });
-    let snapshots = Latest::default();
-    if let Some(cached) = state_dir.cached_config() {
-        log::info!(
-            "serving cached config version {} until Control answers",
-            cached.version
-        );
-        snapshots.put(cached);
-    }
     log::info!(
         "gateway: http on {}, wireguard on {} (endpoint {}), admin on {}",
         settings.http_listen,
@@ -210,14 +194,6 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.wireguard_endpoint,
         settings.admin_listen
     );
-    let hello =
-        kakuremichi_nodelink::hello(&private_key, Some(settings.wireguard_endpoint.clone()));
-    let link_settings = LinkSettings {
-        control,
-        api_key: settings.api_key,
-        hello,
-        state_dir,
-    };
     let proxy_gateway = gateway.clone();
     let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
         proxy::handle(proxy_gateway.clone(), request, client, "http")
@@ -234,7 +210,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         }
     };
     let control_link = link::run(
-        link_settings,
+        node.link,
         &gateway.link,
         |snapshot| snapshots.put(snapshot),
         || {

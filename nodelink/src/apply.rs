@@ -1,7 +1,7 @@
 //! Turning snapshots into running state: the newest snapshot wins, and peers become netstack
 //! peer specs (gateway endpoints resolved through DNS each time a snapshot is applied).
 
-use kakuremichi_netstack::PeerSpec;
+use kakuremichi_netstack::{PeerSpec, Stack};
 use kakuremichi_proto::messages::ConfigSnapshot;
 use std::sync::{Mutex, PoisonError};
 
@@ -78,4 +78,12 @@ pub async fn peer_specs(
         });
     }
     specs
+}
+
+/// Give the stack the snapshot's overlay address and these peers.
+pub fn apply_network(stack: &Stack, snapshot: &ConfigSnapshot, peers: &[PeerSpec]) {
+    if stack.address() != Some(snapshot.overlay_ip) {
+        stack.set_address(snapshot.overlay_ip, snapshot.overlay_prefix);
+    }
+    stack.set_peers(peers);
 }

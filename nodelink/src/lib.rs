@@ -6,6 +6,7 @@
 //!   start, never sent anywhere) and its last config snapshot, written atomically so a crash
 //!   leaves the old or the new file, never half of one.
 //! - [`apply`]: the newest snapshot wins; peers become netstack peer specs.
+//! - [`node`]: starting a node (settings check, key, WireGuard socket, cached config).
 //! - [`link`]: the control WebSocket: connect (resolving DNS each time), hello, snapshots in,
 //!   heartbeats and status out, reconnect with capped exponential backoff.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 
 pub mod apply;
 pub mod link;
+pub mod node;
 pub mod state_dir;
 
 use kakuremichi_proto::ids::PublicKey;
