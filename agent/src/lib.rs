@@ -99,6 +99,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             agent
                 .config_version
                 .store(snapshot.version, Ordering::Relaxed);
+            agent.link.report_applied(snapshot.version);
             log::info!(
                 "applied config version {} ({} services, {} gateways)",
                 snapshot.version,

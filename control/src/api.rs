@@ -2,12 +2,13 @@
 //! field so an error names the field; nothing is written unless the whole request is valid.
 
 use crate::error::Error;
-use crate::model::{NodeRecord, TunnelRecord};
+use crate::model::{CertRecord, CertState, Issuer, NodeRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
+use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::ProtoError;
 use kakuremichi_rt::http::{respond, Body};
@@ -96,7 +97,15 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
-        (_, ["agents" | "gateways" | "tunnels", ..]) => {
+        (Method::GET, ["certificates"]) => {
+            let state = control.store.state()?;
+            Ok((
+                200,
+                Value::Array(state.certificates.iter().map(certificate_json).collect()),
+            ))
+        }
+        (Method::POST, ["certificates"]) => upload_certificate(control, read_json(request).await?),
+        (_, ["agents" | "gateways" | "tunnels" | "certificates", ..]) => {
             Err(Error::invalid("method", "not allowed on this resource"))
         }
         _ => Err(Error::not_found("endpoint", &path)),
@@ -192,6 +201,7 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
             .parsed("target")?
             .ok_or_else(|| Error::invalid("target", "is required"))?,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
+        issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
     };
     check_kind(&mut fields)?;
     fields.finish()?;
@@ -206,6 +216,7 @@ fn parse_patch(mut fields: Fields) -> Result<TunnelPatch, Error> {
         agent_id: fields.string("agent")?,
         target: fields.parsed("target")?,
         enabled: fields.boolean("enabled")?,
+        issuer: fields.parsed("issuer")?,
     };
     check_kind(&mut fields)?;
     fields.finish()?;
@@ -292,6 +303,50 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "target": tunnel.target.to_string(),
         "service_port": tunnel.service_port,
         "enabled": tunnel.enabled,
+        "issuer": tunnel.issuer.as_str(),
         "created_at": tunnel.created_at,
     })
+}
+
+fn certificate_json(cert: &CertRecord) -> Value {
+    json!({
+        "hostname": cert.hostname.as_str(),
+        "issuer": cert.issuer.as_str(),
+        "state": cert.state,
+        "serial": cert.serial,
+        "not_before": (cert.not_before > 0).then_some(cert.not_before),
+        "not_after": (cert.not_after > 0).then_some(cert.not_after),
+        "last_error": cert.last_error,
+        "failures": cert.failures,
+        "next_attempt": (cert.next_attempt > 0).then_some(cert.next_attempt),
+    })
+}
+
+/// A manual certificate: checked (parses, key matches, covers the hostname, not expired),
+/// then stored and pushed like any other.
+fn upload_certificate(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let hostname: Hostname = fields
+        .parsed("hostname")?
+        .ok_or_else(|| Error::invalid("hostname", "is required"))?;
+    let chain = fields.required("certificate_pem")?;
+    let key = fields.required("key_pem")?;
+    fields.finish()?;
+    let info =
+        crate::certs::inspect::check_manual(&chain, &key, &hostname, crate::auth::unix_now())?;
+    let record = CertRecord {
+        hostname,
+        issuer: Issuer::Manual,
+        chain_pem: Some(chain),
+        key_pem: Some(key),
+        serial: Some(info.serial),
+        not_before: info.not_before,
+        not_after: info.not_after,
+        state: CertState::Valid,
+        last_error: None,
+        failures: 0,
+        next_attempt: 0,
+    };
+    control.store.put_certificate(&record)?;
+    control.hub.notify_all();
+    Ok((201, certificate_json(&record)))
 }

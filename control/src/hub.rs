@@ -1,6 +1,7 @@
 //! Who is connected right now: one entry per live node session, presence for the API, and
 //! the nudge that tells every session to push a new snapshot after a change.
 
+use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{NodeStatus, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,9 @@ use std::time::Instant;
 
 struct Session {
     node_id: String,
+    kind: NodeKind,
+    /// The newest config version the node said it applied.
+    applied: u64,
     last_message: Instant,
     status: NodeStatus,
     changed: async_channel::Sender<()>,
@@ -51,7 +55,7 @@ impl Hub {
     }
 
     /// Register a connected node.
-    pub fn register(self: &Arc<Self>, node_id: &str) -> SessionHandle {
+    pub fn register(self: &Arc<Self>, node_id: &str, kind: NodeKind) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         let mut sessions = self.lock();
@@ -59,6 +63,8 @@ impl Hub {
             id,
             Session {
                 node_id: node_id.to_string(),
+                kind,
+                applied: 0,
                 last_message: Instant::now(),
                 status: NodeStatus::default(),
                 changed: tx,
@@ -98,6 +104,19 @@ impl Hub {
         }
     }
 
+    /// Online gateway sessions, and how many of them applied `revision` or later.
+    pub fn gateways_applied(&self, revision: u64) -> (usize, usize) {
+        let sessions = self.lock();
+        let window = HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE;
+        let online: Vec<&Session> = sessions
+            .live
+            .values()
+            .filter(|s| s.kind == NodeKind::Gateway && s.last_message.elapsed() < window)
+            .collect();
+        let applied = online.iter().filter(|s| s.applied >= revision).count();
+        (online.len(), applied)
+    }
+
     /// How many node sessions are open.
     pub fn session_count(&self) -> usize {
         self.lock().live.len()
@@ -117,6 +136,14 @@ impl SessionHandle {
         }
         let node_id = session.node_id.clone();
         sessions.last_seen.insert(node_id, crate::auth::unix_now());
+    }
+
+    /// The node applied config `version`.
+    pub fn applied(&self, version: u64) {
+        if let Some(session) = self.hub.lock().live.get_mut(&self.id) {
+            session.applied = session.applied.max(version);
+        }
+        self.heard(None);
     }
 
     /// Time since the node last said anything.

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod error;
 pub mod hub;
 pub mod model;
@@ -33,6 +34,10 @@ pub struct Control {
     pub hub: Arc<hub::Hub>,
     /// The URL nodes use to reach Control, for install snippets.
     pub public_url: String,
+    /// The issuer of tunnels created without one.
+    pub default_issuer: model::Issuer,
+    /// Where ACME certificates are ordered, if anywhere.
+    pub acme: Option<certs::acme::AcmeSettings>,
 }
 
 /// Settings for [`run`].
@@ -41,6 +46,12 @@ pub struct Settings {
     pub listen: std::net::SocketAddr,
     pub overlay: model::OverlayNet,
     pub public_url: Option<String>,
+    /// ACME directory and account settings; without them `acme` tunnels cannot get
+    /// certificates.
+    pub acme: Option<certs::acme::AcmeSettings>,
+    /// Issuer for tunnels created without one (default: `acme` when ACME is configured,
+    /// otherwise `internal`).
+    pub default_issuer: Option<model::Issuer>,
 }
 
 /// Open the store and serve until the process ends.
@@ -59,11 +70,24 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         "control listening on http://{local} (data in {})",
         settings.data_dir.display()
     );
+    let default_issuer = settings
+        .default_issuer
+        .unwrap_or(if settings.acme.is_some() {
+            model::Issuer::Acme
+        } else {
+            model::Issuer::Internal
+        });
     let control = Arc::new(Control {
         store,
         hub: Arc::default(),
         public_url,
+        default_issuer,
+        acme: settings.acme,
     });
-    server::serve(control, listener).await;
+    futures_lite::future::or(
+        server::serve(control.clone(), listener),
+        certs::run(control),
+    )
+    .await;
     Ok(())
 }

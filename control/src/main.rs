@@ -18,6 +18,20 @@ struct Args {
     /// URL nodes use to reach Control, shown in install snippets (default http://<listen>)
     #[argh(option)]
     public_url: Option<String>,
+    /// ACME directory URL for `acme` certificates, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory
+    #[argh(option)]
+    acme_directory: Option<String>,
+    /// contact email for the ACME account
+    #[argh(option)]
+    acme_email: Option<String>,
+    /// extra PEM roots to trust for the ACME directory's HTTPS (e.g. Pebble's test CA)
+    #[argh(option)]
+    acme_ca_bundle: Option<PathBuf>,
+    /// issuer of tunnels created without one: acme, internal, manual or none (default: acme
+    /// with --acme-directory, else internal)
+    #[argh(option)]
+    default_issuer: Option<kakuremichi_control::model::Issuer>,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -60,6 +74,14 @@ fn main() -> anyhow::Result<()> {
             listen: args.listen,
             overlay: args.overlay_cidr,
             public_url: args.public_url,
+            acme: args.acme_directory.map(|directory| {
+                kakuremichi_control::certs::acme::AcmeSettings {
+                    directory,
+                    email: args.acme_email,
+                    extra_roots: args.acme_ca_bundle,
+                }
+            }),
+            default_issuer: args.default_issuer,
         }))?,
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),

@@ -2,7 +2,9 @@
 //! allocation, and each node's config snapshot.
 
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
-use kakuremichi_proto::messages::{ConfigSnapshot, HttpRoute, PeerConfig, Service};
+use kakuremichi_proto::messages::{
+    AcmeChallenge, CertificateBundle, ConfigSnapshot, HttpRoute, PeerConfig, Service,
+};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -38,7 +40,120 @@ pub struct TunnelRecord {
     pub target: Target,
     pub service_port: u16,
     pub enabled: bool,
+    /// Who issues the hostname's certificate; `none` serves plain HTTP.
+    #[serde(default)]
+    pub issuer: Issuer,
     pub created_at: u64,
+}
+
+/// Where a tunnel's certificate comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Issuer {
+    /// An ACME CA (Let's Encrypt, its staging, Pebble), ordered by Control.
+    #[default]
+    Acme,
+    /// Control's own CA, for LAN, offline and development use.
+    Internal,
+    /// A certificate uploaded through the API.
+    Manual,
+    /// No certificate: the gateway serves the hostname over plain HTTP.
+    None,
+}
+
+impl std::str::FromStr for Issuer {
+    type Err = kakuremichi_proto::ProtoError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "acme" => Ok(Issuer::Acme),
+            "internal" => Ok(Issuer::Internal),
+            "manual" => Ok(Issuer::Manual),
+            "none" => Ok(Issuer::None),
+            other => Err(kakuremichi_proto::ProtoError::Invalid {
+                field: "issuer",
+                reason: format!("{other:?} is not acme, internal, manual or none"),
+            }),
+        }
+    }
+}
+
+impl Issuer {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Issuer::Acme => "acme",
+            Issuer::Internal => "internal",
+            Issuer::Manual => "manual",
+            Issuer::None => "none",
+        }
+    }
+}
+
+/// Where a hostname's certificate stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertState {
+    /// Being ordered for the first time.
+    Pending,
+    /// Served; renewed when a third of its lifetime is left.
+    Valid,
+    /// The last attempt failed; retried at `next_attempt`.
+    Failed,
+}
+
+/// A hostname's certificate and how getting it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub hostname: Hostname,
+    pub issuer: Issuer,
+    /// The current certificate, if any (kept while a renewal fails).
+    pub chain_pem: Option<String>,
+    pub key_pem: Option<String>,
+    pub serial: Option<String>,
+    pub not_before: u64,
+    pub not_after: u64,
+    pub state: CertState,
+    pub last_error: Option<String>,
+    /// Consecutive failures, for backoff.
+    pub failures: u32,
+    /// Unix seconds before which no new attempt is made.
+    pub next_attempt: u64,
+}
+
+/// First retry delay after a failed order; doubles per failure.
+pub const RETRY_FIRST_SECONDS: u64 = 5;
+/// Longest delay between retries.
+pub const RETRY_CAP_SECONDS: u64 = 4 * 3600;
+
+impl CertRecord {
+    /// When renewal starts: a third of the lifetime before expiry.
+    pub fn renew_at(&self) -> u64 {
+        self.not_after
+            .saturating_sub(self.not_after.saturating_sub(self.not_before) / 3)
+    }
+
+    /// Whether a new certificate should be sought at `now`.
+    pub fn is_due(&self, now: u64) -> bool {
+        now >= self.next_attempt && (self.chain_pem.is_none() || now >= self.renew_at())
+    }
+
+    /// The delay after `failures` consecutive failures.
+    pub fn backoff(failures: u32) -> u64 {
+        RETRY_FIRST_SECONDS
+            .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
+            .min(RETRY_CAP_SECONDS)
+    }
+}
+
+/// Everything in the store at one revision.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub revision: u64,
+    pub overlay: OverlayNet,
+    pub nodes: Vec<NodeRecord>,
+    pub tunnels: Vec<TunnelRecord>,
+    pub certificates: Vec<CertRecord>,
+    pub challenges: Vec<AcmeChallenge>,
 }
 
 /// An admin API token (hash only).
@@ -97,14 +212,9 @@ pub fn allocate_service_port(tunnels: &[TunnelRecord], agent_id: &str) -> Option
     (FIRST_SERVICE_PORT..=u16::MAX).find(|p| !used.contains(p))
 }
 
-/// The configuration `node` should run, given everything in the store at `version`.
-pub fn snapshot(
-    version: u64,
-    net: OverlayNet,
-    node: &NodeRecord,
-    nodes: &[NodeRecord],
-    tunnels: &[TunnelRecord],
-) -> ConfigSnapshot {
+/// The configuration `node` should run, given everything in the store.
+pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
+    let (nodes, tunnels) = (&state.nodes, &state.tunnels);
     // Agents peer with every gateway and gateways with every agent; never agent to agent.
     let peer_kind = match node.kind {
         NodeKind::Agent => NodeKind::Gateway,
@@ -134,6 +244,7 @@ pub fn snapshot(
                         hostname: t.hostname.clone(),
                         agent_ip: agent.overlay_ip,
                         service_port: t.service_port,
+                        https: t.issuer != Issuer::None,
                     })
                 })
                 .collect(),
@@ -151,15 +262,43 @@ pub fn snapshot(
                 .collect(),
         ),
     };
+    let (certificates, challenges) = match node.kind {
+        NodeKind::Gateway => (gateway_certificates(state), state.challenges.clone()),
+        NodeKind::Agent => (Vec::new(), Vec::new()),
+    };
     ConfigSnapshot {
-        version,
+        version: state.revision,
         node_id: node.id.clone(),
         overlay_ip: node.overlay_ip,
-        overlay_prefix: net.prefix,
+        overlay_prefix: state.overlay.prefix,
         peers,
         routes,
         services,
+        certificates,
+        challenges,
     }
+}
+
+/// Certificates of enabled HTTPS tunnels, for gateways.
+fn gateway_certificates(state: &State) -> Vec<CertificateBundle> {
+    state
+        .certificates
+        .iter()
+        .filter(|c| {
+            state
+                .tunnels
+                .iter()
+                .any(|t| t.enabled && t.hostname == c.hostname && t.issuer != Issuer::None)
+        })
+        .filter_map(|c| {
+            Some(CertificateBundle {
+                hostname: c.hostname.clone(),
+                chain_pem: c.chain_pem.clone()?,
+                key_pem: c.key_pem.clone()?,
+                publicly_trusted: matches!(c.issuer, Issuer::Acme | Issuer::Manual),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -189,6 +328,7 @@ mod tests {
             target: "127.0.0.1:8080".parse().unwrap(),
             service_port: port,
             enabled,
+            issuer: Issuer::Acme,
             created_at: 0,
         }
     }
@@ -223,7 +363,15 @@ mod tests {
             tunnel("t2", "a2", 20000, true),
             tunnel("t3", "a1", 20001, false),
         ];
-        let a1 = snapshot(5, net, &nodes[1], &nodes, &tunnels);
+        let state = State {
+            revision: 5,
+            overlay: net,
+            nodes: nodes.clone(),
+            tunnels,
+            certificates: vec![],
+            challenges: vec![],
+        };
+        let a1 = snapshot(&state, &nodes[1]);
         assert_eq!(
             a1.peers
                 .iter()
@@ -234,7 +382,7 @@ mod tests {
         assert_eq!(a1.services.len(), 1);
         assert_eq!(a1.services[0].tunnel_id, "t1");
         assert!(a1.routes.is_empty());
-        let gw = snapshot(5, net, &nodes[0], &nodes, &tunnels);
+        let gw = snapshot(&state, &nodes[0]);
         // a3 has not said hello (no key): not a peer yet.
         assert_eq!(
             gw.peers
@@ -251,6 +399,38 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["t1", "t2"]
         );
-        assert_eq!(allocate_service_port(&tunnels, "a1"), Some(20002));
+        assert_eq!(allocate_service_port(&state.tunnels, "a1"), Some(20002));
+    }
+}
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    #[test]
+    fn renewal_and_backoff_timing() {
+        let mut cert = CertRecord {
+            hostname: "a.example.com".parse().unwrap(),
+            issuer: Issuer::Acme,
+            chain_pem: Some("x".into()),
+            key_pem: Some("y".into()),
+            serial: None,
+            not_before: 1000,
+            not_after: 1900,
+            state: CertState::Valid,
+            last_error: None,
+            failures: 0,
+            next_attempt: 0,
+        };
+        assert_eq!(cert.renew_at(), 1600);
+        assert!(!cert.is_due(1599) && cert.is_due(1600));
+        cert.next_attempt = 1700;
+        assert!(!cert.is_due(1650));
+        cert.chain_pem = None;
+        assert!(cert.is_due(1700));
+        assert_eq!(
+            [1, 2, 3, 30].map(CertRecord::backoff),
+            [5, 10, 20, RETRY_CAP_SECONDS]
+        );
     }
 }

@@ -34,6 +34,10 @@ async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response
             Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
         },
         (&Method::GET, "/metrics") => metrics(&control),
+        (&Method::GET, "/ca.pem") => match crate::certs::internal::ca(&control.store) {
+            Ok(ca) => respond(200, "application/x-pem-file", ca.cert_pem),
+            Err(e) => api::error_response(&e),
+        },
         (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent),
         (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway),
         _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
@@ -119,7 +123,7 @@ fn upgrade_node(
                 let ws =
                     WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config))
                         .await;
-                crate::session::run(control, node.id, ws).await;
+                crate::session::run(control, node.id, kind, ws).await;
             }
             Err(e) => log::debug!("upgrade failed: {e}"),
         }

@@ -8,6 +8,7 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
+use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
     decode, encode, ControlMessage, NodeMessage, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE,
 };
@@ -24,8 +25,12 @@ enum Event {
 }
 
 /// Serve one authenticated node until its socket ends.
-pub async fn run<S>(control: Arc<Control>, node_id: String, mut ws: WebSocketStream<S>)
-where
+pub async fn run<S>(
+    control: Arc<Control>,
+    node_id: String,
+    kind: NodeKind,
+    mut ws: WebSocketStream<S>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let hello = match future::or(async { Some(ws.next().await) }, async {
@@ -55,7 +60,7 @@ where
         }
     }
     log::info!("node {node_id} connected (version {})", hello.version);
-    let session = control.hub.register(&node_id);
+    let session = control.hub.register(&node_id, kind);
     let mut sent_version = None;
     if let Err(e) = push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await {
         log::info!("node {node_id}: {e}");
@@ -97,6 +102,7 @@ fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> R
     match message {
         Message::Text(text) => match decode::<NodeMessage>(&text) {
             Ok(NodeMessage::Heartbeat) => session.heard(None),
+            Ok(NodeMessage::Applied { version }) => session.applied(version),
             Ok(NodeMessage::Status(status)) => session.heard(Some(status)),
             Ok(NodeMessage::Hello(_)) => log::debug!("node {node_id}: repeated hello ignored"),
             Err(e) => return Err(format!("bad message: {e}")),
@@ -133,13 +139,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .find(|n| n.id == node_id)
         .ok_or("node was removed")?;
-    let config = snapshot(
-        state.revision,
-        state.overlay,
-        node,
-        &state.nodes,
-        &state.tunnels,
-    );
+    let config = snapshot(&state, node);
     send(ws, &ControlMessage::Config(config)).await?;
     *sent_version = Some(state.revision);
     Ok(())

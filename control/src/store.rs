@@ -4,10 +4,14 @@
 
 use crate::auth;
 use crate::error::Error;
-use crate::model::{allocate_service_port, NodeRecord, OverlayNet, TokenRecord, TunnelRecord};
+use crate::model::{
+    allocate_service_port, CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord,
+    TunnelRecord,
+};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
+use kakuremichi_proto::messages::AcmeChallenge;
 use kakuremichi_proto::messages::Hello;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
@@ -17,15 +21,6 @@ type Table = Database<'static, Str, Bytes>;
 /// Upper bound of the LMDB map; pages are only used as data grows.
 const MAP_SIZE: usize = 1 << 30;
 
-/// Everything in the store at one revision.
-#[derive(Clone, Debug)]
-pub struct State {
-    pub revision: u64,
-    pub overlay: OverlayNet,
-    pub nodes: Vec<NodeRecord>,
-    pub tunnels: Vec<TunnelRecord>,
-}
-
 /// A requested tunnel, already validated.
 #[derive(Clone, Debug)]
 pub struct NewTunnel {
@@ -33,6 +28,7 @@ pub struct NewTunnel {
     pub agent_id: String,
     pub target: Target,
     pub enabled: bool,
+    pub issuer: Issuer,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
@@ -42,6 +38,7 @@ pub struct TunnelPatch {
     pub agent_id: Option<String>,
     pub target: Option<Target>,
     pub enabled: Option<bool>,
+    pub issuer: Option<Issuer>,
 }
 
 /// The open store.
@@ -52,6 +49,10 @@ pub struct Store {
     tunnels: Table,
     tokens: Table,
     meta: Table,
+    /// Hostname → certificate record.
+    certs: Table,
+    /// Challenge key → answer gateways give while an ACME order is validated.
+    challenges: Table,
 }
 
 const REVISION: &str = "revision";
@@ -75,7 +76,15 @@ impl Store {
         }
         .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
         let mut tables = Vec::new();
-        for name in ["nodes", "api_keys", "tunnels", "tokens", "meta"] {
+        for name in [
+            "nodes",
+            "api_keys",
+            "tunnels",
+            "tokens",
+            "meta",
+            "certs",
+            "challenges",
+        ] {
             let wtxn = env.write_txn()?;
             let table: Table = env
                 .create_databases_and_commit(wtxn, |opener, wtxn| {
@@ -86,8 +95,8 @@ impl Store {
                 .unwrap_commit();
             tables.push(table);
         }
-        let [nodes, api_keys, tunnels, tokens, meta] = tables[..] else {
-            unreachable!("five tables were created above")
+        let [nodes, api_keys, tunnels, tokens, meta, certs, challenges] = tables[..] else {
+            unreachable!("seven tables were created above")
         };
         let store = Store {
             env,
@@ -96,6 +105,8 @@ impl Store {
             tunnels,
             tokens,
             meta,
+            certs,
+            challenges,
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -121,6 +132,8 @@ impl Store {
                 .ok_or_else(|| Error::Store("overlay network missing".into()))?,
             nodes: all(&self.nodes, &rtxn)?,
             tunnels: all(&self.tunnels, &rtxn)?,
+            certificates: all(&self.certs, &rtxn)?,
+            challenges: all(&self.challenges, &rtxn)?,
         })
     }
 
@@ -236,6 +249,7 @@ impl Store {
                 target: new.target,
                 service_port,
                 enabled: new.enabled,
+                issuer: new.issuer,
                 created_at: auth::unix_now(),
             };
             put(&s.tunnels, wtxn, &record.id, &record)?;
@@ -270,6 +284,9 @@ impl Store {
             if let Some(enabled) = patch.enabled {
                 record.enabled = enabled;
             }
+            if let Some(issuer) = patch.issuer {
+                record.issuer = issuer;
+            }
             put(&s.tunnels, wtxn, id, &record)?;
             Ok(record)
         })
@@ -283,6 +300,38 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Record a hostname's certificate state.
+    pub fn put_certificate(&self, record: &CertRecord) -> Result<(), Error> {
+        self.write(|s, wtxn| put(&s.certs, wtxn, record.hostname.as_str(), record))
+    }
+
+    /// Publish a challenge answer to gateways under `key`; returns the revision that carries it.
+    pub fn put_challenge(&self, key: &str, challenge: &AcmeChallenge) -> Result<u64, Error> {
+        self.write(|s, wtxn| put(&s.challenges, wtxn, key, challenge))?;
+        Ok(self.state()?.revision)
+    }
+
+    /// Withdraw a challenge answer.
+    pub fn remove_challenge(&self, key: &str) -> Result<(), Error> {
+        self.write(|s, wtxn| {
+            s.challenges
+                .delete(wtxn, key)
+                .map(|_| ())
+                .map_err(Error::from)
+        })
+    }
+
+    /// A value kept in the meta table (CA material, ACME account).
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let rtxn = self.env.read_txn()?;
+        get(&self.meta, &rtxn, key)
+    }
+
+    /// Keep a value in the meta table.
+    pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
+        self.write(|s, wtxn| put(&s.meta, wtxn, key, value))
     }
 
     fn check_agent(&self, txn: &RoTxn, agent_id: &str) -> Result<(), Error> {

@@ -7,15 +7,19 @@
 //! - [`routes`]: hostname → tunnel (plain data).
 //! - [`proxy`]: the hyper service that forwards, with forwarding headers and upgrades.
 //! - [`pool`]: keep-alive connections to agents over the netstack.
-//! - [`pages`]: the 404 / 502 pages.
+//! - [`tls`]: certificates by SNI and ACME challenge answers.
+//! - [`listeners`]: the plain HTTP and HTTPS listeners.
+//! - [`pages`]: the 404 / 502 / 503 pages.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod listeners;
 pub mod pages;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 
 use async_io::Async;
 use futures_lite::future;
@@ -40,6 +44,9 @@ pub enum Error {
     /// The state directory or control link setup failed.
     #[error(transparent)]
     Node(#[from] kakuremichi_nodelink::Error),
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A listener could not be opened.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -55,6 +62,10 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Plain HTTP listener.
     pub http_listen: SocketAddr,
+    /// HTTPS listener.
+    pub https_listen: SocketAddr,
+    /// The HTTPS port clients see, for redirects (usually 443).
+    pub https_public_port: u16,
     /// WireGuard UDP socket.
     pub wireguard_listen: SocketAddr,
     /// `host:port` agents use to reach the WireGuard socket.
@@ -79,6 +90,8 @@ pub struct Gateway {
     config_version: AtomicU64,
     link: LinkState,
     metrics: Metrics,
+    certificates: Arc<tls::Certificates>,
+    https_port: u16,
     state_dir: StateDir,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
@@ -120,10 +133,13 @@ impl Gateway {
             }
         }
         apply_network(&self.stack, &snapshot, &peers);
+        self.certificates
+            .update(&snapshot.certificates, &snapshot.challenges);
         let table = Arc::new(RouteTable::new(&snapshot.routes));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version
             .store(snapshot.version, Ordering::Relaxed);
+        self.link.report_applied(snapshot.version);
         log::info!(
             "applied config version {} ({} routes, {} peers)",
             snapshot.version,
@@ -175,6 +191,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     })
     .await?;
     let http = listen(settings.http_listen)?;
+    let https = listen(settings.https_listen)?;
+    let certificates = Arc::new(tls::Certificates::default());
+    let tls_config = tls::server_config(certificates.clone()).map_err(Error::Tls)?;
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let gateway = Arc::new(Gateway {
@@ -184,20 +203,24 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         config_version: AtomicU64::new(0),
         link: LinkState::default(),
         metrics: Metrics::default(),
+        certificates,
+        https_port: settings.https_public_port,
         known_endpoints: Mutex::new(state_dir.peer_endpoints()),
         state_dir: state_dir.clone(),
     });
     log::info!(
-        "gateway: http on {}, wireguard on {} (endpoint {}), admin on {}",
+        "gateway: http on {}, https on {}, wireguard on {} (endpoint {}), admin on {}",
         settings.http_listen,
+        settings.https_listen,
         settings.wireguard_listen,
         settings.wireguard_endpoint,
         settings.admin_listen
     );
-    let proxy_gateway = gateway.clone();
+    let http_gateway = gateway.clone();
     let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
-        proxy::handle(proxy_gateway.clone(), request, client, "http")
+        listeners::handle_http(http_gateway.clone(), request, client)
     });
+    let serve_https = listeners::serve_https(gateway.clone(), https, tls_config);
     let admin_gateway = gateway.clone();
     let serve_admin = kakuremichi_rt::http::serve(admin, move |request, _| {
         let gateway = admin_gateway.clone();
@@ -222,7 +245,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     );
     let background = future::or(apply_loop, gateway.keep_endpoints());
     future::or(
-        future::or(serve_http, serve_admin),
+        future::or(future::or(serve_http, serve_https), serve_admin),
         future::or(background, control_link),
     )
     .await;

@@ -19,6 +19,12 @@ struct Args {
     /// HTTP listen address (default 0.0.0.0:80)
     #[argh(option, default = "\"0.0.0.0:80\".parse().unwrap()")]
     http_listen: SocketAddr,
+    /// HTTPS listen address (default 0.0.0.0:443)
+    #[argh(option, default = "\"0.0.0.0:443\".parse().unwrap()")]
+    https_listen: SocketAddr,
+    /// HTTPS port clients see, for redirects from HTTP (default: the --https-listen port)
+    #[argh(option)]
+    https_public_port: Option<u16>,
     /// wireguard UDP listen address (default 0.0.0.0:51820)
     #[argh(option, default = "\"0.0.0.0:51820\".parse().unwrap()")]
     wireguard_listen: SocketAddr,
@@ -47,6 +53,8 @@ fn main() -> anyhow::Result<()> {
         api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
         state_dir: args.state_dir,
         http_listen: args.http_listen,
+        https_listen: args.https_listen,
+        https_public_port: args.https_public_port.unwrap_or(args.https_listen.port()),
         wireguard_listen: args.wireguard_listen,
         wireguard_endpoint,
         admin_listen: args.admin_listen,

@@ -56,6 +56,15 @@ pub fn bad_gateway(hostname: &str) -> Response<Body> {
     )
 }
 
+/// The tunnel serves HTTPS, and its certificate is not there yet.
+pub fn certificate_pending(hostname: &str) -> Response<Body> {
+    page(
+        503,
+        "Certificate on its way",
+        &format!("The HTTPS certificate for <b>{}</b> is being issued. This page will work in a moment; please try again shortly.", escape(hostname)),
+    )
+}
+
 /// The request itself is unusable (no Host).
 pub fn bad_request(reason: &str) -> Response<Body> {
     page(400, "Bad request", &escape(reason))

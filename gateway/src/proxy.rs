@@ -104,7 +104,8 @@ async fn forward(
     Ok(response)
 }
 
-fn request_host(request: &Request<Incoming>) -> Option<String> {
+/// The host a request names: its `Host` header, or the URI's authority (HTTP/2).
+pub fn request_host(request: &Request<Incoming>) -> Option<String> {
     let host = match request.headers().get(HOST) {
         Some(value) => value.to_str().ok()?.to_string(),
         None => request.uri().authority()?.to_string(),

@@ -14,6 +14,8 @@ pub struct Route {
     pub hostname: Hostname,
     /// The agent's overlay address and the tunnel's service port.
     pub upstream: SocketAddrV4,
+    /// Served over HTTPS (plain HTTP redirects) rather than plain HTTP.
+    pub https: bool,
 }
 
 /// Hostname → route.
@@ -32,6 +34,7 @@ impl RouteTable {
                     tunnel_id: r.tunnel_id.clone(),
                     hostname: r.hostname.clone(),
                     upstream: SocketAddrV4::new(r.agent_ip, r.service_port),
+                    https: r.https,
                 };
                 (r.hostname.clone(), route)
             })
@@ -74,6 +77,7 @@ mod tests {
             hostname: "app.localhost".parse().unwrap(),
             agent_ip: "10.77.0.2".parse().unwrap(),
             service_port: 20000,
+            https: false,
         }]);
         assert_eq!(
             table.lookup("APP.localhost:8080").unwrap().upstream.port(),

@@ -14,7 +14,7 @@ use kakuremichi_proto::messages::{
     HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Time allowed for TCP connect plus the WebSocket handshake.
@@ -76,16 +76,41 @@ pub struct LinkSettings {
     pub state_dir: StateDir,
 }
 
-/// Whether the link is up right now, for health endpoints.
-#[derive(Debug, Default)]
+/// The link's state, shared with the node: whether it is up, and the config version the
+/// node applied (reported to Control, which waits for it before ACME validation).
+#[derive(Debug)]
 pub struct LinkState {
     connected: AtomicBool,
+    applied: AtomicU64,
+    applied_changed: (async_channel::Sender<()>, async_channel::Receiver<()>),
+}
+
+impl Default for LinkState {
+    fn default() -> Self {
+        LinkState {
+            connected: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            applied_changed: async_channel::bounded(1),
+        }
+    }
 }
 
 impl LinkState {
     /// Whether a session with Control is open.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The node now runs config `version`; Control hears of it at once.
+    pub fn report_applied(&self, version: u64) {
+        self.applied.store(version, Ordering::Relaxed);
+        // A full channel already holds a pending report, which will read the newest version.
+        let _ = self.applied_changed.0.try_send(());
+    }
+
+    /// The config version the node runs.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 }
 
@@ -137,6 +162,7 @@ async fn timeout<T>(
 
 enum Event {
     Received(Option<Result<Message, tungstenite::Error>>),
+    Applied,
     Tick,
 }
 
@@ -186,14 +212,23 @@ async fn session(
         return Error::Connection(e.to_string());
     }
     log::info!("connected to Control at {}", control.ws_url);
+    let _ = state.applied_changed.0.try_send(());
     state.connected.store(true, Ordering::Relaxed);
     let mut last_heard = Instant::now();
     let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
     loop {
-        let event = future::or(async { Event::Received(ws.next().await) }, async {
+        let applied = async {
+            let _ = state.applied_changed.1.recv().await;
+            Event::Applied
+        };
+        let tick = async {
             Timer::at(next_heartbeat).await;
             Event::Tick
-        })
+        };
+        let event = future::or(
+            async { Event::Received(ws.next().await) },
+            future::or(applied, tick),
+        )
         .await;
         match event {
             Event::Received(Some(Ok(Message::Text(text)))) => {
@@ -214,6 +249,14 @@ async fn session(
             }
             Event::Received(Some(Ok(_))) => last_heard = Instant::now(),
             Event::Received(Some(Err(e))) => return Error::Connection(e.to_string()),
+            Event::Applied => {
+                let message = NodeMessage::Applied {
+                    version: state.applied(),
+                };
+                if let Err(e) = ws.send(Message::text(encode(&message))).await {
+                    return Error::Connection(e.to_string());
+                }
+            }
             Event::Tick => {
                 if last_heard.elapsed() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
                     return Error::Connection("Control missed its heartbeats".into());

@@ -25,6 +25,11 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 pub enum NodeMessage {
     /// First message on every connection.
     Hello(Hello),
+    /// The node runs this config version now (sent after every snapshot it applied).
+    Applied {
+        /// The snapshot's version.
+        version: u64,
+    },
     /// Liveness, every [`HEARTBEAT_INTERVAL`].
     Heartbeat,
     /// What the node is running and has moved.
@@ -89,6 +94,48 @@ pub struct ConfigSnapshot {
     /// Agents only: service ports on the overlay and where they forward.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Gateways only: certificates to serve, by hostname.
+    #[serde(default)]
+    pub certificates: Vec<CertificateBundle>,
+    /// Gateways only: ACME challenge answers to give while an order is validated.
+    #[serde(default)]
+    pub challenges: Vec<AcmeChallenge>,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateBundle {
+    /// The hostname it is served for (SNI).
+    pub hostname: Hostname,
+    /// Leaf first, then intermediates.
+    pub chain_pem: String,
+    /// PKCS#8 private key.
+    pub key_pem: String,
+    /// Whether browsers trust it (ACME or uploaded), which turns on HSTS.
+    pub publicly_trusted: bool,
+}
+
+/// One ACME challenge answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// Answer `GET /.well-known/acme-challenge/{token}` with the key authorization.
+    Http01 {
+        /// The challenge token.
+        token: String,
+        /// `token.thumbprint`.
+        key_authorization: String,
+    },
+    /// Answer TLS connections for `hostname` that offer ALPN `acme-tls/1` with this
+    /// self-signed certificate carrying the key authorization digest.
+    TlsAlpn01 {
+        /// The hostname being validated.
+        hostname: Hostname,
+        /// The challenge certificate, PEM.
+        certificate_pem: String,
+        /// Its key, PEM.
+        key_pem: String,
+    },
 }
 
 /// One WireGuard peer.
@@ -119,6 +166,10 @@ pub struct HttpRoute {
     pub agent_ip: Ipv4Addr,
     /// The tunnel's service port on that address.
     pub service_port: u16,
+    /// Whether the hostname is served over HTTPS (plain HTTP then redirects); `false` serves
+    /// plain HTTP, e.g. behind another TLS terminator.
+    #[serde(default)]
+    pub https: bool,
 }
 
 /// A service port an agent listens on inside the overlay, and its target.
@@ -165,6 +216,11 @@ mod tests {
                 instance: 9,
             }],
             routes: vec![],
+            certificates: vec![],
+            challenges: vec![AcmeChallenge::Http01 {
+                token: "t".into(),
+                key_authorization: "t.k".into(),
+            }],
             services: vec![Service {
                 tunnel_id: "tun_1".into(),
                 port: 20000,

@@ -69,24 +69,74 @@ where
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
-        let handler = handler.clone();
         // Each connection lives as long as its client keeps it open; hyper's own timeouts
         // bound idle and slow clients.
-        smol::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = handler(request, peer);
-                async move { Ok::<_, std::convert::Infallible>(response.await) }
-            });
-            if let Err(e) = http1_server()
-                .serve_connection(crate::io::FuturesIo(stream), service)
-                .with_upgrades()
-                .await
-            {
-                log::debug!("connection from {peer}: {e}");
-            }
-        })
+        smol::spawn(serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            Protocol::Http1,
+        ))
         .detach();
     }
+}
+
+/// Which HTTP version a connection speaks (for TLS, what ALPN chose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0), with upgrades.
+    Http1,
+    /// HTTP/2, with extended CONNECT for WebSockets (RFC 8441).
+    #[cfg(feature = "http2")]
+    Http2,
+}
+
+/// Serve one connection until it closes.
+pub async fn serve_connection<I, F, Fut>(
+    io: I,
+    peer: std::net::SocketAddr,
+    handler: F,
+    protocol: Protocol,
+) where
+    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Request<hyper::body::Incoming>, std::net::SocketAddr) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let response = handler(request, peer);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let io = crate::io::FuturesIo(io);
+    let result = match protocol {
+        Protocol::Http1 => {
+            http1_server()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
+        #[cfg(feature = "http2")]
+        Protocol::Http2 => http2_server().serve_connection(io, service).await,
+    };
+    if let Err(e) = result {
+        log::debug!("connection from {peer}: {e}");
+    }
+}
+
+/// An HTTP/2 server connection builder with our limits.
+#[cfg(feature = "http2")]
+pub fn http2_server() -> hyper::server::conn::http2::Builder<crate::exec::SmolExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(crate::exec::SmolExecutor);
+    builder
+        .timer(crate::exec::SmolTimer)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .enable_connect_protocol();
+    builder
 }
 
 /// Answer `/healthz`, `/readyz` and `/metrics` for a node's admin listener; `None` for

@@ -29,7 +29,10 @@ pub struct Node {
     pub id: String,
     /// HTTP port (gateways), status/admin port (agents, gateways), or API port (Control).
     pub http_port: u16,
+    pub https_port: u16,
     pub admin_port: u16,
+    /// The address the public listeners are on.
+    pub ip: String,
 }
 
 impl Node {
@@ -49,6 +52,8 @@ impl Node {
             child: None,
             id: String::new(),
             http_port: 0,
+            https_port: 0,
+            ip: "127.0.0.1".into(),
             admin_port: 0,
         }
     }
@@ -123,6 +128,11 @@ pub struct Cluster {
 impl Cluster {
     /// Start Control with a fresh store and make an admin token.
     pub fn new(name: &str) -> Cluster {
+        Cluster::with_control_args(name, &[])
+    }
+
+    /// Start Control with extra arguments (ACME settings, default issuer).
+    pub fn with_control_args(name: &str, extra: &[&str]) -> Cluster {
         let mut nonce = [0u8; 4];
         getrandom::fill(&mut nonce).expect("randomness");
         let dir = std::env::temp_dir().join(format!(
@@ -145,12 +155,13 @@ impl Cluster {
         let token = String::from_utf8_lossy(&token_output.stdout)
             .trim()
             .to_string();
-        let args = vec![
+        let mut args = vec![
             "--data-dir".into(),
             data,
             "--listen".into(),
             format!("127.0.0.1:{port}"),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut control = Node::new("control", "kakuremichi-control", args, vec![], &dir);
         control.http_port = port;
         control.start();
@@ -204,9 +215,15 @@ impl Cluster {
 
     /// Enrol and start a gateway; returns its index.
     pub fn add_gateway(&mut self) -> usize {
+        self.add_gateway_at("127.0.0.1", free_tcp_port())
+    }
+
+    /// Enrol and start a gateway whose public listeners are on `ip` (any 127.0.0.0/8 address)
+    /// with plain HTTP on `http`; returns its index.
+    pub fn add_gateway_at(&mut self, ip: &str, http: u16) -> usize {
         let (id, api_key) = self.enrol("gateway");
         let index = self.gateways.len();
-        let (http, admin, wireguard) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+        let (https, admin, wireguard) = (free_tcp_port(), free_tcp_port(), free_udp_port());
         let state = self
             .dir
             .join(format!("gateway{index}-state"))
@@ -216,7 +233,9 @@ impl Cluster {
             "--state-dir".into(),
             state,
             "--http-listen".into(),
-            format!("127.0.0.1:{http}"),
+            format!("{ip}:{http}"),
+            "--https-listen".into(),
+            format!("{ip}:{https}"),
             "--wireguard-listen".into(),
             format!("127.0.0.1:{wireguard}"),
             "--admin-listen".into(),
@@ -235,6 +254,8 @@ impl Cluster {
         );
         node.id = id;
         node.http_port = http;
+        node.https_port = https;
+        node.ip = ip.to_string();
         node.admin_port = admin;
         node.start();
         self.gateways.push(node);
@@ -292,7 +313,19 @@ impl Cluster {
 
     /// Create a tunnel; returns its id.
     pub fn create_tunnel(&self, hostname: &str, agent: usize, target: &str) -> String {
-        let body = serde_json::json!({ "hostname": hostname, "agent": self.agents[agent].id, "target": target }).to_string();
+        self.create_tunnel_with_issuer(hostname, agent, target, "none")
+    }
+
+    /// Create a tunnel whose certificate comes from `issuer`; returns its id.
+    pub fn create_tunnel_with_issuer(
+        &self,
+        hostname: &str,
+        agent: usize,
+        target: &str,
+        issuer: &str,
+    ) -> String {
+        let agent = &self.agents[agent].id;
+        let body = serde_json::json!({ "hostname": hostname, "agent": agent, "target": target, "issuer": issuer }).to_string();
         let answer = self.api("POST", "/api/v1/tunnels", Some(&body));
         assert_eq!(answer.status, 201, "create tunnel: {}", answer.body);
         answer.json()["id"].as_str().unwrap().to_string()
@@ -300,13 +333,42 @@ impl Cluster {
 
     /// `GET http://<hostname>/<path>` through a gateway (resolved to the gateway's port).
     pub fn get(&self, gateway: usize, hostname: &str, path: &str) -> Answer {
-        let port = self.gateways[gateway].http_port;
-        let resolve = format!("{hostname}:{port}:127.0.0.1");
+        let node = &self.gateways[gateway];
+        let resolve = format!("{hostname}:{}:{}", node.http_port, node.ip);
         curl(&[
             "--resolve",
             &resolve,
-            &format!("http://{hostname}:{port}{path}"),
+            &format!("http://{hostname}:{}{path}", node.http_port),
         ])
+    }
+
+    /// `GET https://<hostname>/<path>` through a gateway, trusting `ca_file`; `extra` adds
+    /// curl arguments (e.g. `--http2`, `-w`).
+    pub fn get_https(
+        &self,
+        gateway: usize,
+        hostname: &str,
+        path: &str,
+        ca_file: &Path,
+        extra: &[&str],
+    ) -> Answer {
+        let node = &self.gateways[gateway];
+        let resolve = format!("{hostname}:{}:{}", node.https_port, node.ip);
+        let ca = ca_file.display().to_string();
+        let url = format!("https://{hostname}:{}{path}", node.https_port);
+        let mut args = vec!["--resolve", &resolve, "--cacert", &ca];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    }
+
+    /// The certificate record of `hostname` from the API.
+    pub fn certificate(&self, hostname: &str) -> serde_json::Value {
+        let list = self.api("GET", "/api/v1/certificates", None).json();
+        list.as_array()
+            .and_then(|a| a.iter().find(|c| c["hostname"] == hostname))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Wait until `check` accepts what the gateway answers for `hostname`; returns how long

@@ -1,0 +1,131 @@
+//! The public listeners. Plain HTTP answers ACME HTTP-01 requests, redirects HTTPS tunnels
+//! (308, same host and path) and serves plain-HTTP tunnels. HTTPS terminates TLS, picks
+//! HTTP/2 or HTTP/1.1 by ALPN and proxies.
+
+use crate::tls::ACME_TLS_ALPN;
+use crate::{pages, proxy, Gateway};
+use async_io::{Async, Timer};
+use futures_lite::future;
+use futures_rustls::rustls::ServerConfig;
+use futures_rustls::TlsAcceptor;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
+use hyper::{Request, Response};
+use kakuremichi_proto::ids::Hostname;
+use kakuremichi_rt::http::{respond, serve_connection, Body, Protocol};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time a client gets to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACME_PATH: &str = "/.well-known/acme-challenge/";
+const HSTS: &str = "max-age=31536000";
+
+/// Answer a request on the plain HTTP port.
+pub async fn handle_http(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
+    if let Some(token) = request.uri().path().strip_prefix(ACME_PATH) {
+        return match gateway.certificates.http01(token) {
+            Some(answer) => respond(200, "text/plain", answer),
+            None => respond(404, "text/plain", "unknown challenge\n"),
+        };
+    }
+    let Some(host) = proxy::request_host(&request) else {
+        return pages::bad_request("The request names no host.");
+    };
+    let Some(route) = gateway.routes().lookup(&host).cloned() else {
+        return proxy::handle(gateway, request, client, "http").await;
+    };
+    if !route.https {
+        return proxy::handle(gateway, request, client, "http").await;
+    }
+    if !gateway.certificates.has(&route.hostname) {
+        let mut response = pages::certificate_pending(route.hostname.as_str());
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("10"));
+        return response;
+    }
+    redirect_to_https(&route.hostname, gateway.https_port, &request)
+}
+
+fn redirect_to_https(
+    host: &Hostname,
+    https_port: u16,
+    request: &Request<Incoming>,
+) -> Response<Body> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match https_port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    let mut response = respond(308, "text/plain", format!("moved to {location}\n"));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+/// Answer a request that arrived over TLS.
+async fn handle_https(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
+    let host = proxy::request_host(&request)
+        .and_then(|h| gateway.routes().lookup(&h).map(|r| r.hostname.clone()));
+    let mut response = proxy::handle(gateway.clone(), request, client, "https").await;
+    if host.is_some_and(|h| gateway.certificates.publicly_trusted(&h)) {
+        response
+            .headers_mut()
+            .insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
+    response
+}
+
+/// Accept TLS connections forever.
+pub async fn serve_https(
+    gateway: Arc<Gateway>,
+    listener: Async<TcpListener>,
+    config: Arc<ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let (acceptor, gateway) = (acceptor.clone(), gateway.clone());
+        // Each connection lives until its client closes it; the handshake and hyper's own
+        // timeouts bound slow or idle clients.
+        smol::spawn(async move {
+            let handshake = future::or(async { Some(acceptor.accept(stream).await) }, async {
+                Timer::after(HANDSHAKE_TIMEOUT).await;
+                None
+            });
+            let tls = match handshake.await {
+                Some(Ok(tls)) => tls,
+                Some(Err(e)) => return log::debug!("TLS handshake with {peer}: {e}"),
+                None => return log::debug!("TLS handshake with {peer} timed out"),
+            };
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                // The validation connection only needed the handshake.
+                Some(ACME_TLS_ALPN) => return,
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            let handler = move |request, client| handle_https(gateway.clone(), request, client);
+            serve_connection(tls, peer, handler, protocol).await;
+        })
+        .detach();
+    }
+}
