@@ -1,0 +1,220 @@
+//! HTTPS: certificates from Control's internal CA and from a real ACME CA (Pebble), served by
+//! gateways over TLS with HTTP/2 and HTTP/1.1.
+
+use kakuremichi_tests::{curl, wait_for, Cluster, Origin};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn save_internal_ca(cluster: &Cluster) -> PathBuf {
+    let ca = curl(&[&cluster.control_url("/ca.pem")]);
+    assert_eq!(ca.status, 200);
+    assert!(ca.body.contains("BEGIN CERTIFICATE"));
+    let path = cluster.dir.join("internal-ca.pem");
+    std::fs::write(&path, &ca.body).unwrap();
+    path
+}
+
+/// The HTTP version curl negotiated for a request (`2` or `1.1`), and the status.
+fn http_version(
+    cluster: &Cluster,
+    host: &str,
+    ca: &std::path::Path,
+    flag: &str,
+) -> (String, String) {
+    let node = &cluster.gateways[0];
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            flag,
+            "--cacert",
+        ])
+        .arg(ca)
+        .args([
+            "--resolve",
+            &format!("{host}:{}:{}", node.https_port, node.ip),
+        ])
+        .arg(format!("https://{host}:{}/", node.https_port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (version, status) = text.split_once(' ').unwrap_or(("", ""));
+    (version.to_string(), status.to_string())
+}
+
+#[test]
+fn internal_ca_certificates_serve_https_with_h2_and_redirects() {
+    let mut cluster = Cluster::new("internal-ca");
+    let origin = Origin::start("secure");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let started = Instant::now();
+    cluster.create_tunnel_with_issuer(
+        "secure.localhost",
+        agent,
+        &origin.addr.to_string(),
+        "internal",
+    );
+    let ca = save_internal_ca(&cluster);
+    let answer = wait_for(Duration::from_secs(15), || {
+        Some(cluster.get_https(0, "secure.localhost", "/x", &ca, &[])).filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| panic!("no HTTPS 200\n{}", cluster.logs()));
+    println!(
+        "internal CA: tunnel POST to first HTTPS 200: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let seen = answer.json();
+    assert_eq!(seen["x_forwarded_proto"], "https");
+    assert_eq!(seen["path"], "/x");
+
+    let cert = cluster.certificate("secure.localhost");
+    assert_eq!(cert["issuer"], "internal");
+    assert_eq!(cert["state"], "valid");
+    assert!(cert["not_after"].as_u64().unwrap() > cert["not_before"].as_u64().unwrap());
+
+    // ALPN: HTTP/2 when asked, HTTP/1.1 otherwise.
+    assert_eq!(
+        http_version(&cluster, "secure.localhost", &ca, "--http2"),
+        ("2".into(), "200".into())
+    );
+    assert_eq!(
+        http_version(&cluster, "secure.localhost", &ca, "--http1.1"),
+        ("1.1".into(), "200".into())
+    );
+
+    // Plain HTTP redirects to HTTPS, same host and path; internal certificates get no HSTS.
+    let node = &cluster.gateways[0];
+    let resolve = format!("secure.localhost:{}:127.0.0.1", node.http_port);
+    let redirect = curl(&[
+        "-i",
+        "--resolve",
+        &resolve,
+        &format!("http://secure.localhost:{}/a/b?c=1", node.http_port),
+    ]);
+    assert_eq!(redirect.status, 308, "{redirect:?}");
+    let location = format!(
+        "location: https://secure.localhost:{}/a/b?c=1",
+        node.https_port
+    );
+    assert!(
+        redirect.body.to_ascii_lowercase().contains(&location),
+        "{}",
+        redirect.body
+    );
+    let headers = cluster.get_https(0, "secure.localhost", "/", &ca, &["-i"]);
+    assert!(
+        !headers
+            .body
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{}",
+        headers.body
+    );
+
+    // A name the gateway holds no certificate for: the handshake is refused, cleanly.
+    let unknown = cluster.get_https(0, "unknown.localhost", "/", &ca, &[]);
+    assert_eq!(unknown.status, 0, "{unknown:?}");
+    assert!(cluster.gateways[0].is_running());
+}
+
+/// A self-signed leaf (CA:FALSE, SAN) for `hostname` made with openssl: (cert path, key path).
+fn openssl_leaf(dir: &std::path::Path, name: &str, hostname: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-subj", &format!("/CN={hostname}")])
+        .args([
+            "-addext",
+            &format!("subjectAltName=DNS:{hostname}"),
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    (cert, key)
+}
+
+#[test]
+fn manual_certificates_are_checked_then_served() {
+    let mut cluster = Cluster::new("manual");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let origin = Origin::start("manual");
+    cluster.create_tunnel_with_issuer(
+        "manual.localhost",
+        agent,
+        &origin.addr.to_string(),
+        "manual",
+    );
+    let (cert, key) = openssl_leaf(&cluster.dir, "manual", "manual.localhost");
+    let (_, other_key) = openssl_leaf(&cluster.dir, "other", "other.localhost");
+    let (wrong_name_cert, wrong_name_key) = openssl_leaf(&cluster.dir, "wrong", "wrong.localhost");
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap();
+    let upload = |cert: &PathBuf, key: &PathBuf| {
+        let body = serde_json::json!({"hostname": "manual.localhost", "certificate_pem": read(cert), "key_pem": read(key)});
+        cluster.api("POST", "/api/v1/certificates", Some(&body.to_string()))
+    };
+    for (cert, key, field) in [
+        (&cert, &other_key, "key_pem"),
+        (&wrong_name_cert, &wrong_name_key, "certificate_pem"),
+    ] {
+        let refused = upload(cert, key);
+        assert_eq!(refused.status, 400, "{refused:?}");
+        assert_eq!(refused.json()["field"], field, "{refused:?}");
+    }
+    let garbage = cluster.api(
+        "POST",
+        "/api/v1/certificates",
+        Some(r#"{"hostname":"manual.localhost","certificate_pem":"x","key_pem":"y"}"#),
+    );
+    assert_eq!(garbage.status, 400);
+    assert!(
+        cluster.certificate("manual.localhost").is_null(),
+        "a refused upload was stored"
+    );
+
+    let accepted = upload(&cert, &key);
+    assert_eq!(accepted.status, 201, "{accepted:?}");
+    assert_eq!(accepted.json()["issuer"], "manual");
+    let answer = wait_for(Duration::from_secs(10), || {
+        Some(cluster.get_https(0, "manual.localhost", "/", &cert, &["-i"]))
+            .filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| panic!("manual certificate not served\n{}", cluster.logs()));
+    // Uploaded certificates count as trusted: HSTS is on.
+    assert!(
+        answer
+            .body
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{}",
+        answer.body
+    );
+}
