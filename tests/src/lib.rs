@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod origin;
+pub mod pebble;
 
 pub use cluster::{Cluster, Node};
 pub use origin::{EchoOrigin, Origin};

@@ -218,3 +218,53 @@ fn manual_certificates_are_checked_then_served() {
         answer.body
     );
 }
+
+fn pebble_cluster(name: &str, validity: u64) -> (Cluster, kakuremichi_tests::pebble::Pebble, u16) {
+    let http_port = kakuremichi_tests::free_tcp_port();
+    let dir =
+        std::env::temp_dir().join(format!("kakuremichi-{name}-pebble-{}", std::process::id()));
+    let pebble = kakuremichi_tests::pebble::Pebble::start(&dir, http_port, validity);
+    let args = pebble.control_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Cluster::with_control_args(name, &args), pebble, http_port)
+}
+
+#[test]
+fn acme_certificate_from_pebble_serves_https() {
+    let (mut cluster, pebble, http_port) = pebble_cluster("acme", 3600);
+    let origin = Origin::start("acme");
+    cluster.add_gateway_at("127.0.0.1", http_port);
+    let agent = cluster.add_agent();
+    wait_for(Duration::from_secs(10), || {
+        let id = cluster.gateways[0].id.clone();
+        (cluster.node_status("gateway", &id)["online"] == true).then_some(())
+    })
+    .expect("gateway online");
+    let started = Instant::now();
+    cluster.create_tunnel_with_issuer("acme.example.test", agent, &origin.addr.to_string(), "acme");
+    let answer = wait_for(Duration::from_secs(15), || {
+        Some(cluster.get_https(0, "acme.example.test", "/", &pebble.issuing_root, &["-i"]))
+            .filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no HTTPS 200 within 15 s\n{:?}\n{}",
+            cluster.certificate("acme.example.test"),
+            cluster.logs()
+        )
+    });
+    println!(
+        "ACME (Pebble): tunnel POST to first HTTPS 200: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        answer
+            .body
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "ACME certificates are trusted: HSTS expected"
+    );
+    let cert = cluster.certificate("acme.example.test");
+    assert_eq!(cert["issuer"], "acme");
+    assert_eq!(cert["state"], "valid");
+}
