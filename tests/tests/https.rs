@@ -268,3 +268,203 @@ fn acme_certificate_from_pebble_serves_https() {
     assert_eq!(cert["issuer"], "acme");
     assert_eq!(cert["state"], "valid");
 }
+
+/// The serial of the certificate a gateway presents for `hostname` on `ip:port`.
+fn served_serial(ip: &str, port: u16, hostname: &str) -> Option<String> {
+    let client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("{ip}:{port}"),
+            "-servername",
+            hostname,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::io::Write::write_all(x509.stdin.as_mut()?, &client.stdout).ok()?;
+    let output = x509.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    text.strip_prefix("serial=").map(|s| s.to_ascii_uppercase())
+}
+
+fn wait_online(cluster: &Cluster, kind: &str, id: &str) {
+    wait_for(Duration::from_secs(10), || {
+        (cluster.node_status(kind, id)["online"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{kind} {id} not online\n{}", cluster.logs()));
+}
+
+#[test]
+fn one_order_serves_two_gateways_whichever_one_dns_picks() {
+    let (mut cluster, pebble, http_port) = pebble_cluster("two-gateways", 3600);
+    let origin = Origin::start("both");
+    let a = cluster.add_gateway_at("127.0.0.2", http_port);
+    let b = cluster.add_gateway_at("127.0.0.3", http_port);
+    let agent = cluster.add_agent();
+    for gateway in [a, b] {
+        wait_online(&cluster, "gateway", &cluster.gateways[gateway].id.clone());
+    }
+    // The CA's validation goes to gateway B only.
+    pebble.set_address("both.example.test", "127.0.0.3");
+    cluster.create_tunnel_with_issuer("both.example.test", agent, &origin.addr.to_string(), "acme");
+    for gateway in [a, b] {
+        wait_for(Duration::from_secs(20), || {
+            Some(cluster.get_https(gateway, "both.example.test", "/", &pebble.issuing_root, &[]))
+                .filter(|r| r.status == 200)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "gateway {gateway} does not serve HTTPS\n{:?}\n{}",
+                cluster.certificate("both.example.test"),
+                cluster.logs()
+            )
+        });
+    }
+    let serial = cluster.certificate("both.example.test")["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for gateway in [a, b] {
+        let node = &cluster.gateways[gateway];
+        assert_eq!(
+            served_serial(&node.ip, node.https_port, "both.example.test").as_deref(),
+            Some(serial.as_str()),
+            "gateway {gateway}"
+        );
+    }
+    // Exactly one order: one certificate record, issued once.
+    assert_eq!(cluster.certificate("both.example.test")["failures"], 0);
+}
+
+#[test]
+fn gateway_restarted_while_control_is_down_serves_https_from_its_cache() {
+    let (mut cluster, pebble, http_port) = pebble_cluster("cache", 3600);
+    let origin = Origin::start("cached");
+    cluster.add_gateway_at("127.0.0.1", http_port);
+    let agent = cluster.add_agent();
+    wait_online(&cluster, "gateway", &cluster.gateways[0].id.clone());
+    cluster.create_tunnel_with_issuer(
+        "cached.example.test",
+        agent,
+        &origin.addr.to_string(),
+        "acme",
+    );
+    let https_ok = |cluster: &Cluster, limit: u64| {
+        wait_for(Duration::from_secs(limit), || {
+            Some(cluster.get_https(0, "cached.example.test", "/", &pebble.issuing_root, &[]))
+                .filter(|r| r.status == 200)
+        })
+    };
+    https_ok(&cluster, 20).unwrap_or_else(|| panic!("no HTTPS\n{}", cluster.logs()));
+    cluster.control.kill9();
+    cluster.gateways[0].restart();
+    cluster.agents[agent].restart();
+    https_ok(&cluster, 10).unwrap_or_else(|| {
+        panic!(
+            "cached certificate not served after restart\n{}",
+            cluster.logs()
+        )
+    });
+}
+
+#[test]
+fn failing_orders_back_off_without_blocking_other_hostnames() {
+    let (mut cluster, pebble, http_port) = pebble_cluster("failing", 3600);
+    let origin = Origin::start("fine");
+    cluster.add_gateway_at("127.0.0.1", http_port);
+    let agent = cluster.add_agent();
+    wait_online(&cluster, "gateway", &cluster.gateways[0].id.clone());
+    // Nothing listens where this name resolves.
+    pebble.set_address("nowhere.example.test", "127.0.0.9");
+    cluster.create_tunnel_with_issuer(
+        "nowhere.example.test",
+        agent,
+        &origin.addr.to_string(),
+        "acme",
+    );
+    cluster.create_tunnel_with_issuer("fine.example.test", agent, &origin.addr.to_string(), "acme");
+    wait_for(Duration::from_secs(20), || {
+        Some(cluster.get_https(0, "fine.example.test", "/", &pebble.issuing_root, &[]))
+            .filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|| panic!("the healthy hostname was held up\n{}", cluster.logs()));
+    let failed = wait_for(Duration::from_secs(20), || {
+        Some(cluster.certificate("nowhere.example.test")).filter(|c| c["state"] == "failed")
+    })
+    .unwrap_or_else(|| panic!("no failed state\n{}", cluster.logs()));
+    assert!(
+        failed["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    assert!(failed["next_attempt"].as_u64().is_some(), "{failed}");
+    // Retried, with the delay growing.
+    let retried = wait_for(Duration::from_secs(20), || {
+        Some(cluster.certificate("nowhere.example.test"))
+            .filter(|c| c["failures"].as_u64() >= Some(2))
+    })
+    .unwrap_or_else(|| panic!("no retry\n{}", cluster.logs()));
+    println!("failing order: {retried}");
+    // Plain HTTP for it says the certificate is on its way, not a TLS error loop.
+    let pending = cluster.get(0, "nowhere.example.test", "/");
+    assert_eq!(pending.status, 503);
+    assert!(pending.body.contains("nowhere.example.test"));
+    assert!(cluster.control.is_running());
+}
+
+#[test]
+fn certificates_renew_before_expiry_without_a_failed_request() {
+    // Certificates valid for 24 s: renewal starts 8 s before expiry.
+    let (mut cluster, pebble, http_port) = pebble_cluster("renewal", 24);
+    let origin = Origin::start("renew");
+    cluster.add_gateway_at("127.0.0.1", http_port);
+    let agent = cluster.add_agent();
+    wait_online(&cluster, "gateway", &cluster.gateways[0].id.clone());
+    cluster.create_tunnel_with_issuer(
+        "renew.example.test",
+        agent,
+        &origin.addr.to_string(),
+        "acme",
+    );
+    let start = Instant::now();
+    wait_for(Duration::from_secs(20), || {
+        Some(cluster.get_https(0, "renew.example.test", "/", &pebble.issuing_root, &[]))
+            .filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|| panic!("no HTTPS\n{}", cluster.logs()));
+    let node = &cluster.gateways[0];
+    let first = served_serial("127.0.0.1", node.https_port, "renew.example.test")
+        .expect("a served certificate");
+    let mut timeline = vec![(start.elapsed().as_secs_f64(), first.clone())];
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(34) {
+        let answer = cluster.get_https(0, "renew.example.test", "/", &pebble.issuing_root, &[]);
+        assert_eq!(
+            answer.status,
+            200,
+            "request {requests} failed at {:.1} s: {answer:?}",
+            start.elapsed().as_secs_f64()
+        );
+        requests += 1;
+        if let Some(serial) = served_serial("127.0.0.1", node.https_port, "renew.example.test") {
+            if timeline.last().map(|(_, s)| s) != Some(&serial) {
+                timeline.push((start.elapsed().as_secs_f64(), serial));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("renewal timeline (seconds, serial): {timeline:?}; {requests} requests, none failed");
+    assert!(
+        timeline.len() >= 2,
+        "no renewal within 34 s of 24 s certificates: {timeline:?}\n{}",
+        cluster.logs()
+    );
+}
