@@ -28,6 +28,9 @@ struct Args {
     /// extra PEM roots to trust for the ACME directory's HTTPS (e.g. Pebble's test CA)
     #[argh(option)]
     acme_ca_bundle: Option<PathBuf>,
+    /// ACME challenge gateways answer: http-01 (port 80, default) or tls-alpn-01 (port 443)
+    #[argh(option, default = "Default::default()")]
+    acme_challenge: kakuremichi_control::certs::acme::ChallengeKind,
     /// issuer of tunnels created without one: acme, internal, manual or none (default: acme
     /// with --acme-directory, else internal)
     #[argh(option)]
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                     directory,
                     email: args.acme_email,
                     extra_roots: args.acme_ca_bundle,
+                    challenge: args.acme_challenge,
                 }
             }),
             default_issuer: args.default_issuer,

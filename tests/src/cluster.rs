@@ -221,9 +221,14 @@ impl Cluster {
     /// Enrol and start a gateway whose public listeners are on `ip` (any 127.0.0.0/8 address)
     /// with plain HTTP on `http`; returns its index.
     pub fn add_gateway_at(&mut self, ip: &str, http: u16) -> usize {
+        self.add_gateway_with_ports(ip, http, free_tcp_port())
+    }
+
+    /// Enrol and start a gateway with its public listeners on `ip:http` and `ip:https`.
+    pub fn add_gateway_with_ports(&mut self, ip: &str, http: u16, https: u16) -> usize {
         let (id, api_key) = self.enrol("gateway");
         let index = self.gateways.len();
-        let (https, admin, wireguard) = (free_tcp_port(), free_tcp_port(), free_udp_port());
+        let (admin, wireguard) = (free_tcp_port(), free_udp_port());
         let state = self
             .dir
             .join(format!("gateway{index}-state"))

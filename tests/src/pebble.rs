@@ -34,9 +34,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl Pebble {
-    /// Start Pebble validating HTTP-01 on `http_port`, issuing certificates valid for
-    /// `validity` seconds.
-    pub fn start(dir: &Path, http_port: u16, validity: u64) -> Pebble {
+    /// Start Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, issuing
+    /// certificates valid for `validity` seconds.
+    pub fn start(dir: &Path, http_port: u16, tls_port: u16, validity: u64) -> Pebble {
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
         openssl(
@@ -97,7 +97,7 @@ impl Pebble {
                 "localhost.pem",
             ],
         );
-        let (listen, management, tls_port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+        let (listen, management) = (free_tcp_port(), free_tcp_port());
         let (dns, dns_management) = (free_udp_port(), free_tcp_port());
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),

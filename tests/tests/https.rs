@@ -220,13 +220,33 @@ fn manual_certificates_are_checked_then_served() {
 }
 
 fn pebble_cluster(name: &str, validity: u64) -> (Cluster, kakuremichi_tests::pebble::Pebble, u16) {
-    let http_port = kakuremichi_tests::free_tcp_port();
+    let (cluster, pebble, http_port, _) = pebble_cluster_with(name, validity, &[]);
+    (cluster, pebble, http_port)
+}
+
+/// A cluster whose Control orders from a fresh Pebble; returns the HTTP and HTTPS ports
+/// Pebble validates on (gateways must listen there).
+fn pebble_cluster_with(
+    name: &str,
+    validity: u64,
+    control_args: &[&str],
+) -> (Cluster, kakuremichi_tests::pebble::Pebble, u16, u16) {
+    let (http_port, https_port) = (
+        kakuremichi_tests::free_tcp_port(),
+        kakuremichi_tests::free_tcp_port(),
+    );
     let dir =
         std::env::temp_dir().join(format!("kakuremichi-{name}-pebble-{}", std::process::id()));
-    let pebble = kakuremichi_tests::pebble::Pebble::start(&dir, http_port, validity);
-    let args = pebble.control_args();
+    let pebble = kakuremichi_tests::pebble::Pebble::start(&dir, http_port, https_port, validity);
+    let mut args = pebble.control_args();
+    args.extend(control_args.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (Cluster::with_control_args(name, &args), pebble, http_port)
+    (
+        Cluster::with_control_args(name, &args),
+        pebble,
+        http_port,
+        https_port,
+    )
 }
 
 #[test]
@@ -467,4 +487,27 @@ fn certificates_renew_before_expiry_without_a_failed_request() {
         "no renewal within 34 s of 24 s certificates: {timeline:?}\n{}",
         cluster.logs()
     );
+}
+
+#[test]
+fn tls_alpn_01_validation_is_answered_on_the_https_port() {
+    let (mut cluster, pebble, _, https_port) =
+        pebble_cluster_with("tls-alpn", 3600, &["--acme-challenge", "tls-alpn-01"]);
+    let origin = Origin::start("alpn");
+    // No plain HTTP on Pebble's HTTP-01 port: only TLS-ALPN-01 can succeed.
+    cluster.add_gateway_with_ports("127.0.0.1", kakuremichi_tests::free_tcp_port(), https_port);
+    let agent = cluster.add_agent();
+    wait_online(&cluster, "gateway", &cluster.gateways[0].id.clone());
+    cluster.create_tunnel_with_issuer("alpn.example.test", agent, &origin.addr.to_string(), "acme");
+    wait_for(Duration::from_secs(20), || {
+        Some(cluster.get_https(0, "alpn.example.test", "/", &pebble.issuing_root, &[]))
+            .filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no HTTPS via tls-alpn-01\n{:?}\n{}",
+            cluster.certificate("alpn.example.test"),
+            cluster.logs()
+        )
+    });
 }

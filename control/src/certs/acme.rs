@@ -29,6 +29,60 @@ pub struct AcmeSettings {
     pub email: Option<String>,
     /// Extra trusted roots for the directory's own HTTPS (Pebble's test CA).
     pub extra_roots: Option<PathBuf>,
+    /// Which challenge gateways answer.
+    pub challenge: ChallengeKind,
+}
+
+/// The ACME challenge type used for validation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// An HTTP request to the gateway's plain HTTP port (80).
+    #[default]
+    Http01,
+    /// A TLS handshake with ALPN `acme-tls/1` on the gateway's HTTPS port (443).
+    TlsAlpn01,
+}
+
+impl std::str::FromStr for ChallengeKind {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            other => Err(format!("{other:?} is not http-01 or tls-alpn-01")),
+        }
+    }
+}
+
+/// The answer gateways give for one challenge.
+fn answer(
+    kind: ChallengeKind,
+    hostname: &Hostname,
+    token: &str,
+    key_authorization: &instant_acme::KeyAuthorization,
+) -> Result<AcmeChallenge, String> {
+    Ok(match kind {
+        ChallengeKind::Http01 => AcmeChallenge::Http01 {
+            token: token.to_string(),
+            key_authorization: key_authorization.as_str().to_string(),
+        },
+        ChallengeKind::TlsAlpn01 => {
+            // RFC 8737: a self-signed certificate for the name carrying the digest of the key
+            // authorization in the critical acmeIdentifier extension.
+            let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+            let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])
+                .map_err(|e| e.to_string())?;
+            params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+                key_authorization.digest().as_ref(),
+            )];
+            let certificate = params.self_signed(&key).map_err(|e| e.to_string())?;
+            AcmeChallenge::TlsAlpn01 {
+                hostname: hostname.clone(),
+                certificate_pem: certificate.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        }
+    })
 }
 
 fn describe(e: instant_acme::Error) -> String {
@@ -83,7 +137,8 @@ pub async fn order(
         .await
         .map_err(describe)?;
     let mut published = Vec::new();
-    let result = validate_and_finalize(control, &mut order, hostname, &mut published).await;
+    let result =
+        validate_and_finalize(control, settings, &mut order, hostname, &mut published).await;
     for key in &published {
         if let Err(e) = control.store.remove_challenge(key) {
             log::warn!("could not withdraw challenge {key}: {e}");
@@ -97,6 +152,7 @@ pub async fn order(
 
 async fn validate_and_finalize(
     control: &Control,
+    settings: &AcmeSettings,
     order: &mut Order,
     hostname: &Hostname,
     published: &mut Vec<String>,
@@ -109,14 +165,20 @@ async fn validate_and_finalize(
             AuthorizationStatus::Valid => continue,
             other => return Err(format!("the CA reports the authorization as {other:?}")),
         }
-        let mut challenge = authorization
-            .challenge(ChallengeType::Http01)
-            .ok_or("the CA offers no http-01 challenge")?;
-        let answer = AcmeChallenge::Http01 {
-            token: challenge.token.clone(),
-            key_authorization: challenge.key_authorization().as_str().to_string(),
+        let challenge_type = match settings.challenge {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
         };
-        let key = format!("{hostname}/http-01/{}", challenge.token);
+        let mut challenge = authorization
+            .challenge(challenge_type.clone())
+            .ok_or_else(|| format!("the CA offers no {challenge_type:?} challenge"))?;
+        let answer = answer(
+            settings.challenge,
+            hostname,
+            &challenge.token,
+            &challenge.key_authorization(),
+        )?;
+        let key = format!("{hostname}/{:?}/{}", settings.challenge, challenge.token);
         let revision = control
             .store
             .put_challenge(&key, &answer)
