@@ -40,6 +40,13 @@ pub struct Control {
     pub acme: Option<certs::acme::AcmeSettings>,
 }
 
+impl Control {
+    /// Where the internal CA's revocation list is published.
+    pub fn crl_url(&self) -> String {
+        format!("{}/ca.crl", self.public_url.trim_end_matches('/'))
+    }
+}
+
 /// Settings for [`run`].
 pub struct Settings {
     pub data_dir: std::path::PathBuf,

@@ -154,6 +154,8 @@ pub struct State {
     pub tunnels: Vec<TunnelRecord>,
     pub certificates: Vec<CertRecord>,
     pub challenges: Vec<AcmeChallenge>,
+    /// The certificate gateways show clients that send no SNI.
+    pub fallback_certificate: Option<CertificateBundle>,
 }
 
 /// An admin API token (hash only).
@@ -262,9 +264,13 @@ pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
                 .collect(),
         ),
     };
-    let (certificates, challenges) = match node.kind {
-        NodeKind::Gateway => (gateway_certificates(state), state.challenges.clone()),
-        NodeKind::Agent => (Vec::new(), Vec::new()),
+    let (certificates, challenges, fallback_certificate) = match node.kind {
+        NodeKind::Gateway => (
+            gateway_certificates(state),
+            state.challenges.clone(),
+            state.fallback_certificate.clone(),
+        ),
+        NodeKind::Agent => (Vec::new(), Vec::new(), None),
     };
     ConfigSnapshot {
         version: state.revision,
@@ -276,6 +282,7 @@ pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
         services,
         certificates,
         challenges,
+        fallback_certificate,
     }
 }
 
@@ -370,6 +377,7 @@ mod tests {
             tunnels,
             certificates: vec![],
             challenges: vec![],
+            fallback_certificate: None,
         };
         let a1 = snapshot(&state, &nodes[1]);
         assert_eq!(

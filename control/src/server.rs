@@ -34,6 +34,10 @@ async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response
             Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
         },
         (&Method::GET, "/metrics") => metrics(&control),
+        (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store).and_then(|ca| crate::certs::internal::crl(&ca)) {
+            Ok(der) => respond(200, "application/pkix-crl", der),
+            Err(e) => api::error_response(&e),
+        },
         (&Method::GET, "/ca.pem") => match crate::certs::internal::ca(&control.store) {
             Ok(ca) => respond(200, "application/x-pem-file", ca.cert_pem),
             Err(e) => api::error_response(&e),

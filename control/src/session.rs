@@ -140,7 +140,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
         .find(|n| n.id == node_id)
         .ok_or("node was removed")?;
     let config = snapshot(&state, node);
-    send(ws, &ControlMessage::Config(config)).await?;
+    send(ws, &ControlMessage::Config(Box::new(config))).await?;
     *sent_version = Some(state.revision);
     Ok(())
 }

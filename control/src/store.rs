@@ -134,6 +134,7 @@ impl Store {
             tunnels: all(&self.tunnels, &rtxn)?,
             certificates: all(&self.certs, &rtxn)?,
             challenges: all(&self.challenges, &rtxn)?,
+            fallback_certificate: get(&self.meta, &rtxn, crate::certs::internal::FALLBACK_KEY)?,
         })
     }
 

@@ -133,8 +133,11 @@ impl Gateway {
             }
         }
         apply_network(&self.stack, &snapshot, &peers);
-        self.certificates
-            .update(&snapshot.certificates, &snapshot.challenges);
+        self.certificates.update(
+            &snapshot.certificates,
+            &snapshot.challenges,
+            snapshot.fallback_certificate.as_ref(),
+        );
         let table = Arc::new(RouteTable::new(&snapshot.routes));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version

@@ -28,6 +28,8 @@ struct Table {
     by_host: HashMap<Hostname, Served>,
     http01: HashMap<String, String>,
     tls_alpn01: HashMap<Hostname, Arc<CertifiedKey>>,
+    /// For clients that send no SNI.
+    fallback: Option<Arc<CertifiedKey>>,
 }
 
 /// Everything the gateway serves TLS with, replaced as a whole on every snapshot.
@@ -55,8 +57,23 @@ fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, St
 
 impl Certificates {
     /// Serve exactly these certificates and challenge answers.
-    pub fn update(&self, bundles: &[CertificateBundle], challenges: &[AcmeChallenge]) {
-        let mut table = Table::default();
+    pub fn update(
+        &self,
+        bundles: &[CertificateBundle],
+        challenges: &[AcmeChallenge],
+        fallback: Option<&CertificateBundle>,
+    ) {
+        let fallback = fallback.and_then(|f| match certified_key(&f.chain_pem, &f.key_pem) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                log::error!("fallback certificate is unusable: {e}");
+                None
+            }
+        });
+        let mut table = Table {
+            fallback,
+            ..Table::default()
+        };
         for bundle in bundles {
             match certified_key(&bundle.chain_pem, &bundle.key_pem) {
                 Ok(key) => {
@@ -144,7 +161,10 @@ impl std::fmt::Debug for Certificates {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let host: Hostname = hello.server_name()?.parse().ok()?;
+        let Some(name) = hello.server_name() else {
+            return self.0.read().fallback.clone();
+        };
+        let host: Hostname = name.parse().ok()?;
         let wants_challenge = hello
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));

@@ -238,7 +238,7 @@ async fn session(
                         if let Err(e) = settings.state_dir.save_config(&snapshot) {
                             log::warn!("could not cache config version {}: {e}", snapshot.version);
                         }
-                        apply(snapshot);
+                        apply(*snapshot);
                     }
                     Ok(ControlMessage::Heartbeat) => {}
                     Err(e) => return Error::Protocol(e.to_string()),

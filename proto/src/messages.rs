@@ -70,7 +70,7 @@ pub struct NodeStatus {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
     /// The node's full desired configuration.
-    Config(ConfigSnapshot),
+    Config(Box<ConfigSnapshot>),
     /// Liveness, every [`HEARTBEAT_INTERVAL`].
     Heartbeat,
 }
@@ -100,6 +100,9 @@ pub struct ConfigSnapshot {
     /// Gateways only: ACME challenge answers to give while an order is validated.
     #[serde(default)]
     pub challenges: Vec<AcmeChallenge>,
+    /// Gateways only: what clients that send no SNI get (names no tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_certificate: Option<CertificateBundle>,
 }
 
 /// A certificate chain and its private key, PEM.
@@ -217,6 +220,7 @@ mod tests {
             }],
             routes: vec![],
             certificates: vec![],
+            fallback_certificate: None,
             challenges: vec![AcmeChallenge::Http01 {
                 token: "t".into(),
                 key_authorization: "t.k".into(),
@@ -227,7 +231,7 @@ mod tests {
                 target: "127.0.0.1:8080".parse().unwrap(),
             }],
         };
-        let message = ControlMessage::Config(snapshot);
+        let message = ControlMessage::Config(Box::new(snapshot));
         assert_eq!(
             decode::<ControlMessage>(&encode(&message)).unwrap(),
             message

@@ -511,3 +511,92 @@ fn tls_alpn_01_validation_is_answered_on_the_https_port() {
         )
     });
 }
+
+#[test]
+fn tls_configuration_passes_sslyze_and_testssl() {
+    let mut cluster = Cluster::new("tls-audit");
+    let origin = Origin::start("audit");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    cluster.create_tunnel_with_issuer(
+        "audit.localhost",
+        agent,
+        &origin.addr.to_string(),
+        "internal",
+    );
+    let ca = save_internal_ca(&cluster);
+    wait_for(Duration::from_secs(15), || {
+        Some(cluster.get_https(0, "audit.localhost", "/", &ca, &[])).filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| panic!("no HTTPS\n{}", cluster.logs()));
+    let port = cluster.gateways[0].https_port;
+    // sslyze: Mozilla's "intermediate" configuration (exit status 0 when compliant).
+    let sslyze = Command::new("python3")
+        .args([
+            "-m",
+            "sslyze",
+            "--mozilla_config",
+            "intermediate",
+            "--certinfo_ca_file",
+        ])
+        .arg(&ca)
+        .arg(format!("audit.localhost:{port}{{127.0.0.1}}"))
+        .output()
+        .expect("sslyze runs (pip install sslyze)");
+    let report = String::from_utf8_lossy(&sslyze.stdout);
+    println!(
+        "sslyze: {}",
+        report
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("compliant"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    assert!(
+        sslyze.status.success(),
+        "sslyze: not compliant with Mozilla intermediate\n{report}"
+    );
+
+    // testssl: protocols and ciphers; nothing HIGH or CRITICAL.
+    let json = cluster.dir.join("testssl.json");
+    let testssl = Command::new("testssl")
+        .args([
+            "-p",
+            "-S",
+            "--quiet",
+            "--warnings",
+            "off",
+            "--color",
+            "0",
+            "--ip",
+            "127.0.0.1",
+            "--add-ca",
+        ])
+        .arg(&ca)
+        .arg("--jsonfile")
+        .arg(&json)
+        .arg(format!("https://audit.localhost:{port}"))
+        .output()
+        .expect("testssl runs (apt install testssl.sh)");
+    let findings: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "testssl JSON ({e}): {}",
+            String::from_utf8_lossy(&testssl.stdout)
+        )
+    });
+    let severe: Vec<&serde_json::Value> = findings
+        .as_array()
+        .expect("a list of findings")
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("HIGH" | "CRITICAL")))
+        .collect();
+    println!(
+        "testssl: {} findings, {} HIGH/CRITICAL",
+        findings.as_array().map_or(0, Vec::len),
+        severe.len()
+    );
+    assert!(severe.is_empty(), "testssl found: {severe:#?}");
+}

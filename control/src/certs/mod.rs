@@ -47,6 +47,9 @@ pub async fn run(control: Arc<Control>) {
     let mut orders: HashMap<Hostname, smol::Task<()>> = HashMap::new();
     loop {
         orders.retain(|_, task| !task.is_finished());
+        if let Err(e) = internal::ensure_fallback(&control.store, &control.crl_url()) {
+            log::error!("certificates: no fallback certificate for clients without SNI: {e}");
+        }
         match control.store.state() {
             Ok(state) => {
                 for (hostname, issuer) in due(&state, crate::auth::unix_now()) {
@@ -99,7 +102,7 @@ async fn obtain(
     }
     let result = match issuer {
         Issuer::Internal => internal::ca(&control.store)
-            .and_then(|ca| internal::issue(&ca, &hostname))
+            .and_then(|ca| internal::issue(&ca, &hostname, &control.crl_url()))
             .map_err(|e| e.to_string()),
         Issuer::Acme => match &control.acme {
             Some(settings) => acme::order(control, settings, &hostname).await,
