@@ -45,6 +45,8 @@ pub enum Error {
 pub struct Settings {
     pub control_url: String,
     pub api_key: String,
+    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
+    pub control_ca: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// Loopback status listener.
     pub status_listen: SocketAddr,
@@ -69,6 +71,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         state_dir: &settings.state_dir,
         wireguard_bind: settings.wireguard_bind,
         wireguard_endpoint: None,
+        control_ca: settings.control_ca.as_deref(),
     })
     .await?;
     let status_listener =

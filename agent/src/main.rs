@@ -14,6 +14,10 @@ struct Args {
     /// API key from Control (or env API_KEY)
     #[argh(option)]
     api_key: Option<String>,
+    /// PEM file of extra CA certificates to trust for an https CONTROL_URL, e.g. Control's
+    /// internal CA from /ca.pem (or env CONTROL_CA)
+    #[argh(option)]
+    control_ca: Option<PathBuf>,
     /// directory for the WireGuard key and cached config (or env STATE_DIR; default ./agent-state)
     #[argh(option)]
     state_dir: Option<PathBuf>,
@@ -55,6 +59,9 @@ fn main() -> anyhow::Result<()> {
     let settings = kakuremichi_agent::Settings {
         control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,
         api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
+        control_ca: args
+            .control_ca
+            .or_else(|| std::env::var_os("CONTROL_CA").map(PathBuf::from)),
         state_dir,
         status_listen: args.status_listen,
         wireguard_bind: args.wireguard_bind,

@@ -56,6 +56,11 @@ pub struct Settings {
     /// ACME directory and account settings; without them `acme` tunnels cannot get
     /// certificates.
     pub acme: Option<certs::acme::AcmeSettings>,
+    /// Control's public hostname: gateways route it to `control_upstream` over HTTPS.
+    pub control_hostname: Option<kakuremichi_proto::ids::Hostname>,
+    /// Where gateways reach Control directly (default: the listen address, or 127.0.0.1 and
+    /// its port when listening on all addresses).
+    pub control_upstream: Option<String>,
     /// Issuer for tunnels created without one (default: `acme` when ACME is configured,
     /// otherwise `internal`).
     pub default_issuer: Option<model::Issuer>,
@@ -84,6 +89,25 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         } else {
             model::Issuer::Internal
         });
+    let control_route = settings.control_hostname.map(|hostname| {
+        let upstream =
+            settings
+                .control_upstream
+                .unwrap_or_else(|| match local.ip().is_unspecified() {
+                    true => format!("127.0.0.1:{}", local.port()),
+                    false => local.to_string(),
+                });
+        (
+            kakuremichi_proto::messages::ControlRoute { hostname, upstream },
+            default_issuer,
+        )
+    });
+    if store
+        .meta::<(kakuremichi_proto::messages::ControlRoute, model::Issuer)>(store::CONTROL_ROUTE)?
+        != control_route
+    {
+        store.put_meta(store::CONTROL_ROUTE, &control_route)?;
+    }
     let control = Arc::new(Control {
         store,
         hub: Arc::default(),

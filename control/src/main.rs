@@ -28,6 +28,13 @@ struct Args {
     /// extra PEM roots to trust for the ACME directory's HTTPS (e.g. Pebble's test CA)
     #[argh(option)]
     acme_ca_bundle: Option<PathBuf>,
+    /// public hostname of Control (e.g. control.example.com): gateways serve it over HTTPS by
+    /// proxying to --control-upstream, so nodes can use https://control.example.com
+    #[argh(option)]
+    control_hostname: Option<kakuremichi_proto::ids::Hostname>,
+    /// where gateways reach Control directly (default: the --listen address)
+    #[argh(option)]
+    control_upstream: Option<String>,
     /// ACME challenge gateways answer: http-01 (port 80, default) or tls-alpn-01 (port 443)
     #[argh(option, default = "Default::default()")]
     acme_challenge: kakuremichi_control::certs::acme::ChallengeKind,
@@ -86,6 +93,8 @@ fn main() -> anyhow::Result<()> {
                 }
             }),
             default_issuer: args.default_issuer,
+            control_hostname: args.control_hostname,
+            control_upstream: args.control_upstream,
         }))?,
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),

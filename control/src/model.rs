@@ -3,7 +3,7 @@
 
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
-    AcmeChallenge, CertificateBundle, ConfigSnapshot, HttpRoute, PeerConfig, Service,
+    AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PeerConfig, Service,
 };
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -156,6 +156,8 @@ pub struct State {
     pub challenges: Vec<AcmeChallenge>,
     /// The certificate gateways show clients that send no SNI.
     pub fallback_certificate: Option<CertificateBundle>,
+    /// Control's own hostname on gateways, with the issuer of its certificate.
+    pub control_route: Option<(ControlRoute, Issuer)>,
 }
 
 /// An admin API token (hash only).
@@ -283,20 +285,38 @@ pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
         certificates,
         challenges,
         fallback_certificate,
+        control_route: match node.kind {
+            NodeKind::Gateway => state.control_route.as_ref().map(|(route, _)| route.clone()),
+            NodeKind::Agent => None,
+        },
     }
 }
 
-/// Certificates of enabled HTTPS tunnels, for gateways.
+/// Hostnames that should have a certificate, with its issuer: enabled HTTPS tunnels, and
+/// Control's own hostname.
+pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
+    let tunnels = state
+        .tunnels
+        .iter()
+        .filter(|t| t.enabled && t.issuer != Issuer::None)
+        .map(|t| (t.hostname.clone(), t.issuer));
+    let control = state
+        .control_route
+        .iter()
+        .map(|(route, issuer)| (route.hostname.clone(), *issuer));
+    tunnels
+        .chain(control)
+        .filter(|(_, issuer)| *issuer != Issuer::None)
+        .collect()
+}
+
+/// Certificates of the hostnames gateways serve over HTTPS.
 fn gateway_certificates(state: &State) -> Vec<CertificateBundle> {
+    let wanted = https_hostnames(state);
     state
         .certificates
         .iter()
-        .filter(|c| {
-            state
-                .tunnels
-                .iter()
-                .any(|t| t.enabled && t.hostname == c.hostname && t.issuer != Issuer::None)
-        })
+        .filter(|c| wanted.iter().any(|(hostname, _)| *hostname == c.hostname))
         .filter_map(|c| {
             Some(CertificateBundle {
                 hostname: c.hostname.clone(),
@@ -378,6 +398,7 @@ mod tests {
             certificates: vec![],
             challenges: vec![],
             fallback_certificate: None,
+            control_route: None,
         };
         let a1 = snapshot(&state, &nodes[1]);
         assert_eq!(

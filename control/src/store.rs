@@ -57,6 +57,8 @@ pub struct Store {
 
 const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
+/// Meta key of Control's built-in gateway route and its certificate issuer.
+pub const CONTROL_ROUTE: &str = "control_route";
 
 impl Store {
     /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
@@ -135,6 +137,7 @@ impl Store {
             certificates: all(&self.certs, &rtxn)?,
             challenges: all(&self.challenges, &rtxn)?,
             fallback_certificate: get(&self.meta, &rtxn, crate::certs::internal::FALLBACK_KEY)?,
+            control_route: get(&self.meta, &rtxn, CONTROL_ROUTE)?,
         })
     }
 

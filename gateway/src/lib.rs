@@ -59,6 +59,8 @@ pub enum Error {
 pub struct Settings {
     pub control_url: String,
     pub api_key: String,
+    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
+    pub control_ca: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// Plain HTTP listener.
     pub http_listen: SocketAddr,
@@ -138,7 +140,10 @@ impl Gateway {
             &snapshot.challenges,
             snapshot.fallback_certificate.as_ref(),
         );
-        let table = Arc::new(RouteTable::new(&snapshot.routes));
+        let table = Arc::new(RouteTable::new(
+            &snapshot.routes,
+            snapshot.control_route.as_ref(),
+        ));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version
             .store(snapshot.version, Ordering::Relaxed);
@@ -191,6 +196,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         state_dir: &settings.state_dir,
         wireguard_bind: settings.wireguard_listen,
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
+        control_ca: settings.control_ca.as_deref(),
     })
     .await?;
     let http = listen(settings.http_listen)?;

@@ -4,13 +4,13 @@
 //! out again only once hyper reports it ready (the previous body finished), and dropped once
 //! closed or idle too long.
 
+use crate::routes::Upstream;
 use hyper::client::conn::http1::{self, SendRequest};
 use kakuremichi_netstack::Stack;
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::FuturesIo;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddrV4;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,13 +31,33 @@ pub struct Conn {
     /// Whether it served a request before (and so may have been closed by the far end
     /// meanwhile).
     pub reused: bool,
-    upstream: SocketAddrV4,
+    upstream: Upstream,
 }
 
-/// Connections to agents, by upstream address.
+/// Start HTTP/1.1 on a fresh connection; the connection task runs until it closes.
+async fn handshake<I>(io: I, upstream: &Upstream) -> io::Result<SendRequest<Body>>
+where
+    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(FuturesIo(io))
+        .await
+        .map_err(|e| io::Error::other(format!("HTTP handshake with {upstream}: {e}")))?;
+    let name = upstream.to_string();
+    // The sender lives in the pool; the connection task ends when the connection closes.
+    smol::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            log::debug!("upstream connection {name}: {e}");
+        }
+    })
+    .detach();
+    Ok(sender)
+}
+
+/// Connections to upstreams, by address.
 pub struct Pool {
     stack: Stack,
-    idle: Mutex<HashMap<SocketAddrV4, Vec<Pooled>>>,
+    idle: Mutex<HashMap<Upstream, Vec<Pooled>>>,
 }
 
 impl Pool {
@@ -49,26 +69,26 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddrV4, Vec<Pooled>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, Vec<Pooled>>> {
         // The map holds plain handles; nothing is left half-done by a panic.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A ready pooled connection, or a new one.
-    pub async fn checkout(&self, upstream: SocketAddrV4) -> io::Result<Conn> {
+    pub async fn checkout(&self, upstream: &Upstream) -> io::Result<Conn> {
         if let Some(sender) = self.take_ready(upstream) {
             return Ok(Conn {
                 sender,
                 reused: true,
-                upstream,
+                upstream: upstream.clone(),
             });
         }
         self.connect(upstream).await
     }
 
-    fn take_ready(&self, upstream: SocketAddrV4) -> Option<SendRequest<Body>> {
+    fn take_ready(&self, upstream: &Upstream) -> Option<SendRequest<Body>> {
         let mut idle = self.lock();
-        let list = idle.get_mut(&upstream)?;
+        let list = idle.get_mut(upstream)?;
         list.retain(|p| {
             let idle_too_long = p.sender.is_ready() && p.returned.elapsed() > IDLE_TIMEOUT;
             !p.sender.is_closed() && !idle_too_long
@@ -78,23 +98,29 @@ impl Pool {
     }
 
     /// A new connection.
-    pub async fn connect(&self, upstream: SocketAddrV4) -> io::Result<Conn> {
-        let stream = self.stack.connect(upstream).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(FuturesIo(stream))
-            .await
-            .map_err(|e| io::Error::other(format!("HTTP handshake with {upstream}: {e}")))?;
-        // The connection task ends when the connection closes; its sender lives in the pool.
-        smol::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                log::debug!("upstream connection {upstream}: {e}");
+    pub async fn connect(&self, upstream: &Upstream) -> io::Result<Conn> {
+        let sender = match upstream {
+            Upstream::Overlay(addr) => {
+                handshake(self.stack.connect(*addr).await?, upstream).await?
             }
-        })
-        .detach();
+            Upstream::Direct(addr) => {
+                let connect = smol::net::TcpStream::connect(addr.as_str());
+                let timeout = async {
+                    async_io::Timer::after(kakuremichi_netstack::stack::CONNECT_TIMEOUT).await;
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from {addr}"),
+                    ))
+                };
+                let stream = futures_lite::future::or(connect, timeout).await?;
+                let _ = stream.set_nodelay(true);
+                handshake(stream, upstream).await?
+            }
+        };
         Ok(Conn {
             sender,
             reused: false,
-            upstream,
+            upstream: upstream.clone(),
         })
     }
 

@@ -4,6 +4,7 @@
 
 use crate::pages;
 use crate::pool::Pool;
+use crate::routes::Upstream;
 use crate::Gateway;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -11,7 +12,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRAD
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ pub async fn handle(
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
     let mut response =
-        match forward(&gateway.pool, route.upstream, request.map(|b| b.boxed())).await {
+        match forward(&gateway.pool, &route.upstream, request.map(|b| b.boxed())).await {
             Ok(response) => response,
             Err(e) => {
                 gateway.metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
@@ -82,7 +83,7 @@ pub async fn handle(
 /// closed is replaced by a fresh one once, if the request was not sent.
 async fn forward(
     pool: &Pool,
-    upstream: SocketAddrV4,
+    upstream: &Upstream,
     request: Request<Body>,
 ) -> Result<Response<Incoming>, String> {
     let mut conn = pool.checkout(upstream).await.map_err(|e| e.to_string())?;

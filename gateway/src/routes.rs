@@ -1,9 +1,27 @@
 //! Which tunnel serves a hostname. Plain data built from a config snapshot.
 
 use kakuremichi_proto::ids::Hostname;
-use kakuremichi_proto::messages::HttpRoute;
+use kakuremichi_proto::messages::{ControlRoute, HttpRoute};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+
+/// Where a route's requests are sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    /// A tunnel's service port on its agent's overlay address.
+    Overlay(SocketAddrV4),
+    /// Control itself, over the network the gateway shares with it (`host:port`).
+    Direct(String),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Overlay(addr) => write!(f, "{addr}"),
+            Upstream::Direct(addr) => f.write_str(addr),
+        }
+    }
+}
 
 /// Where one hostname's requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,8 +30,8 @@ pub struct Route {
     pub tunnel_id: String,
     /// The public hostname, for pages and logs.
     pub hostname: Hostname,
-    /// The agent's overlay address and the tunnel's service port.
-    pub upstream: SocketAddrV4,
+    /// Where requests go.
+    pub upstream: Upstream,
     /// Served over HTTPS (plain HTTP redirects) rather than plain HTTP.
     pub https: bool,
 }
@@ -25,20 +43,30 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The table for a snapshot's routes.
-    pub fn new(routes: &[HttpRoute]) -> Self {
+    /// The table for a snapshot's routes, plus Control's own route if it has one.
+    pub fn new(routes: &[HttpRoute], control: Option<&ControlRoute>) -> Self {
         let by_host = routes
             .iter()
             .map(|r| {
                 let route = Route {
                     tunnel_id: r.tunnel_id.clone(),
                     hostname: r.hostname.clone(),
-                    upstream: SocketAddrV4::new(r.agent_ip, r.service_port),
+                    upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port)),
                     https: r.https,
                 };
                 (r.hostname.clone(), route)
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        let mut by_host = by_host;
+        if let Some(control) = control {
+            let route = Route {
+                tunnel_id: "control".into(),
+                hostname: control.hostname.clone(),
+                upstream: Upstream::Direct(control.upstream.clone()),
+                https: true,
+            };
+            by_host.insert(control.hostname.clone(), route);
+        }
         RouteTable { by_host }
     }
 
@@ -72,20 +100,31 @@ mod tests {
 
     #[test]
     fn lookup_ignores_port_and_case() {
-        let table = RouteTable::new(&[HttpRoute {
-            tunnel_id: "tun_1".into(),
-            hostname: "app.localhost".parse().unwrap(),
-            agent_ip: "10.77.0.2".parse().unwrap(),
-            service_port: 20000,
-            https: false,
-        }]);
-        assert_eq!(
-            table.lookup("APP.localhost:8080").unwrap().upstream.port(),
-            20000
+        let table = RouteTable::new(
+            &[HttpRoute {
+                tunnel_id: "tun_1".into(),
+                hostname: "app.localhost".parse().unwrap(),
+                agent_ip: "10.77.0.2".parse().unwrap(),
+                service_port: 20000,
+                https: false,
+            }],
+            None,
         );
+        let route = table.lookup("APP.localhost:8080").unwrap();
+        assert_eq!(route.upstream.to_string(), "10.77.0.2:20000");
         assert!(table.lookup("app.localhost").is_some());
         assert!(table.lookup("other.localhost").is_none());
         assert!(table.lookup("").is_none());
         assert!(table.lookup("app.localhost:x").is_none());
+        let control = ControlRoute {
+            hostname: "control.localhost".parse().unwrap(),
+            upstream: "127.0.0.1:7080".into(),
+        };
+        let table = RouteTable::new(&[], Some(&control));
+        let route = table.lookup("control.localhost").unwrap();
+        assert_eq!(
+            (route.upstream.clone(), route.https),
+            (Upstream::Direct("127.0.0.1:7080".into()), true)
+        );
     }
 }

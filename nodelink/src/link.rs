@@ -32,6 +32,7 @@ pub struct ControlUrl {
     host: String,
     port: u16,
     ws_url: String,
+    tls: bool,
 }
 
 impl ControlUrl {
@@ -40,14 +41,14 @@ impl ControlUrl {
         let uri: Uri = raw
             .parse()
             .map_err(|e| Error::Config(format!("CONTROL_URL {raw:?}: {e}")))?;
-        let default_port = match uri.scheme_str() {
-            Some("http") => 80,
-            Some("https") => {
+        let (default_port, tls) = match uri.scheme_str() {
+            Some("http") => (80, false),
+            Some("https") => (443, true),
+            _ => {
                 return Err(Error::Config(format!(
-                    "CONTROL_URL {raw:?}: https is not supported by this build yet; use http:// on a trusted network"
+                    "CONTROL_URL {raw:?} must start with http:// or https://"
                 )))
             }
-            _ => return Err(Error::Config(format!("CONTROL_URL {raw:?} must start with http://"))),
         };
         let host = uri
             .host()
@@ -59,8 +60,14 @@ impl ControlUrl {
         let port = uri.port_u16().unwrap_or(default_port);
         let prefix = uri.path().trim_end_matches('/');
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-        let ws_url = format!("ws://{authority}{prefix}/ws/{}", kind.as_str());
-        Ok(ControlUrl { host, port, ws_url })
+        let scheme = if tls { "wss" } else { "ws" };
+        let ws_url = format!("{scheme}://{authority}{prefix}/ws/{}", kind.as_str());
+        Ok(ControlUrl {
+            host,
+            port,
+            ws_url,
+            tls,
+        })
     }
 }
 
@@ -74,7 +81,45 @@ pub struct LinkSettings {
     pub hello: Hello,
     /// Where snapshots are cached.
     pub state_dir: StateDir,
+    /// TLS for an `https://` Control: the web PKI plus any extra roots (`CONTROL_CA`).
+    pub tls: Option<futures_rustls::TlsConnector>,
 }
+
+/// A TLS client trusting the web PKI and the PEM certificates in `extra_roots` (such as
+/// Control's internal CA, from `/ca.pem`).
+pub fn tls_connector(
+    extra_roots: Option<&std::path::Path>,
+) -> Result<futures_rustls::TlsConnector, Error> {
+    use futures_rustls::rustls::{self, pki_types::pem::PemObject};
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = extra_roots {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::Config(format!("CONTROL_CA {}: {e}", path.display()))
+        };
+        for cert in
+            rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))?
+        {
+            roots
+                .add(cert.map_err(|e| unreadable(&e))?)
+                .map_err(|e| unreadable(&e))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(futures_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// The byte stream under the WebSocket: plain TCP or TLS over it.
+trait Transport: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send> Transport for T {}
 
 /// The link's state, shared with the node: whether it is up, and the config version the
 /// node applied (reported to Control, which waits for it before ACME validation).
@@ -179,6 +224,24 @@ async fn session(
         let tcp = smol::net::TcpStream::connect((control.host.as_str(), control.port))
             .await
             .map_err(|e| Error::Connection(format!("{}:{}: {e}", control.host, control.port)))?;
+        let stream: Box<dyn Transport> = match (&settings.tls, control.tls) {
+            (Some(tls), true) => {
+                let name =
+                    futures_rustls::rustls::pki_types::ServerName::try_from(control.host.clone())
+                        .map_err(|e| Error::Config(format!("CONTROL_URL host: {e}")))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| Error::Connection(format!("TLS with {}: {e}", control.host)))?;
+                Box::new(stream)
+            }
+            (None, true) => {
+                return Err(Error::Config(
+                    "https CONTROL_URL without a TLS client".into(),
+                ))
+            }
+            (_, false) => Box::new(tcp),
+        };
         let mut request = control
             .ws_url
             .as_str()
@@ -192,7 +255,7 @@ async fn session(
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(MAX_MESSAGE_BYTES);
         config.max_frame_size = Some(MAX_MESSAGE_BYTES);
-        match async_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
+        match async_tungstenite::client_async_with_config(request, stream, Some(config)).await {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(response)) if response.status() == 401 => {
                 Err(Error::Unauthorized)

@@ -24,6 +24,8 @@ pub struct NodeSettings<'a> {
     pub wireguard_bind: SocketAddr,
     /// Gateways: the `host:port` agents send datagrams to.
     pub wireguard_endpoint: Option<String>,
+    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
+    pub control_ca: Option<&'a Path>,
 }
 
 /// A started node, not yet talking to Control.
@@ -59,11 +61,13 @@ pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
         snapshots.put(cached);
     }
     let hello = crate::hello(&private_key, settings.wireguard_endpoint);
+    let tls = Some(crate::link::tls_connector(settings.control_ca)?);
     let link = LinkSettings {
         control,
         api_key: settings.api_key,
         hello,
         state_dir,
+        tls,
     };
     Ok(Node {
         stack,

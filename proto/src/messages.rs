@@ -100,9 +100,21 @@ pub struct ConfigSnapshot {
     /// Gateways only: ACME challenge answers to give while an order is validated.
     #[serde(default)]
     pub challenges: Vec<AcmeChallenge>,
+    /// Gateways only: Control's own hostname, served by proxying to Control's local address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_route: Option<ControlRoute>,
     /// Gateways only: what clients that send no SNI get (names no tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_certificate: Option<CertificateBundle>,
+}
+
+/// The built-in route that makes Control reachable over HTTPS through gateways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRoute {
+    /// Control's public hostname.
+    pub hostname: Hostname,
+    /// Where gateways reach Control directly (`host:port`, not through the overlay).
+    pub upstream: String,
 }
 
 /// A certificate chain and its private key, PEM.
@@ -221,6 +233,7 @@ mod tests {
             routes: vec![],
             certificates: vec![],
             fallback_certificate: None,
+            control_route: None,
             challenges: vec![AcmeChallenge::Http01 {
                 token: "t".into(),
                 key_authorization: "t.k".into(),

@@ -274,6 +274,23 @@ impl Cluster {
         listen.rsplit_once(':').unwrap().1.parse().unwrap()
     }
 
+    /// Enrol and start an agent that reaches Control at `control_url`, trusting `control_ca`.
+    pub fn add_agent_via(&mut self, control_url: &str, control_ca: &Path) -> usize {
+        let index = self.add_agent();
+        let agent = &mut self.agents[index];
+        agent.kill9();
+        for (name, value) in &mut agent.env {
+            if name == "CONTROL_URL" {
+                *value = control_url.to_string();
+            }
+        }
+        agent
+            .env
+            .push(("CONTROL_CA".into(), control_ca.display().to_string()));
+        agent.start();
+        index
+    }
+
     /// Enrol and start an agent with `api_key` (or a freshly enrolled one); returns its index.
     pub fn add_agent_with_key(&mut self, api_key: Option<&str>) -> usize {
         let (id, key) = match api_key {

@@ -600,3 +600,50 @@ fn tls_configuration_passes_sslyze_and_testssl() {
     );
     assert!(severe.is_empty(), "testssl found: {severe:#?}");
 }
+
+#[test]
+fn control_is_reachable_over_https_through_a_gateway() {
+    // Gateways serve Control's hostname by proxying to it; its certificate comes from the
+    // internal CA here.
+    let mut cluster =
+        Cluster::with_control_args("control-https", &["--control-hostname", "localhost"]);
+    let origin = Origin::start("via-https");
+    cluster.add_gateway();
+    let ca = save_internal_ca(&cluster);
+    let port = cluster.gateways[0].https_port;
+    let health = wait_for(Duration::from_secs(15), || {
+        Some(curl(&[
+            "--cacert",
+            &ca.display().to_string(),
+            &format!("https://localhost:{port}/healthz"),
+        ]))
+        .filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| panic!("Control not served over HTTPS\n{}", cluster.logs()));
+    assert_eq!(health.body.trim(), "ok");
+
+    // An agent that only knows https://localhost:<gateway port>.
+    let agent = cluster.add_agent_via(&format!("https://localhost:{port}"), &ca);
+    let agent_id = cluster.agents[agent].id.clone();
+    wait_for(Duration::from_secs(15), || {
+        (cluster.node_status("agent", &agent_id)["online"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent did not connect over HTTPS\n{}", cluster.logs()));
+    assert!(
+        cluster.agents[agent]
+            .log()
+            .contains("connected to Control at wss://localhost"),
+        "{}",
+        cluster.agents[agent].log()
+    );
+    cluster.create_tunnel_with_issuer("app.localhost", agent, &origin.addr.to_string(), "internal");
+    wait_for(Duration::from_secs(15), || {
+        Some(cluster.get_https(0, "app.localhost", "/", &ca, &[])).filter(|a| a.status == 200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "tunnel of the HTTPS-connected agent not served\n{}",
+            cluster.logs()
+        )
+    });
+}

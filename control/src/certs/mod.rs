@@ -14,7 +14,7 @@ pub mod acme_http;
 pub mod inspect;
 pub mod internal;
 
-use crate::model::{CertRecord, CertState, Issuer, State};
+use crate::model::{https_hostnames, CertRecord, CertState, Issuer, State};
 use crate::Control;
 use kakuremichi_proto::ids::Hostname;
 use std::collections::HashMap;
@@ -25,20 +25,18 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Hostnames that need a certificate now, with their issuer.
 pub fn due(state: &State, now: u64) -> Vec<(Hostname, Issuer)> {
-    state
-        .tunnels
-        .iter()
-        .filter(|t| t.enabled && matches!(t.issuer, Issuer::Acme | Issuer::Internal))
-        .filter(
-            |t| match state.certificates.iter().find(|c| c.hostname == t.hostname) {
+    https_hostnames(state)
+        .into_iter()
+        .filter(|(_, issuer)| matches!(issuer, Issuer::Acme | Issuer::Internal))
+        .filter(|(hostname, issuer)| {
+            match state.certificates.iter().find(|c| c.hostname == *hostname) {
                 None => true,
-                Some(cert) if cert.issuer != t.issuer => {
+                Some(cert) if cert.issuer != *issuer => {
                     now >= cert.next_attempt || cert.chain_pem.is_some()
                 }
                 Some(cert) => cert.is_due(now),
-            },
-        )
-        .map(|t| (t.hostname.clone(), t.issuer))
+            }
+        })
         .collect()
 }
 
