@@ -360,6 +360,11 @@ mod tests {
             (url.host.as_str(), url.port, url.ws_url.as_str()),
             ("::1", 80, "ws://[::1]/k/ws/gateway")
         );
+        let url = ControlUrl::parse("https://control.example.com", NodeKind::Agent).unwrap();
+        assert_eq!(
+            (url.port, url.tls, url.ws_url.as_str()),
+            (443, true, "wss://control.example.com/ws/agent")
+        );
         assert!(ControlUrl::parse("ftp://x", NodeKind::Agent).is_err());
         assert!(ControlUrl::parse("control:7080", NodeKind::Agent).is_err());
     }
