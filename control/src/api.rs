@@ -2,7 +2,7 @@
 //! field so an error names the field; nothing is written unless the whole request is valid.
 
 use crate::error::Error;
-use crate::model::{CertRecord, CertState, Issuer, NodeRecord, TunnelRecord};
+use crate::model::{CertRecord, Issuer, NodeRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
@@ -333,19 +333,7 @@ fn upload_certificate(control: &Control, mut fields: Fields) -> Result<(u16, Val
     fields.finish()?;
     let info =
         crate::certs::inspect::check_manual(&chain, &key, &hostname, crate::auth::unix_now())?;
-    let record = CertRecord {
-        hostname,
-        issuer: Issuer::Manual,
-        chain_pem: Some(chain),
-        key_pem: Some(key),
-        serial: Some(info.serial),
-        not_before: info.not_before,
-        not_after: info.not_after,
-        state: CertState::Valid,
-        last_error: None,
-        failures: 0,
-        next_attempt: 0,
-    };
+    let record = info.into_record(hostname, Issuer::Manual, chain, key);
     control.store.put_certificate(&record)?;
     control.hub.notify_all();
     Ok((201, certificate_json(&record)))

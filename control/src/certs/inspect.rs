@@ -1,6 +1,7 @@
 //! Reading certificates: validity, serial, names; and checking an uploaded pair.
 
 use crate::error::Error;
+use crate::model::{CertRecord, CertState, Issuer};
 use kakuremichi_proto::ids::Hostname;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -14,6 +15,31 @@ pub struct LeafInfo {
     pub dns_names: Vec<String>,
     /// DER of the SubjectPublicKeyInfo.
     pub public_key: Vec<u8>,
+}
+
+impl LeafInfo {
+    /// The record of a certificate that is now being served.
+    pub fn into_record(
+        self,
+        hostname: Hostname,
+        issuer: Issuer,
+        chain_pem: String,
+        key_pem: String,
+    ) -> CertRecord {
+        CertRecord {
+            hostname,
+            issuer,
+            chain_pem: Some(chain_pem),
+            key_pem: Some(key_pem),
+            serial: Some(self.serial),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            state: CertState::Valid,
+            last_error: None,
+            failures: 0,
+            next_attempt: 0,
+        }
+    }
 }
 
 /// The first certificate of a PEM chain.

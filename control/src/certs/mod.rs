@@ -124,18 +124,7 @@ async fn obtain(
                 info.serial,
                 info.not_after
             );
-            record = CertRecord {
-                chain_pem: Some(chain),
-                key_pem: Some(key),
-                serial: Some(info.serial),
-                not_before: info.not_before,
-                not_after: info.not_after,
-                state: CertState::Valid,
-                last_error: None,
-                failures: 0,
-                next_attempt: 0,
-                ..record
-            };
+            record = info.into_record(hostname.clone(), issuer, chain, key);
         }
         Err(error) => {
             record.failures += 1;
