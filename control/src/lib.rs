@@ -9,6 +9,7 @@
 //! - [`store`]: the heed store; one write transaction per change.
 //! - [`api`]: `/api/v1` JSON.
 //! - [`hub`] and [`session`]: live node WebSockets, presence and pushes.
+//! - [`certs`]: certificates: ACME orders, the internal CA, renewal.
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
 
