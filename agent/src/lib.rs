@@ -17,10 +17,9 @@ use futures_lite::future;
 use kakuremichi_netstack::Stack;
 use kakuremichi_nodelink::apply::{apply_network, peer_specs};
 use kakuremichi_nodelink::link::{self, LinkState};
-use kakuremichi_nodelink::node::NodeSettings;
+use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_proto::ids::NodeKind;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -43,11 +42,8 @@ pub enum Error {
 
 /// What the agent is told at start.
 pub struct Settings {
-    pub control_url: String,
-    pub api_key: String,
-    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
-    pub control_ca: Option<PathBuf>,
-    pub state_dir: PathBuf,
+    /// Control, the API key and the state directory.
+    pub control: ControlSettings,
     /// Loopback status listener.
     pub status_listen: SocketAddr,
     /// Local UDP address for WireGuard (port 0: any).
@@ -66,12 +62,9 @@ pub struct Agent {
 pub async fn run(settings: Settings) -> Result<(), Error> {
     let node = kakuremichi_nodelink::node::start(NodeSettings {
         kind: NodeKind::Agent,
-        control_url: &settings.control_url,
-        api_key: settings.api_key,
-        state_dir: &settings.state_dir,
+        control: &settings.control,
         wireguard_bind: settings.wireguard_bind,
         wireguard_endpoint: None,
-        control_ca: settings.control_ca.as_deref(),
     })
     .await?;
     let status_listener =

@@ -2,6 +2,7 @@
 //! `CONTROL_URL` and `API_KEY`.
 
 use argh::FromArgs;
+use kakuremichi_nodelink::node::ControlSettings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -52,17 +53,14 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let state_dir = args
-        .state_dir
-        .or_else(|| std::env::var_os("STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("./agent-state"));
     let settings = kakuremichi_agent::Settings {
-        control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,
-        api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
-        control_ca: args
-            .control_ca
-            .or_else(|| std::env::var_os("CONTROL_CA").map(PathBuf::from)),
-        state_dir,
+        control: ControlSettings::from_flags_or_env(
+            args.control_url,
+            args.api_key,
+            args.control_ca,
+            args.state_dir,
+            "./agent-state",
+        )?,
         status_listen: args.status_listen,
         wireguard_bind: args.wireguard_bind,
     };

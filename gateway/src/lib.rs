@@ -26,14 +26,13 @@ use futures_lite::future;
 use kakuremichi_netstack::Stack;
 use kakuremichi_nodelink::apply::{apply_network, peer_specs};
 use kakuremichi_nodelink::link::{self, LinkState};
-use kakuremichi_nodelink::node::NodeSettings;
+use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_nodelink::state_dir::StateDir;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::ConfigSnapshot;
 use routes::RouteTable;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -57,11 +56,8 @@ pub enum Error {
 
 /// What the gateway is told at start.
 pub struct Settings {
-    pub control_url: String,
-    pub api_key: String,
-    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
-    pub control_ca: Option<PathBuf>,
-    pub state_dir: PathBuf,
+    /// Control, the API key and the state directory.
+    pub control: ControlSettings,
     /// Plain HTTP listener.
     pub http_listen: SocketAddr,
     /// HTTPS listener.
@@ -191,12 +187,9 @@ fn listen(addr: SocketAddr) -> Result<Async<TcpListener>, Error> {
 pub async fn run(settings: Settings) -> Result<(), Error> {
     let node = kakuremichi_nodelink::node::start(NodeSettings {
         kind: NodeKind::Gateway,
-        control_url: &settings.control_url,
-        api_key: settings.api_key,
-        state_dir: &settings.state_dir,
+        control: &settings.control,
         wireguard_bind: settings.wireguard_listen,
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
-        control_ca: settings.control_ca.as_deref(),
     })
     .await?;
     let http = listen(settings.http_listen)?;

@@ -1,6 +1,7 @@
 //! `kakuremichi-gateway`: the public entry. Needs only `CONTROL_URL` and `API_KEY`.
 
 use argh::FromArgs;
+use kakuremichi_nodelink::node::ControlSettings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -17,9 +18,10 @@ struct Args {
     /// internal CA from /ca.pem (or env CONTROL_CA)
     #[argh(option)]
     control_ca: Option<PathBuf>,
-    /// directory for the WireGuard key and cached config (default ./gateway-state)
-    #[argh(option, default = "PathBuf::from(\"./gateway-state\")")]
-    state_dir: PathBuf,
+    /// directory for the WireGuard key and cached config (or env STATE_DIR; default
+    /// ./gateway-state)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
     /// HTTP listen address (default 0.0.0.0:80)
     #[argh(option, default = "\"0.0.0.0:80\".parse().unwrap()")]
     http_listen: SocketAddr,
@@ -53,12 +55,13 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     let settings = kakuremichi_gateway::Settings {
-        control_url: kakuremichi_nodelink::required_setting(args.control_url, "CONTROL_URL")?,
-        api_key: kakuremichi_nodelink::required_setting(args.api_key, "API_KEY")?,
-        control_ca: args
-            .control_ca
-            .or_else(|| std::env::var_os("CONTROL_CA").map(PathBuf::from)),
-        state_dir: args.state_dir,
+        control: ControlSettings::from_flags_or_env(
+            args.control_url,
+            args.api_key,
+            args.control_ca,
+            args.state_dir,
+            "./gateway-state",
+        )?,
         http_listen: args.http_listen,
         https_listen: args.https_listen,
         https_public_port: args.https_public_port.unwrap_or(args.https_listen.port()),

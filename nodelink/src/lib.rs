@@ -34,18 +34,6 @@ pub fn hello(private_key: &[u8; 32], wireguard_endpoint: Option<String>) -> Hell
     }
 }
 
-/// A required setting from its command-line flag or, failing that, its environment variable.
-pub fn required_setting(flag: Option<String>, env: &str) -> Result<String, Error> {
-    flag.or_else(|| std::env::var(env).ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{env} is required (environment variable or --{})",
-                env.to_lowercase().replace('_', "-")
-            ))
-        })
-}
-
 /// Why the link or the state directory failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -8,24 +8,66 @@ use kakuremichi_netstack::Stack;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::ConfigSnapshot;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
+
+/// How a node reaches Control and where it keeps its state: what every node is told.
+#[derive(Clone, Debug)]
+pub struct ControlSettings {
+    /// `CONTROL_URL`.
+    pub control_url: String,
+    /// `API_KEY`.
+    pub api_key: String,
+    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
+    pub control_ca: Option<PathBuf>,
+    /// Where the key and cached config live (`STATE_DIR`).
+    pub state_dir: PathBuf,
+}
+
+impl ControlSettings {
+    /// From command-line flags, each falling back to its environment variable (`CONTROL_URL`,
+    /// `API_KEY`, `CONTROL_CA`, `STATE_DIR`); the state directory then to `default_state_dir`.
+    pub fn from_flags_or_env(
+        control_url: Option<String>,
+        api_key: Option<String>,
+        control_ca: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        default_state_dir: &str,
+    ) -> Result<Self, Error> {
+        let path = |flag: Option<PathBuf>, env: &str| {
+            flag.or_else(|| std::env::var_os(env).map(PathBuf::from))
+        };
+        Ok(ControlSettings {
+            control_url: required(control_url, "CONTROL_URL")?,
+            api_key: required(api_key, "API_KEY")?,
+            control_ca: path(control_ca, "CONTROL_CA"),
+            state_dir: path(state_dir, "STATE_DIR")
+                .unwrap_or_else(|| PathBuf::from(default_state_dir)),
+        })
+    }
+}
+
+/// A required setting from its command-line flag or, failing that, its environment variable.
+fn required(flag: Option<String>, env: &str) -> Result<String, Error> {
+    flag.or_else(|| std::env::var(env).ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{env} is required (environment variable or --{})",
+                env.to_lowercase().replace('_', "-")
+            ))
+        })
+}
 
 /// What starting a node needs.
 pub struct NodeSettings<'a> {
     /// Agent or gateway.
     pub kind: NodeKind,
-    /// `CONTROL_URL`.
-    pub control_url: &'a str,
-    /// `API_KEY`.
-    pub api_key: String,
-    /// Where the key and cached config live.
-    pub state_dir: &'a Path,
+    /// Control and the state directory.
+    pub control: &'a ControlSettings,
     /// The WireGuard UDP socket's address.
     pub wireguard_bind: SocketAddr,
     /// Gateways: the `host:port` agents send datagrams to.
     pub wireguard_endpoint: Option<String>,
-    /// Extra roots to trust for an `https://` Control (`CONTROL_CA`).
-    pub control_ca: Option<&'a Path>,
 }
 
 /// A started node, not yet talking to Control.
@@ -40,11 +82,11 @@ pub struct Node {
 
 /// Check the settings, load or make the key, bind WireGuard and queue the cached config.
 pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
-    let control = ControlUrl::parse(settings.control_url, settings.kind)?;
-    if settings.api_key.is_empty() {
+    let control = ControlUrl::parse(&settings.control.control_url, settings.kind)?;
+    if settings.control.api_key.is_empty() {
         return Err(Error::Config("API_KEY is empty".into()));
     }
-    let state_dir = StateDir::open(settings.state_dir)?;
+    let state_dir = StateDir::open(&settings.control.state_dir)?;
     let private_key = state_dir.private_key()?;
     let stack = Stack::bind(settings.wireguard_bind, private_key)
         .await
@@ -61,10 +103,12 @@ pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
         snapshots.put(cached);
     }
     let hello = crate::hello(&private_key, settings.wireguard_endpoint);
-    let tls = Some(crate::link::tls_connector(settings.control_ca)?);
+    let tls = Some(crate::link::tls_connector(
+        settings.control.control_ca.as_deref(),
+    )?);
     let link = LinkSettings {
         control,
-        api_key: settings.api_key,
+        api_key: settings.control.api_key.clone(),
         hello,
         state_dir,
         tls,
