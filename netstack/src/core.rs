@@ -249,9 +249,10 @@ impl Core {
         self.peers.to_network.pop_front()
     }
 
-    /// Put back a datagram the socket could not take yet.
-    pub fn unsend(&mut self, to: SocketAddr, datagram: Vec<u8>) {
-        self.peers.to_network.push_front((to, datagram));
+    /// The datagrams waiting to be sent, oldest first: a batching caller sends from the
+    /// front and removes what the socket took.
+    pub fn transmit_queue(&mut self) -> &mut VecDeque<(SocketAddr, Vec<u8>)> {
+        &mut self.peers.to_network
     }
 
     /// How long until smoltcp needs polling again, if it has a deadline.

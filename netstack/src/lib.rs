@@ -11,6 +11,7 @@
 //! - [`device`]: a smoltcp `phy::Device` over packet queues.
 //! - [`core`]: the sans-I/O stack: peer table + smoltcp interface + sockets + listener
 //!   backlogs. The caller passes time and datagrams in and takes datagrams out.
+//! - [`udp`]: the UDP socket with batched, segmentation-offloaded sends and receives.
 //! - [`stack`]: the smol driver that owns the UDP socket and timers, and the async
 //!   [`TcpStream`]/[`TcpListener`] (futures `AsyncRead`/`AsyncWrite`) built on [`core`].
 //!
@@ -37,6 +38,7 @@ pub mod core;
 pub mod device;
 pub mod peer;
 pub mod stack;
+pub mod udp;
 
 pub use peer::{public_key_of, PeerSpec, PeerStats};
 pub use stack::{Stack, TcpListener, TcpStream};

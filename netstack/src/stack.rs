@@ -8,12 +8,13 @@
 
 use crate::core::{ConnectError, Core, ListenError};
 use crate::peer::{PeerSpec, PeerStats};
-use async_io::{Async, Timer};
+use crate::udp::WireSocket;
+use async_io::Timer;
 use futures_lite::{future, AsyncRead, AsyncWrite};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 /// How often WireGuard's timers run (boringtun expects a few times a second).
 const TIMER_TICK: Duration = Duration::from_millis(250);
-/// Datagrams read per wakeup before smoltcp is polled.
-const RECEIVE_BATCH: usize = 128;
+/// Receive system calls per wakeup before smoltcp is polled (each takes a batch).
+const RECEIVE_BATCHES: usize = 8;
 /// How long `connect` waits for the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,8 +64,8 @@ pub struct Stack {
 impl Stack {
     /// Bind the WireGuard UDP socket and start the driver.
     pub async fn bind(listen: SocketAddr, private_key: [u8; 32]) -> io::Result<Stack> {
-        let udp = Async::<UdpSocket>::bind(listen)?;
-        let local_addr = udp.get_ref().local_addr()?;
+        let udp = WireSocket::bind(listen)?;
+        let local_addr = udp.local_addr()?;
         let epoch = Instant::now();
         let (nudge, nudged) = async_channel::bounded(1);
         let mut seed = [0u8; 8];
@@ -184,21 +185,18 @@ impl Stack {
     }
 }
 
-async fn drive(shared: Arc<Shared>, udp: Async<UdpSocket>, nudged: async_channel::Receiver<()>) {
-    let mut buf = vec![0u8; 65_536];
+async fn drive(shared: Arc<Shared>, mut udp: WireSocket, nudged: async_channel::Receiver<()>) {
     let mut next_tick = Instant::now();
     let mut ticks: u32 = 0;
     loop {
-        let mut blocked_on_send = false;
-        let delay = {
+        let delay;
+        let blocked_on_send;
+        {
             let mut core = shared.lock();
             let now = shared.now();
-            for _ in 0..RECEIVE_BATCH {
-                match udp.get_ref().recv_from(&mut buf) {
-                    Ok((n, from)) => core.receive_datagram(now, from, &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ICMP errors from earlier sends surface here on Linux; they are not ours to act on.
-                    Err(e) => log::debug!("wireguard socket receive: {e}"),
+            for _ in 0..RECEIVE_BATCHES {
+                if udp.receive(|from, datagram| core.receive_datagram(now, from, datagram)) == 0 {
+                    break;
                 }
             }
             if Instant::now() >= next_tick {
@@ -207,22 +205,13 @@ async fn drive(shared: Arc<Shared>, udp: Async<UdpSocket>, nudged: async_channel
                 next_tick = Instant::now() + TIMER_TICK;
             }
             core.poll(now);
-            while let Some((to, datagram)) = core.poll_transmit() {
-                match udp.get_ref().send_to(&datagram, to) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        core.unsend(to, datagram);
-                        blocked_on_send = true;
-                        break;
-                    }
-                    Err(e) => log::debug!("wireguard send to {to}: {e}"),
-                }
-            }
+            blocked_on_send = !udp.send_from(core.transmit_queue());
             let until_tick = next_tick.saturating_duration_since(Instant::now());
-            core.poll_delay(now)
+            delay = core
+                .poll_delay(now)
                 .map(|d| Duration::from_micros(d.total_micros()))
-                .map_or(until_tick, |d| d.min(until_tick))
-        };
+                .map_or(until_tick, |d| d.min(until_tick));
+        }
         if delay.is_zero() && !blocked_on_send {
             future::yield_now().await;
             continue;
