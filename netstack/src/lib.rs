@@ -31,7 +31,7 @@
 //! let (stream, from) = listener.accept().await?;
 //! # Ok(()) }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod core;

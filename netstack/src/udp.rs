@@ -33,6 +33,7 @@ impl WireSocket {
     pub fn bind(listen: SocketAddr) -> io::Result<Self> {
         let socket = Async::<UdpSocket>::bind(listen)?;
         let state = UdpSocketState::new(socket.get_ref().into())?;
+        allow_fragmentation(socket.get_ref(), listen.is_ipv4())?;
         Ok(WireSocket {
             socket,
             state,
@@ -128,5 +129,36 @@ impl WireSocket {
     /// Wait until the socket may take more.
     pub async fn writable(&self) -> io::Result<()> {
         self.socket.writable().await
+    }
+}
+
+/// quinn-udp sets "don't fragment" and ignores path MTU, as QUIC wants. WireGuard has no
+/// path MTU discovery of its own: on a path narrower than our 1480-byte datagrams they would
+/// vanish, and every connection through the tunnel would stall. Back to the kernel default,
+/// which fragments to the learned path MTU (and makes segmentation offload fall back to
+/// single sends when a segment no longer fits).
+#[allow(unsafe_code)]
+fn allow_fragmentation(socket: &UdpSocket, ipv4: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, option, value) = if ipv4 {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_WANT)
+    };
+    // SAFETY: the descriptor is open for the call (borrowed from `socket`), and the option
+    // value is a live c_int whose exact size is passed.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
