@@ -16,6 +16,8 @@ use std::net::{SocketAddr, UdpSocket};
 const RECEIVE_BUFFERS: usize = 8;
 /// One receive buffer: the largest UDP payload, which also bounds a GRO-coalesced run.
 const RECEIVE_BUFFER_BYTES: usize = 65_536;
+/// Kernel socket buffer asked for in each direction.
+const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
 /// Most bytes in one segmentation-offload send (the kernel's limit for one UDP send).
 const MAX_SEND_BYTES: usize = 65_000;
 
@@ -33,7 +35,7 @@ impl WireSocket {
     pub fn bind(listen: SocketAddr) -> io::Result<Self> {
         let socket = Async::<UdpSocket>::bind(listen)?;
         let state = UdpSocketState::new(socket.get_ref().into())?;
-        allow_fragmentation(socket.get_ref(), listen.is_ipv4())?;
+        tune(socket.get_ref(), listen.is_ipv4())?;
         Ok(WireSocket {
             socket,
             state,
@@ -132,19 +134,51 @@ impl WireSocket {
     }
 }
 
-/// quinn-udp sets "don't fragment" and ignores path MTU, as QUIC wants. WireGuard has no
-/// path MTU discovery of its own: on a path narrower than our 1480-byte datagrams they would
-/// vanish, and every connection through the tunnel would stall. Back to the kernel default,
-/// which fragments to the learned path MTU (and makes segmentation offload fall back to
-/// single sends when a segment no longer fits).
-#[allow(unsafe_code)]
-fn allow_fragmentation(socket: &UdpSocket, ipv4: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (level, option, value) = if ipv4 {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_WANT)
+/// Socket options quinn-udp does not set, or sets for QUIC's sake rather than ours.
+fn tune(socket: &UdpSocket, ipv4: bool) -> io::Result<()> {
+    // quinn-udp sets "don't fragment" and ignores path MTU, as QUIC wants. WireGuard has no
+    // path MTU discovery of its own: on a path narrower than our 1480-byte datagrams they
+    // would vanish, and every connection through the tunnel would stall. Back to the kernel
+    // default, which fragments to the learned path MTU (and makes segmentation offload fall
+    // back to single sends when a segment no longer fits).
+    if ipv4 {
+        set_option(
+            socket,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_WANT,
+        )?;
     } else {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_WANT)
-    };
+        set_option(
+            socket,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_WANT,
+        )?;
+    }
+    // The default buffers hold three or four coalesced batches; when the other side bursts,
+    // a whole batch is dropped at once and the TCP inside halves its window. Privileged
+    // processes get the larger buffer regardless of net.core.rmem_max/wmem_max; others get
+    // what those allow (raising them helps, see the README).
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_option(socket, libc::SOL_SOCKET, forced, SOCKET_BUFFER_BYTES).is_err() {
+            set_option(socket, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn set_option(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the call (borrowed from `socket`), and the option
     // value is a live c_int whose exact size is passed.
     let result = unsafe {
