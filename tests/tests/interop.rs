@@ -75,7 +75,9 @@ struct Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         if let Some(mut child) = self.wireguard_go.take() {
-            let _ = child.kill();
+            // SIGTERM, so wireguard-go removes its control socket (`ip netns exec` execs it:
+            // the child's PID is wireguard-go's).
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
         let _ = Command::new("ip")
