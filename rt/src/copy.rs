@@ -3,6 +3,9 @@
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
 
+/// The buffer an idle connection holds per direction.
+const FIRST_BUFFER_BYTES: usize = 2 * 1024;
+/// The buffer a busy one grows to.
 const COPY_BUFFER_BYTES: usize = 32 * 1024;
 
 /// Copy `reader` into `writer` until EOF, flushing after every write (so interactive
@@ -12,7 +15,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; COPY_BUFFER_BYTES];
+    // Most proxied connections sit idle (WebSockets, keep-alive): start small, and grow
+    // only when a read fills the buffer.
+    let mut buf = vec![0u8; FIRST_BUFFER_BYTES];
     let mut total = 0u64;
     loop {
         let n = reader.read(&mut buf).await?;
@@ -23,6 +28,9 @@ where
         writer.write_all(&buf[..n]).await?;
         writer.flush().await?;
         total += n as u64;
+        if n == buf.len() && buf.len() < COPY_BUFFER_BYTES {
+            buf.resize(COPY_BUFFER_BYTES, 0);
+        }
     }
 }
 
