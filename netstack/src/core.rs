@@ -190,6 +190,10 @@ impl Core {
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         while let Some(packet) = self.device.tx.pop_front() {
             self.peers.send_packet(&packet);
+            self.device.pool.give(packet);
+        }
+        for packet in self.device.spent.drain(..) {
+            self.peers.pool.give(packet);
         }
         self.promote_accepted();
         self.reap_orphans(now);
@@ -249,10 +253,17 @@ impl Core {
         self.peers.to_network.pop_front()
     }
 
-    /// The datagrams waiting to be sent, oldest first: a batching caller sends from the
-    /// front and removes what the socket took.
-    pub fn transmit_queue(&mut self) -> &mut VecDeque<(SocketAddr, Vec<u8>)> {
-        &mut self.peers.to_network
+    /// Offer the datagrams waiting to be sent, oldest first, to `send`, which returns how
+    /// many from the front it took. Returns whether none are left.
+    pub fn transmit(
+        &mut self,
+        send: impl FnOnce(&VecDeque<(SocketAddr, Vec<u8>)>) -> usize,
+    ) -> bool {
+        let sent = send(&self.peers.to_network);
+        for (_, datagram) in self.peers.to_network.drain(..sent) {
+            self.peers.pool.give(datagram);
+        }
+        self.peers.to_network.is_empty()
     }
 
     /// How long until smoltcp needs polling again, if it has a deadline.

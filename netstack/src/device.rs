@@ -1,8 +1,9 @@
 //! A smoltcp device whose wire is two packet queues: the peer table fills `rx` with decrypted
-//! packets and drains `tx` to encrypt them.
+//! packets and drains `tx` to encrypt them. Buffers come from and go back to pools.
 
 use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use crate::pool::PacketPool;
 use std::collections::VecDeque;
 
 /// IP packets in both directions between smoltcp and the peer table.
@@ -12,24 +13,46 @@ pub struct QueueDevice {
     pub rx: VecDeque<Vec<u8>>,
     /// Packets smoltcp emitted.
     pub tx: VecDeque<Vec<u8>>,
+    /// Received packets smoltcp is done with, for their pool.
+    pub spent: Vec<Vec<u8>>,
+    /// Buffers for emitted packets.
+    pub pool: PacketPool,
 }
 
 /// Hands one received packet to smoltcp.
-pub struct RxToken(Vec<u8>);
+pub struct RxToken<'a> {
+    packet: Vec<u8>,
+    spent: &'a mut Vec<Vec<u8>>,
+}
 /// Lets smoltcp emit one packet.
-pub struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+pub struct TxToken<'a> {
+    queue: &'a mut VecDeque<Vec<u8>>,
+    pool: &'a mut PacketPool,
+}
 
 impl phy::Device for QueueDevice {
-    type RxToken<'a> = RxToken;
+    type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let packet = self.rx.pop_front()?;
-        Some((RxToken(packet), TxToken(&mut self.tx)))
+        Some((
+            RxToken {
+                packet,
+                spent: &mut self.spent,
+            },
+            TxToken {
+                queue: &mut self.tx,
+                pool: &mut self.pool,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
+        Some(TxToken {
+            queue: &mut self.tx,
+            pool: &mut self.pool,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -46,17 +69,20 @@ impl phy::Device for QueueDevice {
     }
 }
 
-impl phy::RxToken for RxToken {
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let result = f(&self.packet);
+        self.spent.push(self.packet);
+        result
     }
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
+        let mut packet = self.pool.take();
+        packet.resize(len, 0);
         let result = f(&mut packet);
-        self.0.push_back(packet);
+        self.queue.push_back(packet);
         result
     }
 }

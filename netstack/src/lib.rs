@@ -8,6 +8,7 @@
 //! - [`peer`]: the WireGuard peer table. One `Tunn` per peer, lookup by session index, key and
 //!   overlay address; roaming; AllowedIPs (each peer's /32); shared handshake rate limiting.
 //!   Plain data: datagrams in, datagrams and IP packets out.
+//! - [`pool`]: recycled packet buffers shared by the layers below.
 //! - [`device`]: a smoltcp `phy::Device` over packet queues.
 //! - [`core`]: the sans-I/O stack: peer table + smoltcp interface + sockets + listener
 //!   backlogs. The caller passes time and datagrams in and takes datagrams out.
@@ -37,6 +38,7 @@
 pub mod core;
 pub mod device;
 pub mod peer;
+pub mod pool;
 pub mod stack;
 pub mod udp;
 

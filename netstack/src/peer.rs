@@ -4,6 +4,7 @@
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
+use crate::pool::PacketPool;
 use boringtun::x25519;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -97,6 +98,8 @@ pub struct PeerTable {
     index_by_ip: HashMap<Ipv4Addr, u32>,
     next_index: u32,
     scratch: Vec<u8>,
+    /// Buffers for datagrams and decrypted packets.
+    pub pool: PacketPool,
     /// Datagrams to send, with their destination.
     pub to_network: VecDeque<(SocketAddr, Vec<u8>)>,
     /// What was refused.
@@ -117,6 +120,7 @@ impl PeerTable {
             index_by_ip: HashMap::new(),
             next_index: 1,
             scratch: vec![0; SCRATCH_BYTES],
+            pool: PacketPool::default(),
             to_network: VecDeque::new(),
             drops: DropCounters::default(),
         }
@@ -193,6 +197,7 @@ impl PeerTable {
             scratch,
             to_network,
             drops,
+            pool,
             ..
         } = self;
         let Some(peer) = peers.get_mut(&index) else {
@@ -207,7 +212,7 @@ impl PeerTable {
             peer.endpoint,
             peer.tunn.format_handshake_initiation(scratch, force),
         ) {
-            push_bounded(to_network, drops, endpoint, out);
+            push_bounded(to_network, drops, pool, endpoint, out);
         }
     }
 
@@ -242,6 +247,7 @@ impl PeerTable {
             scratch,
             to_network,
             drops,
+            pool,
             ..
         } = self;
         let Some(peer) = peers.get_mut(&index) else {
@@ -269,13 +275,13 @@ impl PeerTable {
             match result {
                 TunnResult::WriteToNetwork(out) => {
                     if let Some(endpoint) = peer.endpoint.or(Some(from)) {
-                        push_bounded(to_network, drops, endpoint, out);
+                        push_bounded(to_network, drops, pool, endpoint, out);
                     }
                 }
                 TunnResult::WriteToTunnelV4(packet, source) => {
                     if source == peer.spec.overlay_ip {
                         peer.rx_bytes += packet.len() as u64;
-                        to_stack.push_back(packet.to_vec());
+                        to_stack.push_back(pool.copy_of(packet));
                     } else {
                         drops.spoofed_sources += 1;
                     }
@@ -309,7 +315,13 @@ impl PeerTable {
                 {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        push_bounded(&mut self.to_network, &mut self.drops, from, cookie);
+                        push_bounded(
+                            &mut self.to_network,
+                            &mut self.drops,
+                            &mut self.pool,
+                            from,
+                            cookie,
+                        );
                         return None;
                     }
                     Err(_) => {
@@ -349,7 +361,13 @@ impl PeerTable {
         if let TunnResult::WriteToNetwork(out) = peer.tunn.encapsulate(packet, &mut self.scratch) {
             peer.tx_bytes += packet.len() as u64;
             if let Some(endpoint) = peer.endpoint {
-                push_bounded(&mut self.to_network, &mut self.drops, endpoint, out);
+                push_bounded(
+                    &mut self.to_network,
+                    &mut self.drops,
+                    &mut self.pool,
+                    endpoint,
+                    out,
+                );
             }
         }
     }
@@ -365,12 +383,13 @@ impl PeerTable {
             scratch,
             to_network,
             drops,
+            pool,
             ..
         } = self;
         for peer in peers.values_mut() {
             if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(scratch) {
                 if let Some(endpoint) = peer.endpoint {
-                    push_bounded(to_network, drops, endpoint, out);
+                    push_bounded(to_network, drops, pool, endpoint, out);
                 }
             }
         }
@@ -399,11 +418,12 @@ fn short(key: &[u8; 32]) -> String {
 fn push_bounded(
     queue: &mut VecDeque<(SocketAddr, Vec<u8>)>,
     drops: &mut DropCounters,
+    pool: &mut PacketPool,
     to: SocketAddr,
     datagram: &[u8],
 ) {
     if queue.len() < MAX_QUEUED_DATAGRAMS {
-        queue.push_back((to, datagram.to_vec()));
+        queue.push_back((to, pool.copy_of(datagram)));
     } else {
         drops.queue_full += 1;
     }

@@ -205,7 +205,7 @@ async fn drive(shared: Arc<Shared>, mut udp: WireSocket, nudged: async_channel::
                 next_tick = Instant::now() + TIMER_TICK;
             }
             core.poll(now);
-            blocked_on_send = !udp.send_from(core.transmit_queue());
+            blocked_on_send = !core.transmit(|queue| udp.send_from(queue));
             let until_tick = next_tick.saturating_duration_since(Instant::now());
             delay = core
                 .poll_delay(now)

@@ -83,10 +83,11 @@ impl WireSocket {
         datagrams
     }
 
-    /// Send datagrams from the front of `queue`, removing those the kernel took. Returns
-    /// `false` when the socket is full and some remain.
-    pub fn send_from(&mut self, queue: &mut VecDeque<(SocketAddr, Vec<u8>)>) -> bool {
-        while let Some((destination, first)) = queue.front() {
+    /// Send datagrams from the front of `queue` until it is done or the socket is full.
+    /// Returns how many went (or were dropped by a send error, as the network would).
+    pub fn send_from(&mut self, queue: &VecDeque<(SocketAddr, Vec<u8>)>) -> usize {
+        let mut done = 0;
+        while let Some((destination, first)) = queue.get(done) {
             let (destination, segment) = (*destination, first.len());
             // A run: same destination, same size, except that the last may be shorter.
             let most = self
@@ -95,7 +96,7 @@ impl WireSocket {
                 .min(MAX_SEND_BYTES / segment.max(1));
             let mut count = 0;
             self.send_buffer.clear();
-            for (to, datagram) in queue.iter().take(most.max(1)) {
+            for (to, datagram) in queue.iter().skip(done).take(most.max(1)) {
                 if *to != destination || datagram.len() > segment {
                     break;
                 }
@@ -114,13 +115,13 @@ impl WireSocket {
             };
             match self.state.try_send(self.socket.get_ref().into(), &transmit) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return done,
                 // Lost like any datagram on the way; TCP inside retransmits.
                 Err(e) => log::debug!("wireguard send to {destination}: {e}"),
             }
-            queue.drain(..count);
+            done += count;
         }
-        true
+        done
     }
 
     /// Wait until a datagram may be waiting.
