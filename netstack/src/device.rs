@@ -1,9 +1,9 @@
 //! A smoltcp device whose wire is two packet queues: the peer table fills `rx` with decrypted
 //! packets and drains `tx` to encrypt them. Buffers come from and go back to pools.
 
+use crate::pool::PacketPool;
 use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use crate::pool::PacketPool;
 use std::collections::VecDeque;
 
 /// IP packets in both directions between smoltcp and the peer table.

@@ -1,10 +1,10 @@
 //! The WireGuard peer table: which peer a datagram belongs to, which peer an IP packet goes
 //! to, and each peer's boringtun session. No sockets and no clocks beyond boringtun's own.
 
+use crate::pool::PacketPool;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
-use crate::pool::PacketPool;
 use boringtun::x25519;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
