@@ -118,10 +118,14 @@ fn gbit_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
 }
 
-/// Download N bytes from the origin's `/bytes/N` in one request.
+/// Move N bytes in one request: `download` from the origin's `/bytes/N`, `upload` to its
+/// `/sink`.
 #[derive(argh::FromArgs)]
-#[argh(subcommand, name = "download")]
-pub struct DownloadArgs {
+#[argh(subcommand, name = "transfer")]
+pub struct TransferArgs {
+    /// download or upload
+    #[argh(option)]
+    direction: String,
     /// base URL (http:// or https://)
     #[argh(option)]
     url: String,
@@ -136,79 +140,58 @@ pub struct DownloadArgs {
     bytes: u64,
 }
 
-pub async fn download(args: DownloadArgs) -> anyhow::Result<()> {
+pub async fn transfer(args: TransferArgs) -> anyhow::Result<()> {
     let target = Target::new(&args.url, args.connect, args.ca.as_ref())?;
     let mut sender = target.connection().await?;
-    let started = Instant::now();
-    let response = sender
-        .send_request(target.request(
+    let request = match args.direction.as_str() {
+        "download" => target.request(
             "GET",
             &format!("/bytes/{}", args.bytes),
             kakuremichi_rt::http::full(""),
-        ))
-        .await?;
-    if !response.status().is_success() {
-        bail!("download answered {}", response.status());
-    }
-    let mut body = response.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        received += frame?.data_ref().map_or(0, |d| d.len() as u64);
-    }
-    let elapsed = started.elapsed();
-    if received != args.bytes {
-        bail!("download got {received} of {} bytes", args.bytes);
-    }
-    println!(
-        "download bytes={received} seconds={:.3} gbit_per_s={:.3}",
-        elapsed.as_secs_f64(),
-        gbit_per_s(received, elapsed)
-    );
-    Ok(())
-}
-
-/// Upload N bytes to the origin's `/sink` in one request.
-#[derive(argh::FromArgs)]
-#[argh(subcommand, name = "upload")]
-pub struct UploadArgs {
-    /// base URL (http:// or https://)
-    #[argh(option)]
-    url: String,
-    /// connect here instead of resolving the URL's host
-    #[argh(option)]
-    connect: Option<SocketAddr>,
-    /// CA certificate (PEM) to trust for https
-    #[argh(option)]
-    ca: Option<PathBuf>,
-    /// bytes to move
-    #[argh(option)]
-    bytes: u64,
-}
-
-pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
-    let target = Target::new(&args.url, args.connect, args.ca.as_ref())?;
-    let mut sender = target.connection().await?;
-    let mut request = target.request("POST", "/sink", crate::origin::repeated_body(args.bytes));
-    request.headers_mut().insert(
-        hyper::header::CONTENT_LENGTH,
-        hyper::header::HeaderValue::from(args.bytes),
-    );
+        ),
+        "upload" => {
+            let mut request =
+                target.request("POST", "/sink", crate::origin::repeated_body(args.bytes));
+            request.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from(args.bytes),
+            );
+            request
+        }
+        other => bail!("--direction {other}: download or upload expected"),
+    };
     let started = Instant::now();
     let response = sender.send_request(request).await?;
     let status = response.status();
-    let answer = response.into_body().collect().await?.to_bytes();
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    let mut answer = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            received += data.len() as u64;
+            if answer.len() < 64 {
+                answer.extend_from_slice(data);
+            }
+        }
+    }
     let elapsed = started.elapsed();
-    let counted: u64 = String::from_utf8_lossy(&answer).trim().parse().unwrap_or(0);
-    if !status.is_success() || counted != args.bytes {
+    // A download counts the bytes that arrived; an upload, what the origin says it got.
+    let moved = match args.direction.as_str() {
+        "download" => received,
+        _ => String::from_utf8_lossy(&answer).trim().parse().unwrap_or(0),
+    };
+    if !status.is_success() || moved != args.bytes {
         bail!(
-            "upload answered {status}, origin counted {counted} of {} bytes",
+            "{} answered {status}, {moved} of {} bytes moved",
+            args.direction,
             args.bytes
         );
     }
     println!(
-        "upload bytes={counted} seconds={:.3} gbit_per_s={:.3}",
+        "{} bytes={moved} seconds={:.3} gbit_per_s={:.3}",
+        args.direction,
         elapsed.as_secs_f64(),
-        gbit_per_s(counted, elapsed)
+        gbit_per_s(moved, elapsed)
     );
     Ok(())
 }

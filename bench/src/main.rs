@@ -3,7 +3,7 @@
 //! - `origin`: an HTTP/1.1 origin that is never the bottleneck: `GET /bytes/N` streams N
 //!   bytes, `POST /sink` swallows a body and answers its length, `GET /1k` answers 1 KB,
 //!   `GET /hold` upgrades and keeps the connection open, idle.
-//! - `download`, `upload`, `latency`, `idle`: clients for those endpoints over HTTP or HTTPS,
+//! - `transfer`, `latency`, `idle`: clients for those endpoints over HTTP or HTTPS,
 //!   each printing one line of figures.
 //! - `tunnel`: one end of a bare netstack tunnel (WireGuard + smoltcp, no HTTP, no TLS), to
 //!   measure the overlay on its own.
@@ -25,8 +25,7 @@ struct Args {
 #[argh(subcommand)]
 enum Command {
     Origin(origin::OriginArgs),
-    Download(client::DownloadArgs),
-    Upload(client::UploadArgs),
+    Transfer(client::TransferArgs),
     Latency(client::LatencyArgs),
     Idle(client::IdleArgs),
     Tunnel(tunnel::TunnelArgs),
@@ -37,8 +36,7 @@ fn main() {
     let result = smol::block_on(async {
         match args.command {
             Command::Origin(a) => origin::run(a).await,
-            Command::Download(a) => client::download(a).await,
-            Command::Upload(a) => client::upload(a).await,
+            Command::Transfer(a) => client::transfer(a).await,
             Command::Latency(a) => client::latency(a).await,
             Command::Idle(a) => client::idle(a).await,
             Command::Tunnel(a) => tunnel::run(a).await,
