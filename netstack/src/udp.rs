@@ -25,8 +25,9 @@ const MAX_SEND_BYTES: usize = 65_000;
 pub struct WireSocket {
     socket: Async<UdpSocket>,
     state: UdpSocketState,
-    receive_buffers: Vec<Vec<u8>>,
-    receive_meta: Vec<RecvMeta>,
+    /// `RECEIVE_BUFFERS` buffers of `RECEIVE_BUFFER_BYTES`, back to back.
+    receive_buffer: Vec<u8>,
+    receive_meta: [RecvMeta; RECEIVE_BUFFERS],
     send_buffer: Vec<u8>,
 }
 
@@ -39,8 +40,8 @@ impl WireSocket {
         Ok(WireSocket {
             socket,
             state,
-            receive_buffers: vec![vec![0; RECEIVE_BUFFER_BYTES]; RECEIVE_BUFFERS],
-            receive_meta: vec![RecvMeta::default(); RECEIVE_BUFFERS],
+            receive_buffer: vec![0; RECEIVE_BUFFERS * RECEIVE_BUFFER_BYTES],
+            receive_meta: [RecvMeta::default(); RECEIVE_BUFFERS],
             send_buffer: Vec::with_capacity(MAX_SEND_BYTES),
         })
     }
@@ -53,11 +54,11 @@ impl WireSocket {
     /// Hand each waiting datagram to `deliver`, one system call's worth. Returns how many
     /// there were; 0 when nothing is waiting.
     pub fn receive(&mut self, mut deliver: impl FnMut(SocketAddr, &[u8])) -> usize {
-        let mut slices: Vec<IoSliceMut<'_>> = self
-            .receive_buffers
-            .iter_mut()
-            .map(|b| IoSliceMut::new(b))
-            .collect();
+        // On the stack: this runs once per system call, and nothing else on the receive
+        // path allocates.
+        let mut buffers = self.receive_buffer.chunks_mut(RECEIVE_BUFFER_BYTES);
+        let mut slices: [IoSliceMut<'_>; RECEIVE_BUFFERS] =
+            std::array::from_fn(|_| IoSliceMut::new(buffers.next().unwrap_or_default()));
         let filled = match self.state.recv(
             self.socket.get_ref().into(),
             &mut slices,
@@ -96,7 +97,7 @@ impl WireSocket {
                 .min(MAX_SEND_BYTES / segment.max(1));
             let mut count = 0;
             self.send_buffer.clear();
-            for (to, datagram) in queue.iter().skip(done).take(most.max(1)) {
+            for (to, datagram) in queue.range(done..).take(most.max(1)) {
                 if *to != destination || datagram.len() > segment {
                     break;
                 }
