@@ -229,6 +229,20 @@ fn netstack_and_wireguard_go_carry_tcp_both_ways() {
             persistent_keepalive: Some(25),
             incarnation: 0,
         }]);
+        // Traffic starts once the handshake is done, so a failure below is about TCP.
+        let handshake_started = Instant::now();
+        while !stack.peer_stats().first().is_some_and(|p| p.is_up()) {
+            assert!(
+                handshake_started.elapsed() < Duration::from_secs(10),
+                "no handshake with wireguard-go in 10 s: {:?}",
+                stack.peer_stats()
+            );
+            async_io::Timer::after(Duration::from_millis(20)).await;
+        }
+        println!(
+            "handshake with wireguard-go: {:?}",
+            handshake_started.elapsed()
+        );
         let listener = stack.listen(OUR_ECHO_PORT).expect("listen");
         let echo = smol::spawn(async move {
             let (stream, from) = listener.accept().await.expect("accept");
@@ -289,11 +303,17 @@ fn netstack_and_wireguard_go_carry_tcp_both_ways() {
             panic!("the kernel client never finished through our listener");
         })
         .await;
-        assert_eq!(*from.ip(), THEIR_OVERLAY_IP);
-        assert_eq!(copied.expect("echo") as usize, PAYLOAD_BYTES);
-
         let output = kernel_side.wait_with_output().expect("kernel side");
         let said = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(*from.ip(), THEIR_OVERLAY_IP);
+        let copied = copied.unwrap_or_else(|e| {
+            panic!(
+                "our echo of the kernel client: {e}\nkernel side: {said}\n{}\n{:?}",
+                String::from_utf8_lossy(&output.stderr),
+                stack.peer_stats()
+            )
+        });
+        assert_eq!(copied as usize, PAYLOAD_BYTES);
         assert!(
             said.contains("kernel client echo ok"),
             "kernel side: {said}\n{}",
