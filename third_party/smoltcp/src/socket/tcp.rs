@@ -797,8 +797,19 @@ impl<'a> Socket<'a> {
         let last_ack = self.remote_last_ack?;
         let next_ack = self.remote_seq_no + self.rx_buffer.len();
 
-        let last_win = (self.remote_last_win as usize) << self.remote_win_shift;
-        let last_win_adjusted = last_ack + last_win - next_ack;
+        // kakuremichi patch: data may have arrived up to the furthest edge, past the last one
+        // (see `note_advertised_edge`); measure what is left from there.
+        let last_edge = furthest_edge(
+            self.rx_edge,
+            Some(last_ack),
+            self.remote_last_win,
+            self.remote_win_shift,
+        )?;
+        let last_win_adjusted = if last_edge > next_ack {
+            last_edge - next_ack
+        } else {
+            0
+        };
 
         Some(u16::try_from(last_win_adjusted >> self.remote_win_shift).unwrap_or(u16::MAX))
     }
