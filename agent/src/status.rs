@@ -29,11 +29,6 @@ fn metrics(agent: &Agent) -> String {
             agent.config_version.load(Ordering::Relaxed),
         ),
         (
-            "control_connected",
-            "gauge",
-            u64::from(agent.link.is_connected()),
-        ),
-        (
             "services",
             "gauge",
             agent.service_count.load(Ordering::Relaxed) as u64,
@@ -56,12 +51,18 @@ fn metrics(agent: &Agent) -> String {
         ),
         ("tcp_sockets", "gauge", agent.stack.socket_count() as u64),
     ];
-    lines
+    let mut text: String = lines
         .iter()
         .map(|(name, kind, value)| {
             format!("# TYPE kakuremichi_agent_{name} {kind}\nkakuremichi_agent_{name} {value}\n")
         })
-        .collect()
+        .collect();
+    text.push_str(&kakuremichi_nodelink::link::drop_metrics(
+        "kakuremichi_agent",
+        &agent.stack,
+    ));
+    text.push_str(&agent.link.metrics("kakuremichi_agent"));
+    text
 }
 
 /// Ask the status listener at `addr` whether the agent is alive: `Ok` on a 200 from

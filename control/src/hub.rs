@@ -3,6 +3,7 @@
 
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{NodeStatus, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
+use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,10 +35,20 @@ pub struct Presence {
 }
 
 /// Live sessions.
-#[derive(Default)]
 pub struct Hub {
     sessions: Mutex<Sessions>,
     next_id: AtomicU64,
+    heartbeat: Duration,
+    /// Sessions opened since start, for `/metrics`: a steady cluster keeps this still.
+    sessions_opened: AtomicU64,
+    /// Snapshots sent to nodes since start: a quiet cluster keeps this still too.
+    snapshots_pushed: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(HEARTBEAT_INTERVAL)
+    }
 }
 
 /// A registered session; dropping it unregisters.
@@ -54,9 +65,46 @@ impl Hub {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// No sessions yet; heartbeats every `heartbeat` (nodes are told in their snapshots).
+    pub fn new(heartbeat: Duration) -> Self {
+        Hub {
+            sessions: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            heartbeat,
+            sessions_opened: AtomicU64::new(0),
+            snapshots_pushed: AtomicU64::new(0),
+        }
+    }
+
+    /// How often each side of a session sends a heartbeat.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// A node silent this long is offline.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat * MISSED_HEARTBEATS_OFFLINE
+    }
+
+    /// Sessions opened since Control started.
+    pub fn sessions_opened(&self) -> u64 {
+        self.sessions_opened.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots sent since Control started.
+    pub fn snapshots_pushed(&self) -> u64 {
+        self.snapshots_pushed.load(Ordering::Relaxed)
+    }
+
+    /// Count one snapshot sent.
+    pub fn count_push(&self) {
+        self.snapshots_pushed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Register a connected node.
     pub fn register(self: &Arc<Self>, node_id: &str, kind: NodeKind) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         let mut sessions = self.lock();
         sessions.live.insert(
@@ -91,7 +139,7 @@ impl Hub {
     /// The node's presence: online if a session heard from it within the offline window.
     pub fn presence(&self, node_id: &str) -> Presence {
         let sessions = self.lock();
-        let window = HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE;
+        let window = self.offline_after();
         let live = sessions
             .live
             .values()
@@ -107,7 +155,7 @@ impl Hub {
     /// Online gateway sessions, and how many of them applied `revision` or later.
     pub fn gateways_applied(&self, revision: u64) -> (usize, usize) {
         let sessions = self.lock();
-        let window = HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE;
+        let window = self.offline_after();
         let online: Vec<&Session> = sessions
             .live
             .values()

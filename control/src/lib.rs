@@ -65,6 +65,8 @@ pub struct Settings {
     /// Issuer for tunnels created without one (default: `acme` when ACME is configured,
     /// otherwise `internal`).
     pub default_issuer: Option<model::Issuer>,
+    /// How often Control and nodes exchange heartbeats (nodes learn it from their snapshot).
+    pub heartbeat: std::time::Duration,
 }
 
 /// Open the store and serve until the process ends.
@@ -111,7 +113,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     }
     let control = Arc::new(Control {
         store,
-        hub: Arc::default(),
+        hub: Arc::new(hub::Hub::new(settings.heartbeat)),
         public_url,
         default_issuer,
         acme: settings.acme,

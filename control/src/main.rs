@@ -42,6 +42,10 @@ struct Args {
     /// with --acme-directory, else internal)
     #[argh(option)]
     default_issuer: Option<kakuremichi_control::model::Issuer>,
+    /// milliseconds between heartbeats on node sessions; a node silent for 3 is offline
+    /// (default 15000; shorter only for tests)
+    #[argh(option, default = "15_000")]
+    heartbeat_interval_ms: u64,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             default_issuer: args.default_issuer,
             control_hostname: args.control_hostname,
             control_upstream: args.control_upstream,
+            heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
         }))?,
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),

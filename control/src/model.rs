@@ -4,6 +4,7 @@
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PeerConfig, Service,
+    HEARTBEAT_INTERVAL,
 };
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -289,6 +290,7 @@ pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
             NodeKind::Gateway => state.control_route.as_ref().map(|(route, _)| route.clone()),
             NodeKind::Agent => None,
         },
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
     }
 }
 

@@ -69,12 +69,16 @@ fn metrics(control: &Control) -> Response<Body> {
         "# TYPE kakuremichi_control_revision counter\nkakuremichi_control_revision {}\n\
          # TYPE kakuremichi_control_tunnels gauge\nkakuremichi_control_tunnels {}\n\
          # TYPE kakuremichi_control_nodes_online gauge\nkakuremichi_control_nodes_online{{kind=\"agent\"}} {}\nkakuremichi_control_nodes_online{{kind=\"gateway\"}} {}\n\
-         # TYPE kakuremichi_control_sessions gauge\nkakuremichi_control_sessions {}\n",
+         # TYPE kakuremichi_control_sessions gauge\nkakuremichi_control_sessions {}\n\
+         # TYPE kakuremichi_control_sessions_opened_total counter\nkakuremichi_control_sessions_opened_total {}\n\
+         # TYPE kakuremichi_control_snapshots_pushed_total counter\nkakuremichi_control_snapshots_pushed_total {}\n",
         state.revision,
         state.tunnels.len(),
         online(NodeKind::Agent),
         online(NodeKind::Gateway),
         control.hub.session_count(),
+        control.hub.sessions_opened(),
+        control.hub.snapshots_pushed(),
     );
     respond(200, "text/plain; version=0.0.4", text)
 }

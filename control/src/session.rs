@@ -9,11 +9,9 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::messages::{
-    decode, encode, ControlMessage, NodeMessage, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE,
-};
+use kakuremichi_proto::messages::{decode, encode, ControlMessage, NodeMessage};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a node has to send its hello after the upgrade.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +64,10 @@ pub async fn run<S>(
         log::info!("node {node_id}: {e}");
         return;
     }
+    // A deadline, not a timer restarted per event: the node's own messages arrive about as
+    // often as heartbeats, and restarting the timer on each kept Control from ever sending.
+    let interval = control.hub.heartbeat();
+    let mut next_heartbeat = Instant::now() + interval;
     loop {
         let event = future::or(async { Event::Received(ws.next().await) }, async {
             future::or(
@@ -74,7 +76,7 @@ pub async fn run<S>(
                     Event::StoreChanged
                 },
                 async {
-                    Timer::after(HEARTBEAT_INTERVAL).await;
+                    Timer::at(next_heartbeat).await;
                     Event::Tick
                 },
             )
@@ -88,7 +90,10 @@ pub async fn run<S>(
             Event::StoreChanged => {
                 push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await
             }
-            Event::Tick => heartbeat(&session, &mut ws).await,
+            Event::Tick => {
+                next_heartbeat = Instant::now() + interval;
+                heartbeat(&control, &session, &mut ws).await
+            }
         };
         if let Err(reason) = outcome {
             log::info!("node {node_id}: {reason}");
@@ -115,10 +120,11 @@ fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> R
 }
 
 async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
+    control: &Control,
     session: &SessionHandle,
     ws: &mut WebSocketStream<S>,
 ) -> Result<(), String> {
-    if session.silence() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
+    if session.silence() > control.hub.offline_after() {
         return Err("missed heartbeats; offline".into());
     }
     send(ws, &ControlMessage::Heartbeat).await
@@ -139,8 +145,10 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .find(|n| n.id == node_id)
         .ok_or("node was removed")?;
-    let config = snapshot(&state, node);
+    let mut config = snapshot(&state, node);
+    config.heartbeat_interval_ms = control.hub.heartbeat().as_millis() as u64;
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
+    control.hub.count_push();
     *sent_version = Some(state.revision);
     Ok(())
 }

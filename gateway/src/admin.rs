@@ -48,11 +48,6 @@ fn metrics(gateway: &Gateway) -> String {
         "gauge",
         gateway.config_version.load(Ordering::Relaxed),
     );
-    line(
-        "control_connected",
-        "gauge",
-        u64::from(gateway.link.is_connected()),
-    );
     line("routes", "gauge", gateway.routes().len() as u64);
     line("peers", "gauge", peers.len() as u64);
     line(
@@ -72,5 +67,10 @@ fn metrics(gateway: &Gateway) -> String {
     );
     line("upstream_connections", "gauge", gateway.pool.size() as u64);
     line("tcp_sockets", "gauge", gateway.stack.socket_count() as u64);
+    text.push_str(&kakuremichi_nodelink::link::drop_metrics(
+        "kakuremichi_gateway",
+        &gateway.stack,
+    ));
+    text.push_str(&gateway.link.metrics("kakuremichi_gateway"));
     text
 }

@@ -78,8 +78,14 @@ struct Peer {
 /// Counters of what the table refused, by reason.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DropCounters {
-    /// Datagrams that are not WireGuard, fail authentication, or name no known peer.
-    pub invalid_datagrams: u64,
+    /// Datagrams that do not parse as WireGuard messages (garbage, scans).
+    pub not_wireguard: u64,
+    /// WireGuard messages for a key or session index this node does not know.
+    pub unknown_peer: u64,
+    /// Messages that failed a MAC, decryption or replay check.
+    pub failed_authentication: u64,
+    /// Handshake initiations answered with a cookie instead (handshake flood protection).
+    pub rate_limited: u64,
     /// Decrypted packets whose source is outside the sending peer's AllowedIPs.
     pub spoofed_sources: u64,
     /// IP packets for an address no peer owns.
@@ -104,6 +110,21 @@ pub struct PeerTable {
     pub to_network: VecDeque<(SocketAddr, Vec<u8>)>,
     /// What was refused.
     pub drops: DropCounters,
+}
+
+impl DropCounters {
+    /// Each counter with the reason label `/metrics` gives it.
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("not_wireguard", self.not_wireguard),
+            ("unknown_peer", self.unknown_peer),
+            ("failed_authentication", self.failed_authentication),
+            ("rate_limited", self.rate_limited),
+            ("spoofed_source", self.spoofed_sources),
+            ("no_route", self.no_route),
+            ("queue_full", self.queue_full),
+        ]
+    }
 }
 
 impl PeerTable {
@@ -251,7 +272,7 @@ impl PeerTable {
             ..
         } = self;
         let Some(peer) = peers.get_mut(&index) else {
-            drops.invalid_datagrams += 1;
+            drops.unknown_peer += 1;
             return;
         };
         let mut first = true;
@@ -296,7 +317,7 @@ impl PeerTable {
                         "peer {}: datagram from {from} refused: {e:?}",
                         short(&peer.spec.public_key)
                     );
-                    drops.invalid_datagrams += 1;
+                    drops.failed_authentication += 1;
                     return;
                 }
                 TunnResult::Done => return,
@@ -315,6 +336,7 @@ impl PeerTable {
                 {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.drops.rate_limited += 1;
                         push_bounded(
                             &mut self.to_network,
                             &mut self.drops,
@@ -325,22 +347,26 @@ impl PeerTable {
                         return None;
                     }
                     Err(_) => {
-                        self.drops.invalid_datagrams += 1;
+                        self.drops.failed_authentication += 1;
                         return None;
                     }
                 }
-                parse_handshake_anon(&self.secret, &self.public, &init)
+                let index = parse_handshake_anon(&self.secret, &self.public, &init)
                     .ok()
-                    .and_then(|half| self.index_by_key.get(&half.peer_static_public).copied())
+                    .and_then(|half| self.index_by_key.get(&half.peer_static_public).copied());
+                if index.is_none() {
+                    self.drops.unknown_peer += 1;
+                }
+                index
             }
             Ok(Packet::HandshakeResponse(p)) => Some(p.receiver_idx >> 8),
             Ok(Packet::PacketCookieReply(p)) => Some(p.receiver_idx >> 8),
             Ok(Packet::PacketData(p)) => Some(p.receiver_idx >> 8),
-            Err(_) => None,
+            Err(_) => {
+                self.drops.not_wireguard += 1;
+                None
+            }
         };
-        if index.is_none() {
-            self.drops.invalid_datagrams += 1;
-        }
         index
     }
 

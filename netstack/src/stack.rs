@@ -113,6 +113,11 @@ impl Stack {
         self.shared.lock().peer_stats()
     }
 
+    /// What the WireGuard side refused so far, by reason.
+    pub fn drops(&self) -> crate::peer::DropCounters {
+        self.shared.lock().drops().clone()
+    }
+
     /// Open TCP sockets (including closing ones).
     pub fn socket_count(&self) -> usize {
         self.shared.lock().socket_count()

@@ -247,18 +247,25 @@ fn garbage_truncated_and_replayed_datagrams_are_dropped() {
     net.nodes[1].core.poll(net.now);
     let (_, datagram) = net.nodes[1].core.poll_transmit().expect("data datagram");
     net.nodes[0].core.receive_datagram(net.now, from, &datagram);
-    let invalid_before = net.nodes[0].core.drops().invalid_datagrams;
+    let before = net.nodes[0].core.drops().clone();
     net.nodes[0].core.receive_datagram(net.now, from, &datagram);
-    assert!(
-        net.nodes[0].core.drops().invalid_datagrams > invalid_before,
+    assert_eq!(
+        net.nodes[0].core.drops().failed_authentication,
+        before.failed_authentication + 1,
         "replay accepted"
     );
-    // Truncated copies of it.
+    // Truncated copies of it: each counted once, under a reason.
+    let total = |d: &kakuremichi_netstack::peer::DropCounters| -> u64 {
+        d.by_reason().iter().map(|(_, n)| n).sum()
+    };
+    let before = total(net.nodes[0].core.drops());
     for cut in [1, 16, 31, datagram.len() - 1] {
         net.nodes[0]
             .core
             .receive_datagram(net.now, from, &datagram[..cut]);
     }
+    assert_eq!(total(net.nodes[0].core.drops()), before + 4);
+    assert!(net.nodes[0].core.drops().not_wireguard >= 3);
     // The session still works.
     assert_eq!(
         transfer(&mut net, (1, client), (0, server), b"still fine"),

@@ -127,6 +127,9 @@ impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send> Trans
 pub struct LinkState {
     connected: AtomicBool,
     applied: AtomicU64,
+    /// Sessions opened and snapshots received since start (a quiet cluster keeps both still).
+    sessions: AtomicU64,
+    snapshots: AtomicU64,
     applied_changed: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
 
@@ -135,6 +138,8 @@ impl Default for LinkState {
         LinkState {
             connected: AtomicBool::new(false),
             applied: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
             applied_changed: async_channel::bounded(1),
         }
     }
@@ -151,6 +156,28 @@ impl LinkState {
         self.applied.store(version, Ordering::Relaxed);
         // A full channel already holds a pending report, which will read the newest version.
         let _ = self.applied_changed.0.try_send(());
+    }
+
+    /// Control sessions opened since the node started.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Config snapshots received since the node started.
+    pub fn snapshots(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus lines for the link's counters.
+    pub fn metrics(&self, prefix: &str) -> String {
+        format!(
+            "# TYPE {prefix}_control_connected gauge\n{prefix}_control_connected {}\n\
+             # TYPE {prefix}_control_sessions_total counter\n{prefix}_control_sessions_total {}\n\
+             # TYPE {prefix}_config_snapshots_total counter\n{prefix}_config_snapshots_total {}\n",
+            u8::from(self.is_connected()),
+            self.sessions(),
+            self.snapshots(),
+        )
     }
 
     /// The config version the node runs.
@@ -277,8 +304,11 @@ async fn session(
     log::info!("connected to Control at {}", control.ws_url);
     let _ = state.applied_changed.0.try_send(());
     state.connected.store(true, Ordering::Relaxed);
+    state.sessions.fetch_add(1, Ordering::Relaxed);
     let mut last_heard = Instant::now();
-    let mut next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+    // Control's snapshot says the interval; until it arrives, the default.
+    let mut interval = HEARTBEAT_INTERVAL;
+    let mut next_heartbeat = Instant::now() + interval;
     loop {
         let applied = async {
             let _ = state.applied_changed.1.recv().await;
@@ -298,6 +328,11 @@ async fn session(
                 last_heard = Instant::now();
                 match decode::<ControlMessage>(&text) {
                     Ok(ControlMessage::Config(snapshot)) => {
+                        state.snapshots.fetch_add(1, Ordering::Relaxed);
+                        if snapshot.heartbeat_interval() != interval {
+                            interval = snapshot.heartbeat_interval();
+                            next_heartbeat = Instant::now() + interval;
+                        }
                         if let Err(e) = settings.state_dir.save_config(&snapshot) {
                             log::warn!("could not cache config version {}: {e}", snapshot.version);
                         }
@@ -321,10 +356,10 @@ async fn session(
                 }
             }
             Event::Tick => {
-                if last_heard.elapsed() > HEARTBEAT_INTERVAL * MISSED_HEARTBEATS_OFFLINE {
+                if last_heard.elapsed() > interval * MISSED_HEARTBEATS_OFFLINE {
                     return Error::Connection("Control missed its heartbeats".into());
                 }
-                next_heartbeat = Instant::now() + HEARTBEAT_INTERVAL;
+                next_heartbeat = Instant::now() + interval;
                 for message in [NodeMessage::Heartbeat, NodeMessage::Status(status())] {
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
@@ -333,6 +368,17 @@ async fn session(
             }
         }
     }
+}
+
+/// The Prometheus lines for the datagrams a node's WireGuard socket refused, by reason.
+pub fn drop_metrics(prefix: &str, stack: &kakuremichi_netstack::Stack) -> String {
+    let mut text = format!("# TYPE {prefix}_wireguard_dropped_total counter\n");
+    for (reason, count) in stack.drops().by_reason() {
+        text.push_str(&format!(
+            "{prefix}_wireguard_dropped_total{{reason=\"{reason}\"}} {count}\n"
+        ));
+    }
+    text
 }
 
 /// Summarise a netstack's peers for a status report.

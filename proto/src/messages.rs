@@ -30,7 +30,7 @@ pub enum NodeMessage {
         /// The snapshot's version.
         version: u64,
     },
-    /// Liveness, every [`HEARTBEAT_INTERVAL`].
+    /// Liveness, every heartbeat interval ([`HEARTBEAT_INTERVAL`] unless Control says otherwise).
     Heartbeat,
     /// What the node is running and has moved.
     Status(NodeStatus),
@@ -71,7 +71,7 @@ pub struct NodeStatus {
 pub enum ControlMessage {
     /// The node's full desired configuration.
     Config(Box<ConfigSnapshot>),
-    /// Liveness, every [`HEARTBEAT_INTERVAL`].
+    /// Liveness, every heartbeat interval ([`HEARTBEAT_INTERVAL`] unless Control says otherwise).
     Heartbeat,
 }
 
@@ -106,6 +106,21 @@ pub struct ConfigSnapshot {
     /// Gateways only: what clients that send no SNI get (names no tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_certificate: Option<CertificateBundle>,
+    /// How often both ends of the control session send heartbeats; Control decides, so
+    /// both ends judge silence by the same clock.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    HEARTBEAT_INTERVAL.as_millis() as u64
+}
+
+impl ConfigSnapshot {
+    /// The heartbeat interval Control asked for.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
 }
 
 /// The built-in route that makes Control reachable over HTTPS through gateways.
@@ -234,6 +249,7 @@ mod tests {
             certificates: vec![],
             fallback_certificate: None,
             control_route: None,
+            heartbeat_interval_ms: 15_000,
             challenges: vec![AcmeChallenge::Http01 {
                 token: "t".into(),
                 key_authorization: "t.k".into(),

@@ -104,6 +104,16 @@ impl Node {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The node's `/metrics` text (gateways' admin and agents' status listeners).
+    pub fn metrics(&self) -> String {
+        curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin_port)]).body
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -177,6 +187,11 @@ impl Cluster {
         })
         .expect("control answers /healthz");
         cluster
+    }
+
+    /// Control's `/metrics` text.
+    pub fn control_metrics(&self) -> String {
+        curl(&[&self.control_url("/metrics")]).body
     }
 
     /// `http://127.0.0.1:<control port><path>`.
