@@ -114,6 +114,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         "agent started (status on http://{})",
         settings.status_listen
     );
-    future::or(serve_status, future::or(apply_loop, control_link)).await;
+    future::or(
+        future::or(serve_status, kakuremichi_rt::memory::release_periodically()),
+        future::or(apply_loop, control_link),
+    )
+    .await;
     Ok(())
 }

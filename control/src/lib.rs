@@ -119,7 +119,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         acme: settings.acme,
     });
     futures_lite::future::or(
-        server::serve(control.clone(), listener),
+        futures_lite::future::or(
+            server::serve(control.clone(), listener),
+            kakuremichi_rt::memory::release_periodically(),
+        ),
         certs::run(control),
     )
     .await;

@@ -44,6 +44,22 @@ fn metrics(gateway: &Gateway) -> String {
         m.bad_gateway.load(Ordering::Relaxed),
     );
     line(
+        "bad_requests_total",
+        "counter",
+        m.bad_requests.load(Ordering::Relaxed),
+    );
+    line(
+        "client_errors_total",
+        "counter",
+        m.client_errors.load(Ordering::Relaxed),
+    );
+    line(
+        "overloaded_total",
+        "counter",
+        m.overloaded.load(Ordering::Relaxed),
+    );
+    line("upstream_waiting", "gauge", gateway.pool.waiting() as u64);
+    line(
         "config_version",
         "gauge",
         gateway.config_version.load(Ordering::Relaxed),

@@ -6,7 +6,9 @@
 //!
 //! - [`routes`]: hostname → tunnel (plain data).
 //! - [`proxy`]: the hyper service that forwards, with forwarding headers and upgrades.
-//! - [`pool`]: keep-alive connections to agents over the netstack.
+//! - [`pool`]: keep-alive connections to agents over the netstack, a limit and a queue per
+//!   agent service.
+//! - [`body`]: the client's request body on its way upstream (idle timeout, whose fault).
 //! - [`tls`]: certificates by SNI and ACME challenge answers.
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
 //! - [`pages`]: the 404 / 502 / 503 pages.
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod listeners;
 pub mod pages;
 pub mod pool;
@@ -70,6 +73,8 @@ pub struct Settings {
     pub wireguard_endpoint: String,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_listen: SocketAddr,
+    /// Requests in flight per agent service, and how long others wait.
+    pub upstream_limits: pool::Limits,
 }
 
 /// Request counters.
@@ -77,7 +82,14 @@ pub struct Settings {
 pub struct Metrics {
     pub requests: AtomicU64,
     pub not_found: AtomicU64,
+    /// The agent or origin failed.
     pub bad_gateway: AtomicU64,
+    /// Malformed requests (no or several `Host`s, …).
+    pub bad_requests: AtomicU64,
+    /// Clients whose body was malformed, cut short or too slow.
+    pub client_errors: AtomicU64,
+    /// Requests answered 503 because their agent's connections stayed busy.
+    pub overloaded: AtomicU64,
 }
 
 /// A running gateway's shared state.
@@ -152,10 +164,11 @@ impl Gateway {
         );
     }
 
-    /// Save agents' endpoints whenever they change.
+    /// Save agents' endpoints whenever they change, and close idle upstream connections.
     async fn keep_endpoints(&self) {
         loop {
             async_io::Timer::after(ENDPOINT_SAVE_INTERVAL).await;
+            self.pool.sweep();
             let current: HashMap<String, SocketAddr> = self
                 .stack
                 .peer_stats()
@@ -199,7 +212,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let gateway = Arc::new(Gateway {
-        pool: pool::Pool::new(stack.clone()),
+        pool: pool::Pool::new(stack.clone(), settings.upstream_limits),
         stack,
         routes: RwLock::default(),
         config_version: AtomicU64::new(0),
@@ -245,7 +258,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             )
         },
     );
-    let background = future::or(apply_loop, gateway.keep_endpoints());
+    let background = future::or(
+        future::or(apply_loop, gateway.keep_endpoints()),
+        kakuremichi_rt::memory::release_periodically(),
+    );
     future::or(
         future::or(future::or(serve_http, serve_https), serve_admin),
         future::or(background, control_link),

@@ -34,8 +34,12 @@ pub async fn handle_http(
             None => respond(404, "text/plain", "unknown challenge\n"),
         };
     }
-    let Some(host) = proxy::request_host(&request) else {
-        return pages::bad_request("The request names no host.");
+    let host = match proxy::request_host(&request) {
+        Ok(host) => host,
+        Err(why) => {
+            gateway.metrics.bad_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return pages::bad_request(why);
+        }
     };
     let Some(route) = gateway.routes().lookup(&host).cloned() else {
         return proxy::handle(gateway, request, client, "http").await;
@@ -77,6 +81,7 @@ async fn handle_https(
     client: SocketAddr,
 ) -> Response<Body> {
     let host = proxy::request_host(&request)
+        .ok()
         .and_then(|h| gateway.routes().lookup(&h).map(|r| r.hostname.clone()));
     let mut response = proxy::handle(gateway.clone(), request, client, "https").await;
     if host.is_some_and(|h| gateway.certificates.publicly_trusted(&h)) {

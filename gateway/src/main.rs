@@ -41,6 +41,13 @@ struct Args {
     /// admin listener for /healthz, /readyz, /metrics (default 127.0.0.1:9090)
     #[argh(option, default = "\"127.0.0.1:9090\".parse().unwrap()")]
     admin_listen: SocketAddr,
+    /// requests in flight to one tunnel's agent at once (default 256); more wait in line
+    #[argh(option, default = "256")]
+    upstream_connections: usize,
+    /// seconds a request waits in line for a free connection to its agent before it gets a
+    /// 503 with Retry-After (default 10)
+    #[argh(option, default = "10")]
+    upstream_queue_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +75,11 @@ fn main() -> anyhow::Result<()> {
         wireguard_listen: args.wireguard_listen,
         wireguard_endpoint,
         admin_listen: args.admin_listen,
+        upstream_limits: kakuremichi_gateway::pool::Limits {
+            connections: args.upstream_connections.max(1),
+            queue_timeout: std::time::Duration::from_secs(args.upstream_queue_timeout),
+            ..Default::default()
+        },
     };
     smol::block_on(kakuremichi_gateway::run(settings))?;
     Ok(())

@@ -67,5 +67,37 @@ pub fn certificate_pending(hostname: &str) -> Response<Body> {
 
 /// The request itself is unusable (no Host).
 pub fn bad_request(reason: &str) -> Response<Body> {
-    page(400, "Bad request", &escape(reason))
+    client_error(400, reason)
+}
+
+/// The client's request failed on its side: 400 (malformed) or 408 (too slow).
+pub fn client_error(status: u16, reason: &str) -> Response<Body> {
+    let title = match status {
+        408 => "Request timeout",
+        _ => "Bad request",
+    };
+    let mut response = page(status, title, &escape(reason));
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Every connection to the tunnel's agent stayed busy for the queue timeout: come back
+/// in a second.
+pub fn overloaded(hostname: &str) -> Response<Body> {
+    let mut response = page(
+        503,
+        "Busy",
+        &format!(
+            "The site at <b>{}</b> is receiving more requests than it can take right now. Please try again in a moment.",
+            escape(hostname)
+        ),
+    );
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    response
 }

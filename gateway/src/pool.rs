@@ -1,41 +1,99 @@
-//! Keep-alive HTTP/1.1 connections to agents' service ports, over the netstack.
+//! Keep-alive HTTP/1.1 connections to agents' service ports, over the netstack, with a limit
+//! per upstream.
 //!
-//! A connection goes back into the pool as soon as its response head arrived; it is handed
-//! out again only once hyper reports it ready (the previous body finished), and dropped once
-//! closed or idle too long.
+//! Every request holds one of its upstream's permits from checkout until its response body
+//! ends (see [`Held`]), so at most [`Limits::connections`] requests are in flight to one
+//! agent service and about that many connections exist: every extra in-flight request
+//! would otherwise open its own overlay connection, overrun the agent's backlog and hold
+//! its buffers. Requests past the limit wait in line, up to [`Limits::queue_timeout`]; the
+//! proxy answers those that waited too long with a 503 and `Retry-After`.
+//!
+//! A connection goes back into the idle list as soon as its response head arrived; it is
+//! handed out again only once hyper reports it ready (the previous body finished), and
+//! dropped once closed or idle too long.
 
 use crate::routes::Upstream;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use kakuremichi_netstack::Stack;
-use kakuremichi_rt::http::Body;
+use crate::body::ClientBody;
 use kakuremichi_rt::io::FuturesIo;
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Idle connections older than this are closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections kept per upstream.
-const MAX_PER_UPSTREAM: usize = 64;
+/// How many requests may be in flight to one upstream, and how long others wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Requests in flight (and so connections) per upstream.
+    pub connections: usize,
+    /// How long a request waits for a free connection before it gets a 503.
+    pub queue_timeout: Duration,
+    /// Requests waiting per upstream before further ones get a 503 at once.
+    pub max_waiting: usize,
+    /// Idle connections older than this are closed rather than reused.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 256,
+            queue_timeout: Duration::from_secs(10),
+            max_waiting: 32 * 1024,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why no connection was handed out.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// Every permit stayed taken for the whole queue timeout, or the line was full.
+    Busy,
+    /// The upstream could not be reached.
+    Connect(io::Error),
+}
+
+impl std::fmt::Display for CheckoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckoutError::Busy => write!(f, "every upstream connection stayed busy"),
+            CheckoutError::Connect(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 struct Pooled {
-    sender: SendRequest<Body>,
+    sender: SendRequest<ClientBody>,
     returned: Instant,
 }
 
-/// A connection to one upstream.
+/// One upstream's idle connections and permits.
+struct Slot {
+    idle: Vec<Pooled>,
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A connection to one upstream, with the permit its request holds.
 pub struct Conn {
     /// Sends requests on the connection.
-    pub sender: SendRequest<Body>,
+    pub sender: SendRequest<ClientBody>,
     /// Whether it served a request before (and so may have been closed by the far end
     /// meanwhile).
     pub reused: bool,
     upstream: Upstream,
+    permit: SemaphoreGuardArc,
 }
 
 /// Start HTTP/1.1 on a fresh connection; the connection task runs until it closes.
-async fn handshake<I>(io: I, upstream: &Upstream) -> io::Result<SendRequest<Body>>
+async fn handshake<I>(io: I, upstream: &Upstream) -> io::Result<SendRequest<ClientBody>>
 where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
@@ -57,52 +115,106 @@ where
 /// Connections to upstreams, by address.
 pub struct Pool {
     stack: Stack,
-    idle: Mutex<HashMap<Upstream, Vec<Pooled>>>,
+    limits: Limits,
+    slots: Mutex<HashMap<Upstream, Slot>>,
 }
 
 impl Pool {
     /// An empty pool dialing through `stack`.
-    pub fn new(stack: Stack) -> Self {
+    pub fn new(stack: Stack, limits: Limits) -> Self {
         Pool {
             stack,
-            idle: Mutex::new(HashMap::new()),
+            limits,
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, Vec<Pooled>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, Slot>> {
         // The map holds plain handles; nothing is left half-done by a panic.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A ready pooled connection, or a new one.
-    pub async fn checkout(&self, upstream: &Upstream) -> io::Result<Conn> {
+    fn slot<'a>(
+        &self,
+        slots: &'a mut HashMap<Upstream, Slot>,
+        upstream: &Upstream,
+    ) -> &'a mut Slot {
+        slots.entry(upstream.clone()).or_insert_with(|| Slot {
+            idle: Vec::new(),
+            permits: Arc::new(Semaphore::new(self.limits.connections)),
+            waiting: Arc::default(),
+        })
+    }
+
+    /// Wait for a permit for `upstream`, then a ready pooled connection or a new one.
+    pub async fn checkout(&self, upstream: &Upstream) -> Result<Conn, CheckoutError> {
+        let (permits, waiting) = {
+            let mut slots = self.lock();
+            let slot = self.slot(&mut slots, upstream);
+            (slot.permits.clone(), slot.waiting.clone())
+        };
+        let permit = match permits.try_acquire_arc() {
+            Some(permit) => permit,
+            None => {
+                if waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.max_waiting {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Err(CheckoutError::Busy);
+                }
+                let acquired = futures_lite::future::or(
+                    async { Some(permits.acquire_arc().await) },
+                    async {
+                        async_io::Timer::after(self.limits.queue_timeout).await;
+                        None
+                    },
+                )
+                .await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                acquired.ok_or(CheckoutError::Busy)?
+            }
+        };
         if let Some(sender) = self.take_ready(upstream) {
             return Ok(Conn {
                 sender,
                 reused: true,
                 upstream: upstream.clone(),
+                permit,
             });
         }
-        self.connect(upstream).await
+        let sender = self
+            .dial(upstream)
+            .await
+            .map_err(CheckoutError::Connect)?;
+        Ok(Conn {
+            sender,
+            reused: false,
+            upstream: upstream.clone(),
+            permit,
+        })
     }
 
-    fn take_ready(&self, upstream: &Upstream) -> Option<SendRequest<Body>> {
-        let mut idle = self.lock();
-        let list = idle.get_mut(upstream)?;
+    fn take_ready(&self, upstream: &Upstream) -> Option<SendRequest<ClientBody>> {
+        let mut slots = self.lock();
+        let list = &mut slots.get_mut(upstream)?.idle;
+        let idle_timeout = self.limits.idle_timeout;
         list.retain(|p| {
-            let idle_too_long = p.sender.is_ready() && p.returned.elapsed() > IDLE_TIMEOUT;
+            let idle_too_long = p.sender.is_ready() && p.returned.elapsed() > idle_timeout;
             !p.sender.is_closed() && !idle_too_long
         });
         let position = list.iter().position(|p| p.sender.is_ready())?;
         Some(list.swap_remove(position).sender)
     }
 
-    /// A new connection.
-    pub async fn connect(&self, upstream: &Upstream) -> io::Result<Conn> {
-        let sender = match upstream {
-            Upstream::Overlay(addr) => {
-                handshake(self.stack.connect(*addr).await?, upstream).await?
-            }
+    /// Replace `conn`'s connection by a new one (its pooled one was closed), keeping the
+    /// permit.
+    pub async fn redial(&self, conn: &mut Conn) -> io::Result<()> {
+        conn.sender = self.dial(&conn.upstream).await?;
+        conn.reused = false;
+        Ok(())
+    }
+
+    async fn dial(&self, upstream: &Upstream) -> io::Result<SendRequest<ClientBody>> {
+        match upstream {
+            Upstream::Overlay(addr) => handshake(self.stack.connect(*addr).await?, upstream).await,
             Upstream::Direct(addr) => {
                 let connect = smol::net::TcpStream::connect(addr.as_str());
                 let timeout = async {
@@ -114,30 +226,85 @@ impl Pool {
                 };
                 let stream = futures_lite::future::or(connect, timeout).await?;
                 let _ = stream.set_nodelay(true);
-                handshake(stream, upstream).await?
+                handshake(stream, upstream).await
             }
-        };
-        Ok(Conn {
-            sender,
-            reused: false,
-            upstream: upstream.clone(),
-        })
+        }
     }
 
-    /// Return a connection whose response head arrived.
-    pub fn checkin(&self, conn: Conn) {
-        let mut idle = self.lock();
-        let list = idle.entry(conn.upstream).or_default();
-        if list.len() < MAX_PER_UPSTREAM {
-            list.push(Pooled {
+    /// Return a connection whose response head arrived; the permit comes back to be held
+    /// until the response body ends.
+    pub fn checkin(&self, conn: Conn) -> SemaphoreGuardArc {
+        let mut slots = self.lock();
+        let slot = self.slot(&mut slots, &conn.upstream);
+        if slot.idle.len() < self.limits.connections {
+            slot.idle.push(Pooled {
                 sender: conn.sender,
                 returned: Instant::now(),
             });
         }
+        conn.permit
+    }
+
+    /// Close connections idle longer than the idle timeout, and forget upstreams with
+    /// nothing left (their agents may be gone for good).
+    pub fn sweep(&self) {
+        let idle_timeout = self.limits.idle_timeout;
+        self.lock().retain(|_, slot| {
+            slot.idle.retain(|p| {
+                !p.sender.is_closed()
+                    && !(p.sender.is_ready() && p.returned.elapsed() > idle_timeout)
+            });
+            // Every permit held and every checkout under way holds a clone of the semaphore.
+            !slot.idle.is_empty() || Arc::strong_count(&slot.permits) > 1
+        });
     }
 
     /// Connections held, busy or idle.
     pub fn size(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(|s| s.idle.len()).sum()
+    }
+
+    /// Requests waiting for a connection, over all upstreams.
+    pub fn waiting(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|s| s.waiting.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A response body that holds its request's permit until it ends or is dropped.
+pub struct Held<B> {
+    body: B,
+    _permit: Option<SemaphoreGuardArc>,
+}
+
+impl<B> Held<B> {
+    /// `body`, holding `permit` while it lives.
+    pub fn new(body: B, permit: Option<SemaphoreGuardArc>) -> Self {
+        Held {
+            body,
+            _permit: permit,
+        }
+    }
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

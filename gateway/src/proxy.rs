@@ -2,13 +2,15 @@
 //! the overlay, with forwarding headers set; bodies stream both ways; upgrades (WebSocket)
 //! become a byte tunnel.
 
+use crate::body::ClientBody;
 use crate::pages;
-use crate::pool::Pool;
+use crate::pool::{CheckoutError, Held, Pool};
 use crate::routes::Upstream;
 use crate::Gateway;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
@@ -35,26 +37,46 @@ pub async fn handle(
     client: SocketAddr,
     scheme: &'static str,
 ) -> Response<Body> {
-    gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let Some(host) = request_host(&request) else {
-        return pages::bad_request("The request names no host.");
+    let metrics = &gateway.metrics;
+    metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let host = match request_host(&request) {
+        Ok(host) => host,
+        Err(why) => {
+            metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return pages::bad_request(why);
+        }
     };
     let Some(route) = gateway.routes().lookup(&host).cloned() else {
-        gateway.metrics.not_found.fetch_add(1, Ordering::Relaxed);
+        metrics.not_found.fetch_add(1, Ordering::Relaxed);
         return pages::not_found(&host);
     };
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
-    let mut response =
-        match forward(&gateway.pool, &route.upstream, request.map(|b| b.boxed())).await {
-            Ok(response) => response,
-            Err(e) => {
-                gateway.metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
-                log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
-                return pages::bad_gateway(route.hostname.as_str());
+    let (body_failure, request) = ClientBody::wrap(request);
+    let mut response = match forward(&gateway.pool, &route.upstream, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(why) = body_failure.get() {
+                // The client broke off or sent a malformed body: not the tunnel's fault.
+                metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
+                return pages::client_error(why.status(), why.message());
             }
-        };
+            if matches!(e, ForwardError::Busy) {
+                metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "tunnel {} ({}): {e}; answered 503",
+                    route.tunnel_id,
+                    route.hostname
+                );
+                return pages::overloaded(route.hostname.as_str());
+            }
+            metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
+            log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
+            return pages::bad_gateway(route.hostname.as_str());
+        }
+    };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -79,40 +101,109 @@ pub async fn handle(
     response.map(|b| b.boxed())
 }
 
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+enum ForwardError {
+    /// Every connection to the upstream stayed busy for the queue timeout.
+    Busy,
+    /// The upstream could not be reached or broke off.
+    Upstream(String),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::Busy => write!(f, "every upstream connection stayed busy"),
+            ForwardError::Upstream(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Send `request` upstream on a pooled connection; a pooled connection that turns out to be
-/// closed is replaced by a fresh one once, if the request was not sent.
+/// closed is replaced by a fresh one once, if the request was not sent. The response body
+/// holds the request's pool permit until it ends.
 async fn forward(
     pool: &Pool,
     upstream: &Upstream,
-    request: Request<Body>,
-) -> Result<Response<Incoming>, String> {
-    let mut conn = pool.checkout(upstream).await.map_err(|e| e.to_string())?;
+    request: Request<ClientBody>,
+) -> Result<Response<Held<Incoming>>, ForwardError> {
+    let upstream_error = |e: &dyn std::fmt::Display| ForwardError::Upstream(e.to_string());
+    let mut conn = pool.checkout(upstream).await.map_err(|e| match e {
+        CheckoutError::Busy => ForwardError::Busy,
+        CheckoutError::Connect(e) => upstream_error(&e),
+    })?;
     let result = match conn.sender.try_send_request(request).await {
         Err(mut e) if conn.reused && e.message().is_some() => {
-            let request = e.take_message().ok_or("request lost")?;
-            conn = pool.connect(upstream).await.map_err(|e| e.to_string())?;
+            let request = e
+                .take_message()
+                .ok_or_else(|| ForwardError::Upstream("request lost".into()))?;
+            pool.redial(&mut conn).await.map_err(|e| upstream_error(&e))?;
             conn.sender
                 .send_request(request)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| upstream_error(&e))
         }
-        other => other.map_err(|e| e.into_error().to_string()),
+        other => other.map_err(|e| upstream_error(&e.into_error())),
     };
     let response = result?;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        pool.checkin(conn);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the upgraded stream; its permit goes back at once
+        // (long-lived WebSockets must not hold request slots).
+        return Ok(response.map(|body| Held::new(body, None)));
     }
-    Ok(response)
+    let permit = pool.checkin(conn);
+    Ok(response.map(|body| Held::new(body, Some(permit))))
 }
 
-/// The host a request names: its `Host` header, or the URI's authority (HTTP/2).
-pub fn request_host(request: &Request<Incoming>) -> Option<String> {
-    let host = match request.headers().get(HOST) {
-        Some(value) => value.to_str().ok()?.to_string(),
-        None => request.uri().authority()?.to_string(),
+/// The host a request is for, as RFC 9112 §3.2 and RFC 9113 §8.3.1 say: the authority of
+/// an absolute-form target (HTTP/1.1) or `:authority` (HTTP/2) wins over `Host`; HTTP/1.1
+/// needs exactly one valid `Host`; a `Host` that disagrees with `:authority` is malformed.
+/// Returns the reason for a 400 otherwise.
+pub fn request_host<B>(request: &Request<B>) -> Result<String, &'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("The request has more than one Host header.");
+    }
+    let header = match header {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| "The Host header is not valid.")?;
+            Some(
+                text.parse::<Authority>()
+                    .map_err(|_| "The Host header is not valid.")?,
+            )
+        }
+        None => None,
     };
-    (!host.is_empty()).then_some(host)
+    let authority = request.uri().authority().cloned();
+    let host = match (request.version(), authority, header) {
+        (Version::HTTP_2, Some(authority), Some(header)) if authority != header => {
+            return Err("The Host header disagrees with the request's authority.")
+        }
+        (_, Some(authority), _) => authority,
+        (Version::HTTP_11, None, None) => return Err("The request has no Host header."),
+        (_, None, Some(header)) => header,
+        (_, None, None) => return Err("The request names no host."),
+    };
+    if host.host().is_empty() {
+        return Err("The request names no host.");
+    }
+    Ok(host.as_str().to_string())
 }
+
+/// Headers a client could send to pass itself off as someone else to the origin: only the
+/// gateway knows who connected, and it sets `X-Real-IP` itself.
+const CLIENT_ADDRESS_CLAIMS: [&str; 7] = [
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-server",
+];
 
 fn prepare_request(
     request: &mut Request<Incoming>,
@@ -131,13 +222,35 @@ fn prepare_request(
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade);
+    for name in CLIENT_ADDRESS_CLAIMS {
+        headers.remove(name);
+    }
     let ip = client.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    // Several field lines of a list header are one list (RFC 9110 §5.3): join, then append.
+    let joined = |name: &str| -> Option<String> {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let forwarded_for = match joined("x-forwarded-for") {
         Some(previous) => format!("{previous}, {ip}"),
         None => ip.clone(),
     };
+    let node = match client.ip() {
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        v4 => v4.to_string(),
+    };
+    let element = format!("for={node};host=\"{host}\";proto={scheme}");
+    let forwarded = match joined("forwarded") {
+        Some(previous) => format!("{previous}, {element}"),
+        None => element,
+    };
     for (name, value) in [
         ("x-forwarded-for", forwarded_for.as_str()),
+        ("forwarded", forwarded.as_str()),
         ("x-real-ip", ip.as_str()),
         ("x-forwarded-proto", scheme),
         ("x-forwarded-host", host),

@@ -19,10 +19,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::task::Waker;
 
-/// Bytes of receive and of send buffer per TCP socket; bounds each stream's window.
+/// The most bytes of receive and of send buffer a TCP socket grows to; bounds each stream's
+/// window.
 pub const TCP_BUFFER_BYTES: usize = 256 * 1024;
-/// Connections accepted by the stack but not yet by the application, per listened port.
-pub const MAX_BACKLOG: usize = 256;
+/// What a socket starts with. Most overlay connections are idle (WebSockets, pooled
+/// keep-alive connections): they keep this; busy ones grow (see [`grow_buffers_for_read`]).
+pub const TCP_FIRST_BUFFER_BYTES: usize = 4 * 1024;
+/// Connections accepted by the stack but not yet by the application, per listened port,
+/// and connections still in their handshake: a burst of this many at once is taken in.
+pub const MAX_BACKLOG: usize = 4096;
 /// Keepalive probes on idle connections, so a vanished peer is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(3);
 /// A connection whose peer is silent this long (unanswered data, SYN or keepalives) is aborted.
@@ -379,9 +384,10 @@ impl Core {
 
 fn new_tcp_socket() -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
+        tcp::SocketBuffer::new(vec![0; TCP_FIRST_BUFFER_BYTES]),
+        tcp::SocketBuffer::new(vec![0; TCP_FIRST_BUFFER_BYTES]),
     );
+    socket.set_max_recv_capacity(TCP_BUFFER_BYTES);
     socket.set_nagle_enabled(false);
     // Without congestion control smoltcp sends a whole window at once, overruns UDP socket
     // buffers and then waits out retransmission timeouts.
@@ -389,6 +395,24 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
     socket.set_keep_alive(Some(TCP_KEEPALIVE));
     socket.set_timeout(Some(TCP_TIMEOUT));
     socket
+}
+
+/// Before a read: a receive buffer found at least half full means the window, not the
+/// reader, limits the stream, so it grows (fourfold, up to [`TCP_BUFFER_BYTES`]).
+pub fn grow_buffers_for_read(socket: &mut tcp::Socket<'static>) {
+    let capacity = socket.recv_capacity();
+    if capacity < TCP_BUFFER_BYTES && socket.recv_queue() * 2 >= capacity {
+        socket.grow_recv_buffer((capacity * 4).min(TCP_BUFFER_BYTES));
+    }
+}
+
+/// Before a write: a full send buffer means the writer outpaces what is acknowledged, so
+/// it grows (fourfold, up to [`TCP_BUFFER_BYTES`]).
+pub fn grow_buffers_for_write(socket: &mut tcp::Socket<'static>) {
+    let capacity = socket.send_capacity();
+    if capacity < TCP_BUFFER_BYTES && socket.send_queue() == capacity {
+        socket.resize_send_buffer((capacity * 4).min(TCP_BUFFER_BYTES));
+    }
 }
 
 /// The remote endpoint and local port of a TCP SYN (without ACK) addressed to `local`.

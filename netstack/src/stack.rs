@@ -273,6 +273,7 @@ impl AsyncRead for TcpStream {
     ) -> Poll<io::Result<usize>> {
         let mut core = self.shared.lock();
         let socket = core.tcp(self.handle);
+        crate::core::grow_buffers_for_read(socket);
         if socket.can_recv() {
             let n = socket
                 .recv_slice(buf)
@@ -310,6 +311,7 @@ impl AsyncWrite for TcpStream {
                 "connection closed",
             )));
         }
+        crate::core::grow_buffers_for_write(socket);
         if socket.can_send() {
             let n = socket
                 .send_slice(buf)

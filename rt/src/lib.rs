@@ -8,6 +8,7 @@
 //! - [`http`]: server builders with the limits every listener shares, and body helpers.
 //! - [`copy`]: a bidirectional copy that flushes every write and half-closes at EOF.
 //! - [`logger`]: a small stderr logger.
+//! - [`memory`]: handing memory freed after a burst back to the system (glibc).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,3 +17,4 @@ pub mod exec;
 pub mod http;
 pub mod io;
 pub mod logger;
+pub mod memory;

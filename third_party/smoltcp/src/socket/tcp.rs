@@ -503,6 +503,9 @@ pub struct Socket<'a> {
     /// kakuremichi patch: the furthest right edge of the receive window ever advertised
     /// (outside SYNs). See `note_advertised_edge`.
     rx_edge: Option<TcpSeqNumber>,
+    /// kakuremichi patch: the receive buffer may grow to this size; the window scale is
+    /// chosen for it. See `set_max_recv_capacity`.
+    rx_capacity_max: usize,
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
@@ -608,6 +611,7 @@ impl<'a> Socket<'a> {
             remote_last_ack: None,
             remote_last_win: 0,
             rx_edge: None,
+            rx_capacity_max: rx_capacity,
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
@@ -932,8 +936,9 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        // kakuremichi patch: scale for the largest the buffer may grow to.
+        let rx_cap_log2 = mem::size_of::<usize>() * 8
+            - self.rx_buffer.capacity().max(self.rx_capacity_max).leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
@@ -1246,6 +1251,41 @@ impl<'a> Socket<'a> {
         }
 
         !self.tx_buffer.is_full()
+    }
+
+    /// kakuremichi patch: let the receive buffer grow to `capacity` bytes later (with
+    /// `grow_recv_buffer`) by advertising the window scale that size needs. Takes effect
+    /// only before the handshake (in the closed or listen state): the scale is fixed by the
+    /// SYN.
+    #[cfg(feature = "alloc")]
+    pub fn set_max_recv_capacity(&mut self, capacity: usize) {
+        if !matches!(self.state, State::Closed | State::Listen) {
+            return;
+        }
+        self.rx_capacity_max = capacity.clamp(self.rx_buffer.capacity(), 1 << 30);
+        let log2 = mem::size_of::<usize>() * 8 - self.rx_capacity_max.leading_zeros() as usize;
+        self.remote_win_shift = log2.saturating_sub(16) as u8;
+    }
+
+    /// kakuremichi patch: replace the receive buffer by a larger one of `capacity` bytes (at
+    /// most the one given to `set_max_recv_capacity`). The advertised window only ever moves
+    /// right, so growing is always safe; shrinking is not offered. Returns whether it grew
+    /// (not while out-of-order segments are held).
+    #[cfg(feature = "alloc")]
+    pub fn grow_recv_buffer(&mut self, capacity: usize) -> bool {
+        let capacity = capacity.min(self.rx_capacity_max);
+        if capacity <= self.rx_buffer.capacity() || !self.assembler.is_empty() {
+            return false;
+        }
+        self.rx_buffer.resize(capacity, 0)
+    }
+
+    /// kakuremichi patch: replace the send buffer by one of `capacity` bytes, larger or
+    /// smaller; what is queued (sent but unacknowledged, and unsent) moves along. Returns
+    /// whether it was replaced (not when the queued bytes would not fit).
+    #[cfg(feature = "alloc")]
+    pub fn resize_send_buffer(&mut self, capacity: usize) -> bool {
+        capacity != self.tx_buffer.capacity() && self.tx_buffer.resize(capacity, 0)
     }
 
     /// Return the maximum number of bytes inside the recv buffer.

@@ -111,6 +111,31 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
     }
 }
 
+/// kakuremichi patch: storage that can be replaced by a larger or smaller owned one, so a
+/// socket can start with a small buffer and grow only when its traffic needs it.
+#[cfg(feature = "alloc")]
+impl<'a> RingBuffer<'a, u8> {
+    /// Move the first `keep` bytes from the read position (at least everything queued) into
+    /// new owned storage of `capacity` bytes. Returns `false`, changing nothing, when they
+    /// would not fit.
+    pub fn resize(&mut self, capacity: usize, keep: usize) -> bool {
+        let keep = keep.max(self.length);
+        if keep > capacity {
+            return false;
+        }
+        let mut storage = alloc::vec![0u8; capacity];
+        let old_capacity = self.capacity();
+        if keep > 0 {
+            let first = cmp::min(keep, old_capacity - self.read_at);
+            storage[..first].copy_from_slice(&self.storage[self.read_at..self.read_at + first]);
+            storage[first..keep].copy_from_slice(&self.storage[..keep - first]);
+        }
+        self.storage = ManagedSlice::Owned(storage);
+        self.read_at = 0;
+        true
+    }
+}
+
 /// This is the "discrete" ring buffer interface: it operates with single elements,
 /// and boundary conditions (empty/full) are errors.
 impl<'a, T: 'a> RingBuffer<'a, T> {
@@ -410,6 +435,7 @@ impl<'a, T: 'a> From<ManagedSlice<'a, T>> for RingBuffer<'a, T> {
 #[cfg(test)]
 mod test {
     use super::*;
+
 
     #[test]
     fn test_buffer_length_changes() {
