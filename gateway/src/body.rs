@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Longest silence allowed between two pieces of a request body.
+/// Longest silence allowed between two pieces of a request body, by default.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a client's body failed.
@@ -21,7 +21,7 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ClientBodyError {
     /// Malformed framing (a bad chunk size) or the client broke off mid-body.
     Malformed(String),
-    /// Nothing arrived for [`BODY_IDLE_TIMEOUT`].
+    /// Nothing arrived for the idle timeout.
     Idle,
 }
 
@@ -47,7 +47,7 @@ impl std::fmt::Display for ClientBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientBodyError::Malformed(why) => write!(f, "client body: {why}"),
-            ClientBodyError::Idle => write!(f, "client body idle for {BODY_IDLE_TIMEOUT:?}"),
+            ClientBodyError::Idle => write!(f, "client body went idle"),
         }
     }
 }
@@ -80,13 +80,9 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    /// Watch `request`'s body; the returned handle tells whether it failed.
-    pub fn wrap(request: Request<Incoming>) -> (BodyFailure, Request<ClientBody>) {
-        Self::wrap_with_timeout(request, BODY_IDLE_TIMEOUT)
-    }
-
-    /// [`ClientBody::wrap`] with another idle timeout.
-    pub fn wrap_with_timeout(
+    /// Watch `request`'s body, failing it after `timeout` of silence; the returned handle
+    /// tells whether it failed.
+    pub fn wrap(
         request: Request<Incoming>,
         timeout: Duration,
     ) -> (BodyFailure, Request<ClientBody>) {

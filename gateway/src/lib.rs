@@ -75,6 +75,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Requests in flight per agent service, and how long others wait.
     pub upstream_limits: pool::Limits,
+    /// Longest silence allowed inside a request body.
+    pub body_idle_timeout: Duration,
 }
 
 /// Request counters.
@@ -102,6 +104,7 @@ pub struct Gateway {
     metrics: Metrics,
     certificates: Arc<tls::Certificates>,
     https_port: u16,
+    body_idle_timeout: Duration,
     state_dir: StateDir,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
@@ -220,6 +223,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         metrics: Metrics::default(),
         certificates,
         https_port: settings.https_public_port,
+        body_idle_timeout: settings.body_idle_timeout,
         known_endpoints: Mutex::new(state_dir.peer_endpoints()),
         state_dir: state_dir.clone(),
     });

@@ -48,6 +48,13 @@ struct Args {
     /// 503 with Retry-After (default 10)
     #[argh(option, default = "10")]
     upstream_queue_timeout: u64,
+    /// seconds a request body may stay silent before the request is answered 408
+    /// (default 60)
+    #[argh(
+        option,
+        default = "kakuremichi_gateway::body::BODY_IDLE_TIMEOUT.as_secs()"
+    )]
+    body_idle_timeout: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             queue_timeout: std::time::Duration::from_secs(args.upstream_queue_timeout),
             ..Default::default()
         },
+        body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout.max(1)),
     };
     smol::block_on(kakuremichi_gateway::run(settings))?;
     Ok(())

@@ -53,7 +53,7 @@ pub async fn handle(
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
-    let (body_failure, request) = ClientBody::wrap(request);
+    let (body_failure, request) = ClientBody::wrap(request, gateway.body_idle_timeout);
     let mut response = match forward(&gateway.pool, &route.upstream, request).await {
         Ok(response) => response,
         Err(e) => {
@@ -190,6 +190,10 @@ pub fn request_host<B>(request: &Request<B>) -> Result<String, &'static str> {
     if host.host().is_empty() {
         return Err("The request names no host.");
     }
+    // uri-host [":" port] only (RFC 9110 §7.2): no user information.
+    if host.as_str().contains('@') {
+        return Err("The Host header is not valid.");
+    }
     Ok(host.as_str().to_string())
 }
 
@@ -286,6 +290,48 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().version(version).uri(uri);
+        for host in hosts {
+            builder = builder.header(HOST, *host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_host_a_request_is_for() {
+        let h1 = Version::HTTP_11;
+        let h2 = Version::HTTP_2;
+        assert_eq!(request_host(&request(h1, "/", &["a.test"])), Ok("a.test".into()));
+        assert_eq!(
+            request_host(&request(h1, "/", &["a.test:8080"])),
+            Ok("a.test:8080".into())
+        );
+        assert!(request_host(&request(h1, "/", &["a.test", "b.test"])).is_err());
+        assert!(request_host(&request(h1, "/", &["a.test", "a.test"])).is_err());
+        assert!(request_host(&request(h1, "/", &[])).is_err());
+        assert!(request_host(&request(h1, "/", &[""])).is_err());
+        assert!(request_host(&request(h1, "/", &["a b"])).is_err());
+        assert!(request_host(&request(h1, "/", &["user@a.test"])).is_err());
+        // Absolute form wins over Host.
+        assert_eq!(
+            request_host(&request(h1, "http://a.test/x", &["b.test"])),
+            Ok("a.test".into())
+        );
+        // HTTP/1.0 may omit Host but then names nothing.
+        assert!(request_host(&request(Version::HTTP_10, "/", &[])).is_err());
+        // HTTP/2: :authority, and a Host that disagrees with it is malformed.
+        assert_eq!(
+            request_host(&request(h2, "https://a.test/", &[])),
+            Ok("a.test".into())
+        );
+        assert_eq!(
+            request_host(&request(h2, "https://a.test/", &["a.test"])),
+            Ok("a.test".into())
+        );
+        assert!(request_host(&request(h2, "https://a.test/", &["b.test"])).is_err());
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_named_ones_too() {

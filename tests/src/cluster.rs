@@ -133,6 +133,8 @@ pub struct Cluster {
     pub token: String,
     pub gateways: Vec<Node>,
     pub agents: Vec<Node>,
+    /// Extra arguments for every gateway started from now on.
+    pub gateway_args: Vec<String>,
 }
 
 impl Cluster {
@@ -181,6 +183,7 @@ impl Cluster {
             token,
             gateways: Vec::new(),
             agents: Vec::new(),
+            gateway_args: Vec::new(),
         };
         wait_for(Duration::from_secs(10), || {
             (curl(&[&cluster.control_url("/healthz")]).status == 200).then_some(())
@@ -260,7 +263,10 @@ impl Cluster {
             format!("127.0.0.1:{wireguard}"),
             "--admin-listen".into(),
             format!("127.0.0.1:{admin}"),
-        ];
+        ]
+        .into_iter()
+        .chain(self.gateway_args.iter().cloned())
+        .collect();
         let env = vec![
             ("CONTROL_URL".into(), self.control_url("")),
             ("API_KEY".into(), api_key),

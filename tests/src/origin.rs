@@ -42,6 +42,9 @@ pub fn serve_forever(listener: TcpListener, name: &str) {
                 "x_forwarded_proto": header("x-forwarded-proto"),
                 "x_forwarded_host": header("x-forwarded-host"),
                 "x_real_ip": header("x-real-ip"),
+                "forwarded": header("forwarded"),
+                "true_client_ip": header("true-client-ip"),
+                "cf_connecting_ip": header("cf-connecting-ip"),
             });
             // Count the request body as it streams in, without keeping it.
             let mut body_bytes = 0u64;
