@@ -3,10 +3,10 @@
 
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{NodeStatus, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
-use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use std::time::Instant;
 
 struct Session {

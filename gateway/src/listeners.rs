@@ -37,7 +37,10 @@ pub async fn handle_http(
     let host = match proxy::request_host(&request) {
         Ok(host) => host,
         Err(why) => {
-            gateway.metrics.bad_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gateway
+                .metrics
+                .bad_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return pages::bad_request(why);
         }
     };

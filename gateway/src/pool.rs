@@ -12,11 +12,11 @@
 //! handed out again only once hyper reports it ready (the previous body finished), and
 //! dropped once closed or idle too long.
 
+use crate::body::ClientBody;
 use crate::routes::Upstream;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use kakuremichi_netstack::Stack;
-use crate::body::ClientBody;
 use kakuremichi_rt::io::FuturesIo;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use std::collections::HashMap;
@@ -72,6 +72,13 @@ impl std::fmt::Display for CheckoutError {
 struct Pooled {
     sender: SendRequest<ClientBody>,
     returned: Instant,
+}
+
+impl Pooled {
+    /// Closed by the far end, or idle for longer than `idle_timeout`.
+    fn is_spent(&self, idle_timeout: Duration) -> bool {
+        self.sender.is_closed() || self.sender.is_ready() && self.returned.elapsed() > idle_timeout
+    }
 }
 
 /// One upstream's idle connections and permits.
@@ -160,14 +167,12 @@ impl Pool {
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(CheckoutError::Busy);
                 }
-                let acquired = futures_lite::future::or(
-                    async { Some(permits.acquire_arc().await) },
-                    async {
+                let acquired =
+                    futures_lite::future::or(async { Some(permits.acquire_arc().await) }, async {
                         async_io::Timer::after(self.limits.queue_timeout).await;
                         None
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 acquired.ok_or(CheckoutError::Busy)?
             }
@@ -180,10 +185,7 @@ impl Pool {
                 permit,
             });
         }
-        let sender = self
-            .dial(upstream)
-            .await
-            .map_err(CheckoutError::Connect)?;
+        let sender = self.dial(upstream).await.map_err(CheckoutError::Connect)?;
         Ok(Conn {
             sender,
             reused: false,
@@ -195,11 +197,7 @@ impl Pool {
     fn take_ready(&self, upstream: &Upstream) -> Option<SendRequest<ClientBody>> {
         let mut slots = self.lock();
         let list = &mut slots.get_mut(upstream)?.idle;
-        let idle_timeout = self.limits.idle_timeout;
-        list.retain(|p| {
-            let idle_too_long = p.sender.is_ready() && p.returned.elapsed() > idle_timeout;
-            !p.sender.is_closed() && !idle_too_long
-        });
+        list.retain(|p| !p.is_spent(self.limits.idle_timeout));
         let position = list.iter().position(|p| p.sender.is_ready())?;
         Some(list.swap_remove(position).sender)
     }
@@ -250,10 +248,7 @@ impl Pool {
     pub fn sweep(&self) {
         let idle_timeout = self.limits.idle_timeout;
         self.lock().retain(|_, slot| {
-            slot.idle.retain(|p| {
-                !p.sender.is_closed()
-                    && !(p.sender.is_ready() && p.returned.elapsed() > idle_timeout)
-            });
+            slot.idle.retain(|p| !p.is_spent(idle_timeout));
             // Every permit held and every checkout under way holds a clone of the semaphore.
             !slot.idle.is_empty() || Arc::strong_count(&slot.permits) > 1
         });

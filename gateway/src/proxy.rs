@@ -137,7 +137,9 @@ async fn forward(
             let request = e
                 .take_message()
                 .ok_or_else(|| ForwardError::Upstream("request lost".into()))?;
-            pool.redial(&mut conn).await.map_err(|e| upstream_error(&e))?;
+            pool.redial(&mut conn)
+                .await
+                .map_err(|e| upstream_error(&e))?;
             conn.sender
                 .send_request(request)
                 .await
@@ -303,7 +305,10 @@ mod tests {
     fn the_host_a_request_is_for() {
         let h1 = Version::HTTP_11;
         let h2 = Version::HTTP_2;
-        assert_eq!(request_host(&request(h1, "/", &["a.test"])), Ok("a.test".into()));
+        assert_eq!(
+            request_host(&request(h1, "/", &["a.test"])),
+            Ok("a.test".into())
+        );
         assert_eq!(
             request_host(&request(h1, "/", &["a.test:8080"])),
             Ok("a.test:8080".into())

@@ -76,7 +76,13 @@ pub fn curl(args: &[&str]) -> Answer {
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// Resident memory of a process in KiB (`VmRSS`), or 0 once it is gone.

@@ -34,12 +34,7 @@ fn idle_sessions_survive_many_heartbeat_periods_without_reconnect_or_repush() {
             (&cluster.agents[0], "kakuremichi_agent"),
         ]
         .iter()
-        .map(|(node, prefix)| {
-            metric(
-                &node.metrics(),
-                &format!("{prefix}_config_snapshots_total"),
-            )
-        })
+        .map(|(node, prefix)| metric(&node.metrics(), &format!("{prefix}_config_snapshots_total")))
         .collect()
     };
     let snapshots_before = snapshots(&cluster);

@@ -57,8 +57,10 @@ fn malformed_requests_get_4xx_and_client_claims_are_not_trusted() {
     // Two Host field lines: 400 (RFC 9112 §3.2), whichever would route.
     let (status, answer) = raw(
         port,
-        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: other.localhost\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: other.localhost\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
         short,
     );
     assert_eq!(status, 400, "{answer}");
@@ -143,8 +145,10 @@ fn malformed_requests_get_4xx_and_client_claims_are_not_trusted() {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream
             .write_all(
-                format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100000\r\n\r\npart")
-                    .as_bytes(),
+                format!(
+                    "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100000\r\n\r\npart"
+                )
+                .as_bytes(),
             )
             .expect("send");
         std::thread::sleep(Duration::from_millis(200));
