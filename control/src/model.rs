@@ -144,6 +144,18 @@ impl CertRecord {
             .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
             .min(RETRY_CAP_SECONDS)
     }
+
+    /// At Control's start, a failed order is retried after the first backoff instead of
+    /// the rest of a long one: a restart is what a person does after fixing the cause (DNS,
+    /// the ACME settings). Returns whether the record changed.
+    pub fn retry_soon_after_restart(&mut self, now: u64) -> bool {
+        let soon = now + Self::backoff(1);
+        if self.state == CertState::Failed && self.next_attempt > soon {
+            self.next_attempt = soon;
+            return true;
+        }
+        false
+    }
 }
 
 /// Everything in the store at one revision.
@@ -463,5 +475,12 @@ mod cert_tests {
             [1, 2, 3, 30].map(CertRecord::backoff),
             [5, 10, 20, RETRY_CAP_SECONDS]
         );
+        // A restart shortens a long backoff of a failed order, and touches nothing else.
+        assert!(!cert.retry_soon_after_restart(1000), "not failed");
+        cert.state = CertState::Failed;
+        cert.next_attempt = 1000 + RETRY_CAP_SECONDS;
+        assert!(cert.retry_soon_after_restart(1000));
+        assert_eq!(cert.next_attempt, 1005);
+        assert!(!cert.retry_soon_after_restart(1000), "already soon");
     }
 }

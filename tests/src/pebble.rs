@@ -18,6 +18,32 @@ pub struct Pebble {
     pub issuing_root: PathBuf,
     management: u16,
     dns_management: u16,
+    dir: PathBuf,
+    dns: u16,
+}
+
+/// Start the CA itself (its config and listener certificate are in `dir`).
+fn spawn_pebble(dir: &Path, dns: u16) -> Child {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .unwrap()
+    };
+    Command::new("pebble")
+        .arg("-config")
+        .arg(dir.join("pebble.json"))
+        .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+        .envs([
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ])
+        .stdout(log("pebble.log"))
+        .stderr(log("pebble.err"))
+        .spawn()
+        .expect("pebble (apt install pebble)")
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -135,21 +161,11 @@ impl Pebble {
             .stderr(log("challtestsrv.err"))
             .spawn()
             .expect("pebble-challtestsrv (apt install pebble)");
-        let pebble = Command::new("pebble")
-            .arg("-config")
-            .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-            .envs([
-                ("PEBBLE_VA_NOSLEEP", "1"),
-                ("PEBBLE_WFE_NONCEREJECT", "0"),
-                ("PEBBLE_AUTHZREUSE", "0"),
-            ])
-            .stdout(log("pebble.log"))
-            .stderr(log("pebble.err"))
-            .spawn()
-            .expect("pebble (apt install pebble)");
+        let pebble = spawn_pebble(&dir, dns);
         let mut pebble = Pebble {
             children: vec![dns_server, pebble],
+            dir: dir.clone(),
+            dns,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             listener_ca: dir.join("ca.pem"),
             issuing_root: dir.join("issuing-root.pem"),
@@ -176,6 +192,17 @@ impl Pebble {
             .status
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).to_string())
+    }
+
+    /// Restart the CA (same address and listener certificate). Pebble keeps its state in
+    /// memory, so it forgets every account and order, and issues from new roots.
+    pub fn restart(&mut self) {
+        let _ = self.children[1].kill();
+        let _ = self.children[1].wait();
+        self.children[1] = spawn_pebble(&self.dir, self.dns);
+        let root = wait_for(Duration::from_secs(10), || self.management_get("/roots/0"))
+            .expect("pebble restarts");
+        std::fs::write(&self.issuing_root, root).unwrap();
     }
 
     /// Make the DNS server answer `hostname` with `ip`.

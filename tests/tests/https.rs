@@ -647,3 +647,43 @@ fn control_is_reachable_over_https_through_a_gateway() {
         )
     });
 }
+
+#[test]
+fn a_forgotten_acme_account_is_registered_again() {
+    let (mut cluster, mut pebble, http_port) = pebble_cluster("stale-account", 3600);
+    let origin = Origin::start("stale");
+    cluster.add_gateway_at("127.0.0.1", http_port);
+    let agent = cluster.add_agent();
+    let gateway_id = cluster.gateways[0].id.clone();
+    wait_online(&cluster, "gateway", &gateway_id);
+    let valid = |cluster: &Cluster, hostname: &str| {
+        wait_for(Duration::from_secs(20), || {
+            (cluster.certificate(hostname)["state"] == "valid").then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{hostname}: no certificate\n{:?}\n{}",
+                cluster.certificate(hostname),
+                cluster.logs()
+            )
+        })
+    };
+    let origin_addr = origin.addr.to_string();
+    cluster.create_tunnel_with_issuer("first.example.test", agent, &origin_addr, "acme");
+    valid(&cluster, "first.example.test");
+
+    // Pebble keeps accounts in memory: restarted, it no longer knows Control's.
+    pebble.restart();
+    cluster.create_tunnel_with_issuer("second.example.test", agent, &origin_addr, "acme");
+    valid(&cluster, "second.example.test");
+    let second = cluster.certificate("second.example.test");
+    assert_eq!(second["failures"], 0, "the order failed first: {second}");
+    assert!(
+        cluster.control.log().contains("registering a new one"),
+        "{}",
+        cluster.control.log()
+    );
+    // The new certificate chains to the restarted CA's root and serves.
+    let answer = cluster.get_https(0, "second.example.test", "/", &pebble.issuing_root, &[]);
+    assert_eq!(answer.status, 200, "{answer:?}");
+}

@@ -89,17 +89,33 @@ fn describe(e: instant_acme::Error) -> String {
     e.to_string()
 }
 
-async fn account(control: &Control, settings: &AcmeSettings) -> Result<Account, String> {
+/// Whether the CA says it does not know the account (it forgot it, or deactivated it):
+/// the stored credentials are useless and a new account must be registered.
+fn is_unknown_account(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(problem)
+        if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+}
+
+/// Control's account at the CA: the stored one, or (when there is none, or `register` asks
+/// for it) a newly registered one, stored in place of the old.
+async fn account(
+    control: &Control,
+    settings: &AcmeSettings,
+    register: bool,
+) -> Result<Account, String> {
     let http = || {
         AcmeHttp::new(settings.extra_roots.as_deref())
             .map(|h| Box::new(h) as Box<dyn instant_acme::HttpClient>)
     };
     let key = format!("acme_account:{}", settings.directory);
-    if let Some(credentials) = control
-        .store
-        .meta::<AccountCredentials>(&key)
-        .map_err(|e| e.to_string())?
-    {
+    let stored = match register {
+        true => None,
+        false => control
+            .store
+            .meta::<AccountCredentials>(&key)
+            .map_err(|e| e.to_string())?,
+    };
+    if let Some(credentials) = stored {
         return Account::builder_with_http(http()?)
             .from_credentials(credentials)
             .await
@@ -130,12 +146,24 @@ pub async fn order(
     settings: &AcmeSettings,
     hostname: &Hostname,
 ) -> Result<(String, String), String> {
-    let account = account(control, settings).await?;
     let identifiers = [Identifier::Dns(hostname.to_string())];
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(describe)?;
+    let new_order = NewOrder::new(&identifiers);
+    let stored = account(control, settings, false).await?;
+    let mut order = match stored.new_order(&new_order).await {
+        Err(e) if is_unknown_account(&e) => {
+            // CAs forget accounts (a reset test CA, a deactivated account): register anew
+            // rather than fail every order from now on.
+            log::warn!(
+                "the ACME server no longer knows Control's account ({e}); registering a new one"
+            );
+            account(control, settings, true)
+                .await?
+                .new_order(&new_order)
+                .await
+                .map_err(describe)?
+        }
+        other => other.map_err(describe)?,
+    };
     let mut published = Vec::new();
     let result =
         validate_and_finalize(control, settings, &mut order, hostname, &mut published).await;

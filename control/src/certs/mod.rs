@@ -42,6 +42,7 @@ pub fn due(state: &State, now: u64) -> Vec<(Hostname, Issuer)> {
 
 /// Keep every HTTPS tunnel's certificate current, forever.
 pub async fn run(control: Arc<Control>) {
+    retry_failed_soon(&control);
     let mut orders: HashMap<Hostname, smol::Task<()>> = HashMap::new();
     loop {
         orders.retain(|_, task| !task.is_finished());
@@ -70,6 +71,21 @@ pub async fn run(control: Arc<Control>) {
             Err(e) => log::error!("certificates: cannot read the store: {e}"),
         }
         async_io::Timer::after(SCAN_INTERVAL).await;
+    }
+}
+
+/// See [`CertRecord::retry_soon_after_restart`].
+fn retry_failed_soon(control: &Control) {
+    let Ok(state) = control.store.state() else {
+        return;
+    };
+    let now = crate::auth::unix_now();
+    for mut record in state.certificates {
+        if record.retry_soon_after_restart(now) {
+            if let Err(e) = control.store.put_certificate(&record) {
+                log::error!("certificate for {}: {e}", record.hostname);
+            }
+        }
     }
 }
 
