@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// Where to send requests: the URL's scheme, host (for `Host` and SNI) and path, the address
 /// to connect to, and the CA to trust for HTTPS.
 #[derive(Clone)]
-struct Target {
+pub(crate) struct Target {
     uri: hyper::Uri,
     host: String,
     connect: SocketAddr,
@@ -26,7 +26,11 @@ struct Target {
 }
 
 impl Target {
-    fn new(url: &str, connect: Option<SocketAddr>, ca: Option<&PathBuf>) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        url: &str,
+        connect: Option<SocketAddr>,
+        ca: Option<&PathBuf>,
+    ) -> anyhow::Result<Self> {
         let uri: hyper::Uri = url.parse().with_context(|| format!("url {url}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -55,7 +59,7 @@ impl Target {
         })
     }
 
-    async fn open(&self) -> anyhow::Result<Box<dyn Stream>> {
+    pub(crate) async fn open(&self) -> anyhow::Result<Box<dyn Stream>> {
         let tcp = Async::<TcpStream>::connect(self.connect)
             .await
             .with_context(|| format!("connect {}", self.connect))?;

@@ -2,8 +2,9 @@
 //!
 //! - `origin`: an HTTP/1.1 origin that is never the bottleneck: `GET /bytes/N` streams N
 //!   bytes, `POST /sink` swallows a body and answers its length, `GET /1k` answers 1 KB,
-//!   `GET /hold` upgrades and keeps the connection open, idle.
-//! - `transfer`, `latency`, `idle`: clients for those endpoints over HTTP or HTTPS,
+//!   `GET /hold` upgrades and keeps the connection open, idle; `GET /ws` is a WebSocket
+//!   echo.
+//! - `transfer`, `latency`, `idle`, `websockets`: clients for those endpoints over HTTP or HTTPS,
 //!   each printing one line of figures.
 //! - `tunnel`: one end of a bare netstack tunnel (WireGuard + smoltcp, no HTTP, no TLS), to
 //!   measure the overlay on its own.
@@ -11,6 +12,7 @@
 mod client;
 mod origin;
 mod tunnel;
+mod websockets;
 
 use argh::FromArgs;
 
@@ -29,6 +31,7 @@ enum Command {
     Latency(client::LatencyArgs),
     Idle(client::IdleArgs),
     Tunnel(tunnel::TunnelArgs),
+    WebSockets(websockets::WebSocketsArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
             Command::Latency(a) => client::latency(a).await,
             Command::Idle(a) => client::idle(a).await,
             Command::Tunnel(a) => tunnel::run(a).await,
+            Command::WebSockets(a) => websockets::run(a).await,
         }
     });
     if let Err(e) = result {

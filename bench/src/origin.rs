@@ -68,6 +68,7 @@ async fn handle(mut request: Request<Incoming>) -> Response<Body> {
             );
             response
         }
+        ("GET", "/ws") => websocket_echo(request),
         ("POST", "/sink") => {
             let mut body = request.into_body();
             let mut total = 0u64;
@@ -94,4 +95,43 @@ async fn handle(mut request: Request<Incoming>) -> Response<Body> {
         },
         _ => respond(404, "text/plain", "no such benchmark endpoint\n"),
     }
+}
+
+/// Accept a WebSocket and echo every message until it closes.
+fn websocket_echo(mut request: Request<Incoming>) -> Response<Body> {
+    use async_tungstenite::tungstenite::handshake::derive_accept_key;
+    use async_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = request.headers().get("sec-websocket-key") else {
+        return respond(400, "text/plain", "not a WebSocket handshake\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut request);
+    smol::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut ws = async_tungstenite::WebSocketStream::from_raw_socket(
+            kakuremichi_rt::io::HyperIo(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = futures_lite::StreamExt::next(&mut ws).await {
+            if message.is_close() || ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
+    .detach();
+    let mut response = respond(101, "text/plain", "");
+    for (name, value) in [
+        (hyper::header::UPGRADE, "websocket".to_string()),
+        (hyper::header::CONNECTION, "upgrade".to_string()),
+        (hyper::header::SEC_WEBSOCKET_ACCEPT, accept),
+    ] {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }

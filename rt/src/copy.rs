@@ -4,7 +4,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
 
 /// The buffer an idle connection holds per direction.
-const FIRST_BUFFER_BYTES: usize = 2 * 1024;
+const FIRST_BUFFER_BYTES: usize = 1024;
 /// The buffer a busy one grows to.
 const COPY_BUFFER_BYTES: usize = 32 * 1024;
 
