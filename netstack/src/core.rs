@@ -24,7 +24,7 @@ use std::task::Waker;
 pub const TCP_BUFFER_BYTES: usize = 256 * 1024;
 /// What a socket starts with. Most overlay connections are idle (WebSockets, pooled
 /// keep-alive connections): they keep this; busy ones grow (see [`grow_buffers_for_read`]).
-pub const TCP_FIRST_BUFFER_BYTES: usize = 2 * 1024;
+pub const TCP_FIRST_BUFFER_BYTES: usize = 1024;
 /// Connections accepted by the stack but not yet by the application, per listened port,
 /// and connections still in their handshake: a burst of this many at once is taken in.
 pub const MAX_BACKLOG: usize = 4096;
