@@ -35,6 +35,8 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(7);
 /// How long a socket the application dropped may take to finish closing.
 const ORPHAN_LINGER: Duration = Duration::from_secs(30);
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// How often the packet pools let go of buffers a period did not need.
+const POOL_TRIM_SECONDS: u32 = 5;
 
 /// Why a connection could not be started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Core {
     listeners: HashMap<u16, Listener>,
     orphans: Vec<Orphan>,
     next_ephemeral: u16,
+    /// Seconds of timer ticks, for trimming the buffer pools.
+    seconds: u32,
 }
 
 impl Core {
@@ -103,6 +107,7 @@ impl Core {
             listeners: HashMap::new(),
             orphans: Vec::new(),
             next_ephemeral: first_port,
+            seconds: 0,
         }
     }
 
@@ -251,6 +256,13 @@ impl Core {
     /// Run WireGuard's timers; see [`PeerTable::update_timers`].
     pub fn update_timers(&mut self, new_second: bool) {
         self.peers.update_timers(new_second);
+        if new_second {
+            self.seconds = self.seconds.wrapping_add(1);
+            if self.seconds.is_multiple_of(POOL_TRIM_SECONDS) {
+                self.peers.pool.trim();
+                self.device.pool.trim();
+            }
+        }
     }
 
     /// The next datagram to send, if any.

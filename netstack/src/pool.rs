@@ -14,14 +14,20 @@ const MAX_POOLED: usize = 4096;
 #[derive(Default)]
 pub struct PacketPool {
     free: Vec<Vec<u8>>,
+    /// The fewest spare buffers since the last [`PacketPool::trim`]: that many were not
+    /// needed at all in the period.
+    low_water: usize,
 }
 
 impl PacketPool {
     /// An empty buffer with room for a packet.
     pub fn take(&mut self) -> Vec<u8> {
-        self.free
+        let buffer = self
+            .free
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(PACKET_CAPACITY))
+            .unwrap_or_else(|| Vec::with_capacity(PACKET_CAPACITY));
+        self.low_water = self.low_water.min(self.free.len());
+        buffer
     }
 
     /// A pooled buffer holding a copy of `bytes`.
@@ -31,11 +37,55 @@ impl PacketPool {
         buffer
     }
 
+    /// Let go of the buffers no one took since the last call: a burst fills the pool (up
+    /// to 6 MB), and memory must come back once it is over. Called every few seconds, it
+    /// leaves steady traffic its buffers.
+    pub fn trim(&mut self) {
+        let unused = self.low_water.min(self.free.len());
+        self.free.truncate(self.free.len() - unused);
+        if self.free.is_empty() {
+            self.free = Vec::new();
+        }
+        self.low_water = self.free.len();
+    }
+
+    /// Spare buffers held.
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether no spare buffer is held.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
     /// Return a buffer for reuse. Odd sizes (a rare jumbo datagram) are let go.
     pub fn give(&mut self, mut buffer: Vec<u8>) {
         if self.free.len() < MAX_POOLED && buffer.capacity() <= 2 * PACKET_CAPACITY {
             buffer.clear();
             self.free.push(buffer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_lets_go_of_what_a_period_did_not_use() {
+        let mut pool = PacketPool::default();
+        let burst: Vec<_> = (0..100).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.len(), 100);
+        pool.trim(); // the burst's own period: all were in use at its low point
+        assert_eq!(pool.len(), 100);
+        // Steady traffic of 10 buffers at a time keeps 10.
+        let steady: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        steady.into_iter().for_each(|b| pool.give(b));
+        pool.trim();
+        assert_eq!(pool.len(), 10);
+        pool.trim(); // a quiet period
+        assert!(pool.is_empty());
     }
 }
