@@ -6,9 +6,23 @@ use std::io::Write;
 
 struct StderrLogger;
 
+/// Libraries that log what strangers do (rustls warns about every client that sends an IP
+/// address as SNI, as wrk and curl with `https://1.2.3.4` do): only their errors pass, or
+/// any client could fill the disk; `KAKUREMICHI_LOG=debug` lets everything through.
+const QUIET_LIBRARIES: [&str; 2] = ["rustls", "h2"];
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        let quiet = log::max_level() < LevelFilter::Debug
+            && QUIET_LIBRARIES
+                .iter()
+                .any(|library| metadata.target().starts_with(library));
+        let limit = if quiet {
+            LevelFilter::Error
+        } else {
+            log::max_level()
+        };
+        metadata.level() <= limit
     }
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
