@@ -28,36 +28,17 @@ fn metrics(gateway: &Gateway) -> String {
             "# TYPE kakuremichi_gateway_{name} {kind}\nkakuremichi_gateway_{name} {value}"
         );
     };
-    line(
-        "requests_total",
-        "counter",
-        m.requests.load(Ordering::Relaxed),
-    );
-    line(
-        "not_found_total",
-        "counter",
-        m.not_found.load(Ordering::Relaxed),
-    );
-    line(
-        "bad_gateway_total",
-        "counter",
-        m.bad_gateway.load(Ordering::Relaxed),
-    );
-    line(
-        "bad_requests_total",
-        "counter",
-        m.bad_requests.load(Ordering::Relaxed),
-    );
-    line(
-        "client_errors_total",
-        "counter",
-        m.client_errors.load(Ordering::Relaxed),
-    );
-    line(
-        "overloaded_total",
-        "counter",
-        m.overloaded.load(Ordering::Relaxed),
-    );
+    let counters = [
+        ("requests_total", &m.requests),
+        ("not_found_total", &m.not_found),
+        ("bad_gateway_total", &m.bad_gateway),
+        ("bad_requests_total", &m.bad_requests),
+        ("client_errors_total", &m.client_errors),
+        ("overloaded_total", &m.overloaded),
+    ];
+    for (name, counter) in counters {
+        line(name, "counter", counter.load(Ordering::Relaxed));
+    }
     line("upstream_waiting", "gauge", gateway.pool.waiting() as u64);
     line(
         "config_version",
