@@ -2,8 +2,9 @@
 //! per upstream.
 //!
 //! Every request holds one of its upstream's permits from checkout until its response body
-//! ends (see [`Held`]), so at most [`Limits::connections`] requests are in flight to one
-//! agent service and about that many connections exist: every extra in-flight request
+//! ends (see [`Held`]; streams and upgrades give theirs back early), so at most
+//! [`Limits::connections`] requests are in flight to one agent service and about that many
+//! connections exist: every extra in-flight request
 //! would otherwise open its own overlay connection, overrun the agent's backlog and hold
 //! its buffers. Requests past the limit wait in line, up to [`Limits::queue_timeout`]; the
 //! proxy answers those that waited too long with a 503 and `Retry-After`.
@@ -20,6 +21,7 @@ use kakuremichi_netstack::Stack;
 use kakuremichi_rt::io::FuturesIo;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,7 +162,14 @@ impl Pool {
             let slot = self.slot(&mut slots, upstream);
             (slot.permits.clone(), slot.waiting.clone())
         };
-        let permit = match permits.try_acquire_arc() {
+        // Only when no one waits may a request skip the line: under sustained overload,
+        // newcomers otherwise take every permit the moment it frees, and the ones waiting
+        // starve into 503s (h2load at 100 x 100 streams: 386 of 970,607 after 10 s).
+        let fast = match waiting.load(Ordering::Acquire) {
+            0 => permits.try_acquire_arc(),
+            _ => None,
+        };
+        let permit = match fast {
             Some(permit) => permit,
             None => {
                 if waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.max_waiting {
@@ -268,10 +277,19 @@ impl Pool {
     }
 }
 
-/// A response body that holds its request's permit until it ends or is dropped.
+/// How long a response body may hold its request's permit. A longer one is a stream
+/// (Server-Sent Events, a long poll, a download): it keeps its connection, but must not keep
+/// other requests waiting, much as an upgraded WebSocket does not.
+pub const STREAM_AFTER: Duration = Duration::from_secs(2);
+
+/// A response body that holds its request's permit until it ends, is dropped, or turns
+/// out to be a stream ([`STREAM_AFTER`]).
 pub struct Held<B> {
     body: B,
-    _permit: Option<SemaphoreGuardArc>,
+    permit: Option<SemaphoreGuardArc>,
+    started: Instant,
+    /// Armed the first time the body waits, so quick responses never touch the timer.
+    release: Option<async_io::Timer>,
 }
 
 impl<B> Held<B> {
@@ -279,7 +297,9 @@ impl<B> Held<B> {
     pub fn new(body: B, permit: Option<SemaphoreGuardArc>) -> Self {
         Held {
             body,
-            _permit: permit,
+            permit,
+            started: Instant::now(),
+            release: None,
         }
     }
 }
@@ -292,7 +312,25 @@ impl<B: HttpBody + Unpin> HttpBody for Held<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if this.permit.is_some() {
+            let deadline = this.started + STREAM_AFTER;
+            let release = match polled {
+                Poll::Ready(_) => Instant::now() >= deadline,
+                Poll::Pending => {
+                    let timer = this
+                        .release
+                        .get_or_insert_with(|| async_io::Timer::at(deadline));
+                    Pin::new(timer).poll(cx).is_ready()
+                }
+            };
+            if release {
+                this.permit = None;
+                this.release = None;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -171,3 +171,112 @@ fn hundreds_of_parallel_clients_get_every_answer_and_memory_comes_back() {
         rss_kib(gateway_pid) + rss_kib(agent_pid)
     );
 }
+
+/// An origin on raw sockets: `GET /events` answers with a chunked event stream that sends a
+/// line every 300 ms until the client goes; any other request gets `ok` at once.
+fn streaming_origin() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone stream");
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    if request_line.contains(" /events ") {
+                        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                                    Transfer-Encoding: chunked\r\n\r\n";
+                        if writer.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        while writer.write_all(b"c\r\ndata: tick\n\n\r\n").is_ok() {
+                            std::thread::sleep(Duration::from_millis(300));
+                        }
+                        return;
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn long_streams_do_not_hold_request_slots() {
+    let mut cluster = Cluster::new("streams");
+    // Four slots for eight streams, and a short wait: slots held by streams would keep the
+    // last four streams and the next plain request waiting into a 503.
+    cluster.gateway_args = [
+        "--upstream-connections",
+        "4",
+        "--upstream-queue-timeout",
+        "5",
+    ]
+    .map(String::from)
+    .to_vec();
+    let origin = streaming_origin();
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    cluster.create_tunnel("sse.localhost", agent, &origin.to_string());
+    cluster
+        .wait_until(0, "sse.localhost", Duration::from_secs(15), |a| {
+            a.status == 200
+        })
+        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+    let port = cluster.gateways[0].http_port;
+    let resolve = format!("sse.localhost:{port}:127.0.0.1");
+    let url = format!("http://sse.localhost:{port}/events");
+    let mut streams: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sSN", "--max-time", "9", "--resolve", &resolve, &url])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl runs")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let started = std::time::Instant::now();
+    let answer = cluster.get(0, "sse.localhost", "/fast");
+    assert_eq!(
+        answer.status,
+        200,
+        "{answer:?}\n{}",
+        cluster.gateways[0].metrics()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a plain request waited {:?} behind streams",
+        started.elapsed()
+    );
+    // Every stream is still flowing.
+    for stream in &mut streams {
+        assert!(
+            matches!(stream.try_wait(), Ok(None)),
+            "a stream ended early"
+        );
+    }
+    let metrics = cluster.gateways[0].metrics();
+    assert_eq!(
+        metric(&metrics, "kakuremichi_gateway_overloaded_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    for mut stream in streams {
+        let _ = stream.kill();
+        let _ = stream.wait();
+    }
+}
