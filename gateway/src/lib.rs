@@ -8,6 +8,7 @@
 //! - [`proxy`]: the hyper service that forwards, with forwarding headers and upgrades.
 //! - [`pool`]: keep-alive connections to agents over the netstack, a limit and a queue per
 //!   agent service.
+//! - [`line`]: requests waiting for a connection slot, served in arrival order.
 //! - [`body`]: the client's request body on its way upstream (idle timeout, whose fault).
 //! - [`tls`]: certificates by SNI and ACME challenge answers.
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod line;
 pub mod listeners;
 pub mod pages;
 pub mod pool;
