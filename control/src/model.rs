@@ -4,10 +4,10 @@
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PeerConfig, Service,
-    HEARTBEAT_INTERVAL,
 };
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 /// First service port handed to tunnels on an agent's overlay address.
 pub const FIRST_SERVICE_PORT: u16 = 20000;
@@ -229,8 +229,9 @@ pub fn allocate_service_port(tunnels: &[TunnelRecord], agent_id: &str) -> Option
     (FIRST_SERVICE_PORT..=u16::MAX).find(|p| !used.contains(p))
 }
 
-/// The configuration `node` should run, given everything in the store.
-pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
+/// The configuration `node` should run, given everything in the store; both ends of its
+/// session heartbeat every `heartbeat`.
+pub fn snapshot(state: &State, node: &NodeRecord, heartbeat: Duration) -> ConfigSnapshot {
     let (nodes, tunnels) = (&state.nodes, &state.tunnels);
     // Agents peer with every gateway and gateways with every agent; never agent to agent.
     let peer_kind = match node.kind {
@@ -302,7 +303,7 @@ pub fn snapshot(state: &State, node: &NodeRecord) -> ConfigSnapshot {
             NodeKind::Gateway => state.control_route.as_ref().map(|(route, _)| route.clone()),
             NodeKind::Agent => None,
         },
-        heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+        heartbeat_interval_ms: heartbeat.as_millis() as u64,
     }
 }
 
@@ -345,6 +346,7 @@ fn gateway_certificates(state: &State) -> Vec<CertificateBundle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kakuremichi_proto::messages::HEARTBEAT_INTERVAL;
 
     fn node(id: &str, kind: NodeKind, last: u8, key: Option<u8>) -> NodeRecord {
         NodeRecord {
@@ -414,7 +416,7 @@ mod tests {
             fallback_certificate: None,
             control_route: None,
         };
-        let a1 = snapshot(&state, &nodes[1]);
+        let a1 = snapshot(&state, &nodes[1], HEARTBEAT_INTERVAL);
         assert_eq!(
             a1.peers
                 .iter()
@@ -425,7 +427,7 @@ mod tests {
         assert_eq!(a1.services.len(), 1);
         assert_eq!(a1.services[0].tunnel_id, "t1");
         assert!(a1.routes.is_empty());
-        let gw = snapshot(&state, &nodes[0]);
+        let gw = snapshot(&state, &nodes[0], HEARTBEAT_INTERVAL);
         // a3 has not said hello (no key): not a peer yet.
         assert_eq!(
             gw.peers

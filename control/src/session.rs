@@ -145,8 +145,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
         .iter()
         .find(|n| n.id == node_id)
         .ok_or("node was removed")?;
-    let mut config = snapshot(&state, node);
-    config.heartbeat_interval_ms = control.hub.heartbeat().as_millis() as u64;
+    let config = snapshot(&state, node, control.hub.heartbeat());
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
     control.hub.count_push();
     *sent_version = Some(state.revision);

@@ -34,15 +34,9 @@ pub async fn handle_http(
             None => respond(404, "text/plain", "unknown challenge\n"),
         };
     }
-    let host = match proxy::request_host(&request) {
+    let host = match proxy::counted_request_host(&gateway, &request) {
         Ok(host) => host,
-        Err(why) => {
-            gateway
-                .metrics
-                .bad_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return pages::bad_request(why);
-        }
+        Err(why) => return pages::bad_request(why),
     };
     let Some(route) = gateway.routes().lookup(&host).cloned() else {
         return proxy::handle(gateway, request, client, "http").await;

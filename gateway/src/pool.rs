@@ -52,20 +52,27 @@ impl Default for Limits {
     }
 }
 
-/// Why no connection was handed out.
+/// Why an upstream gave no answer.
 #[derive(Debug)]
-pub enum CheckoutError {
+pub enum UpstreamError {
     /// Every permit stayed taken for the whole queue timeout, or the line was full.
     Busy,
-    /// The upstream could not be reached.
-    Connect(io::Error),
+    /// The upstream could not be reached, or broke off.
+    Failed(String),
 }
 
-impl std::fmt::Display for CheckoutError {
+impl UpstreamError {
+    /// A failure described by `cause`.
+    pub fn failed(cause: impl std::fmt::Display) -> Self {
+        UpstreamError::Failed(cause.to_string())
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CheckoutError::Busy => write!(f, "every upstream connection stayed busy"),
-            CheckoutError::Connect(e) => write!(f, "{e}"),
+            UpstreamError::Busy => write!(f, "every upstream connection stayed busy"),
+            UpstreamError::Failed(why) => f.write_str(why),
         }
     }
 }
@@ -82,8 +89,8 @@ impl Pooled {
     }
 }
 
-/// One upstream's idle connections and permits.
-struct Slot {
+/// One upstream's idle connections and its line of requests.
+struct UpstreamState {
     idle: Vec<Pooled>,
     permits: Arc<Line>,
 }
@@ -123,7 +130,7 @@ where
 pub struct Pool {
     stack: Stack,
     limits: Limits,
-    slots: Mutex<HashMap<Upstream, Slot>>,
+    slots: Mutex<HashMap<Upstream, UpstreamState>>,
 }
 
 impl Pool {
@@ -136,24 +143,26 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, UpstreamState>> {
         // The map holds plain handles; nothing is left half-done by a panic.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn slot<'a>(
         &self,
-        slots: &'a mut HashMap<Upstream, Slot>,
+        slots: &'a mut HashMap<Upstream, UpstreamState>,
         upstream: &Upstream,
-    ) -> &'a mut Slot {
-        slots.entry(upstream.clone()).or_insert_with(|| Slot {
-            idle: Vec::new(),
-            permits: Line::new(self.limits.connections),
-        })
+    ) -> &'a mut UpstreamState {
+        slots
+            .entry(upstream.clone())
+            .or_insert_with(|| UpstreamState {
+                idle: Vec::new(),
+                permits: Line::new(self.limits.connections),
+            })
     }
 
     /// Wait for a permit for `upstream`, then a ready pooled connection or a new one.
-    pub async fn checkout(&self, upstream: &Upstream) -> Result<Conn, CheckoutError> {
+    pub async fn checkout(&self, upstream: &Upstream) -> Result<Conn, UpstreamError> {
         let permits = {
             let mut slots = self.lock();
             self.slot(&mut slots, upstream).permits.clone()
@@ -161,7 +170,7 @@ impl Pool {
         let permit = permits
             .take(self.limits.queue_timeout, self.limits.max_waiting)
             .await
-            .map_err(|_: Refused| CheckoutError::Busy)?;
+            .map_err(|_: Refused| UpstreamError::Busy)?;
         if let Some(sender) = self.take_ready(upstream) {
             return Ok(Conn {
                 sender,
@@ -170,7 +179,7 @@ impl Pool {
                 permit,
             });
         }
-        let sender = self.dial(upstream).await.map_err(CheckoutError::Connect)?;
+        let sender = self.dial(upstream).await.map_err(UpstreamError::failed)?;
         Ok(Conn {
             sender,
             reused: false,

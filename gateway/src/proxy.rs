@@ -4,7 +4,7 @@
 
 use crate::body::ClientBody;
 use crate::pages;
-use crate::pool::{CheckoutError, Held, Pool};
+use crate::pool::{Held, Pool, UpstreamError};
 use crate::routes::Upstream;
 use crate::Gateway;
 use http_body_util::BodyExt;
@@ -39,12 +39,9 @@ pub async fn handle(
 ) -> Response<Body> {
     let metrics = &gateway.metrics;
     metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let host = match request_host(&request) {
+    let host = match counted_request_host(&gateway, &request) {
         Ok(host) => host,
-        Err(why) => {
-            metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return pages::bad_request(why);
-        }
+        Err(why) => return pages::bad_request(why),
     };
     let Some(route) = gateway.routes().lookup(&host).cloned() else {
         metrics.not_found.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +60,7 @@ pub async fn handle(
                 log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
                 return pages::client_error(why.status(), why.message());
             }
-            if matches!(e, ForwardError::Busy) {
+            if matches!(e, UpstreamError::Busy) {
                 metrics.overloaded.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "tunnel {} ({}): {e}; answered 503",
@@ -101,24 +98,6 @@ pub async fn handle(
     response.map(|b| b.boxed())
 }
 
-/// Why a request could not be forwarded.
-#[derive(Debug)]
-enum ForwardError {
-    /// Every connection to the upstream stayed busy for the queue timeout.
-    Busy,
-    /// The upstream could not be reached or broke off.
-    Upstream(String),
-}
-
-impl std::fmt::Display for ForwardError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ForwardError::Busy => write!(f, "every upstream connection stayed busy"),
-            ForwardError::Upstream(why) => f.write_str(why),
-        }
-    }
-}
-
 /// Send `request` upstream on a pooled connection; a pooled connection that turns out to be
 /// closed is replaced by a fresh one once, if the request was not sent. The response body
 /// holds the request's pool permit until it ends.
@@ -126,26 +105,22 @@ async fn forward(
     pool: &Pool,
     upstream: &Upstream,
     request: Request<ClientBody>,
-) -> Result<Response<Held<Incoming>>, ForwardError> {
-    let upstream_error = |e: &dyn std::fmt::Display| ForwardError::Upstream(e.to_string());
-    let mut conn = pool.checkout(upstream).await.map_err(|e| match e {
-        CheckoutError::Busy => ForwardError::Busy,
-        CheckoutError::Connect(e) => upstream_error(&e),
-    })?;
+) -> Result<Response<Held<Incoming>>, UpstreamError> {
+    let mut conn = pool.checkout(upstream).await?;
     let result = match conn.sender.try_send_request(request).await {
         Err(mut e) if conn.reused && e.message().is_some() => {
             let request = e
                 .take_message()
-                .ok_or_else(|| ForwardError::Upstream("request lost".into()))?;
+                .ok_or_else(|| UpstreamError::failed("request lost"))?;
             pool.redial(&mut conn)
                 .await
-                .map_err(|e| upstream_error(&e))?;
+                .map_err(UpstreamError::failed)?;
             conn.sender
                 .send_request(request)
                 .await
-                .map_err(|e| upstream_error(&e))
+                .map_err(UpstreamError::failed)
         }
-        other => other.map_err(|e| upstream_error(&e.into_error())),
+        other => other.map_err(|e| UpstreamError::failed(e.into_error())),
     };
     let response = result?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -155,6 +130,16 @@ async fn forward(
     }
     let permit = pool.checkin(conn);
     Ok(response.map(|body| Held::new(body, Some(permit))))
+}
+
+/// [`request_host`], counting a malformed request in the gateway's `bad_requests`.
+pub fn counted_request_host<B>(
+    gateway: &Gateway,
+    request: &Request<B>,
+) -> Result<String, &'static str> {
+    request_host(request).inspect_err(|_| {
+        gateway.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+    })
 }
 
 /// The host a request is for, as RFC 9112 §3.2 and RFC 9113 §8.3.1 say: the authority of
