@@ -2,7 +2,7 @@
 //! the nudge that tells every session to push a new snapshot after a change.
 
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::messages::{NodeStatus, HEARTBEAT_INTERVAL, MISSED_HEARTBEATS_OFFLINE};
+use kakuremichi_proto::messages::{NodeStatus, MISSED_HEARTBEATS_OFFLINE};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,18 +37,11 @@ pub struct Presence {
 /// Live sessions.
 pub struct Hub {
     sessions: Mutex<Sessions>,
+    /// Also the number of sessions opened since start: a steady cluster keeps it still.
     next_id: AtomicU64,
     heartbeat: Duration,
-    /// Sessions opened since start, for `/metrics`: a steady cluster keeps this still.
-    sessions_opened: AtomicU64,
     /// Snapshots sent to nodes since start: a quiet cluster keeps this still too.
     snapshots_pushed: AtomicU64,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Hub::new(HEARTBEAT_INTERVAL)
-    }
 }
 
 /// A registered session; dropping it unregisters.
@@ -71,7 +64,6 @@ impl Hub {
             sessions: Mutex::default(),
             next_id: AtomicU64::new(0),
             heartbeat,
-            sessions_opened: AtomicU64::new(0),
             snapshots_pushed: AtomicU64::new(0),
         }
     }
@@ -88,7 +80,7 @@ impl Hub {
 
     /// Sessions opened since Control started.
     pub fn sessions_opened(&self) -> u64 {
-        self.sessions_opened.load(Ordering::Relaxed)
+        self.next_id.load(Ordering::Relaxed)
     }
 
     /// Snapshots sent since Control started.
@@ -104,7 +96,6 @@ impl Hub {
     /// Register a connected node.
     pub fn register(self: &Arc<Self>, node_id: &str, kind: NodeKind) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         let mut sessions = self.lock();
         sessions.live.insert(
