@@ -40,6 +40,7 @@ fn metrics(gateway: &Gateway) -> String {
         line(name, "counter", counter.load(Ordering::Relaxed));
     }
     line("upstream_waiting", "gauge", gateway.pool.waiting() as u64);
+    line("upstream_dials_total", "counter", gateway.pool.dials());
     line(
         "config_version",
         "gauge",

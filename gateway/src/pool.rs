@@ -9,9 +9,9 @@
 //! its buffers. Requests past the limit wait in line, up to [`Limits::queue_timeout`]; the
 //! proxy answers those that waited too long with a 503 and `Retry-After`.
 //!
-//! A connection goes back into the idle list as soon as its response head arrived; it is
-//! handed out again only once hyper reports it ready (the previous body finished), and
-//! dropped once closed or idle too long.
+//! A connection goes back into its lane's idle list once its response body ended and hyper
+//! has it ready for the next request, and only then is its permit released (see [`Lease`]);
+//! it is closed once idle too long.
 
 use crate::body::ClientBody;
 use crate::line::{Line, Refused, Slot as Permit};
@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -77,22 +78,46 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
+/// An idle connection, ready for a request.
 struct Pooled {
     sender: SendRequest<ClientBody>,
     returned: Instant,
 }
 
-impl Pooled {
-    /// Closed by the far end, or idle for longer than `idle_timeout`.
-    fn is_spent(&self, idle_timeout: Duration) -> bool {
-        self.sender.is_closed() || self.sender.is_ready() && self.returned.elapsed() > idle_timeout
-    }
+/// One upstream's idle connections and its line of requests.
+struct Lane {
+    /// Ready connections, the most recently returned last: reusing the warmest one lets the
+    /// others age out when load drops.
+    idle: Mutex<Vec<Pooled>>,
+    line: Arc<Line>,
 }
 
-/// One upstream's idle connections and its line of requests.
-struct UpstreamState {
-    idle: Vec<Pooled>,
-    permits: Arc<Line>,
+impl Lane {
+    fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
+        // Plain handles: nothing is left half-done by a panic.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently returned connection that is still open.
+    fn take_ready(&self) -> Option<SendRequest<ClientBody>> {
+        let mut idle = self.idle();
+        while let Some(pooled) = idle.pop() {
+            if pooled.sender.is_ready() {
+                return Some(pooled.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: SendRequest<ClientBody>, most: usize) {
+        let mut idle = self.idle();
+        if idle.len() < most {
+            idle.push(Pooled {
+                sender,
+                returned: Instant::now(),
+            });
+        }
+    }
 }
 
 /// A connection to one upstream, with the permit its request holds.
@@ -103,11 +128,61 @@ pub struct Conn {
     /// meanwhile).
     pub reused: bool,
     upstream: Upstream,
+    lane: Arc<Lane>,
     permit: Permit,
 }
 
+/// A connection whose response is on its way to the client: when the response ends, the
+/// connection goes back to its lane once hyper has it ready for the next request, and only
+/// then is the permit given back. So a request that gets a permit finds a ready connection
+/// (or room to open one) instead of racing a connection that is just finishing, opening an
+/// extra one and closing it again.
+pub struct Lease {
+    sender: SendRequest<ClientBody>,
+    lane: Arc<Lane>,
+    permit: Option<Permit>,
+    most: usize,
+    ready_within: Duration,
+}
+
+impl Lease {
+    fn give_back(self) {
+        let Lease {
+            mut sender,
+            lane,
+            permit,
+            most,
+            ready_within,
+        } = self;
+        if sender.is_ready() {
+            lane.put(sender, most);
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        // hyper's connection task has not yet seen the end of the response.
+        smol::spawn(async move {
+            let ready = futures_lite::future::or(async { sender.ready().await.is_ok() }, async {
+                async_io::Timer::after(ready_within).await;
+                false
+            })
+            .await;
+            if ready {
+                lane.put(sender, most);
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+}
+
 /// Start HTTP/1.1 on a fresh connection; the connection task runs until it closes.
-async fn handshake<I>(io: I, upstream: &Upstream) -> io::Result<SendRequest<ClientBody>>
+async fn handshake<I>(
+    io: I,
+    upstream: &Upstream,
+    open: Arc<AtomicUsize>,
+) -> io::Result<SendRequest<ClientBody>>
 where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
@@ -116,21 +191,62 @@ where
         .await
         .map_err(|e| io::Error::other(format!("HTTP handshake with {upstream}: {e}")))?;
     let name = upstream.to_string();
+    open.fetch_add(1, Ordering::Relaxed);
     // The sender lives in the pool; the connection task ends when the connection closes.
     smol::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             log::debug!("upstream connection {name}: {e}");
         }
+        open.fetch_sub(1, Ordering::Relaxed);
     })
     .detach();
     Ok(sender)
+}
+
+async fn dial(
+    stack: Stack,
+    upstream: Upstream,
+    open: Arc<AtomicUsize>,
+) -> io::Result<SendRequest<ClientBody>> {
+    match &upstream {
+        Upstream::Overlay(addr) => {
+            // Under a burst of handshakes the agent's stack still refuses one now and then
+            // (about 2 in 140,000 requests in tests/tests/concurrency.rs, cause not found);
+            // nothing was sent yet, so one more try is safe.
+            let stream = match stack.connect(*addr).await {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::debug!("{upstream} refused a connection; trying once more");
+                    stack.connect(*addr).await?
+                }
+                other => other?,
+            };
+            handshake(stream, &upstream, open).await
+        }
+        Upstream::Direct(addr) => {
+            let connect = smol::net::TcpStream::connect(addr.as_str());
+            let timeout = async {
+                async_io::Timer::after(kakuremichi_netstack::stack::CONNECT_TIMEOUT).await;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from {addr}"),
+                ))
+            };
+            let stream = futures_lite::future::or(connect, timeout).await?;
+            let _ = stream.set_nodelay(true);
+            handshake(stream, &upstream, open).await
+        }
+    }
 }
 
 /// Connections to upstreams, by address.
 pub struct Pool {
     stack: Stack,
     limits: Limits,
-    slots: Mutex<HashMap<Upstream, UpstreamState>>,
+    lanes: Mutex<HashMap<Upstream, Arc<Lane>>>,
+    /// Connections opened so far; far above the limit means connections churn.
+    dials: AtomicU64,
+    /// Connections open now, busy, idle or upgraded.
+    open: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -139,123 +255,128 @@ impl Pool {
         Pool {
             stack,
             limits,
-            slots: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
+            dials: AtomicU64::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Upstream, UpstreamState>> {
+    fn lanes(&self) -> MutexGuard<'_, HashMap<Upstream, Arc<Lane>>> {
         // The map holds plain handles; nothing is left half-done by a panic.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot<'a>(
-        &self,
-        slots: &'a mut HashMap<Upstream, UpstreamState>,
-        upstream: &Upstream,
-    ) -> &'a mut UpstreamState {
-        slots
+    fn lane(&self, upstream: &Upstream) -> Arc<Lane> {
+        self.lanes()
             .entry(upstream.clone())
-            .or_insert_with(|| UpstreamState {
-                idle: Vec::new(),
-                permits: Line::new(self.limits.connections),
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    idle: Mutex::new(Vec::new()),
+                    line: Line::new(self.limits.connections),
+                })
             })
+            .clone()
     }
 
     /// Wait for a permit for `upstream`, then a ready pooled connection or a new one.
     pub async fn checkout(&self, upstream: &Upstream) -> Result<Conn, UpstreamError> {
-        let permits = {
-            let mut slots = self.lock();
-            self.slot(&mut slots, upstream).permits.clone()
-        };
-        let permit = permits
+        let lane = self.lane(upstream);
+        let permit = lane
+            .line
             .take(self.limits.queue_timeout, self.limits.max_waiting)
             .await
             .map_err(|_: Refused| UpstreamError::Busy)?;
-        if let Some(sender) = self.take_ready(upstream) {
-            return Ok(Conn {
-                sender,
-                reused: true,
-                upstream: upstream.clone(),
-                permit,
-            });
-        }
-        let sender = self.dial(upstream).await.map_err(UpstreamError::failed)?;
+        let (sender, reused) = match lane.take_ready() {
+            Some(sender) => (sender, true),
+            None => (
+                self.dial(upstream, &lane)
+                    .await
+                    .map_err(UpstreamError::failed)?,
+                false,
+            ),
+        };
         Ok(Conn {
             sender,
-            reused: false,
+            reused,
             upstream: upstream.clone(),
+            lane,
             permit,
         })
-    }
-
-    fn take_ready(&self, upstream: &Upstream) -> Option<SendRequest<ClientBody>> {
-        let mut slots = self.lock();
-        let list = &mut slots.get_mut(upstream)?.idle;
-        list.retain(|p| !p.is_spent(self.limits.idle_timeout));
-        let position = list.iter().position(|p| p.sender.is_ready())?;
-        Some(list.swap_remove(position).sender)
     }
 
     /// Replace `conn`'s connection by a new one (its pooled one was closed), keeping the
     /// permit.
     pub async fn redial(&self, conn: &mut Conn) -> io::Result<()> {
-        conn.sender = self.dial(&conn.upstream).await?;
+        conn.sender = self.dial(&conn.upstream, &conn.lane).await?;
         conn.reused = false;
         Ok(())
     }
 
-    async fn dial(&self, upstream: &Upstream) -> io::Result<SendRequest<ClientBody>> {
-        match upstream {
-            Upstream::Overlay(addr) => handshake(self.stack.connect(*addr).await?, upstream).await,
-            Upstream::Direct(addr) => {
-                let connect = smol::net::TcpStream::connect(addr.as_str());
-                let timeout = async {
-                    async_io::Timer::after(kakuremichi_netstack::stack::CONNECT_TIMEOUT).await;
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer from {addr}"),
-                    ))
-                };
-                let stream = futures_lite::future::or(connect, timeout).await?;
-                let _ = stream.set_nodelay(true);
-                handshake(stream, upstream).await
+    /// A new connection to `upstream`. The dial runs on its own: a request that goes away
+    /// meanwhile (its client hung up) leaves the connection to the lane instead of
+    /// abandoning a half-open handshake, which under mass cancellation turned into thousands
+    /// of wasted dials.
+    async fn dial(
+        &self,
+        upstream: &Upstream,
+        lane: &Arc<Lane>,
+    ) -> io::Result<SendRequest<ClientBody>> {
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        let (deliver, delivered) = async_channel::bounded(1);
+        let lane = lane.clone();
+        let most = self.limits.connections;
+        let dialing = dial(self.stack.clone(), upstream.clone(), self.open.clone());
+        smol::spawn(async move {
+            if let Err(unwanted) = deliver.try_send(dialing.await) {
+                if let Ok(sender) = unwanted.into_inner() {
+                    lane.put(sender, most);
+                }
             }
-        }
+        })
+        .detach();
+        delivered
+            .recv()
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("dial task ended")))
     }
 
-    /// Return a connection whose response head arrived; the permit comes back to be held
-    /// until the response body ends.
-    pub fn checkin(&self, conn: Conn) -> Permit {
-        let mut slots = self.lock();
-        let slot = self.slot(&mut slots, &conn.upstream);
-        if slot.idle.len() < self.limits.connections {
-            slot.idle.push(Pooled {
-                sender: conn.sender,
-                returned: Instant::now(),
-            });
+    /// The response head arrived on `conn`: its connection and permit ride with the
+    /// response body (see [`Lease`]).
+    pub fn lease(&self, conn: Conn) -> Lease {
+        Lease {
+            sender: conn.sender,
+            lane: conn.lane,
+            permit: Some(conn.permit),
+            most: self.limits.connections,
+            ready_within: self.limits.idle_timeout,
         }
-        conn.permit
     }
 
     /// Close connections idle longer than the idle timeout, and forget upstreams with
     /// nothing left (their agents may be gone for good).
     pub fn sweep(&self) {
         let idle_timeout = self.limits.idle_timeout;
-        self.lock().retain(|_, slot| {
-            slot.idle.retain(|p| !p.is_spent(idle_timeout));
-            // Every permit held and every checkout under way holds a clone of the line.
-            !slot.idle.is_empty() || Arc::strong_count(&slot.permits) > 1
+        self.lanes().retain(|_, lane| {
+            let mut idle = lane.idle();
+            idle.retain(|p| !p.sender.is_closed() && p.returned.elapsed() <= idle_timeout);
+            // Every lease and every checkout under way holds a clone of the lane.
+            !idle.is_empty() || Arc::strong_count(lane) > 1
         });
     }
 
-    /// Connections held, busy or idle.
+    /// Connections open now, busy, idle or upgraded.
     pub fn size(&self) -> usize {
-        self.lock().values().map(|s| s.idle.len()).sum()
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened so far, over all upstreams.
+    pub fn dials(&self) -> u64 {
+        self.dials.load(Ordering::Relaxed)
     }
 
     /// Requests waiting for a connection, over all upstreams.
     pub fn waiting(&self) -> usize {
-        self.lock().values().map(|s| s.permits.waiting()).sum()
+        self.lanes().values().map(|lane| lane.line.waiting()).sum()
     }
 }
 
@@ -264,24 +385,32 @@ impl Pool {
 /// other requests waiting, much as an upgraded WebSocket does not.
 pub const STREAM_AFTER: Duration = Duration::from_secs(2);
 
-/// A response body that holds its request's permit until it ends, is dropped, or turns
-/// out to be a stream ([`STREAM_AFTER`]).
+/// A response body that holds its request's [`Lease`] until it ends or is dropped; the
+/// permit goes back early if it turns out to be a stream ([`STREAM_AFTER`]).
 pub struct Held<B> {
     body: B,
-    permit: Option<Permit>,
+    lease: Option<Lease>,
     started: Instant,
     /// Armed the first time the body waits, so quick responses never touch the timer.
     release: Option<async_io::Timer>,
 }
 
 impl<B> Held<B> {
-    /// `body`, holding `permit` while it lives.
-    pub fn new(body: B, permit: Option<Permit>) -> Self {
+    /// `body`, holding `lease` (if any) while it lives.
+    pub fn new(body: B, lease: Option<Lease>) -> Self {
         Held {
             body,
-            permit,
+            lease,
             started: Instant::now(),
             release: None,
+        }
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
         }
     }
 }
@@ -296,7 +425,7 @@ impl<B: HttpBody + Unpin> HttpBody for Held<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if this.permit.is_some() {
+        if let Some(lease) = this.lease.as_mut().filter(|l| l.permit.is_some()) {
             let deadline = this.started + STREAM_AFTER;
             let release = match polled {
                 Poll::Ready(_) => Instant::now() >= deadline,
@@ -308,7 +437,7 @@ impl<B: HttpBody + Unpin> HttpBody for Held<B> {
                 }
             };
             if release {
-                this.permit = None;
+                lease.permit = None;
                 this.release = None;
             }
         }

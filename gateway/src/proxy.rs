@@ -9,7 +9,10 @@ use crate::routes::Upstream;
 use crate::Gateway;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_rt::http::Body;
@@ -19,15 +22,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Parsed once: removing by `&str` would parse each name on every request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Answer one client request.
@@ -128,8 +132,8 @@ async fn forward(
         // (long-lived WebSockets must not hold request slots).
         return Ok(response.map(|body| Held::new(body, None)));
     }
-    let permit = pool.checkin(conn);
-    Ok(response.map(|body| Held::new(body, Some(permit))))
+    let lease = pool.lease(conn);
+    Ok(response.map(|body| Held::new(body, Some(lease))))
 }
 
 /// [`request_host`], counting a malformed request in the gateway's `bad_requests`.
@@ -186,14 +190,14 @@ pub fn request_host<B>(request: &Request<B>) -> Result<String, &'static str> {
 
 /// Headers a client could send to pass itself off as someone else to the origin: only the
 /// gateway knows who connected, and it sets `X-Real-IP` itself.
-const CLIENT_ADDRESS_CLAIMS: [&str; 7] = [
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "fastly-client-ip",
-    "x-forwarded-port",
-    "x-forwarded-server",
+const CLIENT_ADDRESS_CLAIMS: [HeaderName; 7] = [
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
 ];
 
 fn prepare_request(

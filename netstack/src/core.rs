@@ -148,15 +148,17 @@ impl Core {
             .handle_datagram(from, datagram, &mut self.device.rx);
         for i in before..self.device.rx.len() {
             if self.prepare_listener_for(i) {
-                // Let this SYN take its socket before another SYN in the batch could.
+                // Let this SYN take its listening socket before another SYN in the batch
+                // sees that socket still listening and counts on it too.
                 self.poll(now);
                 break;
             }
         }
     }
 
-    /// If packet `i` of the receive queue opens a connection to a listened port, give it a
-    /// listening socket of its own. Returns whether one was made.
+    /// If packet `i` of the receive queue opens a connection to a listened port, make sure a
+    /// listening socket waits for it. Returns whether the SYN must be processed before the
+    /// next packet is looked at (a listening socket is there for it).
     fn prepare_listener_for(&mut self, i: usize) -> bool {
         let Some((remote, port)) = self
             .device
@@ -169,20 +171,27 @@ impl Core {
         let Some(listener) = self.listeners.get(&port) else {
             return false;
         };
+        let mut listening = false;
+        for (_, socket) in self.sockets.iter() {
+            #[allow(irrefutable_let_patterns)]
+            let smoltcp::socket::Socket::Tcp(socket) = socket
+            else {
+                continue;
+            };
+            if socket.local_endpoint().map(|e| e.port) == Some(port)
+                && socket.remote_endpoint() == Some(remote)
+            {
+                return false; // A retransmitted SYN, for the socket that has this tuple.
+            }
+            // A socket whose handshake was reset goes back to listening; it takes this SYN.
+            listening |=
+                socket.state() == tcp::State::Listen && socket.listen_endpoint().port == port;
+        }
+        if listening {
+            return true;
+        }
         if listener.pending.len() + listener.backlog.len() >= MAX_BACKLOG {
             return false; // smoltcp answers with a reset: the application is not keeping up.
-        }
-        let taken = self.sockets.iter().any(|(_, socket)| match socket {
-            smoltcp::socket::Socket::Tcp(s) => {
-                s.state() == tcp::State::Listen && s.listen_endpoint().port == port
-                    || s.local_endpoint().map(|e| e.port) == Some(port)
-                        && s.remote_endpoint() == Some(remote)
-            }
-            #[allow(unreachable_patterns)]
-            _ => false,
-        });
-        if taken {
-            return false;
         }
         let mut socket = new_tcp_socket();
         if socket.listen(port).is_err() {

@@ -190,6 +190,43 @@ fn listener_backlog_takes_many_simultaneous_connections() {
 }
 
 #[test]
+fn handshakes_abandoned_by_the_client_do_not_reset_later_connections() {
+    // A gateway whose requests were cancelled drops its half-open connections; the agent's
+    // sockets for them get a reset and go back to listening. A burst of new SYNs must each
+    // get a socket of their own, not several count on one leftover listener.
+    let mut net = Net::star(2);
+    net.nodes[0].core.tcp_listen(8080).unwrap();
+    let remote = SocketAddrV4::new(net.nodes[0].ip, 8080);
+    let abandoned: Vec<_> = (0..20)
+        .map(|_| net.nodes[1].core.tcp_connect(remote).unwrap())
+        .collect();
+    // One step: the SYNs reach the listener, the SYN-ACKs are not back yet.
+    net.step();
+    let now = net.now;
+    for handle in abandoned {
+        net.nodes[1].core.tcp_release(handle, now);
+    }
+    for _ in 0..20 {
+        net.step();
+    }
+    let clients: Vec<_> = (0..50)
+        .map(|_| net.nodes[1].core.tcp_connect(remote).unwrap())
+        .collect();
+    let waker = futures_waker();
+    let ok = net.run_until(|net| {
+        while net.nodes[0].core.tcp_accept(8080, &waker).is_some() {}
+        clients
+            .iter()
+            .all(|h| net.nodes[1].core.tcp(*h).state() == State::Established)
+    });
+    let states: Vec<_> = clients
+        .iter()
+        .map(|h| net.nodes[1].core.tcp(*h).state())
+        .collect();
+    assert!(ok, "not every connection got through: {states:?}");
+}
+
+#[test]
 fn spokes_cannot_reach_each_other_through_the_hub() {
     let mut net = Net::star(3);
     let b = SocketAddrV4::new(net.nodes[2].ip, 20000);

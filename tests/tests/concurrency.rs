@@ -97,7 +97,9 @@ fn hundreds_of_parallel_clients_get_every_answer_and_memory_comes_back() {
     assert!(h2.contains("Application protocol: h2"), "{h2}");
     assert!(
         h2.contains("20000 succeeded, 0 failed, 0 errored, 0 timeout"),
-        "{h2}"
+        "{h2}\n{}\n{}",
+        cluster.gateways[0].metrics(),
+        cluster.logs()
     );
     assert!(h2.contains("status codes: 20000 2xx"), "{h2}");
 
