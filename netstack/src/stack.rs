@@ -190,18 +190,36 @@ impl Stack {
     }
 }
 
+/// What ended the driver's wait.
+enum Woken {
+    Readable,
+    Other,
+}
+
 async fn drive(shared: Arc<Shared>, mut udp: WireSocket, nudged: async_channel::Receiver<()>) {
     let mut next_tick = Instant::now();
     let mut ticks: u32 = 0;
+    // Each wait used to make a timer and read the socket once more: under load that was a
+    // timer insertion and removal (each waking the reactor) and a receive call that found
+    // nothing, per wakeup. The timer is kept and only moved earlier; the socket is read only
+    // when it was reported readable or the last round stopped at its batch limit.
+    let mut timer = Timer::at(next_tick);
+    let mut timer_deadline = next_tick;
+    let mut may_receive = true;
     loop {
         let delay;
         let blocked_on_send;
         {
             let mut core = shared.lock();
             let now = shared.now();
-            for _ in 0..RECEIVE_BATCHES {
-                if udp.receive(|from, datagram| core.receive_datagram(now, from, datagram)) == 0 {
-                    break;
+            if may_receive {
+                may_receive = false;
+                for batch in 0..RECEIVE_BATCHES {
+                    if udp.receive(|from, datagram| core.receive_datagram(now, from, datagram)) == 0
+                    {
+                        break;
+                    }
+                    may_receive = batch + 1 == RECEIVE_BATCHES;
                 }
             }
             if Instant::now() >= next_tick {
@@ -217,12 +235,19 @@ async fn drive(shared: Arc<Shared>, mut udp: WireSocket, nudged: async_channel::
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .map_or(until_tick, |d| d.min(until_tick));
         }
-        if delay.is_zero() && !blocked_on_send {
+        if (delay.is_zero() || may_receive) && !blocked_on_send {
             future::yield_now().await;
             continue;
         }
+        let deadline = Instant::now() + delay;
+        // A timer that fires early costs one idle round; moving it costs the reactor a wakeup.
+        if deadline < timer_deadline || timer_deadline <= Instant::now() {
+            timer.set_at(deadline);
+            timer_deadline = deadline;
+        }
         let readable = async {
             let _ = udp.readable().await;
+            Woken::Readable
         };
         let writable = async {
             if blocked_on_send {
@@ -230,16 +255,20 @@ async fn drive(shared: Arc<Shared>, mut udp: WireSocket, nudged: async_channel::
             } else {
                 future::pending::<()>().await;
             }
+            Woken::Other
         };
         let nudge = async {
             if nudged.recv().await.is_err() {
                 future::pending::<()>().await;
             }
+            Woken::Other
         };
-        let timer = async {
-            Timer::after(delay).await;
+        let fired = async {
+            (&mut timer).await;
+            Woken::Other
         };
-        future::or(future::or(readable, writable), future::or(nudge, timer)).await;
+        let woken = future::or(future::or(readable, writable), future::or(nudge, fired)).await;
+        may_receive = matches!(woken, Woken::Readable);
     }
 }
 
