@@ -10,6 +10,8 @@
 //! - [`api`]: `/api/v1` JSON.
 //! - [`hub`] and [`session`]: live node WebSockets, presence and pushes.
 //! - [`certs`]: certificates: ACME orders, the internal CA, renewal.
+//! - [`auth`]: API keys and tokens, users, passwords, browser sessions, login throttling.
+//! - [`pages`] and [`web`]: the browser pages and their handlers.
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
 
@@ -19,9 +21,11 @@ pub mod certs;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod pages;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod web;
 
 pub use error::Error;
 
@@ -39,9 +43,46 @@ pub struct Control {
     pub default_issuer: model::Issuer,
     /// Where ACME certificates are ordered, if anywhere.
     pub acme: Option<certs::acme::AcmeSettings>,
+    /// While no user exists: the code the setup page asks for, printed in the log.
+    pub setup_code: std::sync::Mutex<Option<String>>,
+    /// Failed logins, by account and by address.
+    pub throttle: std::sync::Mutex<auth::throttle::Throttle>,
+    /// How long browser sessions live.
+    pub session_limits: auth::sessions::SessionLimits,
 }
 
 impl Control {
+    /// Whether the first administrator is still to be created on the setup page.
+    pub fn setup_open(&self) -> bool {
+        let mut code = self.setup_code.lock().unwrap_or_else(|p| p.into_inner());
+        // `user add --admin` from a shell may have made one since Control started.
+        if code.is_some() && self.store.user_count().is_ok_and(|n| n > 0) {
+            *code = None;
+        }
+        code.is_some()
+    }
+
+    /// Whether `code` is the setup code (never, once setup is done).
+    pub fn setup_code_matches(&self, code: &str) -> bool {
+        self.setup_open()
+            && self
+                .setup_code
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                .is_some_and(|expected| auth::sessions::same_secret(code.trim(), expected))
+    }
+
+    /// The first administrator exists: the setup page and its code are gone.
+    pub fn close_setup(&self) {
+        *self.setup_code.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The login throttle (a plain counter table: a panic elsewhere leaves it usable).
+    pub fn throttle(&self) -> std::sync::MutexGuard<'_, auth::throttle::Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Where the internal CA's revocation list is published.
     pub fn crl_url(&self) -> String {
         format!("{}/ca.crl", self.public_url.trim_end_matches('/'))
@@ -67,6 +108,8 @@ pub struct Settings {
     pub default_issuer: Option<model::Issuer>,
     /// How often Control and nodes exchange heartbeats (nodes learn it from their snapshot).
     pub heartbeat: std::time::Duration,
+    /// How long browser sessions live.
+    pub session_limits: auth::sessions::SessionLimits,
 }
 
 /// Open the store and serve until the process ends.
@@ -111,12 +154,26 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     {
         store.put_meta(store::CONTROL_ROUTE, &control_route)?;
     }
+    let setup_code = match store.user_count()? {
+        0 => {
+            let code = auth::new_secret("setup");
+            log::warn!(
+                "first run: no user yet. Open {public_url}/setup and enter setup code {code} \
+                 (or run: kakuremichi-control user add --admin NAME)"
+            );
+            Some(code)
+        }
+        _ => None,
+    };
     let control = Arc::new(Control {
         store,
         hub: Arc::new(hub::Hub::new(settings.heartbeat)),
         public_url,
         default_issuer,
         acme: settings.acme,
+        setup_code: std::sync::Mutex::new(setup_code),
+        throttle: Default::default(),
+        session_limits: settings.session_limits,
     });
     futures_lite::future::or(
         futures_lite::future::or(

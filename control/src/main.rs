@@ -46,6 +46,12 @@ struct Args {
     /// (default 15000; shorter only for tests)
     #[argh(option, default = "15_000")]
     heartbeat_interval_ms: u64,
+    /// seconds a browser session lives without a request (default 43200, 12 h)
+    #[argh(option, default = "43_200")]
+    session_idle_secs: u64,
+    /// seconds a browser session lives at most after login (default 604800, 7 days)
+    #[argh(option, default = "604_800")]
+    session_max_secs: u64,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -54,6 +60,36 @@ struct Args {
 #[argh(subcommand)]
 enum Command {
     Token(TokenCommand),
+    User(UserCommand),
+}
+
+/// manage the people who log in to Control's pages
+#[derive(FromArgs)]
+#[argh(subcommand, name = "user")]
+struct UserCommand {
+    #[argh(subcommand)]
+    action: UserAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum UserAction {
+    Add(UserAdd),
+}
+
+/// add a user and print a generated password once (or read one line from stdin)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct UserAdd {
+    /// the user's login name
+    #[argh(positional)]
+    name: String,
+    /// make the user an administrator (otherwise a member)
+    #[argh(switch)]
+    admin: bool,
+    /// read the password from the first line of standard input instead of generating one
+    #[argh(switch)]
+    password_stdin: bool,
 }
 
 /// manage admin API tokens
@@ -100,7 +136,32 @@ fn main() -> anyhow::Result<()> {
             control_hostname: args.control_hostname,
             control_upstream: args.control_upstream,
             heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+            session_limits: kakuremichi_control::auth::sessions::SessionLimits {
+                idle_secs: args.session_idle_secs.max(1),
+                absolute_secs: args.session_max_secs.max(1),
+            },
         }))?,
+        Some(Command::User(UserCommand {
+            action: UserAction::Add(add),
+        })) => {
+            use kakuremichi_control::auth::{new_secret, password, Role};
+            let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
+            let (secret, generated) = if add.password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                (line.trim_end_matches(['\r', '\n']).to_string(), false)
+            } else {
+                (new_secret("pw").replacen("pw_", "", 1), true)
+            };
+            password::check_policy(&secret).map_err(|m| anyhow::anyhow!("password: {m}"))?;
+            let hash = password::hash(&secret).map_err(anyhow::Error::msg)?;
+            let role = if add.admin { Role::Admin } else { Role::Member };
+            let user = store.create_user(&add.name, role, hash, false)?;
+            println!("added {} ({})", user.name, role.as_str());
+            if generated {
+                println!("password: {secret}");
+            }
+        }
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),
         })) => {

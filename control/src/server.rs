@@ -19,13 +19,17 @@ use std::sync::Arc;
 
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
-    kakuremichi_rt::http::serve(listener, move |request, _peer| {
-        dispatch(control.clone(), request)
+    kakuremichi_rt::http::serve(listener, move |request, peer| {
+        dispatch(control.clone(), request, peer)
     })
     .await
 }
 
-async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response<Body> {
+async fn dispatch(
+    control: Arc<Control>,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let path = request.uri().path();
     match (request.method(), path) {
         (&Method::GET, "/healthz") => respond(200, "text/plain", "ok\n"),
@@ -34,7 +38,9 @@ async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response
             Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
         },
         (&Method::GET, "/metrics") => metrics(&control),
-        (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store).and_then(|ca| crate::certs::internal::crl(&ca)) {
+        (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store)
+            .and_then(|ca| crate::certs::internal::crl(&ca))
+        {
             Ok(der) => respond(200, "application/pkix-crl", der),
             Err(e) => api::error_response(&e),
         },
@@ -45,12 +51,10 @@ async fn dispatch(control: Arc<Control>, request: Request<Incoming>) -> Response
         (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent),
         (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway),
         _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
-        (&Method::GET, "/") => respond(
-            200,
-            "text/html; charset=utf-8",
-            "<!doctype html><title>kakuremichi</title><h1>kakuremichi control</h1><p>API under <code>/api/v1</code>.</p>\n",
-        ),
-        _ => respond(404, "text/plain", "not found\n"),
+        _ => match crate::web::handle(&control, request, peer).await {
+            Some(response) => response,
+            None => respond(404, "text/plain", "not found\n"),
+        },
     }
 }
 

@@ -2,7 +2,7 @@
 //! bumps the revision, so a change is either wholly there after `kill -9` or not at all, and
 //! the revision numbers the config snapshots pushed to nodes.
 
-use crate::auth;
+use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{
     allocate_service_port, CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord,
@@ -53,6 +53,12 @@ pub struct Store {
     certs: Table,
     /// Challenge key → answer gateways give while an ACME order is validated.
     challenges: Table,
+    /// User id → user.
+    users: Table,
+    /// User name → user id.
+    user_names: Table,
+    /// Hash of a session token → session.
+    sessions: Table,
 }
 
 const REVISION: &str = "revision";
@@ -73,7 +79,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .map_size(MAP_SIZE)
-                .max_dbs(8)
+                .max_dbs(16)
                 .open(dir)
         }
         .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
@@ -86,6 +92,9 @@ impl Store {
             "meta",
             "certs",
             "challenges",
+            "users",
+            "user_names",
+            "sessions",
         ] {
             let wtxn = env.write_txn()?;
             let table: Table = env
@@ -97,8 +106,10 @@ impl Store {
                 .unwrap_commit();
             tables.push(table);
         }
-        let [nodes, api_keys, tunnels, tokens, meta, certs, challenges] = tables[..] else {
-            unreachable!("seven tables were created above")
+        let [nodes, api_keys, tunnels, tokens, meta, certs, challenges, users, user_names, sessions] =
+            tables[..]
+        else {
+            unreachable!("ten tables were created above")
         };
         let store = Store {
             env,
@@ -109,6 +120,9 @@ impl Store {
             meta,
             certs,
             challenges,
+            users,
+            user_names,
+            sessions,
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -366,6 +380,115 @@ impl Store {
     pub fn token_is_valid(&self, token: &str) -> Result<bool, Error> {
         let rtxn = self.env.read_txn()?;
         Ok(self.tokens.get(&rtxn, &auth::hash_secret(token))?.is_some())
+    }
+
+    /// Run `change` in one write transaction that leaves the revision alone: accounts and
+    /// sessions are not part of any node's configuration, and a login must not make every
+    /// node fetch its snapshot again.
+    fn write_accounts<T>(
+        &self,
+        change: impl FnOnce(&Self, &mut RwTxn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut wtxn = self.env.write_txn()?;
+        let value = change(self, &mut wtxn)?;
+        wtxn.commit()?;
+        Ok(value)
+    }
+
+    /// How many users exist.
+    pub fn user_count(&self) -> Result<u64, Error> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.users.len(&rtxn)?)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<UserRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let mut users: Vec<UserRecord> = all(&self.users, &rtxn)?;
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        get(&self.users, &rtxn, id)
+    }
+
+    /// A user by name.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        match get::<String>(&self.user_names, &rtxn, name)? {
+            Some(id) => get(&self.users, &rtxn, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Add a user. With `only_if_first`, refuse when any user exists (the setup page and
+    /// `user add --admin` on a fresh store race no one: the check and the write are one
+    /// transaction).
+    pub fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        password_hash: String,
+        only_if_first: bool,
+    ) -> Result<UserRecord, Error> {
+        auth::check_user_name(name).map_err(|m| Error::invalid("name", m))?;
+        self.write_accounts(|s, wtxn| {
+            if only_if_first && s.users.len(wtxn)? > 0 {
+                return Err(Error::conflict("name", "an administrator already exists"));
+            }
+            if get::<String>(&s.user_names, wtxn, name)?.is_some() {
+                return Err(Error::conflict("name", format!("{name:?} is taken")));
+            }
+            let user = UserRecord {
+                id: auth::new_id("usr"),
+                name: name.to_string(),
+                role,
+                password_hash,
+                disabled: false,
+                created_at: auth::unix_now(),
+            };
+            put(&s.users, wtxn, &user.id, &user)?;
+            put(&s.user_names, wtxn, name, &user.id)?;
+            Ok(user)
+        })
+    }
+
+    /// Keep a new session under the hash of its token.
+    pub fn create_session(&self, token: &str, session: &SessionRecord) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| put(&s.sessions, wtxn, &auth::hash_secret(token), session))
+    }
+
+    /// The session a token stands for, with its user, if both exist.
+    pub fn session(&self, token: &str) -> Result<Option<(SessionRecord, UserRecord)>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let Some(session) = get::<SessionRecord>(&self.sessions, &rtxn, &auth::hash_secret(token))?
+        else {
+            return Ok(None);
+        };
+        Ok(get::<UserRecord>(&self.users, &rtxn, &session.user_id)?.map(|user| (session, user)))
+    }
+
+    /// Note that a session was used at `now`.
+    pub fn touch_session(&self, token: &str, now: u64) -> Result<(), Error> {
+        let key = auth::hash_secret(token);
+        self.write_accounts(|s, wtxn| {
+            if let Some(mut session) = get::<SessionRecord>(&s.sessions, wtxn, &key)? {
+                session.last_seen = now;
+                put(&s.sessions, wtxn, &key, &session)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// End the session a token stands for.
+    pub fn delete_session(&self, token: &str) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| {
+            s.sessions.delete(wtxn, &auth::hash_secret(token))?;
+            Ok(())
+        })
     }
 }
 

@@ -1,0 +1,56 @@
+//! Who may act: node API keys and admin API tokens ([`secrets`]), and people — users with
+//! argon2id passwords ([`password`]), browser sessions with CSRF tokens ([`sessions`]) and
+//! login throttling ([`throttle`]).
+
+pub mod password;
+pub mod secrets;
+pub mod sessions;
+pub mod throttle;
+
+pub use secrets::{bearer, hash_secret, new_id, new_secret, unix_now};
+
+use serde::{Deserialize, Serialize};
+
+/// What a user may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Sees tunnels; may be granted access to tunnels.
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// A person who logs in to Control.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: u64,
+}
+
+/// Why a user name is refused: 1–64 of letters, digits, `.`, `_`, `-`, `@`.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("use 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+    {
+        return Err("use letters, digits, '.', '_', '-' or '@'".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The dashboard: what runs, and what needs attention first.
+
+use super::layout;
+use crate::auth::UserRecord;
+use crate::hub::Hub;
+use crate::model::{CertState, State};
+use kakuremichi_proto::ids::NodeKind;
+use maud::{html, Markup};
+
+/// Counts and problems drawn from the store and the live sessions.
+pub struct Overview {
+    pub agents: (usize, usize),
+    pub gateways: (usize, usize),
+    pub tunnels: usize,
+    pub tunnels_disabled: usize,
+    pub certificates_valid: usize,
+    /// What needs a look, worst first.
+    pub attention: Vec<String>,
+}
+
+impl Overview {
+    /// Online and total per node kind, tunnels, and problems: nodes offline, tunnels whose
+    /// agent is offline, certificates failing.
+    pub fn of(state: &State, hub: &Hub) -> Overview {
+        let count = |kind| {
+            let nodes: Vec<_> = state.nodes.iter().filter(|n| n.kind == kind).collect();
+            let online = nodes.iter().filter(|n| hub.presence(&n.id).online).count();
+            (online, nodes.len())
+        };
+        let mut attention = Vec::new();
+        for cert in &state.certificates {
+            if cert.state == CertState::Failed {
+                attention.push(format!(
+                    "Certificate for {} failing: {}",
+                    cert.hostname,
+                    cert.last_error.as_deref().unwrap_or("no reason recorded")
+                ));
+            }
+        }
+        for node in &state.nodes {
+            if !hub.presence(&node.id).online {
+                attention.push(format!("{} {} is offline", node.kind.as_str(), node.name));
+            }
+        }
+        Overview {
+            agents: count(NodeKind::Agent),
+            gateways: count(NodeKind::Gateway),
+            tunnels: state.tunnels.len(),
+            tunnels_disabled: state.tunnels.iter().filter(|t| !t.enabled).count(),
+            certificates_valid: state
+                .certificates
+                .iter()
+                .filter(|c| c.state == CertState::Valid)
+                .count(),
+            attention,
+        }
+    }
+}
+
+fn stat(label: &str, value: String, health: &str) -> Markup {
+    html! {
+        div.card.stat {
+            span.muted { span class={"dot " (health)} {} (label) }
+            b { (value) }
+        }
+    }
+}
+
+fn health(online: usize, total: usize) -> &'static str {
+    match (online, total) {
+        (_, 0) => "",
+        (o, t) if o == t => "good",
+        (0, _) => "bad",
+        _ => "warn",
+    }
+}
+
+pub fn page(user: &UserRecord, csrf: &str, overview: &Overview) -> Markup {
+    let (agents_on, agents) = overview.agents;
+    let (gateways_on, gateways) = overview.gateways;
+    layout(
+        "Dashboard",
+        Some((user, csrf)),
+        html! {
+            h1 { "Dashboard" }
+            div.stats {
+                (stat("Gateways online", format!("{gateways_on} / {gateways}"), health(gateways_on, gateways)))
+                (stat("Agents online", format!("{agents_on} / {agents}"), health(agents_on, agents)))
+                (stat("Tunnels", format!("{} ({} disabled)", overview.tunnels, overview.tunnels_disabled), ""))
+                (stat("Certificates valid", overview.certificates_valid.to_string(), ""))
+            }
+            h2 { "Needs attention" }
+            div.card {
+                @if overview.attention.is_empty() {
+                    p.muted { "Nothing: every node is online and every certificate is fine." }
+                } @else {
+                    ul.attention {
+                        @for item in &overview.attention {
+                            li { span.dot.bad {} (item) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,64 @@
+//! Control's pages: pure functions from data to HTML (Maud), one module per screen, one
+//! stylesheet. They work without JavaScript.
+
+pub mod dashboard;
+pub mod login;
+pub mod setup;
+
+use crate::auth::UserRecord;
+use maud::{html, Markup, DOCTYPE};
+
+/// The stylesheet every page links, served at `/style.css`.
+pub const STYLE: &str = include_str!("style.css");
+
+/// A whole page: head, the top bar (with the user and a logout button when logged in) and
+/// `content`. `csrf` is the session's form token.
+pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · kakuremichi" }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "kakuremichi" }
+                    @if let Some((user, csrf)) = who {
+                        nav {
+                            span.who { (user.name) " · " (user.role.as_str()) }
+                            form method="post" action="/logout" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button.link type="submit" { "Log out" }
+                            }
+                        }
+                    }
+                }
+                main { (content) }
+            }
+        }
+    }
+}
+
+/// A labelled form field with its error, if any.
+pub fn field(
+    label: &str,
+    name: &str,
+    kind: &str,
+    value: &str,
+    error: Option<&str>,
+    autocomplete: &str,
+) -> Markup {
+    html! {
+        label.field {
+            span { (label) }
+            input type=(kind) name=(name) value=(value) autocomplete=(autocomplete)
+                aria-invalid=[error.map(|_| "true")] required;
+            @if let Some(error) = error {
+                span.error { (error) }
+            }
+        }
+    }
+}

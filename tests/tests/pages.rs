@@ -1,0 +1,275 @@
+//! Control's pages over real HTTP, as a browser would use them: the first-run setup guarded
+//! by the code in Control's log, login with throttling, the dashboard behind a session, and
+//! every forged or foreign request refused with nothing written.
+
+use kakuremichi_tests::{curl, Answer, Cluster};
+use std::path::{Path, PathBuf};
+
+/// A browser: a cookie jar, and the headers of the last answer.
+struct Browser {
+    jar: PathBuf,
+    headers: PathBuf,
+    base: String,
+}
+
+impl Browser {
+    fn new(cluster: &Cluster, name: &str) -> Browser {
+        Browser {
+            jar: cluster.dir.join(format!("{name}.cookies")),
+            headers: cluster.dir.join(format!("{name}.headers")),
+            base: cluster.control_url(""),
+        }
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        let url = format!("{}{path}", self.base);
+        curl(&[
+            "-b",
+            path_str(&self.jar),
+            "-c",
+            path_str(&self.jar),
+            "-D",
+            path_str(&self.headers),
+            &url,
+        ])
+    }
+
+    /// A form POST; `origin` as a browser would send it (None: a request from a script).
+    fn post(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let origin_header = origin.map(|o| format!("Origin: {o}"));
+        let mut args = vec![
+            "-b",
+            path_str(&self.jar),
+            "-c",
+            path_str(&self.jar),
+            "-D",
+            path_str(&self.headers),
+            "-X",
+            "POST",
+        ];
+        if let Some(header) = &origin_header {
+            args.extend(["-H", header.as_str()]);
+        }
+        let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for field in &encoded {
+            args.extend(["--data-urlencode", field.as_str()]);
+        }
+        args.push(&url);
+        curl(&args)
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(&self.headers)
+            .ok()?
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn setup_code(cluster: &Cluster) -> String {
+    let log = cluster.control.log();
+    let at = log
+        .find("setup code ")
+        .unwrap_or_else(|| panic!("no setup code in Control's log:\n{log}"));
+    log[at + "setup code ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("the page has a form token");
+    page[at + 19..].split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
+    let cluster = Cluster::new("pages");
+    let origin = cluster.control_url("");
+    let origin = origin.as_str();
+    let browser = Browser::new(&cluster, "owner");
+
+    // First run: everything leads to the setup page.
+    assert_eq!(browser.get("/").status, 303);
+    assert_eq!(browser.header("location").as_deref(), Some("/setup"));
+    let form = browser.get("/setup");
+    assert_eq!(form.status, 200);
+    assert!(
+        form.body.contains("Create the first administrator"),
+        "{}",
+        form.body
+    );
+    let code = setup_code(&cluster);
+    let good = [
+        ("code", code.as_str()),
+        ("name", "owner"),
+        ("password", "a long enough secret"),
+        ("confirm", "a long enough secret"),
+    ];
+
+    // Refused, each with nothing written: no Origin (a script, or another site's form with
+    // Origin stripped), a foreign Origin, a wrong code, a short password, two passwords.
+    assert_eq!(browser.post("/setup", &good, None).status, 403);
+    assert_eq!(
+        browser
+            .post("/setup", &good, Some("https://evil.example"))
+            .status,
+        403
+    );
+    let mut wrong_code = good;
+    wrong_code[0].1 = "setup_guess";
+    let answer = browser.post("/setup", &wrong_code, Some(origin));
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.body.contains("not the setup code"),
+        "{}",
+        answer.body
+    );
+    let mut short = good;
+    short[2].1 = "short";
+    short[3].1 = "short";
+    let answer = browser.post("/setup", &short, Some(origin));
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.body.contains("at least 10 characters"),
+        "{}",
+        answer.body
+    );
+    let mut differ = good;
+    differ[3].1 = "another long secret";
+    assert_eq!(browser.post("/setup", &differ, Some(origin)).status, 400);
+    assert_eq!(browser.get("/").status, 303);
+    assert_eq!(browser.header("location").as_deref(), Some("/setup"));
+
+    // The real thing: an administrator and a session.
+    assert_eq!(browser.post("/setup", &good, Some(origin)).status, 303);
+    let cookie = browser.header("set-cookie").expect("a session cookie");
+    assert!(
+        cookie.starts_with("km_session=kms_") && cookie.contains("HttpOnly; SameSite=Lax; Path=/"),
+        "{cookie}"
+    );
+    let dashboard = browser.get("/");
+    assert_eq!(dashboard.status, 200, "{}", dashboard.body);
+    assert!(dashboard.body.contains("Dashboard") && dashboard.body.contains("owner"));
+    // The setup page is gone, and its code with it.
+    assert_eq!(browser.get("/setup").status, 303);
+    assert_eq!(browser.post("/setup", &good, Some(origin)).status, 303);
+    assert_eq!(browser.header("location").as_deref(), Some("/login"));
+
+    // Logout needs the session's form token.
+    let csrf = csrf_of(&dashboard.body);
+    assert_eq!(
+        browser
+            .post("/logout", &[("csrf", "forged")], Some(origin))
+            .status,
+        403
+    );
+    assert_eq!(
+        browser.get("/").status,
+        200,
+        "a forged logout changed nothing"
+    );
+    assert_eq!(
+        browser
+            .post("/logout", &[("csrf", csrf.as_str())], Some(origin))
+            .status,
+        303
+    );
+    assert_eq!(browser.get("/").status, 303);
+    assert_eq!(browser.header("location").as_deref(), Some("/login"));
+
+    // A member added from the shell logs in.
+    let data = cluster.dir.join("control-data");
+    let output = std::process::Command::new(control_binary())
+        .args(["--data-dir", path_str(&data), "user", "add", "member1"])
+        .output()
+        .expect("user add runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let secret = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("a generated password is printed once")
+        .to_string();
+    let member = Browser::new(&cluster, "member");
+    let login = [("name", "member1"), ("password", secret.as_str())];
+    assert_eq!(member.post("/login", &login, Some(origin)).status, 303);
+    let page = member.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("member1 · member"), "{}", page.body);
+}
+
+fn control_binary() -> PathBuf {
+    // The test executable lives in target/<profile>/deps/; the binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("kakuremichi-control")
+}
+
+#[test]
+fn failed_logins_are_throttled_with_a_clear_wait() {
+    let cluster = Cluster::new("throttle");
+    let origin = cluster.control_url("");
+    let data = cluster.dir.join("control-data");
+    let mut add = std::process::Command::new(control_binary())
+        .args([
+            "--data-dir",
+            path_str(&data),
+            "user",
+            "add",
+            "--admin",
+            "--password-stdin",
+            "alice",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("user add runs");
+    use std::io::Write;
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"alice's long password\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+    let browser = Browser::new(&cluster, "guesser");
+    let wrong = [("name", "alice"), ("password", "a wrong guess!")];
+    for attempt in 0..5 {
+        let answer = browser.post("/login", &wrong, Some(&origin));
+        assert_eq!(answer.status, 401, "attempt {attempt}: {}", answer.body);
+        assert!(answer.body.contains("Wrong name or password"));
+    }
+    // Now even the right password waits, and the page says for how long.
+    let right = [("name", "alice"), ("password", "alice's long password")];
+    let answer = browser.post("/login", &right, Some(&origin));
+    assert_eq!(answer.status, 429, "{}", answer.body);
+    let wait: u64 = browser
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&wait), "first wait {wait} s");
+    assert!(
+        answer.body.contains(&format!("Try again in {wait} s")),
+        "{}",
+        answer.body
+    );
+    std::thread::sleep(std::time::Duration::from_secs(wait + 1));
+    assert_eq!(browser.post("/login", &right, Some(&origin)).status, 303);
+    assert_eq!(browser.get("/").status, 200);
+}
