@@ -57,11 +57,14 @@ impl Overview {
     }
 }
 
-fn stat(label: &str, value: String, health: &str) -> Markup {
+fn stat(label: &str, value: String, health: &str, note: Option<String>) -> Markup {
     html! {
         div.card.stat {
             span.muted { span class={"dot " (health)} {} (label) }
             b { (value) }
+            @if let Some(note) = note {
+                span.muted { (note) }
+            }
         }
     }
 }
@@ -84,10 +87,11 @@ pub fn page(user: &UserRecord, csrf: &str, overview: &Overview) -> Markup {
         html! {
             h1 { "Dashboard" }
             div.stats {
-                (stat("Gateways online", format!("{gateways_on} / {gateways}"), health(gateways_on, gateways)))
-                (stat("Agents online", format!("{agents_on} / {agents}"), health(agents_on, agents)))
-                (stat("Tunnels", format!("{} ({} disabled)", overview.tunnels, overview.tunnels_disabled), ""))
-                (stat("Certificates valid", overview.certificates_valid.to_string(), ""))
+                (stat("Gateways online", format!("{gateways_on} / {gateways}"), health(gateways_on, gateways), None))
+                (stat("Agents online", format!("{agents_on} / {agents}"), health(agents_on, agents), None))
+                (stat("Tunnels", overview.tunnels.to_string(), "",
+                    (overview.tunnels_disabled > 0).then(|| format!("{} disabled", overview.tunnels_disabled))))
+                (stat("Certificates valid", overview.certificates_valid.to_string(), "", None))
             }
             h2 { "Needs attention" }
             div.card {

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""A small headless-Chromium driver over the DevTools protocol, standard library only.
+
+    scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR
+
+walks Control's first-run path as a person does it in a browser (setup page, dashboard,
+log out, log in) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
+width and at a phone width. It fails (exit 1) when a page does not show what it should.
+"""
+import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
+
+
+class Page:
+    """One browser tab over a WebSocket to Chromium's DevTools endpoint."""
+
+    def __init__(self, ws_url):
+        host_port, path = ws_url[len("ws://"):].split("/", 1)
+        host, port = host_port.split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise RuntimeError(f"DevTools refused the WebSocket: {head!r}")
+        self.next_id = 0
+
+    def _send(self, text):
+        data = text.encode()
+        mask = os.urandom(4)
+        header = bytearray([0x81])
+        if len(data) < 126:
+            header.append(0x80 | len(data))
+        elif len(data) < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", len(data))
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", len(data))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(bytes(header) + mask + masked)
+
+    def _exactly(self, n):
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise RuntimeError("DevTools closed the connection")
+            out += chunk
+        return out
+
+    def _receive(self):
+        message = b""
+        while True:
+            first, second = self._exactly(2)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", self._exactly(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", self._exactly(8))[0]
+            message += self._exactly(length)
+            if first & 0x80:
+                return json.loads(message)
+
+    def call(self, method, **params):
+        self.next_id += 1
+        self._send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def js(self, expression):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        return result.get("result", {}).get("value")
+
+    def go(self, url):
+        self.call("Page.navigate", url=url)
+        self.settle()
+
+    def settle(self):
+        """Wait until the document finished loading (after a navigation or a form submit)."""
+        time.sleep(0.2)
+        for _ in range(100):
+            if self.js("document.readyState") == "complete":
+                return
+            time.sleep(0.05)
+
+    def submit(self, fields):
+        """Fill the page's first form and submit it as a click would."""
+        script = "".join(
+            f"document.querySelector('[name={name}]').value = {json.dumps(value)};"
+            for name, value in fields.items())
+        self.js(script + "document.querySelector('main form').requestSubmit();")
+        self.settle()
+
+    def screenshot(self, path, width, height):
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=width < 600)
+        shot = self.call("Page.captureScreenshot", format="png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+
+
+def browser():
+    profile = tempfile.mkdtemp(prefix="kakuremichi-chromium-")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not binary:
+        sys.exit("cdp.py: chromium is not installed (scripts/install-deps installs it)")
+    process = subprocess.Popen(
+        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = os.path.join(profile, "DevToolsActivePort")
+    for _ in range(200):
+        if os.path.exists(port_file) and open(port_file).read().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    port = int(open(port_file).read().split("\n")[0])
+    targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+    page = next(t for t in targets if t["type"] == "page")
+    return process, profile, Page(page["webSocketDebuggerUrl"])
+
+
+def expect(page, text, what):
+    body = page.js("document.body.innerText") or ""
+    if text not in body:
+        sys.exit(f"cdp.py: {what}: expected {text!r} on {page.js('location.href')}, page shows:\n{body}")
+
+
+def walk(control, code, out):
+    process, profile, page = browser()
+    try:
+        page.call("Page.enable")
+        shots = []
+
+        def shoot(name):
+            page.screenshot(os.path.join(out, f"{name}.png"), 1280, 800)
+            page.screenshot(os.path.join(out, f"{name}-phone.png"), 390, 844)
+            shots.append(name)
+
+        page.go(control + "/")
+        expect(page, "Create the first administrator", "first visit leads to setup")
+        shoot("setup")
+        page.submit({"code": "wrong", "name": "admin", "password": "short", "confirm": "short"})
+        expect(page, "not the setup code", "a wrong code is refused with a reason")
+        shoot("setup-error")
+        password = "correct horse battery staple"
+        page.submit({"code": code, "name": "admin", "password": password, "confirm": password})
+        expect(page, "Dashboard", "setup logs the administrator in")
+        shoot("dashboard")
+        page.js("document.querySelector('header form').requestSubmit()")
+        page.settle()
+        expect(page, "Log in", "log out leads to the login page")
+        page.submit({"name": "admin", "password": "not the password"})
+        expect(page, "Wrong name or password", "a wrong password is refused with a reason")
+        shoot("login")
+        page.submit({"name": "admin", "password": password})
+        expect(page, "Dashboard", "login")
+        print("walked: " + ", ".join(shots))
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5 or sys.argv[1] != "walk":
+        sys.exit(__doc__)
+    walk(sys.argv[2].rstrip("/"), sys.argv[3], sys.argv[4])
