@@ -129,6 +129,21 @@ impl<'a> SocketSet<'a> {
         }
     }
 
+    /// kakuremichi patch: give back the memory of the free slots at the end of owned storage.
+    /// Handles are indices, so only trailing slots can go; `add` fills the lowest free slot
+    /// first, which keeps live sockets towards the front.
+    pub fn shrink_to_fit(&mut self) {
+        #[cfg(feature = "alloc")]
+        {
+            if let ManagedSlice::Owned(sockets) = &mut self.sockets {
+                while sockets.last().is_some_and(|slot| slot.inner.is_none()) {
+                    sockets.pop();
+                }
+                sockets.shrink_to_fit();
+            }
+        }
+    }
+
     /// Get an iterator to the inner sockets.
     pub fn iter(&self) -> impl Iterator<Item = (SocketHandle, &Socket<'a>)> {
         self.items().map(|i| (i.meta.handle, &i.socket))
