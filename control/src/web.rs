@@ -34,7 +34,10 @@ pub async fn handle(
             true => html(200, pages::setup::page(&Default::default())),
             false => redirect("/"),
         },
-        (Method::POST, "/setup") => guarded(control, request, setup).await,
+        (Method::POST, "/setup") => {
+            let address = peer.ip().to_string();
+            guarded(control, request, |c, r, f| setup(c, r, f, &address)).await
+        }
         (Method::GET, "/login") => match current(control, &request) {
             Ok(Some(_)) => redirect("/"),
             _ => html(200, pages::login::page(&Default::default())),
@@ -144,7 +147,7 @@ fn same_origin<B>(control: &Control, request: &Request<B>) -> bool {
     Some(&from) == to.as_ref() || host_of(&control.public_url).as_ref() == Some(&from)
 }
 
-fn setup(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) -> Response<Body> {
     if !control.setup_open() {
         return redirect("/login");
     }
@@ -179,7 +182,7 @@ fn setup(control: &Control, request: &Request<()>, form: Form) -> Response<Body>
         Ok(user) => {
             control.close_setup();
             log::info!("administrator {} created on the setup page", user.name);
-            start_session(control, request, &user, "/")
+            start_session(control, request, &user, address, "/")
         }
         Err(Error::Conflict { .. }) => {
             // Someone finished setup first (or `user add --admin` ran): log in instead.
@@ -224,7 +227,7 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     match user {
         Some(user) if matches && !user.disabled => {
             control.throttle().succeeded(&account_key);
-            start_session(control, request, &user, "/")
+            start_session(control, request, &user, address, "/")
         }
         _ => {
             control.throttle().failed(&keys, now);
@@ -264,11 +267,12 @@ fn logout(control: &Control, request: &Request<()>, form: Form) -> Response<Body
     response
 }
 
-/// Log `user` in: a new session, its cookie, and on to `to`.
+/// Log `user` in from `address`: a new session, its cookie, and on to `to`.
 fn start_session(
     control: &Control,
     request: &Request<()>,
     user: &UserRecord,
+    address: &str,
     to: &'static str,
 ) -> Response<Body> {
     let token = auth::new_secret("kms");
@@ -289,7 +293,7 @@ fn start_session(
         created_at: now,
         last_seen: now,
         csrf: auth::new_secret("csrf"),
-        address: header(hyper::header::FORWARDED),
+        address: address.to_string(),
         user_agent: header(hyper::header::USER_AGENT),
     };
     if let Err(e) = control.store.create_session(&token, &session) {

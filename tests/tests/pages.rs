@@ -128,6 +128,48 @@ fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
     );
     let mut wrong_code = good;
     wrong_code[0].1 = "setup_guess";
+    let mut short = good;
+    short[2].1 = "short";
+    short[3].1 = "short";
+    let mut differ = good;
+    differ[3].1 = "another long secret";
+    for (form, reason) in [
+        (wrong_code, "not the setup code"),
+        (short, "at least 10 characters"),
+        (differ, "passwords differ"),
+    ] {
+        let answer = browser.post("/setup", &form, Some(origin));
+        assert_eq!(answer.status, 400, "{reason}");
+        assert!(answer.body.contains(reason), "{}", answer.body);
+    }
+    assert_eq!(browser.get("/").status, 303);
+    assert_eq!(browser.header("location").as_deref(), Some("/setup"));
+    let form = browser.get("/setup");
+    assert_eq!(form.status, 200);
+    assert!(
+        form.body.contains("Create the first administrator"),
+        "{}",
+        form.body
+    );
+    let code = setup_code(&cluster);
+    let good = [
+        ("code", code.as_str()),
+        ("name", "owner"),
+        ("password", "a long enough secret"),
+        ("confirm", "a long enough secret"),
+    ];
+
+    // Refused, each with nothing written: no Origin (a script, or another site's form with
+    // Origin stripped), a foreign Origin, a wrong code, a short password, two passwords.
+    assert_eq!(browser.post("/setup", &good, None).status, 403);
+    assert_eq!(
+        browser
+            .post("/setup", &good, Some("https://evil.example"))
+            .status,
+        403
+    );
+    let mut wrong_code = good;
+    wrong_code[0].1 = "setup_guess";
     let answer = browser.post("/setup", &wrong_code, Some(origin));
     assert_eq!(answer.status, 400);
     assert!(
