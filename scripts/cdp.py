@@ -4,7 +4,7 @@
     scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR
 
 walks Control's first-run path as a person does it in a browser (setup page, dashboard,
-log out, log in) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
+log out, log in, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
 width and at a phone width. It fails (exit 1) when a page does not show what it should.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
@@ -161,6 +161,11 @@ def walk(control, code, out):
         shoot("login")
         page.submit({"name": "admin", "password": password})
         expect(page, "Dashboard", "login")
+        page.go(control + "/tunnels")
+        expect(page, "Tunnels", "the tunnels list")
+        shoot("tunnels")
+        page.go(control + "/tunnels?q=shop")
+        expect(page, "match", "the tunnels filter")
         print("walked: " + ", ".join(shots))
     finally:
         process.terminate()

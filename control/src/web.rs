@@ -30,6 +30,7 @@ pub async fn handle(
     let response = match (method, path.as_str()) {
         (Method::GET, "/style.css") => respond(200, "text/css; charset=utf-8", pages::STYLE),
         (Method::GET, "/") => dashboard(control, &request),
+        (Method::GET, "/tunnels") => tunnels(control, &request),
         (Method::GET, "/setup") => match control.setup_open() {
             true => html(200, pages::setup::page(&Default::default())),
             false => redirect("/"),
@@ -77,25 +78,54 @@ fn current(control: &Control, request: &Request<Incoming>) -> Result<Option<Visi
     Ok(Some(Visitor { session, user }))
 }
 
-fn dashboard(control: &Control, request: &Request<Incoming>) -> Response<Body> {
-    if control.setup_open() {
-        return redirect("/setup");
-    }
+/// A page behind a session, rendered from the visitor and the store's state; without a
+/// session, the way to the login.
+fn session_page(
+    control: &Control,
+    request: &Request<Incoming>,
+    render: impl FnOnce(&Visitor, &crate::model::State) -> Markup,
+) -> Response<Body> {
     let visitor = match current(control, request) {
         Ok(Some(visitor)) => visitor,
         Ok(None) => return redirect("/login"),
         Err(e) => return failure(&e),
     };
     match control.store.state() {
-        Ok(state) => {
-            let overview = pages::dashboard::Overview::of(&state, &control.hub);
-            html(
-                200,
-                pages::dashboard::page(&visitor.user, &visitor.session.csrf, &overview),
-            )
-        }
+        Ok(state) => html(200, render(&visitor, &state)),
         Err(e) => failure(&e),
     }
+}
+
+fn dashboard(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    if control.setup_open() {
+        return redirect("/setup");
+    }
+    session_page(control, request, |visitor, state| {
+        let overview = pages::dashboard::Overview::of(state, &control.hub);
+        pages::dashboard::page(&visitor.user, &visitor.session.csrf, &overview)
+    })
+}
+
+fn tunnels(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    let filter = request
+        .uri()
+        .query()
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "q")
+                .map(|(_, v)| v.chars().take(200).collect::<String>())
+        })
+        .unwrap_or_default();
+    session_page(control, request, |visitor, state| {
+        let rows = pages::tunnels::rows(state, &control.hub, &filter, auth::unix_now());
+        pages::tunnels::page(
+            &visitor.user,
+            &visitor.session.csrf,
+            &filter,
+            &rows,
+            state.tunnels.len(),
+        )
+    })
 }
 
 type Form = HashMap<String, String>;

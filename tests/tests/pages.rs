@@ -253,6 +253,19 @@ fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
     let page = member.get("/");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("member1 · member"), "{}", page.body);
+    let tunnels = member.get("/tunnels?q=none");
+    assert_eq!(tunnels.status, 200);
+    assert!(
+        tunnels.body.contains("No tunnel to show"),
+        "{}",
+        tunnels.body
+    );
+    // Without a session every page leads to the login.
+    let stranger = Browser::new(&cluster, "stranger");
+    for path in ["/", "/tunnels"] {
+        assert_eq!(stranger.get(path).status, 303, "{path}");
+        assert_eq!(stranger.header("location").as_deref(), Some("/login"));
+    }
 }
 
 fn control_binary() -> PathBuf {

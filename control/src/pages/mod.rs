@@ -4,6 +4,7 @@
 pub mod dashboard;
 pub mod login;
 pub mod setup;
+pub mod tunnels;
 
 use crate::auth::UserRecord;
 use maud::{html, Markup, DOCTYPE};
@@ -28,6 +29,8 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                     a.brand href="/" { "kakuremichi" }
                     @if let Some((user, csrf)) = who {
                         nav {
+                            a href="/" aria-current=[(title == "Dashboard").then_some("page")] { "Dashboard" }
+                            a href="/tunnels" aria-current=[(title == "Tunnels").then_some("page")] { "Tunnels" }
                             span.who { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);

@@ -1,0 +1,118 @@
+//! The tunnels list: every tunnel with its live state (agent online, certificate, enabled),
+//! filtered by text.
+
+use super::layout;
+use crate::auth::UserRecord;
+use crate::hub::Hub;
+use crate::model::{CertState, Issuer, State};
+use maud::{html, Markup};
+
+/// One row, with its states already decided.
+pub struct Row {
+    pub hostname: String,
+    pub agent: String,
+    pub agent_online: bool,
+    pub target: String,
+    pub enabled: bool,
+    /// What the certificate is doing, and how healthy that is (`good`, `warn`, `bad`, ``).
+    pub certificate: (String, &'static str),
+}
+
+/// The rows matching `filter` (in hostname, agent or target, any case), by hostname.
+pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
+    let needle = filter.trim().to_ascii_lowercase();
+    let mut rows: Vec<Row> = state
+        .tunnels
+        .iter()
+        .map(|tunnel| {
+            let agent = state.nodes.iter().find(|n| n.id == tunnel.agent_id);
+            let hostname = tunnel.hostname.to_string();
+            let certificate = match tunnel.issuer {
+                Issuer::None => ("plain HTTP".to_string(), ""),
+                _ => match state
+                    .certificates
+                    .iter()
+                    .find(|c| c.hostname == tunnel.hostname)
+                {
+                    None => ("waiting".to_string(), "warn"),
+                    Some(cert) => match cert.state {
+                        CertState::Valid => (
+                            format!(
+                                "valid, {} days left",
+                                cert.not_after.saturating_sub(now) / 86_400
+                            ),
+                            "good",
+                        ),
+                        CertState::Pending => ("issuing".to_string(), "warn"),
+                        CertState::Failed => (
+                            format!(
+                                "failing: {}",
+                                cert.last_error.as_deref().unwrap_or("no reason recorded")
+                            ),
+                            "bad",
+                        ),
+                    },
+                },
+            };
+            Row {
+                hostname,
+                agent: agent.map_or_else(|| tunnel.agent_id.clone(), |a| a.name.clone()),
+                agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
+                target: tunnel.target.to_string(),
+                enabled: tunnel.enabled,
+                certificate,
+            }
+        })
+        .filter(|row| {
+            needle.is_empty()
+                || [&row.hostname, &row.agent, &row.target]
+                    .iter()
+                    .any(|field| field.to_ascii_lowercase().contains(&needle))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    rows
+}
+
+pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: usize) -> Markup {
+    layout(
+        "Tunnels",
+        Some((user, csrf)),
+        html! {
+            h1 { "Tunnels" }
+            form.filter method="get" action="/tunnels" {
+                input type="text" name="q" value=(filter) placeholder="Filter by hostname, agent or target" aria-label="Filter";
+                button type="submit" { "Filter" }
+            }
+            p.muted {
+                @if filter.is_empty() { (total) " tunnels" } @else { (rows.len()) " of " (total) " tunnels match" }
+            }
+            @if rows.is_empty() {
+                div.card { p.muted { "No tunnel to show. Create one with " code { "POST /api/v1/tunnels" } "." } }
+            } @else {
+                div.card.table {
+                    table {
+                        thead { tr { th { "Hostname" } th { "Agent" } th { "Target" } th { "Certificate" } th { "State" } } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td data-label="Hostname" { (row.hostname) }
+                                    td data-label="Agent" {
+                                        span class={"dot " (if row.agent_online { "good" } else { "bad" })} {}
+                                        (row.agent)
+                                        @if !row.agent_online { span.muted { " (offline)" } }
+                                    }
+                                    td data-label="Target" { code { (row.target) } }
+                                    td data-label="Certificate" { span class={"dot " (row.certificate.1)} {} (row.certificate.0) }
+                                    td data-label="State" {
+                                        @if row.enabled { "enabled" } @else { span.muted { "disabled" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
