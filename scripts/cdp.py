@@ -4,7 +4,7 @@
     scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR
 
 walks Control's first-run path as a person does it in a browser (setup page, dashboard,
-log out, log in, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
+log out, log in, a tunnel made in the form, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
 width and at a phone width. It fails (exit 1) when a page does not show what it should.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
@@ -161,8 +161,13 @@ def walk(control, code, out):
         shoot("login")
         page.submit({"name": "admin", "password": password})
         expect(page, "Dashboard", "login")
-        page.go(control + "/tunnels")
-        expect(page, "Tunnels", "the tunnels list")
+        page.go(control + "/tunnels/new")
+        expect(page, "New tunnel", "the new-tunnel form")
+        page.submit({"hostname": "not a hostname!", "target": "127.0.0.1:8080"})
+        expect(page, "invalid hostname", "a bad hostname is refused with a reason")
+        shoot("tunnel-new-error")
+        page.submit({"hostname": "wiki.example.com", "target": "127.0.0.1:8080"})
+        expect(page, "wiki.example.com", "a tunnel made in the form shows in the list")
         shoot("tunnels")
         page.go(control + "/tunnels?q=shop")
         expect(page, "match", "the tunnels filter")

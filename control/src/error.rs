@@ -66,6 +66,14 @@ impl Error {
         }
     }
 
+    /// What is wrong, without the field's name (for a form that shows it beside the field).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Invalid { message, .. } | Error::Conflict { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// The field at fault, if the caller's.
     pub fn field(&self) -> Option<&str> {
         match self {

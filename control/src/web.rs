@@ -48,7 +48,22 @@ pub async fn handle(
             guarded(control, request, |c, r, f| login(c, r, f, &address)).await
         }
         (Method::POST, "/logout") => guarded(control, request, logout).await,
-        _ => return None,
+        (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
+        (Method::POST, "/tunnels/new") => guarded(control, request, create_tunnel).await,
+        (method, path) => match path.split('/').collect::<Vec<_>>()[..] {
+            ["", "tunnels", id, "delete"] if method == Method::GET => {
+                delete_tunnel_page(control, &request, id)
+            }
+            ["", "tunnels", id, "delete"] if method == Method::POST => {
+                let id = id.to_string();
+                guarded(control, request, |c, r, f| delete_tunnel(c, r, f, &id)).await
+            }
+            ["", "tunnels", id, "enabled"] if method == Method::POST => {
+                let id = id.to_string();
+                guarded(control, request, |c, r, f| set_tunnel_enabled(c, r, f, &id)).await
+            }
+            _ => return None,
+        },
     };
     Some(response)
 }
@@ -60,7 +75,7 @@ struct Visitor {
 }
 
 /// The live session of the request's cookie, if any; touches it now and then.
-fn current(control: &Control, request: &Request<Incoming>) -> Result<Option<Visitor>, Error> {
+fn current<B>(control: &Control, request: &Request<B>) -> Result<Option<Visitor>, Error> {
     let Some(token) = sessions::token_from_cookies(request.headers().get(COOKIE)) else {
         return Ok(None);
     };
@@ -83,7 +98,7 @@ fn current(control: &Control, request: &Request<Incoming>) -> Result<Option<Visi
 fn session_page(
     control: &Control,
     request: &Request<Incoming>,
-    render: impl FnOnce(&Visitor, &crate::model::State) -> Markup,
+    render: impl FnOnce(&Visitor, &crate::model::State) -> (u16, Markup),
 ) -> Response<Body> {
     let visitor = match current(control, request) {
         Ok(Some(visitor)) => visitor,
@@ -91,7 +106,10 @@ fn session_page(
         Err(e) => return failure(&e),
     };
     match control.store.state() {
-        Ok(state) => html(200, render(&visitor, &state)),
+        Ok(state) => {
+            let (status, markup) = render(&visitor, &state);
+            html(status, markup)
+        }
         Err(e) => failure(&e),
     }
 }
@@ -102,7 +120,10 @@ fn dashboard(control: &Control, request: &Request<Incoming>) -> Response<Body> {
     }
     session_page(control, request, |visitor, state| {
         let overview = pages::dashboard::Overview::of(state, &control.hub);
-        pages::dashboard::page(&visitor.user, &visitor.session.csrf, &overview)
+        (
+            200,
+            pages::dashboard::page(&visitor.user, &visitor.session.csrf, &overview),
+        )
     })
 }
 
@@ -118,17 +139,225 @@ fn tunnels(control: &Control, request: &Request<Incoming>) -> Response<Body> {
         .unwrap_or_default();
     session_page(control, request, |visitor, state| {
         let rows = pages::tunnels::rows(state, &control.hub, &filter, auth::unix_now());
-        pages::tunnels::page(
+        let page = pages::tunnels::page(
             &visitor.user,
             &visitor.session.csrf,
             &filter,
             &rows,
             state.tunnels.len(),
-        )
+        );
+        (200, page)
     })
 }
 
+/// Why an admin action is not carried out.
+enum Refusal {
+    NoSession,
+    /// The form's CSRF token is missing or wrong, or the user is not an administrator.
+    Forbidden(&'static str),
+    Failed(Error),
+}
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        match self {
+            Refusal::NoSession => redirect("/login"),
+            Refusal::Forbidden(why) => respond(403, "text/plain", format!("refused: {why}\n")),
+            Refusal::Failed(e) => failure(&e),
+        }
+    }
+}
+
+/// The administrator behind a state-changing form, checked against the session's token.
+fn acting_admin(control: &Control, request: &Request<()>, form: &Form) -> Result<Visitor, Refusal> {
+    let visitor = current(control, request)
+        .map_err(Refusal::Failed)?
+        .ok_or(Refusal::NoSession)?;
+    let sent = text(form, "csrf");
+    if !sessions::same_secret(sent, &visitor.session.csrf) {
+        return Err(Refusal::Forbidden(
+            "the form's token is wrong; reload the page",
+        ));
+    }
+    if visitor.user.role != Role::Admin {
+        return Err(Refusal::Forbidden("only administrators may change tunnels"));
+    }
+    Ok(visitor)
+}
+
+fn agent_choices(
+    control: &Control,
+    state: &crate::model::State,
+) -> Vec<pages::tunnel_form::AgentChoice> {
+    let mut agents: Vec<_> = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == kakuremichi_proto::ids::NodeKind::Agent)
+        .map(|n| pages::tunnel_form::AgentChoice {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            online: control.hub.presence(&n.id).online,
+        })
+        .collect();
+    agents.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
+    agents
+}
+
+fn new_tunnel_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    session_page(control, request, |visitor, state| {
+        let form = pages::tunnel_form::TunnelForm {
+            issuer: control.default_issuer.as_str(),
+            enabled: true,
+            ..Default::default()
+        };
+        let page = pages::tunnel_form::new_page(
+            &visitor.user,
+            &visitor.session.csrf,
+            &agent_choices(control, state),
+            &form,
+        );
+        (200, page)
+    })
+}
+
+fn create_tunnel(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let value = |name: &str| text(&form, name).trim();
+    let created = parse_new_tunnel(control, &form).and_then(|new| control.store.create_tunnel(new));
+    match created {
+        Ok(_) => {
+            control.hub.notify_all();
+            redirect("/tunnels")
+        }
+        Err(e) if e.field().is_some() => {
+            let message = e.reason();
+            let field_name = e.field().unwrap_or("");
+            let state = match control.store.state() {
+                Ok(state) => state,
+                Err(e) => return failure(&e),
+            };
+            let shown = pages::tunnel_form::TunnelForm {
+                hostname: value("hostname"),
+                agent: value("agent"),
+                target: value("target"),
+                issuer: value("issuer"),
+                enabled: form.contains_key("enabled"),
+                error: Some((field_name, &message)),
+            };
+            html(
+                400,
+                pages::tunnel_form::new_page(
+                    &visitor.user,
+                    &visitor.session.csrf,
+                    &agent_choices(control, &state),
+                    &shown,
+                ),
+            )
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// The tunnel a form describes; errors name the field.
+fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewTunnel, Error> {
+    let value = |name: &str| text(form, name).trim();
+    let parse = |name: &'static str| -> Result<&str, Error> {
+        match value(name) {
+            "" => Err(Error::invalid(name, "is required")),
+            text => Ok(text),
+        }
+    };
+    Ok(crate::store::NewTunnel {
+        hostname: parse("hostname")?
+            .parse()
+            .map_err(|e: kakuremichi_proto::ProtoError| {
+                Error::invalid("hostname", e.to_string())
+            })?,
+        agent_id: parse("agent")?.to_string(),
+        target: parse("target")?
+            .parse()
+            .map_err(|e: kakuremichi_proto::ProtoError| Error::invalid("target", e.to_string()))?,
+        enabled: form.contains_key("enabled"),
+        issuer: match value("issuer") {
+            "" => control.default_issuer,
+            text => text.parse().map_err(|e: kakuremichi_proto::ProtoError| {
+                Error::invalid("issuer", e.to_string())
+            })?,
+        },
+    })
+}
+
+fn set_tunnel_enabled(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    id: &str,
+) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    let patch = crate::store::TunnelPatch {
+        enabled: Some(form.get("enabled").map(String::as_str) == Some("true")),
+        ..Default::default()
+    };
+    match control.store.update_tunnel(id, patch) {
+        Ok(_) => {
+            control.hub.notify_all();
+            redirect("/tunnels")
+        }
+        Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
+        Err(e) => failure(&e),
+    }
+}
+
+fn delete_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
+    session_page(control, request, |visitor, state| {
+        let who = Some((&visitor.user, visitor.session.csrf.as_str()));
+        match state.tunnels.iter().find(|t| t.id == id) {
+            Some(tunnel) => (
+                200,
+                pages::tunnel_form::delete_page(
+                    &visitor.user,
+                    &visitor.session.csrf,
+                    id,
+                    tunnel.hostname.as_str(),
+                ),
+            ),
+            None => (
+                404,
+                pages::layout(
+                    "No such tunnel",
+                    who,
+                    maud::html! { div.card { p { "This tunnel does not exist (any more). " a href="/tunnels" { "Back to the tunnels." } } } },
+                ),
+            ),
+        }
+    })
+}
+
+fn delete_tunnel(control: &Control, request: &Request<()>, form: Form, id: &str) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    match control.store.delete_tunnel(id) {
+        Ok(()) => {
+            control.hub.notify_all();
+            redirect("/tunnels")
+        }
+        Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
+        Err(e) => failure(&e),
+    }
+}
+
 type Form = HashMap<String, String>;
+
+/// A form field's value, empty when absent.
+fn text<'a>(form: &'a Form, name: &str) -> &'a str {
+    form.get(name).map_or("", String::as_str)
+}
 
 /// Check where a state-changing request comes from, read its form, then run `action`.
 async fn guarded<F>(control: &Control, request: Request<Incoming>, action: F) -> Response<Body>
@@ -181,7 +410,7 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     if !control.setup_open() {
         return redirect("/login");
     }
-    let value = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let value = |name: &str| text(&form, name);
     let name = value("name").trim();
     let mut shown = pages::setup::SetupForm {
         name,
@@ -224,8 +453,8 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
 }
 
 fn login(control: &Control, request: &Request<()>, form: Form, address: &str) -> Response<Body> {
-    let name = form.get("name").map(String::as_str).unwrap_or("").trim();
-    let secret = form.get("password").map(String::as_str).unwrap_or("");
+    let name = text(&form, "name").trim();
+    let secret = text(&form, "password");
     let account_key = format!("user:{name}");
     let address_key = format!("ip:{address}");
     let keys = [account_key.as_str(), address_key.as_str()];
@@ -277,7 +506,7 @@ fn logout(control: &Control, request: &Request<()>, form: Form) -> Response<Body
     if let Some(token) = token {
         match control.store.session(token) {
             Ok(Some((session, _))) => {
-                let sent = form.get("csrf").map(String::as_str).unwrap_or("");
+                let sent = text(&form, "csrf");
                 if !sessions::same_secret(sent, &session.csrf) {
                     return respond(403, "text/plain", "refused: the form's token is wrong\n");
                 }

@@ -328,3 +328,141 @@ fn failed_logins_are_throttled_with_a_clear_wait() {
     assert_eq!(browser.post("/login", &right, Some(&origin)).status, 303);
     assert_eq!(browser.get("/").status, 200);
 }
+
+fn add_user(cluster: &Cluster, name: &str, admin: bool, secret: &str) {
+    use std::io::Write;
+    let data = cluster.dir.join("control-data");
+    let mut args = vec![
+        "--data-dir",
+        path_str(&data),
+        "user",
+        "add",
+        "--password-stdin",
+    ];
+    if admin {
+        args.push("--admin");
+    }
+    args.push(name);
+    let mut add = std::process::Command::new(control_binary())
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("user add runs");
+    let mut stdin = add.stdin.take().expect("stdin is piped");
+    stdin.write_all(format!("{secret}\n").as_bytes()).unwrap();
+    drop(stdin);
+    assert!(add.wait().unwrap().success());
+}
+
+fn tunnels(cluster: &Cluster) -> Vec<serde_json::Value> {
+    let answer = cluster.api("GET", "/api/v1/tunnels", None);
+    assert_eq!(answer.status, 200);
+    answer.json().as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn an_admin_creates_disables_and_deletes_a_tunnel_in_the_pages() {
+    let cluster = Cluster::new("tunnel-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    let agent = cluster.api("POST", "/api/v1/agents", Some(r#"{"name":"home-nas"}"#));
+    let agent_id = agent.json()["id"].as_str().unwrap().to_string();
+    add_user(&cluster, "root", true, "the admin's password");
+    add_user(&cluster, "viewer", false, "the member's password");
+    let admin = Browser::new(&cluster, "admin");
+    let login = [("name", "root"), ("password", "the admin's password")];
+    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let form = admin.get("/tunnels/new");
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("home-nas (offline)"), "{}", form.body);
+    let csrf = csrf_of(&form.body);
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("hostname", "photos.example.com"),
+        ("agent", agent_id.as_str()),
+        ("target", "127.0.0.1:2342"),
+        ("issuer", "internal"),
+        ("enabled", "true"),
+    ];
+
+    // Bad input comes back with the field's error, and nothing is written.
+    for (index, bad, reason) in [
+        (1, "not a hostname!", "hostname"),
+        (2, "agt_missing", "agent"),
+        (3, "no port", "target"),
+        (4, "lottery", "issuer"),
+    ] {
+        let mut wrong = fields;
+        wrong[index].1 = bad;
+        let answer = admin.post("/tunnels/new", &wrong, origin);
+        assert_eq!(answer.status, 400, "{reason}: {}", answer.body);
+        assert!(
+            answer.body.contains("class=\"error\""),
+            "{reason}: {}",
+            answer.body
+        );
+    }
+    let mut forged = fields;
+    forged[0].1 = "forged";
+    assert_eq!(admin.post("/tunnels/new", &forged, origin).status, 403);
+    assert_eq!(admin.post("/tunnels/new", &fields, None).status, 403);
+    assert!(tunnels(&cluster).is_empty(), "refused forms wrote nothing");
+
+    // A member cannot, even with a valid token of their own.
+    let member = Browser::new(&cluster, "member");
+    let member_login = [("name", "viewer"), ("password", "the member's password")];
+    assert_eq!(member.post("/login", &member_login, origin).status, 303);
+    let member_csrf = csrf_of(&member.get("/tunnels").body);
+    let mut as_member = fields;
+    as_member[0].1 = member_csrf.as_str();
+    let answer = member.post("/tunnels/new", &as_member, origin);
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(tunnels(&cluster).is_empty());
+
+    // The real thing, then disable, then delete.
+    assert_eq!(admin.post("/tunnels/new", &fields, origin).status, 303);
+    let made = tunnels(&cluster);
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0]["hostname"], "photos.example.com");
+    assert_eq!(made[0]["enabled"], true);
+    let id = made[0]["id"].as_str().unwrap().to_string();
+    let list = admin.get("/tunnels");
+    assert!(list.body.contains("photos.example.com"), "{}", list.body);
+    let twice = admin.post(
+        "/tunnels/new",
+        &[
+            fields[0],
+            ("hostname", "photos.example.com"),
+            fields[2],
+            fields[3],
+            fields[4],
+        ],
+        origin,
+    );
+    assert_eq!(twice.status, 400, "a taken hostname: {}", twice.body);
+    assert!(twice.body.contains("class=\"error\""));
+    let toggle = [("csrf", csrf.as_str()), ("enabled", "false")];
+    assert_eq!(
+        admin
+            .post(&format!("/tunnels/{id}/enabled"), &toggle, origin)
+            .status,
+        303
+    );
+    assert_eq!(tunnels(&cluster)[0]["enabled"], false);
+    let confirm = admin.get(&format!("/tunnels/{id}/delete"));
+    assert_eq!(confirm.status, 200);
+    assert!(confirm.body.contains("Delete photos.example.com?"));
+    assert_eq!(
+        admin
+            .post(
+                &format!("/tunnels/{id}/delete"),
+                &[("csrf", csrf.as_str())],
+                origin
+            )
+            .status,
+        303
+    );
+    assert!(tunnels(&cluster).is_empty());
+    assert_eq!(admin.get(&format!("/tunnels/{id}/delete")).status, 404);
+}

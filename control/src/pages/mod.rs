@@ -4,6 +4,7 @@
 pub mod dashboard;
 pub mod login;
 pub mod setup;
+pub mod tunnel_form;
 pub mod tunnels;
 
 use crate::auth::UserRecord;
@@ -30,7 +31,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                     @if let Some((user, csrf)) = who {
                         nav {
                             a href="/" aria-current=[(title == "Dashboard").then_some("page")] { "Dashboard" }
-                            a href="/tunnels" aria-current=[(title == "Tunnels").then_some("page")] { "Tunnels" }
+                            a href="/tunnels" aria-current=[title.contains("unnel").then_some("page")] { "Tunnels" }
                             span.who { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);

@@ -2,13 +2,14 @@
 //! filtered by text.
 
 use super::layout;
-use crate::auth::UserRecord;
+use crate::auth::{Role, UserRecord};
 use crate::hub::Hub;
 use crate::model::{CertState, Issuer, State};
 use maud::{html, Markup};
 
 /// One row, with its states already decided.
 pub struct Row {
+    pub id: String,
     pub hostname: String,
     pub agent: String,
     pub agent_online: bool,
@@ -55,6 +56,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 },
             };
             Row {
+                id: tunnel.id.clone(),
                 hostname,
                 agent: agent.map_or_else(|| tunnel.agent_id.clone(), |a| a.name.clone()),
                 agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
@@ -75,11 +77,15 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
 }
 
 pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: usize) -> Markup {
+    let admin = user.role == Role::Admin;
     layout(
         "Tunnels",
         Some((user, csrf)),
         html! {
-            h1 { "Tunnels" }
+            div.toolbar {
+                h1 { "Tunnels" }
+                @if admin { a.button href="/tunnels/new" { "New tunnel" } }
+            }
             form.filter method="get" action="/tunnels" {
                 input type="text" name="q" value=(filter) placeholder="Filter by hostname, agent or target" aria-label="Filter";
                 button type="submit" { "Filter" }
@@ -88,11 +94,11 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                 @if filter.is_empty() { (total) " tunnels" } @else { (rows.len()) " of " (total) " tunnels match" }
             }
             @if rows.is_empty() {
-                div.card { p.muted { "No tunnel to show. Create one with " code { "POST /api/v1/tunnels" } "." } }
+                div.card { p.muted { "No tunnel to show." @if admin { " " a href="/tunnels/new" { "Create one." } } } }
             } @else {
                 div.card.table {
                     table {
-                        thead { tr { th { "Hostname" } th { "Agent" } th { "Target" } th { "Certificate" } th { "State" } } }
+                        thead { tr { th { "Hostname" } th { "Agent" } th { "Target" } th { "Certificate" } th { "State" } @if admin { th { "" } } } }
                         tbody {
                             @for row in rows {
                                 tr {
@@ -106,6 +112,17 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                     td data-label="Certificate" { span class={"dot " (row.certificate.1)} {} (row.certificate.0) }
                                     td data-label="State" {
                                         @if row.enabled { "enabled" } @else { span.muted { "disabled" } }
+                                    }
+                                    @if admin {
+                                        td.row-actions {
+                                            form.inline method="post" action={"/tunnels/" (row.id) "/enabled"} {
+                                                input type="hidden" name="csrf" value=(csrf);
+                                                input type="hidden" name="enabled" value=(if row.enabled { "false" } else { "true" });
+                                                button.small type="submit" { @if row.enabled { "Disable" } @else { "Enable" } }
+                                            }
+                                            " "
+                                            a href={"/tunnels/" (row.id) "/delete"} { "Delete" }
+                                        }
                                     }
                                 }
                             }

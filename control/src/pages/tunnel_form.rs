@@ -1,0 +1,113 @@
+//! Creating a tunnel, and confirming a tunnel's deletion.
+
+use super::{field, layout};
+use crate::auth::UserRecord;
+use maud::{html, Markup};
+
+/// An agent to choose, with whether it is online.
+pub struct AgentChoice {
+    pub id: String,
+    pub name: String,
+    pub online: bool,
+}
+
+/// What the form shows: the values sent, and an error for one field.
+#[derive(Default)]
+pub struct TunnelForm<'a> {
+    pub hostname: &'a str,
+    pub agent: &'a str,
+    pub target: &'a str,
+    pub issuer: &'a str,
+    pub enabled: bool,
+    /// The field at fault and why.
+    pub error: Option<(&'a str, &'a str)>,
+}
+
+impl TunnelForm<'_> {
+    fn error_for(&self, name: &str) -> Option<&str> {
+        self.error.filter(|(f, _)| *f == name).map(|(_, m)| m)
+    }
+}
+
+const ISSUERS: [(&str, &str); 4] = [
+    ("acme", "ACME (Let's Encrypt or the configured CA)"),
+    ("internal", "Control's internal CA"),
+    ("manual", "Uploaded certificate"),
+    ("none", "None: plain HTTP"),
+];
+
+pub fn new_page(
+    user: &UserRecord,
+    csrf: &str,
+    agents: &[AgentChoice],
+    form: &TunnelForm,
+) -> Markup {
+    layout(
+        "New tunnel",
+        Some((user, csrf)),
+        html! {
+            div.card.narrow.wide {
+                h1 { "New tunnel" }
+                @if let Some((field_name, message)) = form.error.filter(|(f, _)| !["hostname", "agent", "target", "issuer"].contains(f)) {
+                    p.notice.bad role="alert" { (field_name) ": " (message) }
+                }
+                @if agents.is_empty() {
+                    p.notice { "No agent yet: enrol one first (POST /api/v1/agents), then come back." }
+                }
+                form method="post" action="/tunnels/new" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    (field("Public hostname", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
+                    label.field {
+                        span { "Agent" }
+                        select name="agent" required aria-invalid=[form.error_for("agent").map(|_| "true")] {
+                            @for agent in agents {
+                                option value=(agent.id) selected[agent.id == form.agent] {
+                                    (agent.name) @if agent.online { " (online)" } @else { " (offline)" }
+                                }
+                            }
+                        }
+                        @if let Some(error) = form.error_for("agent") { span.error { (error) } }
+                    }
+                    (field("Target the agent forwards to (host:port, as the agent sees it)", "target", "text", form.target, form.error_for("target"), "off"))
+                    label.field {
+                        span { "Certificate" }
+                        select name="issuer" {
+                            @for (value, label) in ISSUERS {
+                                option value=(value) selected[value == form.issuer] { (label) }
+                            }
+                        }
+                        @if let Some(error) = form.error_for("issuer") { span.error { (error) } }
+                    }
+                    label.check {
+                        input type="checkbox" name="enabled" value="true" checked[form.enabled];
+                        " Enabled"
+                    }
+                    div.actions {
+                        button type="submit" { "Create tunnel" }
+                        a href="/tunnels" { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn delete_page(user: &UserRecord, csrf: &str, id: &str, hostname: &str) -> Markup {
+    layout(
+        "Delete tunnel",
+        Some((user, csrf)),
+        html! {
+            div.card.narrow {
+                h1 { "Delete " (hostname) "?" }
+                p { "Gateways stop serving it within a second; its certificate is kept until it expires." }
+                form method="post" action={"/tunnels/" (id) "/delete"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    div.actions {
+                        button.danger type="submit" { "Delete tunnel" }
+                        a href="/tunnels" { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
