@@ -4,7 +4,7 @@
     scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR
 
 walks Control's first-run path as a person does it in a browser (setup page, dashboard,
-log out, log in, a tunnel made in the form, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
+log out, log in, an agent enrolled in the form, a tunnel made in the form, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
 width and at a phone width. It fails (exit 1) when a page does not show what it should.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
@@ -161,6 +161,17 @@ def walk(control, code, out):
         shoot("login")
         page.submit({"name": "admin", "password": password})
         expect(page, "Dashboard", "login")
+        page.go(control + "/agents/new")
+        page.submit({"name": "garage-pi"})
+        expect(page, "garage-pi is enrolled", "enrolling an agent shows its key once")
+        expect(page, "API_KEY", "the install snippets")
+        page.call("Emulation.setDeviceMetricsOverride", width=1280, height=1400, deviceScaleFactor=1, mobile=False)
+        shot = page.call("Page.captureScreenshot", format="png")
+        with open(os.path.join(out, "agent-enrolled.png"), "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        page.go(control + "/agents")
+        expect(page, "garage-pi", "the agents list")
+        shoot("agents")
         page.go(control + "/tunnels/new")
         expect(page, "New tunnel", "the new-tunnel form")
         page.submit({"hostname": "not a hostname!", "target": "127.0.0.1:8080"})

@@ -231,29 +231,17 @@ fn create_node(
     let name = fields
         .string("name")?
         .unwrap_or_else(|| kind.as_str().to_string());
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            "must be 1 to 64 printable characters",
-        ));
-    }
+    crate::install::check_node_name(&name).map_err(|why| Error::invalid("name", why))?;
     fields.finish()?;
     let (record, api_key) = control.store.create_node(kind, name)?;
     let mut body = node_json(control, &record);
-    let binary = format!("kakuremichi-{}", kind.as_str());
-    let url = &control.public_url;
     body["api_key"] = json!(api_key);
-    body["install"] = json!({
-        "shell": format!("CONTROL_URL={url} API_KEY={api_key} {binary}"),
-        "docker_compose": format!(
-            "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {url}\n      API_KEY: {api_key}\n",
-            kind = kind.as_str()
-        ),
-        "openwrt_uci": format!(
-            "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.control_url='{url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi",
-            kind = kind.as_str()
-        ),
-    });
+    body["install"] = Value::Object(
+        crate::install::snippets(kind, &control.public_url, &api_key)
+            .into_iter()
+            .map(|snippet| (snippet.key.to_string(), Value::String(snippet.text)))
+            .collect(),
+    );
     Ok((201, body))
 }
 

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod certs;
 pub mod error;
 pub mod hub;
+pub mod install;
 pub mod model;
 pub mod pages;
 pub mod server;

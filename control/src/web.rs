@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, COOKIE, HOST, LOCATION, ORIGIN, REFERER, SET_COOKIE};
 use hyper::{Method, Request, Response};
+use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_rt::http::{respond, Body};
 use maud::Markup;
 use std::collections::HashMap;
@@ -48,6 +49,19 @@ pub async fn handle(
             guarded(control, request, |c, r, f| login(c, r, f, &address)).await
         }
         (Method::POST, "/logout") => guarded(control, request, logout).await,
+        (Method::GET, "/agents") => nodes_page(control, &request, NodeKind::Agent),
+        (Method::GET, "/gateways") => nodes_page(control, &request, NodeKind::Gateway),
+        (Method::GET, "/agents/new") => new_node_page(control, &request, NodeKind::Agent),
+        (Method::GET, "/gateways/new") => new_node_page(control, &request, NodeKind::Gateway),
+        (Method::POST, "/agents/new") => {
+            guarded(control, request, |c, r, f| enrol(c, r, f, NodeKind::Agent)).await
+        }
+        (Method::POST, "/gateways/new") => {
+            guarded(control, request, |c, r, f| {
+                enrol(c, r, f, NodeKind::Gateway)
+            })
+            .await
+        }
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
         (Method::POST, "/tunnels/new") => guarded(control, request, create_tunnel).await,
         (method, path) => match path.split('/').collect::<Vec<_>>()[..] {
@@ -180,7 +194,7 @@ fn acting_admin(control: &Control, request: &Request<()>, form: &Form) -> Result
         ));
     }
     if visitor.user.role != Role::Admin {
-        return Err(Refusal::Forbidden("only administrators may change tunnels"));
+        return Err(Refusal::Forbidden("only administrators may do this"));
     }
     Ok(visitor)
 }
@@ -192,7 +206,7 @@ fn agent_choices(
     let mut agents: Vec<_> = state
         .nodes
         .iter()
-        .filter(|n| n.kind == kakuremichi_proto::ids::NodeKind::Agent)
+        .filter(|n| n.kind == NodeKind::Agent)
         .map(|n| pages::tunnel_form::AgentChoice {
             id: n.id.clone(),
             name: n.name.clone(),
@@ -348,6 +362,59 @@ fn delete_tunnel(control: &Control, request: &Request<()>, form: Form, id: &str)
             redirect("/tunnels")
         }
         Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
+        Err(e) => failure(&e),
+    }
+}
+
+fn nodes_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) -> Response<Body> {
+    session_page(control, request, |visitor, state| {
+        let rows = pages::nodes::rows(state, &control.hub, kind);
+        let page = pages::nodes::list_page(
+            &visitor.user,
+            &visitor.session.csrf,
+            kind,
+            &rows,
+            auth::unix_now(),
+        );
+        (200, page)
+    })
+}
+
+fn new_node_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) -> Response<Body> {
+    session_page(control, request, |visitor, _| {
+        let page = pages::nodes::new_page(&visitor.user, &visitor.session.csrf, kind, "", None);
+        (200, page)
+    })
+}
+
+/// Enrol a node and show its key and install snippets, once.
+fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let name = text(&form, "name").trim();
+    let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
+    if let Err(why) = crate::install::check_node_name(name) {
+        return html(
+            400,
+            pages::nodes::new_page(user, csrf, kind, name, Some(why)),
+        );
+    }
+    match control.store.create_node(kind, name.to_string()) {
+        Ok((record, api_key)) => {
+            control.hub.notify_all();
+            let snippets = crate::install::snippets(kind, &control.public_url, &api_key);
+            let page =
+                pages::nodes::enrolled_page(user, csrf, kind, &record.name, &api_key, &snippets);
+            let mut response = html(201, page);
+            // The key must not linger in caches or history.
+            response.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            response
+        }
         Err(e) => failure(&e),
     }
 }

@@ -466,3 +466,43 @@ fn an_admin_creates_disables_and_deletes_a_tunnel_in_the_pages() {
     assert!(tunnels(&cluster).is_empty());
     assert_eq!(admin.get(&format!("/tunnels/{id}/delete")).status, 404);
 }
+
+#[test]
+fn enrolling_an_agent_in_the_pages_shows_its_key_once() {
+    let cluster = Cluster::new("enrol-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    add_user(&cluster, "root", true, "the admin's password");
+    let admin = Browser::new(&cluster, "admin");
+    let login = [("name", "root"), ("password", "the admin's password")];
+    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let csrf = csrf_of(&admin.get("/agents/new").body);
+    let bad = admin.post(
+        "/agents/new",
+        &[("csrf", csrf.as_str()), ("name", "")],
+        origin,
+    );
+    assert_eq!(bad.status, 400);
+    let answer = admin.post(
+        "/agents/new",
+        &[("csrf", csrf.as_str()), ("name", "garage-pi")],
+        origin,
+    );
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(admin.header("cache-control").as_deref(), Some("no-store"));
+    let key = answer.body[answer.body.find("kmk_").expect("the API key is shown")..]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        answer.body.contains(&format!("API_KEY={key}")),
+        "the snippets carry the key"
+    );
+    let agents = cluster.api("GET", "/api/v1/agents", None).json();
+    assert_eq!(agents.as_array().map(Vec::len), Some(1), "{agents}");
+    assert_eq!(agents[0]["name"], "garage-pi");
+    // The list never shows the key again.
+    let list = admin.get("/agents");
+    assert!(list.body.contains("garage-pi") && !list.body.contains(&key));
+}

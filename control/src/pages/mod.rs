@@ -3,6 +3,7 @@
 
 pub mod dashboard;
 pub mod login;
+pub mod nodes;
 pub mod setup;
 pub mod tunnel_form;
 pub mod tunnels;
@@ -32,6 +33,8 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                         nav {
                             a href="/" aria-current=[(title == "Dashboard").then_some("page")] { "Dashboard" }
                             a href="/tunnels" aria-current=[title.contains("unnel").then_some("page")] { "Tunnels" }
+                            a href="/agents" aria-current=[title.contains("gent").then_some("page")] { "Agents" }
+                            a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
                             span.who { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);

@@ -1,0 +1,55 @@
+//! What a user pastes to run a node they just enrolled: the same key and URL, for each way
+//! of installing. Shown once with the key, by the API and the pages.
+
+use kakuremichi_proto::ids::NodeKind;
+
+/// One way of installing, with its text.
+pub struct Snippet {
+    /// A key for the API (`shell`, `docker_compose`, …).
+    pub key: &'static str,
+    /// A title for people.
+    pub title: &'static str,
+    pub text: String,
+}
+
+/// Every way to start `kind` with this URL and key.
+pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet> {
+    let kind = kind.as_str();
+    let binary = format!("kakuremichi-{kind}");
+    vec![
+        Snippet {
+            key: "shell",
+            title: "Shell",
+            text: format!("CONTROL_URL={control_url} API_KEY={api_key} {binary}"),
+        },
+        Snippet {
+            key: "docker_compose",
+            title: "docker-compose",
+            text: format!(
+                "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {control_url}\n      API_KEY: {api_key}\n"
+            ),
+        },
+        Snippet {
+            key: "openwrt_uci",
+            title: "OpenWrt (UCI)",
+            text: format!(
+                "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi"
+            ),
+        },
+        Snippet {
+            key: "systemd",
+            title: "systemd unit",
+            text: format!(
+                "[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironment=CONTROL_URL={control_url}\nEnvironment=API_KEY={api_key}\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\n\n[Install]\nWantedBy=multi-user.target\n"
+            ),
+        },
+    ]
+}
+
+/// Why a node name is refused: 1 to 64 printable characters.
+pub fn check_node_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err("must be 1 to 64 printable characters");
+    }
+    Ok(())
+}

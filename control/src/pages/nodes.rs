@@ -1,0 +1,192 @@
+//! Agents and gateways: the list with live state, enrolment, and the one-time page with the
+//! new node's API key and install snippets.
+
+use super::{field, layout};
+use crate::auth::{Role, UserRecord};
+use crate::hub::Hub;
+use crate::install::Snippet;
+use crate::model::State;
+use kakuremichi_proto::ids::NodeKind;
+use maud::{html, Markup, PreEscaped};
+
+/// Plural title and path of a kind's pages.
+pub fn names(kind: NodeKind) -> (&'static str, &'static str) {
+    match kind {
+        NodeKind::Agent => ("Agents", "/agents"),
+        NodeKind::Gateway => ("Gateways", "/gateways"),
+    }
+}
+
+/// One node, with its states decided.
+pub struct Row {
+    pub name: String,
+    pub online: bool,
+    pub overlay_ip: String,
+    pub version: String,
+    /// Agents: their tunnels; gateways: their WireGuard endpoint.
+    pub detail: String,
+    pub last_seen: Option<u64>,
+}
+
+pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
+    let mut rows: Vec<Row> = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == kind)
+        .map(|node| {
+            let presence = hub.presence(&node.id);
+            Row {
+                name: node.name.clone(),
+                online: presence.online,
+                overlay_ip: node.overlay_ip.to_string(),
+                version: node
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| "never connected".into()),
+                detail: match kind {
+                    NodeKind::Agent => {
+                        let count = state
+                            .tunnels
+                            .iter()
+                            .filter(|t| t.agent_id == node.id)
+                            .count();
+                        format!("{count} tunnel{}", if count == 1 { "" } else { "s" })
+                    }
+                    NodeKind::Gateway => node.wireguard_endpoint.clone().unwrap_or_default(),
+                },
+                last_seen: presence.last_seen,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
+    rows
+}
+
+fn seen(last_seen: Option<u64>, now: u64) -> String {
+    match last_seen {
+        None => "not seen".into(),
+        Some(at) => match now.saturating_sub(at) {
+            s if s < 60 => "just now".into(),
+            s if s < 3600 => format!("{} min ago", s / 60),
+            s if s < 86_400 => format!("{} h ago", s / 3600),
+            s => format!("{} days ago", s / 86_400),
+        },
+    }
+}
+
+pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], now: u64) -> Markup {
+    let (title, path) = names(kind);
+    let detail = match kind {
+        NodeKind::Agent => "Tunnels",
+        NodeKind::Gateway => "WireGuard endpoint",
+    };
+    layout(
+        title,
+        Some((user, csrf)),
+        html! {
+            div.toolbar {
+                h1 { (title) }
+                @if user.role == Role::Admin { a.button href={(path) "/new"} { "Enrol " (kind.as_str()) } }
+            }
+            @if rows.is_empty() {
+                div.card { p.muted { "None yet." } }
+            } @else {
+                div.card.table {
+                    table {
+                        thead { tr { th { "Name" } th { "State" } th { "Overlay address" } th { (detail) } th { "Version" } } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td data-label="Name" { (row.name) }
+                                    td data-label="State" {
+                                        span class={"dot " (if row.online { "good" } else { "bad" })} {}
+                                        @if row.online { "online" } @else { "offline" }
+                                        span.muted { " · " (seen(row.last_seen, now)) }
+                                    }
+                                    td data-label="Overlay address" { code { (row.overlay_ip) } }
+                                    td data-label=(detail) { (row.detail) }
+                                    td data-label="Version" { (row.version) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn new_page(
+    user: &UserRecord,
+    csrf: &str,
+    kind: NodeKind,
+    name: &str,
+    error: Option<&str>,
+) -> Markup {
+    let (_, path) = names(kind);
+    layout(
+        &format!("Enrol {}", kind.as_str()),
+        Some((user, csrf)),
+        html! {
+            div.card.narrow {
+                h1 { "Enrol " (kind.as_str()) }
+                form method="post" action={(path) "/new"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    (field("Name", "name", "text", name, error, "off"))
+                    div.actions {
+                        button type="submit" { "Enrol" }
+                        a href=(path) { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The only time the key is shown: it is stored hashed.
+pub fn enrolled_page(
+    user: &UserRecord,
+    csrf: &str,
+    kind: NodeKind,
+    name: &str,
+    api_key: &str,
+    snippets: &[Snippet],
+) -> Markup {
+    let (_, path) = names(kind);
+    layout(
+        &format!("{} enrolled", kind.as_str()),
+        Some((user, csrf)),
+        html! {
+            h1 { (name) " is enrolled" }
+            p.notice { "Copy the API key now: it is shown only this once (Control keeps only its hash)." }
+            div.card {
+                h2 { "API key" }
+                (copyable("api-key", api_key))
+                @for snippet in snippets {
+                    h2 { (snippet.title) }
+                    (copyable(snippet.key, &snippet.text))
+                }
+                p { a href=(path) { "Done: back to the list" } }
+            }
+            script { (PreEscaped(COPY_SCRIPT)) }
+        },
+    )
+}
+
+fn copyable(id: &str, text: &str) -> Markup {
+    html! {
+        div.copy {
+            pre id=(id) { (text) }
+            button.small.copy-button type="button" data-copy=(id) hidden { "Copy" }
+        }
+    }
+}
+
+/// Copy buttons, shown only where a script runs; without it, the text is there to select.
+const COPY_SCRIPT: &str = "document.querySelectorAll('[data-copy]').forEach(function (b) {\
+  b.hidden = false;\
+  b.addEventListener('click', function () {\
+    navigator.clipboard.writeText(document.getElementById(b.dataset.copy).textContent)\
+      .then(function () { b.textContent = 'Copied'; });\
+  });\
+});";
