@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """A small headless-Chromium driver over the DevTools protocol, standard library only.
 
-    scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR
+    scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR [AGENT_COMMAND TARGET CHECK_COMMAND]
 
 walks Control's first-run path as a person does it in a browser (setup page, dashboard,
 log out, log in, an agent enrolled in the form, a tunnel made in the form, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
 width and at a phone width. It fails (exit 1) when a page does not show what it should.
+
+With AGENT_COMMAND (a shell command in which {api_key} is replaced by the key the page shows),
+TARGET and CHECK_COMMAND, it goes on as the seed's use case 5 does: it starts the real agent
+with the key from the page, waits until the agents page shows it online, creates a tunnel to
+TARGET in the form, and waits until CHECK_COMMAND (a request through the gateway) succeeds.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
 
@@ -132,8 +137,18 @@ def expect(page, text, what):
         sys.exit(f"cdp.py: {what}: expected {text!r} on {page.js('location.href')}, page shows:\n{body}")
 
 
-def walk(control, code, out):
+def wait_for(what, check, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    sys.exit(f"cdp.py: {what} did not happen within {seconds} s")
+
+
+def walk(control, code, out, agent_command=None, target=None, check_command=None):
     process, profile, page = browser()
+    processes = []
     try:
         page.call("Page.enable")
         shots = []
@@ -169,9 +184,29 @@ def walk(control, code, out):
         shot = page.call("Page.captureScreenshot", format="png")
         with open(os.path.join(out, "agent-enrolled.png"), "wb") as f:
             f.write(base64.b64decode(shot["data"]))
+        agent = None
+        if agent_command:
+            key = page.js("document.getElementById('api-key').textContent").strip()
+            agent = subprocess.Popen(agent_command.replace("{api_key}", key), shell=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            processes.append(agent)
+
+            def online():
+                page.go(control + "/agents")
+                return "garage-pi" in (page.js("document.body.innerText") or "") and \
+                    page.js("[...document.querySelectorAll('tr')].some(r => r.innerText.includes('garage-pi') && r.innerText.includes('online'))")
+            wait_for("the enrolled agent showing online", online)
         page.go(control + "/agents")
         expect(page, "garage-pi", "the agents list")
         shoot("agents")
+        if agent_command:
+            page.go(control + "/tunnels/new")
+            page.submit({"hostname": "hello.localhost", "target": target})
+            expect(page, "hello.localhost", "the tunnel made in the form")
+            wait_for("a request through the gateway to the new tunnel",
+                     lambda: subprocess.run(check_command, shell=True, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL).returncode == 0)
+            shots.append("use case 5: agent online, tunnel answers through the gateway")
         page.go(control + "/tunnels/new")
         expect(page, "New tunnel", "the new-tunnel form")
         page.submit({"hostname": "not a hostname!", "target": "127.0.0.1:8080"})
@@ -184,12 +219,15 @@ def walk(control, code, out):
         expect(page, "match", "the tunnels filter")
         print("walked: " + ", ".join(shots))
     finally:
+        for started in processes:
+            started.terminate()
+            started.wait()
         process.terminate()
         process.wait()
         shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "walk":
+    if len(sys.argv) not in (5, 8) or sys.argv[1] != "walk":
         sys.exit(__doc__)
-    walk(sys.argv[2].rstrip("/"), sys.argv[3], sys.argv[4])
+    walk(sys.argv[2].rstrip("/"), *sys.argv[3:])
