@@ -144,14 +144,14 @@ fn main() -> anyhow::Result<()> {
         Some(Command::User(UserCommand {
             action: UserAction::Add(add),
         })) => {
-            use kakuremichi_control::auth::{new_secret, password, Role};
+            use kakuremichi_control::auth::{password, Role};
             let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
             let (secret, generated) = if add.password_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_line(&mut line)?;
                 (line.trim_end_matches(['\r', '\n']).to_string(), false)
             } else {
-                (new_secret("pw").replacen("pw_", "", 1), true)
+                (password::generate(), true)
             };
             password::check_policy(&secret).map_err(|m| anyhow::anyhow!("password: {m}"))?;
             let hash = password::hash(&secret).map_err(anyhow::Error::msg)?;

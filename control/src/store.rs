@@ -456,6 +456,65 @@ impl Store {
         })
     }
 
+    /// Change a user with `change`; refuses a change that would leave no enabled
+    /// administrator.
+    pub fn update_user(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<UserRecord, Error> {
+        self.write_accounts(|s, wtxn| {
+            let mut user: UserRecord =
+                get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
+            change(&mut user);
+            put(&s.users, wtxn, id, &user)?;
+            s.check_an_admin_remains(wtxn)?;
+            if user.disabled {
+                s.delete_sessions_of(wtxn, id)?;
+            }
+            Ok(user)
+        })
+    }
+
+    /// Remove a user and their sessions; refuses to remove the last enabled administrator.
+    pub fn delete_user(&self, id: &str) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| {
+            let user: UserRecord =
+                get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
+            s.users.delete(wtxn, id)?;
+            s.user_names.delete(wtxn, &user.name)?;
+            s.check_an_admin_remains(wtxn)?;
+            s.delete_sessions_of(wtxn, id)
+        })
+    }
+
+    fn check_an_admin_remains(&self, txn: &RoTxn) -> Result<(), Error> {
+        let users: Vec<UserRecord> = all(&self.users, txn)?;
+        match users.iter().any(|u| u.role == Role::Admin && !u.disabled) {
+            true => Ok(()),
+            false => Err(Error::conflict(
+                "user",
+                "at least one enabled administrator must remain",
+            )),
+        }
+    }
+
+    fn delete_sessions_of(&self, wtxn: &mut RwTxn, user_id: &str) -> Result<(), Error> {
+        let mut doomed = Vec::new();
+        for entry in self.sessions.iter(wtxn)? {
+            let (key, bytes) = entry?;
+            let session: SessionRecord = serde_json::from_slice(bytes)
+                .map_err(|e| Error::Store(format!("corrupt session: {e}")))?;
+            if session.user_id == user_id {
+                doomed.push(key.to_string());
+            }
+        }
+        for key in doomed {
+            self.sessions.delete(wtxn, &key)?;
+        }
+        Ok(())
+    }
+
     /// Keep a new session under the hash of its token.
     pub fn create_session(&self, token: &str, session: &SessionRecord) -> Result<(), Error> {
         self.write_accounts(|s, wtxn| put(&s.sessions, wtxn, &auth::hash_secret(token), session))

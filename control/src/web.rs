@@ -62,6 +62,8 @@ pub async fn handle(
             })
             .await
         }
+        (Method::GET, "/users") => users_page(control, &request),
+        (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
         (Method::POST, "/tunnels/new") => guarded(control, request, create_tunnel).await,
         (method, path) => match path.split('/').collect::<Vec<_>>()[..] {
@@ -71,6 +73,16 @@ pub async fn handle(
             ["", "tunnels", id, "delete"] if method == Method::POST => {
                 let id = id.to_string();
                 guarded(control, request, |c, r, f| delete_tunnel(c, r, f, &id)).await
+            }
+            ["", "users", id, "delete"] if method == Method::GET => {
+                delete_user_page(control, &request, id)
+            }
+            ["", "users", id, action] if method == Method::POST => {
+                let (id, action) = (id.to_string(), action.to_string());
+                guarded(control, request, |c, r, f| {
+                    change_user(c, r, f, &id, &action)
+                })
+                .await
             }
             ["", "tunnels", id, "enabled"] if method == Method::POST => {
                 let id = id.to_string();
@@ -333,11 +345,13 @@ fn delete_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) 
         match state.tunnels.iter().find(|t| t.id == id) {
             Some(tunnel) => (
                 200,
-                pages::tunnel_form::delete_page(
-                    &visitor.user,
-                    &visitor.session.csrf,
-                    id,
-                    tunnel.hostname.as_str(),
+                pages::confirm_page(
+                    (&visitor.user, &visitor.session.csrf),
+                    &format!("Delete {}?", tunnel.hostname),
+                    "Gateways stop serving it within a second; its certificate is kept until it expires.",
+                    &format!("/tunnels/{id}/delete"),
+                    "Delete tunnel",
+                    "/tunnels",
                 ),
             ),
             None => (
@@ -417,6 +431,131 @@ fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -
         }
         Err(e) => failure(&e),
     }
+}
+
+fn users_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    session_page(control, request, |visitor, _| {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        if visitor.user.role != Role::Admin {
+            return (403, forbidden_page(who));
+        }
+        match control.store.users() {
+            Ok(users) => (200, pages::users::list_page(who.0, who.1, &users, "", None)),
+            Err(e) => {
+                log::error!("page: {e}");
+                (500, forbidden_page(who))
+            }
+        }
+    })
+}
+
+fn forbidden_page(who: (&UserRecord, &str)) -> Markup {
+    pages::layout(
+        "Not allowed",
+        Some(who),
+        maud::html! { div.card { p { "Only administrators may see this page." } } },
+    )
+}
+
+fn add_user(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
+    let name = text(&form, "name").trim();
+    let role = match text(&form, "role") {
+        "admin" => Role::Admin,
+        _ => Role::Member,
+    };
+    let secret = password::generate();
+    let created = password::hash(&secret)
+        .map_err(Error::Store)
+        .and_then(|hash| control.store.create_user(name, role, hash, false));
+    match created {
+        Ok(added) => html(
+            201,
+            pages::users::password_page(user, csrf, &added.name, &secret),
+        ),
+        Err(e) if e.field().is_some() => match control.store.users() {
+            Ok(users) => html(
+                400,
+                pages::users::list_page(user, csrf, &users, name, Some(&e.reason())),
+            ),
+            Err(e) => failure(&e),
+        },
+        Err(e) => failure(&e),
+    }
+}
+
+/// Disable or enable (`disabled`), reset the password of (`password`), or delete a user.
+fn change_user(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    id: &str,
+    action: &str,
+) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    if id == visitor.user.id {
+        return respond(403, "text/plain", "refused: not on your own account here\n");
+    }
+    let result = match action {
+        "disabled" => {
+            let disabled = text(&form, "disabled") == "true";
+            control
+                .store
+                .update_user(id, |u| u.disabled = disabled)
+                .map(|_| None)
+        }
+        "password" => {
+            let secret = password::generate();
+            password::hash(&secret)
+                .map_err(Error::Store)
+                .and_then(|hash| control.store.update_user(id, |u| u.password_hash = hash))
+                .map(|changed| Some((changed.name, secret)))
+        }
+        "delete" => control.store.delete_user(id).map(|()| None),
+        _ => return respond(404, "text/plain", "not found\n"),
+    };
+    match result {
+        Ok(None) => redirect("/users"),
+        Ok(Some((name, secret))) => html(
+            200,
+            pages::users::password_page(&visitor.user, &visitor.session.csrf, &name, &secret),
+        ),
+        Err(e @ (Error::NotFound { .. } | Error::Conflict { .. })) => {
+            respond(e.status(), "text/plain", format!("{}\n", e.reason()))
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+fn delete_user_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
+    session_page(control, request, |visitor, _| {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        match control.store.user(id) {
+            Ok(Some(user)) if visitor.user.role == Role::Admin => (
+                200,
+                pages::confirm_page(
+                    who,
+                    &format!("Delete {}?", user.name),
+                    "Their sessions end at once; this cannot be undone.",
+                    &format!("/users/{id}/delete"),
+                    "Delete user",
+                    "/users",
+                ),
+            ),
+            Ok(_) => (404, forbidden_page(who)),
+            Err(e) => {
+                log::error!("page: {e}");
+                (500, forbidden_page(who))
+            }
+        }
+    })
 }
 
 type Form = HashMap<String, String>;

@@ -506,3 +506,103 @@ fn enrolling_an_agent_in_the_pages_shows_its_key_once() {
     let list = admin.get("/agents");
     assert!(list.body.contains("garage-pi") && !list.body.contains(&key));
 }
+
+#[test]
+fn users_are_added_disabled_reset_and_deleted_and_old_sessions_end() {
+    let cluster = Cluster::new("user-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    add_user(&cluster, "root", true, "the admin's password");
+    let admin = Browser::new(&cluster, "admin");
+    let login = [("name", "root"), ("password", "the admin's password")];
+    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let page = admin.get("/users");
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body);
+
+    // Bad names come back with the error; nothing is added.
+    for bad in ["", "has space", "root"] {
+        let answer = admin.post(
+            "/users/new",
+            &[("csrf", csrf.as_str()), ("name", bad), ("role", "member")],
+            origin,
+        );
+        assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
+    }
+    let added = admin.post(
+        "/users/new",
+        &[("csrf", csrf.as_str()), ("name", "bob"), ("role", "member")],
+        origin,
+    );
+    assert_eq!(added.status, 201, "{}", added.body);
+    let password_of = |body: &str| -> String {
+        let at = body
+            .find("<pre id=\"password\">")
+            .expect("the password is shown")
+            + 19;
+        body[at..].split('<').next().unwrap().to_string()
+    };
+    let bob_password = password_of(&added.body);
+    let bob = Browser::new(&cluster, "bob");
+    let bob_login = [("name", "bob"), ("password", bob_password.as_str())];
+    assert_eq!(bob.post("/login", &bob_login, origin).status, 303);
+    assert_eq!(bob.get("/").status, 200);
+    // A member calling admin actions is refused, with their own valid token.
+    assert_eq!(bob.get("/users").status, 403);
+    let bob_csrf = csrf_of(&bob.get("/").body);
+    let answer = bob.post(
+        "/users/new",
+        &[
+            ("csrf", bob_csrf.as_str()),
+            ("name", "mallory"),
+            ("role", "admin"),
+        ],
+        origin,
+    );
+    assert_eq!(answer.status, 403);
+    assert!(!admin.get("/users").body.contains("mallory"));
+
+    // Disabling ends bob's session at once; his password no longer logs in.
+    let users = admin.get("/users").body;
+    let at = users.find("/users/usr_").expect("a user action");
+    let bob_id = users[at + 7..].split('/').next().unwrap().to_string();
+    let disable = [("csrf", csrf.as_str()), ("disabled", "true")];
+    assert_eq!(
+        admin
+            .post(&format!("/users/{bob_id}/disabled"), &disable, origin)
+            .status,
+        303
+    );
+    assert_eq!(
+        bob.get("/").status,
+        303,
+        "a disabled user's old session is refused"
+    );
+    assert_eq!(bob.post("/login", &bob_login, origin).status, 401);
+    // Enabled again with a reset password: the old one is gone, the new one works.
+    let enable = [("csrf", csrf.as_str()), ("disabled", "false")];
+    admin.post(&format!("/users/{bob_id}/disabled"), &enable, origin);
+    let reset = admin.post(
+        &format!("/users/{bob_id}/password"),
+        &[("csrf", csrf.as_str())],
+        origin,
+    );
+    assert_eq!(reset.status, 200);
+    let new_password = password_of(&reset.body);
+    assert_ne!(new_password, bob_password);
+    let new_login = [("name", "bob"), ("password", new_password.as_str())];
+    assert_eq!(bob.post("/login", &new_login, origin).status, 303);
+    // Deleted: the session ends with the account.
+    assert_eq!(
+        admin
+            .post(
+                &format!("/users/{bob_id}/delete"),
+                &[("csrf", csrf.as_str())],
+                origin
+            )
+            .status,
+        303
+    );
+    assert_eq!(bob.get("/").status, 303);
+    assert!(!admin.get("/users").body.contains(">bob<"));
+}

@@ -43,6 +43,12 @@ pub fn verify(password: &str, stored: &str) -> bool {
     })
 }
 
+/// A new random password (43 characters), for accounts made or reset by someone else: shown
+/// once, to be changed by its owner.
+pub fn generate() -> String {
+    crate::auth::new_secret("pw").replacen("pw_", "", 1)
+}
+
 /// A hash of nothing anyone knows, verified against when a login names no such user, so the
 /// answer takes as long as for a real one (no user enumeration by timing).
 pub fn decoy_hash() -> &'static str {

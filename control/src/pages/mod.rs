@@ -7,6 +7,7 @@ pub mod nodes;
 pub mod setup;
 pub mod tunnel_form;
 pub mod tunnels;
+pub mod users;
 
 use crate::auth::UserRecord;
 use maud::{html, Markup, DOCTYPE};
@@ -35,6 +36,9 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             a href="/tunnels" aria-current=[title.contains("unnel").then_some("page")] { "Tunnels" }
                             a href="/agents" aria-current=[title.contains("gent").then_some("page")] { "Agents" }
                             a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
+                            @if user.role == crate::auth::Role::Admin {
+                                a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }
+                            }
                             span.who { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);
@@ -47,6 +51,35 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
             }
         }
     }
+}
+
+/// A question before something that cannot be undone: a form posting to `action`.
+pub fn confirm_page(
+    who: (&UserRecord, &str),
+    title: &str,
+    explanation: &str,
+    action: &str,
+    button: &str,
+    back: &str,
+) -> Markup {
+    let csrf = who.1;
+    layout(
+        title,
+        Some(who),
+        html! {
+            div.card.narrow {
+                h1 { (title) }
+                p { (explanation) }
+                form method="post" action=(action) {
+                    input type="hidden" name="csrf" value=(csrf);
+                    div.actions {
+                        button.danger type="submit" { (button) }
+                        a href=(back) { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// A labelled form field with its error, if any.

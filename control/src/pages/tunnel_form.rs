@@ -91,23 +91,3 @@ pub fn new_page(
         },
     )
 }
-
-pub fn delete_page(user: &UserRecord, csrf: &str, id: &str, hostname: &str) -> Markup {
-    layout(
-        "Delete tunnel",
-        Some((user, csrf)),
-        html! {
-            div.card.narrow {
-                h1 { "Delete " (hostname) "?" }
-                p { "Gateways stop serving it within a second; its certificate is kept until it expires." }
-                form method="post" action={"/tunnels/" (id) "/delete"} {
-                    input type="hidden" name="csrf" value=(csrf);
-                    div.actions {
-                        button.danger type="submit" { "Delete tunnel" }
-                        a href="/tunnels" { "Cancel" }
-                    }
-                }
-            }
-        },
-    )
-}
