@@ -456,7 +456,7 @@ impl Store {
         })
     }
 
-    /// Change a user with `change`; refuses a change that would leave no enabled
+    /// Change a user with `change`; refuses a change that takes away the last enabled
     /// administrator.
     pub fn update_user(
         &self,
@@ -466,11 +466,14 @@ impl Store {
         self.write_accounts(|s, wtxn| {
             let mut user: UserRecord =
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
+            let was_admin = user.is_active_admin();
             change(&mut user);
             put(&s.users, wtxn, id, &user)?;
-            s.check_an_admin_remains(wtxn)?;
+            if was_admin {
+                s.check_an_admin_remains(wtxn)?;
+            }
             if user.disabled {
-                s.delete_sessions_of(wtxn, id)?;
+                s.delete_sessions_where(wtxn, |session| session.user_id == id)?;
             }
             Ok(user)
         })
@@ -483,14 +486,16 @@ impl Store {
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
             s.users.delete(wtxn, id)?;
             s.user_names.delete(wtxn, &user.name)?;
-            s.check_an_admin_remains(wtxn)?;
-            s.delete_sessions_of(wtxn, id)
+            if user.is_active_admin() {
+                s.check_an_admin_remains(wtxn)?;
+            }
+            s.delete_sessions_where(wtxn, |session| session.user_id == id)
         })
     }
 
     fn check_an_admin_remains(&self, txn: &RoTxn) -> Result<(), Error> {
         let users: Vec<UserRecord> = all(&self.users, txn)?;
-        match users.iter().any(|u| u.role == Role::Admin && !u.disabled) {
+        match users.iter().any(UserRecord::is_active_admin) {
             true => Ok(()),
             false => Err(Error::conflict(
                 "user",
@@ -499,17 +504,37 @@ impl Store {
         }
     }
 
-    fn delete_sessions_of(&self, wtxn: &mut RwTxn, user_id: &str) -> Result<(), Error> {
-        let mut doomed = Vec::new();
+    /// End the sessions `doomed` picks.
+    pub fn end_sessions(&self, doomed: impl Fn(&SessionRecord) -> bool) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| s.delete_sessions_where(wtxn, doomed))
+    }
+
+    /// A user's sessions, most recently used first.
+    pub fn sessions_of(&self, user_id: &str) -> Result<Vec<SessionRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let mut sessions: Vec<SessionRecord> = all::<SessionRecord>(&self.sessions, &rtxn)?
+            .into_iter()
+            .filter(|s| s.user_id == user_id)
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+        Ok(sessions)
+    }
+
+    fn delete_sessions_where(
+        &self,
+        wtxn: &mut RwTxn,
+        doomed: impl Fn(&SessionRecord) -> bool,
+    ) -> Result<(), Error> {
+        let mut keys = Vec::new();
         for entry in self.sessions.iter(wtxn)? {
             let (key, bytes) = entry?;
             let session: SessionRecord = serde_json::from_slice(bytes)
                 .map_err(|e| Error::Store(format!("corrupt session: {e}")))?;
-            if session.user_id == user_id {
-                doomed.push(key.to_string());
+            if doomed(&session) {
+                keys.push(key.to_string());
             }
         }
-        for key in doomed {
+        for key in keys {
             self.sessions.delete(wtxn, &key)?;
         }
         Ok(())

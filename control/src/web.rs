@@ -62,6 +62,8 @@ pub async fn handle(
             })
             .await
         }
+        (Method::GET, "/account") => account_page(control, &request, None, None),
+        (Method::POST, "/account/password") => guarded(control, request, change_password).await,
         (Method::GET, "/users") => users_page(control, &request),
         (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
@@ -73,6 +75,10 @@ pub async fn handle(
             ["", "tunnels", id, "delete"] if method == Method::POST => {
                 let id = id.to_string();
                 guarded(control, request, |c, r, f| delete_tunnel(c, r, f, &id)).await
+            }
+            ["", "account", "sessions", id, "end"] if method == Method::POST => {
+                let id = id.to_string();
+                guarded(control, request, |c, r, f| end_session(c, r, f, &id)).await
             }
             ["", "users", id, "delete"] if method == Method::GET => {
                 delete_user_page(control, &request, id)
@@ -556,6 +562,116 @@ fn delete_user_page(control: &Control, request: &Request<Incoming>, id: &str) ->
             }
         }
     })
+}
+
+fn account_page<B>(
+    control: &Control,
+    request: &Request<B>,
+    password_error: Option<&str>,
+    notice: Option<&str>,
+) -> Response<Body> {
+    let visitor = match current(control, request) {
+        Ok(Some(visitor)) => visitor,
+        Ok(None) => return redirect("/login"),
+        Err(e) => return failure(&e),
+    };
+    match control.store.sessions_of(&visitor.user.id) {
+        Ok(sessions) => html(
+            if password_error.is_some() { 400 } else { 200 },
+            pages::account::page(
+                &visitor.user,
+                &visitor.session.csrf,
+                &visitor.session.id,
+                &sessions,
+                password_error,
+                notice,
+                auth::unix_now(),
+            ),
+        ),
+        Err(e) => failure(&e),
+    }
+}
+
+/// The visitor behind a form about their own account, checked against the session's token.
+fn acting_self(control: &Control, request: &Request<()>, form: &Form) -> Result<Visitor, Refusal> {
+    let visitor = current(control, request)
+        .map_err(Refusal::Failed)?
+        .ok_or(Refusal::NoSession)?;
+    if !sessions::same_secret(text(form, "csrf"), &visitor.session.csrf) {
+        return Err(Refusal::Forbidden(
+            "the form's token is wrong; reload the page",
+        ));
+    }
+    Ok(visitor)
+}
+
+fn change_password(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_self(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    if !password::verify(text(&form, "current"), &visitor.user.password_hash) {
+        return account_page(
+            control,
+            request,
+            Some("This is not your current password."),
+            None,
+        );
+    }
+    let new = text(&form, "password");
+    if let Err(why) = password::check_policy(new) {
+        return account_page(
+            control,
+            request,
+            Some(&format!("New password: {why}.")),
+            None,
+        );
+    }
+    if new != text(&form, "confirm") {
+        return account_page(
+            control,
+            request,
+            Some("The two new passwords differ."),
+            None,
+        );
+    }
+    let (user_id, this_session) = (visitor.user.id.clone(), visitor.session.id.clone());
+    let changed = password::hash(new)
+        .map_err(Error::Store)
+        .and_then(|hash| {
+            control
+                .store
+                .update_user(&user_id, |u| u.password_hash = hash)
+        })
+        .and_then(|_| {
+            control
+                .store
+                .end_sessions(|s| s.user_id == user_id && s.id != this_session)
+        });
+    match changed {
+        Ok(()) => account_page(
+            control,
+            request,
+            None,
+            Some("Password changed; your other sessions have ended."),
+        ),
+        Err(e) => failure(&e),
+    }
+}
+
+fn end_session(control: &Control, request: &Request<()>, form: Form, id: &str) -> Response<Body> {
+    let visitor = match acting_self(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let user_id = visitor.user.id.clone();
+    match control
+        .store
+        .end_sessions(|s| s.user_id == user_id && s.id == id)
+    {
+        Ok(()) => redirect("/account"),
+        Err(e) => failure(&e),
+    }
 }
 
 type Form = HashMap<String, String>;

@@ -606,3 +606,73 @@ fn users_are_added_disabled_reset_and_deleted_and_old_sessions_end() {
     assert_eq!(bob.get("/").status, 303);
     assert!(!admin.get("/users").body.contains(">bob<"));
 }
+
+#[test]
+fn changing_your_password_ends_your_other_sessions_and_sessions_can_be_ended() {
+    let cluster = Cluster::new("account-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    add_user(&cluster, "carol", false, "carol's first password");
+    let laptop = Browser::new(&cluster, "laptop");
+    let phone = Browser::new(&cluster, "phone");
+    let tablet = Browser::new(&cluster, "tablet");
+    let login = [("name", "carol"), ("password", "carol's first password")];
+    for browser in [&laptop, &phone, &tablet] {
+        assert_eq!(browser.post("/login", &login, origin).status, 303);
+    }
+    let account = laptop.get("/account");
+    assert_eq!(account.status, 200);
+    assert_eq!(
+        account.body.matches("/end\"").count(),
+        2,
+        "two other sessions listed"
+    );
+    let csrf = csrf_of(&account.body);
+
+    // End the phone's session from the laptop.
+    let at = account.body.find("/account/sessions/").unwrap();
+    let first_other = account.body[at..].split('"').next().unwrap().to_string();
+    assert_eq!(
+        laptop
+            .post(&first_other, &[("csrf", csrf.as_str())], origin)
+            .status,
+        303
+    );
+    let still = [&phone, &tablet]
+        .iter()
+        .filter(|b| b.get("/").status == 200)
+        .count();
+    assert_eq!(still, 1, "exactly the ended session is gone");
+
+    // A wrong current password or a short new one changes nothing.
+    let change = |current: &str, new: &str| {
+        laptop.post(
+            "/account/password",
+            &[
+                ("csrf", csrf.as_str()),
+                ("current", current),
+                ("password", new),
+                ("confirm", new),
+            ],
+            origin,
+        )
+    };
+    assert_eq!(
+        change("a wrong password", "carol's second password").status,
+        400
+    );
+    assert_eq!(change("carol's first password", "short").status, 400);
+    let fresh = Browser::new(&cluster, "fresh");
+    assert_eq!(fresh.post("/login", &login, origin).status, 303);
+    // The real change: every other session ends, this one stays.
+    let answer = change("carol's first password", "carol's second password");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains("Password changed"));
+    assert_eq!(laptop.get("/").status, 200);
+    for browser in [&phone, &tablet, &fresh] {
+        assert_eq!(browser.get("/").status, 303);
+    }
+    assert_eq!(fresh.post("/login", &login, origin).status, 401);
+    let new_login = [("name", "carol"), ("password", "carol's second password")];
+    assert_eq!(fresh.post("/login", &new_login, origin).status, 303);
+}

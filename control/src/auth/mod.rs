@@ -41,6 +41,13 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
+impl UserRecord {
+    /// An administrator who can log in.
+    pub fn is_active_admin(&self) -> bool {
+        self.role == Role::Admin && !self.disabled
+    }
+}
+
 /// Why a user name is refused: 1–64 of letters, digits, `.`, `_`, `-`, `@`.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {

@@ -1,6 +1,7 @@
 //! Control's pages: pure functions from data to HTML (Maud), one module per screen, one
 //! stylesheet. They work without JavaScript.
 
+pub mod account;
 pub mod dashboard;
 pub mod login;
 pub mod nodes;
@@ -39,7 +40,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             @if user.role == crate::auth::Role::Admin {
                                 a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }
                             }
-                            span.who { (user.name) " · " (user.role.as_str()) }
+                            a.who href="/account" aria-current=[(title == "Account").then_some("page")] { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
                                 input type="hidden" name="csrf" value=(csrf);
                                 button.link type="submit" { "Log out" }
@@ -80,6 +81,16 @@ pub fn confirm_page(
             }
         },
     )
+}
+
+/// How long ago `at` was, in words.
+pub fn ago(at: u64, now: u64) -> String {
+    match now.saturating_sub(at) {
+        s if s < 60 => "just now".into(),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
 }
 
 /// A labelled form field with its error, if any.

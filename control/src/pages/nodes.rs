@@ -63,15 +63,7 @@ pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
 }
 
 fn seen(last_seen: Option<u64>, now: u64) -> String {
-    match last_seen {
-        None => "not seen".into(),
-        Some(at) => match now.saturating_sub(at) {
-            s if s < 60 => "just now".into(),
-            s if s < 3600 => format!("{} min ago", s / 60),
-            s if s < 86_400 => format!("{} h ago", s / 3600),
-            s => format!("{} days ago", s / 86_400),
-        },
-    }
+    last_seen.map_or_else(|| "not seen".into(), |at| super::ago(at, now))
 }
 
 pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], now: u64) -> Markup {
