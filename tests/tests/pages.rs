@@ -202,6 +202,11 @@ fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
     );
     let dashboard = browser.get("/");
     assert_eq!(dashboard.status, 200, "{}", dashboard.body);
+    assert_eq!(
+        browser.header("refresh").as_deref(),
+        Some("10"),
+        "status pages reload themselves"
+    );
     assert!(dashboard.body.contains("Dashboard") && dashboard.body.contains("owner"));
     // The setup page is gone, and its code with it.
     assert_eq!(browser.get("/setup").status, 303);
