@@ -1,8 +1,9 @@
 //! The REST API under `/api/v1`: admin-token authenticated JSON. Input is parsed field by
 //! field so an error names the field; nothing is written unless the whole request is valid.
 
+use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
-use crate::model::{CertRecord, Issuer, NodeRecord, TunnelRecord};
+use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
@@ -97,6 +98,41 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
+        (Method::GET, ["tokens"]) => Ok((
+            200,
+            Value::Array(control.store.tokens()?.iter().map(token_json).collect()),
+        )),
+        (Method::POST, ["tokens"]) => create_token(control, read_json(request).await?),
+        (Method::DELETE, ["tokens", id]) => {
+            control.store.revoke_token(id)?;
+            Ok((200, json!({ "revoked": id })))
+        }
+        (Method::GET, ["users"]) => Ok((
+            200,
+            Value::Array(control.store.users()?.iter().map(user_json).collect()),
+        )),
+        (Method::POST, ["users"]) => create_user(control, read_json(request).await?),
+        (Method::PATCH, ["users", id]) => {
+            let id = id.to_string();
+            let mut fields = read_json(request).await?;
+            let disabled = fields.boolean("disabled")?;
+            let role = match fields.string("role")?.as_deref() {
+                None => None,
+                Some("admin") => Some(Role::Admin),
+                Some("member") => Some(Role::Member),
+                Some(_) => return Err(Error::invalid("role", "must be admin or member")),
+            };
+            fields.finish()?;
+            let user = control.store.update_user(&id, |user| {
+                user.disabled = disabled.unwrap_or(user.disabled);
+                user.role = role.unwrap_or(user.role);
+            })?;
+            Ok((200, user_json(&user)))
+        }
+        (Method::DELETE, ["users", id]) => {
+            control.store.delete_user(id)?;
+            Ok((200, json!({ "deleted": id })))
+        }
         (Method::GET, ["certificates"]) => {
             let state = control.store.state()?;
             Ok((
@@ -105,7 +141,7 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             ))
         }
         (Method::POST, ["certificates"]) => upload_certificate(control, read_json(request).await?),
-        (_, ["agents" | "gateways" | "tunnels" | "certificates", ..]) => {
+        (_, ["agents" | "gateways" | "tunnels" | "certificates" | "tokens" | "users", ..]) => {
             Err(Error::invalid("method", "not allowed on this resource"))
         }
         _ => Err(Error::not_found("endpoint", &path)),
@@ -169,6 +205,16 @@ impl Fields {
             Some(_) => Err(Error::invalid(name, "must be true or false")),
         }
     }
+    fn number(&mut self, name: &str) -> Result<Option<u64>, Error> {
+        match self.0.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Error::invalid(name, "must be a whole number of 0 or more")),
+            Some(_) => Err(Error::invalid(name, "must be a number")),
+        }
+    }
     fn finish(self) -> Result<(), Error> {
         match self.0.keys().next() {
             Some(unknown) => Err(Error::invalid(unknown, "unknown field")),
@@ -223,6 +269,59 @@ fn parse_patch(mut fields: Fields) -> Result<TunnelPatch, Error> {
     Ok(patch)
 }
 
+fn create_token(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let name = fields.required("name")?;
+    let expires_at = fields
+        .number("expires_days")?
+        .map(|days| crate::auth::unix_now() + days.min(3650) * 86_400);
+    fields.finish()?;
+    let (record, token) = control.store.create_token(&name, expires_at)?;
+    let mut body = token_json(&record);
+    body["token"] = json!(token);
+    Ok((201, body))
+}
+
+fn token_json(token: &TokenRecord) -> Value {
+    json!({
+        "id": token.id,
+        "name": token.name,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+    })
+}
+
+fn create_user(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let name = fields.required("name")?;
+    let role = match fields.string("role")?.as_deref() {
+        None | Some("member") => Role::Member,
+        Some("admin") => Role::Admin,
+        Some(_) => return Err(Error::invalid("role", "must be admin or member")),
+    };
+    let given = fields.string("password")?;
+    fields.finish()?;
+    if let Some(given) = &given {
+        password::check_policy(given).map_err(|why| Error::invalid("password", why))?;
+    }
+    let secret = given.clone().unwrap_or_else(password::generate);
+    let hash = password::hash(&secret).map_err(Error::Store)?;
+    let user = control.store.create_user(&name, role, hash, false)?;
+    let mut body = user_json(&user);
+    if given.is_none() {
+        body["password"] = json!(secret);
+    }
+    Ok((201, body))
+}
+
+fn user_json(user: &UserRecord) -> Value {
+    json!({
+        "id": user.id,
+        "name": user.name,
+        "role": user.role.as_str(),
+        "disabled": user.disabled,
+        "created_at": user.created_at,
+    })
+}
+
 fn create_node(
     control: &Control,
     kind: NodeKind,
@@ -231,7 +330,7 @@ fn create_node(
     let name = fields
         .string("name")?
         .unwrap_or_else(|| kind.as_str().to_string());
-    crate::install::check_node_name(&name).map_err(|why| Error::invalid("name", why))?;
+    crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
     fields.finish()?;
     let (record, api_key) = control.store.create_node(kind, name)?;
     let mut body = node_json(control, &record);

@@ -45,11 +45,3 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
         },
     ]
 }
-
-/// Why a node name is refused: 1 to 64 printable characters.
-pub fn check_node_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err("must be 1 to 64 printable characters");
-    }
-    Ok(())
-}

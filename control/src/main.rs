@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             action: TokenAction::Create(create),
         })) => {
             let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
-            println!("{}", store.create_token(&create.name)?);
+            println!("{}", store.create_token(&create.name, None)?.1);
         }
     }
     Ok(())

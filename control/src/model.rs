@@ -179,6 +179,16 @@ pub struct TokenRecord {
     pub id: String,
     pub name: String,
     pub created_at: u64,
+    /// Unix seconds after which the token no longer works; `None`: never expires.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+impl TokenRecord {
+    /// Whether the token works at `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+    }
 }
 
 /// The overlay network, e.g. `10.77.0.0/16`.
@@ -485,4 +495,12 @@ mod cert_tests {
         assert_eq!(cert.next_attempt, 1005);
         assert!(!cert.retry_soon_after_restart(1000), "already soon");
     }
+}
+
+/// Why a name people give (a node's, a token's) is refused: 1 to 64 printable characters.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err("must be 1 to 64 printable characters");
+    }
+    Ok(())
 }

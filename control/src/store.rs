@@ -362,24 +362,58 @@ impl Store {
         }
     }
 
-    /// Create an admin API token; returns it (only its hash is stored).
-    pub fn create_token(&self, name: &str) -> Result<String, Error> {
+    /// A new admin API token named `name`, expiring at `expires_at` if given: its record and
+    /// the token itself (shown once; only its hash is kept).
+    pub fn create_token(
+        &self,
+        name: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(TokenRecord, String), Error> {
+        crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
         let token = auth::new_secret("kmt");
-        self.write(|s, wtxn| {
-            let record = TokenRecord {
-                id: auth::new_id("tok"),
-                name: name.to_string(),
-                created_at: auth::unix_now(),
-            };
-            put(&s.tokens, wtxn, &auth::hash_secret(&token), &record)
-        })?;
-        Ok(token)
+        let record = TokenRecord {
+            id: auth::new_id("tok"),
+            name: name.to_string(),
+            created_at: auth::unix_now(),
+            expires_at,
+        };
+        self.write_accounts(|s, wtxn| put(&s.tokens, wtxn, &auth::hash_secret(&token), &record))?;
+        Ok((record, token))
     }
 
-    /// Whether `token` is a valid admin API token.
+    /// Whether `token` is a live admin API token.
     pub fn token_is_valid(&self, token: &str) -> Result<bool, Error> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.tokens.get(&rtxn, &auth::hash_secret(token))?.is_some())
+        Ok(
+            get::<TokenRecord>(&self.tokens, &rtxn, &auth::hash_secret(token))?
+                .is_some_and(|record| record.is_live(auth::unix_now())),
+        )
+    }
+
+    /// Every admin API token's record, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let mut tokens: Vec<TokenRecord> = all(&self.tokens, &rtxn)?;
+        tokens.sort_by_key(|t| t.created_at);
+        Ok(tokens)
+    }
+
+    /// Revoke the token with record id `id`.
+    pub fn revoke_token(&self, id: &str) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| {
+            let mut key = None;
+            for entry in s.tokens.iter(wtxn)? {
+                let (hash, bytes) = entry?;
+                let record: TokenRecord = serde_json::from_slice(bytes)
+                    .map_err(|e| Error::Store(format!("corrupt token record: {e}")))?;
+                if record.id == id {
+                    key = Some(hash.to_string());
+                }
+            }
+            let key = key.ok_or_else(|| Error::not_found("token", id))?;
+            s.tokens.delete(wtxn, &key)?;
+            Ok(())
+        })
     }
 
     /// Run `change` in one write transaction that leaves the revision alone: accounts and

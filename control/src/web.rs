@@ -65,6 +65,8 @@ pub async fn handle(
         (Method::GET, "/account") => account_page(control, &request, None, None),
         (Method::POST, "/account/password") => guarded(control, request, change_password).await,
         (Method::GET, "/users") => users_page(control, &request),
+        (Method::GET, "/tokens") => tokens_page(control, &request),
+        (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
         (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
         (Method::POST, "/tunnels/new") => guarded(control, request, create_tunnel).await,
@@ -79,6 +81,10 @@ pub async fn handle(
             ["", "account", "sessions", id, "end"] if method == Method::POST => {
                 let id = id.to_string();
                 guarded(control, request, |c, r, f| end_session(c, r, f, &id)).await
+            }
+            ["", "tokens", id, "revoke"] if method == Method::POST => {
+                let id = id.to_string();
+                guarded(control, request, |c, r, f| revoke_token(c, r, f, &id)).await
             }
             ["", "users", id, "delete"] if method == Method::GET => {
                 delete_user_page(control, &request, id)
@@ -415,7 +421,7 @@ fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -
     };
     let name = text(&form, "name").trim();
     let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
-    if let Err(why) = crate::install::check_node_name(name) {
+    if let Err(why) = crate::model::check_name(name) {
         return html(
             400,
             pages::nodes::new_page(user, csrf, kind, name, Some(why)),
@@ -670,6 +676,70 @@ fn end_session(control: &Control, request: &Request<()>, form: Form, id: &str) -
         .end_sessions(|s| s.user_id == user_id && s.id == id)
     {
         Ok(()) => redirect("/account"),
+        Err(e) => failure(&e),
+    }
+}
+
+fn tokens_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    session_page(control, request, |visitor, _| {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        if visitor.user.role != Role::Admin {
+            return (403, forbidden_page(who));
+        }
+        match control.store.tokens() {
+            Ok(tokens) => (
+                200,
+                pages::tokens::list_page(who.0, who.1, &tokens, None, auth::unix_now()),
+            ),
+            Err(e) => {
+                log::error!("page: {e}");
+                (500, forbidden_page(who))
+            }
+        }
+    })
+}
+
+fn create_token(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
+    let name = text(&form, "name").trim();
+    let expires_at = text(&form, "expires_days")
+        .parse::<u64>()
+        .ok()
+        .map(|days| auth::unix_now() + days.min(3650) * 86_400);
+    match control.store.create_token(name, expires_at) {
+        Ok((record, token)) => {
+            let mut response = html(
+                201,
+                pages::tokens::created_page(user, csrf, &record.name, &token),
+            );
+            response.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Err(e) if e.field().is_some() => match control.store.tokens() {
+            Ok(tokens) => html(
+                400,
+                pages::tokens::list_page(user, csrf, &tokens, Some(&e.reason()), auth::unix_now()),
+            ),
+            Err(e) => failure(&e),
+        },
+        Err(e) => failure(&e),
+    }
+}
+
+fn revoke_token(control: &Control, request: &Request<()>, form: Form, id: &str) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    match control.store.revoke_token(id) {
+        Ok(()) => redirect("/tokens"),
+        Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
 }

@@ -681,3 +681,112 @@ fn changing_your_password_ends_your_other_sessions_and_sessions_can_be_ended() {
     let new_login = [("name", "carol"), ("password", "carol's second password")];
     assert_eq!(fresh.post("/login", &new_login, origin).status, 303);
 }
+
+#[test]
+fn api_tokens_and_users_from_the_pages_and_the_api() {
+    let cluster = Cluster::new("token-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    add_user(&cluster, "root", true, "the admin's password");
+    let admin = Browser::new(&cluster, "admin");
+    let login = [("name", "root"), ("password", "the admin's password")];
+    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let csrf = csrf_of(&admin.get("/tokens").body);
+    let bad = admin.post(
+        "/tokens/new",
+        &[("csrf", csrf.as_str()), ("name", "")],
+        origin,
+    );
+    assert_eq!(bad.status, 400);
+    let made = admin.post(
+        "/tokens/new",
+        &[
+            ("csrf", csrf.as_str()),
+            ("name", "backup script"),
+            ("expires_days", "30"),
+        ],
+        origin,
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let token = made.body[made.body.find("kmt_").expect("the token is shown once")..]
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let with = |token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        kakuremichi_tests::curl(&["-H", &auth, &cluster.control_url("/api/v1/tokens")])
+    };
+    let listed = with(&token);
+    assert_eq!(listed.status, 200, "the new token works");
+    let record = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "backup script")
+        .cloned()
+        .expect("the token is listed by name");
+    assert!(record["expires_at"].as_u64().is_some() && !listed.body.contains(&token));
+    let id = record["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        admin
+            .post(
+                &format!("/tokens/{id}/revoke"),
+                &[("csrf", csrf.as_str())],
+                origin
+            )
+            .status,
+        303
+    );
+    assert_eq!(with(&token).status, 401, "a revoked token stops working");
+
+    // The API does the same, and expiry holds.
+    let expired = cluster.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"gone","expires_days":0}"#),
+    );
+    assert_eq!(expired.status, 201);
+    assert_eq!(with(expired.json()["token"].as_str().unwrap()).status, 401);
+    let user = cluster.api("POST", "/api/v1/users", Some(r#"{"name":"dave"}"#));
+    assert_eq!(user.status, 201, "{}", user.body);
+    let dave_password = user.json()["password"].as_str().unwrap().to_string();
+    let dave_id = user.json()["id"].as_str().unwrap().to_string();
+    let dave = Browser::new(&cluster, "dave");
+    let dave_login = [("name", "dave"), ("password", dave_password.as_str())];
+    assert_eq!(dave.post("/login", &dave_login, origin).status, 303);
+    let patch = cluster.api(
+        "PATCH",
+        &format!("/api/v1/users/{dave_id}"),
+        Some(r#"{"disabled":true}"#),
+    );
+    assert_eq!(patch.status, 200);
+    assert_eq!(
+        dave.get("/").status,
+        303,
+        "disabled through the API: session ended"
+    );
+    let last_admin = cluster.api("GET", "/api/v1/users", None).json();
+    let root_id = last_admin
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "root")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = cluster.api("DELETE", &format!("/api/v1/users/{root_id}"), None);
+    assert_eq!(
+        refused.status, 409,
+        "the last administrator stays: {}",
+        refused.body
+    );
+    assert_eq!(
+        cluster
+            .api("DELETE", &format!("/api/v1/users/{dave_id}"), None)
+            .status,
+        200
+    );
+}

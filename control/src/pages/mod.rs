@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod login;
 pub mod nodes;
 pub mod setup;
+pub mod tokens;
 pub mod tunnel_form;
 pub mod tunnels;
 pub mod users;
@@ -39,6 +40,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
                             @if user.role == crate::auth::Role::Admin {
                                 a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }
+                                a href="/tokens" aria-current=[title.contains("token").then_some("page")] { "Tokens" }
                             }
                             a.who href="/account" aria-current=[(title == "Account").then_some("page")] { (user.name) " · " (user.role.as_str()) }
                             form method="post" action="/logout" {
@@ -82,6 +84,25 @@ pub fn confirm_page(
         },
     )
 }
+
+/// A block of text to copy, with a copy button where a script runs ([`COPY_SCRIPT`]).
+pub fn copyable(id: &str, text: &str) -> Markup {
+    html! {
+        div.copy {
+            pre id=(id) { (text) }
+            button.small.copy-button type="button" data-copy=(id) hidden { "Copy" }
+        }
+    }
+}
+
+/// Copy buttons, shown only where a script runs; without it, the text is there to select.
+pub const COPY_SCRIPT: &str = "document.querySelectorAll('[data-copy]').forEach(function (b) {\
+  b.hidden = false;\
+  b.addEventListener('click', function () {\
+    navigator.clipboard.writeText(document.getElementById(b.dataset.copy).textContent)\
+      .then(function () { b.textContent = 'Copied'; });\
+  });\
+});";
 
 /// How long ago `at` was, in words.
 pub fn ago(at: u64, now: u64) -> String {

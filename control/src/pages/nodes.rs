@@ -153,32 +153,14 @@ pub fn enrolled_page(
             p.notice { "Copy the API key now: it is shown only this once (Control keeps only its hash)." }
             div.card {
                 h2 { "API key" }
-                (copyable("api-key", api_key))
+                (super::copyable("api-key", api_key))
                 @for snippet in snippets {
                     h2 { (snippet.title) }
-                    (copyable(snippet.key, &snippet.text))
+                    (super::copyable(snippet.key, &snippet.text))
                 }
                 p { a href=(path) { "Done: back to the list" } }
             }
-            script { (PreEscaped(COPY_SCRIPT)) }
+            script { (PreEscaped(super::COPY_SCRIPT)) }
         },
     )
 }
-
-fn copyable(id: &str, text: &str) -> Markup {
-    html! {
-        div.copy {
-            pre id=(id) { (text) }
-            button.small.copy-button type="button" data-copy=(id) hidden { "Copy" }
-        }
-    }
-}
-
-/// Copy buttons, shown only where a script runs; without it, the text is there to select.
-const COPY_SCRIPT: &str = "document.querySelectorAll('[data-copy]').forEach(function (b) {\
-  b.hidden = false;\
-  b.addEventListener('click', function () {\
-    navigator.clipboard.writeText(document.getElementById(b.dataset.copy).textContent)\
-      .then(function () { b.textContent = 'Copied'; });\
-  });\
-});";
