@@ -95,12 +95,12 @@ class Page:
                 return
             time.sleep(0.05)
 
-    def submit(self, fields):
-        """Fill the page's first form and submit it as a click would."""
-        script = "".join(
-            f"document.querySelector('[name={name}]').value = {json.dumps(value)};"
+    def submit(self, fields, form="main form"):
+        """Fill a form (the page's first by default) and submit it as a click would."""
+        script = f"var form = document.querySelector({json.dumps(form)});" + "".join(
+            f"form.querySelector('[name={name}]').value = {json.dumps(value)};"
             for name, value in fields.items())
-        self.js(script + "document.querySelector('main form').requestSubmit();")
+        self.js(script + "form.requestSubmit();")
         self.settle()
 
     def screenshot(self, path, width, height):
@@ -216,13 +216,13 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
         expect(page, "wiki.example.com", "a tunnel made in the form shows in the list")
         shoot("tunnels")
         page.go(control + "/users")
-        page.submit({"name": "bob"})
+        page.submit({"name": "bob"}, form="form[action='/users/new']")
         expect(page, "Password for bob", "adding a user shows the password once")
         page.go(control + "/users")
         expect(page, "bob", "the users list")
         shoot("users")
         page.go(control + "/tokens")
-        page.submit({"name": "backup script"})
+        page.submit({"name": "backup script"}, form="form[action='/tokens/new']")
         expect(page, "shown only this once", "a new API token is shown once")
         page.go(control + "/tokens")
         expect(page, "backup script", "the tokens list")
