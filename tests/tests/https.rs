@@ -259,7 +259,7 @@ fn acme_certificate_from_pebble_serves_https() {
         let id = cluster.gateways[0].id.clone();
         (cluster.node_status("gateway", &id)["online"] == true).then_some(())
     })
-    .expect("gateway online");
+    .unwrap_or_else(|| panic!("gateway never came online\n{}", cluster.logs()));
     let started = Instant::now();
     cluster.create_tunnel_with_issuer("acme.example.test", agent, &origin.addr.to_string(), "acme");
     let answer = wait_for(Duration::from_secs(15), || {
