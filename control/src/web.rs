@@ -69,7 +69,9 @@ pub async fn handle(
         (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
         (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
-        (Method::POST, "/tunnels/new") => guarded(control, request, create_tunnel).await,
+        (Method::POST, "/tunnels/new") => {
+            guarded(control, request, |c, r, f| save_tunnel(c, r, f, None)).await
+        }
         (method, path) => match path.split('/').collect::<Vec<_>>()[..] {
             ["", "tunnels", id, "delete"] if method == Method::GET => {
                 delete_tunnel_page(control, &request, id)
@@ -95,6 +97,13 @@ pub async fn handle(
                     change_user(c, r, f, &id, &action)
                 })
                 .await
+            }
+            ["", "tunnels", id, "edit"] if method == Method::GET => {
+                edit_tunnel_page(control, &request, id)
+            }
+            ["", "tunnels", id, "edit"] if method == Method::POST => {
+                let id = id.to_string();
+                guarded(control, request, |c, r, f| save_tunnel(c, r, f, Some(&id))).await
             }
             ["", "tunnels", id, "enabled"] if method == Method::POST => {
                 let id = id.to_string();
@@ -248,25 +257,70 @@ fn new_tunnel_page(control: &Control, request: &Request<Incoming>) -> Response<B
             enabled: true,
             ..Default::default()
         };
-        let page = pages::tunnel_form::new_page(
+        let page = pages::tunnel_form::form_page(
             &visitor.user,
             &visitor.session.csrf,
             &agent_choices(control, state),
             &form,
+            pages::tunnel_form::Purpose::Create,
         );
         (200, page)
     })
 }
 
-fn create_tunnel(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
+    session_page(control, request, |visitor, state| {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
+            return (404, forbidden_page(who));
+        };
+        let (hostname, target) = (tunnel.hostname.to_string(), tunnel.target.to_string());
+        let form = pages::tunnel_form::TunnelForm {
+            hostname: &hostname,
+            agent: &tunnel.agent_id,
+            target: &target,
+            issuer: tunnel.issuer.as_str(),
+            enabled: tunnel.enabled,
+            error: None,
+        };
+        let page = pages::tunnel_form::form_page(
+            who.0,
+            who.1,
+            &agent_choices(control, state),
+            &form,
+            pages::tunnel_form::Purpose::Edit(id),
+        );
+        (200, page)
+    })
+}
+
+/// Create a tunnel (`id` none) or change tunnel `id` from a form.
+fn save_tunnel(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    id: Option<&str>,
+) -> Response<Body> {
     let visitor = match acting_admin(control, request, &form) {
         Ok(visitor) => visitor,
         Err(refusal) => return refusal.response(),
     };
     let value = |name: &str| text(&form, name).trim();
-    let created = parse_new_tunnel(control, &form).and_then(|new| control.store.create_tunnel(new));
-    match created {
-        Ok(_) => {
+    let saved = parse_new_tunnel(control, &form).and_then(|new| match id {
+        None => control.store.create_tunnel(new).map(|_| ()),
+        Some(id) => {
+            let patch = crate::store::TunnelPatch {
+                hostname: Some(new.hostname),
+                agent_id: Some(new.agent_id),
+                target: Some(new.target),
+                enabled: Some(new.enabled),
+                issuer: Some(new.issuer),
+            };
+            control.store.update_tunnel(id, patch).map(|_| ())
+        }
+    });
+    match saved {
+        Ok(()) => {
             control.hub.notify_all();
             redirect("/tunnels")
         }
@@ -285,16 +339,22 @@ fn create_tunnel(control: &Control, request: &Request<()>, form: Form) -> Respon
                 enabled: form.contains_key("enabled"),
                 error: Some((field_name, &message)),
             };
+            let purpose = match id {
+                None => pages::tunnel_form::Purpose::Create,
+                Some(id) => pages::tunnel_form::Purpose::Edit(id),
+            };
             html(
                 400,
-                pages::tunnel_form::new_page(
+                pages::tunnel_form::form_page(
                     &visitor.user,
                     &visitor.session.csrf,
                     &agent_choices(control, &state),
                     &shown,
+                    purpose,
                 ),
             )
         }
+        Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
 }

@@ -447,6 +447,22 @@ fn an_admin_creates_disables_and_deletes_a_tunnel_in_the_pages() {
     );
     assert_eq!(twice.status, 400, "a taken hostname: {}", twice.body);
     assert!(twice.body.contains("class=\"error\""));
+    // Edit: the form comes filled in; a bad target is refused, a good one saved.
+    let edit = admin.get(&format!("/tunnels/{id}/edit"));
+    assert_eq!(edit.status, 200);
+    assert!(
+        edit.body.contains("value=\"127.0.0.1:2342\""),
+        "{}",
+        edit.body
+    );
+    let mut changed = fields;
+    changed[3].1 = "no port";
+    let path = format!("/tunnels/{id}/edit");
+    assert_eq!(admin.post(&path, &changed, origin).status, 400);
+    assert_eq!(tunnels(&cluster)[0]["target"], "127.0.0.1:2342");
+    changed[3].1 = "app:3000";
+    assert_eq!(admin.post(&path, &changed, origin).status, 303);
+    assert_eq!(tunnels(&cluster)[0]["target"], "app:3000");
     let toggle = [("csrf", csrf.as_str()), ("enabled", "false")];
     assert_eq!(
         admin

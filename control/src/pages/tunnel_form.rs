@@ -36,25 +36,37 @@ const ISSUERS: [(&str, &str); 4] = [
     ("none", "None: plain HTTP"),
 ];
 
-pub fn new_page(
+/// Where the form goes: a new tunnel, or changes to the tunnel with this id.
+#[derive(Clone, Copy)]
+pub enum Purpose<'a> {
+    Create,
+    Edit(&'a str),
+}
+
+pub fn form_page(
     user: &UserRecord,
     csrf: &str,
     agents: &[AgentChoice],
     form: &TunnelForm,
+    purpose: Purpose,
 ) -> Markup {
+    let (title, action, button) = match purpose {
+        Purpose::Create => ("New tunnel", "/tunnels/new".to_string(), "Create tunnel"),
+        Purpose::Edit(id) => ("Edit tunnel", format!("/tunnels/{id}/edit"), "Save"),
+    };
     layout(
-        "New tunnel",
+        title,
         Some((user, csrf)),
         html! {
             div.card.narrow.wide {
-                h1 { "New tunnel" }
+                h1 { (title) }
                 @if let Some((field_name, message)) = form.error.filter(|(f, _)| !["hostname", "agent", "target", "issuer"].contains(f)) {
                     p.notice.bad role="alert" { (field_name) ": " (message) }
                 }
                 @if agents.is_empty() {
                     p.notice { "No agent yet: enrol one first (POST /api/v1/agents), then come back." }
                 }
-                form method="post" action="/tunnels/new" {
+                form method="post" action=(action) {
                     input type="hidden" name="csrf" value=(csrf);
                     (field("Public hostname", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
                     label.field {
@@ -83,7 +95,7 @@ pub fn new_page(
                         " Enabled"
                     }
                     div.actions {
-                        button type="submit" { "Create tunnel" }
+                        button type="submit" { (button) }
                         a href="/tunnels" { "Cancel" }
                     }
                 }

@@ -120,7 +120,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                                 input type="hidden" name="enabled" value=(if row.enabled { "false" } else { "true" });
                                                 button.small type="submit" { @if row.enabled { "Disable" } @else { "Enable" } }
                                             }
-                                            " "
+                                            a.edit href={"/tunnels/" (row.id) "/edit"} { "Edit" }
                                             a href={"/tunnels/" (row.id) "/delete"} { "Delete" }
                                         }
                                     }
