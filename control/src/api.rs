@@ -47,6 +47,10 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
 }
 
 async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Value), Error> {
+    // The description of the API is public: it holds nothing but the routes.
+    if request.method() == Method::GET && request.uri().path() == "/api/v1/openapi.json" {
+        return Ok((200, crate::openapi::document(&control.public_url)));
+    }
     let token = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
     match token {
         Some(token) if control.store.token_is_valid(token)? => {}

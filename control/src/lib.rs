@@ -22,6 +22,7 @@ pub mod error;
 pub mod hub;
 pub mod install;
 pub mod model;
+pub mod openapi;
 pub mod pages;
 pub mod server;
 pub mod session;

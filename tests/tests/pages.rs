@@ -759,3 +759,36 @@ fn api_tokens_and_users_from_the_pages_and_the_api() {
         200
     );
 }
+
+#[test]
+fn every_operation_in_the_openapi_document_reaches_a_real_route() {
+    let cluster = Cluster::new("openapi");
+    let answer = kakuremichi_tests::curl(&[&cluster.control_url("/api/v1/openapi.json")]);
+    assert_eq!(answer.status, 200, "the document is public");
+    let document = answer.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().expect("paths");
+    assert_eq!(paths.len(), 9, "{:?}", paths.keys());
+    let mut operations = 0;
+    for (path, item) in paths {
+        for method in ["get", "post", "patch", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            operations += 1;
+            let concrete = path.replace("{id}", "nonexistent");
+            // An empty object: creation fails on a missing field, which proves the route.
+            let body = (method == "post" || method == "patch").then_some("{}");
+            let answer = cluster.api(&method.to_uppercase(), &format!("/api/v1{concrete}"), body);
+            assert!(
+                answer.status != 0
+                    && !answer.body.contains("no endpoint")
+                    && !answer.body.contains("not allowed on this resource"),
+                "{method} {path} did not reach a route: {} {}",
+                answer.status,
+                answer.body
+            );
+        }
+    }
+    assert_eq!(operations, 18);
+}

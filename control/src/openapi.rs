@@ -1,0 +1,102 @@
+//! The API described for machines: an OpenAPI 3.1 document served at
+//! `/api/v1/openapi.json`. `tests/tests/pages.rs` calls every operation it lists against the
+//! real routes.
+
+use serde_json::{json, Value};
+
+/// An object schema with these properties, `required` among them.
+fn object(properties: Value, required: &[&str]) -> Value {
+    json!({ "type": "object", "properties": properties, "required": required })
+}
+
+fn body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn operation(summary: &str, request: Option<Value>, created: bool) -> Value {
+    let status = if created { "201" } else { "200" };
+    let mut op = json!({
+        "summary": summary,
+        "responses": {
+            status: { "description": "done", "content": { "application/json": {} } },
+            "400": { "description": "bad input; `field` names the field" },
+            "401": { "description": "no or unknown token" },
+        }
+    });
+    if let Some(request) = request {
+        op["requestBody"] = body(request);
+    }
+    op
+}
+
+fn id_parameter() -> Value {
+    json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }])
+}
+
+/// The document, with `server` as the base URL.
+pub fn document(server: &str) -> Value {
+    let string = json!({ "type": "string" });
+    let boolean = json!({ "type": "boolean" });
+    let node = object(json!({ "name": string }), &[]);
+    let tunnel_fields = json!({
+        "hostname": string, "agent": string, "target": string, "enabled": boolean,
+        "issuer": { "enum": ["acme", "internal", "manual", "none"] },
+        "kind": { "enum": ["http"] },
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "kakuremichi Control API", "version": env!("CARGO_PKG_VERSION") },
+        "servers": [{ "url": format!("{}/api/v1", server.trim_end_matches('/')) }],
+        "components": { "securitySchemes": { "token": { "type": "http", "scheme": "bearer" } } },
+        "security": [{ "token": [] }],
+        "paths": {
+            "/agents": {
+                "get": operation("agents with their state", None, false),
+                "post": operation("enrol an agent; its API key and install snippets, once", Some(node.clone()), true),
+            },
+            "/gateways": {
+                "get": operation("gateways with their state", None, false),
+                "post": operation("enrol a gateway; its API key and install snippets, once", Some(node), true),
+            },
+            "/tunnels": {
+                "get": operation("tunnels", None, false),
+                "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &["hostname", "agent", "target"])), true),
+            },
+            "/tunnels/{id}": {
+                "parameters": id_parameter(),
+                "get": operation("one tunnel", None, false),
+                "patch": operation("change a tunnel's fields", Some(object(tunnel_fields, &[])), false),
+                "delete": operation("delete a tunnel", None, false),
+            },
+            "/certificates": {
+                "get": operation("certificates by hostname, with their state", None, false),
+                "post": operation("upload a manual certificate", Some(object(json!({
+                    "hostname": string, "certificate_pem": string, "key_pem": string,
+                }), &["hostname", "certificate_pem", "key_pem"])), true),
+            },
+            "/tokens": {
+                "get": operation("admin API tokens (never the tokens themselves)", None, false),
+                "post": operation("create a token; the token, once", Some(object(json!({
+                    "name": string, "expires_days": { "type": "integer", "minimum": 0 },
+                }), &["name"])), true),
+            },
+            "/tokens/{id}": {
+                "parameters": id_parameter(),
+                "delete": operation("revoke a token", None, false),
+            },
+            "/users": {
+                "get": operation("users", None, false),
+                "post": operation("add a user; a generated password, once, unless one is given", Some(object(json!({
+                    "name": string, "role": { "enum": ["admin", "member"] }, "password": string,
+                }), &["name"])), true),
+            },
+            "/users/{id}": {
+                "parameters": id_parameter(),
+                "patch": operation("disable, enable or change the role of a user", Some(object(json!({
+                    "disabled": boolean, "role": { "enum": ["admin", "member"] },
+                }), &[])), false),
+                "delete": operation("delete a user and end their sessions", None, false),
+            },
+        }
+    })
+}
