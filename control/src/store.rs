@@ -483,6 +483,8 @@ impl Store {
                 password_hash,
                 disabled: false,
                 created_at: auth::unix_now(),
+                totp_secret: None,
+                recovery_codes: Vec::new(),
             };
             put(&s.users, wtxn, &user.id, &user)?;
             put(&s.user_names, wtxn, name, &user.id)?;
@@ -589,12 +591,16 @@ impl Store {
         Ok(get::<UserRecord>(&self.users, &rtxn, &session.user_id)?.map(|user| (session, user)))
     }
 
-    /// Note that a session was used at `now`.
-    pub fn touch_session(&self, token: &str, now: u64) -> Result<(), Error> {
+    /// Change the session a token stands for, if it exists.
+    pub fn update_session(
+        &self,
+        token: &str,
+        change: impl FnOnce(&mut SessionRecord),
+    ) -> Result<(), Error> {
         let key = auth::hash_secret(token);
         self.write_accounts(|s, wtxn| {
             if let Some(mut session) = get::<SessionRecord>(&s.sessions, wtxn, &key)? {
-                session.last_seen = now;
+                change(&mut session);
                 put(&s.sessions, wtxn, &key, &session)?;
             }
             Ok(())

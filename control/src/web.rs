@@ -64,6 +64,18 @@ pub async fn handle(
         }
         (Method::GET, "/account") => account_page(control, &request, None, None),
         (Method::POST, "/account/password") => guarded(control, request, change_password).await,
+        (Method::POST, "/account/totp/start") => guarded(control, request, start_totp).await,
+        (Method::POST, "/account/totp/confirm") => guarded(control, request, confirm_totp).await,
+        (Method::POST, "/account/totp/off") => guarded(control, request, totp_off).await,
+        (Method::GET, "/login/code") => match awaiting(control, &request) {
+            Ok(Some(_)) => html(200, pages::login::code_page(None)),
+            Ok(None) => redirect("/login"),
+            Err(e) => failure(&e),
+        },
+        (Method::POST, "/login/code") => {
+            let address = peer.ip().to_string();
+            guarded(control, request, |c, r, f| second_factor(c, r, f, &address)).await
+        }
         (Method::GET, "/users") => users_page(control, &request),
         (Method::GET, "/tokens") => tokens_page(control, &request),
         (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
@@ -134,8 +146,11 @@ fn current<B>(control: &Control, request: &Request<B>) -> Result<Option<Visitor>
         control.store.delete_session(token)?;
         return Ok(None);
     }
+    if session.awaiting_code {
+        return Ok(None);
+    }
     if session.wants_touch(now) {
-        control.store.touch_session(token, now)?;
+        control.store.update_session(token, |s| s.last_seen = now)?;
     }
     Ok(Some(Visitor { session, user }))
 }
@@ -645,7 +660,7 @@ fn delete_user_page(control: &Control, request: &Request<Incoming>, id: &str) ->
 fn account_page<B>(
     control: &Control,
     request: &Request<B>,
-    password_error: Option<&str>,
+    error: Option<(&str, &str)>,
     notice: Option<&str>,
 ) -> Response<Body> {
     let visitor = match current(control, request) {
@@ -653,21 +668,33 @@ fn account_page<B>(
         Ok(None) => return redirect("/login"),
         Err(e) => return failure(&e),
     };
-    match control.store.sessions_of(&visitor.user.id) {
-        Ok(sessions) => html(
-            if password_error.is_some() { 400 } else { 200 },
-            pages::account::page(
-                &visitor.user,
-                &visitor.session.csrf,
-                &visitor.session.id,
-                &sessions,
-                password_error,
-                notice,
-                auth::unix_now(),
-            ),
-        ),
-        Err(e) => failure(&e),
-    }
+    let sessions = match control.store.sessions_of(&visitor.user.id) {
+        Ok(sessions) => sessions,
+        Err(e) => return failure(&e),
+    };
+    let enrolment = visitor.session.totp_enrolment.as_deref().map(|secret| {
+        let uri = auth::totp::uri(secret, &visitor.user.name, "kakuremichi");
+        (secret, auth::totp::qr_svg(&uri).unwrap_or_default())
+    });
+    let two_factor = match (&visitor.user.totp_secret, &enrolment) {
+        (Some(_), _) => pages::account::TwoFactor::On {
+            recovery_codes_left: visitor.user.recovery_codes.len(),
+        },
+        (None, Some((secret, qr_svg))) => pages::account::TwoFactor::Enrolling { secret, qr_svg },
+        (None, None) => pages::account::TwoFactor::Off,
+    };
+    let view = pages::account::AccountView {
+        current_session: &visitor.session.id,
+        sessions: &sessions,
+        two_factor,
+        error,
+        notice,
+        now: auth::unix_now(),
+    };
+    html(
+        if error.is_some() { 400 } else { 200 },
+        pages::account::page(&visitor.user, &visitor.session.csrf, &view),
+    )
 }
 
 /// The visitor behind a form about their own account, checked against the session's token.
@@ -692,7 +719,7 @@ fn change_password(control: &Control, request: &Request<()>, form: Form) -> Resp
         return account_page(
             control,
             request,
-            Some("This is not your current password."),
+            Some(("password", "This is not your current password.")),
             None,
         );
     }
@@ -701,7 +728,7 @@ fn change_password(control: &Control, request: &Request<()>, form: Form) -> Resp
         return account_page(
             control,
             request,
-            Some(&format!("New password: {why}.")),
+            Some(("password", &format!("New password: {why}."))),
             None,
         );
     }
@@ -709,7 +736,7 @@ fn change_password(control: &Control, request: &Request<()>, form: Form) -> Resp
         return account_page(
             control,
             request,
-            Some("The two new passwords differ."),
+            Some(("password", "The two new passwords differ.")),
             None,
         );
     }
@@ -806,6 +833,164 @@ fn revoke_token(control: &Control, request: &Request<()>, form: Form, id: &str) 
     match control.store.revoke_token(id) {
         Ok(()) => redirect("/tokens"),
         Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
+        Err(e) => failure(&e),
+    }
+}
+
+/// A session whose password step passed and whose second factor is due, with its token.
+fn awaiting<B>(
+    control: &Control,
+    request: &Request<B>,
+) -> Result<Option<(String, SessionRecord, UserRecord)>, Error> {
+    let Some(token) = sessions::token_from_cookies(request.headers().get(COOKIE)) else {
+        return Ok(None);
+    };
+    Ok(control
+        .store
+        .session(token)?
+        .filter(|(session, user)| {
+            session.awaiting_code
+                && !user.disabled
+                && session.is_live(auth::unix_now(), control.session_limits)
+        })
+        .map(|(session, user)| (token.to_string(), session, user)))
+}
+
+fn second_factor(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    address: &str,
+) -> Response<Body> {
+    let (token, user) = match awaiting(control, request) {
+        Ok(Some((token, _, user))) => (token, user),
+        Ok(None) => return redirect("/login"),
+        Err(e) => return failure(&e),
+    };
+    let account_key = format!("user:{}", user.name);
+    let address_key = format!("ip:{address}");
+    let keys = [account_key.as_str(), address_key.as_str()];
+    let now = auth::unix_now();
+    if let Some(wait) = control.throttle().wait(&keys, now) {
+        let message = format!("Too many wrong codes. Try again in {wait} s.");
+        return html(429, pages::login::code_page(Some(&message)));
+    }
+    let code = text(&form, "code");
+    let by_app = user
+        .totp_secret
+        .as_deref()
+        .is_some_and(|secret| auth::totp::verify(secret, code, now));
+    let recovery = auth::totp::recovery_hash(code);
+    let by_recovery = !by_app && user.recovery_codes.contains(&recovery);
+    if !(by_app || by_recovery) {
+        control.throttle().failed(&keys, now);
+        return html(
+            401,
+            pages::login::code_page(Some("That code is not right.")),
+        );
+    }
+    let used = if by_recovery {
+        control
+            .store
+            .update_user(&user.id, |u| u.recovery_codes.retain(|c| *c != recovery))
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
+    match used.and_then(|()| {
+        control
+            .store
+            .update_session(&token, |s| s.awaiting_code = false)
+    }) {
+        Ok(()) => {
+            control.throttle().succeeded(&account_key);
+            redirect("/")
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+fn start_totp(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    if let Err(refusal) = acting_self(control, request, &form) {
+        return refusal.response();
+    }
+    let token = sessions::token_from_cookies(request.headers().get(COOKIE)).unwrap_or("");
+    let started = auth::totp::new_secret()
+        .map_err(Error::Store)
+        .and_then(|secret| {
+            control
+                .store
+                .update_session(token, |s| s.totp_enrolment = Some(secret))
+        });
+    match started {
+        Ok(()) => redirect("/account"),
+        Err(e) => failure(&e),
+    }
+}
+
+fn confirm_totp(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_self(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let Some(secret) = visitor.session.totp_enrolment.clone() else {
+        return redirect("/account");
+    };
+    if !auth::totp::verify(&secret, text(&form, "code"), auth::unix_now()) {
+        return account_page(
+            control,
+            request,
+            Some((
+                "totp",
+                "That code is not right; check the app's clock and try the next one.",
+            )),
+            None,
+        );
+    }
+    let token = sessions::token_from_cookies(request.headers().get(COOKIE)).unwrap_or("");
+    let codes = match auth::totp::new_recovery_codes() {
+        Ok(codes) => codes,
+        Err(e) => return failure(&Error::Store(e)),
+    };
+    let hashes: Vec<String> = codes.iter().map(|c| auth::totp::recovery_hash(c)).collect();
+    let saved = control
+        .store
+        .update_user(&visitor.user.id, |u| {
+            u.totp_secret = Some(secret);
+            u.recovery_codes = hashes;
+        })
+        .and_then(|_| {
+            control
+                .store
+                .update_session(token, |s| s.totp_enrolment = None)
+        });
+    match saved {
+        Ok(()) => html(
+            200,
+            pages::account::recovery_page(&visitor.user, &visitor.session.csrf, &codes),
+        ),
+        Err(e) => failure(&e),
+    }
+}
+
+fn totp_off(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    let visitor = match acting_self(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    if !password::verify(text(&form, "current"), &visitor.user.password_hash) {
+        return account_page(
+            control,
+            request,
+            Some(("totp", "This is not your current password.")),
+            None,
+        );
+    }
+    match control.store.update_user(&visitor.user.id, |u| {
+        u.totp_secret = None;
+        u.recovery_codes.clear();
+    }) {
+        Ok(_) => account_page(control, request, None, Some("Two-factor login is off.")),
         Err(e) => failure(&e),
     }
 }
@@ -1012,6 +1197,13 @@ fn start_session(
         csrf: auth::new_secret("csrf"),
         address: address.to_string(),
         user_agent: header(hyper::header::USER_AGENT),
+        awaiting_code: user.totp_secret.is_some(),
+        totp_enrolment: None,
+    };
+    let to = if session.awaiting_code {
+        "/login/code"
+    } else {
+        to
     };
     if let Err(e) = control.store.create_session(&token, &session) {
         return failure(&e);

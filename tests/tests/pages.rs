@@ -792,3 +792,108 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
     }
     assert_eq!(operations, 18);
 }
+
+/// The code an authenticator app shows now for a base32 `secret`.
+fn totp_now(secret: &str) -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut key, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in secret.bytes() {
+        let value = alphabet.iter().position(|&a| a == c).expect("base32") as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            key.push((buffer >> bits) as u8);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp_lite::totp_custom::<totp_lite::Sha1>(30, 6, &key, now)
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let at = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} in {text}"))
+        + start.len();
+    text[at..].split(end).next().unwrap()
+}
+
+#[test]
+fn two_factor_login_with_an_app_code_or_a_recovery_code() {
+    let cluster = Cluster::new("totp");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    add_user(&cluster, "eve", false, "eve's long password");
+    let login = [("name", "eve"), ("password", "eve's long password")];
+    let owner = Browser::new(&cluster, "owner");
+    assert_eq!(owner.post("/login", &login, origin).status, 303);
+    let csrf = csrf_of(&owner.get("/account").body);
+    let start = owner.post("/account/totp/start", &[("csrf", csrf.as_str())], origin);
+    assert_eq!(start.status, 303);
+    let account = owner.get("/account").body;
+    assert!(
+        account.contains("<svg"),
+        "the QR code is drawn on the server"
+    );
+    let secret = between(&account, "id=\"totp-secret\">", "<").to_string();
+    let confirm = |code: &str| {
+        owner.post(
+            "/account/totp/confirm",
+            &[("csrf", csrf.as_str()), ("code", code)],
+            origin,
+        )
+    };
+    assert_eq!(
+        confirm("000000").status,
+        400,
+        "a wrong code turns nothing on"
+    );
+    let done = confirm(&totp_now(&secret));
+    assert_eq!(done.status, 200, "{}", done.body);
+    let recovery: Vec<String> = between(&done.body, "<pre id=\"recovery-codes\">", "<")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(recovery.len(), 8);
+
+    // A password alone no longer logs in: the second step is due.
+    let laptop = Browser::new(&cluster, "laptop");
+    assert_eq!(laptop.post("/login", &login, origin).status, 303);
+    assert_eq!(laptop.header("location").as_deref(), Some("/login/code"));
+    assert_eq!(laptop.get("/").status, 303, "not logged in before the code");
+    let wrong = laptop.post("/login/code", &[("code", "000000")], origin);
+    assert_eq!(wrong.status, 401);
+    let code = totp_now(&secret);
+    assert_eq!(
+        laptop
+            .post("/login/code", &[("code", code.as_str())], origin)
+            .status,
+        303
+    );
+    assert_eq!(laptop.get("/").status, 200);
+
+    // A recovery code works once.
+    let phone = Browser::new(&cluster, "phone");
+    assert_eq!(phone.post("/login", &login, origin).status, 303);
+    let first = [("code", recovery[0].as_str())];
+    assert_eq!(phone.post("/login/code", &first, origin).status, 303);
+    assert_eq!(phone.get("/").status, 200);
+    let again = Browser::new(&cluster, "again");
+    assert_eq!(again.post("/login", &login, origin).status, 303);
+    assert_eq!(again.post("/login/code", &first, origin).status, 401);
+    assert!(phone.get("/account").body.contains("7 recovery codes left"));
+
+    // Off again with the password; then a password alone logs in.
+    let off = owner.post(
+        "/account/totp/off",
+        &[("csrf", csrf.as_str()), ("current", "eve's long password")],
+        origin,
+    );
+    assert_eq!(off.status, 200, "{}", off.body);
+    let plain = Browser::new(&cluster, "plain");
+    assert_eq!(plain.post("/login", &login, origin).status, 303);
+    assert_eq!(plain.header("location").as_deref(), Some("/"));
+}

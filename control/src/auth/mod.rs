@@ -6,6 +6,7 @@ pub mod password;
 pub mod secrets;
 pub mod sessions;
 pub mod throttle;
+pub mod totp;
 
 pub use secrets::{bearer, hash_secret, new_id, new_secret, unix_now};
 
@@ -39,6 +40,12 @@ pub struct UserRecord {
     pub password_hash: String,
     pub disabled: bool,
     pub created_at: u64,
+    /// Base32 TOTP secret, when two-factor login is on.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+    /// Hashes of the unused recovery codes.
+    #[serde(default)]
+    pub recovery_codes: Vec<String>,
 }
 
 impl UserRecord {

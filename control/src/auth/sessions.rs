@@ -40,6 +40,12 @@ pub struct SessionRecord {
     /// Where the login came from, for the user's list of sessions.
     pub address: String,
     pub user_agent: String,
+    /// The password was right, the second factor is still to come: not logged in yet.
+    #[serde(default)]
+    pub awaiting_code: bool,
+    /// A TOTP secret being enrolled, until a code for it confirms it.
+    #[serde(default)]
+    pub totp_enrolment: Option<String>,
 }
 
 impl SessionRecord {
@@ -107,6 +113,8 @@ mod tests {
             csrf: "c".into(),
             address: String::new(),
             user_agent: String::new(),
+            awaiting_code: false,
+            totp_enrolment: None,
         }
     }
 

@@ -3,17 +3,37 @@
 use super::{ago, field, layout};
 use crate::auth::sessions::SessionRecord;
 use crate::auth::UserRecord;
-use maud::{html, Markup};
+use maud::{html, Markup, PreEscaped};
 
-pub fn page(
-    user: &UserRecord,
-    csrf: &str,
-    current_session: &str,
-    sessions: &[SessionRecord],
-    password_error: Option<&str>,
-    notice: Option<&str>,
-    now: u64,
-) -> Markup {
+/// Where two-factor login stands for this account and session.
+pub enum TwoFactor<'a> {
+    Off,
+    /// Being enrolled: the secret, and its QR code as SVG.
+    Enrolling {
+        secret: &'a str,
+        qr_svg: &'a str,
+    },
+    On {
+        recovery_codes_left: usize,
+    },
+}
+
+/// What the account page shows besides the forms.
+pub struct AccountView<'a> {
+    pub current_session: &'a str,
+    pub sessions: &'a [SessionRecord],
+    pub two_factor: TwoFactor<'a>,
+    /// The form at fault (`password`, `totp`) and why.
+    pub error: Option<(&'a str, &'a str)>,
+    pub notice: Option<&'a str>,
+    pub now: u64,
+}
+
+pub fn page(user: &UserRecord, csrf: &str, view: &AccountView) -> Markup {
+    let error_for = |form: &str| view.error.filter(|(f, _)| *f == form).map(|(_, m)| m);
+    let (current_session, sessions, notice, now) =
+        (view.current_session, view.sessions, view.notice, view.now);
+    let password_error = error_for("password");
     layout(
         "Account",
         Some((user, csrf)),
@@ -29,6 +49,36 @@ pub fn page(
                     (field("New password again", "confirm", "password", "", None, "new-password"))
                     p.muted { "Changing it ends your other sessions." }
                     button type="submit" { "Change password" }
+                }
+            }
+            h2 { "Two-factor login" }
+            div.card {
+                @match view.two_factor {
+                    TwoFactor::Off => {
+                        p { "Off: a password alone logs in." }
+                        form method="post" action="/account/totp/start" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Turn on two-factor login" }
+                        }
+                    }
+                    TwoFactor::Enrolling { secret, qr_svg } => {
+                        p { "Scan this with an authenticator app (or type the key), then enter the code it shows." }
+                        div.qr { (PreEscaped(qr_svg)) }
+                        p { "Key: " code id="totp-secret" { (secret) } }
+                        form method="post" action="/account/totp/confirm" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            (field("Code", "code", "text", "", error_for("totp"), "one-time-code"))
+                            button type="submit" { "Turn on" }
+                        }
+                    }
+                    TwoFactor::On { recovery_codes_left } => {
+                        p { span.dot.good {} "On. " (recovery_codes_left) " recovery codes left." }
+                        form method="post" action="/account/totp/off" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            (field("Current password, to turn it off", "current", "password", "", error_for("totp"), "current-password"))
+                            button.danger type="submit" { "Turn off two-factor login" }
+                        }
+                    }
                 }
             }
             h2 { "Sessions" }
@@ -57,6 +107,23 @@ pub fn page(
                     }
                 }
             }
+        },
+    )
+}
+
+/// Recovery codes, shown once after two-factor login is turned on.
+pub fn recovery_page(user: &UserRecord, csrf: &str, codes: &[String]) -> Markup {
+    layout(
+        "Account",
+        Some((user, csrf)),
+        html! {
+            h1 { "Two-factor login is on" }
+            p.notice { "Keep these recovery codes somewhere safe: each logs in once without your app. They are shown only now." }
+            div.card {
+                (super::copyable("recovery-codes", &codes.join("\n")))
+                p { a href="/account" { "Done" } }
+            }
+            script { (PreEscaped(super::COPY_SCRIPT)) }
         },
     )
 }

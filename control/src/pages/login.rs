@@ -30,3 +30,24 @@ pub fn page(form: &LoginForm) -> Markup {
         },
     )
 }
+
+/// The second step of a login with two-factor on.
+pub fn code_page(error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            div.card.narrow {
+                h1 { "Enter your code" }
+                p.muted { "The 6-digit code from your authenticator app, or one of your recovery codes." }
+                @if let Some(error) = error {
+                    p.notice.bad role="alert" { (error) }
+                }
+                form method="post" action="/login/code" {
+                    (field("Code", "code", "text", "", None, "one-time-code"))
+                    button type="submit" { "Log in" }
+                }
+            }
+        },
+    )
+}
