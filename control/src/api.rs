@@ -145,6 +145,10 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             ))
         }
         (Method::POST, ["certificates"]) => upload_certificate(control, read_json(request).await?),
+        (Method::POST, ["certificates", hostname, "retry"]) => {
+            let record = control.store.retry_certificate(hostname)?;
+            Ok((200, certificate_json(&record)))
+        }
         (_, ["agents" | "gateways" | "tunnels" | "certificates" | "tokens" | "users", ..]) => {
             Err(Error::invalid("method", "not allowed on this resource"))
         }
@@ -422,10 +426,21 @@ fn upload_certificate(control: &Control, mut fields: Fields) -> Result<(u16, Val
     let chain = fields.required("certificate_pem")?;
     let key = fields.required("key_pem")?;
     fields.finish()?;
+    let record = store_manual_certificate(control, hostname, chain, key)?;
+    Ok((201, certificate_json(&record)))
+}
+
+/// Check an uploaded certificate and keep it (the API and the pages).
+pub fn store_manual_certificate(
+    control: &Control,
+    hostname: Hostname,
+    chain: String,
+    key: String,
+) -> Result<CertRecord, Error> {
     let info =
         crate::certs::inspect::check_manual(&chain, &key, &hostname, crate::auth::unix_now())?;
     let record = info.into_record(hostname, Issuer::Manual, chain, key);
     control.store.put_certificate(&record)?;
     control.hub.notify_all();
-    Ok((201, certificate_json(&record)))
+    Ok(record)
 }

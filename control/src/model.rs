@@ -145,6 +145,15 @@ impl CertRecord {
             .min(RETRY_CAP_SECONDS)
     }
 
+    /// A person asked to retry a failed order now. Returns whether the record changed.
+    pub fn retry_now(&mut self, now: u64) -> bool {
+        if self.state == CertState::Failed && self.next_attempt > now {
+            self.next_attempt = now;
+            return true;
+        }
+        false
+    }
+
     /// At Control's start, a failed order is retried after the first backoff instead of
     /// the rest of a long one: a restart is what a person does after fixing the cause (DNS,
     /// the ACME settings). Returns whether the record changed.

@@ -74,6 +74,10 @@ pub fn document(server: &str) -> Value {
                     "hostname": string, "certificate_pem": string, "key_pem": string,
                 }), &["hostname", "certificate_pem", "key_pem"])), true),
             },
+            "/certificates/{hostname}/retry": {
+                "parameters": [{ "name": "hostname", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "post": operation("retry a failing certificate's order now", None, false),
+            },
             "/tokens": {
                 "get": operation("admin API tokens (never the tokens themselves)", None, false),
                 "post": operation("create a token; the token, once", Some(object(json!({

@@ -321,6 +321,18 @@ impl Store {
     }
 
     /// Record a hostname's certificate state.
+    /// Retry a failing certificate's order now; a certificate that is not failing is left.
+    pub fn retry_certificate(&self, hostname: &str) -> Result<CertRecord, Error> {
+        self.write(|s, wtxn| {
+            let mut record: CertRecord = get(&s.certs, wtxn, hostname)?
+                .ok_or_else(|| Error::not_found("certificate", hostname))?;
+            if record.retry_now(auth::unix_now()) {
+                put(&s.certs, wtxn, hostname, &record)?;
+            }
+            Ok(record)
+        })
+    }
+
     pub fn put_certificate(&self, record: &CertRecord) -> Result<(), Error> {
         self.write(|s, wtxn| put(&s.certs, wtxn, record.hostname.as_str(), record))
     }

@@ -76,6 +76,8 @@ pub async fn handle(
             let address = peer.ip().to_string();
             guarded(control, request, |c, r, f| second_factor(c, r, f, &address)).await
         }
+        (Method::GET, "/certificates") => live(certificates_page(control, &request, None)),
+        (Method::POST, "/certificates/new") => guarded(control, request, upload_certificate).await,
         (Method::GET, "/users") => users_page(control, &request),
         (Method::GET, "/tokens") => tokens_page(control, &request),
         (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
@@ -95,6 +97,13 @@ pub async fn handle(
             ["", "account", "sessions", id, "end"] if method == Method::POST => {
                 let id = id.to_string();
                 guarded(control, request, |c, r, f| end_session(c, r, f, &id)).await
+            }
+            ["", "certificates", hostname, "retry"] if method == Method::POST => {
+                let hostname = hostname.to_string();
+                guarded(control, request, |c, r, f| {
+                    retry_certificate(c, r, f, &hostname)
+                })
+                .await
             }
             ["", "tokens", id, "revoke"] if method == Method::POST => {
                 let id = id.to_string();
@@ -991,6 +1000,75 @@ fn totp_off(control: &Control, request: &Request<()>, form: Form) -> Response<Bo
         u.recovery_codes.clear();
     }) {
         Ok(_) => account_page(control, request, None, Some("Two-factor login is off.")),
+        Err(e) => failure(&e),
+    }
+}
+
+fn certificates_page<B>(
+    control: &Control,
+    request: &Request<B>,
+    upload_error: Option<&str>,
+) -> Response<Body> {
+    let visitor = match current(control, request) {
+        Ok(Some(visitor)) => visitor,
+        Ok(None) => return redirect("/login"),
+        Err(e) => return failure(&e),
+    };
+    match control.store.state() {
+        Ok(mut state) => {
+            state
+                .certificates
+                .sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
+            html(
+                if upload_error.is_some() { 400 } else { 200 },
+                pages::certificates::page(
+                    &visitor.user,
+                    &visitor.session.csrf,
+                    &state.certificates,
+                    upload_error,
+                    auth::unix_now(),
+                ),
+            )
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+fn upload_certificate(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    let stored = text(&form, "hostname")
+        .trim()
+        .parse()
+        .map_err(|e: kakuremichi_proto::ProtoError| Error::invalid("hostname", e.to_string()))
+        .and_then(|hostname| {
+            crate::api::store_manual_certificate(
+                control,
+                hostname,
+                text(&form, "certificate_pem").to_string(),
+                text(&form, "key_pem").to_string(),
+            )
+        });
+    match stored {
+        Ok(_) => redirect("/certificates"),
+        Err(e) if e.field().is_some() => certificates_page(control, request, Some(&e.reason())),
+        Err(e) => failure(&e),
+    }
+}
+
+fn retry_certificate(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    hostname: &str,
+) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    match control.store.retry_certificate(hostname) {
+        Ok(_) => redirect("/certificates"),
+        Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
 }

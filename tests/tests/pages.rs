@@ -768,7 +768,7 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
     let document = answer.json();
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().expect("paths");
-    assert_eq!(paths.len(), 9, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 10, "{:?}", paths.keys());
     let mut operations = 0;
     for (path, item) in paths {
         for method in ["get", "post", "patch", "delete"] {
@@ -776,7 +776,9 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
                 continue;
             }
             operations += 1;
-            let concrete = path.replace("{id}", "nonexistent");
+            let concrete = path
+                .replace("{id}", "nonexistent")
+                .replace("{hostname}", "nonexistent.example");
             // An empty object: creation fails on a missing field, which proves the route.
             let body = (method == "post" || method == "patch").then_some("{}");
             let answer = cluster.api(&method.to_uppercase(), &format!("/api/v1{concrete}"), body);
@@ -790,7 +792,7 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
             );
         }
     }
-    assert_eq!(operations, 18);
+    assert_eq!(operations, 19);
 }
 
 /// The code an authenticator app shows now for a base32 `secret`.
@@ -896,4 +898,60 @@ fn two_factor_login_with_an_app_code_or_a_recovery_code() {
     let plain = Browser::new(&cluster, "plain");
     assert_eq!(plain.post("/login", &login, origin).status, 303);
     assert_eq!(plain.header("location").as_deref(), Some("/"));
+}
+
+#[test]
+fn certificates_show_why_they_fail_and_retry_now() {
+    // No ACME directory configured: an `acme` tunnel's certificate fails, with the reason.
+    let cluster = Cluster::new("cert-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    let agent = cluster.api("POST", "/api/v1/agents", Some(r#"{"name":"a"}"#));
+    let agent_id = agent.json()["id"].as_str().unwrap().to_string();
+    let tunnel = format!(
+        r#"{{"hostname":"shop.example.com","agent":"{agent_id}","target":"127.0.0.1:1","issuer":"acme"}}"#
+    );
+    assert_eq!(
+        cluster.api("POST", "/api/v1/tunnels", Some(&tunnel)).status,
+        201
+    );
+    let admin = log_in_admin(&cluster);
+    let failing = kakuremichi_tests::wait_for(std::time::Duration::from_secs(10), || {
+        let page = admin.get("/certificates");
+        page.body.contains("failing").then_some(page.body)
+    })
+    .expect("the certificate shows as failing");
+    assert!(failing.contains("next attempt in"), "{failing}");
+    let csrf = csrf_of(&failing);
+    let retry = admin.post(
+        "/certificates/shop.example.com/retry",
+        &[("csrf", csrf.as_str())],
+        origin,
+    );
+    assert_eq!(retry.status, 303);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let certs = cluster.api("GET", "/api/v1/certificates", None).json();
+    assert!(
+        certs[0]["next_attempt"].as_u64().unwrap() <= now + 2,
+        "retried now: {certs}"
+    );
+    // A manual upload that is not a certificate comes back with the reason; nothing stored.
+    let bad = admin.post(
+        "/certificates/new",
+        &[
+            ("csrf", csrf.as_str()),
+            ("hostname", "manual.example.com"),
+            ("certificate_pem", "not a certificate"),
+            ("key_pem", "not a key"),
+        ],
+        origin,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(!cluster
+        .api("GET", "/api/v1/certificates", None)
+        .body
+        .contains("manual.example.com"));
 }

@@ -2,6 +2,7 @@
 //! stylesheet. They work without JavaScript.
 
 pub mod account;
+pub mod certificates;
 pub mod dashboard;
 pub mod login;
 pub mod nodes;
@@ -38,6 +39,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             a href="/tunnels" aria-current=[title.contains("unnel").then_some("page")] { "Tunnels" }
                             a href="/agents" aria-current=[title.contains("gent").then_some("page")] { "Agents" }
                             a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
+                            a href="/certificates" aria-current=[(title == "Certificates").then_some("page")] { "Certificates" }
                             @if user.role == crate::auth::Role::Admin {
                                 a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }
                                 a href="/tokens" aria-current=[title.contains("token").then_some("page")] { "Tokens" }
