@@ -32,6 +32,8 @@ pub struct Presence {
     pub online: bool,
     pub last_seen: Option<u64>,
     pub status: Option<NodeStatus>,
+    /// The newest config revision the live session said it applied.
+    pub applied: Option<u64>,
 }
 
 /// Live sessions.
@@ -140,6 +142,7 @@ impl Hub {
             online: live.is_some(),
             last_seen: sessions.last_seen.get(node_id).copied(),
             status: live.map(|s| s.status.clone()),
+            applied: live.map(|s| s.applied),
         }
     }
 

@@ -28,7 +28,15 @@ impl Overview {
             (online, nodes.len())
         };
         let mut attention = Vec::new();
+        let now = crate::auth::unix_now();
         for cert in &state.certificates {
+            if cert.state == CertState::Valid && cert.not_after < now + 14 * 86_400 {
+                attention.push(format!(
+                    "Certificate for {} expires in {} days",
+                    cert.hostname,
+                    cert.not_after.saturating_sub(now) / 86_400
+                ));
+            }
             if cert.state == CertState::Failed {
                 attention.push(format!(
                     "Certificate for {} failing: {}",

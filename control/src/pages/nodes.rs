@@ -23,6 +23,10 @@ pub struct Row {
     pub online: bool,
     pub overlay_ip: String,
     pub version: String,
+    /// The start of the WireGuard public key, once the node said it.
+    pub public_key: String,
+    /// Whether the node applied the store's current config revision (online nodes only).
+    pub config_current: Option<bool>,
     /// Agents: their tunnels; gateways: their WireGuard endpoint.
     pub detail: String,
     pub last_seen: Option<u64>,
@@ -43,6 +47,11 @@ pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
                     .version
                     .clone()
                     .unwrap_or_else(|| "never connected".into()),
+                public_key: node.public_key.as_ref().map_or_else(
+                    || "—".into(),
+                    |key| key.to_string().chars().take(12).collect::<String>() + "…",
+                ),
+                config_current: presence.applied.map(|applied| applied >= state.revision),
                 detail: match kind {
                     NodeKind::Agent => {
                         let count = state
@@ -85,7 +94,7 @@ pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], no
             } @else {
                 div.card.table {
                     table {
-                        thead { tr { th { "Name" } th { "State" } th { "Overlay address" } th { (detail) } th { "Version" } } }
+                        thead { tr { th { "Name" } th { "State" } th { "Overlay address" } th { (detail) } th { "Public key" } th { "Version" } } }
                         tbody {
                             @for row in rows {
                                 tr {
@@ -94,9 +103,15 @@ pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], no
                                         span class={"dot " (if row.online { "good" } else { "bad" })} {}
                                         @if row.online { "online" } @else { "offline" }
                                         span.muted { " · " (seen(row.last_seen, now)) }
+                                        @match row.config_current {
+                                            Some(true) => { br; span.muted { "config up to date" } }
+                                            Some(false) => { br; span.dot.warn {} "applying the latest config" }
+                                            None => {}
+                                        }
                                     }
                                     td data-label="Overlay address" { code { (row.overlay_ip) } }
                                     td data-label=(detail) { (row.detail) }
+                                    td data-label="Public key" { code { (row.public_key) } }
                                     td data-label="Version" { (row.version) }
                                 }
                             }
