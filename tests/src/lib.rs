@@ -27,20 +27,41 @@ pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// A loopback TCP port nobody listens on right now.
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// Ports handed out below the kernel's ephemeral range (32768 and up), one after another
+/// from a random start: a port from `bind(0)` could be taken meanwhile as the source port of
+/// some connection, or handed to a test running in parallel, and then the node that was
+/// meant to listen on it failed with "Address already in use".
+fn next_port(bindable: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let mut seed = [0u8; 2];
+        getrandom::fill(&mut seed).expect("randomness");
+        let start = FIRST + u16::from_le_bytes(seed) % SPAN;
+        let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + port.wrapping_sub(FIRST) % SPAN;
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
 }
 
-/// A loopback UDP port nobody uses right now.
+/// A loopback TCP port nobody listens on right now, and that no other caller in this
+/// process was given.
+pub fn free_tcp_port() -> u16 {
+    next_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A loopback UDP port nobody uses right now, and that no other caller in this process was
+/// given.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    next_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
 }
 
 /// An HTTP answer as curl saw it.
