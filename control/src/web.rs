@@ -166,9 +166,9 @@ fn current<B>(control: &Control, request: &Request<B>) -> Result<Option<Visitor>
 
 /// A page behind a session, rendered from the visitor and the store's state; without a
 /// session, the way to the login.
-fn session_page(
+fn session_page<B>(
     control: &Control,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     render: impl FnOnce(&Visitor, &crate::model::State) -> (u16, Markup),
 ) -> Response<Body> {
     let visitor = match current(control, request) {
@@ -239,17 +239,9 @@ impl Refusal {
     }
 }
 
-/// The administrator behind a state-changing form, checked against the session's token.
+/// The administrator behind a state-changing form (see [`acting_self`]).
 fn acting_admin(control: &Control, request: &Request<()>, form: &Form) -> Result<Visitor, Refusal> {
-    let visitor = current(control, request)
-        .map_err(Refusal::Failed)?
-        .ok_or(Refusal::NoSession)?;
-    let sent = text(form, "csrf");
-    if !sessions::same_secret(sent, &visitor.session.csrf) {
-        return Err(Refusal::Forbidden(
-            "the form's token is wrong; reload the page",
-        ));
-    }
+    let visitor = acting_self(control, request, form)?;
     if visitor.user.role != Role::Admin {
         return Err(Refusal::Forbidden("only administrators may do this"));
     }
@@ -706,7 +698,7 @@ fn account_page<B>(
     )
 }
 
-/// The visitor behind a form about their own account, checked against the session's token.
+/// The logged-in visitor behind a state-changing form, checked against the session's token.
 fn acting_self(control: &Control, request: &Request<()>, form: &Form) -> Result<Visitor, Refusal> {
     let visitor = current(control, request)
         .map_err(Refusal::Failed)?
@@ -1009,29 +1001,18 @@ fn certificates_page<B>(
     request: &Request<B>,
     upload_error: Option<&str>,
 ) -> Response<Body> {
-    let visitor = match current(control, request) {
-        Ok(Some(visitor)) => visitor,
-        Ok(None) => return redirect("/login"),
-        Err(e) => return failure(&e),
-    };
-    match control.store.state() {
-        Ok(mut state) => {
-            state
-                .certificates
-                .sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
-            html(
-                if upload_error.is_some() { 400 } else { 200 },
-                pages::certificates::page(
-                    &visitor.user,
-                    &visitor.session.csrf,
-                    &state.certificates,
-                    upload_error,
-                    auth::unix_now(),
-                ),
-            )
-        }
-        Err(e) => failure(&e),
-    }
+    session_page(control, request, |visitor, state| {
+        let mut certificates: Vec<&crate::model::CertRecord> = state.certificates.iter().collect();
+        certificates.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
+        let page = pages::certificates::page(
+            &visitor.user,
+            &visitor.session.csrf,
+            &certificates,
+            upload_error,
+            auth::unix_now(),
+        );
+        (if upload_error.is_some() { 400 } else { 200 }, page)
+    })
 }
 
 fn upload_certificate(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
@@ -1223,21 +1204,16 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
 }
 
 fn logout(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
-    let token = sessions::token_from_cookies(request.headers().get(COOKIE));
-    if let Some(token) = token {
-        match control.store.session(token) {
-            Ok(Some((session, _))) => {
-                let sent = text(&form, "csrf");
-                if !sessions::same_secret(sent, &session.csrf) {
-                    return respond(403, "text/plain", "refused: the form's token is wrong\n");
-                }
-                if let Err(e) = control.store.delete_session(token) {
-                    return failure(&e);
-                }
+    match acting_self(control, request, &form) {
+        Ok(_) => {
+            let token = sessions::token_from_cookies(request.headers().get(COOKIE)).unwrap_or("");
+            if let Err(e) = control.store.delete_session(token) {
+                return failure(&e);
             }
-            Ok(None) => {}
-            Err(e) => return failure(&e),
         }
+        // Already logged out (or the session expired): only the cookie is left to clear.
+        Err(Refusal::NoSession) => {}
+        Err(refusal) => return refusal.response(),
     }
     let mut response = redirect("/login");
     set_cookie(

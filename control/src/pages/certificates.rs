@@ -9,7 +9,7 @@ use maud::{html, Markup};
 pub fn page(
     user: &UserRecord,
     csrf: &str,
-    certificates: &[CertRecord],
+    certificates: &[&CertRecord],
     upload_error: Option<&str>,
     now: u64,
 ) -> Markup {
