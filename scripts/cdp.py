@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """A small headless-Chromium driver over the DevTools protocol, standard library only.
 
-    scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR [AGENT_COMMAND TARGET CHECK_COMMAND]
+    scripts/cdp.py walk CONTROL_URL SETUP_CODE OUT_DIR [AGENT_COMMAND TARGET CHECK_COMMAND [TUNNEL_URL]]
 
 walks Control's first-run path as a person does it in a browser (setup page, dashboard,
-log out, log in, an agent enrolled in the form, a tunnel made in the form, the tunnels list and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
+log out, log in, an agent enrolled in the form, a tunnel made in the form, the tunnels list
+and its filter) and saves a screenshot of each page as OUT_DIR/<page>.png, at a laptop
 width and at a phone width. It fails (exit 1) when a page does not show what it should.
 
 With AGENT_COMMAND (a shell command in which {api_key} is replaced by the key the page shows),
 TARGET and CHECK_COMMAND, it goes on as the seed's use case 5 does: it starts the real agent
 with the key from the page, waits until the agents page shows it online, creates a tunnel to
 TARGET in the form, and waits until CHECK_COMMAND (a request through the gateway) succeeds.
+With TUNNEL_URL (that tunnel's https://host:port), it then protects the tunnel in its
+access page and opens it as a visitor: through Control's login, then with the password.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
 
@@ -117,7 +120,9 @@ def browser():
     if not binary:
         sys.exit("cdp.py: chromium is not installed (scripts/install-deps installs it)")
     process = subprocess.Popen(
+        # The walk's gateway serves certificates from Control's internal CA.
         [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--ignore-certificate-errors",
          "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port_file = os.path.join(profile, "DevToolsActivePort")
@@ -146,7 +151,38 @@ def wait_for(what, check, seconds=30):
     sys.exit(f"cdp.py: {what} did not happen within {seconds} s")
 
 
-def walk(control, code, out, agent_command=None, target=None, check_command=None):
+def protect(page, control, tunnel_url, shoot):
+    """Protect the walk's tunnel in its access page, then open it as a visitor: through
+    Control's login (the browser already has a Control session), and with the password."""
+    page.go(control + "/tunnels")
+    page.js("[...document.querySelectorAll('tr')].find(r => r.innerText.includes('hello.localhost'))"
+            ".querySelector('a[href$=\"/access\"]').click()")
+    page.settle()
+    expect(page, "Who may open hello.localhost", "a tunnel's access page")
+    page.submit({"users": "admin", "password": "pin 2468", "bypass": "/health"},
+                form="form[action$='/access']")
+    expect(page, "empty keeps the current one", "saved access rules")
+    shoot("tunnel-access")
+
+    def private():
+        page.go(tunnel_url + "/")
+        return "is private" in (page.js("document.body.innerText") or "")
+    wait_for("the gateway asking for a login", private, seconds=10)
+    shoot("tunnel-login")
+    page.js("document.querySelector('a[href*=\"/access?\"]').click()")
+    page.settle()
+    expect(page, '"user":"admin"', "a Control login opens the tunnel, and the origin is told who")
+    page.go(tunnel_url + "/.kakuremichi/logout")
+    expect(page, "logged out", "logging out of the tunnel")
+    page.go(tunnel_url + "/")
+    page.submit({"password": "not it"}, form="form")
+    expect(page, "not right", "a wrong tunnel password is refused")
+    page.submit({"password": "pin 2468"}, form="form")
+    expect(page, '"origin":"demo"', "the tunnel password opens the tunnel")
+
+
+def walk(control, code, out, agent_command=None, target=None, check_command=None,
+         tunnel_url=None):
     process, profile, page = browser()
     processes = []
     try:
@@ -207,6 +243,14 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
                      lambda: subprocess.run(check_command, shell=True, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL).returncode == 0)
             shots.append("use case 5: agent online, tunnel answers through the gateway")
+        if tunnel_url:
+            protect(page, control, tunnel_url, shoot)
+            shots.append("issue 10: a Control login and a password open a protected tunnel")
+        page.go(control + "/agents")
+        page.js("[...document.querySelectorAll('td a')].find(a => a.innerText == 'garage-pi').click()")
+        page.settle()
+        expect(page, "Rotate API key", "an agent's own page")
+        shoot("agent")
         page.go(control + "/tunnels/new")
         expect(page, "New tunnel", "the new-tunnel form")
         page.submit({"hostname": "not a hostname!", "target": "127.0.0.1:8080"})
@@ -249,6 +293,6 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (5, 8) or sys.argv[1] != "walk":
+    if len(sys.argv) not in (5, 8, 9) or sys.argv[1] != "walk":
         sys.exit(__doc__)
     walk(sys.argv[2].rstrip("/"), *sys.argv[3:])

@@ -47,11 +47,7 @@ fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     if let Some(Command::Healthcheck(_)) = args.command {
-        if let Err(why) = kakuremichi_agent::status::healthcheck(args.status_listen) {
-            eprintln!("unhealthy: {why}");
-            std::process::exit(1);
-        }
-        return Ok(());
+        kakuremichi_rt::stop::healthcheck_and_exit(args.status_listen);
     }
     let settings = kakuremichi_agent::Settings {
         control: ControlSettings::from_flags_or_env(
@@ -64,6 +60,6 @@ fn main() -> anyhow::Result<()> {
         status_listen: args.status_listen,
         wireguard_bind: args.wireguard_bind,
     };
-    smol::block_on(kakuremichi_agent::run(settings))?;
+    kakuremichi_rt::stop::run_until_stopped(kakuremichi_agent::run(settings))?;
     Ok(())
 }

@@ -1,12 +1,9 @@
-//! The loopback status listener, and `healthcheck`, its client for images without curl.
+//! The loopback status listener (`healthcheck` probes it through `kakuremichi_rt::stop`).
 
 use crate::Agent;
 use hyper::Response;
 use kakuremichi_rt::http::{health_endpoints, respond, Body};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// Answer one status request.
 pub fn handle(agent: &Agent, path: &str) -> Response<Body> {
@@ -63,22 +60,4 @@ fn metrics(agent: &Agent) -> String {
     ));
     text.push_str(&agent.link.metrics("kakuremichi_agent"));
     text
-}
-
-/// Ask the status listener at `addr` whether the agent is alive: `Ok` on a 200 from
-/// `/healthz`, otherwise why not.
-pub fn healthcheck(addr: SocketAddr) -> Result<(), String> {
-    let timeout = Duration::from_secs(3);
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
-    match &head[9..12] {
-        b"200" => Ok(()),
-        status => Err(format!("status {}", String::from_utf8_lossy(status))),
-    }
 }

@@ -1,6 +1,7 @@
 //! The REST API under `/api/v1`: admin-token authenticated JSON. Input is parsed field by
 //! field so an error names the field; nothing is written unless the whole request is valid.
 
+use crate::access::TunnelAccess;
 use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
@@ -73,6 +74,20 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         (Method::POST, ["gateways"]) => {
             create_node(control, NodeKind::Gateway, read_json(request).await?)
         }
+        (method, [kind @ ("agents" | "gateways"), id, rest @ ..]) => {
+            let kind = if *kind == "agents" {
+                NodeKind::Agent
+            } else {
+                NodeKind::Gateway
+            };
+            let id = id.to_string();
+            let action = match rest {
+                [] => String::new(),
+                [action] => action.to_string(),
+                _ => return Err(Error::not_found("endpoint", &path)),
+            };
+            change_node(control, kind, &id, method, &action, request).await
+        }
         (Method::GET, ["tunnels"]) => {
             let state = control.store.state()?;
             Ok((
@@ -81,18 +96,11 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             ))
         }
         (Method::POST, ["tunnels"]) => create_tunnel(control, read_json(request).await?),
-        (Method::GET, ["tunnels", id]) => {
-            let state = control.store.state()?;
-            let tunnel = state
-                .tunnels
-                .iter()
-                .find(|t| t.id == *id)
-                .ok_or_else(|| Error::not_found("tunnel", id))?;
-            Ok((200, tunnel_json(tunnel)))
-        }
+        (Method::GET, ["tunnels", id]) => Ok((200, tunnel_json(&find_tunnel(control, id)?))),
         (Method::PATCH, ["tunnels", id]) => {
-            let id = id.to_string();
-            let patch = parse_patch(read_json(request).await?)?;
+            let current = find_tunnel(control, id)?;
+            let patch = parse_patch(read_json(request).await?, &current)?;
+            let id = current.id;
             let tunnel = control.store.update_tunnel(&id, patch)?;
             control.hub.notify_all();
             Ok((200, tunnel_json(&tunnel)))
@@ -101,6 +109,33 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             control.store.delete_tunnel(id)?;
             control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
+        }
+        (Method::GET, ["tunnels", id, "service-tokens"]) => {
+            let tunnel = find_tunnel(control, id)?;
+            Ok((200, tunnel.access.to_json()["service_tokens"].clone()))
+        }
+        (Method::POST, ["tunnels", id, "service-tokens"]) => {
+            let id = id.to_string();
+            let mut fields = read_json(request).await?;
+            let name = fields.required("name")?;
+            fields.finish()?;
+            let (record, token) = control.store.add_service_token(&id, &name)?;
+            control.hub.notify_all();
+            let body = json!({
+                "id": record.id, "name": record.name, "created_at": record.created_at,
+                "token": token,
+            });
+            Ok((201, body))
+        }
+        (Method::DELETE, ["tunnels", id, "service-tokens", token_id]) => {
+            control.store.revoke_service_token(id, token_id)?;
+            control.hub.notify_all();
+            Ok((200, json!({ "revoked": token_id })))
+        }
+        (Method::POST, ["access", "rotate-keys"]) => {
+            control.store.rotate_access_keys()?;
+            control.hub.notify_all();
+            Ok((200, json!({ "rotated": true })))
         }
         (Method::GET, ["tokens"]) => Ok((
             200,
@@ -115,7 +150,11 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             200,
             Value::Array(control.store.users()?.iter().map(user_json).collect()),
         )),
-        (Method::POST, ["users"]) => create_user(control, read_json(request).await?),
+        (Method::POST, ["users"]) => {
+            let created = create_user(control, read_json(request).await?);
+            control.hub.notify_all();
+            created
+        }
         (Method::PATCH, ["users", id]) => {
             let id = id.to_string();
             let mut fields = read_json(request).await?;
@@ -131,10 +170,12 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
                 user.disabled = disabled.unwrap_or(user.disabled);
                 user.role = role.unwrap_or(user.role);
             })?;
+            control.hub.notify_all();
             Ok((200, user_json(&user)))
         }
         (Method::DELETE, ["users", id]) => {
             control.store.delete_user(id)?;
+            control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
         (Method::GET, ["certificates"]) => {
@@ -149,11 +190,21 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             let record = control.store.retry_certificate(hostname)?;
             Ok((200, certificate_json(&record)))
         }
-        (_, ["agents" | "gateways" | "tunnels" | "certificates" | "tokens" | "users", ..]) => {
-            Err(Error::invalid("method", "not allowed on this resource"))
-        }
+        (
+            _,
+            ["agents" | "gateways" | "tunnels" | "certificates" | "tokens" | "users" | "access", ..],
+        ) => Err(Error::invalid("method", "not allowed on this resource")),
         _ => Err(Error::not_found("endpoint", &path)),
     }
+}
+
+fn find_tunnel(control: &Control, id: &str) -> Result<TunnelRecord, Error> {
+    let state = control.store.state()?;
+    state
+        .tunnels
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| Error::not_found("tunnel", id))
 }
 
 async fn read_json(request: Request<Incoming>) -> Result<Fields, Error> {
@@ -183,6 +234,9 @@ async fn read_json(request: Request<Incoming>) -> Result<Fields, Error> {
 struct Fields(Map<String, Value>);
 
 impl Fields {
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.0.remove(name).filter(|value| !value.is_null())
+    }
     fn string(&mut self, name: &str) -> Result<Option<String>, Error> {
         match self.0.remove(name) {
             None | Some(Value::Null) => Ok(None),
@@ -256,6 +310,14 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
             .ok_or_else(|| Error::invalid("target", "is required"))?,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
         issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
+        access: match fields.take("access") {
+            Some(value) => {
+                let mut access = TunnelAccess::default();
+                access.apply_json(&value)?;
+                access
+            }
+            None => TunnelAccess::default(),
+        },
     };
     check_kind(&mut fields)?;
     fields.finish()?;
@@ -264,13 +326,22 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
     Ok((201, tunnel_json(&tunnel)))
 }
 
-fn parse_patch(mut fields: Fields) -> Result<TunnelPatch, Error> {
+/// A tunnel change; an `access` object changes the rules it names on top of `current`.
+fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch, Error> {
     let patch = TunnelPatch {
         hostname: fields.parsed("hostname")?,
         agent_id: fields.string("agent")?,
         target: fields.parsed("target")?,
         enabled: fields.boolean("enabled")?,
         issuer: fields.parsed("issuer")?,
+        access: match fields.take("access") {
+            Some(value) => {
+                let mut access = current.access.clone();
+                access.apply_json(&value)?;
+                Some(access)
+            }
+            None => None,
+        },
     };
     check_kind(&mut fields)?;
     fields.finish()?;
@@ -341,15 +412,67 @@ fn create_node(
     crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
     fields.finish()?;
     let (record, api_key) = control.store.create_node(kind, name)?;
-    let mut body = node_json(control, &record);
+    control.hub.notify_all();
+    Ok((201, with_key(control, &record, &api_key)))
+}
+
+/// One node of `kind`: read it, rename or enable/disable it (`PATCH`), rotate its key or
+/// delete it.
+async fn change_node(
+    control: &Control,
+    kind: NodeKind,
+    id: &str,
+    method: Method,
+    action: &str,
+    request: Request<Incoming>,
+) -> Result<(u16, Value), Error> {
+    let state = control.store.state()?;
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.id == id && n.kind == kind)
+        .ok_or_else(|| Error::not_found(kind.as_str(), id))?;
+    let (status, body) = match (method, action) {
+        (Method::GET, "") => return Ok((200, node_json(control, node))),
+        (Method::PATCH, "") => {
+            let mut fields = read_json(request).await?;
+            let name = fields.string("name")?;
+            if let Some(name) = &name {
+                crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
+            }
+            let enabled = fields.boolean("enabled")?;
+            fields.finish()?;
+            let node = control.store.update_node(id, |node| {
+                node.name = name.unwrap_or_else(|| node.name.clone());
+                node.disabled = enabled.map_or(node.disabled, |enabled| !enabled);
+            })?;
+            (200, node_json(control, &node))
+        }
+        (Method::POST, "rotate-key") => {
+            let (node, api_key) = control.store.rotate_node_key(id)?;
+            (200, with_key(control, &node, &api_key))
+        }
+        (Method::DELETE, "") => {
+            control.store.delete_node(id)?;
+            (200, json!({ "deleted": id }))
+        }
+        _ => return Err(Error::invalid("method", "not allowed on this resource")),
+    };
+    control.hub.notify_all();
+    Ok((status, body))
+}
+
+/// A node's JSON with its new API key and the install snippets that carry it: shown once.
+fn with_key(control: &Control, node: &NodeRecord, api_key: &str) -> Value {
+    let mut body = node_json(control, node);
     body["api_key"] = json!(api_key);
     body["install"] = Value::Object(
-        crate::install::snippets(kind, &control.public_url, &api_key)
+        crate::install::snippets(node.kind, &control.public_url, api_key)
             .into_iter()
             .map(|snippet| (snippet.key.to_string(), Value::String(snippet.text)))
             .collect(),
     );
-    Ok((201, body))
+    body
 }
 
 fn list_nodes(control: &Control, kind: NodeKind) -> Result<(u16, Value), Error> {
@@ -371,6 +494,7 @@ fn node_json(control: &Control, node: &NodeRecord) -> Value {
         "overlay_ip": node.overlay_ip.to_string(),
         "public_key": node.public_key.map(|k| k.to_string()),
         "version": node.version,
+        "enabled": !node.disabled,
         "online": presence.online,
         "last_seen": presence.last_seen,
         "created_at": node.created_at,
@@ -399,6 +523,7 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "service_port": tunnel.service_port,
         "enabled": tunnel.enabled,
         "issuer": tunnel.issuer.as_str(),
+        "access": tunnel.access.to_json(),
         "created_at": tunnel.created_at,
     })
 }

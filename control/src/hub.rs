@@ -15,7 +15,8 @@ struct Session {
     /// The newest config version the node said it applied.
     applied: u64,
     last_message: Instant,
-    status: NodeStatus,
+    /// The node's last report; none until its first heartbeat.
+    status: Option<NodeStatus>,
     changed: async_channel::Sender<()>,
 }
 
@@ -107,7 +108,7 @@ impl Hub {
                 kind,
                 applied: 0,
                 last_message: Instant::now(),
-                status: NodeStatus::default(),
+                status: None,
                 changed: tx,
             },
         );
@@ -141,7 +142,7 @@ impl Hub {
         Presence {
             online: live.is_some(),
             last_seen: sessions.last_seen.get(node_id).copied(),
-            status: live.map(|s| s.status.clone()),
+            status: live.and_then(|s| s.status.clone()),
             applied: live.map(|s| s.applied),
         }
     }
@@ -173,7 +174,7 @@ impl SessionHandle {
             return;
         };
         session.last_message = Instant::now();
-        if let Some(status) = status {
+        if status.is_some() {
             session.status = status;
         }
         let node_id = session.node_id.clone();

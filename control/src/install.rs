@@ -16,7 +16,18 @@ pub struct Snippet {
 pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet> {
     let kind = kind.as_str();
     let binary = format!("kakuremichi-{kind}");
-    vec![
+    let mut snippets = Vec::new();
+    if kind == "agent" {
+        snippets.push(Snippet {
+            key: "one_line",
+            title: "One-line install (Linux, OpenWrt; x86_64 and aarch64)",
+            text: format!(
+                "curl -fsSL {}/install.sh | sh -s -- {api_key}",
+                control_url.trim_end_matches('/')
+            ),
+        });
+    }
+    snippets.extend([
         Snippet {
             key: "shell",
             title: "Shell",
@@ -33,7 +44,7 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
             key: "openwrt_uci",
             title: "OpenWrt (UCI)",
             text: format!(
-                "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi"
+                "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.enabled='1'\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi\n/etc/init.d/kakuremichi restart"
             ),
         },
         Snippet {
@@ -43,5 +54,6 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
                 "[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironment=CONTROL_URL={control_url}\nEnvironment=API_KEY={api_key}\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\n\n[Install]\nWantedBy=multi-user.target\n"
             ),
         },
-    ]
+    ]);
+    snippets
 }

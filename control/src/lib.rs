@@ -15,15 +15,18 @@
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod certs;
 pub mod error;
 pub mod hub;
 pub mod install;
+pub mod join;
 pub mod model;
 pub mod openapi;
 pub mod pages;
+pub mod releases;
 pub mod server;
 pub mod session;
 pub mod store;
@@ -48,9 +51,11 @@ pub struct Control {
     /// While no user exists: the code the setup page asks for, printed in the log.
     pub setup_code: std::sync::Mutex<Option<String>>,
     /// Failed logins, by account and by address.
-    pub throttle: std::sync::Mutex<auth::throttle::Throttle>,
+    pub throttle: std::sync::Mutex<kakuremichi_proto::throttle::Throttle>,
     /// How long browser sessions live.
     pub session_limits: auth::sessions::SessionLimits,
+    /// Agent binaries served for one-line installs.
+    pub releases: Vec<releases::Release>,
 }
 
 impl Control {
@@ -81,7 +86,7 @@ impl Control {
     }
 
     /// The login throttle (a plain counter table: a panic elsewhere leaves it usable).
-    pub fn throttle(&self) -> std::sync::MutexGuard<'_, auth::throttle::Throttle> {
+    pub fn throttle(&self) -> std::sync::MutexGuard<'_, kakuremichi_proto::throttle::Throttle> {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -112,6 +117,11 @@ pub struct Settings {
     pub heartbeat: std::time::Duration,
     /// How long browser sessions live.
     pub session_limits: auth::sessions::SessionLimits,
+    /// Agent binaries for one-line installs (`--release-dir`).
+    pub release_dir: Option<std::path::PathBuf>,
+    /// Where to keep a gateway's and an agent's API keys for a one-shot deployment, and
+    /// which of the two kinds to enrol there.
+    pub join_dir: Option<(std::path::PathBuf, Vec<kakuremichi_proto::ids::NodeKind>)>,
 }
 
 /// Open the store and serve until the process ends.
@@ -156,6 +166,13 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     {
         store.put_meta(store::CONTROL_ROUTE, &control_route)?;
     }
+    let releases = match &settings.release_dir {
+        Some(dir) => releases::scan(dir)?,
+        None => Vec::new(),
+    };
+    if let Some((dir, kinds)) = &settings.join_dir {
+        join::prepare(&store, dir, kinds)?;
+    }
     let setup_code = match store.user_count()? {
         0 => {
             let code = auth::new_secret("setup");
@@ -163,6 +180,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 "first run: no user yet. Open {public_url}/setup and enter setup code {code} \
                  (or run: kakuremichi-control user add --admin NAME)"
             );
+            if let Some((dir, _)) = &settings.join_dir {
+                join::write_setup(dir, &public_url, &code)?;
+            }
             Some(code)
         }
         _ => None,
@@ -176,6 +196,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         setup_code: std::sync::Mutex::new(setup_code),
         throttle: Default::default(),
         session_limits: settings.session_limits,
+        releases,
     });
     futures_lite::future::or(
         futures_lite::future::or(

@@ -52,6 +52,17 @@ struct Args {
     /// seconds a browser session lives at most after login (default 604800, 7 days)
     #[argh(option, default = "604_800")]
     session_max_secs: u64,
+    /// directory shared with a one-shot deployment's nodes: Control writes a gateway's and
+    /// an agent's API keys there (gateway.key, agent.key; see README's docker-compose)
+    #[argh(option)]
+    join_dir: Option<PathBuf>,
+    /// directory of agent binaries (kakuremichi-agent-x86_64, kakuremichi-agent-aarch64)
+    /// served with /install.sh for one-line installs
+    #[argh(option)]
+    release_dir: Option<PathBuf>,
+    /// which nodes --join-dir enrols: gateway, agent or both, comma-separated (default both)
+    #[argh(option, default = "String::from(\"gateway,agent\")")]
+    join: String,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -61,7 +72,13 @@ struct Args {
 enum Command {
     Token(TokenCommand),
     User(UserCommand),
+    Healthcheck(Healthcheck),
 }
+
+/// exit 0 if Control at --listen answers /healthz with 200, else 1
+#[derive(FromArgs)]
+#[argh(subcommand, name = "healthcheck")]
+struct Healthcheck {}
 
 /// manage the people who log in to Control's pages
 #[derive(FromArgs)]
@@ -115,32 +132,52 @@ struct TokenCreate {
     name: String,
 }
 
+/// The node kinds of `--join`.
+fn join_kinds(list: &str) -> anyhow::Result<Vec<kakuremichi_proto::ids::NodeKind>> {
+    use kakuremichi_proto::ids::NodeKind;
+    list.split(',')
+        .map(|kind| match kind.trim() {
+            "gateway" => Ok(NodeKind::Gateway),
+            "agent" => Ok(NodeKind::Agent),
+            other => anyhow::bail!("--join: {other:?} is not gateway or agent"),
+        })
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     match args.command {
-        None => smol::block_on(kakuremichi_control::run(kakuremichi_control::Settings {
-            data_dir: args.data_dir,
-            listen: args.listen,
-            overlay: args.overlay_cidr,
-            public_url: args.public_url,
-            acme: args.acme_directory.map(|directory| {
-                kakuremichi_control::certs::acme::AcmeSettings {
-                    directory,
-                    email: args.acme_email,
-                    extra_roots: args.acme_ca_bundle,
-                    challenge: args.acme_challenge,
-                }
-            }),
-            default_issuer: args.default_issuer,
-            control_hostname: args.control_hostname,
-            control_upstream: args.control_upstream,
-            heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
-            session_limits: kakuremichi_control::auth::sessions::SessionLimits {
-                idle_secs: args.session_idle_secs.max(1),
-                absolute_secs: args.session_max_secs.max(1),
+        Some(Command::Healthcheck(_)) => kakuremichi_rt::stop::healthcheck_and_exit(args.listen),
+        None => kakuremichi_rt::stop::run_until_stopped(kakuremichi_control::run(
+            kakuremichi_control::Settings {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                overlay: args.overlay_cidr,
+                public_url: args.public_url,
+                acme: args.acme_directory.map(|directory| {
+                    kakuremichi_control::certs::acme::AcmeSettings {
+                        directory,
+                        email: args.acme_email,
+                        extra_roots: args.acme_ca_bundle,
+                        challenge: args.acme_challenge,
+                    }
+                }),
+                default_issuer: args.default_issuer,
+                control_hostname: args.control_hostname,
+                control_upstream: args.control_upstream,
+                heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+                session_limits: kakuremichi_control::auth::sessions::SessionLimits {
+                    idle_secs: args.session_idle_secs.max(1),
+                    absolute_secs: args.session_max_secs.max(1),
+                },
+                release_dir: args.release_dir,
+                join_dir: match args.join_dir {
+                    Some(dir) => Some((dir, join_kinds(&args.join)?)),
+                    None => None,
+                },
             },
-        }))?,
+        ))?,
         Some(Command::User(UserCommand {
             action: UserAction::Add(add),
         })) => {

@@ -1,6 +1,8 @@
 //! What Control stores, and the pure rules over it: overlay address and service port
 //! allocation, and each node's config snapshot.
 
+use crate::access::{Keyring, TunnelAccess};
+use crate::auth::UserRecord;
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PeerConfig, Service,
@@ -29,6 +31,10 @@ pub struct NodeRecord {
     /// The node process's instance, from its last hello.
     #[serde(default)]
     pub instance: u64,
+    /// A disabled node keeps its session (so enabling it again takes effect at once) but is
+    /// given nothing to serve, and no other node peers with it.
+    #[serde(default)]
+    pub disabled: bool,
     pub created_at: u64,
 }
 
@@ -44,6 +50,9 @@ pub struct TunnelRecord {
     /// Who issues the hostname's certificate; `none` serves plain HTTP.
     #[serde(default)]
     pub issuer: Issuer,
+    /// Who may open it; empty is public.
+    #[serde(default)]
+    pub access: TunnelAccess,
     pub created_at: u64,
 }
 
@@ -180,6 +189,10 @@ pub struct State {
     pub fallback_certificate: Option<CertificateBundle>,
     /// Control's own hostname on gateways, with the issuer of its certificate.
     pub control_route: Option<(ControlRoute, Issuer)>,
+    /// Every account: tunnels' access rules name users and roles.
+    pub users: Vec<UserRecord>,
+    /// The keys that sign tunnel logins.
+    pub keyring: Keyring,
 }
 
 /// An admin API token (hash only).
@@ -248,9 +261,17 @@ pub fn allocate_service_port(tunnels: &[TunnelRecord], agent_id: &str) -> Option
     (FIRST_SERVICE_PORT..=u16::MAX).find(|p| !used.contains(p))
 }
 
-/// The configuration `node` should run, given everything in the store; both ends of its
-/// session heartbeat every `heartbeat`.
-pub fn snapshot(state: &State, node: &NodeRecord, heartbeat: Duration) -> ConfigSnapshot {
+/// What a snapshot needs beyond the store.
+#[derive(Clone, Debug)]
+pub struct SnapshotSettings {
+    /// Both ends of a node session heartbeat this often.
+    pub heartbeat: Duration,
+    /// Control's page where browsers log in to tunnels open to Control users.
+    pub access_login_url: Option<String>,
+}
+
+/// The configuration `node` should run, given everything in the store.
+pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -> ConfigSnapshot {
     let (nodes, tunnels) = (&state.nodes, &state.tunnels);
     // Agents peer with every gateway and gateways with every agent; never agent to agent.
     let peer_kind = match node.kind {
@@ -259,7 +280,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, heartbeat: Duration) -> Config
     };
     let peers = nodes
         .iter()
-        .filter(|n| n.kind == peer_kind)
+        .filter(|n| n.kind == peer_kind && !n.disabled && !node.disabled)
         .filter_map(|n| {
             Some(PeerConfig {
                 node_id: n.id.clone(),
@@ -270,18 +291,19 @@ pub fn snapshot(state: &State, node: &NodeRecord, heartbeat: Duration) -> Config
             })
         })
         .collect();
-    let enabled = tunnels.iter().filter(|t| t.enabled);
+    let enabled = tunnels.iter().filter(|t| t.enabled && !node.disabled);
     let (routes, services) = match node.kind {
         NodeKind::Gateway => (
             enabled
                 .filter_map(|t| {
-                    let agent = nodes.iter().find(|n| n.id == t.agent_id)?;
+                    let agent = nodes.iter().find(|n| n.id == t.agent_id && !n.disabled)?;
                     Some(HttpRoute {
                         tunnel_id: t.id.clone(),
                         hostname: t.hostname.clone(),
                         agent_ip: agent.overlay_ip,
                         service_port: t.service_port,
                         https: t.issuer != Issuer::None,
+                        access: t.access.policy(&state.users),
                     })
                 })
                 .collect(),
@@ -322,7 +344,15 @@ pub fn snapshot(state: &State, node: &NodeRecord, heartbeat: Duration) -> Config
             NodeKind::Gateway => state.control_route.as_ref().map(|(route, _)| route.clone()),
             NodeKind::Agent => None,
         },
-        heartbeat_interval_ms: heartbeat.as_millis() as u64,
+        access_keys: match node.kind {
+            NodeKind::Gateway => state
+                .keyring
+                .for_gateways(settings.access_login_url.clone())
+                .inspect_err(|e| log::error!("access keys: {e}"))
+                .ok(),
+            NodeKind::Agent => None,
+        },
+        heartbeat_interval_ms: settings.heartbeat.as_millis() as u64,
     }
 }
 
@@ -378,6 +408,7 @@ mod tests {
             version: None,
             wireguard_endpoint: (kind == NodeKind::Gateway).then(|| "gw:51820".into()),
             instance: 0,
+            disabled: false,
             created_at: 0,
         }
     }
@@ -391,7 +422,31 @@ mod tests {
             service_port: port,
             enabled,
             issuer: Issuer::Acme,
+            access: TunnelAccess::default(),
             created_at: 0,
+        }
+    }
+
+    /// A store's state with these nodes and tunnels and nothing else.
+    fn state(overlay: OverlayNet, nodes: Vec<NodeRecord>, tunnels: Vec<TunnelRecord>) -> State {
+        State {
+            revision: 5,
+            overlay,
+            nodes,
+            tunnels,
+            certificates: vec![],
+            challenges: vec![],
+            fallback_certificate: None,
+            control_route: None,
+            users: vec![],
+            keyring: Keyring::generate().unwrap(),
+        }
+    }
+
+    fn settings() -> SnapshotSettings {
+        SnapshotSettings {
+            heartbeat: HEARTBEAT_INTERVAL,
+            access_login_url: None,
         }
     }
 
@@ -425,17 +480,8 @@ mod tests {
             tunnel("t2", "a2", 20000, true),
             tunnel("t3", "a1", 20001, false),
         ];
-        let state = State {
-            revision: 5,
-            overlay: net,
-            nodes: nodes.clone(),
-            tunnels,
-            certificates: vec![],
-            challenges: vec![],
-            fallback_certificate: None,
-            control_route: None,
-        };
-        let a1 = snapshot(&state, &nodes[1], HEARTBEAT_INTERVAL);
+        let state = state(net, nodes.clone(), tunnels);
+        let a1 = snapshot(&state, &nodes[1], &settings());
         assert_eq!(
             a1.peers
                 .iter()
@@ -446,7 +492,7 @@ mod tests {
         assert_eq!(a1.services.len(), 1);
         assert_eq!(a1.services[0].tunnel_id, "t1");
         assert!(a1.routes.is_empty());
-        let gw = snapshot(&state, &nodes[0], HEARTBEAT_INTERVAL);
+        let gw = snapshot(&state, &nodes[0], &settings());
         // a3 has not said hello (no key): not a peer yet.
         assert_eq!(
             gw.peers
@@ -464,6 +510,42 @@ mod tests {
             ["t1", "t2"]
         );
         assert_eq!(allocate_service_port(&state.tunnels, "a1"), Some(20002));
+    }
+
+    fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+        items.iter().map(|item| id(item).to_string()).collect()
+    }
+
+    #[test]
+    fn disabled_nodes_serve_nothing_and_nobody_peers_with_them() {
+        let mut nodes = vec![
+            node("gw1", NodeKind::Gateway, 1, Some(1)),
+            node("gw2", NodeKind::Gateway, 2, Some(2)),
+            node("a1", NodeKind::Agent, 3, Some(3)),
+            node("a2", NodeKind::Agent, 4, Some(4)),
+        ];
+        nodes[1].disabled = true;
+        nodes[3].disabled = true;
+        let tunnels = vec![
+            tunnel("t1", "a1", 20000, true),
+            tunnel("t2", "a2", 20000, true),
+        ];
+        let state = state("10.77.0.0/16".parse().unwrap(), nodes.clone(), tunnels);
+        let peer_ids = |i: usize| {
+            let config = snapshot(&state, &nodes[i], &settings());
+            ids(&config.peers, |p| &p.node_id)
+        };
+        // The enabled gateway routes only the enabled agent's tunnel, and peers only with it.
+        let gw1 = snapshot(&state, &nodes[0], &settings());
+        assert_eq!(ids(&gw1.routes, |r| &r.tunnel_id), ["t1"]);
+        assert_eq!(peer_ids(0), ["a1"]);
+        // The disabled gateway routes nothing and peers with nobody; no agent peers with it.
+        let gw2 = snapshot(&state, &nodes[1], &settings());
+        assert!(gw2.routes.is_empty() && gw2.peers.is_empty());
+        assert_eq!(peer_ids(2), ["gw1"]);
+        // The disabled agent offers no services and peers with nobody.
+        let a2 = snapshot(&state, &nodes[3], &settings());
+        assert!(a2.services.is_empty() && a2.peers.is_empty());
     }
 }
 

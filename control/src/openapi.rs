@@ -33,15 +33,39 @@ fn id_parameter() -> Value {
     json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }])
 }
 
+/// One node (`kind` with its article): read, rename or disable, delete.
+fn node_paths(kind: &str, patch: &Value) -> Value {
+    json!({
+        "parameters": id_parameter(),
+        "get": operation(&format!("{kind} with its state"), None, false),
+        "patch": operation(&format!("rename, disable or enable {kind}"), Some(patch.clone()), false),
+        "delete": operation(&format!("delete {kind} (its key stops working at once)"), None, false),
+    })
+}
+
+fn rotate_key_path(kind: &str) -> Value {
+    json!({
+        "parameters": id_parameter(),
+        "post": operation(&format!("give {kind} a new API key, shown once; the old key stops working"), None, false),
+    })
+}
+
 /// The document, with `server` as the base URL.
 pub fn document(server: &str) -> Value {
     let string = json!({ "type": "string" });
     let boolean = json!({ "type": "boolean" });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
     let node = object(json!({ "name": string }), &[]);
+    let node_patch = object(json!({ "name": string, "enabled": boolean }), &[]);
     let tunnel_fields = json!({
         "hostname": string, "agent": string, "target": string, "enabled": boolean,
         "issuer": { "enum": ["acme", "internal", "manual", "none"] },
         "kind": { "enum": ["http"] },
+        "access": object(json!({
+            "users": strings, "roles": strings, "password": { "type": ["string", "null"] },
+            "allow_ips": strings, "deny_ips": strings, "bypass": strings,
+            "session_hours": { "type": "integer", "minimum": 1 },
+        }), &[]),
     });
     json!({
         "openapi": "3.1.0",
@@ -58,6 +82,10 @@ pub fn document(server: &str) -> Value {
                 "get": operation("gateways with their state", None, false),
                 "post": operation("enrol a gateway; its API key and install snippets, once", Some(node), true),
             },
+            "/agents/{id}": node_paths("an agent", &node_patch),
+            "/agents/{id}/rotate-key": rotate_key_path("an agent"),
+            "/gateways/{id}": node_paths("a gateway", &node_patch),
+            "/gateways/{id}/rotate-key": rotate_key_path("a gateway"),
             "/tunnels": {
                 "get": operation("tunnels", None, false),
                 "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &["hostname", "agent", "target"])), true),
@@ -67,6 +95,21 @@ pub fn document(server: &str) -> Value {
                 "get": operation("one tunnel", None, false),
                 "patch": operation("change a tunnel's fields", Some(object(tunnel_fields, &[])), false),
                 "delete": operation("delete a tunnel", None, false),
+            },
+            "/tunnels/{id}/service-tokens": {
+                "parameters": id_parameter(),
+                "get": operation("a tunnel's service tokens (never the tokens themselves)", None, false),
+                "post": operation("a new service token (`Authorization: Bearer kst_…` passes the tunnel's access rules); the token, once", Some(object(json!({ "name": string }), &["name"])), true),
+            },
+            "/tunnels/{id}/service-tokens/{token_id}": {
+                "parameters": [
+                    { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "token_id", "in": "path", "required": true, "schema": { "type": "string" } },
+                ],
+                "delete": operation("revoke a service token; gateways refuse it within a second", None, false),
+            },
+            "/access/rotate-keys": {
+                "post": operation("new keys for tunnel logins: every tunnel session and login link made before is refused", None, false),
             },
             "/certificates": {
                 "get": operation("certificates by hostname, with their state", None, false),

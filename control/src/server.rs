@@ -48,6 +48,19 @@ async fn dispatch(
             Ok(ca) => respond(200, "application/x-pem-file", ca.cert_pem),
             Err(e) => api::error_response(&e),
         },
+        (&Method::GET, "/install.sh") => match control.releases.is_empty() {
+            true => respond(
+                404,
+                "text/plain",
+                "echo 'This Control serves no agent binaries (start it with --release-dir).' >&2; exit 1\n",
+            ),
+            false => respond(
+                200,
+                "text/x-shellscript; charset=utf-8",
+                crate::releases::install_script(&control.public_url, &control.releases),
+            ),
+        },
+        (&Method::GET, _) if path.starts_with("/releases/") => release(&control, path),
         (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent),
         (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway),
         _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
@@ -55,6 +68,21 @@ async fn dispatch(
             Some(response) => response,
             None => respond(404, "text/plain", "not found\n"),
         },
+    }
+}
+
+/// One agent binary for `/install.sh`.
+fn release(control: &Control, path: &str) -> Response<Body> {
+    let name = path.trim_start_matches("/releases/");
+    let Some(release) = control.releases.iter().find(|r| r.name() == name) else {
+        return respond(404, "text/plain", "no such release\n");
+    };
+    match std::fs::read(&release.path) {
+        Ok(bytes) => respond(200, "application/octet-stream", bytes),
+        Err(e) => {
+            log::error!("reading {}: {e}", release.path.display());
+            respond(500, "text/plain", "the release file is unreadable\n")
+        }
     }
 }
 
@@ -135,7 +163,7 @@ fn upgrade_node(
                 let ws =
                     WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config))
                         .await;
-                crate::session::run(control, node.id, kind, ws).await;
+                crate::session::run(control, node, ws).await;
             }
             Err(e) => log::debug!("upgrade failed: {e}"),
         }

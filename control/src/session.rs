@@ -2,13 +2,12 @@
 //! both ways until the socket closes or the node falls silent.
 
 use crate::hub::SessionHandle;
-use crate::model::snapshot;
+use crate::model::{snapshot, NodeRecord, SnapshotSettings};
 use crate::Control;
 use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
-use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{decode, encode, ControlMessage, NodeMessage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +21,18 @@ enum Event {
     Tick,
 }
 
-/// Serve one authenticated node until its socket ends.
-pub async fn run<S>(
-    control: Arc<Control>,
-    node_id: String,
-    kind: NodeKind,
-    mut ws: WebSocketStream<S>,
-) where
+/// Serve one node, authenticated as `node`, until its socket ends, the node is removed or
+/// its API key is rotated.
+pub async fn run<S>(control: Arc<Control>, node: NodeRecord, mut ws: WebSocketStream<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let NodeRecord {
+        id: node_id,
+        kind,
+        api_key_hash,
+        ..
+    } = node;
     let hello = match future::or(async { Some(ws.next().await) }, async {
         Timer::after(HELLO_TIMEOUT).await;
         None
@@ -60,7 +62,11 @@ pub async fn run<S>(
     log::info!("node {node_id} connected (version {})", hello.version);
     let session = control.hub.register(&node_id, kind);
     let mut sent_version = None;
-    if let Err(e) = push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await {
+    let credential = Credential {
+        node_id: &node_id,
+        api_key_hash: &api_key_hash,
+    };
+    if let Err(e) = push_snapshot(&control, &credential, &mut ws, &mut sent_version).await {
         log::info!("node {node_id}: {e}");
         return;
     }
@@ -88,7 +94,7 @@ pub async fn run<S>(
             Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
             Event::Received(None) => Err("disconnected".to_string()),
             Event::StoreChanged => {
-                push_snapshot(&control, &node_id, &mut ws, &mut sent_version).await
+                push_snapshot(&control, &credential, &mut ws, &mut sent_version).await
             }
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
@@ -130,9 +136,15 @@ async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
     send(ws, &ControlMessage::Heartbeat).await
 }
 
+/// Who the session speaks for, and with which key: a rotated key ends the session.
+struct Credential<'a> {
+    node_id: &'a str,
+    api_key_hash: &'a str,
+}
+
 async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     control: &Control,
-    node_id: &str,
+    credential: &Credential<'_>,
     ws: &mut WebSocketStream<S>,
     sent_version: &mut Option<u64>,
 ) -> Result<(), String> {
@@ -143,9 +155,19 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     let node = state
         .nodes
         .iter()
-        .find(|n| n.id == node_id)
+        .find(|n| n.id == credential.node_id)
         .ok_or("node was removed")?;
-    let config = snapshot(&state, node, control.hub.heartbeat());
+    if node.api_key_hash != credential.api_key_hash {
+        return Err("API key was rotated".into());
+    }
+    let settings = SnapshotSettings {
+        heartbeat: control.hub.heartbeat(),
+        access_login_url: Some(format!(
+            "{}/access",
+            control.public_url.trim_end_matches('/')
+        )),
+    };
+    let config = snapshot(&state, node, &settings);
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
     control.hub.count_push();
     *sent_version = Some(state.revision);

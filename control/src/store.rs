@@ -2,6 +2,7 @@
 //! bumps the revision, so a change is either wholly there after `kill -9` or not at all, and
 //! the revision numbers the config snapshots pushed to nodes.
 
+use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{
@@ -29,6 +30,7 @@ pub struct NewTunnel {
     pub target: Target,
     pub enabled: bool,
     pub issuer: Issuer,
+    pub access: TunnelAccess,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
@@ -39,6 +41,7 @@ pub struct TunnelPatch {
     pub target: Option<Target>,
     pub enabled: Option<bool>,
     pub issuer: Option<Issuer>,
+    pub access: Option<TunnelAccess>,
 }
 
 /// The open store.
@@ -63,6 +66,8 @@ pub struct Store {
 
 const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
+/// Meta key of the keys that sign tunnel logins.
+const ACCESS_KEYS: &str = "access_keys";
 /// Meta key of Control's built-in gateway route and its certificate issuer.
 pub const CONTROL_ROUTE: &str = "control_route";
 
@@ -135,6 +140,9 @@ impl Store {
             Some(_) => {}
             None => put(&store.meta, &mut wtxn, OVERLAY, &overlay)?,
         }
+        if get::<Keyring>(&store.meta, &wtxn, ACCESS_KEYS)?.is_none() {
+            put(&store.meta, &mut wtxn, ACCESS_KEYS, &Keyring::generate()?)?;
+        }
         wtxn.commit()?;
         Ok(store)
     }
@@ -152,6 +160,9 @@ impl Store {
             challenges: all(&self.challenges, &rtxn)?,
             fallback_certificate: get(&self.meta, &rtxn, crate::certs::internal::FALLBACK_KEY)?,
             control_route: get(&self.meta, &rtxn, CONTROL_ROUTE)?,
+            users: all(&self.users, &rtxn)?,
+            keyring: get(&self.meta, &rtxn, ACCESS_KEYS)?
+                .ok_or_else(|| Error::Store("access keys missing".into()))?,
         })
     }
 
@@ -163,10 +174,14 @@ impl Store {
     ) -> Result<T, Error> {
         let mut wtxn = self.env.write_txn()?;
         let value = change(self, &mut wtxn)?;
-        let revision: u64 = get(&self.meta, &wtxn, REVISION)?.unwrap_or(0);
-        put(&self.meta, &mut wtxn, REVISION, &(revision + 1))?;
+        self.bump_revision(&mut wtxn)?;
         wtxn.commit()?;
         Ok(value)
+    }
+
+    fn bump_revision(&self, wtxn: &mut RwTxn) -> Result<(), Error> {
+        let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
+        put(&self.meta, wtxn, REVISION, &(revision + 1))
     }
 
     /// Enrol a node. Returns its record and its API key, which is not stored.
@@ -193,6 +208,7 @@ impl Store {
                 version: None,
                 wireguard_endpoint: None,
                 instance: 0,
+                disabled: false,
                 created_at: auth::unix_now(),
             };
             put(&s.nodes, wtxn, &record.id, &record)?;
@@ -200,6 +216,63 @@ impl Store {
             Ok(record)
         })?;
         Ok((record, api_key))
+    }
+
+    /// Rename, disable or enable a node through `change`; its kind, key and address stay.
+    pub fn update_node(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut NodeRecord),
+    ) -> Result<NodeRecord, Error> {
+        self.write(|s, wtxn| {
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            change(&mut node);
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(node)
+        })
+    }
+
+    /// Give a node a new API key and forget the old one: the node's live session ends and
+    /// the old key is refused from now on. Returns the record and the new key (shown once).
+    pub fn rotate_node_key(&self, id: &str) -> Result<(NodeRecord, String), Error> {
+        let api_key = auth::new_secret("kmk");
+        let node = self.write(|s, wtxn| {
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            s.api_keys.delete(wtxn, &node.api_key_hash)?;
+            node.api_key_hash = auth::hash_secret(&api_key);
+            put(&s.api_keys, wtxn, &node.api_key_hash, &node.id)?;
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(node)
+        })?;
+        Ok((node, api_key))
+    }
+
+    /// Remove a node and its key. An agent that still carries tunnels is refused, naming them:
+    /// deleting it would silently take them down.
+    pub fn delete_node(&self, id: &str) -> Result<NodeRecord, Error> {
+        self.write(|s, wtxn| {
+            let node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            let carried: Vec<String> = all::<TunnelRecord>(&s.tunnels, wtxn)?
+                .into_iter()
+                .filter(|t| t.agent_id == id)
+                .map(|t| t.hostname.to_string())
+                .collect();
+            if !carried.is_empty() {
+                return Err(Error::conflict(
+                    "agent",
+                    format!(
+                        "it still carries {}: move or delete them first",
+                        carried.join(", ")
+                    ),
+                ));
+            }
+            s.api_keys.delete(wtxn, &node.api_key_hash)?;
+            s.nodes.delete(wtxn, id)?;
+            Ok(node)
+        })
     }
 
     /// The node an API key belongs to.
@@ -268,6 +341,7 @@ impl Store {
                 service_port,
                 enabled: new.enabled,
                 issuer: new.issuer,
+                access: new.access,
                 created_at: auth::unix_now(),
             };
             put(&s.tunnels, wtxn, &record.id, &record)?;
@@ -305,9 +379,65 @@ impl Store {
             if let Some(issuer) = patch.issuer {
                 record.issuer = issuer;
             }
+            if let Some(access) = patch.access {
+                record.access = access;
+            }
             put(&s.tunnels, wtxn, id, &record)?;
             Ok(record)
         })
+    }
+
+    /// A new service token for a tunnel: its record and the token (shown once).
+    pub fn add_service_token(
+        &self,
+        tunnel_id: &str,
+        name: &str,
+    ) -> Result<(ServiceToken, String), Error> {
+        crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
+        let token = auth::new_secret("kst");
+        let record = ServiceToken {
+            id: auth::new_id("stk"),
+            name: name.to_string(),
+            hash: auth::hash_secret(&token),
+            created_at: auth::unix_now(),
+        };
+        self.change_tunnel(tunnel_id, |tunnel| {
+            tunnel.access.service_tokens.push(record.clone());
+            Ok(())
+        })?;
+        Ok((record, token))
+    }
+
+    /// Revoke a tunnel's service token.
+    pub fn revoke_service_token(&self, tunnel_id: &str, token_id: &str) -> Result<(), Error> {
+        self.change_tunnel(tunnel_id, |tunnel| {
+            let tokens = &mut tunnel.access.service_tokens;
+            let before = tokens.len();
+            tokens.retain(|t| t.id != token_id);
+            match tokens.len() < before {
+                true => Ok(()),
+                false => Err(Error::not_found("service token", token_id)),
+            }
+        })
+    }
+
+    fn change_tunnel(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut TunnelRecord) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.write(|s, wtxn| {
+            let mut tunnel: TunnelRecord =
+                get(&s.tunnels, wtxn, id)?.ok_or_else(|| Error::not_found("tunnel", id))?;
+            change(&mut tunnel)?;
+            put(&s.tunnels, wtxn, id, &tunnel)
+        })
+    }
+
+    /// New keys for tunnel logins: every session cookie and assertion made before is refused.
+    pub fn rotate_access_keys(&self) -> Result<(), Error> {
+        let keyring = Keyring::generate()?;
+        self.write(|s, wtxn| put(&s.meta, wtxn, ACCESS_KEYS, &keyring))
     }
 
     /// Remove a tunnel.
@@ -428,9 +558,9 @@ impl Store {
         })
     }
 
-    /// Run `change` in one write transaction that leaves the revision alone: accounts and
-    /// sessions are not part of any node's configuration, and a login must not make every
-    /// node fetch its snapshot again.
+    /// Run `change` in one write transaction that leaves the revision alone: sessions and
+    /// admin tokens are not part of any node's configuration, and a login must not make every
+    /// node fetch its snapshot again. (Users are: gateways admit them to tunnels.)
     fn write_accounts<T>(
         &self,
         change: impl FnOnce(&Self, &mut RwTxn) -> Result<T, Error>,
@@ -481,7 +611,7 @@ impl Store {
         only_if_first: bool,
     ) -> Result<UserRecord, Error> {
         auth::check_user_name(name).map_err(|m| Error::invalid("name", m))?;
-        self.write_accounts(|s, wtxn| {
+        self.write(|s, wtxn| {
             if only_if_first && s.users.len(wtxn)? > 0 {
                 return Err(Error::conflict("name", "an administrator already exists"));
             }
@@ -505,7 +635,7 @@ impl Store {
     }
 
     /// Change a user with `change`; refuses a change that takes away the last enabled
-    /// administrator.
+    /// administrator. Moves the revision when the user's role or enabled state changed.
     pub fn update_user(
         &self,
         id: &str,
@@ -515,8 +645,14 @@ impl Store {
             let mut user: UserRecord =
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
             let was_admin = user.is_active_admin();
+            let admitted_as = (user.role, user.disabled);
             change(&mut user);
             put(&s.users, wtxn, id, &user)?;
+            // Tunnels' access rules admit users by name and role, unless disabled: only
+            // those changes are news for the gateways.
+            if (user.role, user.disabled) != admitted_as {
+                s.bump_revision(wtxn)?;
+            }
             if was_admin {
                 s.check_an_admin_remains(wtxn)?;
             }
@@ -529,7 +665,7 @@ impl Store {
 
     /// Remove a user and their sessions; refuses to remove the last enabled administrator.
     pub fn delete_user(&self, id: &str) -> Result<(), Error> {
-        self.write_accounts(|s, wtxn| {
+        self.write(|s, wtxn| {
             let user: UserRecord =
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
             s.users.delete(wtxn, id)?;

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, COOKIE, HOST, LOCATION, ORIGIN, REFERER, SET_COOKIE};
 use hyper::{Method, Request, Response};
+use kakuremichi_proto::access::local_path;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_rt::http::{respond, Body};
 use maud::Markup;
@@ -40,10 +41,20 @@ pub async fn handle(
             let address = peer.ip().to_string();
             guarded(control, request, |c, r, f| setup(c, r, f, &address)).await
         }
-        (Method::GET, "/login") => match current(control, &request) {
-            Ok(Some(_)) => redirect("/"),
-            _ => html(200, pages::login::page(&Default::default())),
-        },
+        (Method::GET, "/login") => {
+            let next = query_param(&request, "next");
+            match current(control, &request) {
+                Ok(Some(_)) => redirect(&local_path(next.as_deref())),
+                _ => html(
+                    200,
+                    pages::login::page(&pages::login::LoginForm {
+                        next: next.as_deref().unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                ),
+            }
+        }
+        (Method::GET, "/access") => tunnel_login(control, &request),
         (Method::POST, "/login") => {
             let address = peer.ip().to_string();
             guarded(control, request, |c, r, f| login(c, r, f, &address)).await
@@ -68,7 +79,10 @@ pub async fn handle(
         (Method::POST, "/account/totp/confirm") => guarded(control, request, confirm_totp).await,
         (Method::POST, "/account/totp/off") => guarded(control, request, totp_off).await,
         (Method::GET, "/login/code") => match awaiting(control, &request) {
-            Ok(Some(_)) => html(200, pages::login::code_page(None)),
+            Ok(Some(_)) => {
+                let next = query_param(&request, "next").unwrap_or_default();
+                html(200, pages::login::code_page(None, &next))
+            }
             Ok(None) => redirect("/login"),
             Err(e) => failure(&e),
         },
@@ -83,6 +97,26 @@ pub async fn handle(
         (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
         (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
+        (Method::GET, "/access/rotate-keys") => session_page(control, &request, |visitor, _| {
+            let who = (&visitor.user, visitor.session.csrf.as_str());
+            if visitor.user.role != Role::Admin {
+                return (403, forbidden_page(who));
+            }
+            let page = pages::confirm_page(
+                who,
+                "Sign everyone out of every tunnel?",
+                "New keys for tunnel logins: every session made with a password or a Control \
+                 login on any tunnel ends within a second, and people log in again. \
+                 Service tokens keep working.",
+                "/access/rotate-keys",
+                "Sign everyone out",
+                "/tunnels",
+            );
+            (200, page)
+        }),
+        (Method::POST, "/access/rotate-keys") => {
+            guarded(control, request, rotate_access_keys).await
+        }
         (Method::POST, "/tunnels/new") => {
             guarded(control, request, |c, r, f| save_tunnel(c, r, f, None)).await
         }
@@ -116,6 +150,23 @@ pub async fn handle(
                 let (id, action) = (id.to_string(), action.to_string());
                 guarded(control, request, |c, r, f| {
                     change_user(c, r, f, &id, &action)
+                })
+                .await
+            }
+            ["", plural, id, ref action @ ..] if node_kind(plural).is_some() => {
+                let kind = node_kind(plural)?;
+                node_route(control, request, kind, id, action).await?
+            }
+            ["", "tunnels", id, "access"] if method == Method::GET => {
+                session_page(control, &request, |visitor, state| {
+                    rules_page(visitor, state, id, None, None)
+                })
+            }
+            ["", "tunnels", id, "access", ref action @ ..] if method == Method::POST => {
+                let id = id.to_string();
+                let action: Vec<String> = action.iter().map(|s| s.to_string()).collect();
+                guarded(control, request, |c, r, f| {
+                    change_access(c, r, f, &id, &action)
                 })
                 .await
             }
@@ -331,6 +382,7 @@ fn save_tunnel(
                 target: Some(new.target),
                 enabled: Some(new.enabled),
                 issuer: Some(new.issuer),
+                access: None,
             };
             control.store.update_tunnel(id, patch).map(|_| ())
         }
@@ -401,6 +453,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
                 Error::invalid("issuer", e.to_string())
             })?,
         },
+        access: Default::default(),
     })
 }
 
@@ -506,19 +559,472 @@ fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -
     match control.store.create_node(kind, name.to_string()) {
         Ok((record, api_key)) => {
             control.hub.notify_all();
-            let snippets = crate::install::snippets(kind, &control.public_url, &api_key);
-            let page =
-                pages::nodes::enrolled_page(user, csrf, kind, &record.name, &api_key, &snippets);
-            let mut response = html(201, page);
-            // The key must not linger in caches or history.
-            response.headers_mut().insert(
-                hyper::header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            );
+            let heading = format!("{} is enrolled", record.name);
+            new_key_page(control, &visitor, kind, &heading, &api_key, 201)
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// One parameter of the request's query string.
+fn query_param<B>(request: &Request<B>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.chars().take(4096).collect())
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// `/access?origin=https://app.example.com&return=/path`: a gateway sent a browser here to
+/// log in to a tunnel open to Control users. With a session, and if the user may open the
+/// tunnel, the browser goes back with a signed assertion; without one, it logs in first.
+fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+    let origin = query_param(request, "origin").unwrap_or_default();
+    let return_to = local_path(query_param(request, "return").as_deref());
+    let state = match control.store.state() {
+        Ok(state) => state,
+        Err(e) => return failure(&e),
+    };
+    let (scheme, authority) = origin.split_once("://").unwrap_or(("", ""));
+    let hostname = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(authority, |(host, _)| host);
+    let tunnel = state.tunnels.iter().find(|t| {
+        t.hostname.as_str() == hostname
+            && t.enabled
+            && t.access.has_user_login()
+            && (scheme == "https" || (scheme == "http" && t.issuer == crate::model::Issuer::None))
+    });
+    let Some(tunnel) = tunnel else {
+        return html(404, pages::access::no_tunnel(hostname));
+    };
+    let visitor = match current(control, request) {
+        Ok(Some(visitor)) => visitor,
+        Ok(None) => {
+            let here = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            return redirect(&format!("/login?{}", query(&[("next", here)])));
+        }
+        Err(e) => return failure(&e),
+    };
+    if !tunnel.access.admits_user(&visitor.user) {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        return html(403, pages::access::not_allowed(who, hostname));
+    }
+    match state
+        .keyring
+        .assert(hostname, &visitor.user, auth::unix_now())
+    {
+        Ok(assertion) => {
+            let back = query(&[("assertion", &assertion), ("return", &return_to)]);
+            redirect(&format!(
+                "{scheme}://{authority}/.kakuremichi/callback?{back}"
+            ))
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// A tunnel's access rules page (administrators only). `form` is a refused form to show
+/// again with its error; `new_token` a service token just made.
+fn rules_page(
+    visitor: &Visitor,
+    state: &crate::model::State,
+    id: &str,
+    form: Option<&pages::access::RulesForm>,
+    new_token: Option<(&str, &str)>,
+) -> (u16, Markup) {
+    let who = (&visitor.user, visitor.session.csrf.as_str());
+    let tunnel = state.tunnels.iter().find(|t| t.id == id);
+    let (Some(tunnel), Role::Admin) = (tunnel, visitor.user.role) else {
+        return (404, forbidden_page(who));
+    };
+    let rules = &tunnel.access;
+    let lines = |items: Vec<String>| items.join("\n");
+    let (users, allow, deny, bypass) = (
+        rules.users.join(", "),
+        lines(rules.allow_ips.iter().map(ToString::to_string).collect()),
+        lines(rules.deny_ips.iter().map(ToString::to_string).collect()),
+        lines(rules.bypass.clone()),
+    );
+    let hours = rules
+        .session_hours
+        .unwrap_or(kakuremichi_proto::access::DEFAULT_SESSION_HOURS)
+        .to_string();
+    let stored = pages::access::RulesForm {
+        users: &users,
+        admins: rules.roles.contains(&Role::Admin),
+        members: rules.roles.contains(&Role::Member),
+        has_password: rules.password_hash.is_some(),
+        allow_ips: &allow,
+        deny_ips: &deny,
+        bypass: &bypass,
+        session_hours: &hours,
+        error: None,
+    };
+    let now = auth::unix_now();
+    let tokens: Vec<pages::access::TokenRow> = rules
+        .service_tokens
+        .iter()
+        .map(|t| pages::access::TokenRow {
+            id: &t.id,
+            name: &t.name,
+            created: pages::ago(t.created_at, now),
+        })
+        .collect();
+    let status = match (form, new_token) {
+        (Some(_), _) => 400,
+        (_, Some(_)) => 201,
+        _ => 200,
+    };
+    // A refused form shows what was sent, with the tunnel's real password state.
+    let shown = form.map(|sent| pages::access::RulesForm {
+        has_password: stored.has_password,
+        ..*sent
+    });
+    let page = pages::access::rules_page(
+        who,
+        (id, tunnel.hostname.as_str()),
+        shown.as_ref().unwrap_or(&stored),
+        &tokens,
+        new_token,
+    );
+    (status, page)
+}
+
+/// Save a tunnel's access rules (`action` empty), create a service token (`tokens`) or
+/// revoke one (`tokens/{id}/revoke`).
+fn change_access(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    id: &str,
+    action: &[String],
+) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let back = format!("/tunnels/{id}/access");
+    let action: Vec<&str> = action.iter().map(String::as_str).collect();
+    let mut new_token = None;
+    let outcome = match action.as_slice() {
+        [] => {
+            let value = crate::access::form_json(|name| text(&form, name));
+            let saved = control.store.state().and_then(|state| {
+                let tunnel = state
+                    .tunnels
+                    .iter()
+                    .find(|t| t.id == id)
+                    .ok_or_else(|| Error::not_found("tunnel", id))?;
+                let mut access = tunnel.access.clone();
+                access.apply_json(&value)?;
+                let patch = crate::store::TunnelPatch {
+                    access: Some(access),
+                    ..Default::default()
+                };
+                control.store.update_tunnel(id, patch)
+            });
+            match saved {
+                Err(e) if e.field().is_some() => {
+                    let message = e.reason();
+                    let field_name = e.field().unwrap_or_default();
+                    let shown = pages::access::RulesForm {
+                        users: text(&form, "users"),
+                        admins: text(&form, "role_admin") == "true",
+                        members: text(&form, "role_member") == "true",
+                        has_password: false,
+                        allow_ips: text(&form, "allow_ips"),
+                        deny_ips: text(&form, "deny_ips"),
+                        bypass: text(&form, "bypass"),
+                        session_hours: text(&form, "session_hours"),
+                        error: Some((field_name, &message)),
+                    };
+                    return match control.store.state() {
+                        Ok(state) => {
+                            let (status, page) =
+                                rules_page(&visitor, &state, id, Some(&shown), None);
+                            html(status, page)
+                        }
+                        Err(e) => failure(&e),
+                    };
+                }
+                other => other.map(|_| ()),
+            }
+        }
+        ["tokens"] => control
+            .store
+            .add_service_token(id, text(&form, "name").trim())
+            .map(|made| new_token = Some(made)),
+        ["tokens", token_id, "revoke"] => control.store.revoke_service_token(id, token_id),
+        _ => return respond(404, "text/plain", "not found\n"),
+    };
+    match outcome {
+        Ok(()) => {
+            control.hub.notify_all();
+            let Some((record, token)) = new_token else {
+                return redirect(&back);
+            };
+            match control.store.state() {
+                Ok(state) => {
+                    let shown = Some((record.name.as_str(), token.as_str()));
+                    let (status, page) = rules_page(&visitor, &state, id, None, shown);
+                    let mut response = html(status, page);
+                    response.headers_mut().insert(
+                        hyper::header::CACHE_CONTROL,
+                        HeaderValue::from_static("no-store"),
+                    );
+                    response
+                }
+                Err(e) => failure(&e),
+            }
+        }
+        Err(e @ (Error::NotFound { .. } | Error::Invalid { .. })) => {
+            respond(e.status(), "text/plain", format!("{}\n", e.reason()))
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+fn rotate_access_keys(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
+    if let Err(refusal) = acting_admin(control, request, &form) {
+        return refusal.response();
+    }
+    match control.store.rotate_access_keys() {
+        Ok(()) => {
+            control.hub.notify_all();
+            redirect("/tunnels")
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// The node kind a path's first segment names.
+fn node_kind(segment: &str) -> Option<NodeKind> {
+    match segment {
+        "agents" => Some(NodeKind::Agent),
+        "gateways" => Some(NodeKind::Gateway),
+        _ => None,
+    }
+}
+
+/// `/agents/{id}` and `/gateways/{id}`: a node's page, its confirmations and its actions.
+async fn node_route(
+    control: &Control,
+    request: Request<Incoming>,
+    kind: NodeKind,
+    id: &str,
+    action: &[&str],
+) -> Option<Response<Body>> {
+    let method = request.method().clone();
+    Some(match (method, action) {
+        (Method::GET, []) => session_page(control, &request, |visitor, state| {
+            node_page(control, visitor, state, kind, id, NodeNotes::default())
+        }),
+        (Method::GET, [action @ ("rotate-key" | "delete")]) => {
+            confirm_node_page(control, &request, kind, id, action)
+        }
+        (Method::POST, [action]) => {
+            let action = action.to_string();
+            guarded(control, request, |c, r, f| {
+                change_node(c, r, f, kind, id, &action)
+            })
+            .await
+        }
+        _ => return None,
+    })
+}
+
+/// What a node's page says beside the node: a refused rename, or why an action was refused.
+#[derive(Default)]
+struct NodeNotes<'a> {
+    /// The rename field's value and its error.
+    name: Option<(&'a str, &'a str)>,
+    refusal: Option<&'a str>,
+}
+
+fn node_page(
+    control: &Control,
+    visitor: &Visitor,
+    state: &crate::model::State,
+    kind: NodeKind,
+    id: &str,
+    notes: NodeNotes,
+) -> (u16, Markup) {
+    let who = (&visitor.user, visitor.session.csrf.as_str());
+    let Some(node) = state.nodes.iter().find(|n| n.id == id && n.kind == kind) else {
+        return (404, missing_page(who, kind));
+    };
+    let row = pages::nodes::row(state, &control.hub, node);
+    let detail = pages::nodes::Detail {
+        row: &row,
+        kind,
+        tunnels: state
+            .tunnels
+            .iter()
+            .filter(|t| t.agent_id == id)
+            .map(|t| t.hostname.to_string())
+            .collect(),
+        name: notes.name.map_or(node.name.as_str(), |(value, _)| value),
+        name_error: notes.name.map(|(_, error)| error),
+        refusal: notes.refusal,
+    };
+    let status = match (&notes.name, &notes.refusal) {
+        (Some(_), _) => 400,
+        (_, Some(_)) => 409,
+        _ => 200,
+    };
+    let page = pages::nodes::detail_page(who.0, who.1, &detail, auth::unix_now());
+    (status, page)
+}
+
+fn missing_page(who: (&UserRecord, &str), kind: NodeKind) -> Markup {
+    let (title, path) = pages::nodes::names(kind);
+    pages::layout(
+        &format!("No such {}", kind.as_str()),
+        Some(who),
+        maud::html! { div.card { p { "This " (kind.as_str()) " does not exist (any more). " a href=(path) { "Back to " (title.to_lowercase()) "." } } } },
+    )
+}
+
+fn confirm_node_page(
+    control: &Control,
+    request: &Request<Incoming>,
+    kind: NodeKind,
+    id: &str,
+    action: &str,
+) -> Response<Body> {
+    session_page(control, request, |visitor, state| {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        let node = state.nodes.iter().find(|n| n.id == id && n.kind == kind);
+        let (Some(node), Role::Admin) = (node, visitor.user.role) else {
+            return (404, missing_page(who, kind));
+        };
+        let base = format!("{}/{id}", pages::nodes::names(kind).1);
+        let (title, explanation, button) = match action {
+            "rotate-key" => (
+                format!("Give {} a new API key?", node.name),
+                "The old key stops working at once and the node's connection to Control ends. \
+                 Tunnels keep serving, but the node gets no new config until it is restarted \
+                 with the new key, which the next page shows once.",
+                "Rotate API key",
+            ),
+            _ => (
+                format!("Delete {}?", node.name),
+                "Its key stops working at once and it stops serving; this cannot be undone. \
+                 An agent that still carries tunnels is not deleted.",
+                "Delete",
+            ),
+        };
+        let page = pages::confirm_page(
+            who,
+            &title,
+            explanation,
+            &format!("{base}/{action}"),
+            button,
+            &base,
+        );
+        (200, page)
+    })
+}
+
+/// Rename (`name`), disable or enable (`enabled`), rotate the key of, or delete a node.
+fn change_node(
+    control: &Control,
+    request: &Request<()>,
+    form: Form,
+    kind: NodeKind,
+    id: &str,
+    action: &str,
+) -> Response<Body> {
+    let visitor = match acting_admin(control, request, &form) {
+        Ok(visitor) => visitor,
+        Err(refusal) => return refusal.response(),
+    };
+    let state = match control.store.state() {
+        Ok(state) => state,
+        Err(e) => return failure(&e),
+    };
+    let Some(node) = state.nodes.iter().find(|n| n.id == id && n.kind == kind) else {
+        let who = (&visitor.user, visitor.session.csrf.as_str());
+        return html(404, missing_page(who, kind));
+    };
+    let base = format!("{}/{id}", pages::nodes::names(kind).1);
+    let show = |notes| {
+        let (status, page) = node_page(control, &visitor, &state, kind, id, notes);
+        html(status, page)
+    };
+    let outcome = match action {
+        "name" => {
+            let name = text(&form, "name").trim();
+            if let Err(why) = crate::model::check_name(name) {
+                return show(NodeNotes {
+                    name: Some((name, why)),
+                    refusal: None,
+                });
+            }
+            let name = name.to_string();
+            control
+                .store
+                .update_node(id, |node| node.name = name)
+                .map(|_| redirect(&base))
+        }
+        "enabled" => {
+            let disabled = text(&form, "enabled") != "true";
+            control
+                .store
+                .update_node(id, |node| node.disabled = disabled)
+                .map(|_| redirect(&base))
+        }
+        "rotate-key" => control.store.rotate_node_key(id).map(|(node, api_key)| {
+            let heading = format!("{} has a new API key", node.name);
+            new_key_page(control, &visitor, kind, &heading, &api_key, 200)
+        }),
+        "delete" => match control.store.delete_node(id) {
+            Err(Error::Conflict { message, .. }) => {
+                let refusal = format!("{} was not deleted: {message}.", node.name);
+                return show(NodeNotes {
+                    name: None,
+                    refusal: Some(&refusal),
+                });
+            }
+            deleted => deleted.map(|_| redirect(pages::nodes::names(kind).1)),
+        },
+        _ => return respond(404, "text/plain", "not found\n"),
+    };
+    match outcome {
+        Ok(response) => {
+            control.hub.notify_all();
             response
         }
         Err(e) => failure(&e),
     }
+}
+
+/// The one page that shows a node's API key, with install snippets carrying it.
+fn new_key_page(
+    control: &Control,
+    visitor: &Visitor,
+    kind: NodeKind,
+    heading: &str,
+    api_key: &str,
+    status: u16,
+) -> Response<Body> {
+    let snippets = crate::install::snippets(kind, &control.public_url, api_key);
+    let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
+    let page = pages::nodes::key_page(user, csrf, kind, heading, api_key, &snippets);
+    let mut response = html(status, page);
+    // The key must not linger in caches or history.
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// A page only administrators see, rendered from the store by `render`.
@@ -573,10 +1079,13 @@ fn add_user(control: &Control, request: &Request<()>, form: Form) -> Response<Bo
         .map_err(Error::Store)
         .and_then(|hash| control.store.create_user(name, role, hash, false));
     match created {
-        Ok(added) => html(
-            201,
-            pages::users::password_page(user, csrf, &added.name, &secret),
-        ),
+        Ok(added) => {
+            control.hub.notify_all();
+            html(
+                201,
+                pages::users::password_page(user, csrf, &added.name, &secret),
+            )
+        }
         Err(e) if e.field().is_some() => match control.store.users() {
             Ok(users) => html(
                 400,
@@ -621,6 +1130,9 @@ fn change_user(
         "delete" => control.store.delete_user(id).map(|()| None),
         _ => return respond(404, "text/plain", "not found\n"),
     };
+    if result.is_ok() {
+        control.hub.notify_all();
+    }
     match result {
         Ok(None) => redirect("/users"),
         Ok(Some((name, secret))) => html(
@@ -711,18 +1223,33 @@ fn acting_self(control: &Control, request: &Request<()>, form: &Form) -> Result<
     Ok(visitor)
 }
 
+/// The account page with an error on section `section`, unless the form's `current` field is
+/// the visitor's password (asked again before changing a password or turning off 2FA).
+fn unless_current_password(
+    control: &Control,
+    request: &Request<()>,
+    visitor: &Visitor,
+    form: &Form,
+    section: &str,
+) -> Option<Response<Body>> {
+    let known = password::verify(text(form, "current"), &visitor.user.password_hash);
+    (!known).then(|| {
+        account_page(
+            control,
+            request,
+            Some((section, "This is not your current password.")),
+            None,
+        )
+    })
+}
+
 fn change_password(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
     let visitor = match acting_self(control, request, &form) {
         Ok(visitor) => visitor,
         Err(refusal) => return refusal.response(),
     };
-    if !password::verify(text(&form, "current"), &visitor.user.password_hash) {
-        return account_page(
-            control,
-            request,
-            Some(("password", "This is not your current password.")),
-            None,
-        );
+    if let Some(refused) = unless_current_password(control, request, &visitor, &form, "password") {
+        return refused;
     }
     let new = text(&form, "password");
     if let Err(why) = password::check_policy(new) {
@@ -872,9 +1399,10 @@ fn second_factor(
     let address_key = format!("ip:{address}");
     let keys = [account_key.as_str(), address_key.as_str()];
     let now = auth::unix_now();
+    let next = text(&form, "next");
     if let Some(wait) = control.throttle().wait(&keys, now) {
         let message = format!("Too many wrong codes. Try again in {wait} s.");
-        return html(429, pages::login::code_page(Some(&message)));
+        return html(429, pages::login::code_page(Some(&message), next));
     }
     let code = text(&form, "code");
     let by_app = user
@@ -887,7 +1415,7 @@ fn second_factor(
         control.throttle().failed(&keys, now);
         return html(
             401,
-            pages::login::code_page(Some("That code is not right.")),
+            pages::login::code_page(Some("That code is not right."), next),
         );
     }
     let used = if by_recovery {
@@ -905,7 +1433,7 @@ fn second_factor(
     }) {
         Ok(()) => {
             control.throttle().succeeded(&account_key);
-            redirect("/")
+            redirect(&local_path(Some(next)))
         }
         Err(e) => failure(&e),
     }
@@ -979,13 +1507,8 @@ fn totp_off(control: &Control, request: &Request<()>, form: Form) -> Response<Bo
         Ok(visitor) => visitor,
         Err(refusal) => return refusal.response(),
     };
-    if !password::verify(text(&form, "current"), &visitor.user.password_hash) {
-        return account_page(
-            control,
-            request,
-            Some(("totp", "This is not your current password.")),
-            None,
-        );
+    if let Some(refused) = unless_current_password(control, request, &visitor, &form, "totp") {
+        return refused;
     }
     match control.store.update_user(&visitor.user.id, |u| {
         u.totp_secret = None;
@@ -1157,6 +1680,7 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
 fn login(control: &Control, request: &Request<()>, form: Form, address: &str) -> Response<Body> {
     let name = text(&form, "name").trim();
     let secret = text(&form, "password");
+    let next = text(&form, "next");
     let account_key = format!("user:{name}");
     let address_key = format!("ip:{address}");
     let keys = [account_key.as_str(), address_key.as_str()];
@@ -1168,6 +1692,7 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
             pages::login::page(&pages::login::LoginForm {
                 name,
                 error: Some(&message),
+                next,
             }),
         );
         if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
@@ -1188,7 +1713,7 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     match user {
         Some(user) if matches && !user.disabled => {
             control.throttle().succeeded(&account_key);
-            start_session(control, request, &user, address, "/")
+            start_session(control, request, &user, address, &local_path(Some(next)))
         }
         _ => {
             control.throttle().failed(&keys, now);
@@ -1197,6 +1722,7 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
                 pages::login::page(&pages::login::LoginForm {
                     name,
                     error: Some("Wrong name or password, or the account is disabled."),
+                    next,
                 }),
             )
         }
@@ -1229,7 +1755,7 @@ fn start_session(
     request: &Request<()>,
     user: &UserRecord,
     address: &str,
-    to: &'static str,
+    to: &str,
 ) -> Response<Body> {
     let token = auth::new_secret("kms");
     let now = auth::unix_now();
@@ -1254,15 +1780,15 @@ fn start_session(
         awaiting_code: user.totp_secret.is_some(),
         totp_enrolment: None,
     };
-    let to = if session.awaiting_code {
-        "/login/code"
-    } else {
-        to
+    let to = match (session.awaiting_code, to) {
+        (false, to) => to.to_string(),
+        (true, "/") => "/login/code".to_string(),
+        (true, next) => format!("/login/code?{}", query(&[("next", next)])),
     };
     if let Err(e) = control.store.create_session(&token, &session) {
         return failure(&e);
     }
-    let mut response = redirect(to);
+    let mut response = redirect(&to);
     set_cookie(
         &mut response,
         &sessions::set_cookie(&token, secure(control, request), control.session_limits),
@@ -1300,11 +1826,11 @@ fn html(status: u16, markup: Markup) -> Response<Body> {
     respond(status, "text/html; charset=utf-8", markup.into_string())
 }
 
-fn redirect(to: &'static str) -> Response<Body> {
+fn redirect(to: &str) -> Response<Body> {
     let mut response = respond(303, "text/plain", "");
-    response
-        .headers_mut()
-        .insert(LOCATION, HeaderValue::from_static(to));
+    // Every target is a path built from our own ids, which are header-safe.
+    let location = HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/"));
+    response.headers_mut().insert(LOCATION, location);
     response
 }
 

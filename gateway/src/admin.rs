@@ -35,6 +35,13 @@ fn metrics(gateway: &Gateway) -> String {
         ("bad_requests_total", &m.bad_requests),
         ("client_errors_total", &m.client_errors),
         ("overloaded_total", &m.overloaded),
+        ("access_forbidden_total", &gateway.gate.metrics.forbidden),
+        (
+            "access_failed_logins_total",
+            &gateway.gate.metrics.failed_logins,
+        ),
+        ("access_logins_total", &gateway.gate.metrics.logins),
+        ("access_throttled_total", &gateway.gate.metrics.throttled),
     ];
     for (name, counter) in counters {
         line(name, "counter", counter.load(Ordering::Relaxed));

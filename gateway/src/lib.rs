@@ -5,6 +5,9 @@
 //! comes from Control and is cached, so it keeps serving while Control is down.
 //!
 //! - [`routes`]: hostname → tunnel (plain data).
+//! - [`access`]: who may open a tunnel, decided locally (plain data), and what the checks
+//!   remember (keys, used assertions, throttling).
+//! - [`guard`]: the check on each request and the `/.kakuremichi/` login paths.
 //! - [`proxy`]: the hyper service that forwards, with forwarding headers and upgrades.
 //! - [`pool`]: keep-alive connections to agents over the netstack, a limit and a queue per
 //!   agent service.
@@ -16,8 +19,10 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod body;
+pub mod guard;
 pub mod line;
 pub mod listeners;
 pub mod pages;
@@ -105,6 +110,7 @@ pub struct Gateway {
     link: LinkState,
     metrics: Metrics,
     certificates: Arc<tls::Certificates>,
+    gate: access::Gate,
     https_port: u16,
     body_idle_timeout: Duration,
     state_dir: StateDir,
@@ -153,10 +159,13 @@ impl Gateway {
             &snapshot.challenges,
             snapshot.fallback_certificate.as_ref(),
         );
+        self.gate.update(snapshot.access_keys.as_ref());
         let table = Arc::new(RouteTable::new(
             &snapshot.routes,
             snapshot.control_route.as_ref(),
         ));
+        self.pool
+            .forget_unrouted(|upstream| table.routes_to(upstream));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
         self.config_version
             .store(snapshot.version, Ordering::Relaxed);
@@ -224,6 +233,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         link: LinkState::default(),
         metrics: Metrics::default(),
         certificates,
+        gate: access::Gate::default(),
         https_port: settings.https_public_port,
         body_idle_timeout: settings.body_idle_timeout,
         known_endpoints: Mutex::new(state_dir.peer_endpoints()),

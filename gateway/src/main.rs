@@ -55,11 +55,27 @@ struct Args {
         default = "kakuremichi_gateway::body::BODY_IDLE_TIMEOUT.as_secs()"
     )]
     body_idle_timeout: u64,
+    #[argh(subcommand)]
+    command: Option<Command>,
 }
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Healthcheck(Healthcheck),
+}
+
+/// exit 0 if the gateway's admin listener answers /healthz with 200, else 1
+#[derive(FromArgs)]
+#[argh(subcommand, name = "healthcheck")]
+struct Healthcheck {}
 
 fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
+    if let Some(Command::Healthcheck(_)) = args.command {
+        kakuremichi_rt::stop::healthcheck_and_exit(args.admin_listen);
+    }
     let wireguard_endpoint = match args.wireguard_endpoint {
         Some(endpoint) => endpoint,
         None if !args.wireguard_listen.ip().is_unspecified() => args.wireguard_listen.to_string(),
@@ -89,6 +105,6 @@ fn main() -> anyhow::Result<()> {
         },
         body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout.max(1)),
     };
-    smol::block_on(kakuremichi_gateway::run(settings))?;
+    kakuremichi_rt::stop::run_until_stopped(kakuremichi_gateway::run(settings))?;
     Ok(())
 }

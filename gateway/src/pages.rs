@@ -19,9 +19,11 @@ fn escape(text: &str) -> String {
 
 fn page(status: u16, title: &str, message: &str) -> Response<Body> {
     let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {title}</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{status} {title}</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
-         h1{{font-size:1.4rem}}p{{color:#555}}</style></head>\
+         h1{{font-size:1.4rem}}p{{color:#555}}.error{{color:#c0392b}}\
+         input{{font:inherit;padding:.5rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}}\
+         button{{font:inherit;padding:.5rem 1.25rem;border:0;border-radius:6px;background:#2457d6;color:#fff}}</style></head>\
          <body><h1>{title}</h1><p>{message}</p><p><small>kakuremichi gateway</small></p></body></html>\n"
     );
     let mut response = respond(status, "text/html; charset=utf-8", html);
@@ -100,4 +102,105 @@ pub fn overloaded(hostname: &str) -> Response<Body> {
         hyper::header::HeaderValue::from_static("1"),
     );
     response
+}
+
+/// An IP rule keeps this client out.
+pub fn forbidden(hostname: &str) -> Response<Body> {
+    page(
+        403,
+        "Not allowed",
+        &format!(
+            "<b>{}</b> cannot be opened from your network.",
+            escape(hostname)
+        ),
+    )
+}
+
+/// A credential was missing or wrong, for a client that is not a browser.
+pub fn unauthorized(hostname: &str) -> Response<Body> {
+    page(
+        401,
+        "Login required",
+        &format!(
+            "<b>{}</b> needs a login, a password or a service token.",
+            escape(hostname)
+        ),
+    )
+}
+
+/// Too many wrong passwords from here or for this tunnel.
+pub fn throttled(hostname: &str, retry_after: u64) -> Response<Body> {
+    let mut response = page(
+        429,
+        "Too many attempts",
+        &format!(
+            "Too many wrong passwords for <b>{}</b>. Try again in {retry_after} s.",
+            escape(hostname)
+        ),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&retry_after.to_string()) {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The tunnel's login page: a password form and/or the way to log in with Control.
+pub fn login(
+    hostname: &str,
+    return_to: &str,
+    password: bool,
+    control_login: Option<&str>,
+    error: Option<&str>,
+    status: u16,
+) -> Response<Body> {
+    let mut body = String::new();
+    if let Some(error) = error {
+        body.push_str(&format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            escape(error)
+        ));
+    }
+    if password {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/.kakuremichi/login\">\
+             <input type=\"hidden\" name=\"return\" value=\"{}\">\
+             <label>Password<br><input type=\"password\" name=\"password\" autocomplete=\"current-password\" autofocus required></label>\
+             <button type=\"submit\">Open</button></form>",
+            escape(return_to)
+        ));
+    }
+    if let Some(url) = control_login {
+        body.push_str(&format!(
+            "<p><a href=\"{}\">Log in with your kakuremichi account</a></p>",
+            escape(url)
+        ));
+    }
+    page(
+        status,
+        "Login required",
+        &format!("<b>{}</b> is private.</p>{body}<p>", escape(hostname)),
+    )
+}
+
+/// An assertion that is expired, used, forged or for someone not allowed.
+pub fn login_link_refused(hostname: &str) -> Response<Body> {
+    page(
+        403,
+        "Login not accepted",
+        &format!(
+            "This login link for <b>{0}</b> is expired, already used, or not for an account that may open it. <a href=\"/\">Try again</a>.",
+            escape(hostname)
+        ),
+    )
+}
+
+/// The session cookie was cleared.
+pub fn logged_out(hostname: &str) -> Response<Body> {
+    page(
+        200,
+        "Logged out",
+        &format!("You are logged out of <b>{}</b>.", escape(hostname)),
+    )
 }

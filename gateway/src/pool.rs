@@ -364,6 +364,19 @@ impl Pool {
         });
     }
 
+    /// Close the idle connections of upstreams `routed` no longer names. Their agent (or this
+    /// gateway) was disabled or lost its tunnels: the far end has dropped those connections,
+    /// and if the route comes back, its first request must not land on one of them.
+    pub fn forget_unrouted(&self, routed: impl Fn(&Upstream) -> bool) {
+        self.lanes().retain(|upstream, lane| {
+            if routed(upstream) {
+                return true;
+            }
+            lane.idle().clear();
+            Arc::strong_count(lane) > 1
+        });
+    }
+
     /// Connections open now, busy, idle or upgraded.
     pub fn size(&self) -> usize {
         self.open.load(Ordering::Relaxed)

@@ -37,7 +37,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Answer one client request.
 pub async fn handle(
     gateway: Arc<Gateway>,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     client: SocketAddr,
     scheme: &'static str,
 ) -> Response<Body> {
@@ -51,6 +51,11 @@ pub async fn handle(
         metrics.not_found.fetch_add(1, Ordering::Relaxed);
         return pages::not_found(&host);
     };
+    let mut request =
+        match crate::guard::admit(&gateway, &route, request, client, scheme, &host).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());

@@ -1,9 +1,11 @@
 //! Which tunnel serves a hostname. Plain data built from a config snapshot.
 
+use kakuremichi_proto::access::AccessPolicy;
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::messages::{ControlRoute, HttpRoute};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 /// Where a route's requests are sent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -34,6 +36,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Served over HTTPS (plain HTTP redirects) rather than plain HTTP.
     pub https: bool,
+    /// Who may open it; `None` is public.
+    pub access: Option<Arc<AccessPolicy>>,
 }
 
 /// Hostname → route.
@@ -53,6 +57,7 @@ impl RouteTable {
                     hostname: r.hostname.clone(),
                     upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port)),
                     https: r.https,
+                    access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
                 };
                 (r.hostname.clone(), route)
             })
@@ -64,6 +69,7 @@ impl RouteTable {
                 hostname: control.hostname.clone(),
                 upstream: Upstream::Direct(control.upstream.clone()),
                 https: true,
+                access: None,
             };
             by_host.insert(control.hostname.clone(), route);
         }
@@ -81,6 +87,13 @@ impl RouteTable {
             _ => host,
         };
         self.by_host.get(&name.parse::<Hostname>().ok()?)
+    }
+
+    /// Whether some route sends requests to `upstream`.
+    pub fn routes_to(&self, upstream: &Upstream) -> bool {
+        self.by_host
+            .values()
+            .any(|route| route.upstream == *upstream)
     }
 
     /// How many hostnames are routed.
@@ -107,6 +120,7 @@ mod tests {
                 agent_ip: "10.77.0.2".parse().unwrap(),
                 service_port: 20000,
                 https: false,
+                access: Default::default(),
             }],
             None,
         );

@@ -9,7 +9,7 @@ use boringtun::x25519;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Handshake initiations per second (over all peers) before cookies are demanded.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -23,6 +23,16 @@ const COOKIE_REPLY_TYPE: u8 = 3;
 /// A session older than this without a fresh handshake no longer counts as up
 /// (WireGuard's reject-after-time).
 const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+/// When a first handshake is sent again, counted from the first, until one completes; after
+/// these, boringtun's own 5 s retry takes over. Control adds two nodes to each other at
+/// nearly the same moment, and an initiation that reaches the other side just before it
+/// knows us is dropped: waiting 5 s for the retry made a re-enabled node look down.
+const FIRST_CONTACT_RETRIES: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(2000),
+];
 
 /// The public key that goes with a private key.
 pub fn public_key_of(private_key: &[u8; 32]) -> [u8; 32] {
@@ -71,6 +81,9 @@ struct Peer {
     spec: PeerSpec,
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
+    /// While a first handshake has not completed: when it was sent, and how many of
+    /// [`FIRST_CONTACT_RETRIES`] went out since.
+    first_contact: Option<(Instant, usize)>,
     rx_bytes: u64,
     tx_bytes: u64,
 }
@@ -192,6 +205,7 @@ impl PeerTable {
                             spec: spec.clone(),
                             tunn,
                             endpoint: spec.endpoint,
+                            first_contact: None,
                             rx_bytes: 0,
                             tx_bytes: 0,
                         },
@@ -234,6 +248,7 @@ impl PeerTable {
             peer.tunn.format_handshake_initiation(scratch, force),
         ) {
             push_bounded(to_network, drops, pool, endpoint, out);
+            peer.first_contact.get_or_insert((Instant::now(), 0));
         }
     }
 
@@ -417,6 +432,28 @@ impl PeerTable {
                 if let Some(endpoint) = peer.endpoint {
                     push_bounded(to_network, drops, pool, endpoint, out);
                 }
+            }
+            let Some((sent, retries)) = peer.first_contact else {
+                continue;
+            };
+            let connected = peer
+                .tunn
+                .time_since_last_handshake()
+                .is_some_and(|t| t < SESSION_LIFETIME);
+            match FIRST_CONTACT_RETRIES.get(retries) {
+                Some(after) if !connected => {
+                    if sent.elapsed() < *after {
+                        continue;
+                    }
+                    peer.first_contact = Some((sent, retries + 1));
+                    if let (Some(endpoint), TunnResult::WriteToNetwork(out)) = (
+                        peer.endpoint,
+                        peer.tunn.format_handshake_initiation(scratch, true),
+                    ) {
+                        push_bounded(to_network, drops, pool, endpoint, out);
+                    }
+                }
+                _ => peer.first_contact = None,
             }
         }
     }

@@ -349,3 +349,35 @@ fn handshake_flood_gets_cookies() {
     }
     assert!(cookies > 0, "no cookie replies under a handshake flood");
 }
+
+#[test]
+fn a_first_handshake_dropped_by_a_peer_not_yet_configured_is_retried_within_a_second() {
+    let mut net = Net::new(2);
+    // The spoke learns of the hub first and says hello at once; the hub does not know the
+    // spoke yet and drops it (what happens when Control adds both to each other).
+    let hub = PeerSpec {
+        persistent_keepalive: Some(25),
+        ..net.spec(0, true)
+    };
+    net.nodes[1].core.set_peers(&[hub]);
+    net.step();
+    assert!(
+        net.nodes[0].core.drops().unknown_peer >= 1,
+        "the first hello was dropped"
+    );
+    let spoke = net.spec(1, false);
+    net.nodes[0].core.set_peers(&[spoke]);
+    // WireGuard's own retry comes after 5 s; the first-contact retries must beat 1.5 s.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        for node in &mut net.nodes {
+            node.core.update_timers(false);
+        }
+        net.step();
+        if net.nodes[1].core.peer_stats()[0].since_handshake.is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no handshake 1.5 s after both sides knew each other");
+}

@@ -8,7 +8,7 @@ use kakuremichi_netstack::Stack;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::ConfigSnapshot;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How a node reaches Control and where it keeps its state: what every node is told.
 #[derive(Clone, Debug)]
@@ -25,7 +25,8 @@ pub struct ControlSettings {
 
 impl ControlSettings {
     /// From command-line flags, each falling back to its environment variable (`CONTROL_URL`,
-    /// `API_KEY`, `CONTROL_CA`, `STATE_DIR`); the state directory then to `default_state_dir`.
+    /// `API_KEY` or a file named by `API_KEY_FILE`, `CONTROL_CA`, `STATE_DIR`); the state
+    /// directory then to `default_state_dir`.
     pub fn from_flags_or_env(
         control_url: Option<String>,
         api_key: Option<String>,
@@ -38,11 +39,29 @@ impl ControlSettings {
         };
         Ok(ControlSettings {
             control_url: required(control_url, "CONTROL_URL")?,
-            api_key: required(api_key, "API_KEY")?,
+            api_key: match (api_key, std::env::var_os("API_KEY_FILE")) {
+                (None, Some(file)) if std::env::var("API_KEY").is_err() => {
+                    read_key_file(Path::new(&file))?
+                }
+                (flag, _) => required(flag, "API_KEY")?,
+            },
             control_ca: path(control_ca, "CONTROL_CA"),
             state_dir: path(state_dir, "STATE_DIR")
                 .unwrap_or_else(|| PathBuf::from(default_state_dir)),
         })
+    }
+}
+
+/// The API key in `path` (`API_KEY_FILE`, e.g. written by Control's `--join-dir`).
+fn read_key_file(path: &Path) -> Result<String, Error> {
+    let key = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("API_KEY_FILE {}: {e}", path.display())))?;
+    match key.trim() {
+        "" => Err(Error::Config(format!(
+            "API_KEY_FILE {} is empty",
+            path.display()
+        ))),
+        key => Ok(key.to_string()),
     }
 }
 

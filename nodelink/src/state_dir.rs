@@ -5,7 +5,6 @@ use base64::Engine;
 use kakuremichi_proto::messages::{decode, encode, ConfigSnapshot};
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -100,29 +99,10 @@ fn io(context: String, source: std::io::Error) -> Error {
     Error::Io { context, source }
 }
 
-/// Write `bytes` to a temporary file, sync it, and rename it over `file`.
+/// [`kakuremichi_rt::fs::write_atomically`], with the file named in the error.
 fn write_atomically(file: &Path, bytes: &[u8], private: bool) -> Result<(), Error> {
-    let tmp = file.with_extension("tmp");
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let context = || format!("writing {}", file.display());
-    let mut handle = options.open(&tmp).map_err(|e| io(context(), e))?;
-    handle
-        .write_all(bytes)
-        .and_then(|_| handle.sync_all())
-        .map_err(|e| io(context(), e))?;
-    fs::rename(&tmp, file).map_err(|e| io(context(), e))?;
-    if let Some(dir) = file.parent().and_then(|d| fs::File::open(d).ok()) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    kakuremichi_rt::fs::write_atomically(file, bytes, private)
+        .map_err(|e| io(format!("writing {}", file.display()), e))
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //!
 //! - [`ids`]: validated identifiers (`Hostname`, `Target`, `PublicKey`, …). Untrusted strings
 //!   become these at the edge; past the edge nothing re-checks them.
+//! - [`access`]: who may open a tunnel, and the signed assertion and session cookie that
+//!   carry a login to gateways.
+//! - [`throttle`]: login throttling by key (account, address, tunnel), time passed in;
+//!   Control and gateways each keep one.
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
 //!
@@ -17,8 +21,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod ids;
 pub mod messages;
+pub mod throttle;
 
 /// Why an identifier or a message was rejected. Always the sender's fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! send [`NodeMessage::Heartbeat`]/[`ControlMessage::Heartbeat`] every [`HEARTBEAT_INTERVAL`];
 //! a peer silent for [`MISSED_HEARTBEATS_OFFLINE`] intervals is gone.
 
+use crate::access::{AccessKeys, AccessPolicy};
 use crate::ids::{Hostname, PublicKey, Target};
 use crate::ProtoError;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -106,6 +107,9 @@ pub struct ConfigSnapshot {
     /// Gateways only: what clients that send no SNI get (names no tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_certificate: Option<CertificateBundle>,
+    /// Gateways only: the keys that check logins to tunnels with access rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_keys: Option<AccessKeys>,
     /// How often both ends of the control session send heartbeats; Control decides, so
     /// both ends judge silence by the same clock.
     #[serde(default = "default_heartbeat_ms")]
@@ -200,6 +204,9 @@ pub struct HttpRoute {
     /// plain HTTP, e.g. behind another TLS terminator.
     #[serde(default)]
     pub https: bool,
+    /// Who may open it; public when absent.
+    #[serde(default, skip_serializing_if = "AccessPolicy::is_public")]
+    pub access: AccessPolicy,
 }
 
 /// A service port an agent listens on inside the overlay, and its target.
@@ -249,6 +256,7 @@ mod tests {
             certificates: vec![],
             fallback_certificate: None,
             control_route: None,
+            access_keys: None,
             heartbeat_interval_ms: 15_000,
             challenges: vec![AcmeChallenge::Http01 {
                 token: "t".into(),

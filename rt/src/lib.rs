@@ -5,16 +5,21 @@
 //! - [`io`]: adapters between futures' `AsyncRead`/`AsyncWrite` and hyper's `rt::Read`/`Write`,
 //!   both ways (hyper's `Upgraded` only speaks hyper's traits).
 //! - [`exec`]: a hyper executor over `smol::spawn` and a hyper timer over `async_io::Timer`.
+//! - [`fs`]: writing a file so that a crash leaves the old one or the new one, never half.
 //! - [`http`]: server builders with the limits every listener shares, and body helpers.
 //! - [`copy`]: a bidirectional copy that flushes every write and half-closes at EOF.
 //! - [`logger`]: a small stderr logger.
 //! - [`memory`]: handing memory freed after a burst back to the system (glibc).
+//! - [`stop`]: SIGTERM/SIGINT as a future (clean `docker stop` as PID 1), and the
+//!   `healthcheck` probe images use.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod copy;
 pub mod exec;
+pub mod fs;
 pub mod http;
 pub mod io;
 pub mod logger;
 pub mod memory;
+pub mod stop;

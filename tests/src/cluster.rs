@@ -91,6 +91,43 @@ impl Node {
         }
     }
 
+    /// Set an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.into(), value.into()));
+    }
+
+    /// Send SIGTERM (what `docker stop` sends) and wait up to `limit` for the exit: its
+    /// status, or `None` if the process was still running (it is then killed).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Run the binary's `healthcheck` subcommand with the node's arguments: whether it
+    /// reports healthy.
+    pub fn healthcheck(&self) -> bool {
+        Command::new(&self.binary)
+            .args(&self.args)
+            .arg("healthcheck")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
     /// Kill and start again.
     pub fn restart(&mut self) {
         self.kill9();
@@ -300,14 +337,8 @@ impl Cluster {
         let index = self.add_agent();
         let agent = &mut self.agents[index];
         agent.kill9();
-        for (name, value) in &mut agent.env {
-            if name == "CONTROL_URL" {
-                *value = control_url.to_string();
-            }
-        }
-        agent
-            .env
-            .push(("CONTROL_CA".into(), control_ca.display().to_string()));
+        agent.set_env("CONTROL_URL", control_url);
+        agent.set_env("CONTROL_CA", &control_ca.display().to_string());
         agent.start();
         index
     }
@@ -436,6 +467,15 @@ impl Cluster {
             .and_then(|a| a.iter().find(|n| n["id"] == id))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Wait until Control shows the node of `kind` online (its hello recorded); panics with
+    /// every log after 10 s.
+    pub fn wait_online(&self, kind: &str, id: &str) {
+        wait_for(Duration::from_secs(10), || {
+            (self.node_status(kind, id)["online"] == true).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{kind} {id} never online\n{}", self.logs()));
     }
 
     /// Logs of every process, for failure messages.

@@ -93,6 +93,50 @@ pub fn curl(args: &[&str]) -> Answer {
     }
 }
 
+/// A curl client that keeps cookies across requests, as a browser does, and the last
+/// response's headers.
+pub struct CookieJar {
+    jar: std::path::PathBuf,
+    headers: std::path::PathBuf,
+}
+
+impl CookieJar {
+    /// A jar named `name` in `dir`.
+    pub fn new(dir: &std::path::Path, name: &str) -> CookieJar {
+        CookieJar {
+            jar: dir.join(format!("{name}.cookies")),
+            headers: dir.join(format!("{name}.headers")),
+        }
+    }
+
+    /// The jar's file (curl's cookie format).
+    pub fn file(&self) -> &std::path::Path {
+        &self.jar
+    }
+
+    /// Request `url` with the jar's cookies and any `extra` curl arguments.
+    pub fn request(&self, url: &str, extra: &[&str]) -> Answer {
+        let (jar, headers) = (
+            self.jar.display().to_string(),
+            self.headers.display().to_string(),
+        );
+        let mut args = vec!["-b", &jar, "-c", &jar, "-D", &headers];
+        args.extend_from_slice(extra);
+        args.push(url);
+        curl(&args)
+    }
+
+    /// A header of the last response.
+    pub fn header(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(&self.headers)
+            .ok()?
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
 /// The value of one sample in Prometheus text (`name` including any `{labels}`), if present.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

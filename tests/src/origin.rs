@@ -1,5 +1,6 @@
 //! A small HTTP origin on loopback that answers every request with a JSON description of it
-//! (its name, path and the forwarding headers it received), served by hyper on its own thread.
+//! (its name, path, and the forwarding, identity, cookie and authorization headers it
+//! received), served by hyper on its own thread.
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -27,8 +28,11 @@ impl Origin {
 pub fn serve_forever(listener: TcpListener, name: &str) {
     let listener = async_io::Async::new(listener).expect("async listener");
     let name = name.to_string();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let describe = move |request: Request<Incoming>, _| {
         let name = name.clone();
+        // Which request this is: a test can tell that others never reached the origin.
+        let number = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         async move {
             let header = |h: &str| {
                 let value = request.headers().get(h).and_then(|v| v.to_str().ok());
@@ -36,6 +40,7 @@ pub fn serve_forever(listener: TcpListener, name: &str) {
             };
             let mut body = serde_json::json!({
                 "origin": name,
+                "request_number": number,
                 "path": request.uri().path(),
                 "host": header("host"),
                 "x_forwarded_for": header("x-forwarded-for"),
@@ -45,6 +50,10 @@ pub fn serve_forever(listener: TcpListener, name: &str) {
                 "forwarded": header("forwarded"),
                 "true_client_ip": header("true-client-ip"),
                 "cf_connecting_ip": header("cf-connecting-ip"),
+                "user": header("x-kakuremichi-user"),
+                "email": header("x-kakuremichi-email"),
+                "cookie": header("cookie"),
+                "authorization": header("authorization"),
             });
             // Count the request body as it streams in, without keeping it.
             let mut body_bytes = 0u64;

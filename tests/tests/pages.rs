@@ -2,52 +2,31 @@
 //! by the code in Control's log, login with throttling, the dashboard behind a session, and
 //! every forged or foreign request refused with nothing written.
 
-use kakuremichi_tests::{curl, Answer, Cluster};
+use kakuremichi_tests::{curl, Answer, Cluster, CookieJar};
 use std::path::{Path, PathBuf};
 
-/// A browser: a cookie jar, and the headers of the last answer.
+/// A browser on Control's pages: a cookie jar and Control's address.
 struct Browser {
-    jar: PathBuf,
-    headers: PathBuf,
+    jar: CookieJar,
     base: String,
 }
 
 impl Browser {
     fn new(cluster: &Cluster, name: &str) -> Browser {
         Browser {
-            jar: cluster.dir.join(format!("{name}.cookies")),
-            headers: cluster.dir.join(format!("{name}.headers")),
+            jar: CookieJar::new(&cluster.dir, name),
             base: cluster.control_url(""),
         }
     }
 
     fn get(&self, path: &str) -> Answer {
-        let url = format!("{}{path}", self.base);
-        curl(&[
-            "-b",
-            path_str(&self.jar),
-            "-c",
-            path_str(&self.jar),
-            "-D",
-            path_str(&self.headers),
-            &url,
-        ])
+        self.jar.request(&format!("{}{path}", self.base), &[])
     }
 
     /// A form POST; `origin` as a browser would send it (None: a request from a script).
     fn post(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> Answer {
-        let url = format!("{}{path}", self.base);
         let origin_header = origin.map(|o| format!("Origin: {o}"));
-        let mut args = vec![
-            "-b",
-            path_str(&self.jar),
-            "-c",
-            path_str(&self.jar),
-            "-D",
-            path_str(&self.headers),
-            "-X",
-            "POST",
-        ];
+        let mut args = vec!["-X", "POST"];
         if let Some(header) = &origin_header {
             args.extend(["-H", header.as_str()]);
         }
@@ -55,17 +34,11 @@ impl Browser {
         for field in &encoded {
             args.extend(["--data-urlencode", field.as_str()]);
         }
-        args.push(&url);
-        curl(&args)
+        self.jar.request(&format!("{}{path}", self.base), &args)
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(&self.headers)
-            .ok()?
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
+        self.jar.header(name)
     }
 }
 
@@ -451,7 +424,7 @@ fn an_admin_creates_disables_and_deletes_a_tunnel_in_the_pages() {
 }
 
 #[test]
-fn enrolling_an_agent_in_the_pages_shows_its_key_once() {
+fn an_agent_is_enrolled_renamed_disabled_rekeyed_and_deleted_in_the_pages() {
     let cluster = Cluster::new("enrol-pages");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
@@ -485,6 +458,79 @@ fn enrolling_an_agent_in_the_pages_shows_its_key_once() {
     // The list never shows the key again.
     let list = admin.get("/agents");
     assert!(list.body.contains("garage-pi") && !list.body.contains(&key));
+
+    let id = agents[0]["id"].as_str().unwrap().to_string();
+    let page = admin.get(&format!("/agents/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Rotate API key") && !page.body.contains(&key));
+    let post = |action: &str, fields: &[(&str, &str)]| {
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        admin.post(&format!("/agents/{id}/{action}"), &all, origin)
+    };
+    let agent = || {
+        cluster
+            .api("GET", &format!("/api/v1/agents/{id}"), None)
+            .json()
+    };
+
+    // Rename: a bad name comes back with its error and changes nothing.
+    let bad = post("name", &[("name", " ")]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("aria-invalid"), "{}", bad.body);
+    assert_eq!(agent()["name"], "garage-pi");
+    assert_eq!(post("name", &[("name", "shed-pi")]).status, 303);
+    assert_eq!(agent()["name"], "shed-pi");
+
+    // Disable; a forged token or a member cannot enable it again.
+    assert_eq!(post("enabled", &[("enabled", "false")]).status, 303);
+    assert_eq!(agent()["enabled"], false);
+    assert!(admin
+        .get(&format!("/agents/{id}"))
+        .body
+        .contains("serves nothing"));
+    let forged = [("csrf", "forged"), ("enabled", "true")];
+    let path = format!("/agents/{id}/enabled");
+    assert_eq!(admin.post(&path, &forged, origin).status, 403);
+    add_user(&cluster, "mia", false, "a member's password");
+    let member = Browser::new(&cluster, "mia");
+    let login = [("name", "mia"), ("password", "a member's password")];
+    assert_eq!(member.post("/login", &login, origin).status, 303);
+    let member_csrf = csrf_of(&member.get("/").body);
+    let by_member = [("csrf", member_csrf.as_str()), ("enabled", "true")];
+    assert_eq!(member.post(&path, &by_member, origin).status, 403);
+    assert_eq!(member.get(&format!("/agents/{id}/delete")).status, 404);
+    assert_eq!(agent()["enabled"], false);
+    assert_eq!(post("enabled", &[("enabled", "true")]).status, 303);
+    assert_eq!(agent()["enabled"], true);
+
+    // A new key, shown once: the old one is refused from now on.
+    assert_eq!(admin.get(&format!("/agents/{id}/rotate-key")).status, 200);
+    let rotated = post("rotate-key", &[]);
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert_eq!(admin.header("cache-control").as_deref(), Some("no-store"));
+    let new_key = between(&rotated.body, "<pre id=\"api-key\">", "<").to_string();
+    assert!(new_key.starts_with("kmk_") && new_key != key);
+    let connect = |key: &str| {
+        let header = format!("Authorization: Bearer {key}");
+        curl(&["-H", &header, &cluster.control_url("/ws/agent")]).status
+    };
+    assert_eq!(connect(&key), 401);
+    assert_eq!(connect(&new_key), 400, "accepted; not a WebSocket upgrade");
+
+    // Delete: refused while it carries a tunnel, naming it; then done.
+    let body = format!(r#"{{"hostname":"shed.localhost","agent":"{id}","target":"127.0.0.1:9"}}"#);
+    let tunnel = cluster.api("POST", "/api/v1/tunnels", Some(&body)).json();
+    let refused = post("delete", &[]);
+    assert_eq!(refused.status, 409);
+    assert!(refused.body.contains("shed.localhost"), "{}", refused.body);
+    let tunnel_path = format!("/api/v1/tunnels/{}", tunnel["id"].as_str().unwrap());
+    assert_eq!(cluster.api("DELETE", &tunnel_path, None).status, 200);
+    assert_eq!(post("delete", &[]).status, 303);
+    assert_eq!(admin.get(&format!("/agents/{id}")).status, 404);
+    assert_eq!(connect(&new_key), 401);
+    let agents = cluster.api("GET", "/api/v1/agents", None).json();
+    assert_eq!(agents.as_array().map(Vec::len), Some(0), "{agents}");
 }
 
 #[test]
@@ -768,7 +814,7 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
     let document = answer.json();
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().expect("paths");
-    assert_eq!(paths.len(), 10, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 17, "{:?}", paths.keys());
     let mut operations = 0;
     for (path, item) in paths {
         for method in ["get", "post", "patch", "delete"] {
@@ -778,6 +824,7 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
             operations += 1;
             let concrete = path
                 .replace("{id}", "nonexistent")
+                .replace("{token_id}", "nonexistent")
                 .replace("{hostname}", "nonexistent.example");
             // An empty object: creation fails on a missing field, which proves the route.
             let body = (method == "post" || method == "patch").then_some("{}");
@@ -792,7 +839,7 @@ fn every_operation_in_the_openapi_document_reaches_a_real_route() {
             );
         }
     }
-    assert_eq!(operations, 19);
+    assert_eq!(operations, 31);
 }
 
 /// The code an authenticator app shows now for a base32 `secret`.
@@ -954,4 +1001,129 @@ fn certificates_show_why_they_fail_and_retry_now() {
         .api("GET", "/api/v1/certificates", None)
         .body
         .contains("manual.example.com"));
+}
+
+#[test]
+fn an_admin_protects_a_tunnel_in_the_pages() {
+    let cluster = Cluster::new("access-pages");
+    let origin = cluster.control_url("");
+    let origin = Some(origin.as_str());
+    let agent = cluster
+        .api("POST", "/api/v1/agents", Some(r#"{"name":"pi"}"#))
+        .json();
+    let body = format!(
+        r#"{{"hostname":"wiki.localhost","agent":"{}","target":"127.0.0.1:9","issuer":"none"}}"#,
+        agent["id"].as_str().unwrap()
+    );
+    let tunnel = cluster.api("POST", "/api/v1/tunnels", Some(&body)).json();
+    let id = tunnel["id"].as_str().unwrap().to_string();
+    let admin = log_in_admin(&cluster);
+    assert!(admin.get("/tunnels").body.contains("public"));
+    let page = admin.get(&format!("/tunnels/{id}/access"));
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body);
+    let path = format!("/tunnels/{id}/access");
+    let access = || {
+        cluster
+            .api("GET", &format!("/api/v1/tunnels/{id}"), None)
+            .json()["access"]
+            .clone()
+    };
+    let before = access();
+
+    // A bad network comes back with its error; nothing is saved.
+    let bad = admin.post(
+        &path,
+        &[
+            ("csrf", csrf.as_str()),
+            ("users", "alice"),
+            ("allow_ips", "10.0.0.0/99"),
+        ],
+        origin,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("aria-invalid") && bad.body.contains("alice"),
+        "{}",
+        bad.body
+    );
+    assert_eq!(access(), before);
+
+    let saved = admin.post(
+        &path,
+        &[
+            ("csrf", csrf.as_str()),
+            ("users", "alice, bob"),
+            ("role_admin", "true"),
+            ("password", "pin 1234"),
+            ("allow_ips", "10.0.0.0/8\n192.0.2.7"),
+            ("bypass", "/health"),
+            ("session_hours", "8"),
+        ],
+        origin,
+    );
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let rules = access();
+    assert_eq!(rules["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(rules["roles"], serde_json::json!(["admin"]));
+    assert_eq!(rules["password"], true);
+    assert_eq!(
+        rules["allow_ips"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.7/32"])
+    );
+    assert_eq!(rules["session_hours"], 8);
+    assert!(admin
+        .get("/tunnels")
+        .body
+        .contains("alice, bob, every admin · password · IP rules"));
+
+    // A service token, shown once; revoked from the page.
+    let made = admin.post(
+        &format!("{path}/tokens"),
+        &[("csrf", csrf.as_str()), ("name", "ci")],
+        origin,
+    );
+    assert_eq!(made.status, 201);
+    assert_eq!(admin.header("cache-control").as_deref(), Some("no-store"));
+    let token = between(&made.body, "<pre id=\"service-token\">", "<").to_string();
+    assert!(token.starts_with("kst_"));
+    assert!(!admin.get(&path).body.contains(&token));
+    let token_id = access()["service_tokens"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoke = format!("{path}/tokens/{token_id}/revoke");
+    assert_eq!(
+        admin
+            .post(&revoke, &[("csrf", csrf.as_str())], origin)
+            .status,
+        303
+    );
+    assert_eq!(access()["service_tokens"], serde_json::json!([]));
+
+    // Removing the password keeps the rest; a member cannot change anything.
+    let remove = [
+        ("csrf", csrf.as_str()),
+        ("users", "alice, bob"),
+        ("role_admin", "true"),
+        ("remove_password", "true"),
+    ];
+    assert_eq!(admin.post(&path, &remove, origin).status, 303);
+    assert_eq!(access()["password"], false);
+    add_user(&cluster, "mia", false, "a member's password");
+    let member = Browser::new(&cluster, "mia");
+    let login = [("name", "mia"), ("password", "a member's password")];
+    assert_eq!(member.post("/login", &login, origin).status, 303);
+    let member_csrf = csrf_of(&member.get("/").body);
+    assert_eq!(member.get(&path).status, 404);
+    let clear = [("csrf", member_csrf.as_str()), ("users", "")];
+    assert_eq!(member.post(&path, &clear, origin).status, 403);
+    assert_eq!(access()["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(admin.get("/access/rotate-keys").status, 200);
+    assert_eq!(
+        admin
+            .post("/access/rotate-keys", &[("csrf", csrf.as_str())], origin)
+            .status,
+        303
+    );
 }

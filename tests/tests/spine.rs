@@ -23,12 +23,7 @@ fn tunnel_serves_and_every_edit_applies_live() {
     cluster.add_gateway();
     let agent = cluster.add_agent();
     let agent_id = cluster.agents[agent].id.clone();
-    wait_for(Duration::from_secs(10), || {
-        cluster.node_status("agent", &agent_id)["online"]
-            .as_bool()
-            .filter(|o| *o)
-    })
-    .unwrap_or_else(|| panic!("agent never online\n{}", cluster.logs()));
+    cluster.wait_online("agent", &agent_id);
     let status = cluster.node_status("agent", &agent_id);
     assert!(
         status["public_key"].as_str().is_some_and(|k| k.len() == 44),
@@ -304,6 +299,142 @@ fn every_component_recovers_from_kill_9() {
 }
 
 #[test]
+fn nodes_are_disabled_rotated_and_deleted_live() {
+    let mut cluster = Cluster::new("lifecycle");
+    let origin = Origin::start("a");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let (agent_id, gateway_id) = (
+        cluster.agents[agent].id.clone(),
+        cluster.gateways[0].id.clone(),
+    );
+    let tunnel = cluster.create_tunnel("app.localhost", agent, &origin.addr.to_string());
+    let serving = |cluster: &Cluster, limit| {
+        cluster.wait_until(0, "app.localhost", limit, |a| a.status == 200)
+    };
+    serving(&cluster, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+    let patch = |kind: &str, id: &str, body: &str| {
+        cluster.api("PATCH", &format!("/api/v1/{kind}s/{id}"), Some(body))
+    };
+
+    // A disabled agent or gateway stops serving within 2 s, stays connected, and comes back
+    // within 2 s of being enabled.
+    for (kind, id) in [("agent", &agent_id), ("gateway", &gateway_id)] {
+        let answer = patch(kind, id, r#"{"enabled":false}"#);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["enabled"], false);
+        cluster
+            .wait_until(0, "app.localhost", LIVE_CONFIG_LIMIT, |a| a.status == 404)
+            .unwrap_or_else(|| panic!("{kind} disable not applied in 2 s\n{}", cluster.logs()));
+        assert_eq!(cluster.node_status(kind, id)["online"], true);
+        assert_eq!(patch(kind, id, r#"{"enabled":true}"#).status, 200);
+        serving(&cluster, LIVE_CONFIG_LIMIT)
+            .unwrap_or_else(|| panic!("{kind} enable not applied in 2 s\n{}", cluster.logs()));
+    }
+    // Bad input changes nothing.
+    for body in [
+        r#"{"enabled":"no"}"#,
+        r#"{"name":""}"#,
+        r#"{"colour":"red"}"#,
+    ] {
+        assert_eq!(patch("agent", &agent_id, body).status, 400, "{body}");
+    }
+    assert_eq!(
+        patch("gateway", &agent_id, "{}").status,
+        404,
+        "kind is checked"
+    );
+    let renamed = patch("agent", &agent_id, r#"{"name":"kitchen-pi"}"#);
+    assert_eq!(renamed.json()["name"], "kitchen-pi");
+    assert_eq!(renamed.json()["enabled"], true);
+
+    // A rotated key: the session ends, the old key is refused, the new one works.
+    let rotated = cluster.api(
+        "POST",
+        &format!("/api/v1/agents/{agent_id}/rotate-key"),
+        None,
+    );
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let new_key = rotated.json()["api_key"].as_str().unwrap().to_string();
+    assert!(rotated.json()["install"]["docker_compose"]
+        .as_str()
+        .is_some_and(|s| s.contains(&new_key)));
+    wait_for(Duration::from_secs(10), || {
+        cluster.agents[agent]
+            .log()
+            .contains("rejected the API key")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("old key still accepted\n{}", cluster.logs()));
+    cluster.agents[agent].kill9();
+    cluster.agents[agent].set_env("API_KEY", &new_key);
+    cluster.agents[agent].start();
+    cluster.wait_online("agent", &agent_id);
+    serving(&cluster, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("not served after rotation\n{}", cluster.logs()));
+
+    // An agent that carries a tunnel is not deleted; once free, it is, and its key dies.
+    let refused = cluster.api("DELETE", &format!("/api/v1/agents/{agent_id}"), None);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("app.localhost"), "{}", refused.body);
+    assert_eq!(cluster.node_status("agent", &agent_id)["online"], true);
+    let path = format!("/api/v1/tunnels/{tunnel}");
+    assert_eq!(cluster.api("DELETE", &path, None).status, 200);
+    for (kind, id) in [("agent", &agent_id), ("gateway", &gateway_id)] {
+        let path = format!("/api/v1/{kind}s/{id}");
+        assert_eq!(cluster.api("DELETE", &path, None).status, 200);
+        assert_eq!(cluster.api("GET", &path, None).status, 404);
+    }
+    let logs_refusal = |node: &kakuremichi_tests::Node| node.log().contains("rejected the API key");
+    wait_for(Duration::from_secs(10), || {
+        (logs_refusal(&cluster.gateways[0])
+            && cluster.agents[agent]
+                .log()
+                .matches("rejected the API key")
+                .count()
+                >= 2)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("deleted nodes' keys still accepted\n{}", cluster.logs()));
+}
+
+#[test]
+fn every_binary_answers_healthcheck_and_stops_at_once_on_sigterm() {
+    let mut cluster = Cluster::new("sigterm");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let nodes = [
+        &mut cluster.agents[0],
+        &mut cluster.gateways[0],
+        &mut cluster.control,
+    ];
+    for node in nodes {
+        assert!(
+            node.healthcheck(),
+            "{} healthcheck while running",
+            node.name
+        );
+        let started = Instant::now();
+        let status = node.terminate(Duration::from_secs(2));
+        let status = status.unwrap_or_else(|| panic!("{} ignored SIGTERM for 2 s", node.name));
+        assert!(status.success(), "{} exited with {status}", node.name);
+        println!(
+            "{}: stopped {:.3} s after SIGTERM",
+            node.name,
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            !node.healthcheck(),
+            "{} healthcheck after it stopped",
+            node.name
+        );
+    }
+}
+
+#[test]
 fn wrong_api_key_is_refused_clearly_and_retried() {
     let mut cluster = Cluster::new("wrong-key");
     let agent = cluster.add_agent_with_key(Some("kmk_not-a-real-key"));
@@ -343,6 +474,9 @@ fn bad_api_input_gets_a_field_error_and_changes_nothing() {
     let mut cluster = Cluster::new("bad-input");
     let agent = cluster.add_agent();
     let agent_id = cluster.agents[agent].id.clone();
+    // The agent's first hello records its key and moves the revision: wait for it, so the
+    // revision below can only move by a request this test makes.
+    cluster.wait_online("agent", &agent_id);
     let before = cluster.api("GET", "/api/v1/tunnels", None).body;
     let revision = |c: &Cluster| {
         curl(&[&c.control_url("/metrics")])

@@ -1,14 +1,13 @@
 //! Who may act: node API keys and admin API tokens ([`secrets`]), and people — users with
 //! argon2id passwords ([`password`]), browser sessions with CSRF tokens ([`sessions`]) and
-//! login throttling ([`throttle`]).
+//! login throttling (`kakuremichi_proto::throttle`, shared with gateways).
 
 pub mod password;
 pub mod secrets;
 pub mod sessions;
-pub mod throttle;
 pub mod totp;
 
-pub use secrets::{bearer, hash_secret, new_id, new_secret, unix_now};
+pub use secrets::{bearer, hash_secret, new_id, new_secret, random_bytes, unix_now};
 
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@
 use base64::Engine;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The OS random source failing means the machine cannot make keys at all.
     getrandom::fill(&mut bytes).expect("the operating system's random source failed");
@@ -30,8 +30,7 @@ pub fn new_id(prefix: &str) -> String {
 
 /// The stored form of a secret.
 pub fn hash_secret(secret: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    kakuremichi_proto::access::sha256_hex(secret.as_bytes())
 }
 
 /// The bearer token of an `Authorization` header value.

@@ -9,6 +9,8 @@ pub struct LoginForm<'a> {
     pub name: &'a str,
     /// Why the last attempt failed.
     pub error: Option<&'a str>,
+    /// Where to go after logging in (a local path; empty is the dashboard).
+    pub next: &'a str,
 }
 
 pub fn page(form: &LoginForm) -> Markup {
@@ -22,6 +24,7 @@ pub fn page(form: &LoginForm) -> Markup {
                     p.notice.bad role="alert" { (error) }
                 }
                 form method="post" action="/login" {
+                    @if !form.next.is_empty() { input type="hidden" name="next" value=(form.next); }
                     (field("Name", "name", "text", form.name, None, "username"))
                     (field("Password", "password", "password", "", None, "current-password"))
                     button type="submit" { "Log in" }
@@ -32,7 +35,7 @@ pub fn page(form: &LoginForm) -> Markup {
 }
 
 /// The second step of a login with two-factor on.
-pub fn code_page(error: Option<&str>) -> Markup {
+pub fn code_page(error: Option<&str>, next: &str) -> Markup {
     layout(
         "Log in",
         None,
@@ -44,6 +47,7 @@ pub fn code_page(error: Option<&str>) -> Markup {
                     p.notice.bad role="alert" { (error) }
                 }
                 form method="post" action="/login/code" {
+                    @if !next.is_empty() { input type="hidden" name="next" value=(next); }
                     (field("Code", "code", "text", "", None, "one-time-code"))
                     button type="submit" { "Log in" }
                 }

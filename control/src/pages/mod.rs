@@ -1,6 +1,7 @@
 //! Control's pages: pure functions from data to HTML (Maud), one module per screen, one
 //! stylesheet. They work without JavaScript.
 
+pub mod access;
 pub mod account;
 pub mod certificates;
 pub mod dashboard;

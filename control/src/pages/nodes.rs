@@ -1,12 +1,14 @@
-//! Agents and gateways: the list with live state, enrolment, and the one-time page with the
-//! new node's API key and install snippets.
+//! Agents and gateways: the list with live state, one node's page (rename, disable, rotate
+//! its key, delete), enrolment, and the one-time page with a new API key and install
+//! snippets.
 
 use super::{field, layout};
 use crate::auth::{Role, UserRecord};
 use crate::hub::Hub;
 use crate::install::Snippet;
-use crate::model::State;
+use crate::model::{NodeRecord, State};
 use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::NodeStatus;
 use maud::{html, Markup, PreEscaped};
 
 /// Plural title and path of a kind's pages.
@@ -19,17 +21,21 @@ pub fn names(kind: NodeKind) -> (&'static str, &'static str) {
 
 /// One node, with its states decided.
 pub struct Row {
+    pub id: String,
     pub name: String,
     pub online: bool,
+    pub disabled: bool,
     pub overlay_ip: String,
     pub version: String,
-    /// The start of the WireGuard public key, once the node said it.
-    pub public_key: String,
+    /// The WireGuard public key, once the node said it.
+    pub public_key: Option<String>,
     /// Whether the node applied the store's current config revision (online nodes only).
     pub config_current: Option<bool>,
     /// Agents: their tunnels; gateways: their WireGuard endpoint.
     pub detail: String,
     pub last_seen: Option<u64>,
+    /// What the node last reported, while online.
+    pub status: Option<NodeStatus>,
 }
 
 pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
@@ -37,42 +43,166 @@ pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
         .nodes
         .iter()
         .filter(|n| n.kind == kind)
-        .map(|node| {
-            let presence = hub.presence(&node.id);
-            Row {
-                name: node.name.clone(),
-                online: presence.online,
-                overlay_ip: node.overlay_ip.to_string(),
-                version: node
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| "never connected".into()),
-                public_key: node.public_key.as_ref().map_or_else(
-                    || "—".into(),
-                    |key| key.to_string().chars().take(12).collect::<String>() + "…",
-                ),
-                config_current: presence.applied.map(|applied| applied >= state.revision),
-                detail: match kind {
-                    NodeKind::Agent => {
-                        let count = state
-                            .tunnels
-                            .iter()
-                            .filter(|t| t.agent_id == node.id)
-                            .count();
-                        format!("{count} tunnel{}", if count == 1 { "" } else { "s" })
-                    }
-                    NodeKind::Gateway => node.wireguard_endpoint.clone().unwrap_or_default(),
-                },
-                last_seen: presence.last_seen,
-            }
-        })
+        .map(|node| row(state, hub, node))
         .collect();
     rows.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
     rows
 }
 
+pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
+    let presence = hub.presence(&node.id);
+    Row {
+        id: node.id.clone(),
+        name: node.name.clone(),
+        online: presence.online,
+        disabled: node.disabled,
+        overlay_ip: node.overlay_ip.to_string(),
+        version: node
+            .version
+            .clone()
+            .unwrap_or_else(|| "never connected".into()),
+        public_key: node.public_key.as_ref().map(ToString::to_string),
+        config_current: presence.applied.map(|applied| applied >= state.revision),
+        detail: match node.kind {
+            NodeKind::Agent => {
+                let count = state
+                    .tunnels
+                    .iter()
+                    .filter(|t| t.agent_id == node.id)
+                    .count();
+                format!("{count} tunnel{}", if count == 1 { "" } else { "s" })
+            }
+            NodeKind::Gateway => node.wireguard_endpoint.clone().unwrap_or_default(),
+        },
+        last_seen: presence.last_seen,
+        status: presence.status,
+    }
+}
+
 fn seen(last_seen: Option<u64>, now: u64) -> String {
     last_seen.map_or_else(|| "not seen".into(), |at| super::ago(at, now))
+}
+
+/// Online or not, since when, disabled, and whether the latest config is applied.
+fn state_cell(row: &Row, now: u64) -> Markup {
+    html! {
+        span class={"dot " (if row.online { "good" } else { "bad" })} {}
+        @if row.online { "online" } @else { "offline" }
+        span.muted { " · " (seen(row.last_seen, now)) }
+        @if row.disabled {
+            br; span.dot.warn {} "disabled: serves nothing"
+        } @else {
+            @match row.config_current {
+                Some(true) => { br; span.muted { "config up to date" } }
+                Some(false) => { br; span.dot.warn {} "applying the latest config" }
+                None => {}
+            }
+        }
+    }
+}
+
+fn short_key(row: &Row) -> String {
+    row.public_key.as_ref().map_or_else(
+        || "—".into(),
+        |key| key.chars().take(12).collect::<String>() + "…",
+    )
+}
+
+/// What one node's page shows beside its row.
+pub struct Detail<'a> {
+    pub row: &'a Row,
+    pub kind: NodeKind,
+    /// Agents: the hostnames of their tunnels.
+    pub tunnels: Vec<String>,
+    pub name: &'a str,
+    pub name_error: Option<&'a str>,
+    /// Why the last action was refused.
+    pub refusal: Option<&'a str>,
+}
+
+pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> Markup {
+    let (title, path) = names(detail.kind);
+    let row = detail.row;
+    let base = format!("{path}/{}", row.id);
+    let admin = user.role == Role::Admin;
+    layout(
+        &row.name,
+        Some((user, csrf)),
+        html! {
+            p.muted { a href=(path) { (title) } " / " (row.name) }
+            h1 { (row.name) }
+            @if let Some(refusal) = detail.refusal { p.notice.bad role="alert" { (refusal) } }
+            div.card {
+                dl.facts {
+                    dt { "State" } dd { (state_cell(row, now)) }
+                    dt { "Id" } dd { code { (row.id) } }
+                    dt { "Overlay address" } dd { code { (row.overlay_ip) } }
+                    @if detail.kind == NodeKind::Gateway {
+                        dt { "WireGuard endpoint" } dd { code { (row.detail) } }
+                    }
+                    dt { "Public key" } dd { code { (row.public_key.as_deref().unwrap_or("not yet known: the node has not connected")) } }
+                    dt { "Version" } dd { (row.version) }
+                    @if let Some(status) = &row.status {
+                        dt { "WireGuard peers up" } dd { (status.peers_up) }
+                        dt { "Traffic" } dd { (bytes(status.rx_bytes)) " in, " (bytes(status.tx_bytes)) " out" }
+                    } @else if row.online {
+                        dt { "WireGuard peers up" } dd.muted { "reported with the node's next heartbeat" }
+                    }
+                    @if detail.kind == NodeKind::Agent {
+                        dt { "Tunnels" }
+                        dd {
+                            @if detail.tunnels.is_empty() { span.muted { "none" } }
+                            @for hostname in &detail.tunnels { code { (hostname) } " " }
+                        }
+                    }
+                }
+            }
+            @if admin {
+                h2 { "Manage" }
+                div.card {
+                    form method="post" action={(base) "/name"} {
+                        input type="hidden" name="csrf" value=(csrf);
+                        (field("Name", "name", "text", detail.name, detail.name_error, "off"))
+                        div.actions { button type="submit" { "Rename" } }
+                    }
+                    hr;
+                    form method="post" action={(base) "/enabled"} {
+                        input type="hidden" name="csrf" value=(csrf);
+                        input type="hidden" name="enabled" value=(if row.disabled { "true" } else { "false" });
+                        @if row.disabled {
+                            p { "Disabled: it keeps its connection to Control but serves nothing, and no other node peers with it." }
+                            div.actions { button type="submit" { "Enable" } }
+                        } @else {
+                            p { "Disabling stops it serving within a second; it stays enrolled and can be enabled again at once." }
+                            div.actions { button type="submit" { "Disable" } }
+                        }
+                    }
+                    hr;
+                    p { "A new API key ends the node's connection; it connects again once restarted with the new key." }
+                    div.actions {
+                        a.button href={(base) "/rotate-key"} { "Rotate API key" }
+                        a.danger-link href={(base) "/delete"} { "Delete " (detail.kind.as_str()) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A byte count in the largest unit that keeps it at least 1.
+fn bytes(count: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], now: u64) -> Markup {
@@ -98,20 +228,11 @@ pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], no
                         tbody {
                             @for row in rows {
                                 tr {
-                                    td data-label="Name" { (row.name) }
-                                    td data-label="State" {
-                                        span class={"dot " (if row.online { "good" } else { "bad" })} {}
-                                        @if row.online { "online" } @else { "offline" }
-                                        span.muted { " · " (seen(row.last_seen, now)) }
-                                        @match row.config_current {
-                                            Some(true) => { br; span.muted { "config up to date" } }
-                                            Some(false) => { br; span.dot.warn {} "applying the latest config" }
-                                            None => {}
-                                        }
-                                    }
+                                    td data-label="Name" { a href={(path) "/" (row.id)} { (row.name) } }
+                                    td data-label="State" { (state_cell(row, now)) }
                                     td data-label="Overlay address" { code { (row.overlay_ip) } }
                                     td data-label=(detail) { (row.detail) }
-                                    td data-label="Public key" { code { (row.public_key) } }
+                                    td data-label="Public key" { code { (short_key(row)) } }
                                     td data-label="Version" { (row.version) }
                                 }
                             }
@@ -150,21 +271,21 @@ pub fn new_page(
     )
 }
 
-/// The only time the key is shown: it is stored hashed.
-pub fn enrolled_page(
+/// The only time a key is shown: it is stored hashed. `heading` says why there is one.
+pub fn key_page(
     user: &UserRecord,
     csrf: &str,
     kind: NodeKind,
-    name: &str,
+    heading: &str,
     api_key: &str,
     snippets: &[Snippet],
 ) -> Markup {
     let (_, path) = names(kind);
     layout(
-        &format!("{} enrolled", kind.as_str()),
+        heading,
         Some((user, csrf)),
         html! {
-            h1 { (name) " is enrolled" }
+            h1 { (heading) }
             p.notice { "Copy the API key now: it is shown only this once (Control keeps only its hash)." }
             div.card {
                 h2 { "API key" }

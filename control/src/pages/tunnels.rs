@@ -15,6 +15,8 @@ pub struct Row {
     pub agent_online: bool,
     pub target: String,
     pub enabled: bool,
+    /// Who may open it, when not everyone.
+    pub access: Option<String>,
     /// What the certificate is doing, and how healthy that is (`good`, `warn`, `bad`, ``).
     pub certificate: (String, &'static str),
 }
@@ -62,6 +64,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
                 target: tunnel.target.to_string(),
                 enabled: tunnel.enabled,
+                access: tunnel.access.summary(),
                 certificate,
             }
         })
@@ -102,7 +105,14 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                         tbody {
                             @for row in rows {
                                 tr {
-                                    td data-label="Hostname" { (row.hostname) }
+                                    td data-label="Hostname" {
+                                        (row.hostname)
+                                        br;
+                                        @match &row.access {
+                                            Some(access) => span.muted { "🔒 " (access) },
+                                            None => span.muted { "public" },
+                                        }
+                                    }
                                     td data-label="Agent" {
                                         span class={"dot " (if row.agent_online { "good" } else { "bad" })} {}
                                         (row.agent)
@@ -121,6 +131,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                                 button.small type="submit" { @if row.enabled { "Disable" } @else { "Enable" } }
                                             }
                                             a.edit href={"/tunnels/" (row.id) "/edit"} { "Edit" }
+                                            a.edit href={"/tunnels/" (row.id) "/access"} { "Access" }
                                             a href={"/tunnels/" (row.id) "/delete"} { "Delete" }
                                         }
                                     }

@@ -1,0 +1,142 @@
+//! One-line installs: the agent binaries Control was given (`--release-dir`), served at
+//! `/releases/kakuremichi-agent-<arch>`, and `/install.sh`, which picks the machine's binary,
+//! checks its SHA-256 against the sum written into the script, installs it as a systemd or
+//! procd service with `CONTROL_URL` and the API key, and starts it.
+
+use crate::error::Error;
+use std::path::{Path, PathBuf};
+
+/// Architectures as `uname -m` names them, with a binary per architecture.
+const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
+
+/// An agent binary Control serves.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// `uname -m` of the machines it runs on.
+    pub arch: &'static str,
+    pub path: PathBuf,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+impl Release {
+    /// The file name, and the last segment of its URL.
+    pub fn name(&self) -> String {
+        format!("kakuremichi-agent-{}", self.arch)
+    }
+}
+
+/// The agent binaries in `dir` (`kakuremichi-agent-x86_64`, `kakuremichi-agent-aarch64`),
+/// hashed once at start.
+pub fn scan(dir: &Path) -> Result<Vec<Release>, Error> {
+    let mut releases = Vec::new();
+    for arch in ARCHES {
+        let path = dir.join(format!("kakuremichi-agent-{arch}"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let sha256 = kakuremichi_proto::access::sha256_hex(&bytes);
+        releases.push(Release { arch, path, sha256 });
+    }
+    if releases.is_empty() {
+        return Err(Error::Config(format!(
+            "--release-dir {}: no kakuremichi-agent-x86_64 or kakuremichi-agent-aarch64 in it",
+            dir.display()
+        )));
+    }
+    Ok(releases)
+}
+
+/// The install script for agents of the Control at `control_url`.
+pub fn install_script(control_url: &str, releases: &[Release]) -> String {
+    let control_url = control_url.trim_end_matches('/');
+    let sums: String = releases
+        .iter()
+        .map(|r| format!("    {}) sum={} ;;\n", r.arch, r.sha256))
+        .collect();
+    let arches: Vec<&str> = releases.iter().map(|r| r.arch).collect();
+    SCRIPT
+        .replace("@CONTROL_URL@", control_url)
+        .replace("@SUMS@", &sums)
+        .replace("@ARCHES@", &arches.join(" "))
+}
+
+const SCRIPT: &str = r#"#!/bin/sh
+# kakuremichi agent installer, served by Control at @CONTROL_URL@/install.sh
+#   curl -fsSL @CONTROL_URL@/install.sh | sh -s -- API_KEY
+# Installs the agent for this machine's architecture (checked against its SHA-256), then a
+# systemd unit or, on OpenWrt, a procd service with CONTROL_URL and the key, and starts it.
+# ROOT (default /) installs into another root, e.g. for an image.
+set -eu
+CONTROL_URL=@CONTROL_URL@
+API_KEY=${1:-${API_KEY:-}}
+ROOT=${ROOT:-}
+fail() { echo "kakuremichi install: $*" >&2; exit 1; }
+[ -n "$API_KEY" ] || fail "pass the agent's API key: curl -fsSL $CONTROL_URL/install.sh | sh -s -- kmk_..."
+case "$API_KEY" in *[!A-Za-z0-9_-]*) fail "the API key has characters an API key never has" ;; esac
+arch=$(uname -m)
+case "$arch" in
+@SUMS@    *) fail "Control has no agent for $arch (it serves: @ARCHES@)" ;;
+esac
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+url="$CONTROL_URL/releases/kakuremichi-agent-$arch"
+if command -v curl >/dev/null; then curl -fsSL "$url" -o "$tmp"
+elif command -v wget >/dev/null; then wget -qO "$tmp" "$url"
+else fail "needs curl or wget"; fi
+got=$(sha256sum "$tmp" | cut -d' ' -f1)
+[ "$got" = "$sum" ] || fail "the download's SHA-256 is $got, expected $sum: not installed"
+if [ -f "$ROOT/etc/openwrt_release" ]; then
+    install -m 0755 "$tmp" "$ROOT/usr/bin/kakuremichi-agent"
+    cat >"$ROOT/etc/init.d/kakuremichi" <<'INIT'
+#!/bin/sh /etc/rc.common
+START=95
+USE_PROCD=1
+start_service() {
+	. /etc/kakuremichi/env
+	procd_open_instance
+	procd_set_param command /usr/bin/kakuremichi-agent --state-dir /etc/kakuremichi
+	procd_set_param env CONTROL_URL="$CONTROL_URL" API_KEY="$API_KEY"
+	procd_set_param respawn 3600 5 0
+	procd_set_param stderr 1
+	procd_close_instance
+}
+INIT
+    chmod 0755 "$ROOT/etc/init.d/kakuremichi"
+    mkdir -p "$ROOT/etc/kakuremichi"
+    umask 077
+    printf 'CONTROL_URL=%s\nAPI_KEY=%s\n' "$CONTROL_URL" "$API_KEY" >"$ROOT/etc/kakuremichi/env"
+    [ -n "$ROOT" ] || { /etc/init.d/kakuremichi enable; /etc/init.d/kakuremichi restart; }
+    echo "kakuremichi agent installed as a procd service (logread shows its log)"
+    exit 0
+fi
+install -D -m 0755 "$tmp" "$ROOT/usr/local/bin/kakuremichi-agent"
+mkdir -p "$ROOT/etc/kakuremichi" "$ROOT/etc/systemd/system"
+( umask 077; printf 'CONTROL_URL=%s\nAPI_KEY=%s\n' "$CONTROL_URL" "$API_KEY" >"$ROOT/etc/kakuremichi/agent.env" )
+cat >"$ROOT/etc/systemd/system/kakuremichi-agent.service" <<'UNIT'
+[Unit]
+Description=kakuremichi agent
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=/etc/kakuremichi/agent.env
+ExecStart=/usr/local/bin/kakuremichi-agent --state-dir /var/lib/kakuremichi-agent
+DynamicUser=yes
+StateDirectory=kakuremichi-agent
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+if [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
+    systemctl daemon-reload
+    systemctl enable --now kakuremichi-agent.service
+    systemctl restart kakuremichi-agent.service
+    echo "kakuremichi agent installed and started (journalctl -u kakuremichi-agent shows its log)"
+else
+    echo "kakuremichi agent installed; start it with: systemctl enable --now kakuremichi-agent"
+fi
+"#;

@@ -1,0 +1,409 @@
+//! The access check on each request to a protected tunnel, and the gateway's own login paths
+//! under `/.kakuremichi/`: the password page, the callback that turns Control's assertion
+//! into a session cookie, and logout. The decisions themselves are [`crate::access`].
+
+use crate::access::{Facts, Verdict, COOKIE, PREFIX};
+use crate::pages;
+use crate::routes::Route;
+use crate::Gateway;
+use base64::Engine;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE as COOKIE_HEADER, LOCATION,
+    REFERRER_POLICY, SET_COOKIE, WWW_AUTHENTICATE,
+};
+use hyper::{Method, Request, Response};
+use kakuremichi_proto::access::{AccessPolicy, Subject};
+use kakuremichi_rt::http::{respond, Body};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Identity headers the origin gets from the gateway only: a client's copies are removed.
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-kakuremichi-user");
+pub const EMAIL_HEADER: HeaderName = HeaderName::from_static("x-kakuremichi-email");
+/// Largest login form read.
+const MAX_FORM_BYTES: usize = 4096;
+/// Time a client gets to send the login form.
+const FORM_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Let `request` through to the tunnel, or answer it here. Passing strips the session cookie
+/// and (when it was ours) the `Authorization` header, and tells the origin who it is.
+pub async fn admit(
+    gateway: &Gateway,
+    route: &Route,
+    mut request: Request<Incoming>,
+    client: SocketAddr,
+    scheme: &str,
+    host: &str,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let headers = request.headers_mut();
+    headers.remove(USER_HEADER);
+    headers.remove(EMAIL_HEADER);
+    let Some(policy) = route.access.as_deref() else {
+        return Ok(request);
+    };
+    let gate = &gateway.gate;
+    let now = unix_now();
+    let hostname = route.hostname.as_str();
+    if request.uri().path().starts_with(PREFIX) {
+        if !policy.admits(client.ip()) {
+            return Err(pages::forbidden(hostname));
+        }
+        return Err(endpoint(gateway, route, policy, request, client, scheme, host).await);
+    }
+    let verdict = {
+        let headers = request.headers();
+        let (bearer, basic) = credentials(headers);
+        let facts = Facts {
+            host: hostname,
+            path: request.uri().path(),
+            client: Some(client.ip()),
+            bearer,
+            basic,
+            cookie: cookie(headers),
+        };
+        gate.judge(policy, &facts, now)
+    };
+    let (user, credential) = match verdict {
+        Verdict::Pass { user, credential } => (user, credential),
+        Verdict::CheckBasic { user, password } => {
+            match gate
+                .check_password(&route.tunnel_id, policy, client.ip(), &password, now)
+                .await
+            {
+                Ok(true) => (Some(user).filter(|u| !u.is_empty()), true),
+                Ok(false) => return Err(unauthorized(policy, hostname)),
+                Err(throttled) => return Err(pages::throttled(hostname, throttled.retry_after)),
+            }
+        }
+        Verdict::Forbidden => return Err(pages::forbidden(hostname)),
+        Verdict::Unauthorized => return Err(unauthorized(policy, hostname)),
+        Verdict::Login => return Err(login(gateway, policy, hostname, &request, scheme, host)),
+    };
+    let headers = request.headers_mut();
+    strip_session_cookie(headers);
+    if credential {
+        headers.remove(AUTHORIZATION);
+    }
+    if let Some(value) = user.and_then(|u| HeaderValue::from_str(&u).ok()) {
+        headers.insert(USER_HEADER, value);
+    }
+    Ok(request)
+}
+
+/// The bearer token, or the decoded basic credentials, of the `Authorization` header.
+fn credentials(headers: &HeaderMap) -> (Option<&str>, Option<(String, String)>) {
+    let Some((scheme, value)) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+    else {
+        return (None, None);
+    };
+    let value = value.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return (Some(value), None);
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let pair = decoded.as_deref().and_then(|text| text.split_once(':'));
+        return (None, pair.map(|(u, p)| (u.to_string(), p.to_string())));
+    }
+    (None, None)
+}
+
+/// The value of our cookie among the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The origin never sees the gateway's cookie; its own cookies pass untouched.
+fn strip_session_cookie(headers: &mut HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(COOKIE_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(COOKIE))
+        .map(str::to_string)
+        .collect();
+    headers.remove(COOKIE_HEADER);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(COOKIE_HEADER, value);
+        }
+    }
+}
+
+/// A wrong or missing credential from a client that cannot log in through a page.
+fn unauthorized(policy: &AccessPolicy, hostname: &str) -> Response<Body> {
+    let mut response = pages::unauthorized(hostname);
+    let challenge = match policy.password_hash {
+        Some(_) => format!("Basic realm=\"{hostname}\", charset=\"UTF-8\""),
+        None => "Bearer".to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// A request that must log in: browsers go to a login page, other clients get a 401.
+/// `hostname` is the tunnel's; `host` the `Host` the browser used (with its port), for the
+/// way back from Control.
+fn login(
+    gateway: &Gateway,
+    policy: &AccessPolicy,
+    hostname: &str,
+    request: &Request<Incoming>,
+    scheme: &str,
+    host: &str,
+) -> Response<Body> {
+    let navigates = matches!(*request.method(), Method::GET | Method::HEAD)
+        && request
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
+    if !navigates {
+        return unauthorized(policy, hostname);
+    }
+    let here = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let control = control_login(gateway, policy, scheme, host, here);
+    match (&policy.password_hash, control) {
+        (None, Some(control)) => see_other(&control, None),
+        _ => see_other(
+            &format!("{PREFIX}login?{}", query(&[("return", here)])),
+            None,
+        ),
+    }
+}
+
+/// Control's login for this tunnel, when Control users may open it.
+fn control_login(
+    gateway: &Gateway,
+    policy: &AccessPolicy,
+    scheme: &str,
+    host: &str,
+    return_to: &str,
+) -> Option<String> {
+    policy.users.as_ref()?;
+    let login_url = gateway.gate.login_url()?;
+    let origin = format!("{scheme}://{host}");
+    Some(format!(
+        "{login_url}?{}",
+        query(&[("origin", &origin), ("return", return_to)])
+    ))
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn see_other(location: &str, cookie: Option<String>) -> Response<Body> {
+    let mut response = respond(303, "text/plain", "");
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(LOCATION, value);
+    }
+    // The callback's URL holds an assertion: it must not leak to the next site as a referrer.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if let Some(value) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    response
+}
+
+/// `Set-Cookie` for a session lasting `max_age` seconds (0 ends it). Host-only: no `Domain`,
+/// so it goes back to this hostname alone.
+fn set_cookie(value: &str, max_age: u64, scheme: &str) -> String {
+    let secure = if scheme == "https" { "; Secure" } else { "" };
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// `/.kakuremichi/…` on a protected hostname.
+async fn endpoint(
+    gateway: &Gateway,
+    route: &Route,
+    policy: &AccessPolicy,
+    request: Request<Incoming>,
+    client: SocketAddr,
+    scheme: &str,
+    host: &str,
+) -> Response<Body> {
+    let hostname = route.hostname.as_str();
+    let now = unix_now();
+    let params: Vec<(String, String)> = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let action = request
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or_default()
+        .to_string();
+    let session_secs = policy.session_hours * 3600;
+    let method = request.method().clone();
+    match (method, action.as_str()) {
+        (Method::GET, "login") => {
+            let return_to = kakuremichi_proto::access::local_path(param("return"));
+            let control = control_login(gateway, policy, scheme, host, &return_to);
+            pages::login(
+                hostname,
+                &return_to,
+                policy.password_hash.is_some(),
+                control.as_deref(),
+                None,
+                200,
+            )
+        }
+        (Method::POST, "login") => {
+            let form = match read_form(request).await {
+                Some(form) => form,
+                None => return pages::client_error(400, "The login form could not be read."),
+            };
+            let field = |name: &str| {
+                form.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let return_to = kakuremichi_proto::access::local_path(field("return"));
+            let password = field("password").unwrap_or_default();
+            let control = control_login(gateway, policy, scheme, host, &return_to);
+            let has_password = policy.password_hash.is_some();
+            match gateway
+                .gate
+                .check_password(&route.tunnel_id, policy, client.ip(), password, now)
+                .await
+            {
+                Ok(true) => {
+                    let subject = Subject::Password {
+                        epoch: policy.password_epoch(),
+                    };
+                    let sealed = gateway
+                        .gate
+                        .seal(hostname, subject, policy.session_hours, now);
+                    gateway
+                        .gate
+                        .metrics
+                        .logins
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let cookie = sealed.map(|value| set_cookie(&value, session_secs, scheme));
+                    see_other(&return_to, cookie)
+                }
+                Ok(false) => pages::login(
+                    hostname,
+                    &return_to,
+                    has_password,
+                    control.as_deref(),
+                    Some("That password is not right."),
+                    401,
+                ),
+                Err(throttled) => pages::throttled(hostname, throttled.retry_after),
+            }
+        }
+        (Method::GET, "callback") => {
+            let return_to = kakuremichi_proto::access::local_path(param("return"));
+            let token = param("assertion").unwrap_or_default();
+            match gateway.gate.redeem(policy, token, hostname, now) {
+                Some(user) => {
+                    let sealed =
+                        gateway
+                            .gate
+                            .seal(hostname, Subject::User(user), policy.session_hours, now);
+                    let cookie = sealed.map(|value| set_cookie(&value, session_secs, scheme));
+                    see_other(&return_to, cookie)
+                }
+                None => pages::login_link_refused(hostname),
+            }
+        }
+        (Method::GET | Method::POST, "logout") => {
+            let mut response = pages::logged_out(hostname);
+            if let Ok(value) = HeaderValue::from_str(&set_cookie("", 0, scheme)) {
+                response.headers_mut().insert(SET_COOKIE, value);
+            }
+            response
+        }
+        _ => pages::not_found(host),
+    }
+}
+
+/// A small urlencoded form, or `None` when it is too large, too slow or malformed.
+async fn read_form(request: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    let body = request.into_body();
+    let collect = async { Limited::new(body, MAX_FORM_BYTES).collect().await.ok() };
+    let timeout = async {
+        async_io::Timer::after(FORM_TIMEOUT).await;
+        None
+    };
+    let bytes = futures_lite::future::or(collect, timeout).await?.to_bytes();
+    Some(form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_and_stripped_alone() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE_HEADER,
+            HeaderValue::from_static("theme=dark; km_access=abc.def"),
+        );
+        headers.append(COOKIE_HEADER, HeaderValue::from_static("lang=ja"));
+        assert_eq!(cookie(&headers), Some("abc.def"));
+        strip_session_cookie(&mut headers);
+        assert_eq!(headers.get(COOKIE_HEADER).unwrap(), "theme=dark; lang=ja");
+        let mut only = HeaderMap::new();
+        only.insert(COOKIE_HEADER, HeaderValue::from_static("km_access=x"));
+        strip_session_cookie(&mut only);
+        assert!(only.get(COOKIE_HEADER).is_none());
+    }
+
+    #[test]
+    fn credentials_are_read_from_authorization() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer kst_abc"));
+        assert_eq!(credentials(&headers).0, Some("kst_abc"));
+        // "ci:pass:word" — the password may hold colons.
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic Y2k6cGFzczp3b3Jk"),
+        );
+        assert_eq!(
+            credentials(&headers).1,
+            Some(("ci".into(), "pass:word".into()))
+        );
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert_eq!(credentials(&headers), (None, None));
+    }
+}
