@@ -8,6 +8,7 @@ use futures_lite::future;
 use kakuremichi_netstack::{Stack, TcpListener, TcpStream};
 use kakuremichi_proto::ids::Target;
 use kakuremichi_proto::messages::Service;
+use kakuremichi_proto::ports::Transport;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,15 +20,17 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// that target: each holds a receiver of `cancel`, which then reports closed.
 struct Destination {
     target: Target,
+    transport: Transport,
     cancel: async_channel::Sender<()>,
     cancelled: async_channel::Receiver<()>,
 }
 
 impl Destination {
-    fn new(target: Target) -> Self {
+    fn new(target: Target, transport: Transport) -> Self {
         let (cancel, cancelled) = async_channel::bounded(1);
         Destination {
             target,
+            transport,
             cancel,
             cancelled,
         }
@@ -74,16 +77,20 @@ impl Services {
                     .destination
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
-                if destination.target != service.target {
+                if (&destination.target, destination.transport)
+                    != (&service.target, service.transport)
+                {
                     destination.cancel.close();
-                    *destination = Destination::new(service.target.clone());
+                    *destination = Destination::new(service.target.clone(), service.transport);
                 }
                 continue;
             }
             match self.stack.listen(service.port) {
                 Ok(listener) => {
-                    let destination =
-                        Arc::new(RwLock::new(Destination::new(service.target.clone())));
+                    let destination = Arc::new(RwLock::new(Destination::new(
+                        service.target.clone(),
+                        service.transport,
+                    )));
                     let task = smol::spawn(accept_loop(
                         listener,
                         destination.clone(),
@@ -126,9 +133,13 @@ async fn accept_loop(
         let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
-        let (target, cancelled) = {
+        let (target, transport, cancelled) = {
             let destination = destination.read().unwrap_or_else(|p| p.into_inner());
-            (destination.target.clone(), destination.cancelled.clone())
+            (
+                destination.target.clone(),
+                destination.transport,
+                destination.cancelled.clone(),
+            )
         };
         let tunnel_id = tunnel_id.clone();
         // A forwarded connection lives until either side closes it or its target changes.
@@ -137,7 +148,13 @@ async fn accept_loop(
                 let _ = cancelled.recv().await;
                 Ok(())
             };
-            if let Err(e) = future::or(forward(stream, &target), cancel).await {
+            let carried = async {
+                match transport {
+                    Transport::Tcp => forward(stream, &target).await,
+                    Transport::Udp => crate::udp::carry(stream, &target).await,
+                }
+            };
+            if let Err(e) = future::or(carried, cancel).await {
                 log::warn!("tunnel {tunnel_id}: connection from {from} to {target}: {e}");
             }
         })

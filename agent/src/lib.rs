@@ -6,11 +6,13 @@
 //! to the tunnel's target.
 //!
 //! - [`forward`]: service ports and forwarding.
+//! - [`udp`]: datagrams of `udp` services, one socket per client flow.
 //! - [`status`]: the loopback status listener and the `healthcheck` probe.
 #![forbid(unsafe_code)]
 
 pub mod forward;
 pub mod status;
+pub mod udp;
 
 use async_io::Async;
 use futures_lite::future;
@@ -65,6 +67,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         control: &settings.control,
         wireguard_bind: settings.wireguard_bind,
         wireguard_endpoint: None,
+        ports: None,
     })
     .await?;
     let status_listener =

@@ -6,12 +6,14 @@ use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
+use crate::tunnels::TunnelKind;
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use kakuremichi_proto::ids::Hostname;
-use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
+use kakuremichi_proto::ports::PortRange;
+use kakuremichi_proto::proxy_protocol::ProxyProtocol;
 use kakuremichi_proto::ProtoError;
 use kakuremichi_rt::http::{respond, Body};
 use serde_json::{json, Map, Value};
@@ -285,29 +287,72 @@ impl Fields {
     }
 }
 
-fn check_kind(fields: &mut Fields) -> Result<(), Error> {
-    match fields.string("kind")?.as_deref() {
-        None | Some("http") => Ok(()),
-        Some("tcp") => Err(Error::invalid(
-            "kind",
-            "tcp tunnels are not available yet; use http",
-        )),
-        Some(other) => Err(Error::invalid(
-            "kind",
-            format!("{other:?} is not http or tcp"),
-        )),
+impl Fields {
+    /// `port` (a number) or `ports` (`"20000-20010"`, or a number).
+    fn ports(&mut self) -> Result<Option<PortRange>, Error> {
+        let single = self.number("port")?;
+        let range = match self.0.remove("ports") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "ports",
+                    "must be \"first-last\" or a number",
+                ))
+            }
+        };
+        let parsed = match (single, range) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid("port", "give port or ports, not both"))
+            }
+            (Some(port), None) => u16::try_from(port)
+                .map_err(|_| ProtoError::Invalid {
+                    field: "port",
+                    reason: format!("{port} is not a port"),
+                })
+                .and_then(PortRange::single),
+            (None, Some(range)) => range.parse(),
+            (None, None) => return Ok(None),
+        };
+        parsed
+            .map(Some)
+            .map_err(|e| Error::invalid("port", e.to_string()))
+    }
+
+    /// `proxy_protocol`: `"v1"`, `"v2"`, or `"none"` to turn it off.
+    fn proxy_protocol(&mut self) -> Result<Option<Option<ProxyProtocol>>, Error> {
+        match self.string("proxy_protocol")?.as_deref() {
+            None => Ok(None),
+            Some("none") => Ok(Some(None)),
+            Some(raw) => raw.parse().map(|p| Some(Some(p))).map_err(|_| {
+                Error::invalid("proxy_protocol", format!("{raw:?} is not v1, v2 or none"))
+            }),
+        }
+    }
+
+    /// `target`, whose port may be a range matching the public one.
+    fn target(&mut self, ports: Option<PortRange>) -> Result<Option<Target>, Error> {
+        self.string("target")?
+            .map(|raw| crate::tunnels::parse_target(&raw, ports))
+            .transpose()
     }
 }
 
 fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
+    let kind: TunnelKind = match fields.string("kind")? {
+        Some(kind) => kind.parse()?,
+        None => TunnelKind::Http,
+    };
+    let ports = fields.ports()?;
     let new = NewTunnel {
-        hostname: fields
-            .parsed("hostname")?
-            .ok_or_else(|| Error::invalid("hostname", "is required"))?,
+        kind,
+        hostname: fields.parsed("hostname")?,
         agent_id: fields.required("agent")?,
         target: fields
-            .parsed("target")?
+            .target(ports)?
             .ok_or_else(|| Error::invalid("target", "is required"))?,
+        ports,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
         issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
         access: match fields.take("access") {
@@ -318,8 +363,8 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
             }
             None => TunnelAccess::default(),
         },
+        proxy_protocol: fields.proxy_protocol()?.flatten(),
     };
-    check_kind(&mut fields)?;
     fields.finish()?;
     let tunnel = control.store.create_tunnel(new)?;
     control.hub.notify_all();
@@ -328,10 +373,12 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
 
 /// A tunnel change; an `access` object changes the rules it names on top of `current`.
 fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch, Error> {
+    let ports = fields.ports()?;
     let patch = TunnelPatch {
         hostname: fields.parsed("hostname")?,
+        target: fields.target(ports.or(current.ports))?,
+        ports,
         agent_id: fields.string("agent")?,
-        target: fields.parsed("target")?,
         enabled: fields.boolean("enabled")?,
         issuer: fields.parsed("issuer")?,
         access: match fields.take("access") {
@@ -342,8 +389,16 @@ fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch
             }
             None => None,
         },
+        proxy_protocol: fields.proxy_protocol()?,
     };
-    check_kind(&mut fields)?;
+    if let Some(kind) = fields.string("kind")? {
+        if kind != current.kind.as_str() {
+            return Err(Error::invalid(
+                "kind",
+                "a tunnel's kind cannot change; create a new tunnel",
+            ));
+        }
+    }
     fields.finish()?;
     Ok(patch)
 }
@@ -516,8 +571,10 @@ fn node_json(control: &Control, node: &NodeRecord) -> Value {
 fn tunnel_json(tunnel: &TunnelRecord) -> Value {
     json!({
         "id": tunnel.id,
-        "kind": "http",
-        "hostname": tunnel.hostname.as_str(),
+        "kind": tunnel.kind.as_str(),
+        "hostname": tunnel.hostname.as_ref().map(Hostname::as_str),
+        "ports": tunnel.ports.map(|p| p.to_string()),
+        "proxy_protocol": tunnel.proxy_protocol.map(ProxyProtocol::as_str),
         "agent": tunnel.agent_id,
         "target": tunnel.target.to_string(),
         "service_port": tunnel.service_port,

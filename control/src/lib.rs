@@ -6,6 +6,7 @@
 //! from their cached snapshots while Control is down.
 //!
 //! - [`model`]: records and the pure rules over them (address allocation, snapshots).
+//! - [`tunnels`]: tunnel kinds (http, tls, tcp, udp), ports and the rules between tunnels.
 //! - [`store`]: the heed store; one write transaction per change.
 //! - [`api`]: `/api/v1` JSON.
 //! - [`hub`] and [`session`]: live node WebSockets, presence and pushes.
@@ -30,6 +31,7 @@ pub mod releases;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tunnels;
 pub mod web;
 
 pub use error::Error;

@@ -3,10 +3,14 @@
 
 use crate::access::{Keyring, TunnelAccess};
 use crate::auth::UserRecord;
+use crate::tunnels::TunnelKind;
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
-    AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PeerConfig, Service,
+    AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PassthroughRoute,
+    PeerConfig, PortRoute, Service, Upstream,
 };
+use kakuremichi_proto::ports::{PortPolicy, PortRange};
+use kakuremichi_proto::proxy_protocol::ProxyProtocol;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -35,6 +39,9 @@ pub struct NodeRecord {
     /// given nothing to serve, and no other node peers with it.
     #[serde(default)]
     pub disabled: bool,
+    /// Gateways: which ports tunnels may take there, from its last hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_policy: Option<PortPolicy>,
     pub created_at: u64,
 }
 
@@ -42,9 +49,19 @@ pub struct NodeRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TunnelRecord {
     pub id: String,
-    pub hostname: Hostname,
+    /// What it carries; records from before port tunnels are `http`.
+    #[serde(default)]
+    pub kind: TunnelKind,
+    /// `http` and `tls`: the name clients ask for. Port tunnels may carry one as a label.
+    #[serde(default)]
+    pub hostname: Option<Hostname>,
+    /// `tcp` and `udp`: the public ports, mapped one to one onto the target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
     pub agent_id: String,
+    /// For a port range, the target of its first port.
     pub target: Target,
+    /// The first of the agent service ports it takes (one per public port).
     pub service_port: u16,
     pub enabled: bool,
     /// Who issues the hostname's certificate; `none` serves plain HTTP.
@@ -53,6 +70,9 @@ pub struct TunnelRecord {
     /// Who may open it; empty is public.
     #[serde(default)]
     pub access: TunnelAccess,
+    /// `tcp` and `tls`: a PROXY header in front of each connection to the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
     pub created_at: u64,
 }
 
@@ -251,16 +271,6 @@ impl OverlayNet {
     }
 }
 
-/// The lowest service port not used by `agent_id`'s tunnels.
-pub fn allocate_service_port(tunnels: &[TunnelRecord], agent_id: &str) -> Option<u16> {
-    let used: Vec<u16> = tunnels
-        .iter()
-        .filter(|t| t.agent_id == agent_id)
-        .map(|t| t.service_port)
-        .collect();
-    (FIRST_SERVICE_PORT..=u16::MAX).find(|p| !used.contains(p))
-}
-
 /// What a snapshot needs beyond the store.
 #[derive(Clone, Debug)]
 pub struct SnapshotSettings {
@@ -291,36 +301,65 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
             })
         })
         .collect();
-    let enabled = tunnels.iter().filter(|t| t.enabled && !node.disabled);
-    let (routes, services) = match node.kind {
-        NodeKind::Gateway => (
-            enabled
-                .filter_map(|t| {
-                    let agent = nodes.iter().find(|n| n.id == t.agent_id && !n.disabled)?;
-                    Some(HttpRoute {
+    let enabled: Vec<&TunnelRecord> = tunnels
+        .iter()
+        .filter(|t| t.enabled && !node.disabled)
+        .collect();
+    let (mut routes, mut port_routes, mut passthrough_routes, mut services) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    match node.kind {
+        NodeKind::Gateway => {
+            for t in enabled {
+                let Some(agent) = nodes.iter().find(|n| n.id == t.agent_id && !n.disabled) else {
+                    continue;
+                };
+                let upstream = |service_port| Upstream {
+                    tunnel_id: t.id.clone(),
+                    agent_ip: agent.overlay_ip,
+                    service_port,
+                    proxy_protocol: t.proxy_protocol,
+                };
+                match (t.kind, &t.hostname, t.kind.transport(), t.ports) {
+                    (TunnelKind::Http, Some(hostname), _, _) => routes.push(HttpRoute {
                         tunnel_id: t.id.clone(),
-                        hostname: t.hostname.clone(),
+                        hostname: hostname.clone(),
                         agent_ip: agent.overlay_ip,
                         service_port: t.service_port,
                         https: t.issuer != Issuer::None,
                         access: t.access.policy(&state.users),
-                    })
-                })
-                .collect(),
-            Vec::new(),
-        ),
-        NodeKind::Agent => (
-            Vec::new(),
-            enabled
-                .filter(|t| t.agent_id == node.id)
-                .map(|t| Service {
+                    }),
+                    (TunnelKind::Tls, Some(hostname), _, _) => {
+                        passthrough_routes.push(PassthroughRoute {
+                            hostname: hostname.clone(),
+                            upstream: upstream(t.service_port),
+                        })
+                    }
+                    (_, _, Some(transport), Some(ports)) => {
+                        port_routes.extend(ports.iter().zip(t.forwards()).map(
+                            |(port, (service_port, _))| PortRoute {
+                                transport,
+                                port,
+                                upstream: upstream(service_port),
+                            },
+                        ))
+                    }
+                    // `tunnels::check` let no other shape into the store.
+                    _ => log::error!("tunnel {} has neither hostname nor ports", t.id),
+                }
+            }
+        }
+        NodeKind::Agent => {
+            for t in enabled.into_iter().filter(|t| t.agent_id == node.id) {
+                let transport = t.kind.transport().unwrap_or_default();
+                services.extend(t.forwards().map(|(port, target)| Service {
                     tunnel_id: t.id.clone(),
-                    port: t.service_port,
-                    target: t.target.clone(),
-                })
-                .collect(),
-        ),
-    };
+                    port,
+                    target,
+                    transport,
+                }));
+            }
+        }
+    }
     let (certificates, challenges, fallback_certificate) = match node.kind {
         NodeKind::Gateway => (
             gateway_certificates(state),
@@ -337,6 +376,8 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         peers,
         routes,
         services,
+        port_routes,
+        passthrough_routes,
         certificates,
         challenges,
         fallback_certificate,
@@ -362,8 +403,8 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
     let tunnels = state
         .tunnels
         .iter()
-        .filter(|t| t.enabled && t.issuer != Issuer::None)
-        .map(|t| (t.hostname.clone(), t.issuer));
+        .filter(|t| t.enabled && t.kind == TunnelKind::Http && t.issuer != Issuer::None)
+        .filter_map(|t| Some((t.hostname.clone()?, t.issuer)));
     let control = state
         .control_route
         .iter()
@@ -409,6 +450,7 @@ mod tests {
             wireguard_endpoint: (kind == NodeKind::Gateway).then(|| "gw:51820".into()),
             instance: 0,
             disabled: false,
+            port_policy: None,
             created_at: 0,
         }
     }
@@ -416,13 +458,16 @@ mod tests {
     fn tunnel(id: &str, agent: &str, port: u16, enabled: bool) -> TunnelRecord {
         TunnelRecord {
             id: id.into(),
-            hostname: format!("{id}.example.com").parse().unwrap(),
+            kind: TunnelKind::Http,
+            hostname: Some(format!("{id}.example.com").parse().unwrap()),
+            ports: None,
             agent_id: agent.into(),
             target: "127.0.0.1:8080".parse().unwrap(),
             service_port: port,
             enabled,
             issuer: Issuer::Acme,
             access: TunnelAccess::default(),
+            proxy_protocol: None,
             created_at: 0,
         }
     }
@@ -509,7 +554,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["t1", "t2"]
         );
-        assert_eq!(allocate_service_port(&state.tunnels, "a1"), Some(20002));
+        assert_eq!(
+            crate::tunnels::allocate_service_ports(&state.tunnels, "a1", 1, None),
+            Some(20002)
+        );
     }
 
     fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {

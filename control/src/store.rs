@@ -5,15 +5,15 @@
 use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
-use crate::model::{
-    allocate_service_port, CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord,
-    TunnelRecord,
-};
+use crate::model::{CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord, TunnelRecord};
+use crate::tunnels::{self, TunnelKind};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
 use kakuremichi_proto::messages::AcmeChallenge;
 use kakuremichi_proto::messages::Hello;
+use kakuremichi_proto::ports::PortRange;
+use kakuremichi_proto::proxy_protocol::ProxyProtocol;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 
@@ -25,23 +25,29 @@ const MAP_SIZE: usize = 1 << 30;
 /// A requested tunnel, already validated.
 #[derive(Clone, Debug)]
 pub struct NewTunnel {
-    pub hostname: Hostname,
+    pub kind: TunnelKind,
+    pub hostname: Option<Hostname>,
+    pub ports: Option<PortRange>,
     pub agent_id: String,
     pub target: Target,
     pub enabled: bool,
     pub issuer: Issuer,
     pub access: TunnelAccess,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct TunnelPatch {
     pub hostname: Option<Hostname>,
+    pub ports: Option<PortRange>,
     pub agent_id: Option<String>,
     pub target: Option<Target>,
     pub enabled: Option<bool>,
     pub issuer: Option<Issuer>,
     pub access: Option<TunnelAccess>,
+    /// `Some(None)` turns the PROXY header off.
+    pub proxy_protocol: Option<Option<ProxyProtocol>>,
 }
 
 /// The open store.
@@ -209,6 +215,7 @@ impl Store {
                 wireguard_endpoint: None,
                 instance: 0,
                 disabled: false,
+                port_policy: None,
                 created_at: auth::unix_now(),
             };
             put(&s.nodes, wtxn, &record.id, &record)?;
@@ -258,7 +265,7 @@ impl Store {
             let carried: Vec<String> = all::<TunnelRecord>(&s.tunnels, wtxn)?
                 .into_iter()
                 .filter(|t| t.agent_id == id)
-                .map(|t| t.hostname.to_string())
+                .map(|t| t.label())
                 .collect();
             if !carried.is_empty() {
                 return Err(Error::conflict(
@@ -296,10 +303,15 @@ impl Store {
         } else {
             None
         };
+        let port_policy = match node.kind {
+            NodeKind::Gateway => hello.ports.clone(),
+            NodeKind::Agent => None,
+        };
         let unchanged = node.public_key == Some(public_key)
             && node.version.as_deref() == Some(version)
             && node.wireguard_endpoint == endpoint
-            && node.instance == hello.instance;
+            && node.instance == hello.instance
+            && node.port_policy == port_policy;
         if unchanged {
             return Ok(false);
         }
@@ -320,6 +332,7 @@ impl Store {
             node.version = Some(version.to_string());
             node.wireguard_endpoint = endpoint;
             node.instance = hello.instance;
+            node.port_policy = port_policy;
             put(&s.nodes, wtxn, id, &node)?;
             Ok(true)
         })
@@ -330,20 +343,26 @@ impl Store {
         self.write(|s, wtxn| {
             let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
             s.check_agent(wtxn, &new.agent_id)?;
-            check_hostname_free(&tunnels, &new.hostname, None)?;
-            let service_port = allocate_service_port(&tunnels, &new.agent_id)
-                .ok_or_else(|| Error::conflict("agent", "the agent has no free service port"))?;
-            let record = TunnelRecord {
+            let mut record = TunnelRecord {
                 id: auth::new_id("tun"),
+                kind: new.kind,
                 hostname: new.hostname,
+                ports: new.ports,
                 agent_id: new.agent_id,
                 target: new.target,
-                service_port,
+                service_port: 0,
                 enabled: new.enabled,
-                issuer: new.issuer,
+                // A port tunnel has no certificate of its own.
+                issuer: match new.kind {
+                    TunnelKind::Http => new.issuer,
+                    _ => Issuer::None,
+                },
                 access: new.access,
+                proxy_protocol: new.proxy_protocol,
                 created_at: auth::unix_now(),
             };
+            tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
+            record.service_port = free_service_ports(&tunnels, &record)?;
             put(&s.tunnels, wtxn, &record.id, &record)?;
             Ok(record)
         })
@@ -358,16 +377,18 @@ impl Store {
                 .find(|t| t.id == id)
                 .cloned()
                 .ok_or_else(|| Error::not_found("tunnel", id))?;
+            let before = (record.agent_id.clone(), record.port_count());
             if let Some(hostname) = patch.hostname {
-                check_hostname_free(&tunnels, &hostname, Some(id))?;
-                record.hostname = hostname;
+                record.hostname = Some(hostname);
+            }
+            if let Some(ports) = patch.ports {
+                record.ports = Some(ports);
+            }
+            if let Some(proxy_protocol) = patch.proxy_protocol {
+                record.proxy_protocol = proxy_protocol;
             }
             if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
                 s.check_agent(wtxn, &agent_id)?;
-                record.service_port =
-                    allocate_service_port(&tunnels, &agent_id).ok_or_else(|| {
-                        Error::conflict("agent", "the agent has no free service port")
-                    })?;
                 record.agent_id = agent_id;
             }
             if let Some(target) = patch.target {
@@ -381,6 +402,10 @@ impl Store {
             }
             if let Some(access) = patch.access {
                 record.access = access;
+            }
+            tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
+            if before != (record.agent_id.clone(), record.port_count()) {
+                record.service_port = free_service_ports(&tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
             Ok(record)
@@ -764,21 +789,15 @@ impl Store {
     }
 }
 
-fn check_hostname_free(
-    tunnels: &[TunnelRecord],
-    hostname: &Hostname,
-    except: Option<&str>,
-) -> Result<(), Error> {
-    if tunnels
-        .iter()
-        .any(|t| &t.hostname == hostname && Some(t.id.as_str()) != except)
-    {
-        return Err(Error::conflict(
-            "hostname",
-            format!("{hostname} is already published"),
-        ));
-    }
-    Ok(())
+/// The first of a free block of service ports for `tunnel` on its agent.
+fn free_service_ports(tunnels: &[TunnelRecord], tunnel: &TunnelRecord) -> Result<u16, Error> {
+    tunnels::allocate_service_ports(
+        tunnels,
+        &tunnel.agent_id,
+        tunnel.port_count(),
+        Some(&tunnel.id),
+    )
+    .ok_or_else(|| Error::conflict("agent", "the agent has no free service ports left"))
 }
 
 fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {

@@ -6,6 +6,7 @@ use crate::auth::sessions::{self, SessionRecord};
 use crate::auth::{self, password, Role, UserRecord};
 use crate::error::Error;
 use crate::pages;
+use crate::tunnels::TunnelKind;
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -341,12 +342,24 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
         let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
             return (404, forbidden_page(who));
         };
-        let (hostname, target) = (tunnel.hostname.to_string(), tunnel.target.to_string());
+        let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
+        let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
+        let target = match tunnel.ports {
+            Some(ports) if ports.len() > 1 => format!(
+                "{}-{}",
+                tunnel.target,
+                tunnel.target.port() + ports.len() - 1
+            ),
+            _ => tunnel.target.to_string(),
+        };
         let form = pages::tunnel_form::TunnelForm {
-            hostname: &hostname,
+            kind: tunnel.kind.as_str(),
+            hostname,
+            ports: &ports,
             agent: &tunnel.agent_id,
             target: &target,
             issuer: tunnel.issuer.as_str(),
+            proxy_protocol: tunnel.proxy_protocol.map_or("none", |p| p.as_str()),
             enabled: tunnel.enabled,
             error: None,
         };
@@ -377,14 +390,22 @@ fn save_tunnel(
         None => control.store.create_tunnel(new).map(|_| ()),
         Some(id) => {
             let patch = crate::store::TunnelPatch {
-                hostname: Some(new.hostname),
+                hostname: new.hostname,
+                ports: new.ports,
                 agent_id: Some(new.agent_id),
                 target: Some(new.target),
                 enabled: Some(new.enabled),
                 issuer: Some(new.issuer),
                 access: None,
+                proxy_protocol: Some(new.proxy_protocol),
             };
-            control.store.update_tunnel(id, patch).map(|_| ())
+            match control.store.state()?.tunnels.iter().find(|t| t.id == id) {
+                Some(current) if current.kind != new.kind => Err(Error::invalid(
+                    "kind",
+                    "a tunnel's kind cannot change; create a new tunnel",
+                )),
+                _ => control.store.update_tunnel(id, patch).map(|_| ()),
+            }
         }
     });
     match saved {
@@ -400,10 +421,13 @@ fn save_tunnel(
                 Err(e) => return failure(&e),
             };
             let shown = pages::tunnel_form::TunnelForm {
+                kind: value("kind"),
                 hostname: value("hostname"),
+                ports: value("ports"),
                 agent: value("agent"),
                 target: value("target"),
                 issuer: value("issuer"),
+                proxy_protocol: value("proxy_protocol"),
                 enabled: form.contains_key("enabled"),
                 error: Some((field_name, &message)),
             };
@@ -436,24 +460,36 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
             text => Ok(text),
         }
     };
+    let kind: TunnelKind = match value("kind") {
+        "" => TunnelKind::Http,
+        text => text.parse()?,
+    };
+    let proto = |name: &'static str| {
+        move |e: kakuremichi_proto::ProtoError| Error::invalid(name, e.to_string())
+    };
+    let ports = match value("ports") {
+        "" => None,
+        text => Some(text.parse().map_err(proto("ports"))?),
+    };
     Ok(crate::store::NewTunnel {
-        hostname: parse("hostname")?
-            .parse()
-            .map_err(|e: kakuremichi_proto::ProtoError| {
-                Error::invalid("hostname", e.to_string())
-            })?,
+        kind,
+        hostname: match value("hostname") {
+            "" => None,
+            text => Some(text.parse().map_err(proto("hostname"))?),
+        },
+        ports,
         agent_id: parse("agent")?.to_string(),
-        target: parse("target")?
-            .parse()
-            .map_err(|e: kakuremichi_proto::ProtoError| Error::invalid("target", e.to_string()))?,
+        target: crate::tunnels::parse_target(parse("target")?, ports)?,
         enabled: form.contains_key("enabled"),
         issuer: match value("issuer") {
             "" => control.default_issuer,
-            text => text.parse().map_err(|e: kakuremichi_proto::ProtoError| {
-                Error::invalid("issuer", e.to_string())
-            })?,
+            text => text.parse().map_err(proto("issuer"))?,
         },
         access: Default::default(),
+        proxy_protocol: match value("proxy_protocol") {
+            "" | "none" => None,
+            text => Some(text.parse().map_err(proto("proxy_protocol"))?),
+        },
     })
 }
 
@@ -488,7 +524,7 @@ fn delete_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) 
                 200,
                 pages::confirm_page(
                     (&visitor.user, &visitor.session.csrf),
-                    &format!("Delete {}?", tunnel.hostname),
+                    &format!("Delete {}?", tunnel.label()),
                     "Gateways stop serving it within a second; its certificate is kept until it expires.",
                     &format!("/tunnels/{id}/delete"),
                     "Delete tunnel",
@@ -596,7 +632,7 @@ fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body
         .filter(|(_, port)| port.parse::<u16>().is_ok())
         .map_or(authority, |(host, _)| host);
     let tunnel = state.tunnels.iter().find(|t| {
-        t.hostname.as_str() == hostname
+        t.hostname.as_ref().is_some_and(|h| h.as_str() == hostname)
             && t.enabled
             && t.access.has_user_login()
             && (scheme == "https" || (scheme == "http" && t.issuer == crate::model::Issuer::None))
@@ -689,7 +725,7 @@ fn rules_page(
     });
     let page = pages::access::rules_page(
         who,
-        (id, tunnel.hostname.as_str()),
+        (id, &tunnel.label()),
         shown.as_ref().unwrap_or(&stored),
         &tokens,
         new_token,
@@ -868,7 +904,7 @@ fn node_page(
             .tunnels
             .iter()
             .filter(|t| t.agent_id == id)
-            .map(|t| t.hostname.to_string())
+            .map(|t| t.label())
             .collect(),
         name: notes.name.map_or(node.name.as_str(), |(value, _)| value),
         name_error: notes.name.map(|(_, error)| error),

@@ -42,6 +42,20 @@ fn metrics(gateway: &Gateway) -> String {
         ),
         ("access_logins_total", &gateway.gate.metrics.logins),
         ("access_throttled_total", &gateway.gate.metrics.throttled),
+        (
+            "port_tcp_connections_total",
+            &gateway.port_metrics.tcp_connections,
+        ),
+        ("port_tcp_refused_total", &gateway.port_metrics.tcp_refused),
+        (
+            "port_udp_datagrams_in_total",
+            &gateway.port_metrics.udp_datagrams_in,
+        ),
+        (
+            "port_udp_datagrams_out_total",
+            &gateway.port_metrics.udp_datagrams_out,
+        ),
+        ("port_udp_dropped_total", &gateway.port_metrics.udp_dropped),
     ];
     for (name, counter) in counters {
         line(name, "counter", counter.load(Ordering::Relaxed));

@@ -15,6 +15,8 @@
 //! - [`body`]: the client's request body on its way upstream (idle timeout, whose fault).
 //! - [`tls`]: certificates by SNI and ACME challenge answers.
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
+//! - [`ports`]: public TCP and UDP ports of `tcp` and `udp` tunnels.
+//! - [`passthrough`]: `tls` tunnels, chosen by SNI on the HTTPS port and not decrypted.
 //! - [`pages`]: the 404 / 502 / 503 pages.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
 #![forbid(unsafe_code)]
@@ -26,7 +28,9 @@ pub mod guard;
 pub mod line;
 pub mod listeners;
 pub mod pages;
+pub mod passthrough;
 pub mod pool;
+pub mod ports;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -84,6 +88,8 @@ pub struct Settings {
     pub upstream_limits: pool::Limits,
     /// Longest silence allowed inside a request body.
     pub body_idle_timeout: Duration,
+    /// Which public ports tunnels may take and how UDP flows behave.
+    pub ports: ports::PortSettings,
 }
 
 /// Request counters.
@@ -114,6 +120,9 @@ pub struct Gateway {
     https_port: u16,
     body_idle_timeout: Duration,
     state_dir: StateDir,
+    port_listeners: Mutex<ports::PortListeners>,
+    pub port_metrics: Arc<ports::PortMetrics>,
+    passthrough: passthrough::PassthroughTable,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
@@ -160,6 +169,15 @@ impl Gateway {
             snapshot.fallback_certificate.as_ref(),
         );
         self.gate.update(snapshot.access_keys.as_ref());
+        self.passthrough.update(&snapshot.passthrough_routes);
+        let open_ports = {
+            let mut listeners = self
+                .port_listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            listeners.reconcile(&snapshot.port_routes);
+            listeners.open_ports()
+        };
         let table = Arc::new(RouteTable::new(
             &snapshot.routes,
             snapshot.control_route.as_ref(),
@@ -171,9 +189,11 @@ impl Gateway {
             .store(snapshot.version, Ordering::Relaxed);
         self.link.report_applied(snapshot.version);
         log::info!(
-            "applied config version {} ({} routes, {} peers)",
+            "applied config version {} ({} routes, {} passthrough, {} ports, {} peers)",
             snapshot.version,
             snapshot.routes.len(),
+            snapshot.passthrough_routes.len(),
+            open_ports,
             peers.len()
         );
     }
@@ -217,6 +237,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         control: &settings.control,
         wireguard_bind: settings.wireguard_listen,
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
+        ports: Some(settings.ports.policy.clone()),
     })
     .await?;
     let http = listen(settings.http_listen)?;
@@ -225,7 +246,15 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let tls_config = tls::server_config(certificates.clone()).map_err(Error::Tls)?;
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
+    let port_metrics = Arc::new(ports::PortMetrics::default());
     let gateway = Arc::new(Gateway {
+        port_listeners: Mutex::new(ports::PortListeners::new(
+            stack.clone(),
+            settings.ports.clone(),
+            port_metrics.clone(),
+        )),
+        port_metrics,
+        passthrough: passthrough::PassthroughTable::default(),
         pool: pool::Pool::new(stack.clone(), settings.upstream_limits),
         stack,
         routes: RwLock::default(),

@@ -1,9 +1,11 @@
 //! The public listeners. Plain HTTP answers ACME HTTP-01 requests, redirects HTTPS tunnels
 //! (308, same host and path) and serves plain-HTTP tunnels. HTTPS terminates TLS, picks
-//! HTTP/2 or HTTP/1.1 by ALPN and proxies.
+//! HTTP/2 or HTTP/1.1 by ALPN and proxies, after handing `tls` tunnels' connections to
+//! [`crate::passthrough`] by SNI.
 
+use crate::passthrough::{self, Replay};
 use crate::tls::ACME_TLS_ALPN;
-use crate::{pages, proxy, Gateway};
+use crate::{pages, ports, proxy, Gateway};
 use async_io::{Async, Timer};
 use futures_lite::future;
 use futures_rustls::rustls::ServerConfig;
@@ -13,7 +15,7 @@ use hyper::header::{HeaderValue, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURIT
 use hyper::{Request, Response};
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_rt::http::{respond, serve_connection, Body, Protocol};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +91,49 @@ async fn handle_https(
     response
 }
 
+/// With passthrough hostnames configured, read the ClientHello first: a passthrough SNI
+/// sends the connection to its agent (and `None` is returned); any other comes back with
+/// the bytes read, for rustls. A client that sends no valid ClientHello before `deadline` is
+/// dropped.
+async fn pass_through_or_keep(
+    gateway: &Gateway,
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    deadline: Timer,
+) -> Option<(Async<TcpStream>, Vec<u8>)> {
+    if gateway.passthrough.is_empty() {
+        return Some((stream, Vec::new()));
+    }
+    let hello = future::or(
+        async { Some(passthrough::read_client_hello(&mut stream).await) },
+        async {
+            deadline.await;
+            None
+        },
+    );
+    let (already_read, sni) = match hello.await {
+        Some(Ok(read)) => read,
+        Some(Err(e)) => {
+            log::debug!("no ClientHello from {peer}: {e}");
+            return None;
+        }
+        None => {
+            log::debug!("no ClientHello from {peer} in time");
+            return None;
+        }
+    };
+    let Some(upstream) = sni.and_then(|sni| gateway.passthrough.lookup(&sni)) else {
+        return Some((stream, already_read));
+    };
+    if let Err(e) = ports::splice(&gateway.stack, &upstream, stream, peer, &already_read).await {
+        log::debug!(
+            "tunnel {}: passthrough from {peer}: {e}",
+            upstream.tunnel_id
+        );
+    }
+    None
+}
+
 /// Accept TLS connections forever.
 pub async fn serve_https(
     gateway: Arc<Gateway>,
@@ -110,6 +155,13 @@ pub async fn serve_https(
         // Each connection lives until its client closes it; the handshake and hyper's own
         // timeouts bound slow or idle clients.
         smol::spawn(async move {
+            let deadline = Timer::after(HANDSHAKE_TIMEOUT);
+            let Some((stream, already_read)) =
+                pass_through_or_keep(&gateway, stream, peer, deadline).await
+            else {
+                return;
+            };
+            let stream = Replay::new(already_read, stream);
             let handshake = future::or(async { Some(acceptor.accept(stream).await) }, async {
                 Timer::after(HANDSHAKE_TIMEOUT).await;
                 None

@@ -1,7 +1,9 @@
 //! `kakuremichi-gateway`: the public entry. Needs only `CONTROL_URL` and `API_KEY`.
 
 use argh::FromArgs;
+use kakuremichi_gateway::ports::PortSettings;
 use kakuremichi_nodelink::node::ControlSettings;
+use kakuremichi_proto::ports::{parse_ranges, PortPolicy};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -55,6 +57,20 @@ struct Args {
         default = "kakuremichi_gateway::body::BODY_IDLE_TIMEOUT.as_secs()"
     )]
     body_idle_timeout: u64,
+    /// public TCP ports tcp tunnels may take, e.g. 10000-20000,5432 (default: any port the
+    /// gateway's own listeners do not use)
+    #[argh(option, default = "String::from(\"1-65535\")")]
+    tcp_ports: String,
+    /// public UDP ports udp tunnels may take (default: any but the WireGuard port)
+    #[argh(option, default = "String::from(\"1-65535\")")]
+    udp_ports: String,
+    /// seconds after which a silent UDP client flow is forgotten (default 60)
+    #[argh(option, default = "60")]
+    udp_idle_timeout: u64,
+    /// UDP client flows at once per public port (default 1024); datagrams from further
+    /// clients are dropped
+    #[argh(option, default = "1024")]
+    udp_flows: usize,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -104,6 +120,25 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout.max(1)),
+        ports: PortSettings {
+            udp_idle_timeout: std::time::Duration::from_secs(args.udp_idle_timeout.max(1)),
+            udp_flows: args.udp_flows.max(1),
+            ..PortSettings::new(
+                args.http_listen.ip(),
+                PortPolicy {
+                    tcp_allowed: parse_ranges(&args.tcp_ports)
+                        .map_err(|e| anyhow::anyhow!("--tcp-ports: {e}"))?,
+                    udp_allowed: parse_ranges(&args.udp_ports)
+                        .map_err(|e| anyhow::anyhow!("--udp-ports: {e}"))?,
+                    tcp_reserved: vec![
+                        (args.http_listen.port(), "HTTP listener".into()),
+                        (args.https_listen.port(), "HTTPS listener".into()),
+                        (args.admin_listen.port(), "admin listener".into()),
+                    ],
+                    udp_reserved: vec![(args.wireguard_listen.port(), "WireGuard socket".into())],
+                },
+            )
+        },
     };
     kakuremichi_rt::stop::run_until_stopped(kakuremichi_gateway::run(settings))?;
     Ok(())

@@ -19,10 +19,15 @@ pub mod state_dir;
 
 use kakuremichi_proto::ids::PublicKey;
 use kakuremichi_proto::messages::Hello;
+use kakuremichi_proto::ports::PortPolicy;
 
 /// The hello a node sends: its public key, version, a fresh instance number for this process,
-/// and (gateways) its WireGuard endpoint.
-pub fn hello(private_key: &[u8; 32], wireguard_endpoint: Option<String>) -> Hello {
+/// and (gateways) its WireGuard endpoint and port policy.
+pub fn hello(
+    private_key: &[u8; 32],
+    wireguard_endpoint: Option<String>,
+    ports: Option<PortPolicy>,
+) -> Hello {
     let mut instance = [0u8; 8];
     // Without randomness the instance is 0; peers then only miss the fast re-handshake.
     let _ = getrandom::fill(&mut instance);
@@ -31,6 +36,7 @@ pub fn hello(private_key: &[u8; 32], wireguard_endpoint: Option<String>) -> Hell
         version: env!("CARGO_PKG_VERSION").to_string(),
         wireguard_endpoint,
         instance: u64::from_le_bytes(instance),
+        ports,
     }
 }
 

@@ -7,6 +7,7 @@ use crate::Error;
 use kakuremichi_netstack::Stack;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::ConfigSnapshot;
+use kakuremichi_proto::ports::PortPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -87,6 +88,8 @@ pub struct NodeSettings<'a> {
     pub wireguard_bind: SocketAddr,
     /// Gateways: the `host:port` agents send datagrams to.
     pub wireguard_endpoint: Option<String>,
+    /// Gateways: which ports tunnels may take.
+    pub ports: Option<PortPolicy>,
 }
 
 /// A started node, not yet talking to Control.
@@ -121,7 +124,7 @@ pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
         );
         snapshots.put(cached);
     }
-    let hello = crate::hello(&private_key, settings.wireguard_endpoint);
+    let hello = crate::hello(&private_key, settings.wireguard_endpoint, settings.ports);
     let tls = Some(crate::link::tls_connector(
         settings.control.control_ca.as_deref(),
     )?);

@@ -86,9 +86,16 @@ impl Target {
     pub fn host(&self) -> &str {
         &self.host
     }
-    /// The TCP port.
+    /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+    /// The same host on another port (a port range's next target).
+    pub fn with_port(&self, port: u16) -> Target {
+        Target {
+            host: self.host.clone(),
+            port,
+        }
     }
 }
 

@@ -8,6 +8,9 @@
 //!   carry a login to gateways.
 //! - [`throttle`]: login throttling by key (account, address, tunnel), time passed in;
 //!   Control and gateways each keep one.
+//! - [`ports`]: public port ranges of `tcp`/`udp` tunnels and which ports a gateway allows.
+//! - [`proxy_protocol`]: the PROXY v1/v2 header that tells an origin the client's address.
+//! - [`datagrams`]: how a `udp` tunnel's datagrams travel between gateway and agent.
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
 //!
@@ -22,8 +25,11 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod datagrams;
 pub mod ids;
 pub mod messages;
+pub mod ports;
+pub mod proxy_protocol;
 pub mod throttle;
 
 /// Why an identifier or a message was rejected. Always the sender's fault.

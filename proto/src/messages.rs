@@ -8,6 +8,8 @@
 
 use crate::access::{AccessKeys, AccessPolicy};
 use crate::ids::{Hostname, PublicKey, Target};
+use crate::ports::{PortPolicy, Transport};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::ProtoError;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -51,6 +53,9 @@ pub struct Hello {
     /// so nodes start a new handshake with it at once instead of waiting for timers.
     #[serde(default)]
     pub instance: u64,
+    /// Gateways only: which ports `tcp` and `udp` tunnels may take there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortPolicy>,
 }
 
 /// Counters a node reports.
@@ -95,6 +100,13 @@ pub struct ConfigSnapshot {
     /// Agents only: service ports on the overlay and where they forward.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Gateways only: public TCP and UDP ports and the agent service each forwards to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_routes: Vec<PortRoute>,
+    /// Gateways only: hostnames whose TLS connections on the HTTPS port go to the agent
+    /// undecrypted, chosen by the ClientHello's SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough_routes: Vec<PassthroughRoute>,
     /// Gateways only: certificates to serve, by hostname.
     #[serde(default)]
     pub certificates: Vec<CertificateBundle>,
@@ -218,6 +230,48 @@ pub struct Service {
     pub port: u16,
     /// Where connections are forwarded.
     pub target: Target,
+    /// What the target speaks: for `udp` each overlay connection carries datagrams framed
+    /// as [`crate::datagrams`] says, and the agent sends them to the target over UDP.
+    #[serde(default, skip_serializing_if = "is_tcp")]
+    pub transport: Transport,
+}
+
+fn is_tcp(transport: &Transport) -> bool {
+    *transport == Transport::Tcp
+}
+
+/// Where a gateway sends a stream or datagrams it accepted for a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// The agent's overlay address.
+    pub agent_ip: Ipv4Addr,
+    /// The service port on that address.
+    pub service_port: u16,
+    /// A PROXY header to put in front of each forwarded connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A public port on the gateway that a `tcp` or `udp` tunnel owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRoute {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The public port.
+    pub port: u16,
+    /// Where its traffic goes.
+    pub upstream: Upstream,
+}
+
+/// A hostname a `tls` tunnel owns: its connections are spliced, not terminated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassthroughRoute {
+    /// The SNI that selects it.
+    pub hostname: Hostname,
+    /// Where its connections go.
+    pub upstream: Upstream,
 }
 
 /// Serialize a message for the wire.
@@ -266,7 +320,19 @@ mod tests {
                 tunnel_id: "tun_1".into(),
                 port: 20000,
                 target: "127.0.0.1:8080".parse().unwrap(),
+                transport: Transport::Udp,
             }],
+            port_routes: vec![PortRoute {
+                transport: Transport::Tcp,
+                port: 15432,
+                upstream: Upstream {
+                    tunnel_id: "tun_2".into(),
+                    agent_ip: Ipv4Addr::new(10, 77, 0, 2),
+                    service_port: 20001,
+                    proxy_protocol: Some(ProxyProtocol::V2),
+                },
+            }],
+            passthrough_routes: vec![],
         };
         let message = ControlMessage::Config(Box::new(snapshot));
         assert_eq!(

@@ -5,8 +5,10 @@
 //! (`cargo build --bins` first; the README's test command does).
 
 pub mod cluster;
+pub mod dns;
 pub mod origin;
 pub mod pebble;
+pub mod servers;
 
 pub use cluster::{Cluster, Node};
 pub use origin::{EchoOrigin, Origin};

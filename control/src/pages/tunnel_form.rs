@@ -14,10 +14,13 @@ pub struct AgentChoice {
 /// What the form shows: the values sent, and an error for one field.
 #[derive(Default)]
 pub struct TunnelForm<'a> {
+    pub kind: &'a str,
     pub hostname: &'a str,
+    pub ports: &'a str,
     pub agent: &'a str,
     pub target: &'a str,
     pub issuer: &'a str,
+    pub proxy_protocol: &'a str,
     pub enabled: bool,
     /// The field at fault and why.
     pub error: Option<(&'a str, &'a str)>,
@@ -29,11 +32,39 @@ impl TunnelForm<'_> {
     }
 }
 
+/// The fields the form shows errors beside; others are shown above it.
+const FIELDS: [&str; 8] = [
+    "kind",
+    "hostname",
+    "ports",
+    "port",
+    "agent",
+    "target",
+    "issuer",
+    "proxy_protocol",
+];
+
 const ISSUERS: [(&str, &str); 4] = [
     ("acme", "ACME (Let's Encrypt or the configured CA)"),
     ("internal", "Control's internal CA"),
     ("manual", "Uploaded certificate"),
     ("none", "None: plain HTTP"),
+];
+
+const KINDS: [(&str, &str); 4] = [
+    ("http", "HTTP(S) by hostname: the gateways terminate TLS"),
+    (
+        "tls",
+        "TLS passthrough by hostname: the origin keeps its own certificate",
+    ),
+    ("tcp", "TCP on public ports"),
+    ("udp", "UDP on public ports"),
+];
+
+const PROXY_PROTOCOLS: [(&str, &str); 3] = [
+    ("none", "None"),
+    ("v1", "PROXY protocol v1 (text)"),
+    ("v2", "PROXY protocol v2 (binary)"),
 ];
 
 /// Where the form goes: a new tunnel, or changes to the tunnel with this id.
@@ -60,7 +91,7 @@ pub fn form_page(
         html! {
             div.card.narrow.wide {
                 h1 { (title) }
-                @if let Some((field_name, message)) = form.error.filter(|(f, _)| !["hostname", "agent", "target", "issuer"].contains(f)) {
+                @if let Some((field_name, message)) = form.error.filter(|(f, _)| !FIELDS.contains(f)) {
                     p.notice.bad role="alert" { (field_name) ": " (message) }
                 }
                 @if agents.is_empty() {
@@ -68,7 +99,9 @@ pub fn form_page(
                 }
                 form method="post" action=(action) {
                     input type="hidden" name="csrf" value=(csrf);
-                    (field("Public hostname", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
+                    (choice("Kind", "kind", &KINDS, form.kind, form.error_for("kind")))
+                    (field("Public hostname (http and tls; optional label for tcp and udp)", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
+                    (field("Public port or range, e.g. 15432 or 20000-20010 (tcp and udp)", "ports", "text", form.ports, form.error_for("ports").or(form.error_for("port")), "off"))
                     label.field {
                         span { "Agent" }
                         select name="agent" required aria-invalid=[form.error_for("agent").map(|_| "true")] {
@@ -81,15 +114,8 @@ pub fn form_page(
                         @if let Some(error) = form.error_for("agent") { span.error { (error) } }
                     }
                     (field("Target the agent forwards to (host:port, as the agent sees it)", "target", "text", form.target, form.error_for("target"), "off"))
-                    label.field {
-                        span { "Certificate" }
-                        select name="issuer" {
-                            @for (value, label) in ISSUERS {
-                                option value=(value) selected[value == form.issuer] { (label) }
-                            }
-                        }
-                        @if let Some(error) = form.error_for("issuer") { span.error { (error) } }
-                    }
+                    (choice("Certificate (http)", "issuer", &ISSUERS, form.issuer, form.error_for("issuer")))
+                    (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.proxy_protocol, form.error_for("proxy_protocol")))
                     label.check {
                         input type="checkbox" name="enabled" value="true" checked[form.enabled];
                         " Enabled"
@@ -102,4 +128,24 @@ pub fn form_page(
             }
         },
     )
+}
+
+fn choice(
+    label: &str,
+    name: &str,
+    options: &[(&str, &str)],
+    chosen: &str,
+    error: Option<&str>,
+) -> Markup {
+    html! {
+        label.field {
+            span { (label) }
+            select name=(name) aria-invalid=[error.map(|_| "true")] {
+                @for (value, text) in options {
+                    option value=(value) selected[*value == chosen] { (text) }
+                }
+            }
+            @if let Some(error) = error { span.error { (error) } }
+        }
+    }
 }

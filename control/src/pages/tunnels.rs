@@ -5,12 +5,16 @@ use super::layout;
 use crate::auth::{Role, UserRecord};
 use crate::hub::Hub;
 use crate::model::{CertState, Issuer, State};
+use crate::tunnels::TunnelKind;
 use maud::{html, Markup};
 
 /// One row, with its states already decided.
 pub struct Row {
     pub id: String,
-    pub hostname: String,
+    /// The hostname, or the kind and public ports.
+    pub name: String,
+    /// `http`, `tls`, `tcp` or `udp`.
+    pub kind: &'static str,
     pub agent: String,
     pub agent_online: bool,
     pub target: String,
@@ -29,13 +33,14 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         .iter()
         .map(|tunnel| {
             let agent = state.nodes.iter().find(|n| n.id == tunnel.agent_id);
-            let hostname = tunnel.hostname.to_string();
-            let certificate = match tunnel.issuer {
-                Issuer::None => ("plain HTTP".to_string(), ""),
+            let certificate = match (tunnel.kind, tunnel.issuer) {
+                (TunnelKind::Tls, _) => ("the origin's own (passed through)".to_string(), ""),
+                (TunnelKind::Tcp | TunnelKind::Udp, _) => ("none: raw ports".to_string(), ""),
+                (_, Issuer::None) => ("plain HTTP".to_string(), ""),
                 _ => match state
                     .certificates
                     .iter()
-                    .find(|c| c.hostname == tunnel.hostname)
+                    .find(|c| Some(&c.hostname) == tunnel.hostname.as_ref())
                 {
                     None => ("waiting".to_string(), "warn"),
                     Some(cert) => match cert.state {
@@ -59,7 +64,8 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
             };
             Row {
                 id: tunnel.id.clone(),
-                hostname,
+                name: tunnel.label(),
+                kind: tunnel.kind.as_str(),
                 agent: agent.map_or_else(|| tunnel.agent_id.clone(), |a| a.name.clone()),
                 agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
                 target: tunnel.target.to_string(),
@@ -70,12 +76,12 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         })
         .filter(|row| {
             needle.is_empty()
-                || [&row.hostname, &row.agent, &row.target]
+                || [&row.name, &row.agent, &row.target]
                     .iter()
                     .any(|field| field.to_ascii_lowercase().contains(&needle))
         })
         .collect();
-    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
     rows
 }
 
@@ -101,12 +107,13 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
             } @else {
                 div.card.table {
                     table {
-                        thead { tr { th { "Hostname" } th { "Agent" } th { "Target" } th { "Certificate" } th { "State" } @if admin { th { "" } } } }
+                        thead { tr { th { "Published as" } th { "Agent" } th { "Target" } th { "Certificate" } th { "State" } @if admin { th { "" } } } }
                         tbody {
                             @for row in rows {
                                 tr {
-                                    td data-label="Hostname" {
-                                        (row.hostname)
+                                    td data-label="Published as" {
+                                        (row.name)
+                                        @if row.kind != "http" { " " span.badge { (row.kind) } }
                                         br;
                                         @match &row.access {
                                             Some(access) => span.muted { "🔒 " (access) },
@@ -131,7 +138,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                                 button.small type="submit" { @if row.enabled { "Disable" } @else { "Enable" } }
                                             }
                                             a.edit href={"/tunnels/" (row.id) "/edit"} { "Edit" }
-                                            a.edit href={"/tunnels/" (row.id) "/access"} { "Access" }
+                                            @if row.kind == "http" { a.edit href={"/tunnels/" (row.id) "/access"} { "Access" } }
                                             a href={"/tunnels/" (row.id) "/delete"} { "Delete" }
                                         }
                                     }

@@ -1,0 +1,439 @@
+//! What a tunnel publishes and the rules for it, as plain data: its kind, the hostname or
+//! public ports it owns, the agent service ports it takes, and whether every gateway can
+//! serve it. The store calls [`check`] on every tunnel it creates or changes.
+
+use crate::error::Error;
+use crate::model::{NodeRecord, TunnelRecord, FIRST_SERVICE_PORT};
+use kakuremichi_proto::ids::{NodeKind, Target};
+use kakuremichi_proto::ports::{PortRange, Transport, MAX_TUNNEL_PORTS};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// What a tunnel carries and how clients reach it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelKind {
+    /// HTTP(S) by hostname, terminated at the gateways.
+    #[default]
+    Http,
+    /// TLS by SNI on the HTTPS port, passed through undecrypted.
+    Tls,
+    /// Raw TCP on public ports.
+    Tcp,
+    /// UDP datagrams on public ports.
+    Udp,
+}
+
+impl std::str::FromStr for TunnelKind {
+    type Err = Error;
+    fn from_str(raw: &str) -> Result<Self, Error> {
+        match raw {
+            "http" => Ok(TunnelKind::Http),
+            "tls" => Ok(TunnelKind::Tls),
+            "tcp" => Ok(TunnelKind::Tcp),
+            "udp" => Ok(TunnelKind::Udp),
+            other => Err(Error::invalid(
+                "kind",
+                format!("{other:?} is not http, tls, tcp or udp"),
+            )),
+        }
+    }
+}
+
+impl TunnelKind {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Http => "http",
+            TunnelKind::Tls => "tls",
+            TunnelKind::Tcp => "tcp",
+            TunnelKind::Udp => "udp",
+        }
+    }
+
+    /// Reached by hostname (`http`, `tls`) rather than by port.
+    pub fn by_hostname(self) -> bool {
+        matches!(self, TunnelKind::Http | TunnelKind::Tls)
+    }
+
+    /// The public ports' transport, for port tunnels.
+    pub fn transport(self) -> Option<Transport> {
+        match self {
+            TunnelKind::Tcp => Some(Transport::Tcp),
+            TunnelKind::Udp => Some(Transport::Udp),
+            TunnelKind::Http | TunnelKind::Tls => None,
+        }
+    }
+}
+
+impl TunnelRecord {
+    /// How many agent service ports the tunnel takes: one per public port.
+    pub fn port_count(&self) -> u16 {
+        self.ports.map_or(1, PortRange::len)
+    }
+
+    /// The agent service ports the tunnel takes.
+    pub fn service_ports(&self) -> Range<u32> {
+        let first = u32::from(self.service_port);
+        first..first + u32::from(self.port_count())
+    }
+
+    /// `(service port, target)` for each public port, in order (one pair for hostname
+    /// tunnels). [`check`] proved every target port fits in a `u16`.
+    pub fn forwards(&self) -> impl Iterator<Item = (u16, Target)> + '_ {
+        (0..self.port_count()).map(|i| {
+            (
+                self.service_port + i,
+                self.target.with_port(self.target.port() + i),
+            )
+        })
+    }
+
+    /// What people call it: the hostname, or `tcp 15432`.
+    pub fn label(&self) -> String {
+        match (&self.hostname, self.ports) {
+            (Some(hostname), None) => hostname.to_string(),
+            (Some(hostname), Some(ports)) => format!("{hostname} ({} {ports})", self.kind.as_str()),
+            (None, Some(ports)) => format!("{} {ports}", self.kind.as_str()),
+            (None, None) => self.id.clone(),
+        }
+    }
+}
+
+/// A target whose port may be a range (`host:5000-5010`), which must then have as many
+/// ports as the public range.
+pub fn parse_target(raw: &str, ports: Option<PortRange>) -> Result<Target, Error> {
+    let invalid = |e: kakuremichi_proto::ProtoError| Error::invalid("target", e.to_string());
+    let Some((host, range)) = raw.rsplit_once(':').filter(|(_, p)| p.contains('-')) else {
+        return raw.parse().map_err(invalid);
+    };
+    let range: PortRange = range.parse().map_err(invalid)?;
+    let public = ports.map_or(1, PortRange::len);
+    if range.len() != public {
+        return Err(Error::invalid(
+            "target",
+            format!(
+                "{range} has {} ports but the public range has {public}",
+                range.len()
+            ),
+        ));
+    }
+    format!("{host}:{}", range.first()).parse().map_err(invalid)
+}
+
+/// The lowest block of `count` service ports that none of `agent_id`'s tunnels (other than
+/// `except`) takes.
+pub fn allocate_service_ports(
+    tunnels: &[TunnelRecord],
+    agent_id: &str,
+    count: u16,
+    except: Option<&str>,
+) -> Option<u16> {
+    let mut taken: Vec<Range<u32>> = tunnels
+        .iter()
+        .filter(|t| t.agent_id == agent_id && Some(t.id.as_str()) != except)
+        .map(TunnelRecord::service_ports)
+        .collect();
+    taken.sort_by_key(|range| range.start);
+    let mut start = u32::from(FIRST_SERVICE_PORT);
+    for range in taken {
+        if start + u32::from(count) <= range.start {
+            break;
+        }
+        start = start.max(range.end);
+    }
+    u16::try_from(start + u32::from(count) - 1)
+        .ok()
+        .map(|_| start as u16)
+}
+
+/// Whether `tunnel` may exist beside `others` and be served by the enabled `gateways`.
+pub fn check(
+    tunnel: &TunnelRecord,
+    others: &[TunnelRecord],
+    nodes: &[NodeRecord],
+) -> Result<(), Error> {
+    let others = others.iter().filter(|t| t.id != tunnel.id);
+    match tunnel.kind.transport() {
+        None => {
+            let hostname = tunnel
+                .hostname
+                .as_ref()
+                .ok_or_else(|| Error::invalid("hostname", "is required"))?;
+            if tunnel.ports.is_some() {
+                return Err(Error::invalid(
+                    "ports",
+                    format!("{} tunnels are reached by hostname", tunnel.kind.as_str()),
+                ));
+            }
+            let taken = others
+                .filter(|t| t.kind.by_hostname())
+                .any(|t| t.hostname.as_ref() == Some(hostname));
+            if taken {
+                return Err(Error::conflict(
+                    "hostname",
+                    format!("{hostname} is already published"),
+                ));
+            }
+        }
+        Some(transport) => {
+            let ports = tunnel.ports.ok_or_else(|| {
+                Error::invalid(
+                    "port",
+                    format!("a {} tunnel needs a public port", transport.as_str()),
+                )
+            })?;
+            if ports.len() > MAX_TUNNEL_PORTS {
+                return Err(Error::invalid(
+                    "port",
+                    format!("{ports} has more than {MAX_TUNNEL_PORTS} ports"),
+                ));
+            }
+            if u32::from(tunnel.target.port()) + u32::from(ports.len()) - 1 > 65_535 {
+                return Err(Error::invalid(
+                    "target",
+                    format!(
+                        "{} ports from {} run past 65535",
+                        ports.len(),
+                        tunnel.target
+                    ),
+                ));
+            }
+            if tunnel.access != crate::access::TunnelAccess::default() {
+                return Err(Error::invalid(
+                    "access",
+                    "access rules apply to http tunnels; a port tunnel is open to every address",
+                ));
+            }
+            if let Some(clash) = others
+                .filter(|t| t.kind == tunnel.kind)
+                .find(|t| t.ports.is_some_and(|theirs| theirs.overlaps(ports)))
+            {
+                return Err(Error::conflict(
+                    "port",
+                    format!("{} is already taken by tunnel {}", ports, clash.label()),
+                ));
+            }
+            let gateways = nodes
+                .iter()
+                .filter(|n| n.kind == NodeKind::Gateway && !n.disabled);
+            for gateway in gateways {
+                let policy = gateway.port_policy.as_ref();
+                if let Some(why) = policy.and_then(|p| p.refuses(transport, ports)) {
+                    return Err(Error::conflict(
+                        "port",
+                        format!("gateway {}: {why}", gateway.name),
+                    ));
+                }
+            }
+        }
+    }
+    if tunnel.proxy_protocol.is_some() && !matches!(tunnel.kind, TunnelKind::Tcp | TunnelKind::Tls)
+    {
+        return Err(Error::invalid(
+            "proxy_protocol",
+            "applies to tcp and tls tunnels (http tunnels send X-Forwarded-For)",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::TunnelAccess;
+    use crate::model::Issuer;
+    use kakuremichi_proto::ports::{parse_ranges, PortPolicy};
+    use std::net::Ipv4Addr;
+
+    fn port_tunnel(id: &str, kind: TunnelKind, ports: &str, service_port: u16) -> TunnelRecord {
+        TunnelRecord {
+            id: id.into(),
+            kind,
+            hostname: None,
+            ports: Some(ports.parse().unwrap()),
+            agent_id: "agt_1".into(),
+            target: "127.0.0.1:5432".parse().unwrap(),
+            service_port,
+            enabled: true,
+            issuer: Issuer::None,
+            access: TunnelAccess::default(),
+            proxy_protocol: None,
+            created_at: 0,
+        }
+    }
+
+    fn gateway(policy: Option<PortPolicy>) -> NodeRecord {
+        NodeRecord {
+            id: "gw_1".into(),
+            kind: NodeKind::Gateway,
+            name: "tokyo".into(),
+            overlay_ip: Ipv4Addr::new(10, 77, 0, 1),
+            api_key_hash: String::new(),
+            public_key: None,
+            version: None,
+            wireguard_endpoint: None,
+            instance: 0,
+            disabled: false,
+            port_policy: policy,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn service_port_blocks_fill_gaps_and_never_overlap() {
+        let tunnels = vec![
+            port_tunnel("a", TunnelKind::Tcp, "1000-1002", 20000),
+            port_tunnel("b", TunnelKind::Tcp, "2000", 20005),
+        ];
+        assert_eq!(
+            allocate_service_ports(&tunnels, "agt_1", 2, None),
+            Some(20003)
+        );
+        assert_eq!(
+            allocate_service_ports(&tunnels, "agt_1", 3, None),
+            Some(20006)
+        );
+        assert_eq!(
+            allocate_service_ports(&tunnels, "agt_1", 5, Some("b")),
+            Some(20003)
+        );
+        assert_eq!(
+            allocate_service_ports(&tunnels, "agt_2", 3, None),
+            Some(20000)
+        );
+        let full = vec![port_tunnel("c", TunnelKind::Tcp, "1-1000", 65000)];
+        assert_eq!(
+            allocate_service_ports(&full, "agt_1", 600, None),
+            Some(20000)
+        );
+        assert_eq!(
+            allocate_service_ports(
+                &[port_tunnel("d", TunnelKind::Tcp, "1-1000", 20000)],
+                "agt_1",
+                1000,
+                None
+            ),
+            Some(21000)
+        );
+        let near_the_top = vec![port_tunnel("e", TunnelKind::Tcp, "1-1000", 64600)];
+        assert_eq!(
+            allocate_service_ports(&near_the_top, "agt_1", 1000, None),
+            Some(20000)
+        );
+        let crowded: Vec<TunnelRecord> = (0..45)
+            .map(|i| {
+                port_tunnel(
+                    &format!("t{i}"),
+                    TunnelKind::Tcp,
+                    "1-1000",
+                    20000 + i * 1000,
+                )
+            })
+            .collect();
+        assert_eq!(
+            allocate_service_ports(&crowded, "agt_1", 536, None),
+            Some(65000)
+        );
+        assert_eq!(
+            allocate_service_ports(&crowded, "agt_1", 537, None),
+            None,
+            "no room left"
+        );
+    }
+
+    #[test]
+    fn target_ranges_must_match_the_public_range() {
+        let ports = Some("15000-15002".parse().unwrap());
+        assert_eq!(
+            parse_target("db:5000-5002", ports).unwrap().to_string(),
+            "db:5000"
+        );
+        assert_eq!(
+            parse_target("db:5000", ports).unwrap().to_string(),
+            "db:5000"
+        );
+        let err = parse_target("db:5000-5001", ports).unwrap_err().to_string();
+        assert!(
+            err.contains("5000-5001 has 2 ports but the public range has 3"),
+            "{err}"
+        );
+        assert!(parse_target("[::1]:5000-5002", ports).is_ok());
+        assert!(parse_target("db:x-y", ports).is_err());
+    }
+
+    #[test]
+    fn ranges_map_one_to_one() {
+        let tunnel = port_tunnel("a", TunnelKind::Tcp, "15000-15002", 20010);
+        let forwards: Vec<(u16, String)> =
+            tunnel.forwards().map(|(p, t)| (p, t.to_string())).collect();
+        assert_eq!(
+            forwards,
+            [
+                (20010, "127.0.0.1:5432".to_string()),
+                (20011, "127.0.0.1:5433".to_string()),
+                (20012, "127.0.0.1:5434".to_string())
+            ]
+        );
+        assert_eq!(tunnel.label(), "tcp 15000-15002");
+    }
+
+    #[test]
+    fn clashes_and_gateway_policies_are_refused_with_the_reason() {
+        let others = vec![port_tunnel("a", TunnelKind::Tcp, "15000-15010", 20000)];
+        let clash = port_tunnel("b", TunnelKind::Tcp, "15010-15011", 20011);
+        let err = check(&clash, &others, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("already taken by tunnel tcp 15000-15010"),
+            "{err}"
+        );
+        // The same number over UDP is another port.
+        check(
+            &port_tunnel("b", TunnelKind::Udp, "15010", 20011),
+            &others,
+            &[],
+        )
+        .unwrap();
+        let policy = PortPolicy {
+            tcp_allowed: parse_ranges("10000-20000").unwrap(),
+            tcp_reserved: vec![(443, "HTTPS listener".into())],
+            ..PortPolicy::default()
+        };
+        let nodes = vec![gateway(Some(policy))];
+        let err = check(&port_tunnel("c", TunnelKind::Tcp, "443", 1), &[], &nodes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gateway tokyo: tcp port 443 is the gateway's own HTTPS listener"),
+            "{err}"
+        );
+        let err = check(&port_tunnel("c", TunnelKind::Udp, "53", 1), &[], &nodes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outside the gateway's --udp-ports (none)"),
+            "{err}"
+        );
+        // A gateway that has not said its policy yet refuses what it cannot open itself.
+        check(
+            &port_tunnel("c", TunnelKind::Udp, "53", 1),
+            &[],
+            &[gateway(None)],
+        )
+        .unwrap();
+        let too_many = check(&port_tunnel("g", TunnelKind::Tcp, "1000-2000", 1), &[], &[]);
+        assert!(too_many
+            .unwrap_err()
+            .to_string()
+            .contains("more than 1000 ports"));
+        let mut past_end = port_tunnel("d", TunnelKind::Tcp, "15000-15010", 1);
+        past_end.target = "127.0.0.1:65530".parse().unwrap();
+        assert!(check(&past_end, &[], &[]).is_err());
+        let mut hostname_kind = port_tunnel("e", TunnelKind::Tls, "15000", 1);
+        hostname_kind.hostname = Some("db.example.com".parse().unwrap());
+        assert!(check(&hostname_kind, &[], &[]).is_err());
+        let mut v1_on_udp = port_tunnel("f", TunnelKind::Udp, "15000", 1);
+        v1_on_udp.proxy_protocol = Some(kakuremichi_proto::proxy_protocol::ProxyProtocol::V1);
+        assert!(check(&v1_on_udp, &[], &[]).is_err());
+    }
+}

@@ -1,0 +1,465 @@
+//! Public TCP and UDP ports of `tcp` and `udp` tunnels, opened and closed as snapshots say.
+//!
+//! TCP: each accepted connection is spliced to the agent's service port over the overlay,
+//! after a PROXY header when the tunnel asks for one. UDP: each client address is a flow;
+//! its datagrams travel to the agent framed on one overlay connection per public port (see
+//! `kakuremichi_proto::datagrams`), and replies leave from the same public port.
+//!
+//! Dropping a port's entry closes its listener and every connection or flow through it.
+
+use async_io::{Async, Timer};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use kakuremichi_netstack::{Stack, TcpStream};
+use kakuremichi_proto::datagrams::{self, Frame};
+use kakuremichi_proto::messages::{PortRoute, Upstream};
+use kakuremichi_proto::ports::{PortPolicy, PortRange, Transport};
+use kakuremichi_proto::proxy_protocol;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How port tunnels behave; the defaults suit most, the tests shorten the timers.
+#[derive(Clone, Debug)]
+pub struct PortSettings {
+    /// Address the public ports bind to (the HTTP listener's).
+    pub bind_ip: IpAddr,
+    /// Which ports tunnels may take, and the gateway's own.
+    pub policy: PortPolicy,
+    /// A UDP flow silent this long is forgotten (and its agent socket closed).
+    pub udp_idle_timeout: Duration,
+    /// Most UDP flows at once per public port; datagrams from further clients are dropped.
+    pub udp_flows: usize,
+    /// Most TCP connections at once per public port; further ones are closed at accept.
+    pub tcp_connections: usize,
+}
+
+impl PortSettings {
+    /// Every port tunnels may ask for; the gateway's own ports are reserved in `policy`.
+    pub fn new(bind_ip: IpAddr, policy: PortPolicy) -> Self {
+        PortSettings {
+            bind_ip,
+            policy,
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_flows: 1024,
+            tcp_connections: 4096,
+        }
+    }
+}
+
+/// Time the agent gets to accept an overlay connection.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datagrams queued towards the agent per public port before new ones are dropped.
+const UDP_QUEUE: usize = 1024;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct PortMetrics {
+    pub tcp_connections: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub udp_datagrams_in: AtomicU64,
+    pub udp_datagrams_out: AtomicU64,
+    /// Datagrams dropped: the flow table was full or the agent could not keep up.
+    pub udp_dropped: AtomicU64,
+}
+
+struct Open {
+    upstream: Arc<RwLock<Upstream>>,
+    _task: smol::Task<()>,
+}
+
+/// The open public ports.
+pub struct PortListeners {
+    stack: Stack,
+    settings: PortSettings,
+    metrics: Arc<PortMetrics>,
+    open: HashMap<(Transport, u16), Open>,
+}
+
+impl PortListeners {
+    /// No port open yet.
+    pub fn new(stack: Stack, settings: PortSettings, metrics: Arc<PortMetrics>) -> Self {
+        PortListeners {
+            stack,
+            settings,
+            metrics,
+            open: HashMap::new(),
+        }
+    }
+
+    /// The ports open now.
+    pub fn open_ports(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Open exactly the routes' ports; a port whose upstream changed keeps its listener and
+    /// sends new connections to the new upstream.
+    pub fn reconcile(&mut self, routes: &[PortRoute]) {
+        self.open
+            .retain(|key, _| routes.iter().any(|r| (r.transport, r.port) == *key));
+        for route in routes {
+            let key = (route.transport, route.port);
+            if let Some(open) = self.open.get(&key) {
+                *open.upstream.write().unwrap_or_else(|p| p.into_inner()) = route.upstream.clone();
+                continue;
+            }
+            match self.start(route) {
+                Ok(open) => {
+                    self.open.insert(key, open);
+                }
+                Err(why) => log::error!(
+                    "tunnel {}: cannot open {} port {}: {why}",
+                    route.upstream.tunnel_id,
+                    route.transport.as_str(),
+                    route.port
+                ),
+            }
+        }
+    }
+
+    fn start(&self, route: &PortRoute) -> Result<Open, String> {
+        let range = PortRange::single(route.port).map_err(|e| e.to_string())?;
+        if let Some(why) = self.settings.policy.refuses(route.transport, range) {
+            return Err(why);
+        }
+        let addr = SocketAddr::new(self.settings.bind_ip, route.port);
+        let upstream = Arc::new(RwLock::new(route.upstream.clone()));
+        let (stack, metrics) = (self.stack.clone(), self.metrics.clone());
+        let task = match route.transport {
+            Transport::Tcp => {
+                let listener = Async::<TcpListener>::bind(addr).map_err(|e| e.to_string())?;
+                let limit = self.settings.tcp_connections;
+                smol::spawn(accept_tcp(
+                    listener,
+                    stack,
+                    upstream.clone(),
+                    metrics,
+                    limit,
+                ))
+            }
+            Transport::Udp => {
+                let socket = Async::<UdpSocket>::bind(addr).map_err(|e| e.to_string())?;
+                let flows = Flows::new(self.settings.udp_flows);
+                let relay = UdpRelay {
+                    socket: Arc::new(socket),
+                    stack,
+                    upstream: upstream.clone(),
+                    metrics,
+                    flows: Arc::new(Mutex::new(flows)),
+                };
+                smol::spawn(relay.run(self.settings.udp_idle_timeout))
+            }
+        };
+        log::info!(
+            "tunnel {}: {} port {} open",
+            route.upstream.tunnel_id,
+            route.transport.as_str(),
+            route.port
+        );
+        Ok(Open {
+            upstream,
+            _task: task,
+        })
+    }
+}
+
+async fn connect_agent(stack: &Stack, upstream: &Upstream) -> io::Result<TcpStream> {
+    let addr = SocketAddrV4::new(upstream.agent_ip, upstream.service_port);
+    let timeout = async {
+        Timer::after(AGENT_CONNECT_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the agent did not accept in time",
+        ))
+    };
+    future::or(stack.connect(addr), timeout).await
+}
+
+async fn accept_tcp(
+    listener: Async<TcpListener>,
+    stack: Stack,
+    upstream: Arc<RwLock<Upstream>>,
+    metrics: Arc<PortMetrics>,
+    limit: usize,
+) {
+    // Connections are owned by this task's executor scope: dropping the task (the port
+    // closed) drops them all.
+    let executor = smol::Executor::new();
+    let live = Arc::new(AtomicU64::new(0));
+    let accept = async {
+        loop {
+            let (client, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    Timer::after(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if live.load(Ordering::Relaxed) >= limit as u64 {
+                metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            let _ = client.get_ref().set_nodelay(true);
+            let upstream = upstream.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let (stack, live) = (stack.clone(), live.clone());
+            live.fetch_add(1, Ordering::Relaxed);
+            executor
+                .spawn(async move {
+                    if let Err(e) = splice(&stack, &upstream, client, from, &[]).await {
+                        log::debug!("tunnel {}: connection from {from}: {e}", upstream.tunnel_id);
+                    }
+                    live.fetch_sub(1, Ordering::Relaxed);
+                })
+                .detach();
+        }
+    };
+    executor.run(accept).await
+}
+
+/// Forward `client` to the agent until either side closes: the PROXY header if the tunnel
+/// wants one, then `already_read` (bytes taken from the client to choose the route), then
+/// both directions.
+pub(crate) async fn splice(
+    stack: &Stack,
+    upstream: &Upstream,
+    client: Async<std::net::TcpStream>,
+    from: SocketAddr,
+    already_read: &[u8],
+) -> io::Result<()> {
+    let mut agent = connect_agent(stack, upstream).await?;
+    let mut first = match upstream.proxy_protocol {
+        Some(version) => {
+            let local = client.get_ref().local_addr()?;
+            proxy_protocol::header(version, Transport::Tcp, from, local)
+        }
+        None => Vec::new(),
+    };
+    first.extend_from_slice(already_read);
+    if !first.is_empty() {
+        agent.write_all(&first).await?;
+    }
+    kakuremichi_rt::copy::copy_bidirectional(client, agent).await?;
+    Ok(())
+}
+
+/// Client flows of one UDP port: address ↔ flow id, with when each was last heard.
+struct Flows {
+    limit: usize,
+    next_id: u32,
+    by_client: HashMap<SocketAddr, u32>,
+    by_id: HashMap<u32, (SocketAddr, Instant)>,
+}
+
+impl Flows {
+    fn new(limit: usize) -> Self {
+        Flows {
+            limit,
+            next_id: 0,
+            by_client: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// The flow of `client`, made if there is room.
+    fn flow_of(&mut self, client: SocketAddr, now: Instant) -> Option<u32> {
+        if let Some(&id) = self.by_client.get(&client) {
+            self.by_id.insert(id, (client, now));
+            return Some(id);
+        }
+        if self.by_client.len() >= self.limit {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.by_client.insert(client, id);
+        self.by_id.insert(id, (client, now));
+        Some(id)
+    }
+
+    fn client_of(&self, id: u32) -> Option<SocketAddr> {
+        self.by_id.get(&id).map(|(client, _)| *client)
+    }
+
+    /// Forget flows silent since before `cutoff`; returns their ids.
+    fn expire(&mut self, cutoff: Instant) -> Vec<u32> {
+        let expired: Vec<u32> = self
+            .by_id
+            .iter()
+            .filter(|(_, (_, seen))| *seen < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            if let Some((client, _)) = self.by_id.remove(id) {
+                self.by_client.remove(&client);
+            }
+        }
+        expired
+    }
+
+    fn clear(&mut self) {
+        self.by_client.clear();
+        self.by_id.clear();
+    }
+}
+
+struct UdpRelay {
+    socket: Arc<Async<UdpSocket>>,
+    stack: Stack,
+    upstream: Arc<RwLock<Upstream>>,
+    metrics: Arc<PortMetrics>,
+    flows: Arc<Mutex<Flows>>,
+}
+
+impl UdpRelay {
+    async fn run(self, idle_timeout: Duration) {
+        let (to_agent, outgoing) = async_channel::bounded::<Vec<u8>>(UDP_QUEUE);
+        let receive = async {
+            let mut buffer = vec![0u8; datagrams::MAX_DATAGRAM];
+            loop {
+                let Ok((len, client)) = self.socket.recv_from(&mut buffer).await else {
+                    continue;
+                };
+                self.metrics
+                    .udp_datagrams_in
+                    .fetch_add(1, Ordering::Relaxed);
+                let flow = self.lock_flows().flow_of(client, Instant::now());
+                let mut frame = Vec::with_capacity(datagrams::FRAME_HEADER + len);
+                let framed = flow.map(|flow| datagrams::encode(flow, &buffer[..len], &mut frame));
+                if !matches!(framed, Some(Ok(()))) || to_agent.try_send(frame).is_err() {
+                    self.metrics.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let expire = async {
+            loop {
+                Timer::after(idle_timeout / 4).await;
+                let ended = self.lock_flows().expire(Instant::now() - idle_timeout);
+                for flow in ended {
+                    let mut frame = Vec::new();
+                    datagrams::encode_end(flow, &mut frame);
+                    // A full queue means the carrier is stuck; it will be replaced and the
+                    // agent then forgets every flow anyway.
+                    let _ = to_agent.try_send(frame);
+                }
+            }
+        };
+        let carry = async {
+            loop {
+                let upstream = self
+                    .upstream
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                // Wait for something to send before reaching for the agent.
+                let Ok(first) = outgoing.recv().await else {
+                    return;
+                };
+                match connect_agent(&self.stack, &upstream).await {
+                    Ok(carrier) => {
+                        if let Err(e) = self.carry(carrier, first, &outgoing).await {
+                            log::debug!("tunnel {}: udp carrier: {e}", upstream.tunnel_id);
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("tunnel {}: udp: {e}", upstream.tunnel_id);
+                        self.metrics.udp_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // The agent forgot every flow with the connection.
+                self.lock_flows().clear();
+            }
+        };
+        future::or(future::or(receive, expire), carry).await
+    }
+
+    fn lock_flows(&self) -> std::sync::MutexGuard<'_, Flows> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send queued frames on `carrier` and replies back to clients until it fails.
+    async fn carry(
+        &self,
+        carrier: TcpStream,
+        first: Vec<u8>,
+        outgoing: &async_channel::Receiver<Vec<u8>>,
+    ) -> io::Result<()> {
+        let (mut reader, mut writer) = futures_lite::io::split(carrier);
+        let send = async {
+            writer.write_all(&first).await?;
+            while let Ok(frame) = outgoing.recv().await {
+                writer.write_all(&frame).await?;
+                // Flush only when nothing else waits: a burst goes out in few segments.
+                if outgoing.is_empty() {
+                    writer.flush().await?;
+                }
+            }
+            Ok(())
+        };
+        let replies = async {
+            let mut buffer = Vec::with_capacity(64 * 1024);
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the agent closed",
+                    ));
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                let mut used = 0;
+                while let Some((frame, len)) = datagrams::decode(&buffer[used..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                {
+                    used += len;
+                    let Frame::Datagram(flow, datagram) = frame else {
+                        continue;
+                    };
+                    let client = self.lock_flows().client_of(flow);
+                    if let Some(client) = client {
+                        if self.socket.send_to(datagram, client).await.is_ok() {
+                            self.metrics
+                                .udp_datagrams_out
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                buffer.drain(..used);
+            }
+        };
+        future::or(send, replies).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_are_bounded_and_expire() {
+        let mut flows = Flows::new(2);
+        let start = Instant::now();
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "203.0.113.1:1".parse().unwrap(),
+            "203.0.113.2:1".parse().unwrap(),
+            "203.0.113.3:1".parse().unwrap(),
+        );
+        let flow_a = flows.flow_of(a, start).unwrap();
+        assert_eq!(flows.flow_of(a, start), Some(flow_a));
+        flows.flow_of(b, start).unwrap();
+        assert_eq!(flows.flow_of(c, start), None, "the table is full");
+        // a keeps talking, b falls silent.
+        let later = start + Duration::from_secs(30);
+        flows.flow_of(a, later);
+        let expired = flows.expire(start + Duration::from_secs(10));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(flows.client_of(flow_a), Some(a));
+        let flow_c = flows.flow_of(c, later).unwrap();
+        assert_ne!(flow_c, flow_a);
+        assert_eq!(flows.client_of(flow_c), Some(c));
+    }
+}
