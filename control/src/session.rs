@@ -45,10 +45,17 @@ where
             return;
         }
     };
-    let Ok(NodeMessage::Hello(hello)) = hello else {
-        log::warn!("node {node_id}: first message was not a valid hello; closing");
-        let _ = ws.close(None).await;
-        return;
+    let hello = match hello {
+        Ok(NodeMessage::Hello(hello)) => hello,
+        other => {
+            let why = match other {
+                Ok(message) => format!("{message:?}"),
+                Err(e) => e.to_string(),
+            };
+            log::warn!("node {node_id}: first message was not a valid hello ({why}); closing");
+            let _ = ws.close(None).await;
+            return;
+        }
     };
     match control.store.record_hello(&node_id, &hello) {
         Ok(true) => control.hub.notify_all(),

@@ -14,6 +14,7 @@
 //! - [`line`]: requests waiting for a connection slot, served in arrival order.
 //! - [`body`]: the client's request body on its way upstream (idle timeout, whose fault).
 //! - [`tls`]: certificates by SNI and ACME challenge answers.
+//! - [`front`]: PROXY headers from a trusted load balancer in front of the gateway.
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
 //! - [`ports`]: public TCP and UDP ports of `tcp` and `udp` tunnels.
 //! - [`passthrough`]: `tls` tunnels, chosen by SNI on the HTTPS port and not decrypted.
@@ -24,6 +25,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod front;
 pub mod guard;
 pub mod line;
 pub mod listeners;
@@ -90,6 +92,8 @@ pub struct Settings {
     pub body_idle_timeout: Duration,
     /// Which public ports tunnels may take and how UDP flows behave.
     pub ports: ports::PortSettings,
+    /// Load balancers whose connections start with a PROXY header.
+    pub fronts: front::TrustedFronts,
 }
 
 /// Request counters.
@@ -123,6 +127,7 @@ pub struct Gateway {
     port_listeners: Mutex<ports::PortListeners>,
     pub port_metrics: Arc<ports::PortMetrics>,
     passthrough: passthrough::PassthroughTable,
+    fronts: front::TrustedFronts,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
@@ -251,8 +256,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         port_listeners: Mutex::new(ports::PortListeners::new(
             stack.clone(),
             settings.ports.clone(),
+            settings.fronts.clone(),
             port_metrics.clone(),
         )),
+        fronts: settings.fronts.clone(),
         port_metrics,
         passthrough: passthrough::PassthroughTable::default(),
         pool: pool::Pool::new(stack.clone(), settings.upstream_limits),
@@ -276,10 +283,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.wireguard_endpoint,
         settings.admin_listen
     );
-    let http_gateway = gateway.clone();
-    let serve_http = kakuremichi_rt::http::serve(http, move |request, client| {
-        listeners::handle_http(http_gateway.clone(), request, client)
-    });
+    let serve_http = listeners::serve_http(gateway.clone(), http);
     let serve_https = listeners::serve_https(gateway.clone(), https, tls_config);
     let admin_gateway = gateway.clone();
     let serve_admin = kakuremichi_rt::http::serve(admin, move |request, _| {

@@ -24,8 +24,44 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACME_PATH: &str = "/.well-known/acme-challenge/";
 const HSTS: &str = "max-age=31536000";
 
+/// Accept plain HTTP connections forever.
+pub async fn serve_http(gateway: Arc<Gateway>, listener: Async<TcpListener>) {
+    loop {
+        let (mut stream, peer) = accept(&listener).await;
+        let gateway = gateway.clone();
+        // Each connection lives as long as its client keeps it open; hyper's own timeouts
+        // bound idle and slow clients.
+        smol::spawn(async move {
+            let client = match gateway.fronts.client_of(&mut stream, peer).await {
+                Ok(client) => client,
+                Err(e) => return log::debug!("front {peer}: {e}"),
+            };
+            let handler = move |request, client| handle_http(gateway.clone(), request, client);
+            serve_connection(stream, client, handler, Protocol::Http1).await;
+        })
+        .detach();
+    }
+}
+
+/// The next connection; errors such as running out of file descriptors back off instead
+/// of spinning.
+async fn accept(listener: &Async<TcpListener>) -> (Async<TcpStream>, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                log::warn!("accept: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Answer a request on the plain HTTP port.
-pub async fn handle_http(
+async fn handle_http(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
     client: SocketAddr,
@@ -142,20 +178,16 @@ pub async fn serve_https(
 ) {
     let acceptor = TlsAcceptor::from(config);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.get_ref().set_nodelay(true);
+        let (mut stream, peer) = accept(&listener).await;
         let (acceptor, gateway) = (acceptor.clone(), gateway.clone());
         // Each connection lives until its client closes it; the handshake and hyper's own
         // timeouts bound slow or idle clients.
         smol::spawn(async move {
             let deadline = Timer::after(HANDSHAKE_TIMEOUT);
+            let peer = match gateway.fronts.client_of(&mut stream, peer).await {
+                Ok(client) => client,
+                Err(e) => return log::debug!("front {peer}: {e}"),
+            };
             let Some((stream, already_read)) =
                 pass_through_or_keep(&gateway, stream, peer, deadline).await
             else {

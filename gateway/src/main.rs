@@ -1,6 +1,7 @@
 //! `kakuremichi-gateway`: the public entry. Needs only `CONTROL_URL` and `API_KEY`.
 
 use argh::FromArgs;
+use kakuremichi_gateway::front::TrustedFronts;
 use kakuremichi_gateway::ports::PortSettings;
 use kakuremichi_nodelink::node::ControlSettings;
 use kakuremichi_proto::ports::{parse_ranges, PortPolicy};
@@ -71,6 +72,11 @@ struct Args {
     /// clients are dropped
     #[argh(option, default = "1024")]
     udp_flows: usize,
+    /// addresses or networks of load balancers in front of the gateway whose connections
+    /// start with a PROXY protocol v1/v2 header naming the client, e.g. 10.0.0.0/8 (default:
+    /// none; headers from anyone else are never read)
+    #[argh(option)]
+    proxy_protocol_from: Option<String>,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -100,7 +106,17 @@ fn main() -> anyhow::Result<()> {
             args.wireguard_listen
         ),
     };
+    let fronts = args
+        .proxy_protocol_from
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|cidr| !cidr.trim().is_empty())
+        .map(|cidr| cidr.trim().parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--proxy-protocol-from: {e}"))?;
     let settings = kakuremichi_gateway::Settings {
+        fronts: TrustedFronts(fronts),
         control: ControlSettings::from_flags_or_env(
             args.control_url,
             args.api_key,

@@ -7,6 +7,7 @@
 //!
 //! Dropping a port's entry closes its listener and every connection or flow through it.
 
+use crate::front::TrustedFronts;
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use kakuremichi_netstack::{Stack, TcpStream};
@@ -74,16 +75,23 @@ struct Open {
 pub struct PortListeners {
     stack: Stack,
     settings: PortSettings,
+    fronts: TrustedFronts,
     metrics: Arc<PortMetrics>,
     open: HashMap<(Transport, u16), Open>,
 }
 
 impl PortListeners {
     /// No port open yet.
-    pub fn new(stack: Stack, settings: PortSettings, metrics: Arc<PortMetrics>) -> Self {
+    pub fn new(
+        stack: Stack,
+        settings: PortSettings,
+        fronts: TrustedFronts,
+        metrics: Arc<PortMetrics>,
+    ) -> Self {
         PortListeners {
             stack,
             settings,
+            fronts,
             metrics,
             open: HashMap::new(),
         }
@@ -136,6 +144,7 @@ impl PortListeners {
                     stack,
                     upstream.clone(),
                     metrics,
+                    self.fronts.clone(),
                     limit,
                 ))
             }
@@ -182,6 +191,7 @@ async fn accept_tcp(
     stack: Stack,
     upstream: Arc<RwLock<Upstream>>,
     metrics: Arc<PortMetrics>,
+    fronts: TrustedFronts,
     limit: usize,
 ) {
     // Connections are owned by this task's executor scope: dropping the task (the port
@@ -190,7 +200,7 @@ async fn accept_tcp(
     let live = Arc::new(AtomicU64::new(0));
     let accept = async {
         loop {
-            let (client, from) = match listener.accept().await {
+            let (mut client, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     log::warn!("accept: {e}");
@@ -205,19 +215,39 @@ async fn accept_tcp(
             metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
             let _ = client.get_ref().set_nodelay(true);
             let upstream = upstream.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let (stack, live) = (stack.clone(), live.clone());
-            live.fetch_add(1, Ordering::Relaxed);
+            let (stack, fronts) = (stack.clone(), fronts.clone());
+            let slot = Slot::take(&live);
             executor
                 .spawn(async move {
+                    let _slot = slot;
+                    let from = match fronts.client_of(&mut client, peer).await {
+                        Ok(from) => from,
+                        Err(e) => return log::debug!("front {peer}: {e}"),
+                    };
                     if let Err(e) = splice(&stack, &upstream, client, from, &[]).await {
                         log::debug!("tunnel {}: connection from {from}: {e}", upstream.tunnel_id);
                     }
-                    live.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();
         }
     };
     executor.run(accept).await
+}
+
+/// One of a port's connection slots, given back when dropped.
+struct Slot(Arc<AtomicU64>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicU64>) -> Slot {
+        live.fetch_add(1, Ordering::Relaxed);
+        Slot(live.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Forward `client` to the agent until either side closes: the PROXY header if the tunnel
@@ -242,6 +272,9 @@ pub(crate) async fn splice(
     if !first.is_empty() {
         agent.write_all(&first).await?;
     }
+    // async-net's stream, because closing its write side sends FIN: a bare `Async`'s close
+    // only flushes, so an origin that hung up left the client waiting.
+    let client = smol::net::TcpStream::from(client);
     kakuremichi_rt::copy::copy_bidirectional(client, agent).await?;
     Ok(())
 }

@@ -537,3 +537,143 @@ fn port_tunnels_refuse_clashes_and_ports_the_gateway_does_not_allow() {
     let metrics = cluster.gateways[gateway].metrics();
     assert!(cluster.gateways[gateway].is_running(), "{metrics}");
 }
+
+/// A connection from `source` (a loopback address) to `port` that sends `bytes` and reads
+/// whatever comes back until the gateway closes (nothing when it refuses to connect).
+fn exchange_from(source: &str, port: u16, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    if socket.connect(&to.into()).is_err() {
+        return String::new();
+    }
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[test]
+fn a_trusted_front_names_the_client_and_nobody_else_can() {
+    use kakuremichi_proto::ports::Transport;
+    use kakuremichi_proto::proxy_protocol::{header, ProxyProtocol};
+    let mut cluster = Cluster::new("trusted-front");
+    let nginx = servers::nginx_proxy_protocol(&cluster.dir);
+    let web = Origin::start("web");
+    cluster.gateway_args = vec!["--proxy-protocol-from".into(), "127.0.0.9/32".into()];
+    let gateway = cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    cluster.create_tunnel("web.localhost", agent, &web.addr.to_string());
+    let http = cluster.gateways[gateway].http_port;
+    let request = b"GET / HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n";
+    let gateway_addr: std::net::SocketAddr = ([127, 0, 0, 1], http).into();
+    let through_front = |version, client: &str| {
+        let mut bytes = header(
+            version,
+            Transport::Tcp,
+            client.parse().unwrap(),
+            gateway_addr,
+        );
+        bytes.extend_from_slice(request);
+        exchange_from("127.0.0.9", http, &bytes)
+    };
+    wait_for(Duration::from_secs(5), || {
+        through_front(ProxyProtocol::V1, "203.0.113.50:40000")
+            .contains("\"x_forwarded_for\":\"203.0.113.50\"")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the front's client never reached the origin\n{}",
+            cluster.logs()
+        )
+    });
+    let v2 = through_front(ProxyProtocol::V2, "198.51.100.60:40001");
+    assert!(v2.contains("\"x_forwarded_for\":\"198.51.100.60\""), "{v2}");
+    // The front must send a header; without one the connection is dropped unanswered.
+    assert_eq!(exchange_from("127.0.0.9", http, request), "");
+    // Anyone else cannot claim an address: their header is just a malformed request.
+    let mut spoof = header(
+        ProxyProtocol::V1,
+        Transport::Tcp,
+        "192.0.2.1:1".parse().unwrap(),
+        gateway_addr,
+    );
+    spoof.extend_from_slice(request);
+    let refused = exchange_from("127.0.0.1", http, &spoof);
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(!refused.contains("192.0.2.1"));
+
+    // On a tcp tunnel's port too: the origin's PROXY header names the front's client.
+    let port = kakuremichi_tests::free_tcp_port();
+    create(
+        &cluster,
+        json!({"kind": "tcp", "port": port, "agent": agent_id, "target": format!("127.0.0.1:{}", nginx.port), "proxy_protocol": "v1"}),
+    );
+    let tunnel_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut bytes = header(
+        ProxyProtocol::V2,
+        Transport::Tcp,
+        "192.0.2.99:5555".parse().unwrap(),
+        tunnel_addr,
+    );
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: nginx\r\nConnection: close\r\n\r\n");
+    let answer = wait_for(LIVE_LIMIT, || {
+        let answer = exchange_from("127.0.0.9", port, &bytes);
+        answer.contains("nginx saw").then_some(answer)
+    })
+    .unwrap_or_else(|| panic!("nginx never answered through the front\n{}", cluster.logs()));
+    assert!(answer.contains("nginx saw 192.0.2.99"), "{answer}");
+    assert_eq!(
+        nginx.log("logs/access.log").lines().last(),
+        Some("192.0.2.99:5555")
+    );
+}
+
+#[test]
+fn a_tcp_tunnel_passes_the_origin_closing_to_a_client_that_keeps_its_side_open() {
+    // A server that greets and hangs up, as SMTP-style banners and many probes do.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut stream in server.incoming().flatten() {
+            let _ = stream.write_all(b"220 hello, goodbye\r\n");
+        }
+    });
+    let mut cluster = Cluster::new("tcp-close");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let port = kakuremichi_tests::free_tcp_port();
+    create(
+        &cluster,
+        json!({"kind": "tcp", "port": port, "agent": agent_id, "target": target.to_string()}),
+    );
+    wait_for(LIVE_LIMIT, || port_open(port).then_some(())).expect("the port opens");
+    use std::io::Read;
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let mut greeting = String::new();
+    client
+        .read_to_string(&mut greeting)
+        .expect("EOF, not a timeout");
+    assert_eq!(greeting, "220 hello, goodbye\r\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -514,7 +514,7 @@ fn bad_api_input_gets_a_field_error_and_changes_nothing() {
             "enabled",
         ),
         (
-            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","kind":"udp"}"#,
+            r#"{"hostname":"ok.localhost","agent":"AGENT","target":"127.0.0.1:80","kind":"smtp"}"#,
             "kind",
         ),
         (r#"{"agent":"AGENT","target":"127.0.0.1:80"}"#, "hostname"),
