@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// How long to wait for a target to accept.
+/// How long to wait for a target to accept, unless its tunnel says otherwise.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a service's connections go now. Dropping it closes every connection forwarded to
@@ -21,20 +21,28 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Destination {
     target: Target,
     transport: Transport,
+    connect_timeout: Duration,
     cancel: async_channel::Sender<()>,
     cancelled: async_channel::Receiver<()>,
 }
 
 impl Destination {
-    fn new(target: Target, transport: Transport) -> Self {
+    fn new(service: &Service) -> Self {
         let (cancel, cancelled) = async_channel::bounded(1);
         Destination {
-            target,
-            transport,
+            target: service.target.clone(),
+            transport: service.transport,
+            connect_timeout: connect_timeout_of(service),
             cancel,
             cancelled,
         }
     }
+}
+
+fn connect_timeout_of(service: &Service) -> Duration {
+    service
+        .connect_timeout_ms
+        .map_or(TARGET_CONNECT_TIMEOUT, Duration::from_millis)
 }
 
 struct Running {
@@ -81,16 +89,15 @@ impl Services {
                     != (&service.target, service.transport)
                 {
                     destination.cancel.close();
-                    *destination = Destination::new(service.target.clone(), service.transport);
+                    *destination = Destination::new(service);
                 }
+                // A new timeout applies to the next connections; live ones stay.
+                destination.connect_timeout = connect_timeout_of(service);
                 continue;
             }
             match self.stack.listen(service.port) {
                 Ok(listener) => {
-                    let destination = Arc::new(RwLock::new(Destination::new(
-                        service.target.clone(),
-                        service.transport,
-                    )));
+                    let destination = Arc::new(RwLock::new(Destination::new(service)));
                     let task = smol::spawn(accept_loop(
                         listener,
                         destination.clone(),
@@ -133,11 +140,12 @@ async fn accept_loop(
         let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
-        let (target, transport, cancelled) = {
+        let (target, transport, connect_timeout, cancelled) = {
             let destination = destination.read().unwrap_or_else(|p| p.into_inner());
             (
                 destination.target.clone(),
                 destination.transport,
+                destination.connect_timeout,
                 destination.cancelled.clone(),
             )
         };
@@ -150,7 +158,7 @@ async fn accept_loop(
             };
             let carried = async {
                 match transport {
-                    Transport::Tcp => forward(stream, &target).await,
+                    Transport::Tcp => forward(stream, &target, connect_timeout).await,
                     Transport::Udp => crate::udp::carry(stream, &target).await,
                 }
             };
@@ -162,10 +170,14 @@ async fn accept_loop(
     }
 }
 
-async fn forward(overlay: TcpStream, target: &Target) -> std::io::Result<()> {
+async fn forward(
+    overlay: TcpStream,
+    target: &Target,
+    connect_timeout: Duration,
+) -> std::io::Result<()> {
     let connect = smol::net::TcpStream::connect((target.host(), target.port()));
     let timeout = async {
-        Timer::after(TARGET_CONNECT_TIMEOUT).await;
+        Timer::after(connect_timeout).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "target did not accept in time",

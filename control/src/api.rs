@@ -6,7 +6,7 @@ use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
-use crate::tunnels::TunnelKind;
+use crate::tunnels::{OriginSettings, TunnelKind};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -331,11 +331,33 @@ impl Fields {
         }
     }
 
-    /// `target`, whose port may be a range matching the public one.
-    fn target(&mut self, ports: Option<PortRange>) -> Result<Option<Target>, Error> {
+    /// `target` (`https://` for an HTTPS origin), whose port may be a range matching the
+    /// public one.
+    fn target(&mut self, ports: Option<PortRange>) -> Result<Option<(Target, bool)>, Error> {
         self.string("target")?
-            .map(|raw| crate::tunnels::parse_target(&raw, ports))
+            .map(|raw| crate::tunnels::parse_scheme_target(&raw, ports))
             .transpose()
+    }
+
+    /// `origin` settings applied over `current`, with the target's scheme; `None` when
+    /// neither was given.
+    fn origin(
+        &mut self,
+        current: &OriginSettings,
+        https: Option<bool>,
+    ) -> Result<Option<OriginSettings>, Error> {
+        let given = self.take("origin");
+        if given.is_none() && https.is_none() {
+            return Ok(None);
+        }
+        let mut origin = current.clone();
+        if let Some(https) = https {
+            origin.https = https;
+        }
+        if let Some(value) = given {
+            origin.apply_json(&value)?;
+        }
+        Ok(Some(origin))
     }
 }
 
@@ -345,13 +367,17 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
         None => TunnelKind::Http,
     };
     let ports = fields.ports()?;
+    let (target, https) = fields
+        .target(ports)?
+        .ok_or_else(|| Error::invalid("target", "is required"))?;
     let new = NewTunnel {
         kind,
         hostname: fields.parsed("hostname")?,
         agent_id: fields.required("agent")?,
-        target: fields
-            .target(ports)?
-            .ok_or_else(|| Error::invalid("target", "is required"))?,
+        target,
+        origin: fields
+            .origin(&OriginSettings::default(), Some(https))?
+            .unwrap_or_default(),
         ports,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
         issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
@@ -374,9 +400,11 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
 /// A tunnel change; an `access` object changes the rules it names on top of `current`.
 fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch, Error> {
     let ports = fields.ports()?;
+    let target = fields.target(ports.or(current.ports))?;
     let patch = TunnelPatch {
         hostname: fields.parsed("hostname")?,
-        target: fields.target(ports.or(current.ports))?,
+        origin: fields.origin(&current.origin, target.as_ref().map(|(_, https)| *https))?,
+        target: target.map(|(target, _)| target),
         ports,
         agent_id: fields.string("agent")?,
         enabled: fields.boolean("enabled")?,
@@ -576,7 +604,8 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "ports": tunnel.ports.map(|p| p.to_string()),
         "proxy_protocol": tunnel.proxy_protocol.map(ProxyProtocol::as_str),
         "agent": tunnel.agent_id,
-        "target": tunnel.target.to_string(),
+        "target": tunnel.target_text(),
+        "origin": tunnel.origin.to_json(),
         "service_port": tunnel.service_port,
         "enabled": tunnel.enabled,
         "issuer": tunnel.issuer.as_str(),

@@ -3,7 +3,7 @@
 
 use crate::access::{Keyring, TunnelAccess};
 use crate::auth::UserRecord;
-use crate::tunnels::TunnelKind;
+use crate::tunnels::{OriginSettings, TunnelKind};
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, ConfigSnapshot, ControlRoute, HttpRoute, PassthroughRoute,
@@ -73,6 +73,9 @@ pub struct TunnelRecord {
     /// `tcp` and `tls`: a PROXY header in front of each connection to the origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTPS origins, `Host` override, connect timeout, error page.
+    #[serde(default)]
+    pub origin: OriginSettings,
     pub created_at: u64,
 }
 
@@ -327,6 +330,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
                         service_port: t.service_port,
                         https: t.issuer != Issuer::None,
                         access: t.access.policy(&state.users),
+                        origin: t.origin_options(),
                     }),
                     (TunnelKind::Tls, Some(hostname), _, _) => {
                         passthrough_routes.push(PassthroughRoute {
@@ -356,6 +360,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
                     port,
                     target,
                     transport,
+                    connect_timeout_ms: t.origin.connect_timeout_secs.map(|s| s * 1000),
                 }));
             }
         }
@@ -468,6 +473,7 @@ mod tests {
             issuer: Issuer::Acme,
             access: TunnelAccess::default(),
             proxy_protocol: None,
+            origin: OriginSettings::default(),
             created_at: 0,
         }
     }

@@ -6,7 +6,7 @@ use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord, TunnelRecord};
-use crate::tunnels::{self, TunnelKind};
+use crate::tunnels::{self, OriginSettings, TunnelKind};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
@@ -34,6 +34,7 @@ pub struct NewTunnel {
     pub issuer: Issuer,
     pub access: TunnelAccess,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub origin: OriginSettings,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
@@ -48,6 +49,7 @@ pub struct TunnelPatch {
     pub access: Option<TunnelAccess>,
     /// `Some(None)` turns the PROXY header off.
     pub proxy_protocol: Option<Option<ProxyProtocol>>,
+    pub origin: Option<OriginSettings>,
 }
 
 /// The open store.
@@ -359,6 +361,7 @@ impl Store {
                 },
                 access: new.access,
                 proxy_protocol: new.proxy_protocol,
+                origin: new.origin,
                 created_at: auth::unix_now(),
             };
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
@@ -386,6 +389,9 @@ impl Store {
             }
             if let Some(proxy_protocol) = patch.proxy_protocol {
                 record.proxy_protocol = proxy_protocol;
+            }
+            if let Some(origin) = patch.origin {
+                record.origin = origin;
             }
             if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
                 s.check_agent(wtxn, &agent_id)?;

@@ -5,6 +5,7 @@
 use crate::error::Error;
 use crate::model::{NodeRecord, TunnelRecord, FIRST_SERVICE_PORT};
 use kakuremichi_proto::ids::{NodeKind, Target};
+use kakuremichi_proto::messages::{OriginOptions, OriginTls};
 use kakuremichi_proto::ports::{PortRange, Transport, MAX_TUNNEL_PORTS};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -66,7 +67,212 @@ impl TunnelKind {
     }
 }
 
+/// How gateways and the agent reach a tunnel's origin, beyond its target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginSettings {
+    /// `http` tunnels: the target speaks HTTPS (`"target": "https://…"`).
+    #[serde(default)]
+    pub https: bool,
+    /// Check an HTTPS origin's certificate; off is the "No TLS Verify" of self-signed origins.
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// A private CA's PEM certificates to trust for an HTTPS origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// SNI and certificate name for an HTTPS origin, when not the target's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The `Host` header the origin gets instead of the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// How long the agent waits for the target to accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_secs: Option<u64>,
+    /// HTML shown instead of the gateway's own page when the origin cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_gateway_page: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for OriginSettings {
+    fn default() -> Self {
+        OriginSettings {
+            https: false,
+            tls_verify: true,
+            ca_pem: None,
+            server_name: None,
+            host_header: None,
+            connect_timeout_secs: None,
+            bad_gateway_page: None,
+        }
+    }
+}
+
+/// The largest CA bundle or error page a tunnel carries: each goes to every gateway.
+pub const MAX_ORIGIN_TEXT: usize = 64 * 1024;
+/// The longest connect timeout a tunnel may ask for.
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 300;
+
+impl OriginSettings {
+    /// Change the settings `value` (a JSON object) names; unknown keys are refused.
+    pub fn apply_json(&mut self, value: &serde_json::Value) -> Result<(), Error> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| Error::invalid("origin", "must be an object"))?;
+        let text = |key: &str, value: &serde_json::Value| -> Result<Option<String>, Error> {
+            match value {
+                serde_json::Value::Null => Ok(None),
+                serde_json::Value::String(s) if s.is_empty() => Ok(None),
+                serde_json::Value::String(s) => Ok(Some(s.clone())),
+                _ => Err(Error::invalid("origin", format!("{key} must be a string"))),
+            }
+        };
+        for (key, value) in object {
+            match key.as_str() {
+                "tls_verify" => {
+                    self.tls_verify = value.as_bool().ok_or_else(|| {
+                        Error::invalid("origin", "tls_verify must be true or false")
+                    })?
+                }
+                "ca_pem" => self.ca_pem = text(key, value)?,
+                "server_name" => self.server_name = text(key, value)?,
+                "host_header" => self.host_header = text(key, value)?,
+                "bad_gateway_page" => self.bad_gateway_page = text(key, value)?,
+                "connect_timeout_secs" => {
+                    self.connect_timeout_secs = match value {
+                        serde_json::Value::Null => None,
+                        other => Some(other.as_u64().ok_or_else(|| {
+                            Error::invalid("origin", "connect_timeout_secs must be a whole number")
+                        })?),
+                    }
+                }
+                other => {
+                    return Err(Error::invalid(
+                        "origin",
+                        format!("{other:?} is not an origin setting"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as the API shows them (the CA and page by size, not content).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tls_verify": self.tls_verify,
+            "ca_pem": self.ca_pem,
+            "server_name": self.server_name,
+            "host_header": self.host_header,
+            "connect_timeout_secs": self.connect_timeout_secs,
+            "bad_gateway_page": self.bad_gateway_page,
+        })
+    }
+
+    fn check(&self, kind: TunnelKind) -> Result<(), Error> {
+        let http_only = self.https
+            || !self.tls_verify
+            || self.ca_pem.is_some()
+            || self.server_name.is_some()
+            || self.host_header.is_some()
+            || self.bad_gateway_page.is_some();
+        if http_only && kind != TunnelKind::Http {
+            return Err(Error::invalid(
+                "origin",
+                "https targets, TLS, Host and error page settings apply to http tunnels",
+            ));
+        }
+        let tls_only = !self.tls_verify || self.ca_pem.is_some() || self.server_name.is_some();
+        if tls_only && !self.https {
+            return Err(Error::invalid(
+                "origin",
+                "TLS settings need an https:// target",
+            ));
+        }
+        for (name, text) in [
+            ("ca_pem", &self.ca_pem),
+            ("bad_gateway_page", &self.bad_gateway_page),
+        ] {
+            if text.as_ref().is_some_and(|t| t.len() > MAX_ORIGIN_TEXT) {
+                return Err(Error::invalid(
+                    "origin",
+                    format!("{name} is larger than {} KiB", MAX_ORIGIN_TEXT / 1024),
+                ));
+            }
+        }
+        if let Some(pem) = &self.ca_pem {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::invalid("origin", "ca_pem holds no PEM certificate"));
+            }
+        }
+        if let Some(name) = &self.server_name {
+            let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+            if !is_ip && name.parse::<kakuremichi_proto::ids::Hostname>().is_err() {
+                return Err(Error::invalid(
+                    "origin",
+                    format!("server_name {name:?} is not a host name or IP address"),
+                ));
+            }
+        }
+        if let Some(host) = &self.host_header {
+            let printable =
+                !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_graphic());
+            if !printable {
+                return Err(Error::invalid(
+                    "origin",
+                    "host_header must be a host name, with a port if needed",
+                ));
+            }
+        }
+        if self
+            .connect_timeout_secs
+            .is_some_and(|s| !(1..=MAX_CONNECT_TIMEOUT_SECS).contains(&s))
+        {
+            return Err(Error::invalid(
+                "origin",
+                format!("connect_timeout_secs must be 1 to {MAX_CONNECT_TIMEOUT_SECS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl TunnelRecord {
+    /// The target as people write it: `https://host:port` for an HTTPS origin, a port range
+    /// as `host:first-last`.
+    pub fn target_text(&self) -> String {
+        let target = match self.ports {
+            Some(ports) if ports.len() > 1 => {
+                format!("{}-{}", self.target, self.target.port() + ports.len() - 1)
+            }
+            _ => self.target.to_string(),
+        };
+        match self.origin.https {
+            true => format!("https://{target}"),
+            false => target,
+        }
+    }
+
+    /// The origin options gateways apply to this tunnel's requests.
+    pub fn origin_options(&self) -> OriginOptions {
+        OriginOptions {
+            tls: self.origin.https.then(|| OriginTls {
+                server_name: self
+                    .origin
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| self.target.host().to_string()),
+                verify: self.origin.tls_verify,
+                ca_pem: self.origin.ca_pem.clone(),
+            }),
+            host_header: self.origin.host_header.clone(),
+            bad_gateway_page: self.origin.bad_gateway_page.clone(),
+        }
+    }
+
     /// How many agent service ports the tunnel takes: one per public port.
     pub fn port_count(&self) -> u16 {
         self.ports.map_or(1, PortRange::len)
@@ -98,6 +304,23 @@ impl TunnelRecord {
             (None, None) => self.id.clone(),
         }
     }
+}
+
+/// A target with its scheme: `https://host:port` is an HTTPS origin, `http://` or none a
+/// plain one.
+pub fn parse_scheme_target(raw: &str, ports: Option<PortRange>) -> Result<(Target, bool), Error> {
+    let (https, rest) = match raw.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some((scheme, _)) => {
+            return Err(Error::invalid(
+                "target",
+                format!("{scheme}:// is not http:// or https://"),
+            ))
+        }
+        None => (false, raw),
+    };
+    Ok((parse_target(rest.trim_end_matches('/'), ports)?, https))
 }
 
 /// A target whose port may be a range (`host:5000-5010`), which must then have as many
@@ -228,6 +451,7 @@ pub fn check(
             }
         }
     }
+    tunnel.origin.check(tunnel.kind)?;
     if tunnel.proxy_protocol.is_some() && !matches!(tunnel.kind, TunnelKind::Tcp | TunnelKind::Tls)
     {
         return Err(Error::invalid(
@@ -259,6 +483,7 @@ mod tests {
             issuer: Issuer::None,
             access: TunnelAccess::default(),
             proxy_protocol: None,
+            origin: OriginSettings::default(),
             created_at: 0,
         }
     }

@@ -344,14 +344,12 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
         };
         let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
         let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
-        let target = match tunnel.ports {
-            Some(ports) if ports.len() > 1 => format!(
-                "{}-{}",
-                tunnel.target,
-                tunnel.target.port() + ports.len() - 1
-            ),
-            _ => tunnel.target.to_string(),
-        };
+        let target = tunnel.target_text();
+        let timeout = tunnel
+            .origin
+            .connect_timeout_secs
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let form = pages::tunnel_form::TunnelForm {
             kind: tunnel.kind.as_str(),
             hostname,
@@ -360,6 +358,9 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
             target: &target,
             issuer: tunnel.issuer.as_str(),
             proxy_protocol: tunnel.proxy_protocol.map_or("none", |p| p.as_str()),
+            skip_tls_verify: !tunnel.origin.tls_verify,
+            host_header: tunnel.origin.host_header.as_deref().unwrap_or(""),
+            connect_timeout: &timeout,
             enabled: tunnel.enabled,
             error: None,
         };
@@ -398,13 +399,29 @@ fn save_tunnel(
                 issuer: Some(new.issuer),
                 access: None,
                 proxy_protocol: Some(new.proxy_protocol),
+                origin: None,
             };
             match control.store.state()?.tunnels.iter().find(|t| t.id == id) {
                 Some(current) if current.kind != new.kind => Err(Error::invalid(
                     "kind",
                     "a tunnel's kind cannot change; create a new tunnel",
                 )),
-                _ => control.store.update_tunnel(id, patch).map(|_| ()),
+                Some(current) => {
+                    // The form shows some origin settings; the rest (CA, error page) stay.
+                    let origin = crate::tunnels::OriginSettings {
+                        https: new.origin.https,
+                        tls_verify: new.origin.tls_verify,
+                        host_header: new.origin.host_header,
+                        connect_timeout_secs: new.origin.connect_timeout_secs,
+                        ..current.origin.clone()
+                    };
+                    let patch = crate::store::TunnelPatch {
+                        origin: Some(origin),
+                        ..patch
+                    };
+                    control.store.update_tunnel(id, patch).map(|_| ())
+                }
+                None => Err(Error::not_found("tunnel", id)),
             }
         }
     });
@@ -428,6 +445,9 @@ fn save_tunnel(
                 target: value("target"),
                 issuer: value("issuer"),
                 proxy_protocol: value("proxy_protocol"),
+                skip_tls_verify: form.contains_key("skip_tls_verify"),
+                host_header: value("host_header"),
+                connect_timeout: value("connect_timeout"),
                 enabled: form.contains_key("enabled"),
                 error: Some((field_name, &message)),
             };
@@ -471,6 +491,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
         "" => None,
         text => Some(text.parse().map_err(proto("ports"))?),
     };
+    let (target, https) = crate::tunnels::parse_scheme_target(parse("target")?, ports)?;
     Ok(crate::store::NewTunnel {
         kind,
         hostname: match value("hostname") {
@@ -479,7 +500,19 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
         },
         ports,
         agent_id: parse("agent")?.to_string(),
-        target: crate::tunnels::parse_target(parse("target")?, ports)?,
+        target,
+        origin: crate::tunnels::OriginSettings {
+            https,
+            tls_verify: !form.contains_key("skip_tls_verify"),
+            host_header: Some(value("host_header").to_string()).filter(|h| !h.is_empty()),
+            connect_timeout_secs: match value("connect_timeout") {
+                "" => None,
+                text => Some(text.parse().map_err(|_| {
+                    Error::invalid("connect_timeout", "must be a whole number of seconds")
+                })?),
+            },
+            ..Default::default()
+        },
         enabled: form.contains_key("enabled"),
         issuer: match value("issuer") {
             "" => control.default_issuer,

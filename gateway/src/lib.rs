@@ -18,6 +18,7 @@
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
 //! - [`ports`]: public TCP and UDP ports of `tcp` and `udp` tunnels.
 //! - [`passthrough`]: `tls` tunnels, chosen by SNI on the HTTPS port and not decrypted.
+//! - [`origin`]: TLS towards HTTPS origins.
 //! - [`pages`]: the 404 / 502 / 503 pages.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod front;
 pub mod guard;
 pub mod line;
 pub mod listeners;
+pub mod origin;
 pub mod pages;
 pub mod passthrough;
 pub mod pool;

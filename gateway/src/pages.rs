@@ -26,12 +26,7 @@ fn page(status: u16, title: &str, message: &str) -> Response<Body> {
          button{{font:inherit;padding:.5rem 1.25rem;border:0;border-radius:6px;background:#2457d6;color:#fff}}</style></head>\
          <body><h1>{title}</h1><p>{message}</p><p><small>kakuremichi gateway</small></p></body></html>\n"
     );
-    let mut response = respond(status, "text/html; charset=utf-8", html);
-    response.headers_mut().insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
-    response
+    tunnel_page(status, &html)
 }
 
 /// No tunnel serves this host.
@@ -56,6 +51,17 @@ pub fn bad_gateway(hostname: &str) -> Response<Body> {
             escape(hostname)
         ),
     )
+}
+
+/// HTML served as is with `status`, never cached: the gateway's pages and those a tunnel's
+/// owner wrote.
+pub fn tunnel_page(status: u16, html: &str) -> Response<Body> {
+    let mut response = respond(status, "text/html; charset=utf-8", html.to_string());
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The tunnel serves HTTPS, and its certificate is not there yet.

@@ -209,7 +209,7 @@ async fn dial(
     open: Arc<AtomicUsize>,
 ) -> io::Result<SendRequest<ClientBody>> {
     match &upstream {
-        Upstream::Overlay(addr) => {
+        Upstream::Overlay(addr, tls) => {
             // Under a burst of handshakes the agent's stack still refuses one now and then
             // (about 2 in 140,000 requests in tests/tests/concurrency.rs, cause not found);
             // nothing was sent yet, so one more try is safe.
@@ -220,7 +220,10 @@ async fn dial(
                 }
                 other => other?,
             };
-            handshake(stream, &upstream, open).await
+            match tls {
+                Some(tls) => handshake(tls.connect(stream).await?, &upstream, open).await,
+                None => handshake(stream, &upstream, open).await,
+            }
         }
         Upstream::Direct(addr) => {
             let connect = smol::net::TcpStream::connect(addr.as_str());

@@ -59,6 +59,9 @@ pub async fn handle(
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
+    if let Some(host_header) = &route.host_header {
+        request.headers_mut().insert(HOST, host_header.clone());
+    }
     let (body_failure, request) = ClientBody::wrap(request, gateway.body_idle_timeout);
     let mut response = match forward(&gateway.pool, &route.upstream, request).await {
         Ok(response) => response,
@@ -80,7 +83,10 @@ pub async fn handle(
             }
             metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
             log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
-            return pages::bad_gateway(route.hostname.as_str());
+            return match &route.bad_gateway_page {
+                Some(page) => pages::tunnel_page(502, page),
+                None => pages::bad_gateway(route.hostname.as_str()),
+            };
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -1,5 +1,7 @@
 //! Which tunnel serves a hostname. Plain data built from a config snapshot.
 
+use crate::origin::OriginTlsClient;
+use hyper::header::HeaderValue;
 use kakuremichi_proto::access::AccessPolicy;
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::messages::{ControlRoute, HttpRoute};
@@ -10,8 +12,9 @@ use std::sync::Arc;
 /// Where a route's requests are sent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Upstream {
-    /// A tunnel's service port on its agent's overlay address.
-    Overlay(SocketAddrV4),
+    /// A tunnel's service port on its agent's overlay address, with TLS for an HTTPS
+    /// origin.
+    Overlay(SocketAddrV4, Option<OriginTlsClient>),
     /// Control itself, over the network the gateway shares with it (`host:port`).
     Direct(String),
 }
@@ -19,7 +22,8 @@ pub enum Upstream {
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Overlay(addr) => write!(f, "{addr}"),
+            Upstream::Overlay(addr, None) => write!(f, "{addr}"),
+            Upstream::Overlay(addr, Some(_)) => write!(f, "https via {addr}"),
             Upstream::Direct(addr) => f.write_str(addr),
         }
     }
@@ -38,6 +42,10 @@ pub struct Route {
     pub https: bool,
     /// Who may open it; `None` is public.
     pub access: Option<Arc<AccessPolicy>>,
+    /// The `Host` the origin gets instead of the client's.
+    pub host_header: Option<HeaderValue>,
+    /// The tunnel's own page for an unreachable origin.
+    pub bad_gateway_page: Option<Arc<str>>,
 }
 
 /// Hostname → route.
@@ -51,15 +59,28 @@ impl RouteTable {
     pub fn new(routes: &[HttpRoute], control: Option<&ControlRoute>) -> Self {
         let by_host = routes
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
+                let tls = match r.origin.tls.as_ref().map(OriginTlsClient::new).transpose() {
+                    Ok(tls) => tls,
+                    Err(why) => {
+                        log::error!("tunnel {} ({}): {why}; not served", r.tunnel_id, r.hostname);
+                        return None;
+                    }
+                };
                 let route = Route {
                     tunnel_id: r.tunnel_id.clone(),
                     hostname: r.hostname.clone(),
-                    upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port)),
+                    upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port), tls),
                     https: r.https,
                     access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
+                    host_header: r
+                        .origin
+                        .host_header
+                        .as_deref()
+                        .and_then(|h| HeaderValue::from_str(h).ok()),
+                    bad_gateway_page: r.origin.bad_gateway_page.as_deref().map(Arc::from),
                 };
-                (r.hostname.clone(), route)
+                Some((r.hostname.clone(), route))
             })
             .collect::<HashMap<_, _>>();
         let mut by_host = by_host;
@@ -70,6 +91,8 @@ impl RouteTable {
                 upstream: Upstream::Direct(control.upstream.clone()),
                 https: true,
                 access: None,
+                host_header: None,
+                bad_gateway_page: None,
             };
             by_host.insert(control.hostname.clone(), route);
         }
@@ -121,6 +144,7 @@ mod tests {
                 service_port: 20000,
                 https: false,
                 access: Default::default(),
+                origin: Default::default(),
             }],
             None,
         );

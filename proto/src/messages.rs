@@ -219,6 +219,43 @@ pub struct HttpRoute {
     /// Who may open it; public when absent.
     #[serde(default, skip_serializing_if = "AccessPolicy::is_public")]
     pub access: AccessPolicy,
+    /// How the gateway talks to the origin, when not plain HTTP/1.1 as the client asked.
+    #[serde(default, skip_serializing_if = "OriginOptions::is_plain")]
+    pub origin: OriginOptions,
+}
+
+/// How a gateway talks to an `http` tunnel's origin through the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OriginOptions {
+    /// The origin speaks HTTPS: the gateway runs TLS end to end through the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OriginTls>,
+    /// The `Host` header the origin gets instead of the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// The page clients get instead of the gateway's own when the origin cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_gateway_page: Option<String>,
+}
+
+impl OriginOptions {
+    /// Plain HTTP with the client's `Host` and the gateway's pages.
+    pub fn is_plain(&self) -> bool {
+        *self == OriginOptions::default()
+    }
+}
+
+/// TLS towards an origin.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OriginTls {
+    /// The name sent as SNI and checked in the origin's certificate.
+    pub server_name: String,
+    /// Check the origin's certificate (off only for origins with self-signed ones the
+    /// user accepts as is).
+    pub verify: bool,
+    /// PEM certificates trusted for this origin besides the public roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// A service port an agent listens on inside the overlay, and its target.
@@ -234,6 +271,9 @@ pub struct Service {
     /// as [`crate::datagrams`] says, and the agent sends them to the target over UDP.
     #[serde(default, skip_serializing_if = "is_tcp")]
     pub transport: Transport,
+    /// How long the agent waits for the target to accept; its default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 fn is_tcp(transport: &Transport) -> bool {
@@ -321,6 +361,7 @@ mod tests {
                 port: 20000,
                 target: "127.0.0.1:8080".parse().unwrap(),
                 transport: Transport::Udp,
+                connect_timeout_ms: Some(1500),
             }],
             port_routes: vec![PortRoute {
                 transport: Transport::Tcp,

@@ -220,41 +220,85 @@ pub fn nginx_proxy_protocol(parent: &Path) -> Server {
     server
 }
 
-/// `openssl s_server -www` for `hostname` with a self-signed certificate of its own
-/// (`origin.pem` in its directory, for clients to trust).
+/// `openssl s_server -www` for `hostname` with a certificate of its own, signed by a private
+/// CA of its own (`ca.pem` in its directory, for clients to trust; `origin.pem` is the leaf).
 pub fn tls_origin(parent: &Path, hostname: &str) -> Server {
     let dir = parent.join("tls-origin");
     std::fs::create_dir_all(&dir).expect("tls origin dir");
-    let (cert, key) = (dir.join("origin.pem"), dir.join("origin.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args([
-            "-subj",
-            &format!("/CN={hostname}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{hostname}"),
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl req");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    let file = |name: &str| dir.join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=origin test CA",
+                "-keyout",
+                &file("ca.key"),
+                "-out",
+                &file("ca.pem"),
+            ],
+        ]
+        .concat(),
     );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                &format!("/CN={hostname}"),
+                "-keyout",
+                &file("origin.key"),
+                "-out",
+                &file("origin.csr"),
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName=DNS:{hostname}\n"),
+    )
+    .expect("san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &file("origin.csr"),
+        "-CA",
+        &file("ca.pem"),
+        "-CAkey",
+        &file("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &file("san.ext"),
+        "-out",
+        &file("origin.pem"),
+    ]);
+    let (cert, key) = (dir.join("origin.pem"), dir.join("origin.key"));
     let port = free_tcp_port();
     let mut command = Command::new("openssl");
     command

@@ -357,7 +357,7 @@ fn tls_passthrough_reaches_an_origin_with_its_own_certificate_beside_terminated_
         json!({"kind": "tls", "hostname": "secure.localhost", "agent": agent_id, "target": format!("127.0.0.1:{}", origin.port)}),
     );
     assert_eq!(tunnel["kind"], "tls");
-    let origin_ca = origin.dir.join("origin.pem");
+    let origin_ca = origin.dir.join("ca.pem");
     let answer = wait_for(Duration::from_secs(5), || {
         let answer = cluster.get_https(gateway, "secure.localhost", "/", &origin_ca, &[]);
         (answer.status == 200).then_some(answer)

@@ -21,6 +21,9 @@ pub struct TunnelForm<'a> {
     pub target: &'a str,
     pub issuer: &'a str,
     pub proxy_protocol: &'a str,
+    pub skip_tls_verify: bool,
+    pub host_header: &'a str,
+    pub connect_timeout: &'a str,
     pub enabled: bool,
     /// The field at fault and why.
     pub error: Option<(&'a str, &'a str)>,
@@ -33,7 +36,10 @@ impl TunnelForm<'_> {
 }
 
 /// The fields the form shows errors beside; others are shown above it.
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 11] = [
+    "origin",
+    "host_header",
+    "connect_timeout",
     "kind",
     "hostname",
     "ports",
@@ -113,9 +119,19 @@ pub fn form_page(
                         }
                         @if let Some(error) = form.error_for("agent") { span.error { (error) } }
                     }
-                    (field("Target the agent forwards to (host:port, as the agent sees it)", "target", "text", form.target, form.error_for("target"), "off"))
+                    (field("Target the agent forwards to (host:port as the agent sees it; https://host:port for an HTTPS origin)", "target", "text", form.target, form.error_for("target"), "off"))
                     (choice("Certificate (http)", "issuer", &ISSUERS, form.issuer, form.error_for("issuer")))
                     (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.proxy_protocol, form.error_for("proxy_protocol")))
+                    details open[form.skip_tls_verify || !form.host_header.is_empty() || !form.connect_timeout.is_empty() || form.error_for("origin").is_some()] {
+                        summary { "Origin options" }
+                        label.check {
+                            input type="checkbox" name="skip_tls_verify" value="true" checked[form.skip_tls_verify];
+                            " Skip TLS verification of an https:// target (self-signed origins)"
+                        }
+                        @if let Some(error) = form.error_for("origin") { p.notice.bad role="alert" { (error) } }
+                        (field("Host header sent to the origin (empty: the client's)", "host_header", "text", form.host_header, form.error_for("host_header"), "off"))
+                        (field("Connect timeout in seconds (empty: 5)", "connect_timeout", "text", form.connect_timeout, form.error_for("connect_timeout"), "off"))
+                    }
                     label.check {
                         input type="checkbox" name="enabled" value="true" checked[form.enabled];
                         " Enabled"

@@ -68,7 +68,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 kind: tunnel.kind.as_str(),
                 agent: agent.map_or_else(|| tunnel.agent_id.clone(), |a| a.name.clone()),
                 agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
-                target: tunnel.target.to_string(),
+                target: tunnel.target_text(),
                 enabled: tunnel.enabled,
                 access: tunnel.access.summary(),
                 certificate,
