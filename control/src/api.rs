@@ -339,6 +339,13 @@ impl Fields {
             .transpose()
     }
 
+    /// `path_prefix`: `"/api"`, or `"/"` to remove it.
+    fn path_prefix(&mut self) -> Result<Option<Option<String>>, Error> {
+        self.string("path_prefix")?
+            .map(|raw| crate::tunnels::parse_path_prefix(&raw))
+            .transpose()
+    }
+
     /// `origin` settings applied over `current`, with the target's scheme; `None` when
     /// neither was given.
     fn origin(
@@ -390,6 +397,7 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
             None => TunnelAccess::default(),
         },
         proxy_protocol: fields.proxy_protocol()?.flatten(),
+        path_prefix: fields.path_prefix()?.flatten(),
     };
     fields.finish()?;
     let tunnel = control.store.create_tunnel(new)?;
@@ -418,6 +426,7 @@ fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch
             None => None,
         },
         proxy_protocol: fields.proxy_protocol()?,
+        path_prefix: fields.path_prefix()?,
     };
     if let Some(kind) = fields.string("kind")? {
         if kind != current.kind.as_str() {
@@ -603,6 +612,7 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "hostname": tunnel.hostname.as_ref().map(Hostname::as_str),
         "ports": tunnel.ports.map(|p| p.to_string()),
         "proxy_protocol": tunnel.proxy_protocol.map(ProxyProtocol::as_str),
+        "path_prefix": tunnel.path_prefix,
         "agent": tunnel.agent_id,
         "target": tunnel.target_text(),
         "origin": tunnel.origin.to_json(),

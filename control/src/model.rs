@@ -76,6 +76,9 @@ pub struct TunnelRecord {
     /// HTTPS origins, `Host` override, connect timeout, error page.
     #[serde(default)]
     pub origin: OriginSettings,
+    /// `http`: only requests under this path (`/api`); several tunnels may share a hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
     pub created_at: u64,
 }
 
@@ -331,6 +334,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
                         https: t.issuer != Issuer::None,
                         access: t.access.policy(&state.users),
                         origin: t.origin_options(),
+                        path_prefix: t.path_prefix.clone(),
                     }),
                     (TunnelKind::Tls, Some(hostname), _, _) => {
                         passthrough_routes.push(PassthroughRoute {
@@ -414,10 +418,14 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
         .control_route
         .iter()
         .map(|(route, issuer)| (route.hostname.clone(), *issuer));
-    tunnels
-        .chain(control)
-        .filter(|(_, issuer)| *issuer != Issuer::None)
-        .collect()
+    let mut wanted: Vec<(Hostname, Issuer)> = Vec::new();
+    // Tunnels that split a hostname by path share its one certificate.
+    for (hostname, issuer) in tunnels.chain(control) {
+        if issuer != Issuer::None && !wanted.iter().any(|(h, _)| *h == hostname) {
+            wanted.push((hostname, issuer));
+        }
+    }
+    wanted
 }
 
 /// Certificates of the hostnames gateways serve over HTTPS.
@@ -474,6 +482,7 @@ mod tests {
             access: TunnelAccess::default(),
             proxy_protocol: None,
             origin: OriginSettings::default(),
+            path_prefix: None,
             created_at: 0,
         }
     }

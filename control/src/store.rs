@@ -35,6 +35,7 @@ pub struct NewTunnel {
     pub access: TunnelAccess,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub origin: OriginSettings,
+    pub path_prefix: Option<String>,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
@@ -50,6 +51,8 @@ pub struct TunnelPatch {
     /// `Some(None)` turns the PROXY header off.
     pub proxy_protocol: Option<Option<ProxyProtocol>>,
     pub origin: Option<OriginSettings>,
+    /// `Some(None)` removes the prefix.
+    pub path_prefix: Option<Option<String>>,
 }
 
 /// The open store.
@@ -362,6 +365,7 @@ impl Store {
                 access: new.access,
                 proxy_protocol: new.proxy_protocol,
                 origin: new.origin,
+                path_prefix: new.path_prefix,
                 created_at: auth::unix_now(),
             };
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
@@ -392,6 +396,9 @@ impl Store {
             }
             if let Some(origin) = patch.origin {
                 record.origin = origin;
+            }
+            if let Some(path_prefix) = patch.path_prefix {
+                record.path_prefix = path_prefix;
             }
             if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
                 s.check_agent(wtxn, &agent_id)?;

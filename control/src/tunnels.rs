@@ -91,6 +91,9 @@ pub struct OriginSettings {
     /// HTML shown instead of the gateway's own page when the origin cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_gateway_page: Option<String>,
+    /// HTML shown for paths of the hostname that no tunnel serves (with path prefixes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_found_page: Option<String>,
 }
 
 fn yes() -> bool {
@@ -107,6 +110,7 @@ impl Default for OriginSettings {
             host_header: None,
             connect_timeout_secs: None,
             bad_gateway_page: None,
+            not_found_page: None,
         }
     }
 }
@@ -141,6 +145,7 @@ impl OriginSettings {
                 "server_name" => self.server_name = text(key, value)?,
                 "host_header" => self.host_header = text(key, value)?,
                 "bad_gateway_page" => self.bad_gateway_page = text(key, value)?,
+                "not_found_page" => self.not_found_page = text(key, value)?,
                 "connect_timeout_secs" => {
                     self.connect_timeout_secs = match value {
                         serde_json::Value::Null => None,
@@ -169,6 +174,7 @@ impl OriginSettings {
             "host_header": self.host_header,
             "connect_timeout_secs": self.connect_timeout_secs,
             "bad_gateway_page": self.bad_gateway_page,
+            "not_found_page": self.not_found_page,
         })
     }
 
@@ -178,7 +184,8 @@ impl OriginSettings {
             || self.ca_pem.is_some()
             || self.server_name.is_some()
             || self.host_header.is_some()
-            || self.bad_gateway_page.is_some();
+            || self.bad_gateway_page.is_some()
+            || self.not_found_page.is_some();
         if http_only && kind != TunnelKind::Http {
             return Err(Error::invalid(
                 "origin",
@@ -195,6 +202,7 @@ impl OriginSettings {
         for (name, text) in [
             ("ca_pem", &self.ca_pem),
             ("bad_gateway_page", &self.bad_gateway_page),
+            ("not_found_page", &self.not_found_page),
         ] {
             if text.as_ref().is_some_and(|t| t.len() > MAX_ORIGIN_TEXT) {
                 return Err(Error::invalid(
@@ -270,7 +278,13 @@ impl TunnelRecord {
             }),
             host_header: self.origin.host_header.clone(),
             bad_gateway_page: self.origin.bad_gateway_page.clone(),
+            not_found_page: self.origin.not_found_page.clone(),
         }
+    }
+
+    /// Whether the tunnel's path prefix covers `other`'s: same prefix on the same hostname.
+    fn same_place(&self, other: &TunnelRecord) -> bool {
+        self.hostname == other.hostname && self.path_prefix == other.path_prefix
     }
 
     /// How many agent service ports the tunnel takes: one per public port.
@@ -295,15 +309,44 @@ impl TunnelRecord {
         })
     }
 
-    /// What people call it: the hostname, or `tcp 15432`.
+    /// Whether a request for `path` is under the tunnel's path prefix (always, without one).
+    pub fn serves_path(&self, path: &str) -> bool {
+        kakuremichi_proto::messages::under_prefix(self.path_prefix.as_deref(), path)
+    }
+
+    /// What people call it: the hostname (with its path prefix), or `tcp 15432`.
     pub fn label(&self) -> String {
         match (&self.hostname, self.ports) {
-            (Some(hostname), None) => hostname.to_string(),
+            (Some(hostname), None) => {
+                format!("{hostname}{}", self.path_prefix.as_deref().unwrap_or(""))
+            }
             (Some(hostname), Some(ports)) => format!("{hostname} ({} {ports})", self.kind.as_str()),
             (None, Some(ports)) => format!("{} {ports}", self.kind.as_str()),
             (None, None) => self.id.clone(),
         }
     }
+}
+
+/// A path prefix as a tunnel keeps it: starts with `/`, no trailing `/` (so `/api` and
+/// `/api/` are one prefix), no query or fragment; `/` alone is no prefix.
+pub fn parse_path_prefix(raw: &str) -> Result<Option<String>, Error> {
+    let invalid = |why: &str| Error::invalid("path_prefix", why.to_string());
+    if !raw.starts_with('/') {
+        return Err(invalid("must start with /"));
+    }
+    if raw.len() > 256 {
+        return Err(invalid("is longer than 256 characters"));
+    }
+    if raw.contains(['?', '#']) || raw.split('/').any(|part| part == ".." || part == ".") {
+        return Err(invalid(
+            "must be a plain path, without ?, # or dot segments",
+        ));
+    }
+    if !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("must be printable ASCII (percent-encode the rest)"));
+    }
+    let trimmed = raw.trim_end_matches('/');
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
 }
 
 /// A target with its scheme: `https://host:port` is an HTTPS origin, `http://` or none a
@@ -389,14 +432,36 @@ pub fn check(
                     format!("{} tunnels are reached by hostname", tunnel.kind.as_str()),
                 ));
             }
-            let taken = others
-                .filter(|t| t.kind.by_hostname())
-                .any(|t| t.hostname.as_ref() == Some(hostname));
-            if taken {
-                return Err(Error::conflict(
-                    "hostname",
-                    format!("{hostname} is already published"),
+            if tunnel.path_prefix.is_some() && tunnel.kind != TunnelKind::Http {
+                return Err(Error::invalid(
+                    "path_prefix",
+                    "only http tunnels split a hostname by path",
                 ));
+            }
+            let neighbours: Vec<&TunnelRecord> = others
+                .filter(|t| t.kind.by_hostname() && t.hostname.as_ref() == Some(hostname))
+                .collect();
+            // A passthrough hostname is one TLS stream, which cannot be split by path; http
+            // tunnels share the hostname's certificate, so they must agree on its issuer.
+            for other in neighbours {
+                let clash = if tunnel.kind == TunnelKind::Tls || other.kind == TunnelKind::Tls {
+                    Some(format!("{hostname} is already published"))
+                } else if other.same_place(tunnel) {
+                    Some(match &tunnel.path_prefix {
+                        Some(prefix) => format!("{hostname}{prefix} is already published"),
+                        None => format!("{hostname} is already published"),
+                    })
+                } else if other.issuer != tunnel.issuer {
+                    Some(format!(
+                        "tunnels on {hostname} share its certificate: use issuer {}",
+                        other.issuer.as_str()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = clash {
+                    return Err(Error::conflict("hostname", why));
+                }
             }
         }
         Some(transport) => {
@@ -484,6 +549,7 @@ mod tests {
             access: TunnelAccess::default(),
             proxy_protocol: None,
             origin: OriginSettings::default(),
+            path_prefix: None,
             created_at: 0,
         }
     }
@@ -585,6 +651,47 @@ mod tests {
         );
         assert!(parse_target("[::1]:5000-5002", ports).is_ok());
         assert!(parse_target("db:x-y", ports).is_err());
+    }
+
+    #[test]
+    fn path_prefixes_split_a_hostname_with_one_certificate() {
+        assert_eq!(parse_path_prefix("/api/").unwrap().as_deref(), Some("/api"));
+        assert_eq!(parse_path_prefix("/").unwrap(), None);
+        for bad in ["api", "/a?b", "/a/../b", "/a b"] {
+            assert!(parse_path_prefix(bad).is_err(), "{bad}");
+        }
+        let http = |id: &str, prefix: Option<&str>, issuer: Issuer| TunnelRecord {
+            kind: TunnelKind::Http,
+            hostname: Some("shop.example.com".parse().unwrap()),
+            ports: None,
+            path_prefix: prefix.map(String::from),
+            issuer,
+            ..port_tunnel(id, TunnelKind::Http, "1", 20000)
+        };
+        let root = http("a", None, Issuer::Acme);
+        check(
+            &http("b", Some("/api"), Issuer::Acme),
+            std::slice::from_ref(&root),
+            &[],
+        )
+        .unwrap();
+        let same = check(
+            &http("b", None, Issuer::Acme),
+            std::slice::from_ref(&root),
+            &[],
+        );
+        assert!(same.unwrap_err().to_string().contains("already published"));
+        let issuer = check(
+            &http("b", Some("/api"), Issuer::Internal),
+            std::slice::from_ref(&root),
+            &[],
+        );
+        assert!(issuer.unwrap_err().to_string().contains("use issuer acme"));
+        let passthrough = TunnelRecord {
+            kind: TunnelKind::Tls,
+            ..http("c", None, Issuer::None)
+        };
+        assert!(check(&passthrough, &[http("d", Some("/x"), Issuer::Acme)], &[]).is_err());
     }
 
     #[test]

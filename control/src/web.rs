@@ -359,6 +359,7 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
             issuer: tunnel.issuer.as_str(),
             proxy_protocol: tunnel.proxy_protocol.map_or("none", |p| p.as_str()),
             skip_tls_verify: !tunnel.origin.tls_verify,
+            path_prefix: tunnel.path_prefix.as_deref().unwrap_or(""),
             host_header: tunnel.origin.host_header.as_deref().unwrap_or(""),
             connect_timeout: &timeout,
             enabled: tunnel.enabled,
@@ -400,6 +401,7 @@ fn save_tunnel(
                 access: None,
                 proxy_protocol: Some(new.proxy_protocol),
                 origin: None,
+                path_prefix: Some(new.path_prefix),
             };
             match control.store.state()?.tunnels.iter().find(|t| t.id == id) {
                 Some(current) if current.kind != new.kind => Err(Error::invalid(
@@ -446,6 +448,7 @@ fn save_tunnel(
                 issuer: value("issuer"),
                 proxy_protocol: value("proxy_protocol"),
                 skip_tls_verify: form.contains_key("skip_tls_verify"),
+                path_prefix: value("path_prefix"),
                 host_header: value("host_header"),
                 connect_timeout: value("connect_timeout"),
                 enabled: form.contains_key("enabled"),
@@ -519,6 +522,10 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
             text => text.parse().map_err(proto("issuer"))?,
         },
         access: Default::default(),
+        path_prefix: match value("path_prefix") {
+            "" => None,
+            text => crate::tunnels::parse_path_prefix(text)?,
+        },
         proxy_protocol: match value("proxy_protocol") {
             "" | "none" => None,
             text => Some(text.parse().map_err(proto("proxy_protocol"))?),
@@ -664,12 +671,19 @@ fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body
         .rsplit_once(':')
         .filter(|(_, port)| port.parse::<u16>().is_ok())
         .map_or(authority, |(host, _)| host);
-    let tunnel = state.tunnels.iter().find(|t| {
-        t.hostname.as_ref().is_some_and(|h| h.as_str() == hostname)
-            && t.enabled
-            && t.access.has_user_login()
-            && (scheme == "https" || (scheme == "http" && t.issuer == crate::model::Issuer::None))
-    });
+    // Tunnels that split a hostname by path: the one serving the return path.
+    let tunnel = state
+        .tunnels
+        .iter()
+        .filter(|t| {
+            t.hostname.as_ref().is_some_and(|h| h.as_str() == hostname)
+                && t.enabled
+                && t.access.has_user_login()
+                && (scheme == "https"
+                    || (scheme == "http" && t.issuer == crate::model::Issuer::None))
+                && t.serves_path(&return_to)
+        })
+        .max_by_key(|t| t.path_prefix.as_ref().map_or(0, String::len));
     let Some(tunnel) = tunnel else {
         return html(404, pages::access::no_tunnel(hostname));
     };

@@ -241,6 +241,20 @@ fn set_cookie(value: &str, max_age: u64, scheme: &str) -> String {
     format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
 }
 
+/// The path that picks a request's tunnel: its own, or for the login paths under
+/// `/.kakuremichi/`, the path the visitor returns to.
+pub fn routing_path(uri: &hyper::Uri) -> String {
+    if !uri.path().starts_with(PREFIX) {
+        return uri.path().to_string();
+    }
+    let returning = uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(name, _)| name == "return")
+            .map(|(_, value)| value.into_owned())
+    });
+    kakuremichi_proto::access::local_path(returning.as_deref())
+}
+
 /// `/.kakuremichi/…` on a protected hostname.
 async fn endpoint(
     gateway: &Gateway,

@@ -76,7 +76,7 @@ async fn handle_http(
         Ok(host) => host,
         Err(why) => return pages::bad_request(why),
     };
-    let Some(route) = gateway.routes().lookup(&host).cloned() else {
+    let Some(route) = gateway.routes().lookup(&host).map(|h| h.any().clone()) else {
         return proxy::handle(gateway, request, client, "http").await;
     };
     if !route.https {
@@ -115,9 +115,12 @@ async fn handle_https(
     request: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<Body> {
-    let host = proxy::request_host(&request)
-        .ok()
-        .and_then(|h| gateway.routes().lookup(&h).map(|r| r.hostname.clone()));
+    let host = proxy::request_host(&request).ok().and_then(|h| {
+        gateway
+            .routes()
+            .lookup(&h)
+            .map(|r| r.any().hostname.clone())
+    });
     let mut response = proxy::handle(gateway.clone(), request, client, "https").await;
     if host.is_some_and(|h| gateway.certificates.publicly_trusted(&h)) {
         response

@@ -170,10 +170,13 @@ pub fn login(
     }
     if password {
         body.push_str(&format!(
-            "<form method=\"post\" action=\"/.kakuremichi/login\">\
+            // The return path rides in the action too: the gateway picks the tunnel (of a
+            // hostname split by path) before it reads the body.
+            "<form method=\"post\" action=\"/.kakuremichi/login?{}\">\
              <input type=\"hidden\" name=\"return\" value=\"{}\">\
              <label>Password<br><input type=\"password\" name=\"password\" autocomplete=\"current-password\" autofocus required></label>\
              <button type=\"submit\">Open</button></form>",
+            escape(&form_urlencoded::Serializer::new(String::new()).append_pair("return", return_to).finish()),
             escape(return_to)
         ));
     }

@@ -47,9 +47,18 @@ pub async fn handle(
         Ok(host) => host,
         Err(why) => return pages::bad_request(why),
     };
-    let Some(route) = gateway.routes().lookup(&host).cloned() else {
+    let routes = gateway.routes();
+    let Some(host_routes) = routes.lookup(&host) else {
         metrics.not_found.fetch_add(1, Ordering::Relaxed);
         return pages::not_found(&host);
+    };
+    let path = crate::guard::routing_path(request.uri());
+    let Some(route) = host_routes.for_path(&path).cloned() else {
+        metrics.not_found.fetch_add(1, Ordering::Relaxed);
+        return match &host_routes.not_found_page {
+            Some(page) => pages::tunnel_page(404, page),
+            None => pages::not_found(&host),
+        };
     };
     let mut request =
         match crate::guard::admit(&gateway, &route, request, client, scheme, &host).await {

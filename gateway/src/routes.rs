@@ -4,7 +4,7 @@ use crate::origin::OriginTlsClient;
 use hyper::header::HeaderValue;
 use kakuremichi_proto::access::AccessPolicy;
 use kakuremichi_proto::ids::Hostname;
-use kakuremichi_proto::messages::{ControlRoute, HttpRoute};
+use kakuremichi_proto::messages::{under_prefix, ControlRoute, HttpRoute};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -46,44 +46,78 @@ pub struct Route {
     pub host_header: Option<HeaderValue>,
     /// The tunnel's own page for an unreachable origin.
     pub bad_gateway_page: Option<Arc<str>>,
+    /// Only paths under this prefix.
+    pub path_prefix: Option<String>,
 }
 
-/// Hostname → route.
+/// Every route of one hostname, longest path prefix first.
+#[derive(Clone, Debug, Default)]
+pub struct HostRoutes {
+    routes: Vec<Route>,
+    /// For paths no route takes.
+    pub not_found_page: Option<Arc<str>>,
+}
+
+impl HostRoutes {
+    /// The route for a request path.
+    pub fn for_path(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| under_prefix(r.path_prefix.as_deref(), path))
+    }
+
+    /// Any of them: they agree on what belongs to the hostname (HTTPS, certificate).
+    pub fn any(&self) -> &Route {
+        // A HostRoutes is only made with at least one route.
+        &self.routes[0]
+    }
+}
+
+/// Hostname → its routes.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    by_host: HashMap<Hostname, Route>,
+    by_host: HashMap<Hostname, HostRoutes>,
 }
 
 impl RouteTable {
     /// The table for a snapshot's routes, plus Control's own route if it has one.
     pub fn new(routes: &[HttpRoute], control: Option<&ControlRoute>) -> Self {
-        let by_host = routes
-            .iter()
-            .filter_map(|r| {
-                let tls = match r.origin.tls.as_ref().map(OriginTlsClient::new).transpose() {
-                    Ok(tls) => tls,
-                    Err(why) => {
-                        log::error!("tunnel {} ({}): {why}; not served", r.tunnel_id, r.hostname);
-                        return None;
-                    }
-                };
-                let route = Route {
-                    tunnel_id: r.tunnel_id.clone(),
-                    hostname: r.hostname.clone(),
-                    upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port), tls),
-                    https: r.https,
-                    access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
-                    host_header: r
-                        .origin
-                        .host_header
-                        .as_deref()
-                        .and_then(|h| HeaderValue::from_str(h).ok()),
-                    bad_gateway_page: r.origin.bad_gateway_page.as_deref().map(Arc::from),
-                };
-                Some((r.hostname.clone(), route))
-            })
-            .collect::<HashMap<_, _>>();
-        let mut by_host = by_host;
+        let mut by_host: HashMap<Hostname, HostRoutes> = HashMap::new();
+        // Shortest prefix first, so the page of the tunnel that takes the most of a hostname
+        // speaks for its unserved paths.
+        let mut ordered: Vec<&HttpRoute> = routes.iter().collect();
+        ordered.sort_by_key(|r| r.path_prefix.as_ref().map_or(0, String::len));
+        for r in ordered {
+            let tls = match r.origin.tls.as_ref().map(OriginTlsClient::new).transpose() {
+                Ok(tls) => tls,
+                Err(why) => {
+                    log::error!("tunnel {} ({}): {why}; not served", r.tunnel_id, r.hostname);
+                    continue;
+                }
+            };
+            let host = by_host.entry(r.hostname.clone()).or_default();
+            if host.not_found_page.is_none() {
+                host.not_found_page = r.origin.not_found_page.as_deref().map(Arc::from);
+            }
+            host.routes.push(Route {
+                tunnel_id: r.tunnel_id.clone(),
+                hostname: r.hostname.clone(),
+                upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port), tls),
+                https: r.https,
+                access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
+                host_header: r
+                    .origin
+                    .host_header
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok()),
+                bad_gateway_page: r.origin.bad_gateway_page.as_deref().map(Arc::from),
+                path_prefix: r.path_prefix.clone(),
+            });
+        }
+        for host in by_host.values_mut() {
+            host.routes
+                .sort_by_key(|r| std::cmp::Reverse(r.path_prefix.as_ref().map_or(0, String::len)));
+        }
         if let Some(control) = control {
             let route = Route {
                 tunnel_id: "control".into(),
@@ -93,14 +127,19 @@ impl RouteTable {
                 access: None,
                 host_header: None,
                 bad_gateway_page: None,
+                path_prefix: None,
             };
-            by_host.insert(control.hostname.clone(), route);
+            let host = HostRoutes {
+                routes: vec![route],
+                not_found_page: None,
+            };
+            by_host.insert(control.hostname.clone(), host);
         }
         RouteTable { by_host }
     }
 
-    /// The route for a `Host` header value (any port is ignored, case does not matter).
-    pub fn lookup(&self, host: &str) -> Option<&Route> {
+    /// The routes for a `Host` header value (any port is ignored, case does not matter).
+    pub fn lookup(&self, host: &str) -> Option<&HostRoutes> {
         let name = match host.rsplit_once(':') {
             Some((name, port))
                 if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
@@ -116,10 +155,11 @@ impl RouteTable {
     pub fn routes_to(&self, upstream: &Upstream) -> bool {
         self.by_host
             .values()
+            .flat_map(|host| &host.routes)
             .any(|route| route.upstream == *upstream)
     }
 
-    /// How many hostnames are routed.
+    /// How many hostnames are routed (however many paths each splits into).
     pub fn len(&self) -> usize {
         self.by_host.len()
     }
@@ -145,10 +185,11 @@ mod tests {
                 https: false,
                 access: Default::default(),
                 origin: Default::default(),
+                path_prefix: None,
             }],
             None,
         );
-        let route = table.lookup("APP.localhost:8080").unwrap();
+        let route = table.lookup("APP.localhost:8080").unwrap().any();
         assert_eq!(route.upstream.to_string(), "10.77.0.2:20000");
         assert!(table.lookup("app.localhost").is_some());
         assert!(table.lookup("other.localhost").is_none());
@@ -159,7 +200,7 @@ mod tests {
             upstream: "127.0.0.1:7080".into(),
         };
         let table = RouteTable::new(&[], Some(&control));
-        let route = table.lookup("control.localhost").unwrap();
+        let route = table.lookup("control.localhost").unwrap().any();
         assert_eq!(
             (route.upstream.clone(), route.https),
             (Upstream::Direct("127.0.0.1:7080".into()), true)

@@ -222,6 +222,20 @@ pub struct HttpRoute {
     /// How the gateway talks to the origin, when not plain HTTP/1.1 as the client asked.
     #[serde(default, skip_serializing_if = "OriginOptions::is_plain")]
     pub origin: OriginOptions,
+    /// Only requests whose path is this prefix or below it (`/api`, `/api/…`); the longest
+    /// matching prefix of a hostname wins. Absent: everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+/// Whether a request for `path` falls under a route's path `prefix`: the prefix itself or
+/// below it at a segment boundary (`/api` takes `/api`, `/api/x` and `/api?q`, not `/apix`).
+/// No prefix takes every path.
+pub fn under_prefix(prefix: Option<&str>, path: &str) -> bool {
+    prefix.is_none_or(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+    })
 }
 
 /// How a gateway talks to an `http` tunnel's origin through the agent.
@@ -236,6 +250,9 @@ pub struct OriginOptions {
     /// The page clients get instead of the gateway's own when the origin cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_gateway_page: Option<String>,
+    /// The page for paths of the hostname that no tunnel serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_found_page: Option<String>,
 }
 
 impl OriginOptions {
@@ -331,6 +348,17 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_prefixes_match_whole_segments() {
+        assert!(under_prefix(None, "/anything"));
+        for path in ["/api", "/api/", "/api/v1", "/api?q=1"] {
+            assert!(under_prefix(Some("/api"), path), "{path}");
+        }
+        for path in ["/apix", "/", "/ap", "/other/api"] {
+            assert!(!under_prefix(Some("/api"), path), "{path}");
+        }
+    }
 
     #[test]
     fn snapshot_round_trips() {

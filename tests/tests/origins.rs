@@ -177,3 +177,46 @@ fn host_override_error_page_and_connect_timeout_apply_per_tunnel() {
     );
     assert_eq!(bad.status, 400, "{}", bad.body);
 }
+
+#[test]
+fn path_prefixes_split_one_hostname_between_origins() {
+    let mut cluster = Cluster::new("path-prefix");
+    let (site, api) = (Origin::start("site"), Origin::start("api"));
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let root = cluster.create_tunnel("app.localhost", agent, &site.addr.to_string());
+    let page = "<!doctype html><h1>Nothing here</h1>";
+    let body = json!({"hostname": "app.localhost", "path_prefix": "/api/", "agent": agent_id, "target": api.addr.to_string(), "issuer": "none", "origin": {"not_found_page": page}});
+    let answer = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(answer.json()["path_prefix"], "/api");
+    let again = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    let origin_of = |path: &str| cluster.get(0, "app.localhost", path).json()["origin"].clone();
+    wait_for(Duration::from_secs(5), || {
+        (origin_of("/api/v1/items") == "api").then_some(())
+    })
+    .unwrap_or_else(|| panic!("/api never reached its origin\n{}", cluster.logs()));
+    for (path, expected) in [
+        ("/", "site"),
+        ("/api", "api"),
+        ("/api?q=1", "api"),
+        ("/apix", "site"),
+        ("/about", "site"),
+    ] {
+        assert_eq!(origin_of(path), expected, "{path}");
+    }
+    // Without the root tunnel, other paths get the page the /api tunnel set.
+    assert_eq!(
+        cluster
+            .api("DELETE", &format!("/api/v1/tunnels/{root}"), None)
+            .status,
+        200
+    );
+    let answer = status_becomes(&cluster, "app.localhost", 404);
+    assert_eq!(answer.body, page);
+    assert_eq!(origin_of("/api/x"), "api");
+}

@@ -22,6 +22,7 @@ pub struct TunnelForm<'a> {
     pub issuer: &'a str,
     pub proxy_protocol: &'a str,
     pub skip_tls_verify: bool,
+    pub path_prefix: &'a str,
     pub host_header: &'a str,
     pub connect_timeout: &'a str,
     pub enabled: bool,
@@ -36,7 +37,8 @@ impl TunnelForm<'_> {
 }
 
 /// The fields the form shows errors beside; others are shown above it.
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
+    "path_prefix",
     "origin",
     "host_header",
     "connect_timeout",
@@ -107,6 +109,7 @@ pub fn form_page(
                     input type="hidden" name="csrf" value=(csrf);
                     (choice("Kind", "kind", &KINDS, form.kind, form.error_for("kind")))
                     (field("Public hostname (http and tls; optional label for tcp and udp)", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
+                    (field("Path prefix, e.g. /api (http; empty: every path)", "path_prefix", "text", form.path_prefix, form.error_for("path_prefix"), "off"))
                     (field("Public port or range, e.g. 15432 or 20000-20010 (tcp and udp)", "ports", "text", form.ports, form.error_for("ports").or(form.error_for("port")), "off"))
                     label.field {
                         span { "Agent" }
