@@ -60,7 +60,17 @@ pub fn document(server: &str) -> Value {
     let tunnel_fields = json!({
         "hostname": string, "agent": string, "target": string, "enabled": boolean,
         "issuer": { "enum": ["acme", "internal", "manual", "none"] },
-        "kind": { "enum": ["http"] },
+        "kind": { "enum": ["http", "tls", "tcp", "udp"] },
+        "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
+        "ports": { "type": ["string", "integer"], "description": "\"first-last\", at most 1000 ports" },
+        "path_prefix": string,
+        "proxy_protocol": { "enum": ["v1", "v2", "none"] },
+        "origin": object(json!({
+            "tls_verify": boolean, "ca_pem": { "type": ["string", "null"] },
+            "server_name": { "type": ["string", "null"] }, "host_header": { "type": ["string", "null"] },
+            "connect_timeout_secs": { "type": ["integer", "null"], "minimum": 1, "maximum": 300 },
+            "bad_gateway_page": { "type": ["string", "null"] }, "not_found_page": { "type": ["string", "null"] },
+        }), &[]),
         "access": object(json!({
             "users": strings, "roles": strings, "password": { "type": ["string", "null"] },
             "allow_ips": strings, "deny_ips": strings, "bypass": strings,
@@ -88,7 +98,7 @@ pub fn document(server: &str) -> Value {
             "/gateways/{id}/rotate-key": rotate_key_path("a gateway"),
             "/tunnels": {
                 "get": operation("tunnels", None, false),
-                "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &["hostname", "agent", "target"])), true),
+                "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &["agent", "target"])), true),
             },
             "/tunnels/{id}": {
                 "parameters": id_parameter(),

@@ -126,11 +126,28 @@ pub fn field(
     error: Option<&str>,
     autocomplete: &str,
 ) -> Markup {
+    input_field(label, name, kind, value, error, autocomplete, true)
+}
+
+/// A field that may stay empty (a form with fields for several kinds of thing).
+pub fn optional_field(label: &str, name: &str, value: &str, error: Option<&str>) -> Markup {
+    input_field(label, name, "text", value, error, "off", false)
+}
+
+fn input_field(
+    label: &str,
+    name: &str,
+    kind: &str,
+    value: &str,
+    error: Option<&str>,
+    autocomplete: &str,
+    required: bool,
+) -> Markup {
     html! {
         label.field {
             span { (label) }
             input type=(kind) name=(name) value=(value) autocomplete=(autocomplete)
-                aria-invalid=[error.map(|_| "true")] required;
+                aria-invalid=[error.map(|_| "true")] required[required];
             @if let Some(error) = error {
                 span.error { (error) }
             }

@@ -1,6 +1,6 @@
 //! Creating a tunnel, and confirming a tunnel's deletion.
 
-use super::{field, layout};
+use super::{field, layout, optional_field};
 use crate::auth::UserRecord;
 use maud::{html, Markup};
 
@@ -108,9 +108,9 @@ pub fn form_page(
                 form method="post" action=(action) {
                     input type="hidden" name="csrf" value=(csrf);
                     (choice("Kind", "kind", &KINDS, form.kind, form.error_for("kind")))
-                    (field("Public hostname (http and tls; optional label for tcp and udp)", "hostname", "text", form.hostname, form.error_for("hostname"), "off"))
-                    (field("Path prefix, e.g. /api (http; empty: every path)", "path_prefix", "text", form.path_prefix, form.error_for("path_prefix"), "off"))
-                    (field("Public port or range, e.g. 15432 or 20000-20010 (tcp and udp)", "ports", "text", form.ports, form.error_for("ports").or(form.error_for("port")), "off"))
+                    (optional_field("Public hostname (http and tls; optional label for tcp and udp)", "hostname", form.hostname, form.error_for("hostname")))
+                    (optional_field("Path prefix, e.g. /api (http; empty: every path)", "path_prefix", form.path_prefix, form.error_for("path_prefix")))
+                    (optional_field("Public port or range, e.g. 15432 or 20000-20010 (tcp and udp)", "ports", form.ports, form.error_for("ports").or(form.error_for("port"))))
                     label.field {
                         span { "Agent" }
                         select name="agent" required aria-invalid=[form.error_for("agent").map(|_| "true")] {
@@ -132,8 +132,8 @@ pub fn form_page(
                             " Skip TLS verification of an https:// target (self-signed origins)"
                         }
                         @if let Some(error) = form.error_for("origin") { p.notice.bad role="alert" { (error) } }
-                        (field("Host header sent to the origin (empty: the client's)", "host_header", "text", form.host_header, form.error_for("host_header"), "off"))
-                        (field("Connect timeout in seconds (empty: 5)", "connect_timeout", "text", form.connect_timeout, form.error_for("connect_timeout"), "off"))
+                        (optional_field("Host header sent to the origin (empty: the client's)", "host_header", form.host_header, form.error_for("host_header")))
+                        (optional_field("Connect timeout in seconds (empty: 5)", "connect_timeout", form.connect_timeout, form.error_for("connect_timeout")))
                     }
                     label.check {
                         input type="checkbox" name="enabled" value="true" checked[form.enabled];

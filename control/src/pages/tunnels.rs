@@ -113,7 +113,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                 tr {
                                     td data-label="Published as" {
                                         (row.name)
-                                        @if row.kind != "http" { " " span.badge { (row.kind) } }
+                                        @if row.kind == "tls" { " " span.badge { "TLS passthrough" } }
                                         br;
                                         @match &row.access {
                                             Some(access) => span.muted { "🔒 " (access) },
