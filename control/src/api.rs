@@ -6,7 +6,7 @@ use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
-use crate::tunnels::{OriginSettings, TunnelKind};
+use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -333,7 +333,10 @@ impl Fields {
 
     /// `target` (`https://` for an HTTPS origin), whose port may be a range matching the
     /// public one.
-    fn target(&mut self, ports: Option<PortRange>) -> Result<Option<(Target, bool)>, Error> {
+    fn target(
+        &mut self,
+        ports: Option<PortRange>,
+    ) -> Result<Option<(Target, OriginScheme)>, Error> {
         self.string("target")?
             .map(|raw| crate::tunnels::parse_scheme_target(&raw, ports))
             .transpose()
@@ -351,15 +354,15 @@ impl Fields {
     fn origin(
         &mut self,
         current: &OriginSettings,
-        https: Option<bool>,
+        scheme: Option<OriginScheme>,
     ) -> Result<Option<OriginSettings>, Error> {
         let given = self.take("origin");
-        if given.is_none() && https.is_none() {
+        if given.is_none() && scheme.is_none() {
             return Ok(None);
         }
         let mut origin = current.clone();
-        if let Some(https) = https {
-            origin.https = https;
+        if let Some(scheme) = scheme {
+            origin.scheme = scheme;
         }
         if let Some(value) = given {
             origin.apply_json(&value)?;
@@ -374,7 +377,7 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
         None => TunnelKind::Http,
     };
     let ports = fields.ports()?;
-    let (target, https) = fields
+    let (target, scheme) = fields
         .target(ports)?
         .ok_or_else(|| Error::invalid("target", "is required"))?;
     let new = NewTunnel {
@@ -383,7 +386,7 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
         agent_id: fields.required("agent")?,
         target,
         origin: fields
-            .origin(&OriginSettings::default(), Some(https))?
+            .origin(&OriginSettings::default(), Some(scheme))?
             .unwrap_or_default(),
         ports,
         enabled: fields.boolean("enabled")?.unwrap_or(true),
@@ -411,7 +414,7 @@ fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch
     let target = fields.target(ports.or(current.ports))?;
     let patch = TunnelPatch {
         hostname: fields.parsed("hostname")?,
-        origin: fields.origin(&current.origin, target.as_ref().map(|(_, https)| *https))?,
+        origin: fields.origin(&current.origin, target.as_ref().map(|(_, scheme)| *scheme))?,
         target: target.map(|(target, _)| target),
         ports,
         agent_id: fields.string("agent")?,

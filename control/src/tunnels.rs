@@ -67,12 +67,36 @@ impl TunnelKind {
     }
 }
 
+/// What an `http` tunnel's origin speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginScheme {
+    /// HTTP/1.1.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS, end to end from the gateway.
+    Https,
+    /// HTTP/2 without TLS, prior knowledge (gRPC servers).
+    H2c,
+}
+
+impl OriginScheme {
+    /// As written before `://`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginScheme::Http => "http",
+            OriginScheme::Https => "https",
+            OriginScheme::H2c => "h2c",
+        }
+    }
+}
+
 /// How gateways and the agent reach a tunnel's origin, beyond its target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginSettings {
-    /// `http` tunnels: the target speaks HTTPS (`"target": "https://…"`).
+    /// `http` tunnels: what the target speaks, from its scheme (`https://…`, `h2c://…`).
     #[serde(default)]
-    pub https: bool,
+    pub scheme: OriginScheme,
     /// Check an HTTPS origin's certificate; off is the "No TLS Verify" of self-signed origins.
     #[serde(default = "yes")]
     pub tls_verify: bool,
@@ -103,7 +127,7 @@ fn yes() -> bool {
 impl Default for OriginSettings {
     fn default() -> Self {
         OriginSettings {
-            https: false,
+            scheme: OriginScheme::Http,
             tls_verify: true,
             ca_pem: None,
             server_name: None,
@@ -179,7 +203,7 @@ impl OriginSettings {
     }
 
     fn check(&self, kind: TunnelKind) -> Result<(), Error> {
-        let http_only = self.https
+        let http_only = self.scheme != OriginScheme::Http
             || !self.tls_verify
             || self.ca_pem.is_some()
             || self.server_name.is_some()
@@ -193,7 +217,7 @@ impl OriginSettings {
             ));
         }
         let tls_only = !self.tls_verify || self.ca_pem.is_some() || self.server_name.is_some();
-        if tls_only && !self.https {
+        if tls_only && self.scheme != OriginScheme::Https {
             return Err(Error::invalid(
                 "origin",
                 "TLS settings need an https:// target",
@@ -258,16 +282,17 @@ impl TunnelRecord {
             }
             _ => self.target.to_string(),
         };
-        match self.origin.https {
-            true => format!("https://{target}"),
-            false => target,
+        match self.origin.scheme {
+            OriginScheme::Http => target,
+            scheme => format!("{}://{target}", scheme.as_str()),
         }
     }
 
     /// The origin options gateways apply to this tunnel's requests.
     pub fn origin_options(&self) -> OriginOptions {
         OriginOptions {
-            tls: self.origin.https.then(|| OriginTls {
+            h2c: self.origin.scheme == OriginScheme::H2c,
+            tls: (self.origin.scheme == OriginScheme::Https).then(|| OriginTls {
                 server_name: self
                     .origin
                     .server_name
@@ -351,19 +376,23 @@ pub fn parse_path_prefix(raw: &str) -> Result<Option<String>, Error> {
 
 /// A target with its scheme: `https://host:port` is an HTTPS origin, `http://` or none a
 /// plain one.
-pub fn parse_scheme_target(raw: &str, ports: Option<PortRange>) -> Result<(Target, bool), Error> {
-    let (https, rest) = match raw.split_once("://") {
-        Some(("https", rest)) => (true, rest),
-        Some(("http", rest)) => (false, rest),
+pub fn parse_scheme_target(
+    raw: &str,
+    ports: Option<PortRange>,
+) -> Result<(Target, OriginScheme), Error> {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some(("https", rest)) => (OriginScheme::Https, rest),
+        Some(("h2c", rest)) => (OriginScheme::H2c, rest),
+        Some(("http", rest)) => (OriginScheme::Http, rest),
         Some((scheme, _)) => {
             return Err(Error::invalid(
                 "target",
-                format!("{scheme}:// is not http:// or https://"),
+                format!("{scheme}:// is not http://, https:// or h2c://"),
             ))
         }
-        None => (false, raw),
+        None => (OriginScheme::Http, raw),
     };
-    Ok((parse_target(rest.trim_end_matches('/'), ports)?, https))
+    Ok((parse_target(rest.trim_end_matches('/'), ports)?, scheme))
 }
 
 /// A target whose port may be a range (`host:5000-5010`), which must then have as many

@@ -411,7 +411,7 @@ fn save_tunnel(
                 Some(current) => {
                     // The form shows some origin settings; the rest (CA, error page) stay.
                     let origin = crate::tunnels::OriginSettings {
-                        https: new.origin.https,
+                        scheme: new.origin.scheme,
                         tls_verify: new.origin.tls_verify,
                         host_header: new.origin.host_header,
                         connect_timeout_secs: new.origin.connect_timeout_secs,
@@ -494,7 +494,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
         "" => None,
         text => Some(text.parse().map_err(proto("ports"))?),
     };
-    let (target, https) = crate::tunnels::parse_scheme_target(parse("target")?, ports)?;
+    let (target, scheme) = crate::tunnels::parse_scheme_target(parse("target")?, ports)?;
     Ok(crate::store::NewTunnel {
         kind,
         hostname: match value("hostname") {
@@ -505,7 +505,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
         agent_id: parse("agent")?.to_string(),
         target,
         origin: crate::tunnels::OriginSettings {
-            https,
+            scheme,
             tls_verify: !form.contains_key("skip_tls_verify"),
             host_header: Some(value("host_header").to_string()).filter(|h| !h.is_empty()),
             connect_timeout_secs: match value("connect_timeout") {

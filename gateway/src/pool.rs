@@ -16,8 +16,10 @@
 use crate::body::ClientBody;
 use crate::line::{Line, Refused, Slot as Permit};
 use crate::routes::Upstream;
+use hyper::body::Incoming;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::{Request, Response};
 use kakuremichi_netstack::Stack;
 use kakuremichi_rt::io::FuturesIo;
 use std::collections::HashMap;
@@ -78,9 +80,67 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
+/// Sends requests on one upstream connection: HTTP/1.1, one request at a time, or HTTP/2
+/// (h2c origins), many at once.
+pub enum Sender {
+    Http1(http1::SendRequest<ClientBody>),
+    Http2(http2::SendRequest<ClientBody>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_ready(),
+            Sender::Http2(s) => s.is_ready(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(s) => s.ready().await,
+            Sender::Http2(s) => s.ready().await,
+        }
+    }
+
+    /// Send `request`; if the connection turned out closed before it was sent, the request
+    /// comes back in the error.
+    pub async fn try_send_request(
+        &mut self,
+        request: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(request).await,
+            Sender::Http2(s) => s.try_send_request(request).await,
+        }
+    }
+
+    /// Send `request`.
+    pub async fn send_request(
+        &mut self,
+        request: Request<ClientBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::Http1(s) => s.send_request(request).await,
+            Sender::Http2(s) => s.send_request(request).await,
+        }
+    }
+
+    /// Whether requests of HTTP/2 multiplex on this connection.
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+}
+
 /// An idle connection, ready for a request.
 struct Pooled {
-    sender: SendRequest<ClientBody>,
+    sender: Sender,
     returned: Instant,
 }
 
@@ -98,10 +158,19 @@ impl Lane {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently returned connection that is still open.
-    fn take_ready(&self) -> Option<SendRequest<ClientBody>> {
+    /// The most recently returned connection that is still open. An HTTP/2 connection
+    /// stays in the list and is shared: every request gets its own handle on it.
+    fn take_ready(&self) -> Option<Sender> {
         let mut idle = self.idle();
         while let Some(pooled) = idle.pop() {
+            if let Sender::Http2(shared) = &pooled.sender {
+                if !pooled.sender.is_closed() {
+                    let handle = Sender::Http2(shared.clone());
+                    idle.push(pooled);
+                    return Some(handle);
+                }
+                continue;
+            }
             if pooled.sender.is_ready() {
                 return Some(pooled.sender);
             }
@@ -109,8 +178,16 @@ impl Lane {
         None
     }
 
-    fn put(&self, sender: SendRequest<ClientBody>, most: usize) {
+    fn put(&self, sender: Sender, most: usize) {
         let mut idle = self.idle();
+        // One HTTP/2 connection serves the whole lane; its handles need not come back.
+        if sender.is_http2()
+            && idle
+                .iter()
+                .any(|p| p.sender.is_http2() && !p.sender.is_closed())
+        {
+            return;
+        }
         if idle.len() < most {
             idle.push(Pooled {
                 sender,
@@ -123,7 +200,7 @@ impl Lane {
 /// A connection to one upstream, with the permit its request holds.
 pub struct Conn {
     /// Sends requests on the connection.
-    pub sender: SendRequest<ClientBody>,
+    pub sender: Sender,
     /// Whether it served a request before (and so may have been closed by the far end
     /// meanwhile).
     pub reused: bool,
@@ -138,7 +215,7 @@ pub struct Conn {
 /// (or room to open one) instead of racing a connection that is just finishing, opening an
 /// extra one and closing it again.
 pub struct Lease {
-    sender: SendRequest<ClientBody>,
+    sender: Sender,
     lane: Arc<Lane>,
     permit: Option<Permit>,
     most: usize,
@@ -177,39 +254,54 @@ impl Lease {
     }
 }
 
-/// Start HTTP/1.1 on a fresh connection; the connection task runs until it closes.
-async fn handshake<I>(
-    io: I,
-    upstream: &Upstream,
-    open: Arc<AtomicUsize>,
-) -> io::Result<SendRequest<ClientBody>>
+/// Start HTTP/1.1 (or HTTP/2 with prior knowledge, for h2c origins) on a fresh connection;
+/// the connection task runs until it closes.
+async fn handshake<I>(io: I, upstream: &Upstream, open: Arc<AtomicUsize>) -> io::Result<Sender>
 where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::Builder::new()
-        .handshake(FuturesIo(io))
-        .await
-        .map_err(|e| io::Error::other(format!("HTTP handshake with {upstream}: {e}")))?;
+    let failed = |e: hyper::Error| io::Error::other(format!("HTTP handshake with {upstream}: {e}"));
     let name = upstream.to_string();
     open.fetch_add(1, Ordering::Relaxed);
+    let opened = open.clone();
     // The sender lives in the pool; the connection task ends when the connection closes.
-    smol::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            log::debug!("upstream connection {name}: {e}");
-        }
-        open.fetch_sub(1, Ordering::Relaxed);
-    })
-    .detach();
+    let run = |connection: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>| {
+        smol::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("upstream connection {name}: {e}");
+            }
+            opened.fetch_sub(1, Ordering::Relaxed);
+        })
+        .detach();
+    };
+    let sender = if upstream.speaks_http2() {
+        let (sender, connection) = http2::Builder::new(kakuremichi_rt::exec::SmolExecutor)
+            .timer(kakuremichi_rt::exec::SmolTimer)
+            .handshake(FuturesIo(io))
+            .await
+            .inspect_err(|_| {
+                open.fetch_sub(1, Ordering::Relaxed);
+            })
+            .map_err(failed)?;
+        run(Box::pin(connection));
+        Sender::Http2(sender)
+    } else {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(FuturesIo(io))
+            .await
+            .inspect_err(|_| {
+                open.fetch_sub(1, Ordering::Relaxed);
+            })
+            .map_err(failed)?;
+        run(Box::pin(connection.with_upgrades()));
+        Sender::Http1(sender)
+    };
     Ok(sender)
 }
 
-async fn dial(
-    stack: Stack,
-    upstream: Upstream,
-    open: Arc<AtomicUsize>,
-) -> io::Result<SendRequest<ClientBody>> {
+async fn dial(stack: Stack, upstream: Upstream, open: Arc<AtomicUsize>) -> io::Result<Sender> {
     match &upstream {
-        Upstream::Overlay(addr, tls) => {
+        Upstream::Overlay { addr, tls, .. } => {
             // Under a burst of handshakes the agent's stack still refuses one now and then
             // (about 2 in 140,000 requests in tests/tests/concurrency.rs, cause not found);
             // nothing was sent yet, so one more try is safe.
@@ -319,11 +411,7 @@ impl Pool {
     /// meanwhile (its client hung up) leaves the connection to the lane instead of
     /// abandoning a half-open handshake, which under mass cancellation turned into thousands
     /// of wasted dials.
-    async fn dial(
-        &self,
-        upstream: &Upstream,
-        lane: &Arc<Lane>,
-    ) -> io::Result<SendRequest<ClientBody>> {
+    async fn dial(&self, upstream: &Upstream, lane: &Arc<Lane>) -> io::Result<Sender> {
         self.dials.fetch_add(1, Ordering::Relaxed);
         let (deliver, delivered) = async_channel::bounded(1);
         let lane = lane.clone();

@@ -67,9 +67,16 @@ pub async fn handle(
         };
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let wants_trailers = request.headers().get_all(TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("trailers"))
+    });
     prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
     if let Some(host_header) = &route.host_header {
         request.headers_mut().insert(HOST, host_header.clone());
+    }
+    if route.upstream.speaks_http2() {
+        as_http2(&mut request, wants_trailers);
     }
     let (body_failure, request) = ClientBody::wrap(request, gateway.body_idle_timeout);
     let mut response = match forward(&gateway.pool, &route.upstream, request).await {
@@ -274,6 +281,26 @@ fn prepare_request(
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
+    }
+}
+
+/// Turn a request prepared for HTTP/1.1 into one for an HTTP/2 origin: the authority moves
+/// from `Host` into the target (`:authority`), and `TE: trailers`, the one TE HTTP/2
+/// allows and gRPC needs, goes along if the client sent it.
+fn as_http2(request: &mut Request<Incoming>, wants_trailers: bool) {
+    let authority = request
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|host| host.to_str().ok().map(str::to_string));
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Some(uri) = authority.and_then(|a| format!("http://{a}{path}").parse::<Uri>().ok()) {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = Version::HTTP_2;
+    if wants_trailers {
+        request
+            .headers_mut()
+            .insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -12,18 +12,39 @@ use std::sync::Arc;
 /// Where a route's requests are sent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Upstream {
-    /// A tunnel's service port on its agent's overlay address, with TLS for an HTTPS
-    /// origin.
-    Overlay(SocketAddrV4, Option<OriginTlsClient>),
+    /// A tunnel's service port on its agent's overlay address.
+    Overlay {
+        addr: SocketAddrV4,
+        /// TLS for an HTTPS origin.
+        tls: Option<OriginTlsClient>,
+        /// HTTP/2 with prior knowledge, for h2c origins (gRPC).
+        http2: bool,
+    },
     /// Control itself, over the network the gateway shares with it (`host:port`).
     Direct(String),
+}
+
+impl Upstream {
+    /// Whether requests go out as HTTP/2.
+    pub fn speaks_http2(&self) -> bool {
+        matches!(self, Upstream::Overlay { http2: true, .. })
+    }
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Overlay(addr, None) => write!(f, "{addr}"),
-            Upstream::Overlay(addr, Some(_)) => write!(f, "https via {addr}"),
+            Upstream::Overlay {
+                addr,
+                tls: None,
+                http2: false,
+            } => write!(f, "{addr}"),
+            Upstream::Overlay {
+                addr, tls: Some(_), ..
+            } => write!(f, "https via {addr}"),
+            Upstream::Overlay {
+                addr, http2: true, ..
+            } => write!(f, "h2c via {addr}"),
             Upstream::Direct(addr) => f.write_str(addr),
         }
     }
@@ -102,7 +123,11 @@ impl RouteTable {
             host.routes.push(Route {
                 tunnel_id: r.tunnel_id.clone(),
                 hostname: r.hostname.clone(),
-                upstream: Upstream::Overlay(SocketAddrV4::new(r.agent_ip, r.service_port), tls),
+                upstream: Upstream::Overlay {
+                    addr: SocketAddrV4::new(r.agent_ip, r.service_port),
+                    tls,
+                    http2: r.origin.h2c,
+                },
                 https: r.https,
                 access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
                 host_header: r

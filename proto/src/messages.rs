@@ -253,6 +253,9 @@ pub struct OriginOptions {
     /// The page for paths of the hostname that no tunnel serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_found_page: Option<String>,
+    /// The origin speaks HTTP/2 without TLS (h2c, prior knowledge), as gRPC servers do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 impl OriginOptions {

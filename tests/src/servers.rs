@@ -1,6 +1,7 @@
 //! Real servers from Debian's packages, started on loopback for the port-tunnel tests:
-//! PostgreSQL, dnsmasq (DNS over UDP), nginx (reads the PROXY protocol) and `openssl
-//! s_server` (an origin holding its own certificate). Each is killed when dropped.
+//! PostgreSQL, dnsmasq (DNS over UDP), nginx (reads the PROXY protocol), `openssl s_server`
+//! (an origin holding its own certificate) and nghttpd (HTTP/2 without TLS). Each is killed
+//! when dropped.
 
 use crate::{free_tcp_port, free_udp_port, wait_for};
 use std::path::{Path, PathBuf};
@@ -322,6 +323,30 @@ pub fn tls_origin(parent: &Path, hostname: &str) -> Server {
             .map(|_| ())
     })
     .expect("openssl s_server listens");
+    server
+}
+
+/// nghttpd serving `files` (name, content) over HTTP/2 without TLS (h2c, prior knowledge).
+pub fn h2c_origin(parent: &Path, files: &[(&str, &str)]) -> Server {
+    let dir = parent.join("nghttpd");
+    std::fs::create_dir_all(dir.join("htdocs")).expect("nghttpd dir");
+    for (name, content) in files {
+        std::fs::write(dir.join("htdocs").join(name), content).expect("nghttpd file");
+    }
+    let port = free_tcp_port();
+    let mut command = Command::new("nghttpd");
+    command
+        .args(["--no-tls", "--address=127.0.0.1", "-d"])
+        .arg(dir.join("htdocs"))
+        .arg(port.to_string());
+    let child = spawn(command, &dir.join("nghttpd.log"));
+    let server = Server { child, port, dir };
+    wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("nghttpd did not start: {}", server.log("nghttpd.log")));
     server
 }
 

@@ -220,3 +220,53 @@ fn path_prefixes_split_one_hostname_between_origins() {
     assert_eq!(answer.body, page);
     assert_eq!(origin_of("/api/x"), "api");
 }
+
+#[test]
+fn an_h2c_origin_is_spoken_to_in_http2_and_shares_one_connection() {
+    let mut cluster = Cluster::new("h2c-origin");
+    let origin = servers::h2c_origin(&cluster.dir, &[("hello.txt", "served over HTTP/2\n")]);
+    let gateway = cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let body = json!({"hostname": "grpc.localhost", "agent": agent_id, "target": format!("h2c://127.0.0.1:{}", origin.port), "issuer": "none"});
+    let answer = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(
+        answer.json()["target"],
+        format!("h2c://127.0.0.1:{}", origin.port)
+    );
+    // nghttpd speaks nothing but HTTP/2 without TLS: an answer means the gateway spoke it.
+    let answer = wait_for(Duration::from_secs(5), || {
+        let answer = cluster.get(gateway, "grpc.localhost", "/hello.txt");
+        (answer.status == 200).then_some(answer)
+    })
+    .unwrap_or_else(|| panic!("the h2c origin never answered\n{}", cluster.logs()));
+    assert_eq!(answer.body, "served over HTTP/2\n");
+
+    // 100 clients at once ride one multiplexed connection to the origin, with no error.
+    let http = cluster.gateways[gateway].http_port;
+    let out = std::process::Command::new("h2load")
+        .args([
+            "--h1",
+            "-n",
+            "2000",
+            "-c",
+            "100",
+            "-H",
+            ":authority: grpc.localhost",
+        ])
+        .arg(format!("http://127.0.0.1:{http}/hello.txt"))
+        .output()
+        .expect("h2load");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{report}"
+    );
+    let metrics = cluster.gateways[gateway].metrics();
+    let dials =
+        kakuremichi_tests::metric(&metrics, "kakuremichi_gateway_upstream_dials_total").unwrap();
+    assert!(dials <= 2.0, "{dials} connections opened to the h2c origin");
+    println!("h2c: 2000 requests from 100 clients over {dials} upstream connection(s)");
+}

@@ -122,7 +122,7 @@ pub fn form_page(
                         }
                         @if let Some(error) = form.error_for("agent") { span.error { (error) } }
                     }
-                    (field("Target the agent forwards to (host:port as the agent sees it; https://host:port for an HTTPS origin)", "target", "text", form.target, form.error_for("target"), "off"))
+                    (field("Target the agent forwards to (host:port as the agent sees it; https://host:port for an HTTPS origin, h2c://host:port for HTTP/2 without TLS such as gRPC)", "target", "text", form.target, form.error_for("target"), "off"))
                     (choice("Certificate (http)", "issuer", &ISSUERS, form.issuer, form.error_for("issuer")))
                     (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.proxy_protocol, form.error_for("proxy_protocol")))
                     details open[form.skip_tls_verify || !form.host_header.is_empty() || !form.connect_timeout.is_empty() || form.error_for("origin").is_some()] {
