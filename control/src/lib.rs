@@ -13,6 +13,7 @@
 //! - [`certs`]: certificates: ACME orders, the internal CA, renewal.
 //! - [`auth`]: API keys and tokens, users, passwords, browser sessions, login throttling.
 //! - [`pages`] and [`web`]: the browser pages and their handlers.
+//! - [`cli`]: `kakuremichi-control tunnel …`, the tunnel API from a shell.
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod certs;
+pub mod cli;
 pub mod error;
 pub mod hub;
 pub mod install;

@@ -69,9 +69,12 @@ struct Args {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+// Parsed once at start; argh's subcommands cannot be boxed.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Token(TokenCommand),
     User(UserCommand),
+    Tunnel(TunnelCommand),
     Healthcheck(Healthcheck),
 }
 
@@ -79,6 +82,109 @@ enum Command {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "healthcheck")]
 struct Healthcheck {}
+
+/// list, create, change and delete tunnels through the running Control (as the API does)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "tunnel")]
+struct TunnelCommand {
+    /// an API token (or env KAKUREMICHI_TOKEN); `token create` makes one
+    #[argh(option)]
+    token: Option<String>,
+    #[argh(subcommand)]
+    action: TunnelAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum TunnelAction {
+    List(TunnelList),
+    Create(TunnelCreate),
+    Update(TunnelUpdate),
+    Delete(TunnelDelete),
+}
+
+/// every tunnel, as JSON
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct TunnelList {}
+
+/// delete a tunnel
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct TunnelDelete {
+    /// the tunnel's id
+    #[argh(positional)]
+    id: String,
+}
+
+/// create a tunnel, e.g. `--kind tcp --port 15432 --agent agt_… --target 127.0.0.1:5432`
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create")]
+struct TunnelCreate {
+    #[argh(option)]
+    /// http (default), tls, tcp or udp
+    kind: Option<String>,
+    #[argh(option)]
+    /// the public hostname (http, tls)
+    hostname: Option<String>,
+    #[argh(option)]
+    /// a public port (tcp, udp)
+    port: Option<u16>,
+    #[argh(option)]
+    /// a public port range, first-last (tcp, udp)
+    ports: Option<String>,
+    #[argh(option)]
+    /// the agent's id
+    agent: Option<String>,
+    #[argh(option)]
+    /// where the agent forwards: host:port, https://host:port, h2c://host:port
+    target: Option<String>,
+    #[argh(option)]
+    /// acme, internal, manual or none (http)
+    issuer: Option<String>,
+    #[argh(option)]
+    /// only this path and below, e.g. /api (http)
+    path_prefix: Option<String>,
+    #[argh(option)]
+    /// v1 or v2: a PROXY header towards the origin (tcp, tls)
+    proxy_protocol: Option<String>,
+    #[argh(option)]
+    /// more fields as a JSON object, e.g. '{"origin":{"tls_verify":false}}'
+    json: Option<String>,
+}
+
+/// change a tunnel: the fields given are changed, the rest stay
+#[derive(FromArgs)]
+#[argh(subcommand, name = "update")]
+struct TunnelUpdate {
+    /// the tunnel's id
+    #[argh(positional)]
+    id: String,
+    #[argh(option)]
+    /// the public hostname
+    hostname: Option<String>,
+    #[argh(option)]
+    /// a public port
+    port: Option<u16>,
+    #[argh(option)]
+    /// a public port range, first-last
+    ports: Option<String>,
+    #[argh(option)]
+    /// the agent's id
+    agent: Option<String>,
+    #[argh(option)]
+    /// where the agent forwards
+    target: Option<String>,
+    #[argh(option)]
+    /// v1, v2 or none
+    proxy_protocol: Option<String>,
+    #[argh(option)]
+    /// true or false
+    enabled: Option<bool>,
+    #[argh(option)]
+    /// more fields as a JSON object
+    json: Option<String>,
+}
 
 /// manage the people who log in to Control's pages
 #[derive(FromArgs)]
@@ -197,6 +303,53 @@ fn main() -> anyhow::Result<()> {
             println!("added {} ({})", user.name, role.as_str());
             if generated {
                 println!("password: {secret}");
+            }
+        }
+        Some(Command::Tunnel(TunnelCommand { token, action })) => {
+            use kakuremichi_control::cli::{call, TunnelFields};
+            let (method, path, body) = match action {
+                TunnelAction::List(_) => ("GET", "tunnels".to_string(), None),
+                TunnelAction::Delete(delete) => ("DELETE", format!("tunnels/{}", delete.id), None),
+                TunnelAction::Create(c) => {
+                    let fields = TunnelFields {
+                        kind: c.kind,
+                        hostname: c.hostname,
+                        port: c.port,
+                        ports: c.ports,
+                        agent: c.agent,
+                        target: c.target,
+                        issuer: c.issuer,
+                        path_prefix: c.path_prefix,
+                        proxy_protocol: c.proxy_protocol,
+                        enabled: None,
+                        json: c.json,
+                    };
+                    ("POST", "tunnels".to_string(), Some(fields))
+                }
+                TunnelAction::Update(u) => {
+                    let fields = TunnelFields {
+                        hostname: u.hostname,
+                        port: u.port,
+                        ports: u.ports,
+                        agent: u.agent,
+                        target: u.target,
+                        proxy_protocol: u.proxy_protocol,
+                        enabled: u.enabled,
+                        json: u.json,
+                        ..TunnelFields::default()
+                    };
+                    ("PATCH", format!("tunnels/{}", u.id), Some(fields))
+                }
+            };
+            let body = body
+                .map(|fields| fields.to_json())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let (status, text) =
+                call(args.listen, token, method, &path, body).map_err(anyhow::Error::msg)?;
+            println!("{}", text.trim_end());
+            if status >= 400 {
+                std::process::exit(1);
             }
         }
         Some(Command::Token(TokenCommand {

@@ -677,3 +677,59 @@ fn a_tcp_tunnel_passes_the_origin_closing_to_a_client_that_keeps_its_side_open()
         started.elapsed()
     );
 }
+
+#[test]
+fn the_cli_creates_changes_and_deletes_a_port_tunnel_live() {
+    let mut cluster = Cluster::new("tunnel-cli");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let web = Origin::start("web");
+    let first = kakuremichi_tests::free_tcp_port().to_string();
+    let (ok, out) = cluster.tunnel_cli(&[
+        "create",
+        "--kind",
+        "tcp",
+        "--port",
+        &first,
+        "--agent",
+        &agent_id,
+        "--target",
+        &web.addr.to_string(),
+    ]);
+    assert!(ok, "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let through = |port: &str| curl(&["-H", "Host: x", &format!("http://127.0.0.1:{port}/")]);
+    wait_for(LIVE_LIMIT, || (through(&first).status == 200).then_some(()))
+        .unwrap_or_else(|| panic!("the CLI's tunnel never answered\n{}", cluster.logs()));
+    let second = kakuremichi_tests::free_tcp_port().to_string();
+    let (ok, out) = cluster.tunnel_cli(&["update", &id, "--port", &second]);
+    assert!(ok, "{out}");
+    wait_for(LIVE_LIMIT, || {
+        (through(&second).status == 200).then_some(())
+    })
+    .expect("the new port answers");
+    let (ok, out) = cluster.tunnel_cli(&["list"]);
+    assert!(ok && out.contains(&second), "{out}");
+    // Refusals come back with the API's reason and a failing exit status.
+    let (ok, out) = cluster.tunnel_cli(&[
+        "create",
+        "--kind",
+        "tcp",
+        "--port",
+        &second,
+        "--agent",
+        &agent_id,
+        "--target",
+        "127.0.0.1:1",
+    ]);
+    assert!(!ok && out.contains("already taken"), "{out}");
+    let (ok, out) = cluster.tunnel_cli(&["delete", &id]);
+    assert!(ok, "{out}");
+    wait_for(LIVE_LIMIT, || {
+        (!port_open(second.parse().unwrap())).then_some(())
+    })
+    .expect("the deleted tunnel's port closes");
+}
