@@ -150,6 +150,10 @@ impl PortListeners {
             }
             Transport::Udp => {
                 let socket = Async::<UdpSocket>::bind(addr).map_err(|e| e.to_string())?;
+                // Many clients send at once; a small buffer would drop their bursts.
+                if let Err(e) = kakuremichi_netstack::udp::enlarge_buffers(socket.get_ref()) {
+                    log::debug!("udp port {}: socket buffers: {e}", route.port);
+                }
                 let flows = Flows::new(self.settings.udp_flows);
                 let relay = UdpRelay {
                     socket: Arc::new(socket),

@@ -159,9 +159,14 @@ fn tune(socket: &UdpSocket, ipv4: bool) -> io::Result<()> {
         )?;
     }
     // The default buffers hold three or four coalesced batches; when the other side bursts,
-    // a whole batch is dropped at once and the TCP inside halves its window. Privileged
-    // processes get the larger buffer regardless of net.core.rmem_max/wmem_max; others get
-    // what those allow (raising them helps, see the README).
+    // a whole batch is dropped at once and the TCP inside halves its window.
+    enlarge_buffers(socket)
+}
+
+/// Ask for 4 MiB socket buffers each way, so bursts are queued rather than dropped.
+/// Privileged processes get them regardless of net.core.rmem_max/wmem_max; others get what
+/// those allow (raising them helps, see the README).
+pub fn enlarge_buffers(socket: &UdpSocket) -> io::Result<()> {
     for (forced, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),

@@ -3,7 +3,7 @@
 //! live.
 
 use kakuremichi_tests::servers::{self, psql};
-use kakuremichi_tests::{curl, dns, metric, wait_for, Cluster, Origin};
+use kakuremichi_tests::{curl, dns, metric, rss_kib, wait_for, Cluster, Origin};
 use serde_json::json;
 use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
@@ -173,7 +173,12 @@ fn proxy_protocol_tells_nginx_the_client_address() {
 /// Replies to each datagram with the address it came from, so a test sees which socket of
 /// the agent carries its flow.
 fn udp_echo() -> (u16, std::thread::JoinHandle<()>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("udp echo");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    // Room for every swarm client's datagram at once.
+    socket.set_recv_buffer_size(4 << 20).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("udp echo");
+    let socket: UdpSocket = socket.into();
     let port = socket.local_addr().unwrap().port();
     let thread = std::thread::spawn(move || {
         let mut buffer = [0u8; 65_535];
@@ -732,4 +737,100 @@ fn the_cli_creates_changes_and_deletes_a_port_tunnel_live() {
         (!port_open(second.parse().unwrap())).then_some(())
     })
     .expect("the deleted tunnel's port closes");
+}
+
+#[test]
+fn hundreds_of_clients_through_tcp_and_udp_tunnels_get_every_answer_and_memory_comes_back() {
+    let mut cluster = Cluster::new("ports-load");
+    let web = Origin::start("web");
+    let (echo_port, _echo) = udp_echo();
+    let gateway = cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let (tcp_port, udp_port) = (
+        kakuremichi_tests::free_tcp_port(),
+        kakuremichi_tests::free_udp_port(),
+    );
+    create(
+        &cluster,
+        json!({"kind": "tcp", "port": tcp_port, "agent": agent_id, "target": web.addr.to_string()}),
+    );
+    create(
+        &cluster,
+        json!({"kind": "udp", "port": udp_port, "agent": agent_id, "target": format!("127.0.0.1:{echo_port}")}),
+    );
+    let url = format!("http://127.0.0.1:{tcp_port}/");
+    wait_for(LIVE_LIMIT, || (curl(&[&url]).status == 200).then_some(()))
+        .unwrap_or_else(|| panic!("the tcp tunnel never answered\n{}", cluster.logs()));
+    let wrk = |connections: &str, seconds: &str| {
+        let out = Command::new("wrk")
+            .args([
+                "-t",
+                "2",
+                "-c",
+                connections,
+                "-d",
+                seconds,
+                "--timeout",
+                "10s",
+                &url,
+            ])
+            .output()
+            .expect("wrk");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // 300 UDP clients at once, 20 datagrams each, one after another per client.
+    let udp_swarm = || -> usize {
+        let clients: Vec<_> = (0..300)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    (0..20)
+                        .filter(|n| {
+                            echo(
+                                &socket,
+                                udp_port,
+                                format!("client {i} datagram {n}").as_bytes(),
+                            )
+                            .is_some_and(|reply| {
+                                reply.ends_with(&format!("client {i} datagram {n}"))
+                            })
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    };
+    let (gateway_pid, agent_pid) = (
+        cluster.gateways[gateway].pid().unwrap(),
+        cluster.agents[agent].pid().unwrap(),
+    );
+    wrk("10", "1s");
+    udp_swarm();
+    std::thread::sleep(Duration::from_secs(11));
+    let idle = rss_kib(gateway_pid) + rss_kib(agent_pid);
+
+    let report = wrk("300", "5s");
+    assert!(report.contains("requests in"), "{report}");
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "wrk through the tcp tunnel saw errors:\n{report}"
+    );
+    let answered = udp_swarm();
+    assert_eq!(answered, 6000, "{}", cluster.gateways[gateway].metrics());
+    println!("300 wrk connections through a tcp tunnel: no errors; 300 UDP clients: 6000 of 6000 answered");
+    let back = wait_for(Duration::from_secs(30), || {
+        let now = rss_kib(gateway_pid) + rss_kib(agent_pid);
+        (now <= idle * 2 + 4096).then_some(now)
+    });
+    assert!(
+        back.is_some(),
+        "RSS stayed at {} KiB after the load (idle {idle} KiB)",
+        rss_kib(gateway_pid) + rss_kib(agent_pid)
+    );
 }
