@@ -119,18 +119,18 @@ pub fn postgres(parent: &Path) -> Server {
     let child = spawn(command, &dir.join("postgres.log"));
     let server = Server { child, port, dir };
     wait_for(Duration::from_secs(20), || {
-        psql(port, "select 1").then_some(())
+        psql("127.0.0.1", port, "select 1").then_some(())
     })
     .unwrap_or_else(|| panic!("PostgreSQL did not start: {}", server.log("postgres.log")));
     server
 }
 
-/// Whether `psql -c <sql>` against `127.0.0.1:port` succeeds (5 s connect timeout).
-pub fn psql(port: u16, sql: &str) -> bool {
+/// Whether `psql -c <sql>` against `host:port` succeeds (5 s connect timeout).
+pub fn psql(host: &str, port: u16, sql: &str) -> bool {
     Command::new("psql")
         .args([
             "-h",
-            "127.0.0.1",
+            host,
             "-p",
             &port.to_string(),
             "-U",

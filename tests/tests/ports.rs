@@ -18,8 +18,16 @@ fn create(cluster: &Cluster, body: serde_json::Value) -> serde_json::Value {
 }
 
 fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+    port_open_at("127.0.0.1", port)
 }
+
+fn port_open_at(host: &str, port: u16) -> bool {
+    let addr = std::net::SocketAddr::new(host.parse().unwrap(), port);
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+/// The public addresses of the two gateways in the PostgreSQL test.
+const GATEWAYS: [&str; 2] = ["127.0.0.1", "127.0.0.2"];
 
 fn pgbench(port: u16, args: &[&str]) -> String {
     let out = Command::new("pgbench")
@@ -48,7 +56,9 @@ fn tps(report: &str) -> f64 {
 fn a_tcp_tunnel_carries_postgresql_and_moves_ports_live() {
     let mut cluster = Cluster::new("tcp-postgres");
     let postgres = servers::postgres(&cluster.dir);
+    // Two gateways, each with its public listeners on its own loopback address.
     cluster.add_gateway();
+    cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port());
     let agent = cluster.add_agent();
     let agent_id = cluster.agents[agent].id.clone();
     cluster.wait_online("agent", &agent_id);
@@ -63,12 +73,16 @@ fn a_tcp_tunnel_carries_postgresql_and_moves_ports_live() {
     assert_eq!(tunnel["ports"], first_port.to_string());
     assert!(tunnel["hostname"].is_null());
     let id = tunnel["id"].as_str().unwrap().to_string();
-    wait_for(LIVE_LIMIT, || psql(first_port, "select 1").then_some(()))
-        .unwrap_or_else(|| panic!("psql through the tunnel failed\n{}", cluster.logs()));
-    println!(
-        "tcp tunnel POST to first psql answer: {:.3} s",
-        started.elapsed().as_secs_f64()
-    );
+    for gateway in GATEWAYS {
+        wait_for(LIVE_LIMIT, || {
+            psql(gateway, first_port, "select 1").then_some(())
+        })
+        .unwrap_or_else(|| panic!("psql through {gateway} failed\n{}", cluster.logs()));
+        println!(
+            "tcp tunnel POST to first psql answer through {gateway}: {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     // A short pgbench through the tunnel and direct (figures, not a check).
     pgbench(first_port, &["-i", "-s", "1", "-q"]);
@@ -96,16 +110,25 @@ fn a_tcp_tunnel_carries_postgresql_and_moves_ports_live() {
         Some(&json!({"port": second_port}).to_string()),
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let took = wait_for(LIVE_LIMIT, || {
-        psql(second_port, "select 1").then(|| moved.elapsed())
-    })
-    .unwrap_or_else(|| panic!("the new port never answered\n{}", cluster.logs()));
-    println!(
-        "tcp tunnel port change to first psql answer on the new port: {:.3} s",
-        took.as_secs_f64()
-    );
-    wait_for(LIVE_LIMIT, || (!port_open(first_port)).then_some(()))
+    for gateway in GATEWAYS {
+        let took = wait_for(LIVE_LIMIT, || {
+            psql(gateway, second_port, "select 1").then(|| moved.elapsed())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the new port never answered on {gateway}\n{}",
+                cluster.logs()
+            )
+        });
+        println!(
+            "tcp tunnel port change to first psql answer on the new port through {gateway}: {:.3} s",
+            took.as_secs_f64()
+        );
+        wait_for(LIVE_LIMIT, || {
+            (!port_open_at(gateway, first_port)).then_some(())
+        })
         .expect("the old port is closed");
+    }
 
     // Delete: the port closes.
     assert_eq!(
@@ -114,9 +137,16 @@ fn a_tcp_tunnel_carries_postgresql_and_moves_ports_live() {
             .status,
         200
     );
-    wait_for(LIVE_LIMIT, || (!port_open(second_port)).then_some(()))
+    for gateway in GATEWAYS {
+        wait_for(LIVE_LIMIT, || {
+            (!port_open_at(gateway, second_port)).then_some(())
+        })
         .expect("a deleted tunnel's port is closed");
-    assert!(psql(postgres.port, "select 1"), "PostgreSQL itself is fine");
+    }
+    assert!(
+        psql("127.0.0.1", postgres.port, "select 1"),
+        "PostgreSQL itself is fine"
+    );
 }
 
 #[test]
