@@ -164,3 +164,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Wait up to 30 s for the summed RSS of `pids` to come back to at most twice `idle_kib`
+/// (plus 4 MiB for a debug build's slack); panics with the figures if it does not.
+pub fn assert_memory_comes_back(pids: &[u32], idle_kib: u64) {
+    let total = || pids.iter().map(|&pid| rss_kib(pid)).sum::<u64>();
+    let back = wait_for(Duration::from_secs(30), || {
+        let now = total();
+        (now <= idle_kib * 2 + 4096).then_some(now)
+    });
+    assert!(
+        back.is_some(),
+        "RSS stayed at {} KiB after the load (idle {idle_kib} KiB)",
+        total()
+    );
+}

@@ -5,7 +5,7 @@
 
 use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
-use kakuremichi_tests::{metric, rss_kib, wait_for, Cluster, EchoOrigin, Origin};
+use kakuremichi_tests::{assert_memory_comes_back, metric, rss_kib, Cluster, EchoOrigin, Origin};
 use std::process::Command;
 use std::time::Duration;
 
@@ -161,17 +161,7 @@ fn hundreds_of_parallel_clients_get_every_answer_and_memory_comes_back() {
         sockets <= UPSTREAM_CONNECTIONS as f64 + 300.0,
         "agent holds {sockets} overlay sockets for a limit of {UPSTREAM_CONNECTIONS}"
     );
-    // Memory comes back: within 30 s, at most twice the warm idle figure (plus 4 MB for a
-    // debug build's slack).
-    let back = wait_for(Duration::from_secs(30), || {
-        let now = rss_kib(gateway_pid) + rss_kib(agent_pid);
-        (now <= idle * 2 + 4096).then_some(now)
-    });
-    assert!(
-        back.is_some(),
-        "RSS stayed at {} KiB after the load (idle {idle} KiB)",
-        rss_kib(gateway_pid) + rss_kib(agent_pid)
-    );
+    assert_memory_comes_back(&[gateway_pid, agent_pid], idle);
 }
 
 /// An origin on raw sockets: `GET /events` answers with a chunked event stream that sends a

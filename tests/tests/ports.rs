@@ -3,7 +3,9 @@
 //! live.
 
 use kakuremichi_tests::servers::{self, psql};
-use kakuremichi_tests::{curl, dns, metric, rss_kib, wait_for, Cluster, Origin};
+use kakuremichi_tests::{
+    assert_memory_comes_back, curl, dns, metric, rss_kib, wait_for, Cluster, Origin,
+};
 use serde_json::json;
 use std::net::{TcpStream, UdpSocket};
 use std::process::Command;
@@ -854,13 +856,5 @@ fn hundreds_of_clients_through_tcp_and_udp_tunnels_get_every_answer_and_memory_c
     let answered = udp_swarm();
     assert_eq!(answered, 6000, "{}", cluster.gateways[gateway].metrics());
     println!("300 wrk connections through a tcp tunnel: no errors; 300 UDP clients: 6000 of 6000 answered");
-    let back = wait_for(Duration::from_secs(30), || {
-        let now = rss_kib(gateway_pid) + rss_kib(agent_pid);
-        (now <= idle * 2 + 4096).then_some(now)
-    });
-    assert!(
-        back.is_some(),
-        "RSS stayed at {} KiB after the load (idle {idle} KiB)",
-        rss_kib(gateway_pid) + rss_kib(agent_pid)
-    );
+    assert_memory_comes_back(&[gateway_pid, agent_pid], idle);
 }
