@@ -4,6 +4,7 @@
 use crate::access::TunnelAccess;
 use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
+use crate::fleet::GatewayChoice;
 use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
@@ -101,7 +102,7 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         (Method::GET, ["tunnels", id]) => Ok((200, tunnel_json(&find_tunnel(control, id)?))),
         (Method::PATCH, ["tunnels", id]) => {
             let current = find_tunnel(control, id)?;
-            let patch = parse_patch(read_json(request).await?, &current)?;
+            let patch = parse_patch(control, read_json(request).await?, &current)?;
             let id = current.id;
             let tunnel = control.store.update_tunnel(&id, patch)?;
             control.hub.notify_all();
@@ -342,6 +343,17 @@ impl Fields {
             .transpose()
     }
 
+    /// `gateways`: `"all"`, gateway ids, or a label selector (`"region=tokyo"`).
+    fn gateways(&mut self, control: &Control) -> Result<Option<GatewayChoice>, Error> {
+        match self.0.remove("gateways") {
+            None => Ok(None),
+            Some(value) => {
+                let nodes = control.store.state()?.nodes;
+                GatewayChoice::from_json(&value, &nodes).map(Some)
+            }
+        }
+    }
+
     /// `path_prefix`: `"/api"`, or `"/"` to remove it.
     fn path_prefix(&mut self) -> Result<Option<Option<String>>, Error> {
         self.string("path_prefix")?
@@ -401,6 +413,7 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
         },
         proxy_protocol: fields.proxy_protocol()?.flatten(),
         path_prefix: fields.path_prefix()?.flatten(),
+        gateways: fields.gateways(control)?.unwrap_or_default(),
     };
     fields.finish()?;
     let tunnel = control.store.create_tunnel(new)?;
@@ -409,7 +422,11 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
 }
 
 /// A tunnel change; an `access` object changes the rules it names on top of `current`.
-fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch, Error> {
+fn parse_patch(
+    control: &Control,
+    mut fields: Fields,
+    current: &TunnelRecord,
+) -> Result<TunnelPatch, Error> {
     let ports = fields.ports()?;
     let target = fields.target(ports.or(current.ports))?;
     let patch = TunnelPatch {
@@ -430,6 +447,7 @@ fn parse_patch(mut fields: Fields, current: &TunnelRecord) -> Result<TunnelPatch
         },
         proxy_protocol: fields.proxy_protocol()?,
         path_prefix: fields.path_prefix()?,
+        gateways: fields.gateways(control)?,
     };
     if let Some(kind) = fields.string("kind")? {
         if kind != current.kind.as_str() {
@@ -536,10 +554,27 @@ async fn change_node(
                 crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
             }
             let enabled = fields.boolean("enabled")?;
+            let gateway_only = |field: &str| match kind {
+                NodeKind::Gateway => Ok(()),
+                NodeKind::Agent => Err(Error::invalid(field, "only gateways have it")),
+            };
+            let labels = match fields.take("labels") {
+                Some(value) => {
+                    gateway_only("labels")?;
+                    Some(crate::fleet::labels_from_json(&value)?)
+                }
+                None => None,
+            };
+            let draining = fields.boolean("draining")?;
+            if draining.is_some() {
+                gateway_only("draining")?;
+            }
             fields.finish()?;
             let node = control.store.update_node(id, |node| {
                 node.name = name.unwrap_or_else(|| node.name.clone());
                 node.disabled = enabled.map_or(node.disabled, |enabled| !enabled);
+                node.labels = labels.unwrap_or_else(|| node.labels.clone());
+                node.draining = draining.unwrap_or(node.draining);
             })?;
             (200, node_json(control, &node))
         }
@@ -596,6 +631,8 @@ fn node_json(control: &Control, node: &NodeRecord) -> Value {
     });
     if node.kind == NodeKind::Gateway {
         value["wireguard_endpoint"] = json!(node.wireguard_endpoint);
+        value["labels"] = json!(node.labels);
+        value["draining"] = json!(node.draining);
     }
     if let Some(status) = presence.status {
         value["status"] = json!({
@@ -616,6 +653,7 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "ports": tunnel.ports.map(|p| p.to_string()),
         "proxy_protocol": tunnel.proxy_protocol.map(ProxyProtocol::as_str),
         "path_prefix": tunnel.path_prefix,
+        "gateways": tunnel.gateways.to_json(),
         "agent": tunnel.agent_id,
         "target": tunnel.target_text(),
         "origin": tunnel.origin.to_json(),

@@ -6,6 +6,7 @@
 //! from their cached snapshots while Control is down.
 //!
 //! - [`model`]: records and the pure rules over them (address allocation, snapshots).
+//! - [`fleet`]: gateway labels and which gateways serve a tunnel.
 //! - [`tunnels`]: tunnel kinds (http, tls, tcp, udp), ports and the rules between tunnels.
 //! - [`store`]: the heed store; one write transaction per change.
 //! - [`api`]: `/api/v1` JSON.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod error;
+pub mod fleet;
 pub mod hub;
 pub mod install;
 pub mod join;

@@ -3,6 +3,7 @@
 
 use crate::access::{Keyring, TunnelAccess};
 use crate::auth::UserRecord;
+use crate::fleet::{GatewayChoice, Labels};
 use crate::tunnels::{OriginSettings, TunnelKind};
 use kakuremichi_proto::ids::{Hostname, NodeKind, PublicKey, Target};
 use kakuremichi_proto::messages::{
@@ -42,6 +43,13 @@ pub struct NodeRecord {
     /// Gateways: which ports tunnels may take there, from its last hello.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_policy: Option<PortPolicy>,
+    /// Gateways: labels tunnels choose gateways by (`region=tokyo`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Gateways: finishing what is in flight and refusing new requests (503), so a load
+    /// balancer or DNS moves clients to the others before it is stopped.
+    #[serde(default)]
+    pub draining: bool,
     pub created_at: u64,
 }
 
@@ -76,6 +84,9 @@ pub struct TunnelRecord {
     /// HTTPS origins, `Host` override, connect timeout, error page.
     #[serde(default)]
     pub origin: OriginSettings,
+    /// Which gateways serve it.
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub gateways: GatewayChoice,
     /// `http`: only requests under this path (`/api`); several tunnels may share a hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
@@ -315,7 +326,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     match node.kind {
         NodeKind::Gateway => {
-            for t in enabled {
+            for t in enabled.into_iter().filter(|t| t.gateways.selects(node)) {
                 let Some(agent) = nodes.iter().find(|n| n.id == t.agent_id && !n.disabled) else {
                     continue;
                 };
@@ -403,7 +414,12 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
             NodeKind::Agent => None,
         },
         heartbeat_interval_ms: settings.heartbeat.as_millis() as u64,
+        draining: node.kind == NodeKind::Gateway && node.draining,
     }
+}
+
+fn is_all(choice: &GatewayChoice) -> bool {
+    *choice == GatewayChoice::All
 }
 
 /// Hostnames that should have a certificate, with its issuer: enabled HTTPS tunnels, and
@@ -464,6 +480,8 @@ mod tests {
             instance: 0,
             disabled: false,
             port_policy: None,
+            labels: Labels::new(),
+            draining: false,
             created_at: 0,
         }
     }
@@ -483,6 +501,7 @@ mod tests {
             proxy_protocol: None,
             origin: OriginSettings::default(),
             path_prefix: None,
+            gateways: GatewayChoice::All,
             created_at: 0,
         }
     }

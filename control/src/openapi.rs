@@ -57,6 +57,13 @@ pub fn document(server: &str) -> Value {
     let strings = json!({ "type": "array", "items": { "type": "string" } });
     let node = object(json!({ "name": string }), &[]);
     let node_patch = object(json!({ "name": string, "enabled": boolean }), &[]);
+    let gateway_patch = object(
+        json!({
+            "name": string, "enabled": boolean, "draining": boolean,
+            "labels": { "type": ["object", "string"], "description": "{\"region\":\"tokyo\"} or \"region=tokyo,…\"" },
+        }),
+        &[],
+    );
     let tunnel_fields = json!({
         "hostname": string, "agent": string, "target": string, "enabled": boolean,
         "issuer": { "enum": ["acme", "internal", "manual", "none"] },
@@ -64,6 +71,7 @@ pub fn document(server: &str) -> Value {
         "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
         "ports": { "type": ["string", "integer"], "description": "\"first-last\", at most 1000 ports" },
         "path_prefix": string,
+        "gateways": { "type": ["string", "array"], "description": "\"all\", gateway ids, or a label selector such as \"region=tokyo\"" },
         "proxy_protocol": { "enum": ["v1", "v2", "none"] },
         "origin": object(json!({
             "tls_verify": boolean, "ca_pem": { "type": ["string", "null"] },
@@ -94,7 +102,7 @@ pub fn document(server: &str) -> Value {
             },
             "/agents/{id}": node_paths("an agent", &node_patch),
             "/agents/{id}/rotate-key": rotate_key_path("an agent"),
-            "/gateways/{id}": node_paths("a gateway", &node_patch),
+            "/gateways/{id}": node_paths("a gateway", &gateway_patch),
             "/gateways/{id}/rotate-key": rotate_key_path("a gateway"),
             "/tunnels": {
                 "get": operation("tunnels", None, false),

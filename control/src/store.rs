@@ -5,6 +5,7 @@
 use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
+use crate::fleet::GatewayChoice;
 use crate::model::{CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord, TunnelRecord};
 use crate::tunnels::{self, OriginSettings, TunnelKind};
 use heed::types::{Bytes, Str};
@@ -36,6 +37,7 @@ pub struct NewTunnel {
     pub proxy_protocol: Option<ProxyProtocol>,
     pub origin: OriginSettings,
     pub path_prefix: Option<String>,
+    pub gateways: GatewayChoice,
 }
 
 /// Fields of a tunnel to change; `None` leaves a field as it is.
@@ -53,6 +55,7 @@ pub struct TunnelPatch {
     pub origin: Option<OriginSettings>,
     /// `Some(None)` removes the prefix.
     pub path_prefix: Option<Option<String>>,
+    pub gateways: Option<GatewayChoice>,
 }
 
 /// The open store.
@@ -221,6 +224,8 @@ impl Store {
                 instance: 0,
                 disabled: false,
                 port_policy: None,
+                labels: Default::default(),
+                draining: false,
                 created_at: auth::unix_now(),
             };
             put(&s.nodes, wtxn, &record.id, &record)?;
@@ -366,6 +371,7 @@ impl Store {
                 proxy_protocol: new.proxy_protocol,
                 origin: new.origin,
                 path_prefix: new.path_prefix,
+                gateways: new.gateways,
                 created_at: auth::unix_now(),
             };
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
@@ -399,6 +405,9 @@ impl Store {
             }
             if let Some(path_prefix) = patch.path_prefix {
                 record.path_prefix = path_prefix;
+            }
+            if let Some(gateways) = patch.gateways {
+                record.gateways = gateways;
             }
             if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
                 s.check_agent(wtxn, &agent_id)?;

@@ -531,9 +531,9 @@ pub fn check(
                     format!("{} is already taken by tunnel {}", ports, clash.label()),
                 ));
             }
-            let gateways = nodes
-                .iter()
-                .filter(|n| n.kind == NodeKind::Gateway && !n.disabled);
+            let gateways = nodes.iter().filter(|n| {
+                n.kind == NodeKind::Gateway && !n.disabled && tunnel.gateways.selects(n)
+            });
             for gateway in gateways {
                 let policy = gateway.port_policy.as_ref();
                 if let Some(why) = policy.and_then(|p| p.refuses(transport, ports)) {
@@ -579,6 +579,7 @@ mod tests {
             proxy_protocol: None,
             origin: OriginSettings::default(),
             path_prefix: None,
+            gateways: crate::fleet::GatewayChoice::All,
             created_at: 0,
         }
     }
@@ -596,6 +597,8 @@ mod tests {
             instance: 0,
             disabled: false,
             port_policy: policy,
+            labels: Default::default(),
+            draining: false,
             created_at: 0,
         }
     }

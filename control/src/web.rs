@@ -345,6 +345,7 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
         let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
         let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
         let target = tunnel.target_text();
+        let gateways = tunnel.gateways.to_text();
         let timeout = tunnel
             .origin
             .connect_timeout_secs
@@ -360,6 +361,7 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
             proxy_protocol: tunnel.proxy_protocol.map_or("none", |p| p.as_str()),
             skip_tls_verify: !tunnel.origin.tls_verify,
             path_prefix: tunnel.path_prefix.as_deref().unwrap_or(""),
+            gateways: &gateways,
             host_header: tunnel.origin.host_header.as_deref().unwrap_or(""),
             connect_timeout: &timeout,
             enabled: tunnel.enabled,
@@ -402,6 +404,7 @@ fn save_tunnel(
                 proxy_protocol: Some(new.proxy_protocol),
                 origin: None,
                 path_prefix: Some(new.path_prefix),
+                gateways: Some(new.gateways),
             };
             match control.store.state()?.tunnels.iter().find(|t| t.id == id) {
                 Some(current) if current.kind != new.kind => Err(Error::invalid(
@@ -449,6 +452,7 @@ fn save_tunnel(
                 proxy_protocol: value("proxy_protocol"),
                 skip_tls_verify: form.contains_key("skip_tls_verify"),
                 path_prefix: value("path_prefix"),
+                gateways: value("gateways"),
                 host_header: value("host_header"),
                 connect_timeout: value("connect_timeout"),
                 enabled: form.contains_key("enabled"),
@@ -522,6 +526,10 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
             text => text.parse().map_err(proto("issuer"))?,
         },
         access: Default::default(),
+        gateways: crate::fleet::GatewayChoice::from_text(
+            value("gateways"),
+            &control.store.state()?.nodes,
+        )?,
         path_prefix: match value("path_prefix") {
             "" => None,
             text => crate::tunnels::parse_path_prefix(text)?,
@@ -1055,6 +1063,30 @@ fn change_node(
             control
                 .store
                 .update_node(id, |node| node.name = name)
+                .map(|_| redirect(&base))
+        }
+        "labels" if kind == NodeKind::Gateway => {
+            let labels =
+                match crate::fleet::labels_from_json(&serde_json::json!(text(&form, "labels"))) {
+                    Ok(labels) => labels,
+                    Err(e) => {
+                        let refusal = format!("Labels not saved: {}.", e.reason());
+                        return show(NodeNotes {
+                            name: None,
+                            refusal: Some(&refusal),
+                        });
+                    }
+                };
+            control
+                .store
+                .update_node(id, |node| node.labels = labels)
+                .map(|_| redirect(&base))
+        }
+        "draining" if kind == NodeKind::Gateway => {
+            let draining = text(&form, "draining") == "true";
+            control
+                .store
+                .update_node(id, |node| node.draining = draining)
                 .map(|_| redirect(&base))
         }
         "enabled" => {

@@ -9,10 +9,13 @@ use std::sync::atomic::Ordering;
 /// Answer one admin request.
 pub fn handle(gateway: &Gateway, path: &str) -> Response<Body> {
     let version = gateway.config_version.load(Ordering::Relaxed);
-    let ready = if version > 0 {
-        Ok(())
-    } else {
+    // A load balancer's health check sees a draining gateway as not ready and moves clients.
+    let ready = if version == 0 {
         Err("no configuration yet (Control not reached, nothing cached)".to_string())
+    } else if gateway.draining.load(Ordering::Relaxed) {
+        Err("draining".to_string())
+    } else {
+        Ok(())
     };
     health_endpoints(path, ready, || metrics(gateway))
         .unwrap_or_else(|| respond(404, "text/plain", "not found\n"))
@@ -35,6 +38,7 @@ fn metrics(gateway: &Gateway) -> String {
         ("bad_requests_total", &m.bad_requests),
         ("client_errors_total", &m.client_errors),
         ("overloaded_total", &m.overloaded),
+        ("drained_total", &m.drained),
         ("access_forbidden_total", &gateway.gate.metrics.forbidden),
         (
             "access_failed_logins_total",

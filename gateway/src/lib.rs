@@ -51,7 +51,7 @@ use kakuremichi_proto::messages::ConfigSnapshot;
 use routes::RouteTable;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -111,6 +111,8 @@ pub struct Metrics {
     pub client_errors: AtomicU64,
     /// Requests answered 503 because their agent's connections stayed busy.
     pub overloaded: AtomicU64,
+    /// Requests answered 503 because the gateway is draining.
+    pub drained: AtomicU64,
 }
 
 /// A running gateway's shared state.
@@ -130,6 +132,8 @@ pub struct Gateway {
     pub port_metrics: Arc<ports::PortMetrics>,
     passthrough: passthrough::PassthroughTable,
     fronts: front::TrustedFronts,
+    /// Control asked this gateway to drain: new requests get a 503, those in flight finish.
+    draining: AtomicBool,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
@@ -177,6 +181,15 @@ impl Gateway {
         );
         self.gate.update(snapshot.access_keys.as_ref());
         self.passthrough.update(&snapshot.passthrough_routes);
+        if self.draining.swap(snapshot.draining, Ordering::Relaxed) != snapshot.draining {
+            log::warn!(
+                "{}",
+                match snapshot.draining {
+                    true => "draining: new requests get a 503; those in flight finish",
+                    false => "no longer draining: serving new requests",
+                }
+            );
+        }
         let open_ports = {
             let mut listeners = self
                 .port_listeners
@@ -262,6 +275,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             port_metrics.clone(),
         )),
         fronts: settings.fronts.clone(),
+        draining: AtomicBool::new(false),
         port_metrics,
         passthrough: passthrough::PassthroughTable::default(),
         pool: pool::Pool::new(stack.clone(), settings.upstream_limits),

@@ -110,6 +110,26 @@ pub fn overloaded(hostname: &str) -> Response<Body> {
     response
 }
 
+/// The gateway is being drained: this request goes elsewhere (a load balancer or the
+/// client's next DNS answer), and this connection closes.
+pub fn draining() -> Response<Body> {
+    let mut response = page(
+        503,
+        "Gateway going out of service",
+        "This gateway is being taken out of service. Please try again: another gateway will answer.",
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// An IP rule keeps this client out.
 pub fn forbidden(hostname: &str) -> Response<Body> {
     page(

@@ -43,6 +43,10 @@ pub async fn handle(
 ) -> Response<Body> {
     let metrics = &gateway.metrics;
     metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if gateway.draining.load(Ordering::Relaxed) {
+        metrics.drained.fetch_add(1, Ordering::Relaxed);
+        return pages::draining();
+    }
     let host = match counted_request_host(&gateway, &request) {
         Ok(host) => host,
         Err(why) => return pages::bad_request(why),

@@ -126,6 +126,9 @@ pub struct ConfigSnapshot {
     /// both ends judge silence by the same clock.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Gateways only: refuse new requests with a 503 while those in flight finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -383,6 +386,7 @@ mod tests {
             control_route: None,
             access_keys: None,
             heartbeat_interval_ms: 15_000,
+            draining: false,
             challenges: vec![AcmeChallenge::Http01 {
                 token: "t".into(),
                 key_authorization: "t.k".into(),

@@ -36,6 +36,10 @@ pub struct Row {
     pub last_seen: Option<u64>,
     /// What the node last reported, while online.
     pub status: Option<NodeStatus>,
+    /// Gateways: their labels, `key=value, …`.
+    pub labels: String,
+    /// Gateways: refusing new requests while those in flight finish.
+    pub draining: bool,
 }
 
 pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
@@ -76,6 +80,13 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
         },
         last_seen: presence.last_seen,
         status: presence.status,
+        labels: node
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        draining: node.draining,
     }
 }
 
@@ -91,6 +102,8 @@ fn state_cell(row: &Row, now: u64) -> Markup {
         span.muted { " · " (seen(row.last_seen, now)) }
         @if row.disabled {
             br; span.dot.warn {} "disabled: serves nothing"
+        } @else if row.draining {
+            br; span.dot.warn {} "draining: new requests get a 503"
         } @else {
             @match row.config_current {
                 Some(true) => { br; span.muted { "config up to date" } }
@@ -139,6 +152,7 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                     dt { "Overlay address" } dd { code { (row.overlay_ip) } }
                     @if detail.kind == NodeKind::Gateway {
                         dt { "WireGuard endpoint" } dd { code { (row.detail) } }
+                        dt { "Labels" } dd { @if row.labels.is_empty() { span.muted { "none" } } @else { (row.labels) } }
                     }
                     dt { "Public key" } dd { code { (row.public_key.as_deref().unwrap_or("not yet known: the node has not connected")) } }
                     dt { "Version" } dd { (row.version) }
@@ -175,6 +189,26 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                         } @else {
                             p { "Disabling stops it serving within a second; it stays enrolled and can be enabled again at once." }
                             div.actions { button type="submit" { "Disable" } }
+                        }
+                    }
+                    @if detail.kind == NodeKind::Gateway {
+                        hr;
+                        form method="post" action={(base) "/labels"} {
+                            input type="hidden" name="csrf" value=(csrf);
+                            (super::optional_field("Labels, e.g. region=tokyo, tier=edge (tunnels can choose gateways by them)", "labels", &row.labels, None))
+                            div.actions { button type="submit" { "Save labels" } }
+                        }
+                        hr;
+                        form method="post" action={(base) "/draining"} {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="draining" value=(if row.draining { "false" } else { "true" });
+                            @if row.draining {
+                                p { "Draining: new requests get a 503 and its /readyz fails, so load balancers move clients to the other gateways; requests in flight finish." }
+                                div.actions { button type="submit" { "Serve again" } }
+                            } @else {
+                                p { "Draining lets requests in flight finish and sends new ones elsewhere, before the gateway is stopped for maintenance." }
+                                div.actions { button type="submit" { "Drain" } }
+                            }
                         }
                     }
                     hr;

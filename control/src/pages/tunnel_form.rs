@@ -23,6 +23,7 @@ pub struct TunnelForm<'a> {
     pub proxy_protocol: &'a str,
     pub skip_tls_verify: bool,
     pub path_prefix: &'a str,
+    pub gateways: &'a str,
     pub host_header: &'a str,
     pub connect_timeout: &'a str,
     pub enabled: bool,
@@ -37,7 +38,8 @@ impl TunnelForm<'_> {
 }
 
 /// The fields the form shows errors beside; others are shown above it.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
+    "gateways",
     "path_prefix",
     "origin",
     "host_header",
@@ -123,6 +125,7 @@ pub fn form_page(
                         @if let Some(error) = form.error_for("agent") { span.error { (error) } }
                     }
                     (field("Target the agent forwards to (host:port as the agent sees it; https://host:port for an HTTPS origin, h2c://host:port for HTTP/2 without TLS such as gRPC)", "target", "text", form.target, form.error_for("target"), "off"))
+                    (optional_field("Gateways: all (empty), ids separated by commas, or labels such as region=tokyo", "gateways", form.gateways, form.error_for("gateways")))
                     (choice("Certificate (http)", "issuer", &ISSUERS, form.issuer, form.error_for("issuer")))
                     (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.proxy_protocol, form.error_for("proxy_protocol")))
                     details open[form.skip_tls_verify || !form.host_header.is_empty() || !form.connect_timeout.is_empty() || form.error_for("origin").is_some()] {

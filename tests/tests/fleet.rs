@@ -1,0 +1,231 @@
+//! Gateways as a fleet: labels, which gateways serve a tunnel, and draining one while a
+//! download is in flight. Two gateways, each with its public listeners on its own loopback
+//! address.
+
+use kakuremichi_tests::{curl, wait_for, Cluster, Origin};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const LIVE_LIMIT: Duration = Duration::from_secs(2);
+
+fn status(cluster: &Cluster, gateway: usize, hostname: &str) -> u16 {
+    cluster.get(gateway, hostname, "/").status
+}
+
+/// Wait until `gateway` answers `hostname` with `wanted`; returns how long that took.
+fn becomes(cluster: &Cluster, gateway: usize, hostname: &str, wanted: u16) -> Duration {
+    let started = Instant::now();
+    wait_for(LIVE_LIMIT, || {
+        (status(cluster, gateway, hostname) == wanted).then(|| started.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway {gateway} never answered {wanted} for {hostname} (now {})\n{}",
+            status(cluster, gateway, hostname),
+            cluster.logs()
+        )
+    })
+}
+
+fn patch(cluster: &Cluster, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let answer = cluster.api("PATCH", path, Some(&body.to_string()));
+    assert_eq!(answer.status, 200, "{path} {body}: {}", answer.body);
+    answer.json()
+}
+
+#[test]
+fn tunnels_choose_gateways_by_id_or_label_live() {
+    let mut cluster = Cluster::new("fleet-choice");
+    let web = Origin::start("web");
+    let (a, b) = (
+        cluster.add_gateway(),
+        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
+    );
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let (a_id, b_id) = (
+        cluster.gateways[a].id.clone(),
+        cluster.gateways[b].id.clone(),
+    );
+    let labelled = patch(
+        &cluster,
+        &format!("/api/v1/gateways/{b_id}"),
+        json!({"labels": "region=tokyo"}),
+    );
+    assert_eq!(labelled["labels"], json!({"region": "tokyo"}));
+
+    let answer = cluster.api(
+        "POST",
+        "/api/v1/tunnels",
+        Some(&json!({"hostname": "app.localhost", "agent": agent_id, "target": web.addr.to_string(), "issuer": "none", "gateways": "region=tokyo"}).to_string()),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(answer.json()["gateways"], "region=tokyo");
+    let id = answer.json()["id"].as_str().unwrap().to_string();
+    becomes(&cluster, b, "app.localhost", 200);
+    assert_eq!(
+        status(&cluster, a, "app.localhost"),
+        404,
+        "only the labelled gateway serves it"
+    );
+
+    // Named instead: the other gateway, live.
+    patch(
+        &cluster,
+        &format!("/api/v1/tunnels/{id}"),
+        json!({"gateways": [a_id]}),
+    );
+    let took = becomes(&cluster, a, "app.localhost", 200);
+    becomes(&cluster, b, "app.localhost", 404);
+    println!(
+        "gateway choice moved to the other gateway in {:.3} s",
+        took.as_secs_f64()
+    );
+    // Every gateway again.
+    patch(
+        &cluster,
+        &format!("/api/v1/tunnels/{id}"),
+        json!({"gateways": "all"}),
+    );
+    becomes(&cluster, b, "app.localhost", 200);
+    assert_eq!(status(&cluster, a, "app.localhost"), 200);
+
+    // Bad input changes nothing.
+    for (path, body) in [
+        (
+            format!("/api/v1/gateways/{b_id}"),
+            json!({"labels": "region"}),
+        ),
+        (
+            format!("/api/v1/gateways/{b_id}"),
+            json!({"labels": {"region": 7}}),
+        ),
+        (
+            format!("/api/v1/agents/{agent_id}"),
+            json!({"labels": "region=tokyo"}),
+        ),
+        (
+            format!("/api/v1/agents/{agent_id}"),
+            json!({"draining": true}),
+        ),
+        (
+            format!("/api/v1/tunnels/{id}"),
+            json!({"gateways": ["gw_nobody"]}),
+        ),
+        (format!("/api/v1/tunnels/{id}"), json!({"gateways": []})),
+        (format!("/api/v1/tunnels/{id}"), json!({"gateways": 5})),
+    ] {
+        let before = cluster.api("GET", "/api/v1/gateways", None).body
+            + &cluster.api("GET", "/api/v1/tunnels", None).body;
+        let answer = cluster.api("PATCH", &path, Some(&body.to_string()));
+        assert_eq!(answer.status, 400, "{path} {body}: {}", answer.body);
+        let after = cluster.api("GET", "/api/v1/gateways", None).body
+            + &cluster.api("GET", "/api/v1/tunnels", None).body;
+        assert_eq!(before.len(), after.len(), "{path} {body} changed something");
+    }
+}
+
+/// An origin whose answer takes about two seconds: 10 chunks of 100 KB, 200 ms apart.
+fn slow_download_origin() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).is_ok() {
+                    head.push(byte[0]);
+                }
+                let chunk = vec![b'x'; 100_000];
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+                for _ in 0..10 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
+    let mut cluster = Cluster::new("fleet-drain");
+    let slow = slow_download_origin();
+    let (a, b) = (
+        cluster.add_gateway(),
+        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
+    );
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    cluster.create_tunnel("dl.localhost", agent, &slow.to_string());
+    for gateway in [a, b] {
+        wait_for(Duration::from_secs(10), || {
+            (status(&cluster, gateway, "dl.localhost") == 200).then_some(())
+        })
+        .unwrap_or_else(|| panic!("gateway {gateway} never served\n{}", cluster.logs()));
+    }
+    // A download through gateway a, under way when the drain starts.
+    let node = &cluster.gateways[a];
+    let url = format!("http://dl.localhost:{}/", node.http_port);
+    let resolve = format!("dl.localhost:{}:127.0.0.1", node.http_port);
+    let download = std::thread::spawn(move || curl(&["--resolve", &resolve, &url]));
+    std::thread::sleep(Duration::from_millis(300));
+    let a_id = cluster.gateways[a].id.clone();
+    let drained = patch(
+        &cluster,
+        &format!("/api/v1/gateways/{a_id}"),
+        json!({"draining": true}),
+    );
+    assert_eq!(drained["draining"], true);
+    let took = becomes(&cluster, a, "dl.localhost", 503);
+    println!(
+        "drain: new requests refused {:.3} s after the PATCH",
+        took.as_secs_f64()
+    );
+    let refused = cluster.get(a, "dl.localhost", "/");
+    assert!(
+        refused.body.contains("going out of service"),
+        "{}",
+        refused.body
+    );
+    let ready = curl(&[&format!(
+        "http://127.0.0.1:{}/readyz",
+        cluster.gateways[a].admin_port
+    )]);
+    assert_eq!(
+        ready.status, 503,
+        "a draining gateway is not ready: {}",
+        ready.body
+    );
+    assert_eq!(
+        status(&cluster, b, "dl.localhost"),
+        200,
+        "the other gateway serves"
+    );
+    let finished = download.join().unwrap();
+    assert_eq!(
+        (finished.status, finished.body.len()),
+        (200, 1_000_000),
+        "the download completed"
+    );
+
+    // Serving again.
+    patch(
+        &cluster,
+        &format!("/api/v1/gateways/{a_id}"),
+        json!({"draining": false}),
+    );
+    becomes(&cluster, a, "dl.localhost", 200);
+    let ready = curl(&[&format!(
+        "http://127.0.0.1:{}/readyz",
+        cluster.gateways[a].admin_port
+    )]);
+    assert_eq!(ready.status, 200);
+}
