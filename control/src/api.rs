@@ -5,7 +5,7 @@ use crate::access::TunnelAccess;
 use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::fleet::GatewayChoice;
-use crate::model::{CertRecord, Issuer, NodeRecord, TokenRecord, TunnelRecord};
+use crate::model::{CertRecord, Issuer, NodeRecord, State, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
@@ -546,7 +546,7 @@ async fn change_node(
         .find(|n| n.id == id && n.kind == kind)
         .ok_or_else(|| Error::not_found(kind.as_str(), id))?;
     let (status, body) = match (method, action) {
-        (Method::GET, "") => return Ok((200, node_json(control, node))),
+        (Method::GET, "") => return Ok((200, node_json(control, &state, node))),
         (Method::PATCH, "") => {
             let mut fields = read_json(request).await?;
             let name = fields.string("name")?;
@@ -576,7 +576,7 @@ async fn change_node(
                 node.labels = labels.unwrap_or_else(|| node.labels.clone());
                 node.draining = draining.unwrap_or(node.draining);
             })?;
-            (200, node_json(control, &node))
+            (200, node_json(control, &control.store.state()?, &node))
         }
         (Method::POST, "rotate-key") => {
             let (node, api_key) = control.store.rotate_node_key(id)?;
@@ -594,7 +594,10 @@ async fn change_node(
 
 /// A node's JSON with its new API key and the install snippets that carry it: shown once.
 fn with_key(control: &Control, node: &NodeRecord, api_key: &str) -> Value {
-    let mut body = node_json(control, node);
+    let mut body = match control.store.state() {
+        Ok(state) => node_json(control, &state, node),
+        Err(e) => json!({ "id": node.id, "store": e.to_string() }),
+    };
     body["api_key"] = json!(api_key);
     body["install"] = Value::Object(
         crate::install::snippets(node.kind, &control.public_url, api_key)
@@ -611,13 +614,15 @@ fn list_nodes(control: &Control, kind: NodeKind) -> Result<(u16, Value), Error> 
         .nodes
         .iter()
         .filter(|n| n.kind == kind)
-        .map(|n| node_json(control, n))
+        .map(|n| node_json(control, &state, n))
         .collect();
     Ok((200, Value::Array(nodes)))
 }
 
-fn node_json(control: &Control, node: &NodeRecord) -> Value {
+/// A node as the API shows it; `state` is the store's, for its health against its peers.
+fn node_json(control: &Control, state: &State, node: &NodeRecord) -> Value {
     let presence = control.hub.presence(&node.id);
+    let (health, health_reason) = crate::fleet::health_now(&control.hub, state, node);
     let mut value = json!({
         "id": node.id,
         "name": node.name,
@@ -626,6 +631,8 @@ fn node_json(control: &Control, node: &NodeRecord) -> Value {
         "version": node.version,
         "enabled": !node.disabled,
         "online": presence.online,
+        "health": health.as_str(),
+        "health_reason": health_reason,
         "last_seen": presence.last_seen,
         "created_at": node.created_at,
     });

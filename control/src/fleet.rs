@@ -183,6 +183,100 @@ impl GatewayChoice {
     }
 }
 
+/// How a node is doing, as the pages and `GET /api/v1/{agents,gateways}` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Connected, up to date, peered with every peer that is online, nothing refused.
+    Healthy,
+    /// Serving, with something wrong (the reason says what).
+    Degraded,
+    /// Not serving: offline or disabled.
+    Down,
+}
+
+impl Health {
+    /// The API's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// `node`'s health and why, from its session (`presence`), the store's `revision`, and its
+/// peers: every node of the other kind it should have a WireGuard session with, with whether
+/// that peer is online.
+pub fn health(
+    node: &NodeRecord,
+    presence: &crate::hub::Presence,
+    revision: u64,
+    peers: &[(&NodeRecord, bool)],
+) -> (Health, String) {
+    if node.disabled {
+        return (Health::Down, "disabled".into());
+    }
+    if !presence.online {
+        let why = match node.public_key {
+            None => "never connected",
+            Some(_) => "offline",
+        };
+        return (Health::Down, why.into());
+    }
+    let Some(status) = &presence.status else {
+        return (Health::Healthy, "connected; first report on its way".into());
+    };
+    if !status.problems.is_empty() {
+        return (Health::Degraded, status.problems.join("; "));
+    }
+    if node.draining {
+        return (Health::Degraded, "draining".into());
+    }
+    if presence.applied.is_some_and(|applied| applied < revision) {
+        return (
+            Health::Degraded,
+            format!("applying config revision {revision}"),
+        );
+    }
+    let missing: Vec<&str> = peers
+        .iter()
+        .filter(|(peer, online)| *online && !peer.disabled)
+        .filter(|(peer, _)| {
+            peer.public_key
+                .is_some_and(|key| !status.live_peers.contains(&key))
+        })
+        .map(|(peer, _)| peer.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return (
+            Health::Degraded,
+            format!("no WireGuard session with {}", missing.join(", ")),
+        );
+    }
+    (Health::Healthy, "serving".into())
+}
+
+/// [`health`] of `node` now, with its peers' presence from the hub.
+pub fn health_now(
+    hub: &crate::hub::Hub,
+    state: &crate::model::State,
+    node: &NodeRecord,
+) -> (Health, String) {
+    let peer_kind = match node.kind {
+        kakuremichi_proto::ids::NodeKind::Agent => kakuremichi_proto::ids::NodeKind::Gateway,
+        kakuremichi_proto::ids::NodeKind::Gateway => kakuremichi_proto::ids::NodeKind::Agent,
+    };
+    let peers: Vec<(&NodeRecord, bool)> = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == peer_kind)
+        .map(|n| (n, hub.presence(&n.id).online))
+        .collect();
+    health(node, &hub.presence(&node.id), state.revision, &peers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +303,75 @@ mod tests {
             draining: false,
             created_at: 0,
         }
+    }
+
+    #[test]
+    fn health_names_the_first_thing_wrong() {
+        use crate::hub::Presence;
+        use kakuremichi_proto::ids::PublicKey;
+        use kakuremichi_proto::messages::NodeStatus;
+        let mut gw = gateway("gw_t", &[]);
+        gw.public_key = Some(PublicKey([1; 32]));
+        let mut agent = gateway("agt_1", &[]);
+        agent.kind = NodeKind::Agent;
+        agent.name = "home".into();
+        agent.public_key = Some(PublicKey([2; 32]));
+        let offline = Presence {
+            online: false,
+            last_seen: None,
+            status: None,
+            applied: None,
+        };
+        assert_eq!(health(&gw, &offline, 5, &[]).0, Health::Down);
+        let status = NodeStatus {
+            live_peers: vec![PublicKey([2; 32])],
+            ..NodeStatus::default()
+        };
+        let online = Presence {
+            online: true,
+            last_seen: None,
+            status: Some(status),
+            applied: Some(5),
+        };
+        assert_eq!(
+            health(&gw, &online, 5, &[(&agent, true)]),
+            (Health::Healthy, "serving".into())
+        );
+        let behind = health(&gw, &online, 6, &[(&agent, true)]);
+        assert_eq!(
+            behind,
+            (Health::Degraded, "applying config revision 6".into())
+        );
+        let lonely = Presence {
+            status: Some(NodeStatus::default()),
+            ..online.clone()
+        };
+        let (state, why) = health(&gw, &lonely, 5, &[(&agent, true)]);
+        assert_eq!(
+            (state, why.as_str()),
+            (Health::Degraded, "no WireGuard session with home")
+        );
+        // An offline agent is not missed.
+        assert_eq!(
+            health(&gw, &lonely, 5, &[(&agent, false)]).0,
+            Health::Healthy
+        );
+        let refused = NodeStatus {
+            problems: vec!["cannot open tcp port 80".into()],
+            ..NodeStatus::default()
+        };
+        let troubled = Presence {
+            status: Some(refused),
+            ..online.clone()
+        };
+        assert_eq!(health(&gw, &troubled, 5, &[]).1, "cannot open tcp port 80");
+        gw.draining = true;
+        assert_eq!(
+            health(&gw, &online, 5, &[]),
+            (Health::Degraded, "draining".into())
+        );
+        gw.disabled = true;
+        assert_eq!(health(&gw, &online, 5, &[]).0, Health::Down);
     }
 
     #[test]

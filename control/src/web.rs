@@ -608,11 +608,21 @@ fn delete_tunnel(control: &Control, request: &Request<()>, form: Form, id: &str)
 fn nodes_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) -> Response<Body> {
     session_page(control, request, |visitor, state| {
         let rows = pages::nodes::rows(state, &control.hub, kind);
+        // The gateways page also shows which agent reaches which gateway.
+        let agents = match kind {
+            NodeKind::Gateway => pages::nodes::rows(state, &control.hub, NodeKind::Agent),
+            NodeKind::Agent => Vec::new(),
+        };
+        let matrix = (kind == NodeKind::Gateway).then(|| pages::nodes::Matrix {
+            agents: &agents,
+            gateways: &rows,
+        });
         let page = pages::nodes::list_page(
             &visitor.user,
             &visitor.session.csrf,
             kind,
             &rows,
+            matrix,
             auth::unix_now(),
         );
         (200, page)

@@ -47,7 +47,7 @@ use kakuremichi_nodelink::link::{self, LinkState};
 use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_nodelink::state_dir::StateDir;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
-use kakuremichi_proto::messages::ConfigSnapshot;
+use kakuremichi_proto::messages::{ConfigSnapshot, NodeStatus};
 use routes::RouteTable;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -134,6 +134,9 @@ pub struct Gateway {
     fronts: front::TrustedFronts,
     /// Control asked this gateway to drain: new requests get a 503, those in flight finish.
     draining: AtomicBool,
+    /// What the last snapshot asked for that could not be done (a port taken, a certificate
+    /// that does not load), reported to Control as the gateway's health.
+    problems: Mutex<Vec<String>>,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
@@ -174,7 +177,7 @@ impl Gateway {
             }
         }
         apply_network(&self.stack, &snapshot, &peers);
-        self.certificates.update(
+        let mut problems = self.certificates.update(
             &snapshot.certificates,
             &snapshot.challenges,
             snapshot.fallback_certificate.as_ref(),
@@ -195,13 +198,15 @@ impl Gateway {
                 .port_listeners
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            listeners.reconcile(&snapshot.port_routes);
+            problems.extend(listeners.reconcile(&snapshot.port_routes));
             listeners.open_ports()
         };
         let table = Arc::new(RouteTable::new(
             &snapshot.routes,
             snapshot.control_route.as_ref(),
         ));
+        problems.extend(table.problems.iter().cloned());
+        *self.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
         self.pool
             .forget_unrouted(|upstream| table.routes_to(upstream));
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
@@ -276,6 +281,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         )),
         fronts: settings.fronts.clone(),
         draining: AtomicBool::new(false),
+        problems: Mutex::new(Vec::new()),
         port_metrics,
         passthrough: passthrough::PassthroughTable::default(),
         pool: pool::Pool::new(stack.clone(), settings.upstream_limits),
@@ -316,8 +322,13 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         node.link,
         &gateway.link,
         |snapshot| snapshots.put(snapshot),
-        || {
-            link::netstack_status(
+        || NodeStatus {
+            problems: gateway
+                .problems
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..link::netstack_status(
                 gateway.config_version.load(Ordering::Relaxed),
                 &gateway.stack,
             )

@@ -103,10 +103,12 @@ impl PortListeners {
     }
 
     /// Open exactly the routes' ports; a port whose upstream changed keeps its listener and
-    /// sends new connections to the new upstream.
-    pub fn reconcile(&mut self, routes: &[PortRoute]) {
+    /// sends new connections to the new upstream. Returns the ports that could not be opened
+    /// and why, for the gateway's health.
+    pub fn reconcile(&mut self, routes: &[PortRoute]) -> Vec<String> {
         self.open
             .retain(|key, _| routes.iter().any(|r| (r.transport, r.port) == *key));
+        let mut problems = Vec::new();
         for route in routes {
             let key = (route.transport, route.port);
             if let Some(open) = self.open.get(&key) {
@@ -117,14 +119,19 @@ impl PortListeners {
                 Ok(open) => {
                     self.open.insert(key, open);
                 }
-                Err(why) => log::error!(
-                    "tunnel {}: cannot open {} port {}: {why}",
-                    route.upstream.tunnel_id,
-                    route.transport.as_str(),
-                    route.port
-                ),
+                Err(why) => {
+                    let problem = format!(
+                        "tunnel {}: cannot open {} port {}: {why}",
+                        route.upstream.tunnel_id,
+                        route.transport.as_str(),
+                        route.port
+                    );
+                    log::error!("{problem}");
+                    problems.push(problem);
+                }
             }
         }
+        problems
     }
 
     fn start(&self, route: &PortRoute) -> Result<Open, String> {

@@ -98,12 +98,15 @@ impl HostRoutes {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     by_host: HashMap<Hostname, HostRoutes>,
+    /// Routes that could not be served, and why.
+    pub problems: Vec<String>,
 }
 
 impl RouteTable {
     /// The table for a snapshot's routes, plus Control's own route if it has one.
     pub fn new(routes: &[HttpRoute], control: Option<&ControlRoute>) -> Self {
         let mut by_host: HashMap<Hostname, HostRoutes> = HashMap::new();
+        let mut problems = Vec::new();
         // Shortest prefix first, so the page of the tunnel that takes the most of a hostname
         // speaks for its unserved paths.
         let mut ordered: Vec<&HttpRoute> = routes.iter().collect();
@@ -112,7 +115,10 @@ impl RouteTable {
             let tls = match r.origin.tls.as_ref().map(OriginTlsClient::new).transpose() {
                 Ok(tls) => tls,
                 Err(why) => {
-                    log::error!("tunnel {} ({}): {why}; not served", r.tunnel_id, r.hostname);
+                    let problem =
+                        format!("tunnel {} ({}): {why}; not served", r.tunnel_id, r.hostname);
+                    log::error!("{problem}");
+                    problems.push(problem);
                     continue;
                 }
             };
@@ -160,7 +166,7 @@ impl RouteTable {
             };
             by_host.insert(control.hostname.clone(), host);
         }
-        RouteTable { by_host }
+        RouteTable { by_host, problems }
     }
 
     /// The routes for a `Host` header value (any port is ignored, case does not matter).

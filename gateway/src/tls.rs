@@ -56,17 +56,23 @@ fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, St
 }
 
 impl Certificates {
-    /// Serve exactly these certificates and challenge answers.
+    /// Serve exactly these certificates and challenge answers. Returns what could not be
+    /// loaded, for the gateway's health.
     pub fn update(
         &self,
         bundles: &[CertificateBundle],
         challenges: &[AcmeChallenge],
         fallback: Option<&CertificateBundle>,
-    ) {
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut unusable = |what: String| {
+            log::error!("{what}");
+            problems.push(what);
+        };
         let fallback = fallback.and_then(|f| match certified_key(&f.chain_pem, &f.key_pem) {
             Ok(key) => Some(key),
             Err(e) => {
-                log::error!("fallback certificate is unusable: {e}");
+                unusable(format!("fallback certificate is unusable: {e}"));
                 None
             }
         });
@@ -85,7 +91,10 @@ impl Certificates {
                         },
                     );
                 }
-                Err(e) => log::error!("certificate for {} is unusable: {e}", bundle.hostname),
+                Err(e) => unusable(format!(
+                    "certificate for {} is unusable: {e}",
+                    bundle.hostname
+                )),
             }
         }
         for challenge in challenges {
@@ -106,11 +115,14 @@ impl Certificates {
                     Ok(key) => {
                         table.tls_alpn01.insert(hostname.clone(), key);
                     }
-                    Err(e) => log::error!("tls-alpn-01 material for {hostname} is unusable: {e}"),
+                    Err(e) => unusable(format!(
+                        "tls-alpn-01 material for {hostname} is unusable: {e}"
+                    )),
                 },
             }
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        problems
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {

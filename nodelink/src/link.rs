@@ -348,11 +348,14 @@ async fn session(
             Event::Received(Some(Ok(_))) => last_heard = Instant::now(),
             Event::Received(Some(Err(e))) => return Error::Connection(e.to_string()),
             Event::Applied => {
-                let message = NodeMessage::Applied {
+                let applied = NodeMessage::Applied {
                     version: state.applied(),
                 };
-                if let Err(e) = ws.send(Message::text(encode(&message))).await {
-                    return Error::Connection(e.to_string());
+                // The status goes along: what the snapshot could not do shows at once.
+                for message in [applied, NodeMessage::Status(status())] {
+                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
+                        return Error::Connection(e.to_string());
+                    }
                 }
             }
             Event::Tick => {
@@ -389,6 +392,12 @@ pub fn netstack_status(config_version: u64, stack: &kakuremichi_netstack::Stack)
         peers_up: peers.iter().filter(|p| p.is_up()).count() as u32,
         rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
         tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),
+        live_peers: peers
+            .iter()
+            .filter(|p| p.is_up())
+            .map(|p| kakuremichi_proto::ids::PublicKey(p.public_key))
+            .collect(),
+        problems: Vec::new(),
     }
 }
 

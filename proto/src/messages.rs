@@ -69,6 +69,14 @@ pub struct NodeStatus {
     pub rx_bytes: u64,
     /// Bytes sent over WireGuard (all peers).
     pub tx_bytes: u64,
+    /// The public keys of the peers with a live WireGuard session (Control shows which
+    /// agent reaches which gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_peers: Vec<PublicKey>,
+    /// What the node was asked to do and could not (a port another program holds, a
+    /// certificate that does not load).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Control → node.

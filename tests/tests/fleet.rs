@@ -117,13 +117,24 @@ fn tunnels_choose_gateways_by_id_or_label_live() {
         (format!("/api/v1/tunnels/{id}"), json!({"gateways": []})),
         (format!("/api/v1/tunnels/{id}"), json!({"gateways": 5})),
     ] {
-        let before = cluster.api("GET", "/api/v1/gateways", None).body
-            + &cluster.api("GET", "/api/v1/tunnels", None).body;
+        // What a refused change could have touched (status figures move on their own).
+        let settings = || {
+            let gateways = cluster.api("GET", "/api/v1/gateways", None).json();
+            let gateways: Vec<_> = gateways
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| (g["id"].clone(), g["labels"].clone(), g["draining"].clone()))
+                .collect();
+            (
+                format!("{gateways:?}"),
+                cluster.api("GET", "/api/v1/tunnels", None).body,
+            )
+        };
+        let before = settings();
         let answer = cluster.api("PATCH", &path, Some(&body.to_string()));
         assert_eq!(answer.status, 400, "{path} {body}: {}", answer.body);
-        let after = cluster.api("GET", "/api/v1/gateways", None).body
-            + &cluster.api("GET", "/api/v1/tunnels", None).body;
-        assert_eq!(before.len(), after.len(), "{path} {body} changed something");
+        assert_eq!(settings(), before, "{path} {body} changed something");
     }
 }
 
@@ -228,4 +239,107 @@ fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
         cluster.gateways[a].admin_port
     )]);
     assert_eq!(ready.status, 200);
+}
+
+/// A gateway's `health` and `health_reason` from the API.
+fn health(cluster: &Cluster, id: &str) -> (String, String) {
+    let node = cluster.node_status("gateway", id);
+    (
+        node["health"].as_str().unwrap_or_default().to_string(),
+        node["health_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn control_shows_each_gateways_health_and_why() {
+    // Nodes report every heartbeat: short ones make the health move within the test.
+    let mut cluster =
+        Cluster::with_control_args("fleet-health", &["--heartbeat-interval-ms", "300"]);
+    let web = Origin::start("web");
+    let (a, b) = (
+        cluster.add_gateway(),
+        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
+    );
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let (a_id, b_id) = (
+        cluster.gateways[a].id.clone(),
+        cluster.gateways[b].id.clone(),
+    );
+    // Both reach the agent once a tunnel makes traffic flow.
+    cluster.create_tunnel("app.localhost", agent, &web.addr.to_string());
+    for gateway in [a, b] {
+        becomes(&cluster, gateway, "app.localhost", 200);
+    }
+    for id in [&a_id, &b_id] {
+        wait_for(Duration::from_secs(5), || {
+            (health(&cluster, id).0 == "healthy").then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{id} never healthy: {:?}\n{}",
+                health(&cluster, id),
+                cluster.logs()
+            )
+        });
+    }
+    wait_for(Duration::from_secs(5), || {
+        (cluster.node_status("agent", &agent_id)["health"] == "healthy").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "agent never healthy: {}",
+            cluster.node_status("agent", &agent_id)
+        )
+    });
+
+    // Another program holds a port on gateway b: a tcp tunnel there leaves it degraded,
+    // saying which port and why; gateway a opens it and stays healthy.
+    let port = kakuremichi_tests::free_tcp_port();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+    let body =
+        json!({"kind": "tcp", "port": port, "agent": agent_id, "target": web.addr.to_string()});
+    assert_eq!(
+        cluster
+            .api("POST", "/api/v1/tunnels", Some(&body.to_string()))
+            .status,
+        201
+    );
+    let (state, why) = wait_for(Duration::from_secs(5), || {
+        let (state, why) = health(&cluster, &b_id);
+        (state == "degraded").then_some((state, why))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway b never degraded: {:?}\n{}",
+            health(&cluster, &b_id),
+            cluster.logs()
+        )
+    });
+    assert!(
+        why.contains(&format!("cannot open tcp port {port}")),
+        "{state}: {why}"
+    );
+    assert_eq!(
+        health(&cluster, &a_id).0,
+        "healthy",
+        "{:?}",
+        health(&cluster, &a_id)
+    );
+
+    // A gateway that is gone is down.
+    cluster.gateways[b].kill9();
+    wait_for(Duration::from_secs(60), || {
+        (health(&cluster, &b_id).0 == "down").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a killed gateway never showed down: {:?}",
+            health(&cluster, &b_id)
+        )
+    });
 }

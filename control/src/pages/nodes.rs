@@ -4,6 +4,7 @@
 
 use super::{field, layout};
 use crate::auth::{Role, UserRecord};
+use crate::fleet::Health;
 use crate::hub::Hub;
 use crate::install::Snippet;
 use crate::model::{NodeRecord, State};
@@ -40,6 +41,10 @@ pub struct Row {
     pub labels: String,
     /// Gateways: refusing new requests while those in flight finish.
     pub draining: bool,
+    /// Healthy, degraded or down, and why.
+    pub health: (Health, String),
+    /// Public keys of the peers it has a live WireGuard session with.
+    pub live_peers: Vec<String>,
 }
 
 pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
@@ -79,7 +84,7 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
             NodeKind::Gateway => node.wireguard_endpoint.clone().unwrap_or_default(),
         },
         last_seen: presence.last_seen,
-        status: presence.status,
+        status: presence.status.clone(),
         labels: node
             .labels
             .iter()
@@ -87,6 +92,12 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
             .collect::<Vec<_>>()
             .join(", "),
         draining: node.draining,
+        health: crate::fleet::health_now(hub, state, node),
+        live_peers: presence
+            .status
+            .as_ref()
+            .map(|s| s.live_peers.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -96,8 +107,17 @@ fn seen(last_seen: Option<u64>, now: u64) -> String {
 
 /// Online or not, since when, disabled, and whether the latest config is applied.
 fn state_cell(row: &Row, now: u64) -> Markup {
+    let (health, why) = &row.health;
+    let dot = match health {
+        Health::Healthy => "good",
+        Health::Degraded => "warn",
+        Health::Down => "bad",
+    };
     html! {
-        span class={"dot " (if row.online { "good" } else { "bad" })} {}
+        span class={"dot " (dot)} {}
+        (health.as_str())
+        @if *health != Health::Healthy || why != "serving" { span.muted { ": " (why) } }
+        br;
         @if row.online { "online" } @else { "offline" }
         span.muted { " · " (seen(row.last_seen, now)) }
         @if row.disabled {
@@ -239,7 +259,47 @@ fn bytes(count: u64) -> String {
     }
 }
 
-pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], now: u64) -> Markup {
+/// Which agent has a WireGuard session with which gateway: agents down, gateways across.
+pub struct Matrix<'a> {
+    pub agents: &'a [Row],
+    pub gateways: &'a [Row],
+}
+
+fn matrix(m: &Matrix) -> Markup {
+    html! {
+        h2 { "Agents × gateways" }
+        p.muted { "A check means the agent has a live WireGuard session with the gateway." }
+        div.card.table.matrix {
+            table {
+                thead { tr { th { "Agent" } @for gateway in m.gateways { th { (gateway.name) } } } }
+                tbody {
+                    @for agent in m.agents {
+                        tr {
+                            td { (agent.name) }
+                            @for gateway in m.gateways {
+                                @let up = gateway.public_key.as_ref().is_some_and(|k| agent.live_peers.contains(k));
+                                td data-label=(gateway.name) {
+                                    @if up { span.dot.good {} "up" }
+                                    @else if !agent.online || !gateway.online { span.muted { "—" } }
+                                    @else { span.dot.bad {} "no session" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn list_page(
+    user: &UserRecord,
+    csrf: &str,
+    kind: NodeKind,
+    rows: &[Row],
+    matrix_of: Option<Matrix>,
+    now: u64,
+) -> Markup {
     let (title, path) = names(kind);
     let detail = match kind {
         NodeKind::Agent => "Tunnels",
@@ -273,6 +333,9 @@ pub fn list_page(user: &UserRecord, csrf: &str, kind: NodeKind, rows: &[Row], no
                         }
                     }
                 }
+            }
+            @if let Some(m) = matrix_of.filter(|m| !m.agents.is_empty() && !m.gateways.is_empty()) {
+                (matrix(&m))
             }
         },
     )
