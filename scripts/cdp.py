@@ -246,6 +246,9 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
         if tunnel_url:
             protect(page, control, tunnel_url, shoot)
             shots.append("issue 10: a Control login and a password open a protected tunnel")
+        page.go(control + "/gateways")
+        expect(page, "Agents × gateways", "the gateways page shows which agent reaches which gateway")
+        shoot("gateways")
         page.go(control + "/agents")
         page.js("[...document.querySelectorAll('td a')].find(a => a.innerText == 'garage-pi').click()")
         page.settle()

@@ -268,7 +268,7 @@ pub struct Matrix<'a> {
 fn matrix(m: &Matrix) -> Markup {
     html! {
         h2 { "Agents × gateways" }
-        p.muted { "A check means the agent has a live WireGuard session with the gateway." }
+        p.muted { "“up”: the agent has a live WireGuard session with the gateway; “no session”: both are online but have none; “—”: one of them is offline." }
         div.card.table.matrix {
             table {
                 thead { tr { th { "Agent" } @for gateway in m.gateways { th { (gateway.name) } } } }
