@@ -12,7 +12,7 @@ pub fn handle(gateway: &Gateway, path: &str) -> Response<Body> {
     // A load balancer's health check sees a draining gateway as not ready and moves clients.
     let ready = if version == 0 {
         Err("no configuration yet (Control not reached, nothing cached)".to_string())
-    } else if gateway.draining.load(Ordering::Relaxed) {
+    } else if gateway.drain.is_draining() {
         Err("draining".to_string())
     } else {
         Ok(())

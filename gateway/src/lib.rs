@@ -14,6 +14,8 @@
 //! - [`line`]: requests waiting for a connection slot, served in arrival order.
 //! - [`body`]: the client's request body on its way upstream (idle timeout, whose fault).
 //! - [`tls`]: certificates by SNI and ACME challenge answers.
+//! - [`drain`]: going out of service gently: refusing new work, cutting the rest at a
+//!   deadline.
 //! - [`front`]: PROXY headers from a trusted load balancer in front of the gateway.
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
 //! - [`ports`]: public TCP and UDP ports of `tcp` and `udp` tunnels.
@@ -26,6 +28,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod drain;
 pub mod front;
 pub mod guard;
 pub mod line;
@@ -51,7 +54,7 @@ use kakuremichi_proto::messages::{ConfigSnapshot, NodeStatus};
 use routes::RouteTable;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -96,6 +99,9 @@ pub struct Settings {
     pub ports: ports::PortSettings,
     /// Load balancers whose connections start with a PROXY header.
     pub fronts: front::TrustedFronts,
+    /// How long a draining gateway lets requests, WebSockets and tcp-tunnel connections in
+    /// flight finish before it cuts them.
+    pub drain_timeout: Duration,
 }
 
 /// Request counters.
@@ -132,8 +138,9 @@ pub struct Gateway {
     pub port_metrics: Arc<ports::PortMetrics>,
     passthrough: passthrough::PassthroughTable,
     fronts: front::TrustedFronts,
-    /// Control asked this gateway to drain: new requests get a 503, those in flight finish.
-    draining: AtomicBool,
+    /// Control asked this gateway to drain: new requests get a 503, those in flight finish
+    /// until the deadline.
+    drain: Arc<drain::Drain>,
     /// What the last snapshot asked for that could not be done (a port taken, a certificate
     /// that does not load), reported to Control as the gateway's health.
     problems: Mutex<Vec<String>>,
@@ -184,15 +191,7 @@ impl Gateway {
         );
         self.gate.update(snapshot.access_keys.as_ref());
         self.passthrough.update(&snapshot.passthrough_routes);
-        if self.draining.swap(snapshot.draining, Ordering::Relaxed) != snapshot.draining {
-            log::warn!(
-                "{}",
-                match snapshot.draining {
-                    true => "draining: new requests get a 503; those in flight finish",
-                    false => "no longer draining: serving new requests",
-                }
-            );
-        }
+        self.drain.set(snapshot.draining);
         let open_ports = {
             let mut listeners = self
                 .port_listeners
@@ -272,15 +271,17 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let port_metrics = Arc::new(ports::PortMetrics::default());
+    let drain = Arc::new(drain::Drain::new(settings.drain_timeout));
     let gateway = Arc::new(Gateway {
         port_listeners: Mutex::new(ports::PortListeners::new(
             stack.clone(),
             settings.ports.clone(),
             settings.fronts.clone(),
+            drain.clone(),
             port_metrics.clone(),
         )),
         fronts: settings.fronts.clone(),
-        draining: AtomicBool::new(false),
+        drain: drain.clone(),
         problems: Mutex::new(Vec::new()),
         port_metrics,
         passthrough: passthrough::PassthroughTable::default(),

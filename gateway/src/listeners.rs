@@ -36,8 +36,13 @@ pub async fn serve_http(gateway: Arc<Gateway>, listener: Async<TcpListener>) {
                 Ok(client) => client,
                 Err(e) => return log::debug!("front {peer}: {e}"),
             };
+            let cut = gateway.drain.cut();
             let handler = move |request, client| handle_http(gateway.clone(), request, client);
-            serve_connection(stream, client, handler, Protocol::Http1).await;
+            future::or(
+                serve_connection(stream, client, handler, Protocol::Http1),
+                cut,
+            )
+            .await;
         })
         .detach();
     }
@@ -212,8 +217,9 @@ pub async fn serve_https(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
+            let cut = gateway.drain.cut();
             let handler = move |request, client| handle_https(gateway.clone(), request, client);
-            serve_connection(tls, peer, handler, protocol).await;
+            future::or(serve_connection(tls, peer, handler, protocol), cut).await;
         })
         .detach();
     }

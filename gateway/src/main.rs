@@ -72,6 +72,10 @@ struct Args {
     /// clients are dropped
     #[argh(option, default = "1024")]
     udp_flows: usize,
+    /// seconds a draining gateway lets requests, WebSockets and tcp-tunnel connections in
+    /// flight finish before it closes them (default 30)
+    #[argh(option, default = "30")]
+    drain_timeout: u64,
     /// addresses or networks of load balancers in front of the gateway whose connections
     /// start with a PROXY protocol v1/v2 header naming the client, e.g. 10.0.0.0/8 (default:
     /// none; headers from anyone else are never read)
@@ -117,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--proxy-protocol-from: {e}"))?;
     let settings = kakuremichi_gateway::Settings {
         fronts: TrustedFronts(fronts),
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
         control: ControlSettings::from_flags_or_env(
             args.control_url,
             args.api_key,

@@ -7,6 +7,7 @@
 //!
 //! Dropping a port's entry closes its listener and every connection or flow through it.
 
+use crate::drain::Drain;
 use crate::front::TrustedFronts;
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -76,6 +77,7 @@ pub struct PortListeners {
     stack: Stack,
     settings: PortSettings,
     fronts: TrustedFronts,
+    drain: Arc<Drain>,
     metrics: Arc<PortMetrics>,
     open: HashMap<(Transport, u16), Open>,
 }
@@ -86,12 +88,14 @@ impl PortListeners {
         stack: Stack,
         settings: PortSettings,
         fronts: TrustedFronts,
+        drain: Arc<Drain>,
         metrics: Arc<PortMetrics>,
     ) -> Self {
         PortListeners {
             stack,
             settings,
             fronts,
+            drain,
             metrics,
             open: HashMap::new(),
         }
@@ -151,7 +155,7 @@ impl PortListeners {
                     stack,
                     upstream.clone(),
                     metrics,
-                    self.fronts.clone(),
+                    (self.fronts.clone(), self.drain.clone()),
                     limit,
                 ))
             }
@@ -202,7 +206,7 @@ async fn accept_tcp(
     stack: Stack,
     upstream: Arc<RwLock<Upstream>>,
     metrics: Arc<PortMetrics>,
-    fronts: TrustedFronts,
+    (fronts, drain): (TrustedFronts, Arc<Drain>),
     limit: usize,
 ) {
     // Connections are owned by this task's executor scope: dropping the task (the port
@@ -219,14 +223,14 @@ async fn accept_tcp(
                     continue;
                 }
             };
-            if live.load(Ordering::Relaxed) >= limit as u64 {
+            if live.load(Ordering::Relaxed) >= limit as u64 || drain.is_draining() {
                 metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
             let _ = client.get_ref().set_nodelay(true);
             let upstream = upstream.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let (stack, fronts) = (stack.clone(), fronts.clone());
+            let (stack, fronts, cut) = (stack.clone(), fronts.clone(), drain.cut());
             let slot = Slot::take(&live);
             executor
                 .spawn(async move {
@@ -235,7 +239,12 @@ async fn accept_tcp(
                         Ok(from) => from,
                         Err(e) => return log::debug!("front {peer}: {e}"),
                     };
-                    if let Err(e) = splice(&stack, &upstream, client, from, &[]).await {
+                    let spliced = async { splice(&stack, &upstream, client, from, &[]).await };
+                    let cut = async {
+                        cut.await;
+                        Ok(())
+                    };
+                    if let Err(e) = future::or(spliced, cut).await {
                         log::debug!("tunnel {}: connection from {from}: {e}", upstream.tunnel_id);
                     }
                 })

@@ -43,7 +43,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let metrics = &gateway.metrics;
     metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if gateway.draining.load(Ordering::Relaxed) {
+    if gateway.drain.is_draining() {
         metrics.drained.fetch_add(1, Ordering::Relaxed);
         return pages::draining();
     }
@@ -112,8 +112,9 @@ pub async fn handle(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            // The tunnel lives as long as both ends keep it open.
-            smol::spawn(async move {
+            // The tunnel lives as long as both ends keep it open, or until a drain's deadline.
+            let cut = gateway.drain.cut();
+            let tunnel = async move {
                 match futures_lite::future::try_zip(client_upgrade, upstream_upgrade).await {
                     Ok((client, upstream)) => {
                         let _ = kakuremichi_rt::copy::copy_bidirectional(
@@ -124,8 +125,8 @@ pub async fn handle(
                     }
                     Err(e) => log::debug!("upgrade failed: {e}"),
                 }
-            })
-            .detach();
+            };
+            smol::spawn(futures_lite::future::or(tunnel, cut)).detach();
         }
     } else {
         remove_hop_by_hop(response.headers_mut(), None);

@@ -138,8 +138,8 @@ fn tunnels_choose_gateways_by_id_or_label_live() {
     }
 }
 
-/// An origin whose answer takes about two seconds: 10 chunks of 100 KB, 200 ms apart.
-fn slow_download_origin() -> std::net::SocketAddr {
+/// An origin whose answer comes in `chunks` chunks of 100 KB, 200 ms apart.
+fn slow_download_origin(chunks: usize) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -151,8 +151,12 @@ fn slow_download_origin() -> std::net::SocketAddr {
                     head.push(byte[0]);
                 }
                 let chunk = vec![b'x'; 100_000];
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
-                for _ in 0..10 {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    chunks * 100_000
+                );
+                let _ = stream.write_all(head.as_bytes());
+                for _ in 0..chunks {
                     std::thread::sleep(Duration::from_millis(200));
                     if stream.write_all(&chunk).is_err() {
                         return;
@@ -167,7 +171,7 @@ fn slow_download_origin() -> std::net::SocketAddr {
 #[test]
 fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
     let mut cluster = Cluster::new("fleet-drain");
-    let slow = slow_download_origin();
+    let slow = slow_download_origin(10);
     let (a, b) = (
         cluster.add_gateway(),
         cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
@@ -176,9 +180,12 @@ fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
     let agent_id = cluster.agents[agent].id.clone();
     cluster.wait_online("agent", &agent_id);
     cluster.create_tunnel("dl.localhost", agent, &slow.to_string());
+    // Whether a gateway takes new requests is read on a quick tunnel beside the slow one.
+    let quick = Origin::start("quick");
+    cluster.create_tunnel("quick.localhost", agent, &quick.addr.to_string());
     for gateway in [a, b] {
         wait_for(Duration::from_secs(10), || {
-            (status(&cluster, gateway, "dl.localhost") == 200).then_some(())
+            (status(&cluster, gateway, "quick.localhost") == 200).then_some(())
         })
         .unwrap_or_else(|| panic!("gateway {gateway} never served\n{}", cluster.logs()));
     }
@@ -195,12 +202,12 @@ fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
         json!({"draining": true}),
     );
     assert_eq!(drained["draining"], true);
-    let took = becomes(&cluster, a, "dl.localhost", 503);
+    let took = becomes(&cluster, a, "quick.localhost", 503);
     println!(
         "drain: new requests refused {:.3} s after the PATCH",
         took.as_secs_f64()
     );
-    let refused = cluster.get(a, "dl.localhost", "/");
+    let refused = cluster.get(a, "quick.localhost", "/");
     assert!(
         refused.body.contains("going out of service"),
         "{}",
@@ -216,7 +223,7 @@ fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
         ready.body
     );
     assert_eq!(
-        status(&cluster, b, "dl.localhost"),
+        status(&cluster, b, "quick.localhost"),
         200,
         "the other gateway serves"
     );
@@ -233,7 +240,7 @@ fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
         &format!("/api/v1/gateways/{a_id}"),
         json!({"draining": false}),
     );
-    becomes(&cluster, a, "dl.localhost", 200);
+    becomes(&cluster, a, "quick.localhost", 200);
     let ready = curl(&[&format!(
         "http://127.0.0.1:{}/readyz",
         cluster.gateways[a].admin_port
@@ -324,12 +331,11 @@ fn control_shows_each_gateways_health_and_why() {
         why.contains(&format!("cannot open tcp port {port}")),
         "{state}: {why}"
     );
-    assert_eq!(
-        health(&cluster, &a_id).0,
-        "healthy",
-        "{:?}",
-        health(&cluster, &a_id)
-    );
+    // Gateway a opened the port; once it applied the revision it is healthy again.
+    wait_for(Duration::from_secs(5), || {
+        (health(&cluster, &a_id).0 == "healthy").then_some(())
+    })
+    .unwrap_or_else(|| panic!("gateway a: {:?}", health(&cluster, &a_id)));
 
     // A gateway that is gone is down.
     cluster.gateways[b].kill9();
@@ -342,4 +348,55 @@ fn control_shows_each_gateways_health_and_why() {
             health(&cluster, &b_id)
         )
     });
+}
+
+#[test]
+fn a_drain_cuts_what_is_still_open_at_its_deadline() {
+    let mut cluster = Cluster::new("fleet-drain-deadline");
+    // 40 chunks, 200 ms apart: eight seconds, far past the one-second deadline.
+    let slow = slow_download_origin(40);
+    cluster.gateway_args = vec!["--drain-timeout".into(), "1".into()];
+    let gateway = cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    cluster.create_tunnel("dl.localhost", agent, &slow.to_string());
+    // Whether the gateway takes new requests is read on a quick tunnel beside the slow one.
+    let quick = Origin::start("quick");
+    cluster.create_tunnel("quick.localhost", agent, &quick.addr.to_string());
+    wait_for(Duration::from_secs(10), || {
+        (status(&cluster, gateway, "quick.localhost") == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the gateway never served\n{}", cluster.logs()));
+    let node = &cluster.gateways[gateway];
+    let url = format!("http://dl.localhost:{}/", node.http_port);
+    let resolve = format!("dl.localhost:{}:127.0.0.1", node.http_port);
+    let download = std::thread::spawn(move || {
+        let started = Instant::now();
+        (curl(&["--resolve", &resolve, &url]), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let id = cluster.gateways[gateway].id.clone();
+    patch(
+        &cluster,
+        &format!("/api/v1/gateways/{id}"),
+        json!({"draining": true}),
+    );
+    let (answer, took) = download.join().unwrap();
+    assert!(answer.body.len() < 4_000_000, "the download was cut short");
+    assert!(
+        took > Duration::from_millis(1200) && took < Duration::from_secs(4),
+        "cut {took:?} after it started (the drain began 0.3 s in, with a 1 s deadline)"
+    );
+    println!(
+        "drain deadline 1 s: the download ended {:.2} s after it started",
+        took.as_secs_f64()
+    );
+    // Serving again.
+    patch(
+        &cluster,
+        &format!("/api/v1/gateways/{id}"),
+        json!({"draining": false}),
+    );
+    becomes(&cluster, gateway, "quick.localhost", 200);
 }
