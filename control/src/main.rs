@@ -75,6 +75,7 @@ enum Command {
     Token(TokenCommand),
     User(UserCommand),
     Tunnel(TunnelCommand),
+    Gateway(GatewayCommand),
     Healthcheck(Healthcheck),
 }
 
@@ -82,6 +83,61 @@ enum Command {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "healthcheck")]
 struct Healthcheck {}
+
+/// list gateways with their health, label, drain, disable or delete one, through the
+/// running Control (as the API does)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "gateway")]
+struct GatewayCommand {
+    /// an API token (or env KAKUREMICHI_TOKEN); `token create` makes one
+    #[argh(option)]
+    token: Option<String>,
+    #[argh(subcommand)]
+    action: GatewayAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum GatewayAction {
+    List(GatewayList),
+    Update(GatewayUpdate),
+    Delete(GatewayDelete),
+}
+
+/// every gateway with its health and why, as JSON
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct GatewayList {}
+
+/// delete a gateway (its key stops working at once)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct GatewayDelete {
+    /// the gateway's id
+    #[argh(positional)]
+    id: String,
+}
+
+/// change a gateway: name, labels, enabled, draining
+#[derive(FromArgs)]
+#[argh(subcommand, name = "update")]
+struct GatewayUpdate {
+    /// the gateway's id
+    #[argh(positional)]
+    id: String,
+    #[argh(option)]
+    /// a new name
+    name: Option<String>,
+    #[argh(option)]
+    /// labels, e.g. region=tokyo,tier=edge (replaces them all; "" removes them)
+    labels: Option<String>,
+    #[argh(option)]
+    /// true or false
+    enabled: Option<bool>,
+    #[argh(option)]
+    /// true to drain (new requests go elsewhere), false to serve again
+    draining: Option<bool>,
+}
 
 /// list, create, change and delete tunnels through the running Control (as the API does)
 #[derive(FromArgs)]
@@ -250,6 +306,16 @@ fn join_kinds(list: &str) -> anyhow::Result<Vec<kakuremichi_proto::ids::NodeKind
         .collect()
 }
 
+/// Print Control's answer to a CLI call; an error answer makes the exit status 1.
+fn report(answer: Result<(u16, String), String>) -> anyhow::Result<()> {
+    let (status, text) = answer.map_err(anyhow::Error::msg)?;
+    println!("{}", text.trim_end());
+    if status >= 400 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
@@ -345,12 +411,39 @@ fn main() -> anyhow::Result<()> {
                 .map(|fields| fields.to_json())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let (status, text) =
-                call(args.listen, token, method, &path, body).map_err(anyhow::Error::msg)?;
-            println!("{}", text.trim_end());
-            if status >= 400 {
-                std::process::exit(1);
-            }
+            report(call(args.listen, token, method, &path, body))?;
+        }
+        Some(Command::Gateway(GatewayCommand { token, action })) => {
+            let (method, path, body) = match action {
+                GatewayAction::List(_) => ("GET", "gateways".to_string(), None),
+                GatewayAction::Delete(delete) => {
+                    ("DELETE", format!("gateways/{}", delete.id), None)
+                }
+                GatewayAction::Update(u) => {
+                    let mut body = serde_json::Map::new();
+                    if let Some(name) = u.name {
+                        body.insert("name".into(), name.into());
+                    }
+                    if let Some(labels) = u.labels {
+                        body.insert("labels".into(), labels.into());
+                    }
+                    if let Some(enabled) = u.enabled {
+                        body.insert("enabled".into(), enabled.into());
+                    }
+                    if let Some(draining) = u.draining {
+                        body.insert("draining".into(), draining.into());
+                    }
+                    let path = format!("gateways/{}", u.id);
+                    ("PATCH", path, Some(serde_json::Value::Object(body)))
+                }
+            };
+            report(kakuremichi_control::cli::call(
+                args.listen,
+                token,
+                method,
+                &path,
+                body,
+            ))?;
         }
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),

@@ -239,15 +239,15 @@ impl Cluster {
         format!("http://127.0.0.1:{}{path}", self.control.http_port)
     }
 
-    /// `kakuremichi-control tunnel ARGS…` against this Control with the admin token: its
-    /// exit status and output.
-    pub fn tunnel_cli(&self, args: &[&str]) -> (bool, String) {
+    /// `kakuremichi-control COMMAND ARGS…` (`tunnel`, `gateway`) against this Control with the
+    /// admin token: its exit status and output.
+    pub fn cli(&self, command: &str, args: &[&str]) -> (bool, String) {
         let listen = format!("127.0.0.1:{}", self.control.http_port);
         let out = Command::new(bin_dir().join("kakuremichi-control"))
-            .args(["--listen", &listen, "tunnel", "--token", &self.token])
+            .args(["--listen", &listen, command, "--token", &self.token])
             .args(args)
             .output()
-            .expect("kakuremichi-control tunnel");
+            .expect("kakuremichi-control");
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)

@@ -92,6 +92,29 @@ fn tunnels_choose_gateways_by_id_or_label_live() {
     becomes(&cluster, b, "app.localhost", 200);
     assert_eq!(status(&cluster, a, "app.localhost"), 200);
 
+    // The same from the CLI: labels off gateway b, and the tunnel follows its selector.
+    patch(
+        &cluster,
+        &format!("/api/v1/tunnels/{id}"),
+        json!({"gateways": "region=tokyo"}),
+    );
+    becomes(&cluster, a, "app.localhost", 404);
+    let (ok, out) = cluster.cli("gateway", &["update", &b_id, "--labels", "region=osaka"]);
+    assert!(ok, "{out}");
+    becomes(&cluster, b, "app.localhost", 404);
+    let (ok, out) = cluster.cli("gateway", &["update", &a_id, "--labels", "region=tokyo"]);
+    assert!(ok, "{out}");
+    becomes(&cluster, a, "app.localhost", 200);
+    let (ok, out) = cluster.cli("gateway", &["list"]);
+    assert!(ok && out.contains("\"health\""), "{out}");
+    let (ok, out) = cluster.cli("gateway", &["update", &a_id, "--labels", "bad label"]);
+    assert!(!ok && out.contains("labels"), "{out}");
+    patch(
+        &cluster,
+        &format!("/api/v1/tunnels/{id}"),
+        json!({"gateways": "all"}),
+    );
+
     // Bad input changes nothing.
     for (path, body) in [
         (

@@ -724,17 +724,20 @@ fn the_cli_creates_changes_and_deletes_a_port_tunnel_live() {
     cluster.wait_online("agent", &agent_id);
     let web = Origin::start("web");
     let first = kakuremichi_tests::free_tcp_port().to_string();
-    let (ok, out) = cluster.tunnel_cli(&[
-        "create",
-        "--kind",
-        "tcp",
-        "--port",
-        &first,
-        "--agent",
-        &agent_id,
-        "--target",
-        &web.addr.to_string(),
-    ]);
+    let (ok, out) = cluster.cli(
+        "tunnel",
+        &[
+            "create",
+            "--kind",
+            "tcp",
+            "--port",
+            &first,
+            "--agent",
+            &agent_id,
+            "--target",
+            &web.addr.to_string(),
+        ],
+    );
     assert!(ok, "{out}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = created["id"].as_str().unwrap().to_string();
@@ -742,28 +745,31 @@ fn the_cli_creates_changes_and_deletes_a_port_tunnel_live() {
     wait_for(LIVE_LIMIT, || (through(&first).status == 200).then_some(()))
         .unwrap_or_else(|| panic!("the CLI's tunnel never answered\n{}", cluster.logs()));
     let second = kakuremichi_tests::free_tcp_port().to_string();
-    let (ok, out) = cluster.tunnel_cli(&["update", &id, "--port", &second]);
+    let (ok, out) = cluster.cli("tunnel", &["update", &id, "--port", &second]);
     assert!(ok, "{out}");
     wait_for(LIVE_LIMIT, || {
         (through(&second).status == 200).then_some(())
     })
     .expect("the new port answers");
-    let (ok, out) = cluster.tunnel_cli(&["list"]);
+    let (ok, out) = cluster.cli("tunnel", &["list"]);
     assert!(ok && out.contains(&second), "{out}");
     // Refusals come back with the API's reason and a failing exit status.
-    let (ok, out) = cluster.tunnel_cli(&[
-        "create",
-        "--kind",
-        "tcp",
-        "--port",
-        &second,
-        "--agent",
-        &agent_id,
-        "--target",
-        "127.0.0.1:1",
-    ]);
+    let (ok, out) = cluster.cli(
+        "tunnel",
+        &[
+            "create",
+            "--kind",
+            "tcp",
+            "--port",
+            &second,
+            "--agent",
+            &agent_id,
+            "--target",
+            "127.0.0.1:1",
+        ],
+    );
     assert!(!ok && out.contains("already taken"), "{out}");
-    let (ok, out) = cluster.tunnel_cli(&["delete", &id]);
+    let (ok, out) = cluster.cli("tunnel", &["delete", &id]);
     assert!(ok, "{out}");
     wait_for(LIVE_LIMIT, || {
         (!port_open(second.parse().unwrap())).then_some(())
