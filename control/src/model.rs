@@ -383,7 +383,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
     let (certificates, challenges, fallback_certificate) = match node.kind {
         NodeKind::Gateway => (
             gateway_certificates(state),
-            state.challenges.clone(),
+            challenges_for(state, node),
             state.fallback_certificate.clone(),
         ),
         NodeKind::Agent => (Vec::new(), Vec::new(), None),
@@ -442,6 +442,30 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
         }
     }
     wanted
+}
+
+/// The ACME challenge answers `gateway` gives: those for hostnames it serves (a tunnel that
+/// chose other gateways keeps its challenges off this one) and Control's own.
+fn challenges_for(state: &State, gateway: &NodeRecord) -> Vec<AcmeChallenge> {
+    let serves = |hostname: &Hostname| {
+        let control = state
+            .control_route
+            .as_ref()
+            .is_some_and(|(route, _)| route.hostname == *hostname);
+        control
+            || state.tunnels.iter().any(|t| {
+                t.enabled && t.hostname.as_ref() == Some(hostname) && t.gateways.selects(gateway)
+            })
+    };
+    state
+        .challenges
+        .iter()
+        .filter(|challenge| match challenge {
+            AcmeChallenge::Http01 { hostname, .. } => hostname.as_ref().is_none_or(serves),
+            AcmeChallenge::TlsAlpn01 { hostname, .. } => serves(hostname),
+        })
+        .cloned()
+        .collect()
 }
 
 /// Certificates of the hostnames gateways serve over HTTPS.
@@ -527,6 +551,45 @@ mod tests {
             heartbeat: HEARTBEAT_INTERVAL,
             access_login_url: None,
         }
+    }
+
+    #[test]
+    fn a_tunnel_on_chosen_gateways_keeps_its_routes_and_challenges_off_the_others() {
+        let net: OverlayNet = "10.77.0.0/16".parse().unwrap();
+        let (mut tokyo, osaka) = (
+            node("gw_t", NodeKind::Gateway, 1, Some(1)),
+            node("gw_o", NodeKind::Gateway, 2, Some(2)),
+        );
+        tokyo.labels.insert("region".into(), "tokyo".into());
+        let agent = node("a1", NodeKind::Agent, 3, Some(3));
+        let mut chosen = tunnel("t1", "a1", 20000, true);
+        chosen.gateways = GatewayChoice::Labels(vec![("region".into(), "tokyo".into())]);
+        let everywhere = tunnel("t2", "a1", 20001, true);
+        let mut state = state(
+            net,
+            vec![tokyo.clone(), osaka.clone(), agent],
+            vec![chosen, everywhere],
+        );
+        let challenge = |host: &str| AcmeChallenge::Http01 {
+            hostname: Some(host.parse().unwrap()),
+            token: host.into(),
+            key_authorization: "k".into(),
+        };
+        state.challenges = vec![challenge("t1.example.com"), challenge("t2.example.com")];
+        let tokens = |gateway: &NodeRecord| -> Vec<String> {
+            let snapshot = snapshot(&state, gateway, &settings());
+            let routes = snapshot.routes.iter().map(|r| r.tunnel_id.clone());
+            let challenges = snapshot.challenges.iter().map(|c| match c {
+                AcmeChallenge::Http01 { token, .. } => token.clone(),
+                AcmeChallenge::TlsAlpn01 { hostname, .. } => hostname.to_string(),
+            });
+            routes.chain(challenges).collect()
+        };
+        assert_eq!(
+            tokens(&tokyo),
+            ["t1", "t2", "t1.example.com", "t2.example.com"]
+        );
+        assert_eq!(tokens(&osaka), ["t2", "t2.example.com"]);
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl Certificates {
                 AcmeChallenge::Http01 {
                     token,
                     key_authorization,
+                    ..
                 } => {
                     table
                         .http01

@@ -178,6 +178,9 @@ pub struct CertificateBundle {
 pub enum AcmeChallenge {
     /// Answer `GET /.well-known/acme-challenge/{token}` with the key authorization.
     Http01 {
+        /// The hostname being validated: only gateways that serve it are given the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<Hostname>,
         /// The challenge token.
         token: String,
         /// `token.thumbprint`.
@@ -396,6 +399,7 @@ mod tests {
             heartbeat_interval_ms: 15_000,
             draining: false,
             challenges: vec![AcmeChallenge::Http01 {
+                hostname: Some("app.example.com".parse().unwrap()),
                 token: "t".into(),
                 key_authorization: "t.k".into(),
             }],

@@ -63,6 +63,7 @@ fn answer(
 ) -> Result<AcmeChallenge, String> {
     Ok(match kind {
         ChallengeKind::Http01 => AcmeChallenge::Http01 {
+            hostname: Some(hostname.clone()),
             token: token.to_string(),
             key_authorization: key_authorization.as_str().to_string(),
         },
