@@ -28,6 +28,17 @@ fn becomes(cluster: &Cluster, gateway: usize, hostname: &str, wanted: u16) -> Du
     })
 }
 
+/// Gateway `a` on 127.0.0.1 and `b` on 127.0.0.2, and an agent online: their indexes and
+/// the agent's id.
+fn two_gateways_and_an_agent(cluster: &mut Cluster) -> (usize, usize, usize, String) {
+    let a = cluster.add_gateway();
+    let b = cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port());
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    (a, b, agent, agent_id)
+}
+
 fn patch(cluster: &Cluster, path: &str, body: serde_json::Value) -> serde_json::Value {
     let answer = cluster.api("PATCH", path, Some(&body.to_string()));
     assert_eq!(answer.status, 200, "{path} {body}: {}", answer.body);
@@ -38,13 +49,7 @@ fn patch(cluster: &Cluster, path: &str, body: serde_json::Value) -> serde_json::
 fn tunnels_choose_gateways_by_id_or_label_live() {
     let mut cluster = Cluster::new("fleet-choice");
     let web = Origin::start("web");
-    let (a, b) = (
-        cluster.add_gateway(),
-        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
-    );
-    let agent = cluster.add_agent();
-    let agent_id = cluster.agents[agent].id.clone();
-    cluster.wait_online("agent", &agent_id);
+    let (a, b, _, agent_id) = two_gateways_and_an_agent(&mut cluster);
     let (a_id, b_id) = (
         cluster.gateways[a].id.clone(),
         cluster.gateways[b].id.clone(),
@@ -195,13 +200,7 @@ fn slow_download_origin(chunks: usize) -> std::net::SocketAddr {
 fn a_draining_gateway_finishes_a_download_and_sends_new_requests_elsewhere() {
     let mut cluster = Cluster::new("fleet-drain");
     let slow = slow_download_origin(10);
-    let (a, b) = (
-        cluster.add_gateway(),
-        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
-    );
-    let agent = cluster.add_agent();
-    let agent_id = cluster.agents[agent].id.clone();
-    cluster.wait_online("agent", &agent_id);
+    let (a, b, agent, _) = two_gateways_and_an_agent(&mut cluster);
     cluster.create_tunnel("dl.localhost", agent, &slow.to_string());
     // Whether a gateway takes new requests is read on a quick tunnel beside the slow one.
     let quick = Origin::start("quick");
@@ -289,13 +288,7 @@ fn control_shows_each_gateways_health_and_why() {
     let mut cluster =
         Cluster::with_control_args("fleet-health", &["--heartbeat-interval-ms", "300"]);
     let web = Origin::start("web");
-    let (a, b) = (
-        cluster.add_gateway(),
-        cluster.add_gateway_at("127.0.0.2", kakuremichi_tests::free_tcp_port()),
-    );
-    let agent = cluster.add_agent();
-    let agent_id = cluster.agents[agent].id.clone();
-    cluster.wait_online("agent", &agent_id);
+    let (a, b, agent, agent_id) = two_gateways_and_an_agent(&mut cluster);
     let (a_id, b_id) = (
         cluster.gateways[a].id.clone(),
         cluster.gateways[b].id.clone(),
