@@ -327,6 +327,13 @@ fn a_udp_tunnel_answers_dns_keeps_flows_bounded_and_forgets_silent_ones() {
     };
     let first = wait_for(LIVE_LIMIT, || seen_as(b"hello"))
         .unwrap_or_else(|| panic!("no echo through the tunnel\n{}", cluster.logs()));
+    // Replies leave from the public port the client sent to.
+    client
+        .send_to(b"where from", ("127.0.0.1", echo_public))
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    let (_, replied_from) = client.recv_from(&mut buffer).expect("a reply");
+    assert_eq!(replied_from.port(), echo_public);
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(seen_as(b"still here").as_deref(), Some(first.as_str()));
