@@ -159,6 +159,23 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_after_a_handshake_header_never_panic() {
+        let mut seed: u64 = 0xdead_beef_cafe_f00d;
+        for round in 0..5_000 {
+            let mut bytes = vec![0x16, 0x03, 0x01];
+            bytes.extend((0..(round % 300) + 2).map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            }));
+            let mut reader = &bytes[..];
+            // An error or a hello (garbage rarely parses), never a panic.
+            let _ = block_on(read_client_hello(&mut reader));
+        }
+    }
+
+    #[test]
     fn replay_gives_the_prefix_first() {
         let inner: &[u8] = b" world";
         let mut replay = Replay::new(b"hello".to_vec(), futures_lite::io::Cursor::new(inner));

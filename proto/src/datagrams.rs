@@ -94,6 +94,20 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_decode_to_frames_or_errors_without_panicking() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for round in 0..20_000 {
+            let bytes = crate::noise(&mut seed, round % 64);
+            let mut rest = &bytes[..];
+            // Every frame found takes at least its header, so this ends.
+            while let Ok(Some((_, used))) = decode(rest) {
+                assert!(used >= FRAME_HEADER && used <= rest.len());
+                rest = &rest[used..];
+            }
+        }
+    }
+
+    #[test]
     fn oversized_frames_are_refused_both_ways() {
         let mut wire = Vec::new();
         assert_eq!(

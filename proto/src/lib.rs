@@ -59,3 +59,16 @@ impl ProtoError {
         }
     }
 }
+
+/// Deterministic noise for the parsers' robustness tests: the same bytes on every run.
+#[cfg(test)]
+pub(crate) fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}

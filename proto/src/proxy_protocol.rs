@@ -318,6 +318,37 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_parsers() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let v2 = header(
+            ProxyProtocol::V2,
+            Transport::Tcp,
+            "[2001:db8::7]:1".parse().unwrap(),
+            "[2001:db8::1]:2".parse().unwrap(),
+        );
+        for round in 0..20_000 {
+            let len = round % 120;
+            let mut bytes = crate::noise(&mut seed, len);
+            let _ = parse_v1(&bytes);
+            // Lines that look right at the start, garbage after.
+            let mut line = b"PROXY TCP4 ".to_vec();
+            line.extend_from_slice(&bytes);
+            line.extend_from_slice(b"\r\n");
+            let _ = parse_v1(&line);
+            // A valid v2 head with a mangled block, and a mangled head.
+            let mut head: [u8; 16] = v2[..16].try_into().unwrap();
+            if let Ok(len) = v2_block_len(&head) {
+                bytes.resize(len.min(bytes.len()), 0);
+                let _ = parse_v2(&head, &bytes);
+            }
+            head[12..].copy_from_slice(&crate::noise(&mut seed, 4));
+            if v2_block_len(&head).is_ok() {
+                let _ = parse_v2(&head, &bytes);
+            }
+        }
+    }
+
+    #[test]
     fn mixed_families_are_written_as_ipv6() {
         let header = header(
             ProxyProtocol::V1,
