@@ -21,6 +21,7 @@ use kakuremichi_nodelink::apply::{apply_network, peer_specs};
 use kakuremichi_nodelink::link::{self, LinkState};
 use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::AGENT_HEALTH_PORT;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,20 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             );
         }
     };
+    let health_listener = stack
+        .listen(AGENT_HEALTH_PORT)
+        .map_err(|source| Error::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], AGENT_HEALTH_PORT)),
+            source,
+        })?;
+    // Gateways probe this port to tell live replicas from dead ones: accepting is the answer.
+    let answer_probes = async {
+        loop {
+            if let Err(e) = health_listener.accept().await {
+                log::debug!("health port: {e}");
+            }
+        }
+    };
     let control_link = link::run(
         node.link,
         &agent.link,
@@ -118,7 +133,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         settings.status_listen
     );
     future::or(
-        future::or(serve_status, kakuremichi_rt::memory::release_periodically()),
+        future::or(
+            future::or(serve_status, answer_probes),
+            kakuremichi_rt::memory::release_periodically(),
+        ),
         future::or(apply_loop, control_link),
     )
     .await;

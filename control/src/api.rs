@@ -5,7 +5,7 @@ use crate::access::TunnelAccess;
 use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::fleet::GatewayChoice;
-use crate::model::{CertRecord, Issuer, NodeRecord, State, TokenRecord, TunnelRecord};
+use crate::model::{CertRecord, Issuer, NodeRecord, Replica, State, TokenRecord, TunnelRecord};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
@@ -343,6 +343,43 @@ impl Fields {
             .transpose()
     }
 
+    /// `agents`: `[{"agent": id, "target": …}, …]`, the first taking the place of `agent` and
+    /// `target`, the rest replicas. Every target speaks the same scheme.
+    fn agents(&mut self, ports: Option<PortRange>) -> Result<Option<Agents>, Error> {
+        let Some(value) = self.take("agents") else {
+            return Ok(None);
+        };
+        let invalid = |why: &str| Error::invalid("agents", why.to_string());
+        let list = value
+            .as_array()
+            .filter(|list| !list.is_empty())
+            .ok_or_else(|| invalid("must be a list of {\"agent\", \"target\"} objects"))?;
+        let mut parsed = Vec::with_capacity(list.len());
+        for entry in list {
+            let field = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid(&format!("every entry needs a string {name:?}")))
+            };
+            let (target, scheme) = crate::tunnels::parse_scheme_target(field("target")?, ports)?;
+            parsed.push((field("agent")?.to_string(), target, scheme));
+        }
+        let (agent_id, target, scheme) = parsed.remove(0);
+        if parsed.iter().any(|(_, _, other)| *other != scheme) {
+            return Err(invalid("every target must use the same scheme"));
+        }
+        Ok(Some(Agents {
+            agent_id,
+            target,
+            scheme,
+            replicas: parsed
+                .into_iter()
+                .map(|(agent_id, target, _)| Replica { agent_id, target })
+                .collect(),
+        }))
+    }
+
     /// `gateways`: `"all"`, gateway ids, or a label selector (`"region=tokyo"`).
     fn gateways(&mut self, control: &Control) -> Result<Option<GatewayChoice>, Error> {
         match self.0.remove("gateways") {
@@ -383,20 +420,41 @@ impl Fields {
     }
 }
 
+/// A tunnel's agents as `agents` gives them.
+struct Agents {
+    agent_id: String,
+    target: Target,
+    scheme: OriginScheme,
+    replicas: Vec<Replica>,
+}
+
 fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), Error> {
     let kind: TunnelKind = match fields.string("kind")? {
         Some(kind) => kind.parse()?,
         None => TunnelKind::Http,
     };
     let ports = fields.ports()?;
-    let (target, scheme) = fields
-        .target(ports)?
-        .ok_or_else(|| Error::invalid("target", "is required"))?;
+    let agents = match fields.agents(ports)? {
+        Some(agents) => agents,
+        None => {
+            let (target, scheme) = fields
+                .target(ports)?
+                .ok_or_else(|| Error::invalid("target", "is required"))?;
+            Agents {
+                agent_id: fields.required("agent")?,
+                target,
+                scheme,
+                replicas: Vec::new(),
+            }
+        }
+    };
+    let scheme = agents.scheme;
     let new = NewTunnel {
         kind,
         hostname: fields.parsed("hostname")?,
-        agent_id: fields.required("agent")?,
-        target,
+        agent_id: agents.agent_id,
+        target: agents.target,
+        replicas: agents.replicas,
         origin: fields
             .origin(&OriginSettings::default(), Some(scheme))?
             .unwrap_or_default(),
@@ -428,13 +486,25 @@ fn parse_patch(
     current: &TunnelRecord,
 ) -> Result<TunnelPatch, Error> {
     let ports = fields.ports()?;
-    let target = fields.target(ports.or(current.ports))?;
+    let (target, agent_id, replicas) = match fields.agents(ports.or(current.ports))? {
+        Some(agents) => (
+            Some((agents.target, agents.scheme)),
+            Some(agents.agent_id),
+            Some(agents.replicas),
+        ),
+        None => (
+            fields.target(ports.or(current.ports))?,
+            fields.string("agent")?,
+            None,
+        ),
+    };
     let patch = TunnelPatch {
         hostname: fields.parsed("hostname")?,
         origin: fields.origin(&current.origin, target.as_ref().map(|(_, scheme)| *scheme))?,
         target: target.map(|(target, _)| target),
         ports,
-        agent_id: fields.string("agent")?,
+        agent_id,
+        replicas,
         enabled: fields.boolean("enabled")?,
         issuer: fields.parsed("issuer")?,
         access: match fields.take("access") {
@@ -663,6 +733,10 @@ fn tunnel_json(tunnel: &TunnelRecord) -> Value {
         "gateways": tunnel.gateways.to_json(),
         "agent": tunnel.agent_id,
         "target": tunnel.target_text(),
+        "agents": tunnel.agents().map(|(agent, target)| json!({
+            "agent": agent,
+            "target": tunnel.target_text_for(target),
+        })).collect::<Vec<_>>(),
         "origin": tunnel.origin.to_json(),
         "service_port": tunnel.service_port,
         "enabled": tunnel.enabled,

@@ -69,6 +69,10 @@ pub struct TunnelRecord {
     pub agent_id: String,
     /// For a port range, the target of its first port.
     pub target: Target,
+    /// Other agents serving it too, each with its own target: gateways spread connections
+    /// over the healthy ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
     /// The first of the agent service ports it takes (one per public port).
     pub service_port: u16,
     pub enabled: bool,
@@ -91,6 +95,14 @@ pub struct TunnelRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     pub created_at: u64,
+}
+
+/// One more agent serving a tunnel (see [`TunnelRecord::replicas`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub agent_id: String,
+    /// Its own target, of the same shape as the tunnel's.
+    pub target: Target,
 }
 
 /// Where a tunnel's certificate comes from.
@@ -327,21 +339,29 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
     match node.kind {
         NodeKind::Gateway => {
             for t in enabled.into_iter().filter(|t| t.gateways.selects(node)) {
-                let Some(agent) = nodes.iter().find(|n| n.id == t.agent_id && !n.disabled) else {
+                // Every enabled agent of the tunnel, the primary first while it is enabled.
+                let agent_ips: Vec<Ipv4Addr> = t
+                    .agents()
+                    .filter_map(|(id, _)| nodes.iter().find(|n| n.id == id && !n.disabled))
+                    .map(|n| n.overlay_ip)
+                    .collect();
+                let Some((&agent_ip, replica_ips)) = agent_ips.split_first() else {
                     continue;
                 };
                 let upstream = |service_port| Upstream {
                     tunnel_id: t.id.clone(),
-                    agent_ip: agent.overlay_ip,
+                    agent_ip,
                     service_port,
+                    replica_ips: replica_ips.to_vec(),
                     proxy_protocol: t.proxy_protocol,
                 };
                 match (t.kind, &t.hostname, t.kind.transport(), t.ports) {
                     (TunnelKind::Http, Some(hostname), _, _) => routes.push(HttpRoute {
                         tunnel_id: t.id.clone(),
                         hostname: hostname.clone(),
-                        agent_ip: agent.overlay_ip,
+                        agent_ip,
                         service_port: t.service_port,
+                        replica_ips: replica_ips.to_vec(),
                         https: t.issuer != Issuer::None,
                         access: t.access.policy(&state.users),
                         origin: t.origin_options(),
@@ -368,9 +388,12 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
             }
         }
         NodeKind::Agent => {
-            for t in enabled.into_iter().filter(|t| t.agent_id == node.id) {
+            for t in enabled {
+                let Some(own_target) = t.target_on(&node.id) else {
+                    continue;
+                };
                 let transport = t.kind.transport().unwrap_or_default();
-                services.extend(t.forwards().map(|(port, target)| Service {
+                services.extend(t.forwards_to(own_target).map(|(port, target)| Service {
                     tunnel_id: t.id.clone(),
                     port,
                     target,
@@ -518,6 +541,7 @@ mod tests {
             ports: None,
             agent_id: agent.into(),
             target: "127.0.0.1:8080".parse().unwrap(),
+            replicas: Vec::new(),
             service_port: port,
             enabled,
             issuer: Issuer::Acme,
@@ -551,6 +575,53 @@ mod tests {
             heartbeat: HEARTBEAT_INTERVAL,
             access_login_url: None,
         }
+    }
+
+    #[test]
+    fn replicas_each_serve_their_own_target_and_gateways_know_every_enabled_one() {
+        let net: OverlayNet = "10.77.0.0/16".parse().unwrap();
+        let gateway = node("gw", NodeKind::Gateway, 1, Some(1));
+        let (a1, mut a2, a3) = (
+            node("a1", NodeKind::Agent, 2, Some(2)),
+            node("a2", NodeKind::Agent, 3, Some(3)),
+            node("a3", NodeKind::Agent, 4, Some(4)),
+        );
+        let mut twin = tunnel("t1", "a1", 20000, true);
+        twin.replicas = vec![
+            Replica {
+                agent_id: "a2".into(),
+                target: "10.0.0.2:80".parse().unwrap(),
+            },
+            Replica {
+                agent_id: "a3".into(),
+                target: "10.0.0.3:80".parse().unwrap(),
+            },
+        ];
+        let nodes = vec![gateway.clone(), a1.clone(), a2.clone(), a3.clone()];
+        let mut state = state(net, nodes, vec![twin]);
+        let route = &snapshot(&state, &gateway, &settings()).routes[0];
+        assert_eq!(route.agent_ip, a1.overlay_ip);
+        assert_eq!(route.replica_ips, vec![a2.overlay_ip, a3.overlay_ip]);
+        for (agent, target) in [(&a1, "127.0.0.1:8080"), (&a2, "10.0.0.2:80")] {
+            let services = snapshot(&state, agent, &settings()).services;
+            assert_eq!(services.len(), 1);
+            assert_eq!(
+                (services[0].port, services[0].target.to_string()),
+                (20000, target.into())
+            );
+        }
+        // A disabled replica leaves the route; the others keep it.
+        a2.disabled = true;
+        state.nodes[2] = a2;
+        let route = &snapshot(&state, &gateway, &settings()).routes[0];
+        assert_eq!(route.replica_ips, vec![a3.overlay_ip]);
+        // Service ports are free on every agent of the tunnel.
+        let other = tunnel("t2", "a3", 0, true);
+        state.tunnels.push(other);
+        assert_eq!(
+            crate::tunnels::allocate_service_ports(&state.tunnels, &["a3"], 1, Some("t2")),
+            Some(20001)
+        );
     }
 
     #[test]
@@ -652,7 +723,7 @@ mod tests {
             ["t1", "t2"]
         );
         assert_eq!(
-            crate::tunnels::allocate_service_ports(&state.tunnels, "a1", 1, None),
+            crate::tunnels::allocate_service_ports(&state.tunnels, &["a1"], 1, None),
             Some(20002)
         );
     }

@@ -6,7 +6,9 @@ use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
 use crate::fleet::GatewayChoice;
-use crate::model::{CertRecord, Issuer, NodeRecord, OverlayNet, State, TokenRecord, TunnelRecord};
+use crate::model::{
+    CertRecord, Issuer, NodeRecord, OverlayNet, Replica, State, TokenRecord, TunnelRecord,
+};
 use crate::tunnels::{self, OriginSettings, TunnelKind};
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
@@ -31,6 +33,7 @@ pub struct NewTunnel {
     pub ports: Option<PortRange>,
     pub agent_id: String,
     pub target: Target,
+    pub replicas: Vec<Replica>,
     pub enabled: bool,
     pub issuer: Issuer,
     pub access: TunnelAccess,
@@ -47,6 +50,8 @@ pub struct TunnelPatch {
     pub ports: Option<PortRange>,
     pub agent_id: Option<String>,
     pub target: Option<Target>,
+    /// Replaces the other agents.
+    pub replicas: Option<Vec<Replica>>,
     pub enabled: Option<bool>,
     pub issuer: Option<Issuer>,
     pub access: Option<TunnelAccess>,
@@ -353,6 +358,9 @@ impl Store {
         self.write(|s, wtxn| {
             let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
             s.check_agent(wtxn, &new.agent_id)?;
+            for replica in &new.replicas {
+                s.check_agent(wtxn, &replica.agent_id)?;
+            }
             let mut record = TunnelRecord {
                 id: auth::new_id("tun"),
                 kind: new.kind,
@@ -360,6 +368,7 @@ impl Store {
                 ports: new.ports,
                 agent_id: new.agent_id,
                 target: new.target,
+                replicas: new.replicas,
                 service_port: 0,
                 enabled: new.enabled,
                 // A port tunnel has no certificate of its own.
@@ -390,7 +399,10 @@ impl Store {
                 .find(|t| t.id == id)
                 .cloned()
                 .ok_or_else(|| Error::not_found("tunnel", id))?;
-            let before = (record.agent_id.clone(), record.port_count());
+            let agents_of = |t: &TunnelRecord| -> Vec<String> {
+                t.agents().map(|(id, _)| id.to_string()).collect()
+            };
+            let before = (agents_of(&record), record.port_count());
             if let Some(hostname) = patch.hostname {
                 record.hostname = Some(hostname);
             }
@@ -416,6 +428,12 @@ impl Store {
             if let Some(target) = patch.target {
                 record.target = target;
             }
+            if let Some(replicas) = patch.replicas {
+                for replica in &replicas {
+                    s.check_agent(wtxn, &replica.agent_id)?;
+                }
+                record.replicas = replicas;
+            }
             if let Some(enabled) = patch.enabled {
                 record.enabled = enabled;
             }
@@ -426,7 +444,7 @@ impl Store {
                 record.access = access;
             }
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
-            if before != (record.agent_id.clone(), record.port_count()) {
+            if before != (agents_of(&record), record.port_count()) {
                 record.service_port = free_service_ports(&tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
@@ -813,13 +831,9 @@ impl Store {
 
 /// The first of a free block of service ports for `tunnel` on its agent.
 fn free_service_ports(tunnels: &[TunnelRecord], tunnel: &TunnelRecord) -> Result<u16, Error> {
-    tunnels::allocate_service_ports(
-        tunnels,
-        &tunnel.agent_id,
-        tunnel.port_count(),
-        Some(&tunnel.id),
-    )
-    .ok_or_else(|| Error::conflict("agent", "the agent has no free service ports left"))
+    let agents: Vec<&str> = tunnel.agents().map(|(id, _)| id).collect();
+    tunnels::allocate_service_ports(tunnels, &agents, tunnel.port_count(), Some(&tunnel.id))
+        .ok_or_else(|| Error::conflict("agent", "the agents have no free service ports left"))
 }
 
 fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {

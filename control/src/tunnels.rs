@@ -276,11 +276,16 @@ impl TunnelRecord {
     /// The target as people write it: `https://host:port` for an HTTPS origin, a port range
     /// as `host:first-last`.
     pub fn target_text(&self) -> String {
+        self.target_text_for(&self.target)
+    }
+
+    /// [`Self::target_text`] of one agent's target.
+    pub fn target_text_for(&self, target: &Target) -> String {
         let target = match self.ports {
             Some(ports) if ports.len() > 1 => {
-                format!("{}-{}", self.target, self.target.port() + ports.len() - 1)
+                format!("{}-{}", target, target.port() + ports.len() - 1)
             }
-            _ => self.target.to_string(),
+            _ => target.to_string(),
         };
         match self.origin.scheme {
             OriginScheme::Http => target,
@@ -326,12 +331,32 @@ impl TunnelRecord {
     /// `(service port, target)` for each public port, in order (one pair for hostname
     /// tunnels). [`check`] proved every target port fits in a `u16`.
     pub fn forwards(&self) -> impl Iterator<Item = (u16, Target)> + '_ {
-        (0..self.port_count()).map(|i| {
-            (
-                self.service_port + i,
-                self.target.with_port(self.target.port() + i),
-            )
-        })
+        self.forwards_to(&self.target)
+    }
+
+    /// [`Self::forwards`] onto one agent's `target` (the tunnel's or a replica's).
+    pub fn forwards_to<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> impl Iterator<Item = (u16, Target)> + 'a {
+        (0..self.port_count())
+            .map(move |i| (self.service_port + i, target.with_port(target.port() + i)))
+    }
+
+    /// Every agent serving the tunnel with its target, the primary first.
+    pub fn agents(&self) -> impl Iterator<Item = (&str, &Target)> {
+        std::iter::once((self.agent_id.as_str(), &self.target)).chain(
+            self.replicas
+                .iter()
+                .map(|r| (r.agent_id.as_str(), &r.target)),
+        )
+    }
+
+    /// The target on `agent_id`, if that agent serves the tunnel.
+    pub fn target_on(&self, agent_id: &str) -> Option<&Target> {
+        self.agents()
+            .find(|(id, _)| *id == agent_id)
+            .map(|(_, target)| target)
     }
 
     /// Whether a request for `path` is under the tunnel's path prefix (always, without one).
@@ -416,17 +441,18 @@ pub fn parse_target(raw: &str, ports: Option<PortRange>) -> Result<Target, Error
     format!("{host}:{}", range.first()).parse().map_err(invalid)
 }
 
-/// The lowest block of `count` service ports that none of `agent_id`'s tunnels (other than
-/// `except`) takes.
+/// The lowest block of `count` service ports that no tunnel (other than `except`) of any
+/// of `agent_ids` takes: a tunnel's replicas all listen on the same ports.
 pub fn allocate_service_ports(
     tunnels: &[TunnelRecord],
-    agent_id: &str,
+    agent_ids: &[&str],
     count: u16,
     except: Option<&str>,
 ) -> Option<u16> {
     let mut taken: Vec<Range<u32>> = tunnels
         .iter()
-        .filter(|t| t.agent_id == agent_id && Some(t.id.as_str()) != except)
+        .filter(|t| Some(t.id.as_str()) != except)
+        .filter(|t| t.agents().any(|(id, _)| agent_ids.contains(&id)))
         .map(TunnelRecord::service_ports)
         .collect();
     taken.sort_by_key(|range| range.start);
@@ -440,6 +466,44 @@ pub fn allocate_service_ports(
     u16::try_from(start + u32::from(count) - 1)
         .ok()
         .map(|_| start as u16)
+}
+
+/// The most agents one tunnel may have.
+pub const MAX_AGENTS: usize = 8;
+
+/// A tunnel's agents are distinct, few, and have targets of the tunnel's shape.
+fn check_replicas(tunnel: &TunnelRecord) -> Result<(), Error> {
+    if tunnel.replicas.is_empty() {
+        return Ok(());
+    }
+    if tunnel.kind == TunnelKind::Udp {
+        return Err(Error::invalid(
+            "agents",
+            "udp tunnels have one agent: a datagram flow cannot move between replicas",
+        ));
+    }
+    if tunnel.replicas.len() + 1 > MAX_AGENTS {
+        return Err(Error::invalid(
+            "agents",
+            format!("a tunnel has at most {MAX_AGENTS} agents"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (agent_id, target) in tunnel.agents() {
+        if !seen.insert(agent_id) {
+            return Err(Error::invalid(
+                "agents",
+                format!("agent {agent_id} is listed twice"),
+            ));
+        }
+        if u32::from(target.port()) + u32::from(tunnel.port_count()) - 1 > 65_535 {
+            return Err(Error::invalid(
+                "agents",
+                format!("{} ports from {target} run past 65535", tunnel.port_count()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `tunnel` may exist beside `others` and be served by the enabled `gateways`.
@@ -545,6 +609,7 @@ pub fn check(
             }
         }
     }
+    check_replicas(tunnel)?;
     tunnel.origin.check(tunnel.kind)?;
     if tunnel.proxy_protocol.is_some() && !matches!(tunnel.kind, TunnelKind::Tcp | TunnelKind::Tls)
     {
@@ -572,6 +637,7 @@ mod tests {
             ports: Some(ports.parse().unwrap()),
             agent_id: "agt_1".into(),
             target: "127.0.0.1:5432".parse().unwrap(),
+            replicas: Vec::new(),
             service_port,
             enabled: true,
             issuer: Issuer::None,
@@ -610,30 +676,30 @@ mod tests {
             port_tunnel("b", TunnelKind::Tcp, "2000", 20005),
         ];
         assert_eq!(
-            allocate_service_ports(&tunnels, "agt_1", 2, None),
+            allocate_service_ports(&tunnels, &["agt_1"], 2, None),
             Some(20003)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, "agt_1", 3, None),
+            allocate_service_ports(&tunnels, &["agt_1"], 3, None),
             Some(20006)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, "agt_1", 5, Some("b")),
+            allocate_service_ports(&tunnels, &["agt_1"], 5, Some("b")),
             Some(20003)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, "agt_2", 3, None),
+            allocate_service_ports(&tunnels, &["agt_2"], 3, None),
             Some(20000)
         );
         let full = vec![port_tunnel("c", TunnelKind::Tcp, "1-1000", 65000)];
         assert_eq!(
-            allocate_service_ports(&full, "agt_1", 600, None),
+            allocate_service_ports(&full, &["agt_1"], 600, None),
             Some(20000)
         );
         assert_eq!(
             allocate_service_ports(
                 &[port_tunnel("d", TunnelKind::Tcp, "1-1000", 20000)],
-                "agt_1",
+                &["agt_1"],
                 1000,
                 None
             ),
@@ -641,7 +707,7 @@ mod tests {
         );
         let near_the_top = vec![port_tunnel("e", TunnelKind::Tcp, "1-1000", 64600)];
         assert_eq!(
-            allocate_service_ports(&near_the_top, "agt_1", 1000, None),
+            allocate_service_ports(&near_the_top, &["agt_1"], 1000, None),
             Some(20000)
         );
         let crowded: Vec<TunnelRecord> = (0..45)
@@ -655,11 +721,11 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            allocate_service_ports(&crowded, "agt_1", 536, None),
+            allocate_service_ports(&crowded, &["agt_1"], 536, None),
             Some(65000)
         );
         assert_eq!(
-            allocate_service_ports(&crowded, "agt_1", 537, None),
+            allocate_service_ports(&crowded, &["agt_1"], 537, None),
             None,
             "no room left"
         );

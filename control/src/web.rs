@@ -346,6 +346,12 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
         let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
         let target = tunnel.target_text();
         let gateways = tunnel.gateways.to_text();
+        let replicas = tunnel
+            .replicas
+            .iter()
+            .map(|r| format!("{}={}", r.agent_id, tunnel.target_text_for(&r.target)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let timeout = tunnel
             .origin
             .connect_timeout_secs
@@ -362,6 +368,7 @@ fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) ->
             skip_tls_verify: !tunnel.origin.tls_verify,
             path_prefix: tunnel.path_prefix.as_deref().unwrap_or(""),
             gateways: &gateways,
+            replicas: &replicas,
             host_header: tunnel.origin.host_header.as_deref().unwrap_or(""),
             connect_timeout: &timeout,
             enabled: tunnel.enabled,
@@ -398,6 +405,7 @@ fn save_tunnel(
                 ports: new.ports,
                 agent_id: Some(new.agent_id),
                 target: Some(new.target),
+                replicas: Some(new.replicas),
                 enabled: Some(new.enabled),
                 issuer: Some(new.issuer),
                 access: None,
@@ -453,6 +461,7 @@ fn save_tunnel(
                 skip_tls_verify: form.contains_key("skip_tls_verify"),
                 path_prefix: value("path_prefix"),
                 gateways: value("gateways"),
+                replicas: value("replicas"),
                 host_header: value("host_header"),
                 connect_timeout: value("connect_timeout"),
                 enabled: form.contains_key("enabled"),
@@ -476,6 +485,35 @@ fn save_tunnel(
         Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
+}
+
+/// `agent=target, …` from the tunnel form: more agents with their targets, of the tunnel's
+/// scheme.
+fn parse_replicas(
+    text: &str,
+    ports: Option<kakuremichi_proto::ports::PortRange>,
+    scheme: crate::tunnels::OriginScheme,
+) -> Result<Vec<crate::model::Replica>, Error> {
+    text.split([',', '\n'])
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (agent_id, target) = entry.split_once('=').ok_or_else(|| {
+                Error::invalid("agents", format!("{entry:?} is not agent id=target"))
+            })?;
+            let (target, theirs) = crate::tunnels::parse_scheme_target(target.trim(), ports)?;
+            if theirs != scheme {
+                return Err(Error::invalid(
+                    "agents",
+                    "every target must use the same scheme",
+                ));
+            }
+            Ok(crate::model::Replica {
+                agent_id: agent_id.trim().to_string(),
+                target,
+            })
+        })
+        .collect()
 }
 
 /// The tunnel a form describes; errors name the field.
@@ -508,6 +546,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<crate::store::NewT
         ports,
         agent_id: parse("agent")?.to_string(),
         target,
+        replicas: parse_replicas(value("replicas"), ports, scheme)?,
         origin: crate::tunnels::OriginSettings {
             scheme,
             tls_verify: !form.contains_key("skip_tls_verify"),

@@ -20,6 +20,8 @@
 //! - [`listeners`]: the plain HTTP and HTTPS listeners.
 //! - [`ports`]: public TCP and UDP ports of `tcp` and `udp` tunnels.
 //! - [`passthrough`]: `tls` tunnels, chosen by SNI on the HTTPS port and not decrypted.
+//! - [`replicas`]: which of a tunnel's agents are alive (probes) and take the next
+//!   connection.
 //! - [`origin`]: TLS towards HTTPS origins.
 //! - [`pages`]: the 404 / 502 / 503 pages.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the loopback admin listener.
@@ -39,6 +41,7 @@ pub mod passthrough;
 pub mod pool;
 pub mod ports;
 pub mod proxy;
+pub mod replicas;
 pub mod routes;
 pub mod tls;
 
@@ -102,6 +105,8 @@ pub struct Settings {
     /// How long a draining gateway lets requests, WebSockets and tcp-tunnel connections in
     /// flight finish before it cuts them.
     pub drain_timeout: Duration,
+    /// How agents of tunnels with replicas are probed.
+    pub replica_probes: replicas::ProbeSettings,
 }
 
 /// Request counters.
@@ -124,6 +129,10 @@ pub struct Metrics {
 /// A running gateway's shared state.
 pub struct Gateway {
     stack: Stack,
+    /// Which replica agents answer their probes.
+    replicas: Arc<replicas::ReplicaHealth>,
+    /// Dials agents for port and passthrough tunnels, replicas in health order.
+    dialer: replicas::AgentDialer,
     routes: RwLock<Arc<RouteTable>>,
     pool: pool::Pool,
     config_version: AtomicU64,
@@ -205,6 +214,20 @@ impl Gateway {
             snapshot.control_route.as_ref(),
         ));
         problems.extend(table.problems.iter().cloned());
+        let port_upstreams = snapshot
+            .port_routes
+            .iter()
+            .map(|r| &r.upstream)
+            .chain(snapshot.passthrough_routes.iter().map(|r| &r.upstream))
+            .filter(|u| !u.replica_ips.is_empty());
+        let port_agents = port_upstreams
+            .flat_map(|u| std::iter::once(u.agent_ip).chain(u.replica_ips.iter().copied()));
+        self.replicas.watch(
+            table
+                .replica_agents()
+                .chain(port_agents)
+                .collect::<Vec<_>>(),
+        );
         *self.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
         self.pool
             .forget_unrouted(|upstream| table.routes_to(upstream));
@@ -272,9 +295,16 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let port_metrics = Arc::new(ports::PortMetrics::default());
     let drain = Arc::new(drain::Drain::new(settings.drain_timeout));
+    let replica_health = Arc::new(replicas::ReplicaHealth::default());
+    let dialer = replicas::AgentDialer {
+        stack: stack.clone(),
+        health: replica_health.clone(),
+    };
     let gateway = Arc::new(Gateway {
+        replicas: replica_health,
+        dialer: dialer.clone(),
         port_listeners: Mutex::new(ports::PortListeners::new(
-            stack.clone(),
+            dialer,
             settings.ports.clone(),
             settings.fronts.clone(),
             drain.clone(),
@@ -335,8 +365,18 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             )
         },
     );
+    let probe_gateway = gateway.clone();
+    let probe_replicas = gateway.dialer.probe(settings.replica_probes, move |agent| {
+        // Idle connections to a vanished agent would hang the requests that pick them.
+        probe_gateway
+            .pool
+            .forget_unrouted(|upstream| upstream.agent() != Some(agent));
+    });
     let background = future::or(
-        future::or(apply_loop, gateway.keep_endpoints()),
+        future::or(
+            future::or(apply_loop, gateway.keep_endpoints()),
+            probe_replicas,
+        ),
         kakuremichi_rt::memory::release_periodically(),
     );
     future::or(

@@ -76,6 +76,13 @@ struct Args {
     /// flight finish before it closes them (default 30)
     #[argh(option, default = "30")]
     drain_timeout: u64,
+    /// milliseconds between probes of the agents of tunnels with several agents (default
+    /// 500); an agent that misses one is not used until it answers again
+    #[argh(option, default = "500")]
+    replica_probe_interval_ms: u64,
+    /// milliseconds a replica probe waits for the agent (default 1000)
+    #[argh(option, default = "1000")]
+    replica_probe_timeout_ms: u64,
     /// addresses or networks of load balancers in front of the gateway whose connections
     /// start with a PROXY protocol v1/v2 header naming the client, e.g. 10.0.0.0/8 (default:
     /// none; headers from anyone else are never read)
@@ -122,6 +129,10 @@ fn main() -> anyhow::Result<()> {
     let settings = kakuremichi_gateway::Settings {
         fronts: TrustedFronts(fronts),
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        replica_probes: kakuremichi_gateway::replicas::ProbeSettings {
+            interval: std::time::Duration::from_millis(args.replica_probe_interval_ms.max(10)),
+            timeout: std::time::Duration::from_millis(args.replica_probe_timeout_ms.max(10)),
+        },
         control: ControlSettings::from_flags_or_env(
             args.control_url,
             args.api_key,

@@ -9,16 +9,17 @@
 
 use crate::drain::Drain;
 use crate::front::TrustedFronts;
+use crate::replicas::AgentDialer;
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use kakuremichi_netstack::{Stack, TcpStream};
+use kakuremichi_netstack::TcpStream;
 use kakuremichi_proto::datagrams::{self, Frame};
 use kakuremichi_proto::messages::{PortRoute, Upstream};
 use kakuremichi_proto::ports::{PortPolicy, PortRange, Transport};
 use kakuremichi_proto::proxy_protocol;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -51,8 +52,6 @@ impl PortSettings {
     }
 }
 
-/// Time the agent gets to accept an overlay connection.
-const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams queued towards the agent per public port before new ones are dropped.
 const UDP_QUEUE: usize = 1024;
 
@@ -74,7 +73,7 @@ struct Open {
 
 /// The open public ports.
 pub struct PortListeners {
-    stack: Stack,
+    agents: AgentDialer,
     settings: PortSettings,
     fronts: TrustedFronts,
     drain: Arc<Drain>,
@@ -85,14 +84,14 @@ pub struct PortListeners {
 impl PortListeners {
     /// No port open yet.
     pub fn new(
-        stack: Stack,
+        agents: AgentDialer,
         settings: PortSettings,
         fronts: TrustedFronts,
         drain: Arc<Drain>,
         metrics: Arc<PortMetrics>,
     ) -> Self {
         PortListeners {
-            stack,
+            agents,
             settings,
             fronts,
             drain,
@@ -145,14 +144,14 @@ impl PortListeners {
         }
         let addr = SocketAddr::new(self.settings.bind_ip, route.port);
         let upstream = Arc::new(RwLock::new(route.upstream.clone()));
-        let (stack, metrics) = (self.stack.clone(), self.metrics.clone());
+        let (agents, metrics) = (self.agents.clone(), self.metrics.clone());
         let task = match route.transport {
             Transport::Tcp => {
                 let listener = Async::<TcpListener>::bind(addr).map_err(|e| e.to_string())?;
                 let limit = self.settings.tcp_connections;
                 smol::spawn(accept_tcp(
                     listener,
-                    stack,
+                    agents,
                     upstream.clone(),
                     metrics,
                     (self.fronts.clone(), self.drain.clone()),
@@ -168,7 +167,7 @@ impl PortListeners {
                 let flows = Flows::new(self.settings.udp_flows);
                 let relay = UdpRelay {
                     socket: Arc::new(socket),
-                    stack,
+                    agents,
                     upstream: upstream.clone(),
                     metrics,
                     flows: Arc::new(Mutex::new(flows)),
@@ -189,21 +188,9 @@ impl PortListeners {
     }
 }
 
-async fn connect_agent(stack: &Stack, upstream: &Upstream) -> io::Result<TcpStream> {
-    let addr = SocketAddrV4::new(upstream.agent_ip, upstream.service_port);
-    let timeout = async {
-        Timer::after(AGENT_CONNECT_TIMEOUT).await;
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the agent did not accept in time",
-        ))
-    };
-    future::or(stack.connect(addr), timeout).await
-}
-
 async fn accept_tcp(
     listener: Async<TcpListener>,
-    stack: Stack,
+    agents: AgentDialer,
     upstream: Arc<RwLock<Upstream>>,
     metrics: Arc<PortMetrics>,
     (fronts, drain): (TrustedFronts, Arc<Drain>),
@@ -230,7 +217,7 @@ async fn accept_tcp(
             metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
             let _ = client.get_ref().set_nodelay(true);
             let upstream = upstream.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let (stack, fronts, cut) = (stack.clone(), fronts.clone(), drain.cut());
+            let (agents, fronts, cut) = (agents.clone(), fronts.clone(), drain.cut());
             let slot = Slot::take(&live);
             executor
                 .spawn(async move {
@@ -239,7 +226,7 @@ async fn accept_tcp(
                         Ok(from) => from,
                         Err(e) => return log::debug!("front {peer}: {e}"),
                     };
-                    let spliced = async { splice(&stack, &upstream, client, from, &[]).await };
+                    let spliced = async { splice(&agents, &upstream, client, from, &[]).await };
                     let cut = async {
                         cut.await;
                         Ok(())
@@ -274,13 +261,13 @@ impl Drop for Slot {
 /// wants one, then `already_read` (bytes taken from the client to choose the route), then
 /// both directions.
 pub(crate) async fn splice(
-    stack: &Stack,
+    agents: &AgentDialer,
     upstream: &Upstream,
     client: Async<std::net::TcpStream>,
     from: SocketAddr,
     already_read: &[u8],
 ) -> io::Result<()> {
-    let mut agent = connect_agent(stack, upstream).await?;
+    let mut agent = agents.connect(upstream).await?;
     let mut first = match upstream.proxy_protocol {
         Some(version) => {
             let local = client.get_ref().local_addr()?;
@@ -361,7 +348,7 @@ impl Flows {
 
 struct UdpRelay {
     socket: Arc<Async<UdpSocket>>,
-    stack: Stack,
+    agents: AgentDialer,
     upstream: Arc<RwLock<Upstream>>,
     metrics: Arc<PortMetrics>,
     flows: Arc<Mutex<Flows>>,
@@ -411,7 +398,7 @@ impl UdpRelay {
                 let Ok(first) = outgoing.recv().await else {
                     return;
                 };
-                match connect_agent(&self.stack, &upstream).await {
+                match self.agents.connect(&upstream).await {
                     Ok(carrier) => {
                         if let Err(e) = self.carry(carrier, first, &outgoing).await {
                             log::debug!("tunnel {}: udp carrier: {e}", upstream.tunnel_id);

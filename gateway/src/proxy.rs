@@ -83,7 +83,8 @@ pub async fn handle(
         as_http2(&mut request, wants_trailers);
     }
     let (body_failure, request) = ClientBody::wrap(request, gateway.body_idle_timeout);
-    let mut response = match forward(&gateway.pool, &route.upstream, request).await {
+    let upstreams = route.upstreams(&gateway.replicas);
+    let mut response = match forward(&gateway, &upstreams, request).await {
         Ok(response) => response,
         Err(e) => {
             if let Some(why) = body_failure.get() {
@@ -134,38 +135,102 @@ pub async fn handle(
     response.map(|b| b.boxed())
 }
 
+/// Send `request` to the first of `upstreams` (a tunnel's replicas in the order to try)
+/// that takes it: a request that never left the gateway moves on to the next, and an agent
+/// that could not be reached counts as down until its probe answers.
+async fn forward(
+    gateway: &Gateway,
+    upstreams: &[Upstream],
+    request: Request<ClientBody>,
+) -> Result<Response<Held<Incoming>>, UpstreamError> {
+    let mut request = request;
+    for (i, upstream) in upstreams.iter().enumerate() {
+        match send(&gateway.pool, upstream, request).await {
+            Attempt::Answered(result) => return result,
+            Attempt::NotSent {
+                request: unsent,
+                error,
+                unreachable,
+            } => {
+                if i + 1 == upstreams.len() {
+                    return Err(error);
+                }
+                if let (true, Some(agent)) = (unreachable, upstream.agent()) {
+                    gateway.replicas.report(agent, false);
+                }
+                log::warn!("{upstream}: {error}; trying the next replica");
+                request = unsent;
+            }
+        }
+    }
+    Err(UpstreamError::failed("the tunnel has no agent"))
+}
+
+/// How one upstream dealt with a request.
+enum Attempt {
+    /// It answered, or failed after the request left.
+    Answered(Result<Response<Held<Incoming>>, UpstreamError>),
+    /// The request never left the gateway and can go elsewhere.
+    NotSent {
+        request: Request<ClientBody>,
+        error: UpstreamError,
+        /// No connection could be made at all.
+        unreachable: bool,
+    },
+}
+
 /// Send `request` upstream on a pooled connection; a pooled connection that turns out to be
 /// closed is replaced by a fresh one once, if the request was not sent. The response body
 /// holds the request's pool permit until it ends.
-async fn forward(
-    pool: &Pool,
-    upstream: &Upstream,
-    request: Request<ClientBody>,
-) -> Result<Response<Held<Incoming>>, UpstreamError> {
-    let mut conn = pool.checkout(upstream).await?;
-    let result = match conn.sender.try_send_request(request).await {
-        Err(mut e) if conn.reused && e.message().is_some() => {
-            let request = e
-                .take_message()
-                .ok_or_else(|| UpstreamError::failed("request lost"))?;
-            pool.redial(&mut conn)
-                .await
-                .map_err(UpstreamError::failed)?;
-            conn.sender
-                .send_request(request)
-                .await
-                .map_err(UpstreamError::failed)
+async fn send(pool: &Pool, upstream: &Upstream, request: Request<ClientBody>) -> Attempt {
+    let mut conn = match pool.checkout(upstream).await {
+        Ok(conn) => conn,
+        Err(error @ UpstreamError::Busy) => return Attempt::Answered(Err(error)),
+        Err(error) => {
+            return Attempt::NotSent {
+                request,
+                error,
+                unreachable: true,
+            }
         }
-        other => other.map_err(|e| UpstreamError::failed(e.into_error())),
     };
-    let response = result?;
+    let result = match conn.sender.try_send_request(request).await {
+        Err(mut e) => match e.take_message() {
+            Some(request) if conn.reused => {
+                if let Err(error) = pool.redial(&mut conn).await {
+                    return Attempt::NotSent {
+                        request,
+                        error: UpstreamError::failed(error),
+                        unreachable: true,
+                    };
+                }
+                conn.sender
+                    .send_request(request)
+                    .await
+                    .map_err(UpstreamError::failed)
+            }
+            Some(request) => {
+                return Attempt::NotSent {
+                    request,
+                    error: UpstreamError::failed(e.into_error()),
+                    unreachable: false,
+                }
+            }
+            None => Err(UpstreamError::failed(e.into_error())),
+        },
+        Ok(response) => Ok(response),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => return Attempt::Answered(Err(error)),
+    };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection now belongs to the upgraded stream; its permit goes back at once
         // (long-lived WebSockets must not hold request slots).
-        return Ok(response.map(|body| Held::new(body, None)));
+        return Attempt::Answered(Ok(response.map(|body| Held::new(body, None))));
     }
     let lease = pool.lease(conn);
-    Ok(response.map(|body| Held::new(body, Some(lease))))
+    Attempt::Answered(Ok(response.map(|body| Held::new(body, Some(lease)))))
 }
 
 /// [`request_host`], counting a malformed request in the gateway's `bad_requests`.

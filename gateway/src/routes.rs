@@ -6,7 +6,7 @@ use kakuremichi_proto::access::AccessPolicy;
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::messages::{under_prefix, ControlRoute, HttpRoute};
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 /// Where a route's requests are sent.
@@ -25,6 +25,14 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// The agent it goes to, if it goes through the overlay.
+    pub fn agent(&self) -> Option<Ipv4Addr> {
+        match self {
+            Upstream::Overlay { addr, .. } => Some(*addr.ip()),
+            Upstream::Direct(_) => None,
+        }
+    }
+
     /// Whether requests go out as HTTP/2.
     pub fn speaks_http2(&self) -> bool {
         matches!(self, Upstream::Overlay { http2: true, .. })
@@ -59,6 +67,8 @@ pub struct Route {
     pub hostname: Hostname,
     /// Where requests go.
     pub upstream: Upstream,
+    /// The same service on the tunnel's other agents.
+    pub replicas: Vec<Upstream>,
     /// Served over HTTPS (plain HTTP redirects) rather than plain HTTP.
     pub https: bool,
     /// Who may open it; `None` is public.
@@ -77,6 +87,26 @@ pub struct HostRoutes {
     routes: Vec<Route>,
     /// For paths no route takes.
     pub not_found_page: Option<Arc<str>>,
+}
+
+impl Route {
+    /// Where to send a request, in the order to try: with replicas, the live agents in
+    /// turn, then the rest.
+    pub fn upstreams(&self, health: &crate::replicas::ReplicaHealth) -> Vec<Upstream> {
+        if self.replicas.is_empty() {
+            return vec![self.upstream.clone()];
+        }
+        let all: Vec<&Upstream> = std::iter::once(&self.upstream)
+            .chain(&self.replicas)
+            .collect();
+        let agents: Vec<Ipv4Addr> = all.iter().filter_map(|u| u.agent()).collect();
+        health
+            .order(&agents)
+            .into_iter()
+            .filter_map(|agent| all.iter().find(|u| u.agent() == Some(agent)))
+            .map(|u| (*u).clone())
+            .collect()
+    }
 }
 
 impl HostRoutes {
@@ -131,9 +161,18 @@ impl RouteTable {
                 hostname: r.hostname.clone(),
                 upstream: Upstream::Overlay {
                     addr: SocketAddrV4::new(r.agent_ip, r.service_port),
-                    tls,
+                    tls: tls.clone(),
                     http2: r.origin.h2c,
                 },
+                replicas: r
+                    .replica_ips
+                    .iter()
+                    .map(|ip| Upstream::Overlay {
+                        addr: SocketAddrV4::new(*ip, r.service_port),
+                        tls: tls.clone(),
+                        http2: r.origin.h2c,
+                    })
+                    .collect(),
                 https: r.https,
                 access: (!r.access.is_public()).then(|| Arc::new(r.access.clone())),
                 host_header: r
@@ -154,6 +193,7 @@ impl RouteTable {
                 tunnel_id: "control".into(),
                 hostname: control.hostname.clone(),
                 upstream: Upstream::Direct(control.upstream.clone()),
+                replicas: Vec::new(),
                 https: true,
                 access: None,
                 host_header: None,
@@ -187,7 +227,17 @@ impl RouteTable {
         self.by_host
             .values()
             .flat_map(|host| &host.routes)
-            .any(|route| route.upstream == *upstream)
+            .any(|route| route.upstream == *upstream || route.replicas.contains(upstream))
+    }
+
+    /// The agents that share some tunnel with another agent (the ones worth probing).
+    pub fn replica_agents(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_host
+            .values()
+            .flat_map(|host| &host.routes)
+            .filter(|route| !route.replicas.is_empty())
+            .flat_map(|route| std::iter::once(&route.upstream).chain(&route.replicas))
+            .filter_map(Upstream::agent)
     }
 
     /// How many hostnames are routed (however many paths each splits into).
@@ -213,6 +263,7 @@ mod tests {
                 hostname: "app.localhost".parse().unwrap(),
                 agent_ip: "10.77.0.2".parse().unwrap(),
                 service_port: 20000,
+                replica_ips: vec![],
                 https: false,
                 access: Default::default(),
                 origin: Default::default(),

@@ -21,6 +21,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
 /// The largest message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The overlay port on which every agent accepts a connection and closes it at once:
+/// gateways probe it to know which of a tunnel's replicas are alive.
+pub const AGENT_HEALTH_PORT: u16 = 1;
 
 /// Node → Control.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +229,10 @@ pub struct HttpRoute {
     pub agent_ip: Ipv4Addr,
     /// The tunnel's service port on that address.
     pub service_port: u16,
+    /// Other agents serving the same tunnel on the same service port (replicas): requests
+    /// are spread over the healthy ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_ips: Vec<Ipv4Addr>,
     /// Whether the hostname is served over HTTPS (plain HTTP then redirects); `false` serves
     /// plain HTTP, e.g. behind another TLS terminator.
     #[serde(default)]
@@ -323,6 +330,9 @@ pub struct Upstream {
     pub agent_ip: Ipv4Addr,
     /// The service port on that address.
     pub service_port: u16,
+    /// Other agents serving the same tunnel on the same service port (replicas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_ips: Vec<Ipv4Addr>,
     /// A PROXY header to put in front of each forwarded connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -417,6 +427,7 @@ mod tests {
                     tunnel_id: "tun_2".into(),
                     agent_ip: Ipv4Addr::new(10, 77, 0, 2),
                     service_port: 20001,
+                    replica_ips: vec![Ipv4Addr::new(10, 77, 0, 3)],
                     proxy_protocol: Some(ProxyProtocol::V2),
                 },
             }],

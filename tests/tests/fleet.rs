@@ -416,3 +416,145 @@ fn a_drain_cuts_what_is_still_open_at_its_deadline() {
     );
     becomes(&cluster, gateway, "quick.localhost", 200);
 }
+
+/// Which origin answered, if the answer is one of the describing origin's.
+fn origin_name(answer: &kakuremichi_tests::Answer) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+    Some(body["origin"].as_str()?.to_string())
+}
+
+#[test]
+fn a_tunnels_agents_share_it_and_a_killed_one_is_skipped_within_the_detection_window() {
+    let mut cluster = Cluster::new("fleet-replicas");
+    let gateway = cluster.add_gateway();
+    let (one, two) = (cluster.add_agent(), cluster.add_agent());
+    let ids = [
+        cluster.agents[one].id.clone(),
+        cluster.agents[two].id.clone(),
+    ];
+    for id in &ids {
+        cluster.wait_online("agent", id);
+    }
+    let (origin_one, origin_two) = (Origin::start("one"), Origin::start("two"));
+    let port = kakuremichi_tests::free_tcp_port();
+    let agents = json!([
+        {"agent": ids[0], "target": origin_one.addr.to_string()},
+        {"agent": ids[1], "target": origin_two.addr.to_string()},
+    ]);
+    for body in [
+        json!({"hostname": "twin.localhost", "agents": agents, "issuer": "none"}),
+        json!({"kind": "tcp", "port": port, "agents": agents}),
+    ] {
+        let answer = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+        assert_eq!(answer.status, 201, "{body}: {}", answer.body);
+        assert_eq!(answer.json()["agents"], agents, "{}", answer.body);
+    }
+    // The same agent twice, or a udp tunnel with replicas, is refused.
+    for body in [
+        json!({"hostname": "dup.localhost", "issuer": "none", "agents": [
+            {"agent": ids[0], "target": "127.0.0.1:1"}, {"agent": ids[0], "target": "127.0.0.1:2"}]}),
+        json!({"kind": "udp", "port": kakuremichi_tests::free_udp_port(), "agents": agents}),
+        json!({"hostname": "mixed.localhost", "issuer": "none", "agents": [
+            {"agent": ids[0], "target": "127.0.0.1:1"}, {"agent": ids[1], "target": "https://127.0.0.1:2"}]}),
+    ] {
+        let answer = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+    }
+    let tcp_url = format!("http://127.0.0.1:{port}/");
+    let http_port = cluster.gateways[gateway].http_port;
+    let resolve = format!("twin.localhost:{http_port}:127.0.0.1");
+    let http_url = format!("http://twin.localhost:{http_port}/");
+    let through = |via_tcp: bool| match via_tcp {
+        true => curl(&["--max-time", "10", &tcp_url]),
+        false => curl(&["--max-time", "10", "--resolve", &resolve, &http_url]),
+    };
+    for via_tcp in [false, true] {
+        let both = wait_for(Duration::from_secs(10), || {
+            let names: std::collections::HashSet<String> = (0..10)
+                .filter_map(|_| origin_name(&through(via_tcp)))
+                .collect();
+            (names.len() == 2).then_some(())
+        });
+        assert!(
+            both.is_some(),
+            "tcp {via_tcp}: requests never reached both agents\n{}",
+            cluster.logs()
+        );
+    }
+
+    // Kill agent two under four request loops (http and tcp).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let records = std::sync::Mutex::new(Vec::new());
+    let killed_at = std::thread::scope(|scope| {
+        for via_tcp in [false, true, false, true] {
+            let (stop, records, through) = (&stop, &records, &through);
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let answer = through(via_tcp);
+                    let record = (started, answer.status, origin_name(&answer), via_tcp);
+                    records.lock().unwrap().push(record);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let killed_at = Instant::now();
+        cluster.agents[two].kill9();
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        killed_at
+    });
+    let records = records.into_inner().unwrap();
+    let window = Duration::from_secs(2);
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|(_, status, name, _)| *status != 200 || name.is_none())
+        .collect();
+    let after: Vec<_> = records
+        .iter()
+        .filter(|(started, ..)| *started > killed_at + window)
+        .collect();
+    println!(
+        "replicas: {} requests, {} failed (all started within {:?} of the kill: {:?}), {} after the window",
+        records.len(),
+        failed.len(),
+        window,
+        failed
+            .iter()
+            .map(|(started, status, _, tcp)| (started.saturating_duration_since(killed_at), *status, *tcp))
+            .collect::<Vec<_>>(),
+        after.len()
+    );
+    for (started, status, _, via_tcp) in &failed {
+        assert!(
+            *started + Duration::from_millis(200) >= killed_at && *started <= killed_at + window,
+            "a request (tcp {via_tcp}) failed with {status} outside the detection window, {:?} after the kill\n{}",
+            started.saturating_duration_since(killed_at),
+            cluster.logs()
+        );
+    }
+    assert!(
+        after.len() >= 20,
+        "too few requests after the window: {}",
+        after.len()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(_, status, name, _)| *status == 200 && name.as_deref() == Some("one")),
+        "after the window every request goes to agent one"
+    );
+
+    // Back: agent two takes requests again.
+    cluster.agents[two].start();
+    let back = wait_for(Duration::from_secs(15), || {
+        (0..10)
+            .any(|_| origin_name(&through(false)).as_deref() == Some("two"))
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "agent two never served again\n{}",
+        cluster.logs()
+    );
+}

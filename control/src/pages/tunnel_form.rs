@@ -24,6 +24,8 @@ pub struct TunnelForm<'a> {
     pub skip_tls_verify: bool,
     pub path_prefix: &'a str,
     pub gateways: &'a str,
+    /// Other agents, `agent=target` separated by commas.
+    pub replicas: &'a str,
     pub host_header: &'a str,
     pub connect_timeout: &'a str,
     pub enabled: bool,
@@ -38,8 +40,9 @@ impl TunnelForm<'_> {
 }
 
 /// The fields the form shows errors beside; others are shown above it.
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "gateways",
+    "agents",
     "path_prefix",
     "origin",
     "host_header",
@@ -125,6 +128,7 @@ pub fn form_page(
                         @if let Some(error) = form.error_for("agent") { span.error { (error) } }
                     }
                     (field("Target the agent forwards to (host:port as the agent sees it; https://host:port for an HTTPS origin, h2c://host:port for HTTP/2 without TLS such as gRPC)", "target", "text", form.target, form.error_for("target"), "off"))
+                    (optional_field("More agents serving it (replicas): agent id=target, separated by commas; requests are spread over the healthy ones", "replicas", form.replicas, form.error_for("agents")))
                     (optional_field("Gateways: all (empty), ids separated by commas, or labels such as region=tokyo", "gateways", form.gateways, form.error_for("gateways")))
                     (choice("Certificate (http)", "issuer", &ISSUERS, form.issuer, form.error_for("issuer")))
                     (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.proxy_protocol, form.error_for("proxy_protocol")))

@@ -1,0 +1,212 @@
+//! Agent replicas: which of a tunnel's agents take new connections.
+//!
+//! A tunnel may be served by several agents on the same service port. The gateway probes
+//! each agent that is one of several (on [`AGENT_HEALTH_PORT`], which every agent accepts)
+//! and keeps the answers in [`ReplicaHealth`], plain data: connections go to the live agents
+//! in turn, and to the others only when none is live (a probe may be wrong; a request should
+//! still get its chance). [`AgentDialer`] is the I/O edge that dials in that order.
+
+use futures_lite::future;
+use kakuremichi_netstack::{Stack, TcpStream};
+use kakuremichi_proto::messages::{Upstream, AGENT_HEALTH_PORT};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How the gateway watches replicas.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    /// Time between probes of each watched agent.
+    pub interval: Duration,
+    /// A probe unanswered this long marks the agent down.
+    pub timeout: Duration,
+}
+
+/// What the probes found, per agent overlay address.
+#[derive(Default)]
+pub struct ReplicaHealth {
+    table: Mutex<Table>,
+    /// Rotates the first choice among live agents.
+    turn: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Agents that serve some tunnel together with another agent.
+    watched: HashSet<Ipv4Addr>,
+    /// Whether each watched agent answered its last probe (absent: not probed yet, live).
+    alive: HashMap<Ipv4Addr, bool>,
+}
+
+impl ReplicaHealth {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Plain maps, never left half-changed.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watch exactly these agents; what is known of others is forgotten.
+    pub fn watch(&self, agents: impl IntoIterator<Item = Ipv4Addr>) {
+        let mut table = self.table();
+        table.watched = agents.into_iter().collect();
+        let Table { watched, alive } = &mut *table;
+        alive.retain(|agent, _| watched.contains(agent));
+    }
+
+    /// The agents to probe.
+    pub fn watched(&self) -> Vec<Ipv4Addr> {
+        self.table().watched.iter().copied().collect()
+    }
+
+    /// Record a probe's answer; `Some(alive)` when it changed what is known.
+    pub fn report(&self, agent: Ipv4Addr, alive: bool) -> Option<bool> {
+        let mut table = self.table();
+        if !table.watched.contains(&agent) {
+            return None;
+        }
+        let before = table.alive.insert(agent, alive).unwrap_or(true);
+        (before != alive).then_some(alive)
+    }
+
+    /// Whether an agent is believed live (unwatched and unprobed agents are).
+    pub fn is_live(&self, agent: Ipv4Addr) -> bool {
+        self.table().alive.get(&agent).copied().unwrap_or(true)
+    }
+
+    /// The order in which to try `agents`: the live ones, starting with the next in turn,
+    /// then the rest.
+    pub fn order(&self, agents: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+        if agents.len() < 2 {
+            return agents.to_vec();
+        }
+        let table = self.table();
+        let (live, down): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = agents
+            .iter()
+            .partition(|agent| table.alive.get(agent).copied().unwrap_or(true));
+        drop(table);
+        let mut ordered = live;
+        if !ordered.is_empty() {
+            let first = self.turn.fetch_add(1, Ordering::Relaxed) % ordered.len();
+            ordered.rotate_left(first);
+        }
+        ordered.extend(down);
+        ordered
+    }
+}
+
+/// Connections to the agents of `tcp` and `tls` tunnels, replicas in health order.
+#[derive(Clone)]
+pub struct AgentDialer {
+    pub stack: Stack,
+    pub health: Arc<ReplicaHealth>,
+}
+
+impl AgentDialer {
+    /// A connection to one of the upstream's agents: a dial that fails or times out moves on
+    /// to the next (nothing was sent yet), and marks that agent down until a probe answers.
+    pub async fn connect(&self, upstream: &Upstream) -> io::Result<TcpStream> {
+        let mut agents = vec![upstream.agent_ip];
+        agents.extend(&upstream.replica_ips);
+        let mut last_error = None;
+        for agent in self.health.order(&agents) {
+            // The stack gives up on an unanswered dial after its CONNECT_TIMEOUT.
+            match self
+                .stack
+                .connect(SocketAddrV4::new(agent, upstream.service_port))
+                .await
+            {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    if agents.len() > 1 && self.health.report(agent, false) == Some(false) {
+                        log::warn!(
+                            "tunnel {}: agent {agent} failed ({e}); trying another",
+                            upstream.tunnel_id
+                        );
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("the tunnel has no agent")))
+    }
+
+    /// Probe every watched agent each interval, forever; `went_down` runs for each agent
+    /// that stopped answering (to drop pooled connections to it).
+    pub async fn probe(
+        &self,
+        settings: ProbeSettings,
+        went_down: impl Fn(Ipv4Addr) + Clone + Send + 'static,
+    ) {
+        loop {
+            async_io::Timer::after(settings.interval).await;
+            for agent in self.health.watched() {
+                let (stack, health, went_down) =
+                    (self.stack.clone(), self.health.clone(), went_down.clone());
+                smol::spawn(async move {
+                    let answered = async {
+                        stack
+                            .connect(SocketAddrV4::new(agent, AGENT_HEALTH_PORT))
+                            .await
+                            .is_ok()
+                    };
+                    let unanswered = async {
+                        async_io::Timer::after(settings.timeout).await;
+                        false
+                    };
+                    match health.report(agent, future::or(answered, unanswered).await) {
+                        Some(true) => log::info!("replica agent {agent} answers again"),
+                        Some(false) => {
+                            log::warn!("replica agent {agent} stopped answering; not used");
+                            went_down(agent);
+                        }
+                        None => {}
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, 0, last)
+    }
+
+    #[test]
+    fn live_agents_take_turns_and_dead_ones_come_last() {
+        let health = ReplicaHealth::default();
+        health.watch([ip(2), ip(3), ip(4)]);
+        let agents = [ip(2), ip(3), ip(4)];
+        let firsts: HashSet<Ipv4Addr> = (0..3).map(|_| health.order(&agents)[0]).collect();
+        assert_eq!(firsts.len(), 3, "every live agent comes first in turn");
+
+        assert_eq!(health.report(ip(3), false), Some(false));
+        assert_eq!(health.report(ip(3), false), None, "no change, no news");
+        for _ in 0..6 {
+            let order = health.order(&agents);
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], ip(3), "the dead agent is the last resort");
+        }
+        assert_eq!(health.report(ip(3), true), Some(true));
+        assert!(health.is_live(ip(3)));
+    }
+
+    #[test]
+    fn all_dead_still_tries_them_all_and_unwatched_agents_are_forgotten() {
+        let health = ReplicaHealth::default();
+        health.watch([ip(2), ip(3)]);
+        health.report(ip(2), false);
+        health.report(ip(3), false);
+        assert_eq!(health.order(&[ip(2), ip(3)]).len(), 2);
+        health.watch([ip(3)]);
+        assert!(health.is_live(ip(2)), "no longer watched: nothing known");
+        assert_eq!(health.report(ip(2), false), None);
+        assert_eq!(health.order(&[ip(9)]), vec![ip(9)]);
+    }
+}
