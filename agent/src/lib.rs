@@ -6,10 +6,12 @@
 //! to the tunnel's target.
 //!
 //! - [`forward`]: service ports and forwarding.
+//! - [`fallback`]: WireGuard over TCP to gateways that UDP does not reach.
 //! - [`udp`]: datagrams of `udp` services, one socket per client flow.
 //! - [`status`]: the loopback status listener and the `healthcheck` probe.
 #![forbid(unsafe_code)]
 
+pub mod fallback;
 pub mod forward;
 pub mod status;
 pub mod udp;
@@ -21,7 +23,7 @@ use kakuremichi_nodelink::apply::{apply_network, peer_specs};
 use kakuremichi_nodelink::link::{self, LinkState};
 use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::messages::AGENT_HEALTH_PORT;
+use kakuremichi_proto::messages::{NodeStatus, AGENT_HEALTH_PORT};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct Settings {
     pub status_listen: SocketAddr,
     /// Local UDP address for WireGuard (port 0: any).
     pub wireguard_bind: SocketAddr,
+    /// When to carry WireGuard over TCP to a gateway UDP does not reach; `None`: never.
+    pub tcp_fallback: Option<fallback::Timing>,
 }
 
 /// A running agent's shared state.
@@ -88,11 +92,23 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         let agent = status_agent.clone();
         async move { status::handle(&agent, request.uri().path()) }
     });
+    let fallback = settings
+        .tcp_fallback
+        .map(|timing| fallback::Fallback::new(stack.clone(), timing));
+    let watch_paths = async {
+        match &fallback {
+            Some(fallback) => fallback.run().await,
+            None => future::pending().await,
+        }
+    };
     let apply_loop = async {
         let mut services = forward::Services::new(stack.clone());
         loop {
             let snapshot = snapshots.take().await;
-            let peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
+            let mut peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
+            if let Some(fallback) = &fallback {
+                peers = fallback.set_peers(peers);
+            }
             apply_network(&stack, &snapshot, &peers);
             services.reconcile(&snapshot.services);
             agent.service_count.store(services.len(), Ordering::Relaxed);
@@ -126,7 +142,17 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         node.link,
         &agent.link,
         |snapshot| snapshots.put(snapshot),
-        || link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack),
+        || NodeStatus {
+            // Not a failure, but worth seeing: the network in front of this agent drops UDP.
+            problems: fallback
+                .as_ref()
+                .map(|f| f.over_tcp())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|gateway| format!("gateway {gateway} reached over TCP: UDP gets no answer"))
+                .collect(),
+            ..link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack)
+        },
     );
     log::info!(
         "agent started (status on http://{})",
@@ -134,7 +160,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     );
     future::or(
         future::or(
-            future::or(serve_status, answer_probes),
+            future::or(future::or(serve_status, answer_probes), watch_paths),
             kakuremichi_rt::memory::release_periodically(),
         ),
         future::or(apply_loop, control_link),

@@ -28,6 +28,13 @@ struct Args {
     /// local UDP address for WireGuard (default 0.0.0.0:0, any port)
     #[argh(option, default = "\"0.0.0.0:0\".parse().unwrap()")]
     wireguard_bind: SocketAddr,
+    /// seconds without a WireGuard session over UDP after which a gateway is reached over
+    /// TCP instead (default 4; 0: never)
+    #[argh(option, default = "4")]
+    tcp_fallback_after: u64,
+    /// seconds between tries of UDP while a gateway is reached over TCP (default 30)
+    #[argh(option, default = "30")]
+    udp_retry: u64,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -59,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         )?,
         status_listen: args.status_listen,
         wireguard_bind: args.wireguard_bind,
+        tcp_fallback: (args.tcp_fallback_after > 0).then(|| kakuremichi_agent::fallback::Timing {
+            after: std::time::Duration::from_secs(args.tcp_fallback_after),
+            retry_udp: std::time::Duration::from_secs(args.udp_retry.max(1)),
+        }),
     };
     kakuremichi_rt::stop::run_until_stopped(kakuremichi_agent::run(settings))?;
     Ok(())

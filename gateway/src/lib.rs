@@ -107,7 +107,13 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// How agents of tunnels with replicas are probed.
     pub replica_probes: replicas::ProbeSettings,
+    /// Where agents whose network drops UDP carry WireGuard over TCP (the WireGuard
+    /// endpoint's port, over TCP); `None`: nowhere.
+    pub wireguard_tcp_listen: Option<SocketAddr>,
 }
+
+/// WireGuard-over-TCP carriers open at once.
+const MAX_TCP_CARRIERS: usize = 1024;
 
 /// Request counters.
 #[derive(Default)]
@@ -288,6 +294,29 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     })
     .await?;
     let http = listen(settings.http_listen)?;
+    // Without it only agents whose network drops UDP lose out: serve the rest regardless.
+    let carriers = match settings.wireguard_tcp_listen {
+        Some(addr) => smol::net::TcpListener::bind(addr)
+            .await
+            .inspect_err(|e| log::error!("wireguard over tcp: cannot listen on {addr}: {e}"))
+            .ok(),
+        None => None,
+    };
+    let wireguard_local =
+        kakuremichi_nodelink::tcp_carrier::local_wireguard_addr(node.stack.local_addr());
+    let serve_carriers = async move {
+        match carriers {
+            Some(listener) => {
+                kakuremichi_nodelink::tcp_carrier::serve(
+                    listener,
+                    wireguard_local,
+                    MAX_TCP_CARRIERS,
+                )
+                .await
+            }
+            None => future::pending().await,
+        }
+    };
     let https = listen(settings.https_listen)?;
     let certificates = Arc::new(tls::Certificates::default());
     let tls_config = tls::server_config(certificates.clone()).map_err(Error::Tls)?;
@@ -375,7 +404,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let background = future::or(
         future::or(
             future::or(apply_loop, gateway.keep_endpoints()),
-            probe_replicas,
+            future::or(probe_replicas, serve_carriers),
         ),
         kakuremichi_rt::memory::release_periodically(),
     );

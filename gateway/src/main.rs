@@ -83,6 +83,10 @@ struct Args {
     /// milliseconds a replica probe waits for the agent (default 1000)
     #[argh(option, default = "1000")]
     replica_probe_timeout_ms: u64,
+    /// TCP address where agents whose network drops UDP carry WireGuard instead (default:
+    /// the --wireguard-listen address over TCP, which is where agents look; "off": none)
+    #[argh(option)]
+    wireguard_tcp_listen: Option<String>,
     /// addresses or networks of load balancers in front of the gateway whose connections
     /// start with a PROXY protocol v1/v2 header naming the client, e.g. 10.0.0.0/8 (default:
     /// none; headers from anyone else are never read)
@@ -126,8 +130,17 @@ fn main() -> anyhow::Result<()> {
         .map(|cidr| cidr.trim().parse())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--proxy-protocol-from: {e}"))?;
+    let wireguard_tcp_listen = match args.wireguard_tcp_listen.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(
+            addr.parse()
+                .map_err(|e| anyhow::anyhow!("--wireguard-tcp-listen {addr}: {e}"))?,
+        ),
+        None => Some(args.wireguard_listen),
+    };
     let settings = kakuremichi_gateway::Settings {
         fronts: TrustedFronts(fronts),
+        wireguard_tcp_listen,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
         replica_probes: kakuremichi_gateway::replicas::ProbeSettings {
             interval: std::time::Duration::from_millis(args.replica_probe_interval_ms.max(10)),
@@ -162,11 +175,15 @@ fn main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("--tcp-ports: {e}"))?,
                     udp_allowed: parse_ranges(&args.udp_ports)
                         .map_err(|e| anyhow::anyhow!("--udp-ports: {e}"))?,
-                    tcp_reserved: vec![
-                        (args.http_listen.port(), "HTTP listener".into()),
-                        (args.https_listen.port(), "HTTPS listener".into()),
-                        (args.admin_listen.port(), "admin listener".into()),
-                    ],
+                    tcp_reserved: [
+                        (args.http_listen.port(), "HTTP listener"),
+                        (args.https_listen.port(), "HTTPS listener"),
+                        (args.admin_listen.port(), "admin listener"),
+                    ]
+                    .into_iter()
+                    .chain(wireguard_tcp_listen.map(|a| (a.port(), "WireGuard over TCP")))
+                    .map(|(port, what)| (port, what.to_string()))
+                    .collect(),
                     udp_reserved: vec![(args.wireguard_listen.port(), "WireGuard socket".into())],
                 },
             )

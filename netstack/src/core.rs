@@ -131,6 +131,11 @@ impl Core {
         self.peers.set_peers(specs);
     }
 
+    /// See [`PeerTable::probe_handshake`].
+    pub fn probe_handshake(&mut self, public_key: &[u8; 32], to: std::net::SocketAddr) -> bool {
+        self.peers.probe_handshake(public_key, to)
+    }
+
     /// Per-peer counters.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.peers.stats()

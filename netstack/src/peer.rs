@@ -252,6 +252,32 @@ impl PeerTable {
         }
     }
 
+    /// Send the peer a fresh handshake initiation at `to`, leaving its endpoint alone: the
+    /// answer, authenticated, moves the endpoint to where it came from. `false` for an
+    /// unknown peer.
+    pub fn probe_handshake(&mut self, public_key: &[u8; 32], to: SocketAddr) -> bool {
+        let Some(index) = self.index_by_key.get(public_key).copied() else {
+            return false;
+        };
+        let PeerTable {
+            peers,
+            scratch,
+            to_network,
+            drops,
+            pool,
+            ..
+        } = self;
+        let Some(peer) = peers.get_mut(&index) else {
+            return false;
+        };
+        if let TunnResult::WriteToNetwork(out) =
+            peer.tunn.format_handshake_initiation(scratch, true)
+        {
+            push_bounded(to_network, drops, pool, to, out);
+        }
+        true
+    }
+
     fn allocate_index(&mut self) -> u32 {
         // boringtun shifts the index left by 8 bits for session ids: keep it within 24 bits.
         loop {

@@ -108,6 +108,15 @@ impl Stack {
         self.shared.nudge();
     }
 
+    /// Send a peer a handshake initiation at `to` instead of its endpoint; if it answers
+    /// from there, the peer's endpoint moves there (a path is tried without leaving the one
+    /// in use). `false` for an unknown peer.
+    pub fn probe_handshake(&self, public_key: &[u8; 32], to: SocketAddr) -> bool {
+        let sent = self.shared.lock().probe_handshake(public_key, to);
+        self.shared.nudge();
+        sent
+    }
+
     /// Per-peer counters.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.shared.lock().peer_stats()

@@ -9,6 +9,7 @@
 //! - [`node`]: starting a node (settings check, key, WireGuard socket, cached config).
 //! - [`link`]: the control WebSocket: connect (resolving DNS each time), hello, snapshots in,
 //!   heartbeats and status out, reconnect with capped exponential backoff.
+//! - [`tcp_carrier`]: WireGuard datagrams over TCP where UDP is blocked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod apply;
 pub mod link;
 pub mod node;
 pub mod state_dir;
+pub mod tcp_carrier;
 
 use kakuremichi_proto::ids::PublicKey;
 use kakuremichi_proto::messages::Hello;

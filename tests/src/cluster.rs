@@ -91,6 +91,11 @@ impl Node {
         }
     }
 
+    /// Add arguments for the next start.
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+    }
+
     /// Set an environment variable for the next start.
     pub fn set_env(&mut self, name: &str, value: &str) {
         self.env.retain(|(n, _)| n != name);

@@ -558,3 +558,115 @@ fn a_tunnels_agents_share_it_and_a_killed_one_is_skipped_within_the_detection_wi
         cluster.logs()
     );
 }
+
+/// Forward datagrams arriving on `127.0.0.1:port` to `127.0.0.1:to` and the answers back
+/// to whoever sent last: UDP that passes again.
+fn udp_forwarder(port: u16, to: u16) {
+    let front = std::net::UdpSocket::bind(("127.0.0.1", port)).expect("bind the forwarder");
+    let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", to)).unwrap();
+    let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (front_out, back_in, client_out) = (
+        front.try_clone().unwrap(),
+        back.try_clone().unwrap(),
+        client.clone(),
+    );
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok((len, from)) = front.recv_from(&mut buffer) {
+            *client.lock().unwrap() = Some(from);
+            let _ = back.send(&buffer[..len]);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok(len) = back_in.recv(&mut buffer) {
+            if let Some(client) = *client_out.lock().unwrap() {
+                let _ = front_out.send_to(&buffer[..len], client);
+            }
+        }
+    });
+}
+
+#[test]
+fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_udp() {
+    // Frequent heartbeats carry the agent's status to Control quickly.
+    let mut cluster =
+        Cluster::with_control_args("fleet-tcp-fallback", &["--heartbeat-interval-ms", "300"]);
+    let gateway = cluster.add_gateway();
+    let gateway_id = cluster.gateways[gateway].id.clone();
+    let udp = cluster.gateway_wireguard_port(gateway);
+    // Agents are told to find the gateway at a port where only TCP answers: UDP there
+    // goes nowhere, as behind a network that drops it.
+    let endpoint = format!("127.0.0.1:{}", kakuremichi_tests::free_tcp_port());
+    let node = &mut cluster.gateways[gateway];
+    node.kill9();
+    node.add_args(&[
+        "--wireguard-tcp-listen",
+        &endpoint,
+        "--wireguard-endpoint",
+        &endpoint,
+    ]);
+    node.start();
+    cluster.wait_online("gateway", &gateway_id);
+    let origin = Origin::start("behind");
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.agents[agent].kill9();
+    cluster.agents[agent].add_args(&["--udp-retry", "1"]);
+    cluster.create_tunnel("fallback.localhost", agent, &origin.addr.to_string());
+    let started = Instant::now();
+    cluster.agents[agent].start();
+    let serving = wait_for(Duration::from_secs(15), || {
+        (status(&cluster, gateway, "fallback.localhost") == 200).then(|| started.elapsed())
+    })
+    .unwrap_or_else(|| panic!("never served over the fallback\n{}", cluster.logs()));
+    assert!(
+        serving <= Duration::from_secs(10),
+        "served over TCP only after {serving:?}"
+    );
+    assert!(cluster.agents[agent].log().contains("carrying it over TCP"));
+    // Control shows why: the agent is degraded, reaching the gateway over TCP.
+    let reason = wait_for(Duration::from_secs(10), || {
+        let reason = cluster.node_status("agent", &agent_id)["health_reason"].to_string();
+        reason.contains("over TCP").then_some(reason)
+    });
+    assert!(
+        reason.is_some(),
+        "{}",
+        cluster.node_status("agent", &agent_id)
+    );
+    for i in 0..50 {
+        let answer = cluster.get(gateway, "fallback.localhost", &format!("/{i}"));
+        assert_eq!(answer.status, 200, "request {i} over TCP: {}", answer.body);
+    }
+
+    // UDP passes again: the agent's next try over UDP is answered and it moves back.
+    let port: u16 = endpoint.rsplit_once(':').unwrap().1.parse().unwrap();
+    udp_forwarder(port, udp);
+    let opened = Instant::now();
+    let back = wait_for(Duration::from_secs(10), || {
+        cluster.agents[agent]
+            .log()
+            .contains("UDP answers again")
+            .then(|| opened.elapsed())
+    })
+    .unwrap_or_else(|| panic!("never moved back to UDP\n{}", cluster.logs()));
+    for i in 0..50 {
+        let answer = cluster.get(gateway, "fallback.localhost", &format!("/{i}"));
+        assert_eq!(
+            answer.status, 200,
+            "request {i} back on UDP: {}",
+            answer.body
+        );
+    }
+    let healthy = wait_for(Duration::from_secs(10), || {
+        (cluster.node_status("agent", &agent_id)["health"] == "healthy").then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "{}",
+        cluster.node_status("agent", &agent_id)
+    );
+    println!("tcp fallback: serving {serving:?} after the agent started; back on UDP {back:?} after UDP passed");
+}

@@ -1,0 +1,358 @@
+//! WireGuard over TCP when a network drops UDP to a gateway, and back to UDP when it
+//! passes again.
+//!
+//! Per gateway, [`Path`] decides from the WireGuard session alone (plain data, time passed
+//! in): no session over UDP for a while means UDP is blocked; on TCP, a handshake sent over
+//! UDP now and then tells whether UDP works again (its answer moves the peer's endpoint
+//! back, so nothing stops while it is tried). [`Fallback`] runs the TCP carriers (see
+//! `kakuremichi_nodelink::tcp_carrier`) and gives the stack each gateway's endpoint: its
+//! UDP address, or the loopback socket of its carrier.
+
+use kakuremichi_netstack::{PeerSpec, PeerStats, Stack};
+use kakuremichi_nodelink::tcp_carrier;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// When to fall back and when to try UDP again.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// No session with a gateway over UDP for this long: carry WireGuard over TCP.
+    pub after: Duration,
+    /// On TCP, try UDP this often.
+    pub retry_udp: Duration,
+}
+
+/// How often the paths are looked at.
+pub const TICK: Duration = Duration::from_millis(250);
+/// A carrier that ended is not reopened sooner than this.
+const CARRIER_RESTART: Duration = Duration::from_secs(2);
+
+/// What to do about one gateway's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing.
+    Stay,
+    /// Open a TCP carrier and send the gateway's datagrams through it.
+    UseTcp,
+    /// Send a handshake over UDP to see whether UDP passes again.
+    ProbeUdp,
+    /// UDP answered: send over UDP again and close the carrier.
+    BackToUdp,
+}
+
+/// One gateway's path: UDP, or TCP since the fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Over UDP; since when without a session, if it has none.
+    Udp { waiting_since: Option<Instant> },
+    /// Over TCP; when UDP was last tried.
+    Tcp { last_probe: Instant },
+}
+
+impl Default for Path {
+    fn default() -> Self {
+        Path::Udp {
+            waiting_since: None,
+        }
+    }
+}
+
+impl Path {
+    /// The next step, given whether the gateway has a live session and whether its
+    /// endpoint is its UDP address (a probe's answer moves it there).
+    pub fn step(&mut self, now: Instant, session_up: bool, on_udp: bool, timing: Timing) -> Step {
+        match self {
+            Path::Udp { waiting_since } => {
+                if session_up {
+                    *waiting_since = None;
+                    return Step::Stay;
+                }
+                let since = *waiting_since.get_or_insert(now);
+                if now.duration_since(since) < timing.after {
+                    return Step::Stay;
+                }
+                *self = Path::Tcp { last_probe: now };
+                Step::UseTcp
+            }
+            Path::Tcp { last_probe } => {
+                if session_up && on_udp {
+                    *self = Path::Udp {
+                        waiting_since: None,
+                    };
+                    return Step::BackToUdp;
+                }
+                // Without a session over TCP either, UDP is as likely to work: try it sooner.
+                let wait = match session_up {
+                    true => timing.retry_udp,
+                    false => timing.after,
+                };
+                if now.duration_since(*last_probe) < wait {
+                    return Step::Stay;
+                }
+                *last_probe = now;
+                Step::ProbeUdp
+            }
+        }
+    }
+}
+
+/// A TCP carrier to one gateway.
+struct Carrier {
+    /// The loopback socket the stack sends the gateway's datagrams to.
+    local: SocketAddr,
+    started: Instant,
+    task: smol::Task<()>,
+}
+
+#[derive(Default)]
+struct Gateway {
+    path: Path,
+    carrier: Option<Carrier>,
+}
+
+/// Every gateway's path, and the carriers of those on TCP.
+pub struct Fallback {
+    stack: Stack,
+    timing: Timing,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The peers as the snapshot says, endpoints on UDP.
+    base: Vec<PeerSpec>,
+    gateways: HashMap<[u8; 32], Gateway>,
+}
+
+impl Fallback {
+    /// Every gateway on UDP until it proves blocked.
+    pub fn new(stack: Stack, timing: Timing) -> Self {
+        Fallback {
+            stack,
+            timing,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Plain maps and task handles, never left half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New peers from a snapshot: what the stack should get, endpoints of gateways on TCP
+    /// replaced by their carriers. A gateway that restarted or moved starts over on UDP:
+    /// whatever blocked the old one may not block it.
+    pub fn set_peers(&self, peers: Vec<PeerSpec>) -> Vec<PeerSpec> {
+        let mut state = self.state();
+        let State { base, gateways } = &mut *state;
+        gateways.retain(|key, _| {
+            let old = base.iter().find(|p| p.public_key == *key);
+            let new = peers.iter().find(|p| p.public_key == *key);
+            matches!((old, new), (Some(old), Some(new))
+                if old.incarnation == new.incarnation && old.endpoint == new.endpoint)
+        });
+        state.base = peers;
+        state.effective()
+    }
+
+    /// Gateways reached over TCP now, for status.
+    pub fn over_tcp(&self) -> Vec<SocketAddr> {
+        let state = self.state();
+        state
+            .base
+            .iter()
+            .filter(|p| {
+                state
+                    .gateways
+                    .get(&p.public_key)
+                    .is_some_and(|g| g.carrier.is_some())
+            })
+            .filter_map(|p| p.endpoint)
+            .collect()
+    }
+
+    /// Look at every path each [`TICK`], forever.
+    pub async fn run(&self) {
+        loop {
+            async_io::Timer::after(TICK).await;
+            self.tick(Instant::now());
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        let stats: HashMap<[u8; 32], PeerStats> = self
+            .stack
+            .peer_stats()
+            .into_iter()
+            .map(|s| (s.public_key, s))
+            .collect();
+        let mut state = self.state();
+        let mut changed = false;
+        let base = state.base.clone();
+        for spec in &base {
+            let Some(udp) = spec.endpoint else {
+                continue;
+            };
+            let stat = stats.get(&spec.public_key);
+            let session_up = stat.is_some_and(PeerStats::is_up);
+            let on_udp = stat.and_then(|s| s.endpoint) == Some(udp);
+            let gateway = state.gateways.entry(spec.public_key).or_default();
+            match gateway.path.step(now, session_up, on_udp, self.timing) {
+                Step::UseTcp => {
+                    log::warn!(
+                        "gateway {udp}: no WireGuard session over UDP; carrying it over TCP"
+                    );
+                    gateway.carrier = self.open_carrier(udp, now);
+                    changed = true;
+                }
+                Step::ProbeUdp => {
+                    log::debug!("gateway {udp}: trying UDP again");
+                    self.stack.probe_handshake(&spec.public_key, udp);
+                }
+                Step::BackToUdp => {
+                    log::info!("gateway {udp}: UDP answers again; TCP carrier closed");
+                    gateway.carrier = None;
+                    changed = true;
+                }
+                Step::Stay => {
+                    let ended = gateway.carrier.as_ref().is_some_and(|c| {
+                        c.task.is_finished() && now.duration_since(c.started) >= CARRIER_RESTART
+                    });
+                    if ended {
+                        gateway.carrier = self.open_carrier(udp, now);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.stack.set_peers(&state.effective());
+        }
+    }
+
+    /// A carrier to the gateway whose WireGuard socket is at `udp` (the same port over
+    /// TCP); `None` if no loopback socket could be made (logged; retried next tick).
+    fn open_carrier(&self, udp: SocketAddr, now: Instant) -> Option<Carrier> {
+        let wireguard = tcp_carrier::local_wireguard_addr(self.stack.local_addr());
+        let socket = tcp_carrier::loopback_socket_for(wireguard)
+            .and_then(|s| Ok((s.get_ref().local_addr()?, s)));
+        let (local, socket) = match socket {
+            Ok(made) => made,
+            Err(e) => {
+                log::warn!("gateway {udp}: no loopback socket for a TCP carrier: {e}");
+                return None;
+            }
+        };
+        let task = smol::spawn(async move {
+            let connect = smol::net::TcpStream::connect(udp);
+            let timeout = async {
+                async_io::Timer::after(kakuremichi_netstack::stack::CONNECT_TIMEOUT).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer",
+                ))
+            };
+            let ended = match futures_lite::future::or(connect, timeout).await {
+                Ok(stream) => tcp_carrier::pump(stream, socket, tcp_carrier::IDLE_TIMEOUT).await,
+                Err(e) => Err(e),
+            };
+            log::warn!("gateway {udp}: TCP carrier ended: {ended:?}");
+        });
+        Some(Carrier {
+            local,
+            started: now,
+            task,
+        })
+    }
+}
+
+impl State {
+    fn effective(&self) -> Vec<PeerSpec> {
+        self.base
+            .iter()
+            .map(|spec| {
+                let carrier = self
+                    .gateways
+                    .get(&spec.public_key)
+                    .and_then(|g| g.carrier.as_ref());
+                PeerSpec {
+                    endpoint: carrier.map(|c| c.local).or(spec.endpoint),
+                    ..spec.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: Timing = Timing {
+        after: Duration::from_secs(4),
+        retry_udp: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn a_gateway_without_a_session_over_udp_moves_to_tcp_and_back_when_udp_answers() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut path = Path::default();
+        // Sessions come and go on UDP without a fallback as long as each gap is short.
+        for cycle in 0..10u64 {
+            let t = cycle * 5_000;
+            assert_eq!(path.step(at(t), false, true, TIMING), Step::Stay);
+            assert_eq!(path.step(at(t + 3_900), false, true, TIMING), Step::Stay);
+            assert_eq!(path.step(at(t + 4_000), true, true, TIMING), Step::Stay);
+        }
+        // No session for `after`: TCP.
+        let t = 60_000;
+        assert_eq!(path.step(at(t), false, true, TIMING), Step::Stay);
+        assert_eq!(path.step(at(t + 4_000), false, true, TIMING), Step::UseTcp);
+        // On TCP with a session: UDP is tried every `retry_udp`, many periods over.
+        let mut probes = 0;
+        for ms in (t + 4_250..t + 4_000 + 10 * 30_000).step_by(250) {
+            match path.step(at(ms), true, false, TIMING) {
+                Step::ProbeUdp => probes += 1,
+                Step::Stay => {}
+                other => panic!("{other:?} at {ms}"),
+            }
+        }
+        assert_eq!(probes, 9);
+        // A probe was answered: the endpoint is UDP again.
+        let back = t + 4_000 + 10 * 30_000;
+        assert_eq!(path.step(at(back), true, true, TIMING), Step::BackToUdp);
+        assert_eq!(
+            path,
+            Path::Udp {
+                waiting_since: None
+            }
+        );
+    }
+
+    #[test]
+    fn on_tcp_a_lost_session_keeps_trying_udp_and_does_not_go_back_without_one() {
+        let start = Instant::now();
+        let mut path = Path::Tcp { last_probe: start };
+        // The endpoint reads UDP but no session: not back yet.
+        assert_eq!(
+            path.step(start + Duration::from_secs(1), false, true, TIMING),
+            Step::Stay
+        );
+        // No session over TCP either: UDP is tried every `after`, not every `retry_udp`.
+        assert_eq!(
+            path.step(start + Duration::from_secs(4), false, false, TIMING),
+            Step::ProbeUdp
+        );
+        assert_eq!(
+            path.step(start + Duration::from_secs(5), true, false, TIMING),
+            Step::Stay
+        );
+        assert_eq!(
+            path.step(start + Duration::from_secs(34), true, false, TIMING),
+            Step::ProbeUdp
+        );
+    }
+}
