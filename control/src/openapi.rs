@@ -71,6 +71,11 @@ pub fn document(server: &str) -> Value {
         "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
         "ports": { "type": ["string", "integer"], "description": "\"first-last\", at most 1000 ports" },
         "path_prefix": string,
+        "agents": {
+            "type": "array", "maxItems": 8,
+            "description": "instead of agent and target: every agent serving the tunnel, the first taking their place",
+            "items": object(json!({ "agent": string, "target": string }), &["agent", "target"]),
+        },
         "gateways": { "type": ["string", "array"], "description": "\"all\", gateway ids, or a label selector such as \"region=tokyo\"" },
         "proxy_protocol": { "enum": ["v1", "v2", "none"] },
         "origin": object(json!({
@@ -106,7 +111,7 @@ pub fn document(server: &str) -> Value {
             "/gateways/{id}/rotate-key": rotate_key_path("a gateway"),
             "/tunnels": {
                 "get": operation("tunnels", None, false),
-                "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &["agent", "target"])), true),
+                "post": operation("create a tunnel", Some(object(tunnel_fields.clone(), &[])), true),
             },
             "/tunnels/{id}": {
                 "parameters": id_parameter(),

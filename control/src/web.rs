@@ -1007,7 +1007,7 @@ fn node_page(
         tunnels: state
             .tunnels
             .iter()
-            .filter(|t| t.agent_id == id)
+            .filter(|t| t.target_on(id).is_some())
             .map(|t| t.label())
             .collect(),
         name: notes.name.map_or(node.name.as_str(), |(value, _)| value),

@@ -15,8 +15,8 @@ pub struct Row {
     pub name: String,
     /// `http`, `tls`, `tcp` or `udp`.
     pub kind: &'static str,
-    pub agent: String,
-    pub agent_online: bool,
+    /// Every agent serving it (several for replicas), by name, and whether each is online.
+    pub agents: Vec<(String, bool)>,
     pub target: String,
     pub enabled: bool,
     /// Who may open it, when not everyone.
@@ -32,7 +32,13 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         .tunnels
         .iter()
         .map(|tunnel| {
-            let agent = state.nodes.iter().find(|n| n.id == tunnel.agent_id);
+            let agents = tunnel
+                .agents()
+                .map(|(id, _)| match state.nodes.iter().find(|n| n.id == id) {
+                    Some(agent) => (agent.name.clone(), hub.presence(&agent.id).online),
+                    None => (id.to_string(), false),
+                })
+                .collect();
             let certificate = match (tunnel.kind, tunnel.issuer) {
                 (TunnelKind::Tls, _) => ("the origin's own (passed through)".to_string(), ""),
                 (TunnelKind::Tcp | TunnelKind::Udp, _) => ("none: raw ports".to_string(), ""),
@@ -66,8 +72,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 id: tunnel.id.clone(),
                 name: tunnel.label(),
                 kind: tunnel.kind.as_str(),
-                agent: agent.map_or_else(|| tunnel.agent_id.clone(), |a| a.name.clone()),
-                agent_online: agent.is_some_and(|a| hub.presence(&a.id).online),
+                agents,
                 target: tunnel.target_text(),
                 enabled: tunnel.enabled,
                 access: tunnel.access.summary(),
@@ -76,8 +81,9 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         })
         .filter(|row| {
             needle.is_empty()
-                || [&row.name, &row.agent, &row.target]
-                    .iter()
+                || [&row.name, &row.target]
+                    .into_iter()
+                    .chain(row.agents.iter().map(|(name, _)| name))
                     .any(|field| field.to_ascii_lowercase().contains(&needle))
         })
         .collect();
@@ -121,9 +127,12 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                         }
                                     }
                                     td data-label="Agent" {
-                                        span class={"dot " (if row.agent_online { "good" } else { "bad" })} {}
-                                        (row.agent)
-                                        @if !row.agent_online { span.muted { " (offline)" } }
+                                        @for (i, (agent, online)) in row.agents.iter().enumerate() {
+                                            @if i > 0 { br; }
+                                            span class={"dot " (if *online { "good" } else { "bad" })} {}
+                                            (agent)
+                                            @if !online { span.muted { " (offline)" } }
+                                        }
                                     }
                                     td data-label="Target" { code { (row.target) } }
                                     td data-label="Certificate" { span class={"dot " (row.certificate.1)} {} (row.certificate.0) }
