@@ -33,6 +33,11 @@ pub fn loopback_socket_for(peer: SocketAddr) -> io::Result<Async<UdpSocket>> {
     };
     let socket = UdpSocket::bind(local)?;
     socket.connect(peer)?;
+    // WireGuard sends in bursts; a default-sized buffer drops the tail of one while the
+    // carrier writes the head, and the TCP inside halves its window for each drop.
+    if let Err(e) = kakuremichi_netstack::udp::enlarge_buffers(&socket) {
+        log::debug!("wireguard over tcp: socket buffers: {e}");
+    }
     Async::new(socket)
 }
 
