@@ -227,38 +227,22 @@ impl PeerTable {
     }
 
     fn initiate_handshake(&mut self, index: u32, force: bool) {
-        let PeerTable {
-            peers,
-            scratch,
-            to_network,
-            drops,
-            pool,
-            ..
-        } = self;
-        let Some(peer) = peers.get_mut(&index) else {
-            return;
-        };
-        log::debug!(
-            "peer {}: initiating handshake to {:?}",
-            short(&peer.spec.public_key),
-            peer.endpoint
-        );
-        if let (Some(endpoint), TunnResult::WriteToNetwork(out)) = (
-            peer.endpoint,
-            peer.tunn.format_handshake_initiation(scratch, force),
-        ) {
-            push_bounded(to_network, drops, pool, endpoint, out);
-            peer.first_contact.get_or_insert((Instant::now(), 0));
-        }
+        self.send_initiation(index, force, None);
     }
 
     /// Send the peer a fresh handshake initiation at `to`, leaving its endpoint alone: the
     /// answer, authenticated, moves the endpoint to where it came from. `false` for an
     /// unknown peer.
     pub fn probe_handshake(&mut self, public_key: &[u8; 32], to: SocketAddr) -> bool {
-        let Some(index) = self.index_by_key.get(public_key).copied() else {
-            return false;
-        };
+        match self.index_by_key.get(public_key).copied() {
+            Some(index) => self.send_initiation(index, true, Some(to)),
+            None => false,
+        }
+    }
+
+    /// Queue a handshake initiation for peer `index` to `to`, or else to its endpoint (a
+    /// first contact then, retried on [`FIRST_CONTACT_RETRIES`]). `false` for no such peer.
+    fn send_initiation(&mut self, index: u32, force: bool, to: Option<SocketAddr>) -> bool {
         let PeerTable {
             peers,
             scratch,
@@ -270,10 +254,20 @@ impl PeerTable {
         let Some(peer) = peers.get_mut(&index) else {
             return false;
         };
+        let Some(destination) = to.or(peer.endpoint) else {
+            return true;
+        };
+        log::debug!(
+            "peer {}: initiating handshake to {destination}",
+            short(&peer.spec.public_key)
+        );
         if let TunnResult::WriteToNetwork(out) =
-            peer.tunn.format_handshake_initiation(scratch, true)
+            peer.tunn.format_handshake_initiation(scratch, force)
         {
-            push_bounded(to_network, drops, pool, to, out);
+            push_bounded(to_network, drops, pool, destination, out);
+            if to.is_none() {
+                peer.first_contact.get_or_insert((Instant::now(), 0));
+            }
         }
         true
     }
