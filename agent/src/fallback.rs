@@ -1,8 +1,10 @@
 //! WireGuard over TCP when a network drops UDP to a gateway, and back to UDP when it
 //! passes again.
 //!
-//! Per gateway, [`Path`] decides from the WireGuard session alone (plain data, time passed
-//! in): no session over UDP for a while means UDP is blocked; on TCP, a handshake sent over
+//! Per gateway, [`Path`] decides from the WireGuard session (plain data, time passed in): no
+//! session over UDP for a while means UDP is blocked. A session counts only while the
+//! gateway answers a connection to its overlay health port now and then: a session can look
+//! current for minutes after UDP stopped passing. On TCP, a handshake sent over
 //! UDP now and then tells whether UDP works again (its answer moves the peer's endpoint
 //! back, so nothing stops while it is tried). [`Fallback`] runs the TCP carriers (see
 //! `kakuremichi_nodelink::tcp_carrier`) and gives the stack each gateway's endpoint: its
@@ -10,6 +12,7 @@
 
 use kakuremichi_netstack::{PeerSpec, PeerStats, Stack};
 use kakuremichi_nodelink::tcp_carrier;
+use kakuremichi_proto::messages::HEALTH_PORT;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -22,7 +25,12 @@ pub struct Timing {
     pub after: Duration,
     /// On TCP, try UDP this often.
     pub retry_udp: Duration,
+    /// Over UDP, check this often that the gateway still answers through the session.
+    pub check_every: Duration,
 }
+
+/// A check unanswered this long means the path stopped passing.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the paths are looked at.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -110,6 +118,11 @@ struct Carrier {
 struct Gateway {
     path: Path,
     carrier: Option<Carrier>,
+    /// A connection to the gateway's health port in flight, and when it started.
+    check: Option<(Instant, smol::Task<bool>)>,
+    last_check: Option<Instant>,
+    /// The last check went unanswered: the session does not count.
+    unanswered: bool,
 }
 
 /// Every gateway's path, and the carriers of those on TCP.
@@ -196,15 +209,20 @@ impl Fallback {
                 continue;
             };
             let stat = stats.get(&spec.public_key);
-            let session_up = stat.is_some_and(PeerStats::is_up);
             let on_udp = stat.and_then(|s| s.endpoint) == Some(udp);
             let gateway = state.gateways.entry(spec.public_key).or_default();
+            let session_up = stat.is_some_and(PeerStats::is_up);
+            if session_up && matches!(gateway.path, Path::Udp { .. }) {
+                self.check_path(gateway, spec, now);
+            }
+            let session_up = session_up && !gateway.unanswered;
             match gateway.path.step(now, session_up, on_udp, self.timing) {
                 Step::UseTcp => {
                     log::warn!(
                         "gateway {udp}: no WireGuard session over UDP; carrying it over TCP"
                     );
                     gateway.carrier = self.open_carrier(udp, now);
+                    (gateway.check, gateway.unanswered) = (None, false);
                     changed = true;
                 }
                 Step::ProbeUdp => {
@@ -230,6 +248,48 @@ impl Fallback {
         if changed {
             self.stack.set_peers(&state.effective());
         }
+    }
+
+    /// Collect a finished check of the gateway's health port, and start the next when due.
+    /// A refused connection answers too: something came back through the session.
+    fn check_path(&self, gateway: &mut Gateway, spec: &PeerSpec, now: Instant) {
+        if let Some((started, task)) = gateway.check.take() {
+            if !task.is_finished() {
+                gateway.check = Some((started, task));
+                return;
+            }
+            gateway.unanswered = !futures_lite::future::block_on(task);
+            if gateway.unanswered {
+                log::warn!(
+                    "gateway {}: no answer through the WireGuard session for {:?}",
+                    spec.overlay_ip,
+                    now.duration_since(started)
+                );
+            }
+        }
+        if gateway
+            .last_check
+            .is_some_and(|last| now.duration_since(last) < self.timing.check_every)
+        {
+            return;
+        }
+        gateway.last_check = Some(now);
+        let stack = self.stack.clone();
+        let health = std::net::SocketAddrV4::new(spec.overlay_ip, HEALTH_PORT);
+        let task = smol::spawn(async move {
+            let reached = async {
+                match stack.connect(health).await {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                }
+            };
+            let silent = async {
+                async_io::Timer::after(CHECK_TIMEOUT).await;
+                false
+            };
+            futures_lite::future::or(reached, silent).await
+        });
+        gateway.check = Some((now, task));
     }
 
     /// A carrier to the gateway whose WireGuard socket is at `udp` (the same port over
@@ -293,6 +353,7 @@ mod tests {
     const TIMING: Timing = Timing {
         after: Duration::from_secs(4),
         retry_udp: Duration::from_secs(30),
+        check_every: Duration::from_secs(10),
     };
 
     #[test]

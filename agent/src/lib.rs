@@ -23,7 +23,7 @@ use kakuremichi_nodelink::apply::{apply_network, peer_specs};
 use kakuremichi_nodelink::link::{self, LinkState};
 use kakuremichi_nodelink::node::{ControlSettings, NodeSettings};
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::messages::{NodeStatus, AGENT_HEALTH_PORT};
+use kakuremichi_proto::messages::NodeStatus;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -124,20 +124,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             );
         }
     };
-    let health_listener = stack
-        .listen(AGENT_HEALTH_PORT)
-        .map_err(|source| Error::Listen {
-            addr: SocketAddr::from(([0, 0, 0, 0], AGENT_HEALTH_PORT)),
-            source,
-        })?;
-    // Gateways probe this port to tell live replicas from dead ones: accepting is the answer.
-    let answer_probes = async {
-        loop {
-            if let Err(e) = health_listener.accept().await {
-                log::debug!("health port: {e}");
-            }
-        }
-    };
+    let answer_probes = kakuremichi_nodelink::node::answer_health_probes(&stack)?;
     let control_link = link::run(
         node.link,
         &agent.link,

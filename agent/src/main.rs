@@ -35,6 +35,10 @@ struct Args {
     /// seconds between tries of UDP while a gateway is reached over TCP (default 30)
     #[argh(option, default = "30")]
     udp_retry: u64,
+    /// seconds between checks that a gateway still answers over UDP (default 10); one
+    /// unanswered for 3 s counts as no session
+    #[argh(option, default = "10")]
+    path_check: u64,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         tcp_fallback: (args.tcp_fallback_after > 0).then(|| kakuremichi_agent::fallback::Timing {
             after: std::time::Duration::from_secs(args.tcp_fallback_after),
             retry_udp: std::time::Duration::from_secs(args.udp_retry.max(1)),
+            check_every: std::time::Duration::from_secs(args.path_check.max(1)),
         }),
     };
     kakuremichi_rt::stop::run_until_stopped(kakuremichi_agent::run(settings))?;

@@ -394,6 +394,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             )
         },
     );
+    let answer_probes = kakuremichi_nodelink::node::answer_health_probes(&gateway.stack)?;
     let probe_gateway = gateway.clone();
     let probe_replicas = gateway.dialer.probe(settings.replica_probes, move |agent| {
         // Idle connections to a vanished agent would hang the requests that pick them.
@@ -404,7 +405,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let background = future::or(
         future::or(
             future::or(apply_loop, gateway.keep_endpoints()),
-            future::or(probe_replicas, serve_carriers),
+            future::or(probe_replicas, future::or(serve_carriers, answer_probes)),
         ),
         kakuremichi_rt::memory::release_periodically(),
     );

@@ -1,14 +1,14 @@
 //! Agent replicas: which of a tunnel's agents take new connections.
 //!
 //! A tunnel may be served by several agents on the same service port. The gateway probes
-//! each agent that is one of several (on [`AGENT_HEALTH_PORT`], which every agent accepts)
+//! each agent that is one of several (on [`HEALTH_PORT`], which every agent accepts)
 //! and keeps the answers in [`ReplicaHealth`], plain data: connections go to the live agents
 //! in turn, and to the others only when none is live (a probe may be wrong; a request should
 //! still get its chance). [`AgentDialer`] is the I/O edge that dials in that order.
 
 use futures_lite::future;
 use kakuremichi_netstack::{Stack, TcpStream};
-use kakuremichi_proto::messages::{Upstream, AGENT_HEALTH_PORT};
+use kakuremichi_proto::messages::{Upstream, HEALTH_PORT};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -147,7 +147,7 @@ impl AgentDialer {
                 smol::spawn(async move {
                     let answered = async {
                         stack
-                            .connect(SocketAddrV4::new(agent, AGENT_HEALTH_PORT))
+                            .connect(SocketAddrV4::new(agent, HEALTH_PORT))
                             .await
                             .is_ok()
                     };

@@ -6,7 +6,7 @@ use crate::state_dir::StateDir;
 use crate::Error;
 use kakuremichi_netstack::Stack;
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::messages::ConfigSnapshot;
+use kakuremichi_proto::messages::{ConfigSnapshot, HEALTH_PORT};
 use kakuremichi_proto::ports::PortPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +100,23 @@ pub struct Node {
     pub snapshots: Latest<ConfigSnapshot>,
     /// What [`crate::link::run`] needs.
     pub link: LinkSettings,
+}
+
+/// Accept and close connections on [`HEALTH_PORT`] inside the overlay, forever: the node
+/// that probes learns that this node and the WireGuard path to it are alive.
+pub fn answer_health_probes(stack: &Stack) -> Result<impl std::future::Future<Output = ()>, Error> {
+    let listener = stack.listen(HEALTH_PORT).map_err(|source| Error::Io {
+        context: format!("listening on overlay port {HEALTH_PORT}"),
+        source,
+    })?;
+    Ok(async move {
+        loop {
+            if let Err(e) = listener.accept().await {
+                log::debug!("health port: {e}");
+                async_io::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    })
 }
 
 /// Check the settings, load or make the key, bind WireGuard and queue the cached config.

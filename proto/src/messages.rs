@@ -21,9 +21,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 pub const MISSED_HEARTBEATS_OFFLINE: u32 = 3;
 /// The largest message either side accepts.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
-/// The overlay port on which every agent accepts a connection and closes it at once:
-/// gateways probe it to know which of a tunnel's replicas are alive.
-pub const AGENT_HEALTH_PORT: u16 = 1;
+/// The overlay port on which every node accepts a connection and closes it at once:
+/// gateways probe agents' to know which of a tunnel's replicas are alive, and agents probe
+/// gateways' to notice a WireGuard path that stopped passing.
+pub const HEALTH_PORT: u16 = 1;
 
 /// Node → Control.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
