@@ -670,3 +670,79 @@ fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_ud
     );
     println!("tcp fallback: serving {serving:?} after the agent started; back on UDP {back:?} after UDP passed");
 }
+
+#[test]
+fn the_wireguard_tcp_port_takes_hundreds_of_strangers_sending_garbage_and_lets_go() {
+    let mut cluster = Cluster::new("fleet-carriers");
+    let carrier_port = kakuremichi_tests::free_tcp_port();
+    cluster.gateway_args = vec![
+        "--wireguard-tcp-listen".into(),
+        format!("127.0.0.1:{carrier_port}"),
+    ];
+    let gateway = cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let agent_id = cluster.agents[agent].id.clone();
+    cluster.wait_online("agent", &agent_id);
+    let origin = Origin::start("app");
+    cluster.create_tunnel("app.localhost", agent, &origin.addr.to_string());
+    becomes(&cluster, gateway, "app.localhost", 200);
+    let pid = cluster.gateways[gateway].pid().expect("gateway runs");
+    let idle = kakuremichi_tests::rss_kib(pid);
+    let dropped = |cluster: &Cluster| {
+        kakuremichi_tests::metric(
+            &cluster.gateways[gateway].metrics(),
+            "kakuremichi_gateway_wireguard_dropped_total{reason=\"not_wireguard\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = dropped(&cluster);
+
+    // 300 strangers at once, each sending 50 length-prefixed frames of junk, then holding on.
+    let strangers: Vec<std::net::TcpStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..300u32)
+            .map(|i| {
+                scope.spawn(move || {
+                    let mut stream =
+                        std::net::TcpStream::connect(("127.0.0.1", carrier_port)).expect("connect");
+                    let mut frames = Vec::new();
+                    for j in 0..50u32 {
+                        let len = (i * 7919 + j * 104_729) % 1400 + 1;
+                        frames.extend_from_slice(&(len as u16).to_be_bytes());
+                        frames.extend((0..len).map(|k| (k * 31 + i + j) as u8 | 0x80));
+                    }
+                    stream.write_all(&frames).expect("send junk");
+                    stream
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // 15,000 datagrams in one burst overflow the WireGuard socket's buffer, as they would
+    // from the network: some are dropped by the kernel before WireGuard sees them.
+    let refused = wait_for(Duration::from_secs(10), || {
+        let count = dropped(&cluster) - before;
+        (count >= 300.0).then_some(count)
+    });
+    assert!(
+        refused.is_some(),
+        "the junk was not seen and refused: {}",
+        dropped(&cluster) - before
+    );
+    assert_eq!(
+        status(&cluster, gateway, "app.localhost"),
+        200,
+        "serving with 300 strangers on"
+    );
+    drop(strangers);
+    kakuremichi_tests::assert_memory_comes_back(&[pid], idle);
+    assert_eq!(
+        status(&cluster, gateway, "app.localhost"),
+        200,
+        "serving after they left"
+    );
+    println!(
+        "carriers: 300 strangers, {} junk datagrams refused as not WireGuard; RSS idle {idle} KiB, now {} KiB",
+        refused.unwrap_or_default(),
+        kakuremichi_tests::rss_kib(pid)
+    );
+}
