@@ -4,7 +4,7 @@
 //! Per gateway, [`Path`] decides from the WireGuard session (plain data, time passed in): no
 //! session over UDP for a while means UDP is blocked. A session counts only while the
 //! gateway answers a connection to its overlay health port now and then: a session can look
-//! current for minutes after UDP stopped passing. On TCP, a handshake sent over
+//! current for minutes after UDP (or a TCP carrier) stopped passing. On TCP, a handshake sent over
 //! UDP now and then tells whether UDP works again (its answer moves the peer's endpoint
 //! back, so nothing stops while it is tried). [`Fallback`] runs the TCP carriers (see
 //! `kakuremichi_nodelink::tcp_carrier`) and gives the stack each gateway's endpoint: its
@@ -25,7 +25,7 @@ pub struct Timing {
     pub after: Duration,
     /// On TCP, try UDP this often.
     pub retry_udp: Duration,
-    /// Over UDP, check this often that the gateway still answers through the session.
+    /// Check this often that the gateway still answers through the session.
     pub check_every: Duration,
 }
 
@@ -36,6 +36,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub const TICK: Duration = Duration::from_millis(250);
 /// A carrier that ended is not reopened sooner than this.
 const CARRIER_RESTART: Duration = Duration::from_secs(2);
+/// A carrier through which the gateway stopped answering is replaced only once it is this
+/// old: a new one may take a connect timeout over TCP and another over TLS to open.
+const CARRIER_STALLED: Duration = Duration::from_secs(15);
 
 /// What to do about one gateway's path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +139,8 @@ pub struct Fallback {
 struct State {
     /// The peers as the snapshot says, endpoints on UDP.
     base: Vec<PeerSpec>,
+    /// Gateways' public HTTPS ports, where WireGuard over TLS is the last resort.
+    https_ports: HashMap<[u8; 32], u16>,
     gateways: HashMap<[u8; 32], Gateway>,
 }
 
@@ -157,9 +162,14 @@ impl Fallback {
     /// New peers from a snapshot: what the stack should get, endpoints of gateways on TCP
     /// replaced by their carriers. A gateway that restarted or moved starts over on UDP:
     /// whatever blocked the old one may not block it.
-    pub fn set_peers(&self, peers: Vec<PeerSpec>) -> Vec<PeerSpec> {
+    pub fn set_peers(
+        &self,
+        peers: Vec<PeerSpec>,
+        https_ports: HashMap<[u8; 32], u16>,
+    ) -> Vec<PeerSpec> {
         let mut state = self.state();
-        let State { base, gateways } = &mut *state;
+        state.https_ports = https_ports;
+        let State { base, gateways, .. } = &mut *state;
         gateways.retain(|key, _| {
             let old = base.iter().find(|p| p.public_key == *key);
             let new = peers.iter().find(|p| p.public_key == *key);
@@ -209,10 +219,12 @@ impl Fallback {
                 continue;
             };
             let stat = stats.get(&spec.public_key);
+            let tls = (state.https_ports.get(&spec.public_key))
+                .map(|port| SocketAddr::new(udp.ip(), *port));
             let on_udp = stat.and_then(|s| s.endpoint) == Some(udp);
             let gateway = state.gateways.entry(spec.public_key).or_default();
             let session_up = stat.is_some_and(PeerStats::is_up);
-            if session_up && matches!(gateway.path, Path::Udp { .. }) {
+            if session_up {
                 self.check_path(gateway, spec, now);
             }
             let session_up = session_up && !gateway.unanswered;
@@ -221,7 +233,7 @@ impl Fallback {
                     log::warn!(
                         "gateway {udp}: no WireGuard session over UDP; carrying it over TCP"
                     );
-                    gateway.carrier = self.open_carrier(udp, now);
+                    gateway.carrier = self.open_carrier(udp, tls, now);
                     (gateway.check, gateway.unanswered) = (None, false);
                     changed = true;
                 }
@@ -235,11 +247,21 @@ impl Fallback {
                     changed = true;
                 }
                 Step::Stay => {
+                    // A carrier that ended, or one through which the gateway stopped
+                    // answering (a stream a firewall now drops without a word), is replaced.
                     let ended = gateway.carrier.as_ref().is_some_and(|c| {
-                        c.task.is_finished() && now.duration_since(c.started) >= CARRIER_RESTART
+                        let age = now.duration_since(c.started);
+                        (c.task.is_finished() && age >= CARRIER_RESTART)
+                            || (gateway.unanswered && age >= CARRIER_STALLED)
                     });
                     if ended {
-                        gateway.carrier = self.open_carrier(udp, now);
+                        if gateway.unanswered {
+                            log::warn!(
+                                "gateway {udp}: no answer through the carrier; opening another"
+                            );
+                        }
+                        gateway.unanswered = false;
+                        gateway.carrier = self.open_carrier(udp, tls, now);
                         changed = true;
                     }
                 }
@@ -292,9 +314,14 @@ impl Fallback {
         gateway.check = Some((now, task));
     }
 
-    /// A carrier to the gateway whose WireGuard socket is at `udp` (the same port over
-    /// TCP); `None` if no loopback socket could be made (logged; retried next tick).
-    fn open_carrier(&self, udp: SocketAddr, now: Instant) -> Option<Carrier> {
+    /// A carrier to the gateway whose WireGuard socket is at `udp`: the same port over TCP,
+    /// or else TLS to `tls` (its HTTPS port); `None` if no loopback socket could be made (logged; retried next tick).
+    fn open_carrier(
+        &self,
+        udp: SocketAddr,
+        tls: Option<SocketAddr>,
+        now: Instant,
+    ) -> Option<Carrier> {
         let wireguard = tcp_carrier::local_wireguard_addr(self.stack.local_addr());
         let socket = tcp_carrier::loopback_socket_for(wireguard)
             .and_then(|s| Ok((s.get_ref().local_addr()?, s)));
@@ -306,17 +333,19 @@ impl Fallback {
             }
         };
         let task = smol::spawn(async move {
-            let connect = smol::net::TcpStream::connect(udp);
-            let timeout = async {
-                async_io::Timer::after(kakuremichi_netstack::stack::CONNECT_TIMEOUT).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer",
-                ))
-            };
-            let ended = match futures_lite::future::or(connect, timeout).await {
-                Ok(stream) => tcp_carrier::pump(stream, socket, tcp_carrier::IDLE_TIMEOUT).await,
-                Err(e) => Err(e),
+            let timeout = kakuremichi_netstack::stack::CONNECT_TIMEOUT;
+            let idle = tcp_carrier::IDLE_TIMEOUT;
+            let ended = match (tcp_carrier::connect_tcp(udp, timeout).await, tls) {
+                (Ok(stream), _) => tcp_carrier::pump(stream, socket, idle).await,
+                // Networks that drop UDP often let only HTTPS through.
+                (Err(tcp), Some(tls)) => match tcp_carrier::connect_tls(tls, timeout).await {
+                    Ok(stream) => {
+                        log::warn!("gateway {udp}: TCP refused ({tcp}); carrying WireGuard over TLS to {tls}");
+                        tcp_carrier::pump(stream, socket, idle).await
+                    }
+                    Err(e) => Err(e),
+                },
+                (Err(e), None) => Err(e),
             };
             log::warn!("gateway {udp}: TCP carrier ended: {ended:?}");
         });

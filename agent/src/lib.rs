@@ -73,6 +73,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_bind: settings.wireguard_bind,
         wireguard_endpoint: None,
         ports: None,
+        https_port: None,
     })
     .await?;
     let status_listener =
@@ -107,7 +108,12 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             let snapshot = snapshots.take().await;
             let mut peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
             if let Some(fallback) = &fallback {
-                peers = fallback.set_peers(peers);
+                let https_ports = snapshot
+                    .peers
+                    .iter()
+                    .filter_map(|p| Some((p.public_key.0, p.https_port?)))
+                    .collect();
+                peers = fallback.set_peers(peers, https_ports);
             }
             apply_network(&stack, &snapshot, &peers);
             services.reconcile(&snapshot.services);

@@ -35,8 +35,8 @@ struct Args {
     /// seconds between tries of UDP while a gateway is reached over TCP (default 30)
     #[argh(option, default = "30")]
     udp_retry: u64,
-    /// seconds between checks that a gateway still answers over UDP (default 10); one
-    /// unanswered for 3 s counts as no session
+    /// seconds between checks that a gateway still answers through its session, over UDP or
+    /// a TCP/TLS carrier (default 10); one unanswered for 3 s counts as no session
     #[argh(option, default = "10")]
     path_check: u64,
     #[argh(subcommand)]

@@ -293,6 +293,7 @@ mod tests {
             public_key: None,
             version: None,
             wireguard_endpoint: None,
+            https_port: None,
             instance: 0,
             disabled: false,
             port_policy: None,

@@ -33,6 +33,9 @@ pub struct NodeRecord {
     pub version: Option<String>,
     /// Gateways: where agents send WireGuard datagrams.
     pub wireguard_endpoint: Option<String>,
+    /// Gateways: the public HTTPS port, for agents' WireGuard over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
     /// The node process's instance, from its last hello.
     #[serde(default)]
     pub instance: u64,
@@ -327,6 +330,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
                 overlay_ip: n.overlay_ip,
                 endpoint: n.wireguard_endpoint.clone(),
                 instance: n.instance,
+                https_port: n.https_port,
             })
         })
         .collect();
@@ -524,6 +528,7 @@ mod tests {
             public_key: key.map(|k| PublicKey([k; 32])),
             version: None,
             wireguard_endpoint: (kind == NodeKind::Gateway).then(|| "gw:51820".into()),
+            https_port: None,
             instance: 0,
             disabled: false,
             port_policy: None,

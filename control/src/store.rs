@@ -226,6 +226,7 @@ impl Store {
                 public_key: None,
                 version: None,
                 wireguard_endpoint: None,
+                https_port: None,
                 instance: 0,
                 disabled: false,
                 port_policy: None,
@@ -318,15 +319,16 @@ impl Store {
         } else {
             None
         };
-        let port_policy = match node.kind {
-            NodeKind::Gateway => hello.ports.clone(),
-            NodeKind::Agent => None,
+        let (port_policy, https_port) = match node.kind {
+            NodeKind::Gateway => (hello.ports.clone(), hello.https_port),
+            NodeKind::Agent => (None, None),
         };
         let unchanged = node.public_key == Some(public_key)
             && node.version.as_deref() == Some(version)
             && node.wireguard_endpoint == endpoint
             && node.instance == hello.instance
-            && node.port_policy == port_policy;
+            && node.port_policy == port_policy
+            && node.https_port == https_port;
         if unchanged {
             return Ok(false);
         }
@@ -348,6 +350,7 @@ impl Store {
             node.wireguard_endpoint = endpoint;
             node.instance = hello.instance;
             node.port_policy = port_policy;
+            node.https_port = https_port;
             put(&s.nodes, wtxn, id, &node)?;
             Ok(true)
         })

@@ -112,7 +112,7 @@ pub struct Settings {
     pub wireguard_tcp_listen: Option<SocketAddr>,
 }
 
-/// WireGuard-over-TCP carriers open at once.
+/// WireGuard-over-TCP (and over-TLS) carriers open at once.
 const MAX_TCP_CARRIERS: usize = 1024;
 
 /// Request counters.
@@ -135,6 +135,8 @@ pub struct Metrics {
 /// A running gateway's shared state.
 pub struct Gateway {
     stack: Stack,
+    /// WireGuard carried over TCP or TLS for agents whose network drops UDP.
+    carriers: kakuremichi_nodelink::tcp_carrier::Carriers,
     /// Which replica agents answer their probes.
     replicas: Arc<replicas::ReplicaHealth>,
     /// Dials agents for port and passthrough tunnels, replicas in health order.
@@ -291,30 +293,29 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_bind: settings.wireguard_listen,
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
         ports: Some(settings.ports.policy.clone()),
+        https_port: Some(settings.https_public_port),
     })
     .await?;
     let http = listen(settings.http_listen)?;
     // Without it only agents whose network drops UDP lose out: serve the rest regardless.
-    let carriers = match settings.wireguard_tcp_listen {
+    let carrier_listener = match settings.wireguard_tcp_listen {
         Some(addr) => smol::net::TcpListener::bind(addr)
             .await
             .inspect_err(|e| log::error!("wireguard over tcp: cannot listen on {addr}: {e}"))
             .ok(),
         None => None,
     };
-    let wireguard_local =
-        kakuremichi_nodelink::tcp_carrier::local_wireguard_addr(node.stack.local_addr());
-    let serve_carriers = async move {
-        match carriers {
-            Some(listener) => {
-                kakuremichi_nodelink::tcp_carrier::serve(
-                    listener,
-                    wireguard_local,
-                    MAX_TCP_CARRIERS,
-                )
-                .await
+    let carriers = kakuremichi_nodelink::tcp_carrier::Carriers::new(
+        kakuremichi_nodelink::tcp_carrier::local_wireguard_addr(node.stack.local_addr()),
+        MAX_TCP_CARRIERS,
+    );
+    let serve_carriers = {
+        let carriers = carriers.clone();
+        async move {
+            match carrier_listener {
+                Some(listener) => carriers.serve(listener).await,
+                None => future::pending().await,
             }
-            None => future::pending().await,
         }
     };
     let https = listen(settings.https_listen)?;
@@ -330,6 +331,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         health: replica_health.clone(),
     };
     let gateway = Arc::new(Gateway {
+        carriers,
         replicas: replica_health,
         dialer: dialer.clone(),
         port_listeners: Mutex::new(ports::PortListeners::new(

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY};
 use hyper::{Request, Response};
 use kakuremichi_proto::ids::Hostname;
+use kakuremichi_proto::messages::WIREGUARD_ALPN;
 use kakuremichi_rt::http::{respond, serve_connection, Body, Protocol};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -214,6 +215,7 @@ pub async fn serve_https(
             let protocol = match tls.get_ref().1.alpn_protocol() {
                 // The validation connection only needed the handshake.
                 Some(ACME_TLS_ALPN) => return,
+                Some(WIREGUARD_ALPN) => return gateway.carriers.carry(tls, peer),
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };

@@ -189,13 +189,19 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The server configuration: ring, TLS 1.2 and 1.3, ALPN h2 / http/1.1 / acme-tls/1.
+/// The server configuration: ring, TLS 1.2 and 1.3, ALPN h2 / http/1.1 / acme-tls/1 /
+/// kakuremichi-wg/1 (WireGuard carried for agents that reach nothing else).
 pub fn server_config(certificates: Arc<Certificates>) -> Result<Arc<ServerConfig>, String> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(certificates)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        ACME_TLS_ALPN.to_vec(),
+        kakuremichi_proto::messages::WIREGUARD_ALPN.to_vec(),
+    ];
     Ok(Arc::new(config))
 }

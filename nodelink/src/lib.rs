@@ -29,6 +29,7 @@ pub fn hello(
     private_key: &[u8; 32],
     wireguard_endpoint: Option<String>,
     ports: Option<PortPolicy>,
+    https_port: Option<u16>,
 ) -> Hello {
     let mut instance = [0u8; 8];
     // Without randomness the instance is 0; peers then only miss the fast re-handshake.
@@ -39,6 +40,7 @@ pub fn hello(
         wireguard_endpoint,
         instance: u64::from_le_bytes(instance),
         ports,
+        https_port,
     }
 }
 

@@ -90,6 +90,8 @@ pub struct NodeSettings<'a> {
     pub wireguard_endpoint: Option<String>,
     /// Gateways: which ports tunnels may take.
     pub ports: Option<PortPolicy>,
+    /// Gateways: the public HTTPS port (see [`kakuremichi_proto::messages::Hello::https_port`]).
+    pub https_port: Option<u16>,
 }
 
 /// A started node, not yet talking to Control.
@@ -141,7 +143,12 @@ pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
         );
         snapshots.put(cached);
     }
-    let hello = crate::hello(&private_key, settings.wireguard_endpoint, settings.ports);
+    let hello = crate::hello(
+        &private_key,
+        settings.wireguard_endpoint,
+        settings.ports,
+        settings.https_port,
+    );
     let tls = Some(crate::link::tls_connector(
         settings.control.control_ca.as_deref(),
     )?);

@@ -7,7 +7,14 @@
 //! carrier adds no trust of its own; it only bounds what a stranger can make it hold.
 
 use async_io::{Async, Timer};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use futures_rustls::rustls::crypto::CryptoProvider;
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use futures_rustls::rustls::{self, DigitallySignedStruct, SignatureScheme};
+use kakuremichi_proto::messages::WIREGUARD_ALPN;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,33 +62,61 @@ pub fn local_wireguard_addr(bound: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Accept carriers on `listener` for the WireGuard socket at `wireguard`, at most `limit`
-/// at once. Each gets its own loopback socket, so WireGuard sees each agent at an address
-/// of its own and answers it there.
-pub async fn serve(listener: smol::net::TcpListener, wireguard: SocketAddr, limit: usize) {
-    let live = Arc::new(AtomicU64::new(0));
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn!("wireguard over tcp: accept: {e}");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if live.load(Ordering::Relaxed) >= limit as u64 {
-            log::warn!("wireguard over tcp: {limit} carriers open; refused {from}");
-            continue;
+/// The gateway's end: carriers for its WireGuard socket at `wireguard`, at most `limit` at
+/// once, whether they arrive on the TCP port or as TLS on the HTTPS port. Each gets its own
+/// loopback socket, so WireGuard sees each agent at an address of its own and answers it
+/// there.
+#[derive(Clone)]
+pub struct Carriers {
+    wireguard: SocketAddr,
+    limit: u64,
+    live: Arc<AtomicU64>,
+}
+
+impl Carriers {
+    /// No carrier yet.
+    pub fn new(wireguard: SocketAddr, limit: usize) -> Self {
+        Carriers {
+            wireguard,
+            limit: limit as u64,
+            live: Arc::new(AtomicU64::new(0)),
         }
-        let socket = match loopback_socket_for(wireguard) {
-            Ok(socket) => socket,
-            Err(e) => {
-                log::warn!("wireguard over tcp: no loopback socket for {from}: {e}");
-                continue;
+    }
+
+    /// Accept carriers on `listener` forever.
+    pub async fn serve(&self, listener: smol::net::TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, from)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.carry(stream, from);
+                }
+                Err(e) => {
+                    log::warn!("wireguard over tcp: accept: {e}");
+                    Timer::after(Duration::from_millis(100)).await;
+                }
             }
+        }
+    }
+
+    /// Carry datagrams over `stream` (a TCP connection or a TLS one) until it ends.
+    pub fn carry<S>(&self, stream: S, from: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.live.load(Ordering::Relaxed) >= self.limit {
+            log::warn!(
+                "wireguard over tcp: {} carriers open; refused {from}",
+                self.limit
+            );
+            return;
+        }
+        let socket = match loopback_socket_for(self.wireguard) {
+            Ok(socket) => socket,
+            Err(e) => return log::warn!("wireguard over tcp: no loopback socket for {from}: {e}"),
         };
-        live.fetch_add(1, Ordering::Relaxed);
-        let live = live.clone();
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let live = self.live.clone();
         smol::spawn(async move {
             log::info!("wireguard over tcp: carrier from {from}");
             let ended = pump(stream, socket, IDLE_TIMEOUT).await;
@@ -92,14 +127,111 @@ pub async fn serve(listener: smol::net::TcpListener, wireguard: SocketAddr, limi
     }
 }
 
+/// A carrier to a gateway's WireGuard port over TCP, within `timeout`.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<smol::net::TcpStream> {
+    let stream = within(timeout, smol::net::TcpStream::connect(addr)).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A carrier to a gateway's HTTPS port, as TLS with ALPN [`WIREGUARD_ALPN`], within
+/// `timeout`. The gateway's certificate is not checked against any authority: the TLS only
+/// makes the connection look like the HTTPS a restrictive network lets through, and
+/// WireGuard inside authenticates the gateway by its key. The handshake's signatures are
+/// still checked against the certificate presented.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<futures_rustls::client::TlsStream<smol::net::TcpStream>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![WIREGUARD_ALPN.to_vec()];
+    let connector = futures_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = connect_tcp(addr, timeout).await?;
+    // An address as the name: no SNI is sent, and the gateway answers with its fallback
+    // certificate, which names no tenant.
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = within(timeout, connector.connect(name, tcp)).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(WIREGUARD_ALPN) {
+        return Err(io::Error::other(
+            "the gateway does not carry WireGuard over TLS",
+        ));
+    }
+    Ok(tls)
+}
+
+async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    future::or(work, async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+    })
+    .await
+}
+
+/// Accepts any certificate, checking only that the handshake was signed by its key (see
+/// [`connect_tls`] for why that is enough here).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Move datagrams between `stream` and `socket` until either ends, fails, or both stay
 /// silent for `idle`.
-pub async fn pump(
-    stream: smol::net::TcpStream,
-    socket: Async<UdpSocket>,
-    idle: Duration,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
+pub async fn pump<S>(stream: S, socket: Async<UdpSocket>, idle: Duration) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let socket = Arc::new(socket);
     let started = Instant::now();
     let last_activity = Arc::new(AtomicU64::new(0));
@@ -107,10 +239,8 @@ pub async fn pump(
         let last_activity = last_activity.clone();
         move || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
     };
-    let (mut reader, mut writer) = (
-        futures_lite::io::BufReader::with_capacity(OUTBOUND_BATCH, stream.clone()),
-        stream,
-    );
+    let (reader, mut writer) = futures_lite::io::split(stream);
+    let mut reader = futures_lite::io::BufReader::with_capacity(OUTBOUND_BATCH, reader);
     let inbound = {
         let (socket, touch) = (socket.clone(), touch.clone());
         async move {

@@ -60,7 +60,15 @@ pub struct Hello {
     /// Gateways only: which ports `tcp` and `udp` tunnels may take there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortPolicy>,
+    /// Gateways only: the public HTTPS port, where agents that reach nothing else carry
+    /// WireGuard over TLS (ALPN [`WIREGUARD_ALPN`]) at the WireGuard endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
 }
+
+/// The ALPN protocol of a TLS connection to a gateway's HTTPS port that carries WireGuard
+/// datagrams (see `kakuremichi_nodelink::tcp_carrier`) instead of HTTP.
+pub const WIREGUARD_ALPN: &[u8] = b"kakuremichi-wg/1";
 
 /// Counters a node reports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -217,6 +225,9 @@ pub struct PeerConfig {
     /// The peer process's [`Hello::instance`].
     #[serde(default)]
     pub instance: u64,
+    /// Gateways: their [`Hello::https_port`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
 }
 
 /// A hostname a gateway serves, and where the tunnel's agent listens for it.
@@ -401,6 +412,7 @@ mod tests {
                 overlay_ip: Ipv4Addr::new(10, 77, 0, 1),
                 endpoint: Some("gw.example.com:51820".into()),
                 instance: 9,
+                https_port: Some(443),
             }],
             routes: vec![],
             certificates: vec![],

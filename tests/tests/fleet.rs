@@ -588,25 +588,30 @@ fn udp_forwarder(port: u16, to: u16) {
     });
 }
 
-#[test]
-fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_udp() {
+/// A gateway whose agents are told a WireGuard endpoint (`127.0.0.1:port`) where UDP goes
+/// nowhere, as behind a network that drops it, with `gateway_args` added; then an agent
+/// started with a tunnel to an origin. Returns the cluster, the gateway's WireGuard UDP
+/// port, the endpoint's port, the agent's index and id, and how long after its start the
+/// agent served (within 10 s).
+fn agent_behind_dropped_udp(
+    name: &str,
+    gateway_args: impl Fn(&str) -> Vec<String>,
+) -> (Cluster, u16, u16, usize, String, Duration) {
     // Frequent heartbeats carry the agent's status to Control quickly.
-    let mut cluster =
-        Cluster::with_control_args("fleet-tcp-fallback", &["--heartbeat-interval-ms", "300"]);
+    let mut cluster = Cluster::with_control_args(name, &["--heartbeat-interval-ms", "300"]);
     let gateway = cluster.add_gateway();
     let gateway_id = cluster.gateways[gateway].id.clone();
     let udp = cluster.gateway_wireguard_port(gateway);
-    // Agents are told to find the gateway at a port where only TCP answers: UDP there
-    // goes nowhere, as behind a network that drops it.
-    let endpoint = format!("127.0.0.1:{}", kakuremichi_tests::free_tcp_port());
+    let port = kakuremichi_tests::free_tcp_port();
+    let endpoint = format!("127.0.0.1:{port}");
     let node = &mut cluster.gateways[gateway];
     node.kill9();
-    node.add_args(&[
-        "--wireguard-tcp-listen",
-        &endpoint,
-        "--wireguard-endpoint",
-        &endpoint,
-    ]);
+    let args = gateway_args(&endpoint);
+    let args: Vec<&str> = ["--wireguard-endpoint", &endpoint]
+        .into_iter()
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    node.add_args(&args);
     node.start();
     cluster.wait_online("gateway", &gateway_id);
     let origin = Origin::start("behind");
@@ -623,8 +628,38 @@ fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_ud
     .unwrap_or_else(|| panic!("never served over the fallback\n{}", cluster.logs()));
     assert!(
         serving <= Duration::from_secs(10),
-        "served over TCP only after {serving:?}"
+        "served over the fallback only after {serving:?}"
     );
+    (cluster, udp, port, agent, agent_id, serving)
+}
+
+#[test]
+fn an_agent_that_reaches_only_https_carries_wireguard_over_tls() {
+    // No TCP at the WireGuard port either: only the gateway's HTTPS port answers.
+    let (cluster, _, _, agent, _, serving) = agent_behind_dropped_udp("fleet-tls-fallback", |_| {
+        vec!["--wireguard-tcp-listen".into(), "off".into()]
+    });
+    assert!(
+        cluster.agents[agent]
+            .log()
+            .contains("carrying WireGuard over TLS"),
+        "{}",
+        cluster.logs()
+    );
+    for i in 0..50 {
+        let answer = cluster.get(0, "fallback.localhost", &format!("/{i}"));
+        assert_eq!(answer.status, 200, "request {i} over TLS: {}", answer.body);
+    }
+    println!("tls fallback: serving {serving:?} after the agent started");
+}
+
+#[test]
+fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_udp() {
+    let (cluster, udp, port, agent, agent_id, serving) =
+        agent_behind_dropped_udp("fleet-tcp-fallback", |endpoint| {
+            vec!["--wireguard-tcp-listen".into(), endpoint.to_string()]
+        });
+    let gateway = 0;
     assert!(cluster.agents[agent].log().contains("carrying it over TCP"));
     // Control shows why: the agent is degraded, reaching the gateway over TCP.
     let reason = wait_for(Duration::from_secs(10), || {
@@ -642,7 +677,6 @@ fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_ud
     }
 
     // UDP passes again: the agent's next try over UDP is answered and it moves back.
-    let port: u16 = endpoint.rsplit_once(':').unwrap().1.parse().unwrap();
     udp_forwarder(port, udp);
     let opened = Instant::now();
     let back = wait_for(Duration::from_secs(10), || {
