@@ -2,14 +2,12 @@
 //! roots plus a tunnel's own CA, a chosen server name, or (asked for by name) no check at all.
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use futures_rustls::rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature};
+use futures_rustls::rustls::crypto::ring;
 use futures_rustls::rustls::pki_types::pem::PemObject;
-use futures_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use futures_rustls::rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_rustls::{client::TlsStream, TlsConnector};
+use kakuremichi_nodelink::unverified::AnyCertificate;
 use kakuremichi_proto::messages::OriginTls;
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -67,7 +65,7 @@ impl OriginTlsClient {
         } else {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
                 .with_no_client_auth()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -94,55 +92,5 @@ impl OriginTlsClient {
                     self.spec.server_name
                 ))
             })
-    }
-}
-
-/// Accepts any certificate but still checks the handshake's signatures with it: the
-/// connection is encrypted to whoever answers, which is what "skip verification" means.
-#[derive(Debug)]
-struct AnyCertificate(Arc<futures_rustls::rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, futures_rustls::rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, futures_rustls::rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, futures_rustls::rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -9,7 +9,8 @@
 //! - [`node`]: starting a node (settings check, key, WireGuard socket, cached config).
 //! - [`link`]: the control WebSocket: connect (resolving DNS each time), hello, snapshots in,
 //!   heartbeats and status out, reconnect with capped exponential backoff.
-//! - [`tcp_carrier`]: WireGuard datagrams over TCP where UDP is blocked.
+//! - [`tcp_carrier`]: WireGuard datagrams over TCP (or TLS) where UDP is blocked.
+//! - [`unverified`]: TLS that checks signatures but no certificate authority.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod link;
 pub mod node;
 pub mod state_dir;
 pub mod tcp_carrier;
+pub mod unverified;
 
 use kakuremichi_proto::ids::PublicKey;
 use kakuremichi_proto::messages::Hello;

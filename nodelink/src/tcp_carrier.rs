@@ -6,14 +6,10 @@
 //! between it and the TCP connection. WireGuard authenticates every datagram, so the
 //! carrier adds no trust of its own; it only bounds what a stranger can make it hold.
 
+use crate::unverified::AnyCertificate;
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use futures_rustls::rustls::crypto::CryptoProvider;
-use futures_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use futures_rustls::rustls::{self, DigitallySignedStruct, SignatureScheme};
+use futures_rustls::rustls::{self, pki_types::ServerName};
 use kakuremichi_proto::messages::WIREGUARD_ALPN;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -148,7 +144,7 @@ pub async fn connect_tls(
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![WIREGUARD_ALPN.to_vec()];
     let connector = futures_rustls::TlsConnector::from(Arc::new(config));
@@ -174,56 +170,6 @@ async fn within<T>(
         Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
     })
     .await
-}
-
-/// Accepts any certificate, checking only that the handshake was signed by its key (see
-/// [`connect_tls`] for why that is enough here).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Move datagrams between `stream` and `socket` until either ends, fails, or both stay
