@@ -213,16 +213,20 @@ impl Fallback {
             .collect();
         let mut state = self.state();
         let mut changed = false;
-        let base = state.base.clone();
-        for spec in &base {
+        let State {
+            base,
+            https_ports,
+            gateways,
+        } = &mut *state;
+        for spec in base.iter() {
             let Some(udp) = spec.endpoint else {
                 continue;
             };
             let stat = stats.get(&spec.public_key);
-            let tls = (state.https_ports.get(&spec.public_key))
-                .map(|port| SocketAddr::new(udp.ip(), *port));
+            let tls =
+                (https_ports.get(&spec.public_key)).map(|port| SocketAddr::new(udp.ip(), *port));
             let on_udp = stat.and_then(|s| s.endpoint) == Some(udp);
-            let gateway = state.gateways.entry(spec.public_key).or_default();
+            let gateway = gateways.entry(spec.public_key).or_default();
             let session_up = stat.is_some_and(PeerStats::is_up);
             if session_up {
                 self.check_path(gateway, spec, now);

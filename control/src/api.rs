@@ -354,7 +354,7 @@ impl Fields {
             .as_array()
             .filter(|list| !list.is_empty())
             .ok_or_else(|| invalid("must be a list of {\"agent\", \"target\"} objects"))?;
-        let mut parsed = Vec::with_capacity(list.len());
+        let mut pairs = Vec::with_capacity(list.len());
         for entry in list {
             let field = |name: &str| {
                 entry
@@ -362,21 +362,19 @@ impl Fields {
                     .and_then(Value::as_str)
                     .ok_or_else(|| invalid(&format!("every entry needs a string {name:?}")))
             };
-            let (target, scheme) = crate::tunnels::parse_scheme_target(field("target")?, ports)?;
-            parsed.push((field("agent")?.to_string(), target, scheme));
+            pairs.push((field("agent")?, field("target")?));
         }
-        let (agent_id, target, scheme) = parsed.remove(0);
-        if parsed.iter().any(|(_, _, other)| *other != scheme) {
-            return Err(invalid("every target must use the same scheme"));
-        }
+        let ((agent_id, target), others) =
+            pairs.split_first().ok_or_else(|| invalid("is empty"))?;
+        let (target, scheme) = crate::tunnels::parse_scheme_target(target, ports)?;
         Ok(Some(Agents {
-            agent_id,
+            agent_id: agent_id.to_string(),
             target,
             scheme,
-            replicas: parsed
-                .into_iter()
-                .map(|(agent_id, target, _)| Replica { agent_id, target })
-                .collect(),
+            replicas: others
+                .iter()
+                .map(|(agent, target)| crate::tunnels::parse_replica(agent, target, ports, scheme))
+                .collect::<Result<_, _>>()?,
         }))
     }
 

@@ -284,25 +284,13 @@ mod tests {
     use serde_json::json;
 
     fn gateway(id: &str, labels: &[(&str, &str)]) -> NodeRecord {
+        let overlay_ip = std::net::Ipv4Addr::new(10, 77, 0, 1);
         NodeRecord {
-            id: id.into(),
-            kind: NodeKind::Gateway,
-            name: id.into(),
-            overlay_ip: std::net::Ipv4Addr::new(10, 77, 0, 1),
-            api_key_hash: String::new(),
-            public_key: None,
-            version: None,
-            wireguard_endpoint: None,
-            https_port: None,
-            instance: 0,
-            disabled: false,
-            port_policy: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            draining: false,
-            created_at: 0,
+            ..NodeRecord::enrolled(id, NodeKind::Gateway, id, overlay_ip, String::new(), 0)
         }
     }
 

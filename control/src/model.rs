@@ -56,6 +56,36 @@ pub struct NodeRecord {
     pub created_at: u64,
 }
 
+impl NodeRecord {
+    /// A node just enrolled: enabled, unlabelled, not yet heard from.
+    pub fn enrolled(
+        id: &str,
+        kind: NodeKind,
+        name: &str,
+        overlay_ip: Ipv4Addr,
+        api_key_hash: String,
+        created_at: u64,
+    ) -> Self {
+        NodeRecord {
+            id: id.to_string(),
+            kind,
+            name: name.to_string(),
+            overlay_ip,
+            api_key_hash,
+            public_key: None,
+            version: None,
+            wireguard_endpoint: None,
+            https_port: None,
+            instance: 0,
+            disabled: false,
+            port_policy: None,
+            labels: Labels::new(),
+            draining: false,
+            created_at,
+        }
+    }
+}
+
 /// A published service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TunnelRecord {
@@ -520,21 +550,16 @@ mod tests {
 
     fn node(id: &str, kind: NodeKind, last: u8, key: Option<u8>) -> NodeRecord {
         NodeRecord {
-            id: id.into(),
-            kind,
-            name: id.into(),
-            overlay_ip: Ipv4Addr::new(10, 77, 0, last),
-            api_key_hash: String::new(),
             public_key: key.map(|k| PublicKey([k; 32])),
-            version: None,
             wireguard_endpoint: (kind == NodeKind::Gateway).then(|| "gw:51820".into()),
-            https_port: None,
-            instance: 0,
-            disabled: false,
-            port_policy: None,
-            labels: Labels::new(),
-            draining: false,
-            created_at: 0,
+            ..NodeRecord::enrolled(
+                id,
+                kind,
+                id,
+                Ipv4Addr::new(10, 77, 0, last),
+                String::new(),
+                0,
+            )
         }
     }
 

@@ -214,26 +214,18 @@ impl Store {
             let overlay_ip = overlay
                 .allocate(&used)
                 .ok_or_else(|| Error::conflict("overlay", "the overlay network is full"))?;
-            let record = NodeRecord {
-                id: auth::new_id(match kind {
-                    NodeKind::Agent => "agt",
-                    NodeKind::Gateway => "gw",
-                }),
+            let id = auth::new_id(match kind {
+                NodeKind::Agent => "agt",
+                NodeKind::Gateway => "gw",
+            });
+            let record = NodeRecord::enrolled(
+                &id,
                 kind,
-                name,
+                &name,
                 overlay_ip,
-                api_key_hash: auth::hash_secret(&api_key),
-                public_key: None,
-                version: None,
-                wireguard_endpoint: None,
-                https_port: None,
-                instance: 0,
-                disabled: false,
-                port_policy: None,
-                labels: Default::default(),
-                draining: false,
-                created_at: auth::unix_now(),
-            };
+                auth::hash_secret(&api_key),
+                auth::unix_now(),
+            );
             put(&s.nodes, wtxn, &record.id, &record)?;
             put(&s.api_keys, wtxn, &record.api_key_hash, &record.id)?;
             Ok(record)

@@ -3,7 +3,7 @@
 //! serve it. The store calls [`check`] on every tunnel it creates or changes.
 
 use crate::error::Error;
-use crate::model::{NodeRecord, TunnelRecord, FIRST_SERVICE_PORT};
+use crate::model::{NodeRecord, Replica, TunnelRecord, FIRST_SERVICE_PORT};
 use kakuremichi_proto::ids::{NodeKind, Target};
 use kakuremichi_proto::messages::{OriginOptions, OriginTls};
 use kakuremichi_proto::ports::{PortRange, Transport, MAX_TUNNEL_PORTS};
@@ -420,6 +420,27 @@ pub fn parse_scheme_target(
     Ok((parse_target(rest.trim_end_matches('/'), ports)?, scheme))
 }
 
+/// One more agent of a tunnel (see [`TunnelRecord::replicas`]): its target must speak the
+/// tunnel's `scheme`.
+pub fn parse_replica(
+    agent_id: &str,
+    target: &str,
+    ports: Option<PortRange>,
+    scheme: OriginScheme,
+) -> Result<Replica, Error> {
+    let (target, theirs) = parse_scheme_target(target, ports)?;
+    if theirs != scheme {
+        return Err(Error::invalid(
+            "agents",
+            "every target must use the same scheme",
+        ));
+    }
+    Ok(Replica {
+        agent_id: agent_id.to_string(),
+        target,
+    })
+}
+
 /// A target whose port may be a range (`host:5000-5010`), which must then have as many
 /// ports as the public range.
 pub fn parse_target(raw: &str, ports: Option<PortRange>) -> Result<Target, Error> {
@@ -651,22 +672,17 @@ mod tests {
     }
 
     fn gateway(policy: Option<PortPolicy>) -> NodeRecord {
+        let overlay_ip = Ipv4Addr::new(10, 77, 0, 1);
         NodeRecord {
-            id: "gw_1".into(),
-            kind: NodeKind::Gateway,
-            name: "tokyo".into(),
-            overlay_ip: Ipv4Addr::new(10, 77, 0, 1),
-            api_key_hash: String::new(),
-            public_key: None,
-            version: None,
-            wireguard_endpoint: None,
-            https_port: None,
-            instance: 0,
-            disabled: false,
             port_policy: policy,
-            labels: Default::default(),
-            draining: false,
-            created_at: 0,
+            ..NodeRecord::enrolled(
+                "gw_1",
+                NodeKind::Gateway,
+                "tokyo",
+                overlay_ip,
+                String::new(),
+                0,
+            )
         }
     }
 

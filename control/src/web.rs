@@ -501,17 +501,7 @@ fn parse_replicas(
             let (agent_id, target) = entry.split_once('=').ok_or_else(|| {
                 Error::invalid("agents", format!("{entry:?} is not agent id=target"))
             })?;
-            let (target, theirs) = crate::tunnels::parse_scheme_target(target.trim(), ports)?;
-            if theirs != scheme {
-                return Err(Error::invalid(
-                    "agents",
-                    "every target must use the same scheme",
-                ));
-            }
-            Ok(crate::model::Replica {
-                agent_id: agent_id.trim().to_string(),
-                target,
-            })
+            crate::tunnels::parse_replica(agent_id.trim(), target.trim(), ports, scheme)
         })
         .collect()
 }

@@ -91,10 +91,13 @@ pub struct HostRoutes {
 
 impl Route {
     /// Where to send a request, in the order to try: with replicas, the live agents in
-    /// turn, then the rest.
-    pub fn upstreams(&self, health: &crate::replicas::ReplicaHealth) -> Vec<Upstream> {
+    /// turn, then the rest. Without replicas (most tunnels) nothing is copied.
+    pub fn upstreams(
+        &self,
+        health: &crate::replicas::ReplicaHealth,
+    ) -> std::borrow::Cow<'_, [Upstream]> {
         if self.replicas.is_empty() {
-            return vec![self.upstream.clone()];
+            return std::borrow::Cow::Borrowed(std::slice::from_ref(&self.upstream));
         }
         let all: Vec<&Upstream> = std::iter::once(&self.upstream)
             .chain(&self.replicas)
@@ -105,7 +108,8 @@ impl Route {
             .into_iter()
             .filter_map(|agent| all.iter().find(|u| u.agent() == Some(agent)))
             .map(|u| (*u).clone())
-            .collect()
+            .collect::<Vec<_>>()
+            .into()
     }
 }
 

@@ -200,16 +200,10 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                         div.actions { button type="submit" { "Rename" } }
                     }
                     hr;
-                    form method="post" action={(base) "/enabled"} {
-                        input type="hidden" name="csrf" value=(csrf);
-                        input type="hidden" name="enabled" value=(if row.disabled { "true" } else { "false" });
-                        @if row.disabled {
-                            p { "Disabled: it keeps its connection to Control but serves nothing, and no other node peers with it." }
-                            div.actions { button type="submit" { "Enable" } }
-                        } @else {
-                            p { "Disabling stops it serving within a second; it stays enrolled and can be enabled again at once." }
-                            div.actions { button type="submit" { "Disable" } }
-                        }
+                    @if row.disabled {
+                        (toggle(&base, csrf, "enabled", true, "Disabled: it keeps its connection to Control but serves nothing, and no other node peers with it.", "Enable"))
+                    } @else {
+                        (toggle(&base, csrf, "enabled", false, "Disabling stops it serving within a second; it stays enrolled and can be enabled again at once.", "Disable"))
                     }
                     @if detail.kind == NodeKind::Gateway {
                         hr;
@@ -219,16 +213,10 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                             div.actions { button type="submit" { "Save labels" } }
                         }
                         hr;
-                        form method="post" action={(base) "/draining"} {
-                            input type="hidden" name="csrf" value=(csrf);
-                            input type="hidden" name="draining" value=(if row.draining { "false" } else { "true" });
-                            @if row.draining {
-                                p { "Draining: new requests get a 503 and its /readyz fails, so load balancers move clients to the other gateways; requests in flight finish." }
-                                div.actions { button type="submit" { "Serve again" } }
-                            } @else {
-                                p { "Draining lets requests in flight finish and sends new ones elsewhere, before the gateway is stopped for maintenance." }
-                                div.actions { button type="submit" { "Drain" } }
-                            }
+                        @if row.draining {
+                            (toggle(&base, csrf, "draining", false, "Draining: new requests get a 503 and its /readyz fails, so load balancers move clients to the other gateways; requests in flight finish.", "Serve again"))
+                        } @else {
+                            (toggle(&base, csrf, "draining", true, "Draining lets requests in flight finish and sends new ones elsewhere, before the gateway is stopped for maintenance.", "Drain"))
                         }
                     }
                     hr;
@@ -396,4 +384,17 @@ pub fn key_page(
             script { (PreEscaped(super::COPY_SCRIPT)) }
         },
     )
+}
+
+/// A form at `{base}/{setting}` that sets one yes/no setting to `to`: what the state means
+/// now, and the button that changes it.
+fn toggle(base: &str, csrf: &str, setting: &str, to: bool, now: &str, button: &str) -> Markup {
+    html! {
+        form method="post" action={(base) "/" (setting)} {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name=(setting) value=(to);
+            p { (now) }
+            div.actions { button type="submit" { (button) } }
+        }
+    }
 }
