@@ -246,7 +246,11 @@ fn hash_password(field: &str, text: &str) -> Result<String, Error> {
 
 fn valid_bypass(path: &str) -> bool {
     let path = path.strip_suffix('*').unwrap_or(path);
-    path.starts_with('/') && path.len() <= 256 && !path.contains(['*', '?', '#', ' '])
+    // Gateways match rules against normalised paths, so a rule must be normal to match.
+    path.starts_with('/')
+        && path.len() <= 256
+        && !path.contains(['*', '?', '#', ' '])
+        && kakuremichi_proto::path::is_normal(path)
 }
 
 fn strings(field: &str, value: &Value) -> Result<Vec<String>, Error> {

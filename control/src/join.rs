@@ -45,6 +45,6 @@ pub fn write_setup(dir: &Path, url: &str, code: &str) -> Result<(), Error> {
 
 /// Replace `path` with `text`, readable by this user only.
 fn write_private(path: &Path, text: &str) -> Result<(), Error> {
-    kakuremichi_rt::fs::write_atomically(path, text.as_bytes(), true)
+    kakuremichi_rt::fs::write_atomically(path, text.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

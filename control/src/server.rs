@@ -25,7 +25,22 @@ pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
     .await
 }
 
+/// Every answer carries the page protections ([`crate::pages::CONTENT_SECURITY_POLICY`]):
+/// JSON and text lose nothing by them, and no route can forget them.
 async fn dispatch(
+    control: Arc<Control>,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
+    let mut response = route(control, request, peer).await;
+    kakuremichi_rt::http::protect_page(
+        response.headers_mut(),
+        crate::pages::content_security_policy(),
+    );
+    response
+}
+
+async fn route(
     control: Arc<Control>,
     request: Request<Incoming>,
     peer: std::net::SocketAddr,

@@ -94,8 +94,13 @@ impl Store {
     /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
     /// `overlay` only applies then, and a different one later is an error.
     pub fn open(dir: &Path, overlay: OverlayNet) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir)
+        kakuremichi_rt::fs::private_dir(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for name in ["data.mdb", "lock.mdb"] {
+            let file = dir.join(name);
+            kakuremichi_rt::fs::private_file(&file)
+                .map_err(|e| Error::io(format!("restricting {}", file.display()), e))?;
+        }
         // SAFETY: LMDB requires that the same environment is not opened twice in one process
         // and that its files are not modified except through LMDB. Control opens its data
         // directory once, at start; other processes (the CLI) go through LMDB's own locking.

@@ -395,6 +395,11 @@ pub fn parse_path_prefix(raw: &str) -> Result<Option<String>, Error> {
     if !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid("must be printable ASCII (percent-encode the rest)"));
     }
+    if !kakuremichi_proto::path::is_normal(raw) {
+        return Err(invalid(
+            "must be in normal form: no //, no encoded unreserved characters, no %2F, %5C or %00",
+        ));
+    }
     let trimmed = raw.trim_end_matches('/');
     Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
 }

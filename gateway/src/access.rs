@@ -20,6 +20,8 @@ pub const COOKIE: &str = "km_access";
 pub const PREFIX: &str = "/.kakuremichi/";
 /// Service tokens start with this; a bearer token without it is the origin's business.
 const SERVICE_TOKEN_PREFIX: &str = "kst_";
+/// How a service token's bearer is named to the origin (no Control user name holds `:`).
+pub const SERVICE_TOKEN_VISITOR: &str = "token:service";
 /// How long a verified basic-auth password is remembered, so scripts do not pay for argon2
 /// on every request.
 const BASIC_CACHE_SECONDS: u64 = 300;
@@ -76,7 +78,7 @@ pub fn judge(policy: &AccessPolicy, cookie_key: Option<&[u8]>, facts: &Facts, no
     if let Some(token) = facts.bearer.filter(|t| t.starts_with(SERVICE_TOKEN_PREFIX)) {
         let hash = sha256_hex(token.as_bytes());
         return match policy.service_tokens.contains(&hash) {
-            true => pass(Some("service-token".into()), true),
+            true => pass(Some(SERVICE_TOKEN_VISITOR.into()), true),
             false => Verdict::Unauthorized,
         };
     }
@@ -368,7 +370,7 @@ mod tests {
             bearer: Some("kst_good"),
             ..facts()
         };
-        assert_eq!(judge(&token), pass(Some("service-token"), true));
+        assert_eq!(judge(&token), pass(Some(SERVICE_TOKEN_VISITOR), true));
         let wrong = Facts {
             bearer: Some("kst_bad"),
             ..facts()

@@ -19,9 +19,9 @@ use kakuremichi_rt::http::{respond, Body};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Identity headers the origin gets from the gateway only: a client's copies are removed.
+/// The identity header the origin gets from the gateway only: a client's copies, in every
+/// spelling, are removed ([`remove_identity_claims`]).
 pub const USER_HEADER: HeaderName = HeaderName::from_static("x-kakuremichi-user");
-pub const EMAIL_HEADER: HeaderName = HeaderName::from_static("x-kakuremichi-email");
 /// Largest login form read.
 const MAX_FORM_BYTES: usize = 4096;
 /// Time a client gets to send the login form.
@@ -43,10 +43,11 @@ pub async fn admit(
     scheme: &str,
     host: &str,
 ) -> Result<Request<Incoming>, Response<Body>> {
-    let headers = request.headers_mut();
-    headers.remove(USER_HEADER);
-    headers.remove(EMAIL_HEADER);
+    remove_identity_claims(request.headers_mut());
     let Some(policy) = route.access.as_deref() else {
+        // A public tunnel may share the hostname with protected ones: it never sees their
+        // session either.
+        strip_session_cookie(request.headers_mut());
         return Ok(request);
     };
     let gate = &gateway.gate;
@@ -78,7 +79,7 @@ pub async fn admit(
                 .check_password(&route.tunnel_id, policy, client.ip(), &password, now)
                 .await
             {
-                Ok(true) => (Some(user).filter(|u| !u.is_empty()), true),
+                Ok(true) => (Some(password_visitor(&user)), true),
                 Ok(false) => return Err(unauthorized(policy, hostname)),
                 Err(throttled) => return Err(pages::throttled(hostname, throttled.retry_after)),
             }
@@ -96,6 +97,40 @@ pub async fn admit(
         headers.insert(USER_HEADER, value);
     }
     Ok(request)
+}
+
+/// Remove every header an origin could read as one of the gateway's identity headers:
+/// `X-Kakuremichi-*` in any case, and spelt with `_` (CGI and WSGI servers read
+/// `X_Kakuremichi_User` as `HTTP_X_KAKUREMICHI_USER`, the same as the real one).
+fn remove_identity_claims(headers: &mut HeaderMap) {
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in claims {
+        headers.remove(name);
+    }
+}
+
+/// Whether `name` (lower case, as hyper keeps names) reads as one of ours.
+pub fn is_identity_header(name: &str) -> bool {
+    name.get(..IDENTITY_PREFIX.len())
+        .is_some_and(|head| head.replace('_', "-") == IDENTITY_PREFIX)
+}
+
+const IDENTITY_PREFIX: &str = "x-kakuremichi-";
+
+/// How a visitor who gave the tunnel password is named to the origin: `password:` and the
+/// name they typed (or nothing). Control user names cannot hold `:`, so no password visitor
+/// passes for a Control user.
+fn password_visitor(typed: &str) -> String {
+    let typed: String = typed
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+        .take(64)
+        .collect();
+    format!("password:{typed}")
 }
 
 /// The bearer token, or the decoded basic credentials, of the `Authorization` header.
@@ -136,6 +171,9 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The origin never sees the gateway's cookie; its own cookies pass untouched.
 fn strip_session_cookie(headers: &mut HeaderMap) {
+    if cookie(headers).is_none() {
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(COOKIE_HEADER)
         .iter()
@@ -241,8 +279,8 @@ fn set_cookie(value: &str, max_age: u64, scheme: &str) -> String {
     format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
 }
 
-/// The path that picks a request's tunnel: its own, or for the login paths under
-/// `/.kakuremichi/`, the path the visitor returns to.
+/// The path that picks a request's tunnel: its own (already normalised), or for the login
+/// paths under `/.kakuremichi/`, the normal form of the path the visitor returns to.
 pub fn routing_path(uri: &hyper::Uri) -> String {
     if !uri.path().starts_with(PREFIX) {
         return uri.path().to_string();
@@ -252,7 +290,9 @@ pub fn routing_path(uri: &hyper::Uri) -> String {
             .find(|(name, _)| name == "return")
             .map(|(_, value)| value.into_owned())
     });
-    kakuremichi_proto::access::local_path(returning.as_deref())
+    let returning = kakuremichi_proto::access::local_path(returning.as_deref());
+    let path = returning.split(['?', '#']).next().unwrap_or("/");
+    kakuremichi_proto::path::normalize(path).unwrap_or_else(|_| "/".to_string())
 }
 
 /// `/.kakuremichi/…` on a protected hostname.

@@ -26,8 +26,15 @@ fn page(status: u16, title: &str, message: &str) -> Response<Body> {
          button{{font:inherit;padding:.5rem 1.25rem;border:0;border-radius:6px;background:#2457d6;color:#fff}}</style></head>\
          <body><h1>{title}</h1><p>{message}</p><p><small>kakuremichi gateway</small></p></body></html>\n"
     );
-    tunnel_page(status, &html)
+    let mut response = respond(status, "text/html; charset=utf-8", html);
+    kakuremichi_rt::http::protect_page(response.headers_mut(), OWN_PAGE_POLICY);
+    response
 }
+
+/// The gateway's own pages: inline style, a form posting back here, nothing else.
+const OWN_PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// Pages a tunnel's owner wrote may load what they like, but are never framed.
+const OWNER_PAGE_POLICY: &str = "frame-ancestors 'none'";
 
 /// No tunnel serves this host.
 pub fn not_found(host: &str) -> Response<Body> {
@@ -53,14 +60,10 @@ pub fn bad_gateway(hostname: &str) -> Response<Body> {
     )
 }
 
-/// HTML served as is with `status`, never cached: the gateway's pages and those a tunnel's
-/// owner wrote.
+/// HTML a tunnel's owner wrote, served as is with `status`, never cached or framed.
 pub fn tunnel_page(status: u16, html: &str) -> Response<Body> {
     let mut response = respond(status, "text/html; charset=utf-8", html.to_string());
-    response.headers_mut().insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
+    kakuremichi_rt::http::protect_page(response.headers_mut(), OWNER_PAGE_POLICY);
     response
 }
 

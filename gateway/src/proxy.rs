@@ -15,6 +15,7 @@ use hyper::header::{
 };
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
+use kakuremichi_proto::path::PathRefused;
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
 use std::net::SocketAddr;
@@ -56,6 +57,13 @@ pub async fn handle(
         metrics.not_found.fetch_add(1, Ordering::Relaxed);
         return pages::not_found(&host);
     };
+    let mut request = request;
+    if host_routes.path_decides() {
+        if let Err(why) = normalize_target(&mut request) {
+            metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return pages::bad_request(why.message());
+        }
+    }
     let path = crate::guard::routing_path(request.uri());
     let Some(route) = host_routes.for_path(&path).cloned() else {
         metrics.not_found.fetch_add(1, Ordering::Relaxed);
@@ -233,6 +241,23 @@ async fn send(pool: &Pool, upstream: &Upstream, request: Request<ClientBody>) ->
     Attempt::Answered(Ok(response.map(|body| Held::new(body, Some(lease)))))
 }
 
+/// Replace the request's path by its normal form, the one every decision and the origin see.
+fn normalize_target<B>(request: &mut Request<B>) -> Result<(), PathRefused> {
+    let uri = request.uri();
+    let path = kakuremichi_proto::path::normalize(uri.path())?;
+    if path == uri.path() {
+        return Ok(());
+    }
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().map_err(|_| PathRefused::Malformed)?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| PathRefused::Malformed)?;
+    Ok(())
+}
+
 /// [`request_host`], counting a malformed request in the gateway's `bad_requests`.
 pub fn counted_request_host<B>(
     gateway: &Gateway,
@@ -287,15 +312,34 @@ pub fn request_host<B>(request: &Request<B>) -> Result<String, &'static str> {
 
 /// Headers a client could send to pass itself off as someone else to the origin: only the
 /// gateway knows who connected, and it sets `X-Real-IP` itself.
-const CLIENT_ADDRESS_CLAIMS: [HeaderName; 7] = [
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-server"),
+const CLIENT_ADDRESS_CLAIMS: [&str; 7] = [
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-server",
 ];
+
+/// Headers the gateway sets itself: a client's copies spelt with `_` are removed too, since
+/// CGI and WSGI servers read `X_Forwarded_For` as `X-Forwarded-For`.
+const SET_BY_GATEWAY: [&str; 5] = [
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Whether a client's header `name` claims who connected.
+fn claims_client_address(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    CLIENT_ADDRESS_CLAIMS
+        .iter()
+        .any(|claim| *claim == dashed.as_str())
+        || (name.contains('_') && SET_BY_GATEWAY.contains(&dashed.as_str()))
+}
 
 fn prepare_request(
     request: &mut Request<Incoming>,
@@ -314,7 +358,12 @@ fn prepare_request(
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade);
-    for name in CLIENT_ADDRESS_CLAIMS {
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| claims_client_address(name.as_str()))
+        .cloned()
+        .collect();
+    for name in claims {
         headers.remove(name);
     }
     let ip = client.ip().to_string();
@@ -374,7 +423,9 @@ fn as_http2(request: &mut Request<Incoming>, wants_trailers: bool) {
     }
 }
 
-/// Drop hop-by-hop headers (and those `Connection` names); keep an upgrade's own.
+/// Drop hop-by-hop headers (and those `Connection` names, except the gateway's identity
+/// headers: a client must not remove what the gateway tells the origin); keep an upgrade's
+/// own.
 fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -382,6 +433,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !crate::guard::is_identity_header(name.as_str()))
         .collect();
     for name in named {
         headers.remove(name);

@@ -85,6 +85,9 @@ pub struct Route {
 #[derive(Clone, Debug, Default)]
 pub struct HostRoutes {
     routes: Vec<Route>,
+    /// Whether the path picks a route or meets an access rule here: then the gateway decides
+    /// on, and forwards, the normalised path ([`kakuremichi_proto::path`]).
+    path_decides: bool,
     /// For paths no route takes.
     pub not_found_page: Option<Arc<str>>,
 }
@@ -119,6 +122,11 @@ impl HostRoutes {
         self.routes
             .iter()
             .find(|r| under_prefix(r.path_prefix.as_deref(), path))
+    }
+
+    /// Whether requests for this hostname are decided on their normalised path.
+    pub fn path_decides(&self) -> bool {
+        self.path_decides
     }
 
     /// Any of them: they agree on what belongs to the hostname (HTTPS, certificate).
@@ -191,6 +199,10 @@ impl RouteTable {
         for host in by_host.values_mut() {
             host.routes
                 .sort_by_key(|r| std::cmp::Reverse(r.path_prefix.as_ref().map_or(0, String::len)));
+            host.path_decides = host
+                .routes
+                .iter()
+                .any(|r| r.path_prefix.is_some() || r.access.is_some());
         }
         if let Some(control) = control {
             let route = Route {
@@ -206,6 +218,7 @@ impl RouteTable {
             };
             let host = HostRoutes {
                 routes: vec![route],
+                path_decides: false,
                 not_found_page: None,
             };
             by_host.insert(control.hostname.clone(), host);

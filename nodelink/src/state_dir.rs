@@ -19,10 +19,16 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Use (and create if needed) `path`.
+    /// Use (and create if needed) `path`, 0700 with 0600 files: it holds the node's private
+    /// key and a snapshot with certificate keys, password hashes and the cookie key.
     pub fn open(path: &Path) -> Result<StateDir, Error> {
-        fs::create_dir_all(path)
+        kakuremichi_rt::fs::private_dir(path)
             .map_err(|e| io(format!("creating state directory {}", path.display()), e))?;
+        for name in [KEY_FILE, CONFIG_FILE, ENDPOINTS_FILE] {
+            let file = path.join(name);
+            kakuremichi_rt::fs::private_file(&file)
+                .map_err(|e| io(format!("restricting {}", file.display()), e))?;
+        }
         Ok(StateDir {
             path: path.to_path_buf(),
         })
@@ -45,7 +51,7 @@ impl StateDir {
                 getrandom::fill(&mut key)
                     .map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
                 let text = base64::engine::general_purpose::STANDARD.encode(key) + "\n";
-                write_atomically(&file, text.as_bytes(), true)?;
+                write_atomically(&file, text.as_bytes())?;
                 log::info!("generated a new WireGuard key in {}", file.display());
                 Ok(key)
             }
@@ -81,17 +87,12 @@ impl StateDir {
         write_atomically(
             &self.path.join(ENDPOINTS_FILE),
             encode(endpoints).as_bytes(),
-            false,
         )
     }
 
     /// Keep `config` for the next start.
     pub fn save_config(&self, config: &ConfigSnapshot) -> Result<(), Error> {
-        write_atomically(
-            &self.path.join(CONFIG_FILE),
-            encode(config).as_bytes(),
-            false,
-        )
+        write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes())
     }
 }
 
@@ -100,8 +101,8 @@ fn io(context: String, source: std::io::Error) -> Error {
 }
 
 /// [`kakuremichi_rt::fs::write_atomically`], with the file named in the error.
-fn write_atomically(file: &Path, bytes: &[u8], private: bool) -> Result<(), Error> {
-    kakuremichi_rt::fs::write_atomically(file, bytes, private)
+fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), Error> {
+    kakuremichi_rt::fs::write_atomically(file, bytes)
         .map_err(|e| io(format!("writing {}", file.display()), e))
 }
 

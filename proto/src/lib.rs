@@ -8,6 +8,7 @@
 //!   carry a login to gateways.
 //! - [`throttle`]: login throttling by key (account, address, tunnel), time passed in;
 //!   Control and gateways each keep one.
+//! - [`path`]: the one normalised request path a gateway decides on and forwards.
 //! - [`ports`]: public port ranges of `tcp`/`udp` tunnels and which ports a gateway allows.
 //! - [`proxy_protocol`]: the PROXY v1/v2 header that tells an origin the client's address.
 //! - [`datagrams`]: how a `udp` tunnel's datagrams travel between gateway and agent.
@@ -28,6 +29,7 @@ pub mod access;
 pub mod datagrams;
 pub mod ids;
 pub mod messages;
+pub mod path;
 pub mod ports;
 pub mod proxy_protocol;
 pub mod throttle;

@@ -261,13 +261,18 @@ pub struct HttpRoute {
     pub path_prefix: Option<String>,
 }
 
-/// Whether a request for `path` falls under a route's path `prefix`: the prefix itself or
-/// below it at a segment boundary (`/api` takes `/api`, `/api/x` and `/api?q`, not `/apix`).
+/// Whether a request for `path` (normalised, [`crate::path`]) falls under a route's path
+/// `prefix`: the prefix itself or below it at a segment boundary (`/api` takes `/api`,
+/// `/api/x`, `/api?q` and `/api;v=1`, not `/apix`). Case does not matter, and `;` ends a
+/// segment, because some origins serve `/API` or `/api;jsessionid=…/x` as `/api/x`: a
+/// prefix that guards a path must take every spelling an origin could serve it under.
 /// No prefix takes every path.
 pub fn under_prefix(prefix: Option<&str>, path: &str) -> bool {
     prefix.is_none_or(|prefix| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+        let (Some(head), Some(rest)) = (path.get(..prefix.len()), path.get(prefix.len()..)) else {
+            return false;
+        };
+        head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with(['/', '?', ';']))
     })
 }
 
@@ -391,7 +396,14 @@ mod tests {
     #[test]
     fn path_prefixes_match_whole_segments() {
         assert!(under_prefix(None, "/anything"));
-        for path in ["/api", "/api/", "/api/v1", "/api?q=1"] {
+        for path in [
+            "/api",
+            "/api/",
+            "/api/v1",
+            "/api?q=1",
+            "/API/v1",
+            "/api;v=1/x",
+        ] {
             assert!(under_prefix(Some("/api"), path), "{path}");
         }
         for path in ["/apix", "/", "/ap", "/other/api"] {

@@ -35,6 +35,26 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> hyper
     response
 }
 
+/// The headers every HTML page of ours carries: `csp` as its `Content-Security-Policy`
+/// (each with `frame-ancestors 'none'`), no framing at all (a framed page's one click must
+/// not act for its visitor), no content sniffing, no referrer beyond the origin, and never
+/// cached (pages show secrets once).
+pub fn protect_page(headers: &mut hyper::HeaderMap, csp: &str) {
+    use hyper::header::{
+        HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    if let Ok(value) = HeaderValue::from_str(csp) {
+        headers.insert(CONTENT_SECURITY_POLICY, value);
+    }
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers
+        .entry(REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("same-origin"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
 /// An HTTP/1.1 server connection builder with our timeouts and size limits.
 pub fn http1_server() -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
