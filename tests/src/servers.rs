@@ -187,17 +187,49 @@ pub fn dnsmasq(parent: &Path) -> Server {
 /// nginx with an HTTP listener that expects the PROXY protocol and logs the address it
 /// carried as `addr:port` per request in `access.log`.
 pub fn nginx_proxy_protocol(parent: &Path) -> Server {
-    let dir = parent.join("nginx");
+    nginx(
+        parent,
+        "nginx",
+        "log_format carried '$proxy_protocol_addr:$proxy_protocol_port';\n\
+         access_log {logs}/access.log carried;\n\
+         server { listen 127.0.0.1:{port} proxy_protocol; location / { return 200 \"nginx saw $proxy_protocol_addr\\n\"; } }",
+    )
+}
+
+/// Marks what an origin serves only under `/admin`: no visitor without credentials may ever
+/// receive a body holding it.
+pub const PROTECTED: &str = "PROTECTED-CONTENT";
+
+/// nginx as an origin that normalises paths as nginx does (merges slashes, removes dot
+/// segments, decodes `%XX`, `%2F` included, before matching a location): `/admin/…` answers
+/// [`PROTECTED`] and the path nginx matched, `/webhooks/…` a hook, the rest a public page.
+pub fn nginx_paths(parent: &Path) -> Server {
+    nginx(
+        parent,
+        "nginx-paths",
+        "access_log {logs}/access.log;\n\
+         server { listen 127.0.0.1:{port};\n\
+           location /admin { return 200 \"PROTECTED-CONTENT nginx $uri\\n\"; }\n\
+           location /webhooks/ { return 200 \"hook nginx $uri\\n\"; }\n\
+           location / { return 200 \"public nginx $uri\\n\"; } }",
+    )
+}
+
+/// nginx in `parent/name` with `http_body` inside its `http` block, where `{port}` is the
+/// port it gets and `{logs}` its log directory.
+fn nginx(parent: &Path, name: &str, http_body: &str) -> Server {
+    let dir = parent.join(name);
     std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
     let port = free_tcp_port();
+    let http_body = http_body
+        .replace("{port}", &port.to_string())
+        .replace("{logs}", &dir.join("logs").display().to_string());
     let config = format!(
         "daemon off;\nworker_processes 1;\nerror_log {dir}/logs/error.log;\npid {dir}/nginx.pid;\n\
          {user}events {{ worker_connections 256; }}\n\
-         http {{\n  log_format carried '$proxy_protocol_addr:$proxy_protocol_port';\n\
-           access_log {dir}/logs/access.log carried;\n\
-           client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;\n\
+         http {{\n  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;\n\
            fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n\
-           server {{ listen 127.0.0.1:{port} proxy_protocol; location / {{ return 200 \"nginx saw $proxy_protocol_addr\\n\"; }} }}\n}}\n",
+           {http_body}\n}}\n",
         dir = dir.display(),
         user = if is_root() { "user root;\n" } else { "" },
     );
@@ -218,6 +250,54 @@ pub fn nginx_proxy_protocol(parent: &Path) -> Server {
             .map(|_| ())
     })
     .unwrap_or_else(|| panic!("nginx did not start: {}", server.log("logs/error.log")));
+    server
+}
+
+/// A WSGI app (Python's wsgiref server) that reads paths as the most forgiving frameworks
+/// do: it decodes `PATH_INFO` a second time, takes `\` for `/`, drops `;` parameters,
+/// removes dot segments and ignores case. Under `/admin` it answers [`PROTECTED`].
+pub fn wsgi_paths(parent: &Path) -> Server {
+    let dir = parent.join("wsgi-paths");
+    std::fs::create_dir_all(&dir).expect("wsgi dir");
+    let port = free_tcp_port();
+    let app = format!(
+        r#"import posixpath, re, sys
+from urllib.parse import unquote
+from wsgiref.simple_server import make_server, WSGIRequestHandler
+
+def app(environ, start):
+    raw = environ.get("PATH_INFO", "/")
+    path = unquote(raw).replace("\\", "/").replace("\x00", "")
+    path = "/".join(segment.split(";")[0] for segment in path.split("/"))
+    path = posixpath.normpath(path).lower()
+    if path == "/admin" or path.startswith("/admin/"):
+        body = "{PROTECTED} wsgi " + path
+    elif path.startswith("/webhooks/"):
+        body = "hook wsgi " + path
+    else:
+        body = "public wsgi " + path
+    start("200 OK", [("Content-Type", "text/plain")])
+    return [(body + "\n").encode()]
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        sys.stderr.write(self.requestline + "\n")
+
+make_server("127.0.0.1", {port}, app, handler_class=Quiet).serve_forever()
+"#
+    );
+    let script = dir.join("app.py");
+    std::fs::write(&script, app).expect("app.py");
+    let mut command = Command::new("python3");
+    command.arg(&script);
+    let child = spawn(command, &dir.join("wsgi.log"));
+    let server = Server { child, port, dir };
+    wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("the WSGI app did not start: {}", server.log("wsgi.log")));
     server
 }
 
