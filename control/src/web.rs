@@ -14,6 +14,7 @@ use hyper::header::{HeaderValue, COOKIE, HOST, LOCATION, ORIGIN, REFERER, SET_CO
 use hyper::{Method, Request, Response};
 use kakuremichi_proto::access::local_path;
 use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::throttle::Attempt;
 use kakuremichi_rt::http::{respond, Body};
 use maud::Markup;
 use std::collections::HashMap;
@@ -1550,11 +1551,14 @@ fn second_factor(
         Err(e) => return failure(&e),
     };
     let account_key = format!("user:{}", user.name);
-    let address_key = format!("ip:{address}");
-    let keys = [account_key.as_str(), address_key.as_str()];
+    let address_key = throttle_address(address);
+    let attempt = Attempt {
+        address: &address_key,
+        account: &account_key,
+    };
     let now = auth::unix_now();
     let next = text(&form, "next");
-    if let Some(wait) = control.throttle().wait(&keys, now) {
+    if let Err(wait) = control.throttle().begin(&attempt, now) {
         let message = format!("Too many wrong codes. Try again in {wait} s.");
         return html(429, pages::login::code_page(Some(&message), next));
     }
@@ -1566,7 +1570,6 @@ fn second_factor(
     let recovery = auth::totp::recovery_hash(code);
     let by_recovery = !by_app && user.recovery_codes.contains(&recovery);
     if !(by_app || by_recovery) {
-        control.throttle().failed(&keys, now);
         return html(
             401,
             pages::login::code_page(Some("That code is not right."), next),
@@ -1586,7 +1589,7 @@ fn second_factor(
             .update_session(&token, |s| s.awaiting_code = false)
     }) {
         Ok(()) => {
-            control.throttle().succeeded(&account_key);
+            control.throttle().succeeded(&attempt);
             redirect(&local_path(Some(next)))
         }
         Err(e) => failure(&e),
@@ -1831,15 +1834,26 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     }
 }
 
+/// The throttle's address key for a client address as Control read it.
+fn throttle_address(address: &str) -> String {
+    match address.parse() {
+        Ok(ip) => kakuremichi_proto::throttle::address_key(ip),
+        Err(_) => format!("ip:{address}"),
+    }
+}
+
 fn login(control: &Control, request: &Request<()>, form: Form, address: &str) -> Response<Body> {
     let name = text(&form, "name").trim();
     let secret = text(&form, "password");
     let next = text(&form, "next");
     let account_key = format!("user:{name}");
-    let address_key = format!("ip:{address}");
-    let keys = [account_key.as_str(), address_key.as_str()];
+    let address_key = throttle_address(address);
+    let attempt = Attempt {
+        address: &address_key,
+        account: &account_key,
+    };
     let now = auth::unix_now();
-    if let Some(wait) = control.throttle().wait(&keys, now) {
+    if let Err(wait) = control.throttle().begin(&attempt, now) {
         let message = format!("Too many failed logins. Try again in {wait} s.");
         let mut response = html(
             429,
@@ -1866,20 +1880,17 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     let matches = password::verify(secret, stored);
     match user {
         Some(user) if matches && !user.disabled => {
-            control.throttle().succeeded(&account_key);
+            control.throttle().succeeded(&attempt);
             start_session(control, request, &user, address, &local_path(Some(next)))
         }
-        _ => {
-            control.throttle().failed(&keys, now);
-            html(
-                401,
-                pages::login::page(&pages::login::LoginForm {
-                    name,
-                    error: Some("Wrong name or password, or the account is disabled."),
-                    next,
-                }),
-            )
-        }
+        _ => html(
+            401,
+            pages::login::page(&pages::login::LoginForm {
+                name,
+                error: Some("Wrong name or password, or the account is disabled."),
+                next,
+            }),
+        ),
     }
 }
 

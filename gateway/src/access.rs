@@ -8,7 +8,7 @@
 use kakuremichi_proto::access::{
     self, sha256_hex, AccessKeys, AccessPolicy, AllowedUser, SessionCookie, Subject,
 };
-use kakuremichi_proto::throttle::Throttle;
+use kakuremichi_proto::throttle::{self, Attempt, Throttle};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,12 +245,8 @@ impl Gate {
         user
     }
 
-    /// Throttle keys for a password attempt on a tunnel from a client.
-    fn throttle_keys(tunnel: &str, client: IpAddr) -> [String; 2] {
-        [format!("tunnel:{tunnel}"), format!("ip:{tunnel}:{client}")]
-    }
-
-    /// Check `password` against the tunnel's hash, throttled per tunnel and per client.
+    /// Check `password` against the tunnel's hash, throttled per client address and per
+    /// tunnel; the attempt is counted before the check, so parallel guesses are counted too.
     pub async fn check_password(
         &self,
         tunnel: &str,
@@ -269,9 +265,13 @@ impl Gate {
         {
             return Ok(true);
         }
-        let keys = Self::throttle_keys(tunnel, client);
-        let keys = [keys[0].as_str(), keys[1].as_str()];
-        if let Some(retry_after) = lock(&self.throttle).wait(&keys, now) {
+        let address = format!("{tunnel}:{}", throttle::address_key(client));
+        let account = format!("tunnel:{tunnel}");
+        let attempt = Attempt {
+            address: &address,
+            account: &account,
+        };
+        if let Err(retry_after) = lock(&self.throttle).begin(&attempt, now) {
             self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
             return Err(Throttled { retry_after });
         }
@@ -281,14 +281,13 @@ impl Gate {
             smol::unblock(move || verify_password(&password, &hash)).await
         };
         if good {
-            lock(&self.throttle).succeeded(keys[1]);
+            lock(&self.throttle).succeeded(&attempt);
             let mut verified = lock(&self.verified);
             if verified.len() >= MEMORY_LIMIT {
                 verified.retain(|_, until| *until > now);
             }
             verified.insert(remembered, now + BASIC_CACHE_SECONDS);
         } else {
-            lock(&self.throttle).failed(&keys, now);
             self.metrics.failed_logins.fetch_add(1, Ordering::Relaxed);
         }
         Ok(good)

@@ -335,9 +335,7 @@ const SET_BY_GATEWAY: [&str; 5] = [
 /// Whether a client's header `name` claims who connected.
 fn claims_client_address(name: &str) -> bool {
     let dashed = name.replace('_', "-");
-    CLIENT_ADDRESS_CLAIMS
-        .iter()
-        .any(|claim| *claim == dashed.as_str())
+    CLIENT_ADDRESS_CLAIMS.contains(&dashed.as_str())
         || (name.contains('_') && SET_BY_GATEWAY.contains(&dashed.as_str()))
 }
 

@@ -183,8 +183,8 @@ impl Matrix {
         let gateway = &self.cluster.gateways[0];
         match site.transport {
             Transport::RawHttp1 => {
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("visitor:{PASSWORD}"));
+                let basic =
+                    base64::engine::general_purpose::STANDARD.encode(format!("visitor:{PASSWORD}"));
                 let authorization = match credentials {
                     true => format!("Authorization: Basic {basic}\r\n"),
                     false => String::new(),

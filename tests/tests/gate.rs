@@ -1,0 +1,144 @@
+//! Attacks on the gate with the real binaries: password bursts, spoofed identity headers,
+//! the session cookie on a public tunnel of the same hostname, framing, and the file modes a
+//! local user would read.
+
+use base64::Engine;
+use kakuremichi_tests::{assert_memory_comes_back, metric, rss_kib, wait_for, Cluster, Origin};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+const PUSH_LIMIT: Duration = Duration::from_secs(2);
+
+fn set_access(cluster: &Cluster, tunnel: &str, access: &str) {
+    let body = format!(r#"{{"access":{access}}}"#);
+    let answer = cluster.api("PATCH", &format!("/api/v1/tunnels/{tunnel}"), Some(&body));
+    assert_eq!(answer.status, 200, "{access}: {}", answer.body);
+}
+
+/// `request` from local address `from` to the gateway's HTTP port; the status and the whole
+/// answer.
+fn exchange_from(from: Ipv4Addr, cluster: &Cluster, request: &str) -> (u16, String) {
+    let node = &cluster.gateways[0];
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddrV4::new(from, 0).into())
+        .expect("bind a loopback address");
+    let gateway: std::net::SocketAddr = format!("{}:{}", node.ip, node.http_port).parse().unwrap();
+    let mut stream: std::net::TcpStream = match socket.connect(&gateway.into()) {
+        Ok(()) => socket.into(),
+        Err(_) => return (0, String::new()),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn basic_get(host: &str, path: &str, password: &str, extra: &str) -> String {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("ci:{password}"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {basic}\r\n{extra}Connection: close\r\n\r\n"
+    )
+}
+
+fn counter(cluster: &Cluster, name: &str) -> f64 {
+    metric(
+        &cluster.gateways[0].metrics(),
+        &format!("kakuremichi_gateway_{name}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn parallel_password_guesses_are_counted_before_they_are_checked() {
+    let mut cluster = Cluster::new("gate-bursts");
+    let origin = Origin::start("pin");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let tunnel = cluster.create_tunnel("pin.localhost", agent, &origin.addr.to_string());
+    set_access(&cluster, &tunnel, r#"{"password":"4711-right-pin"}"#);
+    let stranger = Ipv4Addr::new(127, 0, 0, 1);
+    wait_for(PUSH_LIMIT * 5, || {
+        let (status, _) = exchange_from(
+            stranger,
+            &cluster,
+            "GET / HTTP/1.1\r\nHost: pin.localhost\r\nConnection: close\r\n\r\n",
+        );
+        (status == 401).then_some(())
+    })
+    .unwrap_or_else(|| panic!("policy not applied\n{}", cluster.logs()));
+    let pid = cluster.gateways[0].pid().expect("gateway runs");
+    let idle = rss_kib(pid);
+    let mut checked_total = 0.0;
+    for burst in [100, 300, 1000] {
+        let checked_before = counter(&cluster, "access_failed_logins_total");
+        let throttled_before = counter(&cluster, "access_throttled_total");
+        let request = basic_get("pin.localhost", "/", "wrong", "");
+        let (ip, port) = (
+            cluster.gateways[0].ip.clone(),
+            cluster.gateways[0].http_port,
+        );
+        let threads: Vec<_> = (0..burst)
+            .map(|_| {
+                let (request, ip) = (request.clone(), ip.clone());
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || raw(&ip, port, &request))
+                    .unwrap()
+            })
+            .collect();
+        let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let checked = counter(&cluster, "access_failed_logins_total") - checked_before;
+        let throttled = counter(&cluster, "access_throttled_total") - throttled_before;
+        let answered = statuses.iter().filter(|&&s| s == 401 || s == 429).count();
+        println!(
+            "burst of {burst} wrong passwords at once: {checked} checked, {throttled} throttled (429), {answered} answered; gateway RSS {} KiB (idle {idle} KiB)",
+            rss_kib(pid)
+        );
+        assert_eq!(answered, burst, "every guess gets 401 or 429: {statuses:?}");
+        assert!(
+            checked <= kakuremichi_proto::throttle::FREE_FAILURES as f64,
+            "{checked} of a burst of {burst} were checked"
+        );
+        checked_total += checked;
+    }
+    assert!(checked_total <= 7.0, "{checked_total} checked in all");
+    // The right PIN from another address is not slowed by the stranger.
+    let owner = Ipv4Addr::new(127, 0, 0, 2);
+    let (status, answer) = exchange_from(
+        owner,
+        &cluster,
+        &basic_get("pin.localhost", "/", "4711-right-pin", ""),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_memory_comes_back(&[pid], idle);
+}
+
+fn raw(ip: &str, port: u16, request: &str) -> u16 {
+    let Ok(mut stream) = std::net::TcpStream::connect((ip, port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    if stream.write_all(request.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
