@@ -12,6 +12,8 @@ use std::time::Instant;
 struct Session {
     node_id: String,
     kind: NodeKind,
+    /// The address the node's connection came from.
+    address: std::net::IpAddr,
     /// The newest config version the node said it applied.
     applied: u64,
     last_message: Instant,
@@ -96,8 +98,13 @@ impl Hub {
         self.snapshots_pushed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Register a connected node.
-    pub fn register(self: &Arc<Self>, node_id: &str, kind: NodeKind) -> SessionHandle {
+    /// Register a connected node, connected from `address`.
+    pub fn register(
+        self: &Arc<Self>,
+        node_id: &str,
+        kind: NodeKind,
+        address: std::net::IpAddr,
+    ) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         let mut sessions = self.lock();
@@ -106,6 +113,7 @@ impl Hub {
             Session {
                 node_id: node_id.to_string(),
                 kind,
+                address,
                 applied: 0,
                 last_message: Instant::now(),
                 status: None,
@@ -120,6 +128,15 @@ impl Hub {
             id,
             changed: rx,
         }
+    }
+
+    /// Whether a gateway is connected from `address` right now: requests from there are a
+    /// gateway's, passing on a visitor whose address it names in `X-Real-IP`.
+    pub fn is_gateway_address(&self, address: std::net::IpAddr) -> bool {
+        self.lock()
+            .live
+            .values()
+            .any(|s| s.kind == NodeKind::Gateway && s.address == address)
     }
 
     /// Tell every session that the store changed.

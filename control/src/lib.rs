@@ -62,6 +62,8 @@ pub struct Control {
     pub session_limits: auth::sessions::SessionLimits,
     /// Agent binaries served for one-line installs.
     pub releases: Vec<releases::Release>,
+    /// Proxies besides the gateways whose `X-Real-IP` names the client (`--trusted-proxies`).
+    pub trusted_proxies: Vec<kakuremichi_proto::access::Cidr>,
 }
 
 impl Control {
@@ -96,6 +98,29 @@ impl Control {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The client a request is from: `peer`, or when `peer` is a connected gateway or a
+    /// trusted proxy, the address it names in `X-Real-IP` (gateways set it themselves and
+    /// drop clients' copies). Logins are throttled by this address, so a stranger behind the
+    /// gateway's Control route slows only the stranger.
+    pub fn client_address(
+        &self,
+        headers: &hyper::HeaderMap,
+        peer: std::net::IpAddr,
+    ) -> std::net::IpAddr {
+        let trusted = self.trusted_proxies.iter().any(|net| net.contains(peer))
+            || self.hub.is_gateway_address(peer);
+        let named = || {
+            headers
+                .get("x-real-ip")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+        };
+        match trusted {
+            true => named().unwrap_or(peer),
+            false => peer,
+        }
+    }
+
     /// Where the internal CA's revocation list is published.
     pub fn crl_url(&self) -> String {
         format!("{}/ca.crl", self.public_url.trim_end_matches('/'))
@@ -125,6 +150,8 @@ pub struct Settings {
     pub session_limits: auth::sessions::SessionLimits,
     /// Agent binaries for one-line installs (`--release-dir`).
     pub release_dir: Option<std::path::PathBuf>,
+    /// Proxies besides the gateways whose `X-Real-IP` Control believes.
+    pub trusted_proxies: Vec<kakuremichi_proto::access::Cidr>,
     /// Where to keep a gateway's and an agent's API keys for a one-shot deployment, and
     /// which of the two kinds to enrol there.
     pub join_dir: Option<(std::path::PathBuf, Vec<kakuremichi_proto::ids::NodeKind>)>,
@@ -203,6 +230,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         throttle: Default::default(),
         session_limits: settings.session_limits,
         releases,
+        trusted_proxies: settings.trusted_proxies,
     });
     futures_lite::future::or(
         futures_lite::future::or(

@@ -63,6 +63,11 @@ struct Args {
     /// which nodes --join-dir enrols: gateway, agent or both, comma-separated (default both)
     #[argh(option, default = "String::from(\"gateway,agent\")")]
     join: String,
+    /// comma-separated addresses or CIDRs of reverse proxies in front of Control whose
+    /// X-Real-IP names the client, for login throttling (connected gateways are always
+    /// believed)
+    #[argh(option, default = "String::new()")]
+    trusted_proxies: String,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -306,6 +311,17 @@ fn join_kinds(list: &str) -> anyhow::Result<Vec<kakuremichi_proto::ids::NodeKind
         .collect()
 }
 
+fn trusted_proxies(list: &str) -> anyhow::Result<Vec<kakuremichi_proto::access::Cidr>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse()
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {item:?}: {e}"))
+        })
+        .collect()
+}
+
 /// Print Control's answer to a CLI call; an error answer makes the exit status 1.
 fn report(answer: Result<(u16, String), String>) -> anyhow::Result<()> {
     let (status, text) = answer.map_err(anyhow::Error::msg)?;
@@ -344,6 +360,7 @@ fn main() -> anyhow::Result<()> {
                     absolute_secs: args.session_max_secs.max(1),
                 },
                 release_dir: args.release_dir,
+                trusted_proxies: trusted_proxies(&args.trusted_proxies)?,
                 join_dir: match args.join_dir {
                     Some(dir) => Some((dir, join_kinds(&args.join)?)),
                     None => None,

@@ -76,8 +76,8 @@ async fn route(
             ),
         },
         (&Method::GET, _) if path.starts_with("/releases/") => release(&control, path),
-        (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent),
-        (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway),
+        (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent, peer),
+        (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway, peer),
         _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
         _ => match crate::web::handle(&control, request, peer).await {
             Some(response) => response,
@@ -135,6 +135,7 @@ fn upgrade_node(
     control: Arc<Control>,
     mut request: Request<Incoming>,
     kind: NodeKind,
+    peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let api_key = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
     let node = match api_key.map(|key| control.store.node_by_api_key(key)) {
@@ -178,7 +179,7 @@ fn upgrade_node(
                 let ws =
                     WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config))
                         .await;
-                crate::session::run(control, node, ws).await;
+                crate::session::run(control, node, peer.ip(), ws).await;
             }
             Err(e) => log::debug!("upgrade failed: {e}"),
         }

@@ -23,8 +23,12 @@ enum Event {
 
 /// Serve one node, authenticated as `node`, until its socket ends, the node is removed or
 /// its API key is rotated.
-pub async fn run<S>(control: Arc<Control>, node: NodeRecord, mut ws: WebSocketStream<S>)
-where
+pub async fn run<S>(
+    control: Arc<Control>,
+    node: NodeRecord,
+    address: std::net::IpAddr,
+    mut ws: WebSocketStream<S>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let NodeRecord {
@@ -67,7 +71,7 @@ where
         }
     }
     log::info!("node {node_id} connected (version {})", hello.version);
-    let session = control.hub.register(&node_id, kind);
+    let session = control.hub.register(&node_id, kind, address);
     let mut sent_version = None;
     let credential = Credential {
         node_id: &node_id,

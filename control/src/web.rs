@@ -40,7 +40,9 @@ pub async fn handle(
             false => redirect("/"),
         },
         (Method::POST, "/setup") => {
-            let address = peer.ip().to_string();
+            let address = control
+                .client_address(request.headers(), peer.ip())
+                .to_string();
             guarded(control, request, |c, r, f| setup(c, r, f, &address)).await
         }
         (Method::GET, "/login") => {
@@ -58,7 +60,9 @@ pub async fn handle(
         }
         (Method::GET, "/access") => tunnel_login(control, &request),
         (Method::POST, "/login") => {
-            let address = peer.ip().to_string();
+            let address = control
+                .client_address(request.headers(), peer.ip())
+                .to_string();
             guarded(control, request, |c, r, f| login(c, r, f, &address)).await
         }
         (Method::POST, "/logout") => guarded(control, request, logout).await,
@@ -89,7 +93,9 @@ pub async fn handle(
             Err(e) => failure(&e),
         },
         (Method::POST, "/login/code") => {
-            let address = peer.ip().to_string();
+            let address = control
+                .client_address(request.headers(), peer.ip())
+                .to_string();
             guarded(control, request, |c, r, f| second_factor(c, r, f, &address)).await
         }
         (Method::GET, "/certificates") => live(certificates_page(control, &request, None)),

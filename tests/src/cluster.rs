@@ -258,6 +258,30 @@ impl Cluster {
         (out.status.success(), text)
     }
 
+    /// `kakuremichi-control user add NAME` on this Control's store, with `secret` on stdin.
+    pub fn add_user(&self, name: &str, admin: bool, secret: &str) {
+        use std::io::Write;
+        let data = self.dir.join("control-data");
+        let mut command = Command::new(bin_dir().join("kakuremichi-control"));
+        command
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["user", "add", "--password-stdin"]);
+        if admin {
+            command.arg("--admin");
+        }
+        let mut add = command
+            .arg(name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("user add runs");
+        let mut stdin = add.stdin.take().expect("stdin is piped");
+        stdin.write_all(format!("{secret}\n").as_bytes()).unwrap();
+        drop(stdin);
+        assert!(add.wait().unwrap().success(), "user add {name}");
+    }
+
     /// Call the REST API with the admin token.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
         let auth = format!("Authorization: Bearer {}", self.token);

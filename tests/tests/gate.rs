@@ -3,7 +3,9 @@
 //! local user would read.
 
 use base64::Engine;
-use kakuremichi_tests::{assert_memory_comes_back, metric, rss_kib, wait_for, Cluster, Origin};
+use kakuremichi_tests::{
+    assert_memory_comes_back, curl, metric, rss_kib, wait_for, Cluster, Origin,
+};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -141,4 +143,84 @@ fn raw(ip: &str, port: u16, request: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// A login POST to Control from local address `from` at `base` (Control's own listener or
+/// its route on the gateway), with extra curl arguments.
+fn control_login(from: &str, base: &str, password: &str, extra: &[&str]) -> u16 {
+    let origin = format!("Origin: {base}");
+    let password = format!("password={password}");
+    let url = format!("{base}/login");
+    let mut args = vec![
+        "--interface",
+        from,
+        "-H",
+        origin.as_str(),
+        "--data-urlencode",
+        "name=alice",
+        "--data-urlencode",
+        password.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args).status
+}
+
+#[test]
+fn a_strangers_failed_logins_behind_the_control_route_slow_only_the_stranger() {
+    let mut cluster = Cluster::with_control_args(
+        "gate-control-route",
+        &["--control-hostname", "control.localhost"],
+    );
+    cluster.add_gateway();
+    cluster.add_user("alice", false, "alice's long password");
+    let ca = cluster.dir.join("ca.pem");
+    std::fs::write(&ca, curl(&[&cluster.control_url("/ca.pem")]).body).unwrap();
+    let node = &cluster.gateways[0];
+    let base = format!("https://control.localhost:{}", node.https_port);
+    let resolve = format!("control.localhost:{}:{}", node.https_port, node.ip);
+    let via_gateway = [
+        "--resolve",
+        resolve.as_str(),
+        "--cacert",
+        ca.to_str().unwrap(),
+    ];
+    wait_for(Duration::from_secs(15), || {
+        let mut args = via_gateway.to_vec();
+        let health = format!("{base}/healthz");
+        args.push(&health);
+        (curl(&args).status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("Control not served through the gateway\n{}", cluster.logs()));
+
+    // Through the gateway: the stranger (127.0.0.3) is throttled, spoofed X-Real-IP or not.
+    let spoof = [&via_gateway[..], &["-H", "X-Real-IP: 127.0.0.2"]].concat();
+    for attempt in 0..5 {
+        let status = control_login("127.0.0.3", &base, "wrong guess", &spoof);
+        assert_eq!(status, 401, "attempt {attempt}");
+    }
+    assert_eq!(
+        control_login("127.0.0.3", &base, "wrong guess", &via_gateway),
+        429
+    );
+    // The owner's right password from 127.0.0.2 through the same gateway is not.
+    assert_eq!(
+        control_login("127.0.0.2", &base, "alice's long password", &via_gateway),
+        303,
+        "{}",
+        cluster.control.log()
+    );
+
+    // Straight to Control from an address that is no gateway's, X-Real-IP is not believed.
+    let direct = cluster.control_url("");
+    for attempt in 0..5 {
+        let claim = format!("X-Real-IP: 127.0.0.{}", 100 + attempt);
+        let status = control_login("127.0.0.5", &direct, "wrong guess", &["-H", &claim]);
+        assert_eq!(status, 401, "attempt {attempt}");
+    }
+    let claim = "X-Real-IP: 127.0.0.200";
+    assert_eq!(
+        control_login("127.0.0.5", &direct, "wrong guess", &["-H", claim]),
+        429
+    );
 }

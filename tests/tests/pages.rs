@@ -259,35 +259,9 @@ fn failed_logins_are_throttled_with_a_clear_wait() {
     assert_eq!(browser.get("/").status, 200);
 }
 
-fn add_user(cluster: &Cluster, name: &str, admin: bool, secret: &str) {
-    use std::io::Write;
-    let data = cluster.dir.join("control-data");
-    let mut args = vec![
-        "--data-dir",
-        path_str(&data),
-        "user",
-        "add",
-        "--password-stdin",
-    ];
-    if admin {
-        args.push("--admin");
-    }
-    args.push(name);
-    let mut add = std::process::Command::new(control_binary())
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("user add runs");
-    let mut stdin = add.stdin.take().expect("stdin is piped");
-    stdin.write_all(format!("{secret}\n").as_bytes()).unwrap();
-    drop(stdin);
-    assert!(add.wait().unwrap().success());
-}
-
 /// A browser logged in as a new administrator `root`.
 fn log_in_admin(cluster: &Cluster) -> Browser {
-    add_user(cluster, "root", true, "the admin's password");
+    cluster.add_user("root", true, "the admin's password");
     let admin = Browser::new(cluster, "admin");
     let login = [("name", "root"), ("password", "the admin's password")];
     let origin = cluster.control_url("");
@@ -308,8 +282,8 @@ fn an_admin_creates_disables_and_deletes_a_tunnel_in_the_pages() {
     let origin = Some(origin.as_str());
     let agent = cluster.api("POST", "/api/v1/agents", Some(r#"{"name":"home-nas"}"#));
     let agent_id = agent.json()["id"].as_str().unwrap().to_string();
-    add_user(&cluster, "root", true, "the admin's password");
-    add_user(&cluster, "viewer", false, "the member's password");
+    cluster.add_user("root", true, "the admin's password");
+    cluster.add_user("viewer", false, "the member's password");
     let admin = Browser::new(&cluster, "admin");
     let login = [("name", "root"), ("password", "the admin's password")];
     assert_eq!(admin.post("/login", &login, origin).status, 303);
@@ -492,7 +466,7 @@ fn an_agent_is_enrolled_renamed_disabled_rekeyed_and_deleted_in_the_pages() {
     let forged = [("csrf", "forged"), ("enabled", "true")];
     let path = format!("/agents/{id}/enabled");
     assert_eq!(admin.post(&path, &forged, origin).status, 403);
-    add_user(&cluster, "mia", false, "a member's password");
+    cluster.add_user("mia", false, "a member's password");
     let member = Browser::new(&cluster, "mia");
     let login = [("name", "mia"), ("password", "a member's password")];
     assert_eq!(member.post("/login", &login, origin).status, 303);
@@ -635,7 +609,7 @@ fn changing_your_password_ends_your_other_sessions_and_sessions_can_be_ended() {
     let cluster = Cluster::new("account-pages");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
-    add_user(&cluster, "carol", false, "carol's first password");
+    cluster.add_user("carol", false, "carol's first password");
     let laptop = Browser::new(&cluster, "laptop");
     let phone = Browser::new(&cluster, "phone");
     let tablet = Browser::new(&cluster, "tablet");
@@ -875,7 +849,7 @@ fn two_factor_login_with_an_app_code_or_a_recovery_code() {
     let cluster = Cluster::new("totp");
     let origin = cluster.control_url("");
     let origin = Some(origin.as_str());
-    add_user(&cluster, "eve", false, "eve's long password");
+    cluster.add_user("eve", false, "eve's long password");
     let login = [("name", "eve"), ("password", "eve's long password")];
     let owner = Browser::new(&cluster, "owner");
     assert_eq!(owner.post("/login", &login, origin).status, 303);
@@ -1110,7 +1084,7 @@ fn an_admin_protects_a_tunnel_in_the_pages() {
     ];
     assert_eq!(admin.post(&path, &remove, origin).status, 303);
     assert_eq!(access()["password"], false);
-    add_user(&cluster, "mia", false, "a member's password");
+    cluster.add_user("mia", false, "a member's password");
     let member = Browser::new(&cluster, "mia");
     let login = [("name", "mia"), ("password", "a member's password")];
     assert_eq!(member.post("/login", &login, origin).status, 303);
