@@ -649,7 +649,13 @@ mod tests {
         let other = tunnel("t2", "a3", 0, true);
         state.tunnels.push(other);
         assert_eq!(
-            crate::tunnels::allocate_service_ports(&state.tunnels, &["a3"], 1, Some("t2")),
+            crate::tunnels::allocate_service_ports(
+                &state.tunnels,
+                &["a3"],
+                1,
+                Some("t2"),
+                FIRST_SERVICE_PORT
+            ),
             Some(20001)
         );
     }
@@ -753,7 +759,13 @@ mod tests {
             ["t1", "t2"]
         );
         assert_eq!(
-            crate::tunnels::allocate_service_ports(&state.tunnels, &["a1"], 1, None),
+            crate::tunnels::allocate_service_ports(
+                &state.tunnels,
+                &["a1"],
+                1,
+                None,
+                FIRST_SERVICE_PORT
+            ),
             Some(20002)
         );
     }

@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::fleet::GatewayChoice;
 use crate::model::{
     CertRecord, Issuer, NodeRecord, OverlayNet, Replica, State, TokenRecord, TunnelRecord,
+    FIRST_SERVICE_PORT,
 };
 use crate::tunnels::{self, OriginSettings, TunnelKind};
 use heed::types::{Bytes, Str};
@@ -85,6 +86,8 @@ pub struct Store {
 
 const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
+/// Meta key of where the next service port search starts.
+const SERVICE_PORT_CURSOR: &str = "service_port_cursor";
 /// Meta key of the keys that sign tunnel logins.
 const ACCESS_KEYS: &str = "access_keys";
 /// Meta key of Control's built-in gateway route and its certificate issuer.
@@ -384,7 +387,7 @@ impl Store {
                 created_at: auth::unix_now(),
             };
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
-            record.service_port = free_service_ports(&tunnels, &record)?;
+            record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             put(&s.tunnels, wtxn, &record.id, &record)?;
             Ok(record)
         })
@@ -445,7 +448,7 @@ impl Store {
             }
             tunnels::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
             if before != (agents_of(&record), record.port_count()) {
-                record.service_port = free_service_ports(&tunnels, &record)?;
+                record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
             Ok(record)
@@ -829,11 +832,22 @@ impl Store {
     }
 }
 
-/// The first of a free block of service ports for `tunnel` on its agent.
-fn free_service_ports(tunnels: &[TunnelRecord], tunnel: &TunnelRecord) -> Result<u16, Error> {
+/// The first of a free block of service ports for `tunnel` on its agents, after the last
+/// block handed out (kept in the meta table, in the same transaction).
+fn free_service_ports(
+    s: &Store,
+    wtxn: &mut RwTxn,
+    tunnels: &[TunnelRecord],
+    tunnel: &TunnelRecord,
+) -> Result<u16, Error> {
     let agents: Vec<&str> = tunnel.agents().map(|(id, _)| id).collect();
-    tunnels::allocate_service_ports(tunnels, &agents, tunnel.port_count(), Some(&tunnel.id))
-        .ok_or_else(|| Error::conflict("agent", "the agents have no free service ports left"))
+    let cursor: u16 = get(&s.meta, wtxn, SERVICE_PORT_CURSOR)?.unwrap_or(FIRST_SERVICE_PORT);
+    let count = tunnel.port_count();
+    let first = tunnels::allocate_service_ports(tunnels, &agents, count, Some(&tunnel.id), cursor)
+        .ok_or_else(|| Error::conflict("agent", "the agents have no free service ports left"))?;
+    let next = first.saturating_add(count);
+    put(&s.meta, wtxn, SERVICE_PORT_CURSOR, &next)?;
+    Ok(first)
 }
 
 fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {

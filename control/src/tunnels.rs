@@ -467,13 +467,17 @@ pub fn parse_target(raw: &str, ports: Option<PortRange>) -> Result<Target, Error
     format!("{host}:{}", range.first()).parse().map_err(invalid)
 }
 
-/// The lowest block of `count` service ports that no tunnel (other than `except`) of any
-/// of `agent_ids` takes: a tunnel's replicas all listen on the same ports.
+/// A block of `count` service ports that no tunnel (other than `except`) of any of
+/// `agent_ids` takes (a tunnel's replicas all listen on the same ports): the first at or
+/// after `cursor`, wrapping round to the lowest only when the top is reached. Ports are thus
+/// not reused until every other has been handed out, so a gateway still routing by an old
+/// snapshot reaches a closed port, not the newer tunnel that took its place.
 pub fn allocate_service_ports(
     tunnels: &[TunnelRecord],
     agent_ids: &[&str],
     count: u16,
     except: Option<&str>,
+    cursor: u16,
 ) -> Option<u16> {
     let mut taken: Vec<Range<u32>> = tunnels
         .iter()
@@ -482,16 +486,23 @@ pub fn allocate_service_ports(
         .map(TunnelRecord::service_ports)
         .collect();
     taken.sort_by_key(|range| range.start);
-    let mut start = u32::from(FIRST_SERVICE_PORT);
-    for range in taken {
-        if start + u32::from(count) <= range.start {
-            break;
+    let first_free_from = |from: u32| {
+        let mut start = from;
+        for range in &taken {
+            if range.end <= start {
+                continue;
+            }
+            if start + u32::from(count) <= range.start {
+                break;
+            }
+            start = range.end;
         }
-        start = start.max(range.end);
-    }
-    u16::try_from(start + u32::from(count) - 1)
-        .ok()
-        .map(|_| start as u16)
+        u16::try_from(start + u32::from(count) - 1)
+            .ok()
+            .map(|_| start as u16)
+    };
+    let cursor = u32::from(cursor.max(FIRST_SERVICE_PORT));
+    first_free_from(cursor).or_else(|| first_free_from(u32::from(FIRST_SERVICE_PORT)))
 }
 
 /// The most agents one tunnel may have.
@@ -698,24 +709,24 @@ mod tests {
             port_tunnel("b", TunnelKind::Tcp, "2000", 20005),
         ];
         assert_eq!(
-            allocate_service_ports(&tunnels, &["agt_1"], 2, None),
+            allocate_service_ports(&tunnels, &["agt_1"], 2, None, FIRST_SERVICE_PORT),
             Some(20003)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, &["agt_1"], 3, None),
+            allocate_service_ports(&tunnels, &["agt_1"], 3, None, FIRST_SERVICE_PORT),
             Some(20006)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, &["agt_1"], 5, Some("b")),
+            allocate_service_ports(&tunnels, &["agt_1"], 5, Some("b"), FIRST_SERVICE_PORT),
             Some(20003)
         );
         assert_eq!(
-            allocate_service_ports(&tunnels, &["agt_2"], 3, None),
+            allocate_service_ports(&tunnels, &["agt_2"], 3, None, FIRST_SERVICE_PORT),
             Some(20000)
         );
         let full = vec![port_tunnel("c", TunnelKind::Tcp, "1-1000", 65000)];
         assert_eq!(
-            allocate_service_ports(&full, &["agt_1"], 600, None),
+            allocate_service_ports(&full, &["agt_1"], 600, None, FIRST_SERVICE_PORT),
             Some(20000)
         );
         assert_eq!(
@@ -723,13 +734,27 @@ mod tests {
                 &[port_tunnel("d", TunnelKind::Tcp, "1-1000", 20000)],
                 &["agt_1"],
                 1000,
-                None
+                None,
+                FIRST_SERVICE_PORT
             ),
             Some(21000)
         );
+        // After the cursor first, around to the lowest free block only at the top.
+        assert_eq!(
+            allocate_service_ports(&tunnels, &["agt_1"], 1, None, 20004),
+            Some(20004)
+        );
+        assert_eq!(
+            allocate_service_ports(&tunnels, &["agt_1"], 1, None, 20005),
+            Some(20006)
+        );
+        assert_eq!(
+            allocate_service_ports(&tunnels, &["agt_1"], 2, None, 65535),
+            Some(20003)
+        );
         let near_the_top = vec![port_tunnel("e", TunnelKind::Tcp, "1-1000", 64600)];
         assert_eq!(
-            allocate_service_ports(&near_the_top, &["agt_1"], 1000, None),
+            allocate_service_ports(&near_the_top, &["agt_1"], 1000, None, FIRST_SERVICE_PORT),
             Some(20000)
         );
         let crowded: Vec<TunnelRecord> = (0..45)
@@ -743,11 +768,11 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            allocate_service_ports(&crowded, &["agt_1"], 536, None),
+            allocate_service_ports(&crowded, &["agt_1"], 536, None, FIRST_SERVICE_PORT),
             Some(65000)
         );
         assert_eq!(
-            allocate_service_ports(&crowded, &["agt_1"], 537, None),
+            allocate_service_ports(&crowded, &["agt_1"], 537, None, FIRST_SERVICE_PORT),
             None,
             "no room left"
         );

@@ -224,3 +224,54 @@ fn a_strangers_failed_logins_behind_the_control_route_slow_only_the_stranger() {
         429
     );
 }
+
+#[test]
+fn a_gateway_cut_off_from_control_never_sends_an_old_hostname_into_a_newer_tunnel() {
+    let mut cluster = Cluster::new("gate-stale");
+    let public = Origin::start("public");
+    let secret = Origin::start("secret");
+    cluster.add_gateway();
+    let control: std::net::SocketAddr = format!("127.0.0.1:{}", cluster.control.http_port)
+        .parse()
+        .unwrap();
+    let relay = kakuremichi_tests::Relay::start(control);
+    let stale = cluster.add_gateway();
+    cluster.gateways[stale].set_env("CONTROL_URL", &format!("http://{}", relay.addr));
+    cluster.gateways[stale].restart();
+    let agent = cluster.add_agent();
+    let old = cluster.create_tunnel("old.localhost", agent, &public.addr.to_string());
+    for gateway in [0, stale] {
+        cluster
+            .wait_until(gateway, "old.localhost", Duration::from_secs(15), |a| {
+                a.status == 200
+            })
+            .unwrap_or_else(|| panic!("gateway {gateway} never served\n{}", cluster.logs()));
+    }
+    // The partition: the stale gateway keeps its snapshot and its WireGuard sessions.
+    relay.cut();
+    let deleted = cluster.api("DELETE", &format!("/api/v1/tunnels/{old}"), None);
+    assert!(deleted.status < 300, "{}", deleted.body);
+    let new = cluster.create_tunnel("new.localhost", agent, &secret.addr.to_string());
+    set_access(&cluster, &new, r#"{"password":"only for the owner"}"#);
+    cluster
+        .wait_until(0, "new.localhost", Duration::from_secs(10), |a| {
+            a.status == 401
+        })
+        .unwrap_or_else(|| panic!("new tunnel not applied\n{}", cluster.logs()));
+    cluster
+        .wait_until(0, "old.localhost", Duration::from_secs(10), |a| {
+            a.status == 404
+        })
+        .unwrap_or_else(|| panic!("old tunnel not removed\n{}", cluster.logs()));
+    // Through the stale gateway the old hostname reaches nothing of the new tunnel.
+    for _ in 0..20 {
+        let answer = cluster.get(stale, "old.localhost", "/");
+        assert!(
+            !answer.body.contains("\"origin\":\"secret\""),
+            "the stale gateway sent the old hostname into the new tunnel: {} {}",
+            answer.status,
+            answer.body
+        );
+        assert_ne!(answer.status, 200, "{}", answer.body);
+    }
+}
