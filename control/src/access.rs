@@ -98,6 +98,7 @@ impl TunnelAccess {
                     .map(|user| AllowedUser {
                         id: user.id.clone(),
                         name: user.name.clone(),
+                        sessions_since: user.sessions_since,
                     })
                     .collect()
             }),
@@ -322,6 +323,7 @@ impl Keyring {
             user: AllowedUser {
                 id: user.id.clone(),
                 name: user.name.clone(),
+                ..Default::default()
             },
             expires: now + ASSERTION_SECONDS,
             nonce: auth::new_secret("n"),
@@ -344,6 +346,8 @@ mod tests {
             created_at: 0,
             totp_secret: None,
             recovery_codes: Vec::new(),
+            sessions_since: 0,
+            totp_last_step: 0,
         }
     }
 

@@ -86,6 +86,12 @@ pub struct Store {
 
 const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
+/// A second factor a login offers: the TOTP step its code matched, or a recovery code's hash.
+pub enum SecondFactor {
+    Step(u64),
+    Recovery(String),
+}
+
 /// Meta key of where the next service port search starts.
 const SERVICE_PORT_CURSOR: &str = "service_port_cursor";
 /// Meta key of the keys that sign tunnel logins.
@@ -695,6 +701,8 @@ impl Store {
                 created_at: auth::unix_now(),
                 totp_secret: None,
                 recovery_codes: Vec::new(),
+                sessions_since: 0,
+                totp_last_step: 0,
             };
             put(&s.users, wtxn, &user.id, &user)?;
             put(&s.user_names, wtxn, name, &user.id)?;
@@ -703,31 +711,85 @@ impl Store {
     }
 
     /// Change a user with `change`; refuses a change that takes away the last enabled
-    /// administrator. Moves the revision when the user's role or enabled state changed.
+    /// administrator. A change of password, role or enabled state ends the user's sessions,
+    /// on Control and on every tunnel, and moves the revision so gateways hear of it.
     pub fn update_user(
         &self,
         id: &str,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<UserRecord, Error> {
+        self.update_user_keeping(id, None, change)
+    }
+
+    /// [`Store::update_user`], keeping the Control session `keep` (the user's own, when they
+    /// change their own password).
+    pub fn update_user_keeping(
+        &self,
+        id: &str,
+        keep: Option<&str>,
         change: impl FnOnce(&mut UserRecord),
     ) -> Result<UserRecord, Error> {
         self.write_accounts(|s, wtxn| {
             let mut user: UserRecord =
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
             let was_admin = user.is_active_admin();
-            let admitted_as = (user.role, user.disabled);
+            let credentials = |u: &UserRecord| (u.role, u.disabled, u.password_hash.clone());
+            let before = credentials(&user);
             change(&mut user);
-            put(&s.users, wtxn, id, &user)?;
-            // Tunnels' access rules admit users by name and role, unless disabled: only
-            // those changes are news for the gateways.
-            if (user.role, user.disabled) != admitted_as {
-                s.bump_revision(wtxn)?;
+            let ended = credentials(&user) != before;
+            if ended {
+                user.sessions_since = auth::unix_now().max(user.sessions_since);
             }
+            put(&s.users, wtxn, id, &user)?;
             if was_admin {
                 s.check_an_admin_remains(wtxn)?;
             }
-            if user.disabled {
-                s.delete_sessions_where(wtxn, |session| session.user_id == id)?;
+            if ended {
+                // Gateways learn the new `sessions_since` (and role, enabled state) from it.
+                s.bump_revision(wtxn)?;
+                s.delete_sessions_where(wtxn, |session| {
+                    session.user_id == id && Some(session.id.as_str()) != keep
+                })?;
             }
             Ok(user)
+        })
+    }
+
+    /// Use up a second factor of a user's, if it is good: a TOTP step later than the last one
+    /// used, or an unused recovery code. Checked and spent in one transaction, so two
+    /// requests with one code cannot both pass.
+    pub fn spend_second_factor(&self, id: &str, spent: &SecondFactor) -> Result<bool, Error> {
+        self.write_accounts(|s, wtxn| {
+            let mut user: UserRecord =
+                get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
+            let good = match spent {
+                SecondFactor::Step(step) => {
+                    let fresh = *step > user.totp_last_step;
+                    user.totp_last_step = user.totp_last_step.max(*step);
+                    fresh
+                }
+                SecondFactor::Recovery(hash) => {
+                    let before = user.recovery_codes.len();
+                    user.recovery_codes.retain(|c| c != hash);
+                    user.recovery_codes.len() < before
+                }
+            };
+            if good {
+                put(&s.users, wtxn, id, &user)?;
+            }
+            Ok(good)
+        })
+    }
+
+    /// End every session of a user, on Control and on every tunnel.
+    pub fn end_all_sessions(&self, id: &str) -> Result<(), Error> {
+        self.write_accounts(|s, wtxn| {
+            let mut user: UserRecord =
+                get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
+            user.sessions_since = auth::unix_now().max(user.sessions_since);
+            put(&s.users, wtxn, id, &user)?;
+            s.bump_revision(wtxn)?;
+            s.delete_sessions_where(wtxn, |session| session.user_id == id)
         })
     }
 

@@ -6,6 +6,7 @@ use crate::auth::sessions::{self, SessionRecord};
 use crate::auth::{self, password, Role, UserRecord};
 use crate::error::Error;
 use crate::pages;
+use crate::store::SecondFactor;
 use crate::tunnels::TunnelKind;
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
@@ -1435,13 +1436,9 @@ fn change_password(control: &Control, request: &Request<()>, form: Form) -> Resp
         .and_then(|hash| {
             control
                 .store
-                .update_user(&user_id, |u| u.password_hash = hash)
+                .update_user_keeping(&user_id, Some(&this_session), |u| u.password_hash = hash)
         })
-        .and_then(|_| {
-            control
-                .store
-                .end_sessions(|s| s.user_id == user_id && s.id != this_session)
-        });
+        .map(|_| control.hub.notify_all());
     match changed {
         Ok(()) => account_page(
             control,
@@ -1569,31 +1566,28 @@ fn second_factor(
         return html(429, pages::login::code_page(Some(&message), next));
     }
     let code = text(&form, "code");
-    let by_app = user
+    let spent = match user
         .totp_secret
         .as_deref()
-        .is_some_and(|secret| auth::totp::verify(secret, code, now));
-    let recovery = auth::totp::recovery_hash(code);
-    let by_recovery = !by_app && user.recovery_codes.contains(&recovery);
-    if !(by_app || by_recovery) {
-        return html(
-            401,
-            pages::login::code_page(Some("That code is not right."), next),
-        );
-    }
-    let used = if by_recovery {
-        control
-            .store
-            .update_user(&user.id, |u| u.recovery_codes.retain(|c| *c != recovery))
-            .map(|_| ())
-    } else {
-        Ok(())
+        .and_then(|secret| auth::totp::verify(secret, code, now))
+    {
+        Some(step) => SecondFactor::Step(step),
+        None => SecondFactor::Recovery(auth::totp::recovery_hash(code)),
     };
-    match used.and_then(|()| {
-        control
-            .store
-            .update_session(&token, |s| s.awaiting_code = false)
-    }) {
+    match control.store.spend_second_factor(&user.id, &spent) {
+        Ok(true) => {}
+        Ok(false) => {
+            return html(
+                401,
+                pages::login::code_page(Some("That code is not right."), next),
+            )
+        }
+        Err(e) => return failure(&e),
+    }
+    match control
+        .store
+        .update_session(&token, |s| s.awaiting_code = false)
+    {
         Ok(()) => {
             control.throttle().succeeded(&attempt);
             redirect(&local_path(Some(next)))
@@ -1628,7 +1622,7 @@ fn confirm_totp(control: &Control, request: &Request<()>, form: Form) -> Respons
     let Some(secret) = visitor.session.totp_enrolment.clone() else {
         return redirect("/account");
     };
-    if !auth::totp::verify(&secret, text(&form, "code"), auth::unix_now()) {
+    if auth::totp::verify(&secret, text(&form, "code"), auth::unix_now()).is_none() {
         return account_page(
             control,
             request,
@@ -1902,9 +1896,17 @@ fn login(control: &Control, request: &Request<()>, form: Form, address: &str) ->
 
 fn logout(control: &Control, request: &Request<()>, form: Form) -> Response<Body> {
     match acting_self(control, request, &form) {
-        Ok(_) => {
+        Ok(visitor) => {
             let token = sessions::token_from_cookies(request.headers().get(COOKIE)).unwrap_or("");
-            if let Err(e) = control.store.delete_session(token) {
+            // Everywhere: every Control session and every tunnel session of the user.
+            let ended = match text(&form, "everywhere") == "true" {
+                true => control
+                    .store
+                    .end_all_sessions(&visitor.user.id)
+                    .map(|()| control.hub.notify_all()),
+                false => control.store.delete_session(token),
+            };
+            if let Err(e) = ended {
                 return failure(&e);
             }
         }

@@ -95,9 +95,16 @@ pub fn judge(policy: &AccessPolicy, cookie_key: Option<&[u8]>, facts: &Facts, no
         (Some(value), Some(key)) => access::open_cookie(key, value, facts.host, now).ok(),
         _ => None,
     };
-    match opened.map(|cookie| cookie.subject) {
-        Some(Subject::User(user)) if allowed(policy, &user) => pass(Some(user.name), false),
-        Some(Subject::Password { epoch })
+    // The tunnel's session length holds for cookies made before it was shortened.
+    let opened = opened.filter(|cookie| cookie.issued + policy.session_hours * 3600 > now);
+    let Some(cookie) = opened else {
+        return Verdict::Login;
+    };
+    match cookie.subject {
+        Subject::User(user) if allowed(policy, &user, Some(cookie.issued)) => {
+            pass(Some(user.name), false)
+        }
+        Subject::Password { epoch }
             if policy.password_hash.is_some() && epoch == policy.password_epoch() =>
         {
             pass(None, false)
@@ -106,11 +113,14 @@ pub fn judge(policy: &AccessPolicy, cookie_key: Option<&[u8]>, facts: &Facts, no
     }
 }
 
-fn allowed(policy: &AccessPolicy, user: &AllowedUser) -> bool {
-    policy
-        .users
-        .as_ref()
-        .is_some_and(|users| users.iter().any(|u| u.id == user.id))
+/// Whether `user` may open the tunnel, with a session made at `issued` (`None`: logging in
+/// now, whatever the clocks of Control and this gateway say).
+fn allowed(policy: &AccessPolicy, user: &AllowedUser, issued: Option<u64>) -> bool {
+    policy.users.as_ref().is_some_and(|users| {
+        users
+            .iter()
+            .any(|u| u.id == user.id && issued.is_none_or(|at| at >= u.sessions_since))
+    })
 }
 
 /// The keys from the snapshot, decoded once.
@@ -214,6 +224,7 @@ impl Gate {
             host: host.to_string(),
             subject,
             expires: now + hours * 3600,
+            issued: now,
         };
         Some(access::seal_cookie(&keys.cookie, &cookie))
     }
@@ -236,7 +247,9 @@ impl Gate {
             }
             used.insert(a.nonce.clone(), a.expires).is_none()
         });
-        let user = fresh.map(|a| a.user).filter(|user| allowed(policy, user));
+        let user = fresh
+            .map(|a| a.user)
+            .filter(|user| allowed(policy, user, None));
         let counter = match user {
             Some(_) => &self.metrics.logins,
             None => &self.metrics.failed_logins,
@@ -315,11 +328,13 @@ mod tests {
             users: Some(vec![AllowedUser {
                 id: "usr_a".into(),
                 name: "alice".into(),
+                ..Default::default()
             }]),
             password_hash: Some("$argon2id$stand-in".into()),
             service_tokens: vec![sha256_hex(b"kst_good")],
             allow_ips: vec!["10.0.0.0/8".parse().unwrap()],
             bypass: vec!["/health".into()],
+            session_hours: 24,
             ..Default::default()
         }
     }
@@ -338,6 +353,7 @@ mod tests {
             host: host.into(),
             subject,
             expires,
+            issued: 900,
         };
         access::seal_cookie(&KEY, &cookie)
     }
@@ -390,6 +406,7 @@ mod tests {
         let alice = Subject::User(AllowedUser {
             id: "usr_a".into(),
             name: "alice".into(),
+            ..Default::default()
         });
         let good = cookie(alice.clone(), "app.example.com", 2000);
         let with = |value: &str| {
@@ -413,12 +430,14 @@ mod tests {
                     epoch: policy.password_epoch(),
                 },
                 expires: 2000,
+                issued: 900,
             },
         );
         assert_eq!(with(&forged), Verdict::Login);
         let bob = Subject::User(AllowedUser {
             id: "usr_b".into(),
             name: "bob".into(),
+            ..Default::default()
         });
         assert_eq!(with(&cookie(bob, "app.example.com", 2000)), Verdict::Login);
         // A password cookie holds until the password changes.
@@ -434,6 +453,45 @@ mod tests {
         };
         assert_eq!(
             with(&cookie(stale, "app.example.com", 2000)),
+            Verdict::Login
+        );
+        // Sessions made before the user's sessions ended, or longer ago than the tunnel's
+        // (since shortened) session length, log in again.
+        let ended = AccessPolicy {
+            users: Some(vec![AllowedUser {
+                id: "usr_a".into(),
+                name: "alice".into(),
+                sessions_since: 950,
+            }]),
+            ..policy.clone()
+        };
+        assert_eq!(
+            super::judge(
+                &ended,
+                Some(&KEY),
+                &Facts {
+                    cookie: Some(&good),
+                    ..facts()
+                },
+                1000
+            ),
+            Verdict::Login
+        );
+        let shortened = AccessPolicy {
+            session_hours: 1,
+            ..policy.clone()
+        };
+        let at = 900 + 3600;
+        assert_eq!(
+            super::judge(
+                &shortened,
+                Some(&KEY),
+                &Facts {
+                    cookie: Some(&good),
+                    ..facts()
+                },
+                at
+            ),
             Verdict::Login
         );
         // A public tunnel lets everyone through.
@@ -463,6 +521,7 @@ mod tests {
                     user: AllowedUser {
                         id: id.into(),
                         name: id.into(),
+                        ..Default::default()
                     },
                     expires: 1030,
                     nonce: nonce.into(),

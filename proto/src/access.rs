@@ -98,12 +98,20 @@ impl AccessPolicy {
 }
 
 /// A Control user a tunnel admits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowedUser {
     /// The user's id in Control.
     pub id: String,
     /// The name the origin sees in `X-Kakuremichi-User`.
     pub name: String,
+    /// Unix seconds: tunnel sessions begun before this are over (the user's password was
+    /// reset, their role changed, they were disabled, or they logged out everywhere).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sessions_since: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// An IPv4 or IPv6 network, `203.0.113.0/24` or `2001:db8::/32`; a bare address is a /32 or
@@ -241,6 +249,10 @@ pub struct SessionCookie {
     pub subject: Subject,
     /// Unix seconds after which it is refused.
     pub expires: u64,
+    /// Unix seconds when it was made: a shorter `session_hours`, and the end of a user's
+    /// sessions, apply to cookies made before.
+    #[serde(default)]
+    pub issued: u64,
 }
 
 /// Why a token was refused.
@@ -387,6 +399,7 @@ mod tests {
         AllowedUser {
             id: "usr_1".into(),
             name: "alice".into(),
+            ..Default::default()
         }
     }
 
@@ -438,6 +451,7 @@ mod tests {
             user: AllowedUser {
                 id: "usr_2".into(),
                 name: "eve".into(),
+                ..Default::default()
             },
             ..assertion
         };
@@ -461,6 +475,7 @@ mod tests {
             host: "app.example.com".into(),
             subject: Subject::Password { epoch: "e".into() },
             expires: 2000,
+            issued: 0,
         };
         let value = seal_cookie(&key, &cookie);
         assert_eq!(

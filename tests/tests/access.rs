@@ -117,7 +117,8 @@ fn passwords_tokens_ip_rules_and_bypass_paths_each_admit_the_right_callers() {
         &["-u", "ci:open sesame", "-H", "X-Kakuremichi-User: root"],
     );
     assert_eq!(seen.status, 200, "{}", seen.body);
-    assert_eq!(seen.json()["user"], "ci");
+    // Named so that no Control user (whose names hold no ':') can be mistaken for them.
+    assert_eq!(seen.json()["user"], "password:ci");
     assert_eq!(seen.json()["authorization"], "");
     assert_eq!(get("/", &["-u", "ci:wrong"]).status, 401);
 
@@ -180,7 +181,7 @@ fn passwords_tokens_ip_rules_and_bypass_paths_each_admit_the_right_callers() {
     let seen = get("/", &["-H", &bearer]).json();
     assert_eq!(
         (seen["user"].as_str(), seen["authorization"].as_str()),
-        (Some("service-token"), Some(""))
+        (Some("token:service"), Some(""))
     );
     assert_eq!(
         get("/", &["-H", "Authorization: Bearer kst_forged"]).status,
@@ -295,51 +296,7 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
     // The gateway's login page offers Control's login; Control asks for a login first, then
     // sends the browser back with a one-time assertion, which becomes the tunnel's cookie.
     let alice = Client::new(&cluster, "alice");
-    let control_origin = cluster.control_url("");
-    let log_in = |client: &Client, gateway: usize, name: &str, password: &str| -> Answer {
-        let page = client.browse(
-            &cluster,
-            gateway,
-            "app.localhost",
-            "/.kakuremichi/login?return=/inbox",
-        );
-        let start = page
-            .body
-            .split("href=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next());
-        let control_login = start
-            .expect("a link to Control's login")
-            .replace("&amp;", "&");
-        assert!(
-            control_login.starts_with(&format!("{control_origin}/access?")),
-            "{control_login}"
-        );
-        let answer = client.request(&control_login, &[]);
-        assert_eq!(answer.status, 303);
-        let to_login = client.header("location").unwrap();
-        assert!(to_login.starts_with("/login?next="), "{to_login}");
-        let next = to_login.trim_start_matches("/login?next=").to_string();
-        let next = form_decode(&next);
-        let origin_header = format!("Origin: {control_origin}");
-        let fields = [
-            format!("name={name}"),
-            format!("password={password}"),
-            format!("next={next}"),
-        ];
-        let mut args = vec!["-H", origin_header.as_str()];
-        for field in &fields {
-            args.extend(["--data-urlencode", field.as_str()]);
-        }
-        assert_eq!(
-            client.request(&cluster.control_url("/login"), &args).status,
-            303
-        );
-        let access = client.header("location").unwrap();
-        assert!(access.starts_with("/access?"), "{access}");
-        client.request(&cluster.control_url(&access), &[])
-    };
-    let answer = log_in(&alice, 0, "alice", "alice's password");
+    let answer = log_in(&cluster, &alice, 0, "alice", "alice's password");
     assert_eq!(answer.status, 303, "{}", answer.body);
     let callback = alice.header("location").unwrap();
     let gateway0 = format!(
@@ -404,7 +361,7 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
 
     // Bob may log in to Control but not open this tunnel.
     let bob = Client::new(&cluster, "bob");
-    let refused = log_in(&bob, 0, "bob", "bob's password");
+    let refused = log_in(&cluster, &bob, 0, "bob", "bob's password");
     assert_eq!(refused.status, 403, "{}", refused.body);
 
     // A service token revoked before Control goes down stays revoked.
@@ -449,7 +406,6 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
     })
     .unwrap_or_else(|| panic!("gateway not back with Control\n{}", cluster.logs()));
 
-    // Disabling alice reaches both gateways within 2 s.
     let users = cluster.api("GET", "/api/v1/users", None).json();
     let alice_id = users
         .as_array()
@@ -460,6 +416,37 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
         .as_str()
         .unwrap()
         .to_string();
+    // A change of role ends alice's tunnel sessions on both gateways; she logs in again.
+    // (Another administrator first, so that alice can be disabled below.)
+    let root = r#"{"name":"root","role":"admin","password":"the admin's password"}"#;
+    assert_eq!(cluster.api("POST", "/api/v1/users", Some(root)).status, 201);
+    let promoted = cluster.api(
+        "PATCH",
+        &format!("/api/v1/users/{alice_id}"),
+        Some(r#"{"role":"admin"}"#),
+    );
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    for gateway in 0..2 {
+        wait_for(PUSH_LIMIT, || {
+            (alice.browse(&cluster, gateway, "app.localhost", "/").status == 303).then_some(())
+        })
+        .unwrap_or_else(|| panic!("a session outlived a role change\n{}", cluster.logs()));
+    }
+    assert_eq!(
+        log_in(&cluster, &alice, 0, "alice", "alice's password").status,
+        303
+    );
+    let callback = alice.header("location").unwrap();
+    assert_eq!(
+        alice.request(&callback, &["--resolve", &resolve(0)]).status,
+        303
+    );
+    assert_eq!(
+        alice.browse(&cluster, 1, "app.localhost", "/").json()["user"],
+        "alice"
+    );
+
+    // Disabling alice reaches both gateways within 2 s.
     let started = std::time::Instant::now();
     let disabled = cluster.api(
         "PATCH",
@@ -508,6 +495,60 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
         (pin.browse(&cluster, 0, "app.localhost", "/").status == 303).then_some(())
     })
     .unwrap_or_else(|| panic!("session survived key rotation\n{}", cluster.logs()));
+}
+
+/// Log `client` in to the tunnel app.localhost through gateway `gateway` with Control's
+/// login as `name`: the answer of Control's `/access`, which sends the browser back with an
+/// assertion (or refuses).
+fn log_in(
+    cluster: &Cluster,
+    client: &Client,
+    gateway: usize,
+    name: &str,
+    password: &str,
+) -> Answer {
+    let control_origin = cluster.control_url("");
+    let page = client.browse(
+        &cluster,
+        gateway,
+        "app.localhost",
+        "/.kakuremichi/login?return=/inbox",
+    );
+    let start = page
+        .body
+        .split("href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next());
+    let control_login = start
+        .expect("a link to Control's login")
+        .replace("&amp;", "&");
+    assert!(
+        control_login.starts_with(&format!("{control_origin}/access?")),
+        "{control_login}"
+    );
+    let answer = client.request(&control_login, &[]);
+    assert_eq!(answer.status, 303);
+    let to_login = client.header("location").unwrap();
+    assert!(to_login.starts_with("/login?next="), "{to_login}");
+    let next = to_login.trim_start_matches("/login?next=").to_string();
+    let next = form_decode(&next);
+    let origin_header = format!("Origin: {control_origin}");
+    let fields = [
+        format!("name={name}"),
+        format!("password={password}"),
+        format!("next={next}"),
+    ];
+    let mut args = vec!["-H", origin_header.as_str()];
+    for field in &fields {
+        args.extend(["--data-urlencode", field.as_str()]);
+    }
+    assert_eq!(
+        client.request(&cluster.control_url("/login"), &args).status,
+        303
+    );
+    let access = client.header("location").unwrap();
+    assert!(access.starts_with("/access?"), "{access}");
+    client.request(&cluster.control_url(&access), &[])
 }
 
 /// Decode one `application/x-www-form-urlencoded` value.
@@ -562,7 +603,11 @@ fn http2_requests_over_https_are_checked_like_any_other() {
     );
     let inside = h2(&["-u", "ci:open sesame"]);
     assert_eq!(inside.status, 200, "{}", inside.body);
-    assert!(inside.body.contains("\"user\":\"ci\""), "{}", inside.body);
+    assert!(
+        inside.body.contains("\"user\":\"password:ci\""),
+        "{}",
+        inside.body
+    );
     // Browsers over HTTPS get a Secure cookie.
     let node = &cluster.gateways[0];
     let resolve = format!("app.localhost:{}:{}", node.https_port, node.ip);

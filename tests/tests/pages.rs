@@ -897,6 +897,11 @@ fn two_factor_login_with_an_app_code_or_a_recovery_code() {
         303
     );
     assert_eq!(laptop.get("/").status, 200);
+    // The same app code, seen over a shoulder, does not log in a second time (RFC 6238 §5.2).
+    let replay = Browser::new(&cluster, "replay");
+    assert_eq!(replay.post("/login", &login, origin).status, 303);
+    let replayed = replay.post("/login/code", &[("code", code.as_str())], origin);
+    assert_eq!(replayed.status, 401, "{}", replayed.body);
 
     // A recovery code works once.
     let phone = Browser::new(&cluster, "phone");

@@ -45,6 +45,13 @@ pub struct UserRecord {
     /// Hashes of the unused recovery codes.
     #[serde(default)]
     pub recovery_codes: Vec<String>,
+    /// Unix seconds: sessions begun before are over, on Control and on every tunnel (set
+    /// when the password, role or enabled state changes, or on logging out everywhere).
+    #[serde(default)]
+    pub sessions_since: u64,
+    /// The last TOTP time step accepted: a code is good once.
+    #[serde(default)]
+    pub totp_last_step: u64,
 }
 
 impl UserRecord {

@@ -31,18 +31,19 @@ pub fn qr_svg(text: &str) -> Result<String, String> {
         .build())
 }
 
-/// Whether `code` is the code for `secret` at `now`, or one step either side (clock drift).
-pub fn verify(secret: &str, code: &str, now: u64) -> bool {
+/// The time step whose code for `secret` is `code`, if it is the one at `now` or one step
+/// either side (clock drift). A step's code logs in once: the caller keeps the last step used
+/// ([`crate::store::Store::spend_second_factor`]).
+pub fn verify(secret: &str, code: &str, now: u64) -> Option<u64> {
     let code = code.trim().replace(' ', "");
-    let Some(key) = unbase32(secret) else {
-        return false;
-    };
+    let key = unbase32(secret)?;
     if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+        return None;
     }
     [now.saturating_sub(STEP), now, now + STEP]
-        .iter()
-        .any(|&at| crate::auth::sessions::same_secret(&code_at(&key, at), &code))
+        .into_iter()
+        .find(|&at| crate::auth::sessions::same_secret(&code_at(&key, at), &code))
+        .map(|at| at / STEP)
 }
 
 fn code_at(key: &[u8], at: u64) -> String {
@@ -117,11 +118,15 @@ mod tests {
         // the last six.
         let key = base32(b"12345678901234567890");
         assert_eq!(key, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
-        assert!(verify(&key, "287082", 59));
-        assert!(verify(&key, "081804", 1111111109));
-        assert!(verify(&key, "081804", 1111111109 + 30), "one step of drift");
-        assert!(!verify(&key, "081804", 1111111109 + 90));
-        assert!(!verify(&key, "28708", 59) && !verify(&key, "abcdef", 59));
+        assert_eq!(verify(&key, "287082", 59), Some(1));
+        assert_eq!(verify(&key, "081804", 1111111109), Some(37037036));
+        // One step of drift; the step is the code's, not the clock's.
+        assert_eq!(verify(&key, "081804", 1111111109 + 30), Some(37037036));
+        assert_eq!(verify(&key, "081804", 1111111109 + 90), None);
+        assert_eq!(
+            verify(&key, "28708", 59).or(verify(&key, "abcdef", 59)),
+            None
+        );
         assert_eq!(unbase32(&key).unwrap(), b"12345678901234567890");
     }
 

@@ -107,6 +107,11 @@ pub fn page(user: &UserRecord, csrf: &str, view: &AccountView) -> Markup {
                     }
                 }
             }
+            form method="post" action="/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="everywhere" value="true";
+                p { button.small type="submit" { "Log out everywhere" } " " span.muted { "Ends every session above and your sessions on every tunnel." } }
+            }
         },
     )
 }
