@@ -54,6 +54,7 @@ pub fn serve_forever(listener: TcpListener, name: &str) {
                 "email": header("x-kakuremichi-email"),
                 "cookie": header("cookie"),
                 "authorization": header("authorization"),
+                "header_names": request.headers().keys().map(|name| name.as_str()).collect::<Vec<_>>(),
             });
             // Count the request body as it streams in, without keeping it.
             let mut body_bytes = 0u64;

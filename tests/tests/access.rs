@@ -509,7 +509,7 @@ fn log_in(
 ) -> Answer {
     let control_origin = cluster.control_url("");
     let page = client.browse(
-        &cluster,
+        cluster,
         gateway,
         "app.localhost",
         "/.kakuremichi/login?return=/inbox",

@@ -275,3 +275,208 @@ fn a_gateway_cut_off_from_control_never_sends_an_old_hostname_into_a_newer_tunne
         assert_ne!(answer.status, 200, "{}", answer.body);
     }
 }
+
+/// The response head of `curl args…` (`-D -`, body discarded), lower-cased.
+fn head_of(args: &[&str]) -> String {
+    let mut all = vec!["-D", "-", "-o", "/dev/null"];
+    all.extend_from_slice(args);
+    curl(&all).body.to_ascii_lowercase()
+}
+
+#[test]
+fn identity_headers_cookies_and_framing_cannot_be_turned_against_the_origin() {
+    let mut cluster = Cluster::new("gate-headers");
+    let public = Origin::start("public");
+    let private = Origin::start("private");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    cluster.create_tunnel("shared.localhost", agent, &public.addr.to_string());
+    let agent_id = cluster.agents[agent].id.clone();
+    let body = serde_json::json!({"hostname": "shared.localhost", "path_prefix": "/private", "agent": agent_id, "target": private.addr.to_string(), "issuer": "none"});
+    let answer = cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let protected = answer.json()["id"].as_str().unwrap().to_string();
+    set_access(&cluster, &protected, r#"{"password":"shared secret"}"#);
+    let node = &cluster.gateways[0];
+    let base = format!("http://shared.localhost:{}", node.http_port);
+    let resolve = format!("shared.localhost:{}:{}", node.http_port, node.ip);
+    let get = |path: &str, extra: &[&str]| {
+        let mut args = vec!["--resolve", resolve.as_str()];
+        args.extend_from_slice(extra);
+        let url = format!("{base}{path}");
+        args.push(&url);
+        curl(&args)
+    };
+    wait_for(PUSH_LIMIT * 5, || {
+        (get("/private/x", &[]).status == 401).then_some(())
+    })
+    .unwrap_or_else(|| panic!("policy not applied\n{}", cluster.logs()));
+
+    // Every spelling of the identity and forwarding headers, and a Connection nomination of
+    // the gateway's own: the origin sees only what the gateway set.
+    let spoofs = [
+        "X_Kakuremichi_User: admin",
+        "x-KAKUREMICHI-user: root",
+        "X-Kakuremichi-Email: boss@example.com",
+        "x_kakuremichi_email: boss@example.com",
+        "Connection: x-kakuremichi-user, x-forwarded-for",
+        "X_Forwarded_For: 203.0.113.66",
+        "X_Real_IP: 203.0.113.66",
+        "X_Forwarded_Host: evil.example",
+        "True_Client_IP: 203.0.113.66",
+    ];
+    let mut args = vec!["-u", "admin:shared secret"];
+    for spoof in &spoofs {
+        args.extend(["-H", spoof]);
+    }
+    let seen = get("/private/x", &args);
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    let seen = seen.json();
+    let names: Vec<&str> = seen["header_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains('_')),
+        "underscore spellings reached the origin: {names:?}"
+    );
+    assert_eq!(
+        seen["user"], "password:admin",
+        "basic-auth visitors are not Control users"
+    );
+    assert_eq!(seen["email"], "");
+    assert_eq!(seen["x_forwarded_for"], "127.0.0.1");
+    assert_eq!(
+        seen["x_forwarded_host"],
+        format!("shared.localhost:{}", node.http_port)
+    );
+
+    // The session cookie of the protected path never reaches the public tunnel beside it.
+    let jar = cluster.dir.join("visitor.cookies");
+    let jar = jar.to_str().unwrap();
+    let login = get(
+        "/.kakuremichi/login?return=/private/x",
+        &["-c", jar, "--data-urlencode", "password=shared secret"],
+    );
+    assert_eq!(login.status, 303, "{}", login.body);
+    let inside = get("/private/x", &["-b", jar]);
+    assert_eq!(inside.status, 200, "{}", inside.body);
+    assert_eq!(inside.json()["cookie"], "");
+    let outside = get("/", &["-b", jar, "-H", "Cookie: theme=dark"]);
+    assert_eq!(outside.json()["origin"], "public");
+    let cookie = outside.json()["cookie"].as_str().unwrap().to_string();
+    assert!(!cookie.contains("km_access"), "{cookie}");
+    assert!(
+        cookie.contains("theme=dark"),
+        "the origin's own cookies pass: {cookie}"
+    );
+
+    // Pages cannot be framed, sniffed or cached, on the gateway and on Control.
+    let unknown = format!("http://{}:{}/", node.ip, node.http_port);
+    let not_found_page = head_of(&["-H", "Host: nothing.localhost", &unknown]);
+    let login_page = head_of(&[
+        "--resolve",
+        &resolve,
+        &format!("{base}/.kakuremichi/login?return=/private/x"),
+    ]);
+    let control_page = head_of(&[&cluster.control_url("/login")]);
+    for (name, head) in [
+        ("gateway 404 page", &not_found_page),
+        ("gateway login page", &login_page),
+        ("Control login page", &control_page),
+    ] {
+        for needle in [
+            "x-frame-options: deny",
+            "frame-ancestors 'none'",
+            "x-content-type-options: nosniff",
+            "cache-control: no-store",
+            "referrer-policy:",
+        ] {
+            assert!(head.contains(needle), "{name} lacks {needle}:\n{head}");
+        }
+    }
+    assert!(
+        control_page.contains("script-src 'sha256-"),
+        "Control runs only its own copy script:\n{control_page}"
+    );
+}
+
+#[test]
+fn keys_hashes_and_certificates_on_disk_are_readable_by_their_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::new("gate-modes");
+    let origin = Origin::start("modes");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let tunnel = cluster.create_tunnel("modes.localhost", agent, &origin.addr.to_string());
+    set_access(&cluster, &tunnel, r#"{"password":"a hash on disk"}"#);
+    cluster
+        .wait_until(0, "modes.localhost", Duration::from_secs(15), |a| {
+            a.status == 401
+        })
+        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut checked = Vec::new();
+    for dir in ["control-data", "gateway0-state", "agent0-state"] {
+        let dir = cluster.dir.join(dir);
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            checked.push(path);
+        }
+    }
+    for wanted in [
+        "control-data/data.mdb",
+        "gateway0-state/config.json",
+        "gateway0-state/wireguard.key",
+        "agent0-state/wireguard.key",
+    ] {
+        assert!(
+            checked.contains(&cluster.dir.join(wanted)),
+            "{wanted} missing: {checked:?}"
+        );
+    }
+    // A local user who is not the owner reads none of them.
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    if root {
+        std::fs::set_permissions(&cluster.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for path in &checked {
+            let read = std::process::Command::new("runuser")
+                .args(["-u", "nobody", "--", "cat"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(!read.status.success(), "nobody read {}", path.display());
+        }
+    }
+    // A node that finds its files opened to others closes them again at start, and says so.
+    let config = cluster.dir.join("gateway0-state/config.json");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        cluster.dir.join("gateway0-state"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    cluster.gateways[0].restart();
+    wait_for(Duration::from_secs(10), || {
+        (mode(&config) == 0o600).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "config.json left at {:o}\n{}",
+            mode(&config),
+            cluster.gateways[0].log()
+        )
+    });
+    assert_eq!(mode(&cluster.dir.join("gateway0-state")), 0o700);
+    assert!(cluster.gateways[0].log().contains("was readable by others"));
+}
