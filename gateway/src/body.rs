@@ -1,7 +1,10 @@
 //! The client's request body on its way upstream. It gets an idle timeout (a stranger must
 //! not hold an upstream connection by going quiet mid-upload), and it remembers how it
 //! failed, so that a broken or malformed body is answered as the client's fault (400/408)
-//! and not counted against the tunnel.
+//! and not counted against the tunnel. Its first [`READ_AHEAD_BYTES`] are read before an
+//! upstream connection is taken ([`ClientBody::read_ahead`]): a form or a JSON body then
+//! holds a tunnel's connection only while the origin answers, and a client trickling a body
+//! byte by byte holds none of them.
 
 use async_io::Timer;
 use bytes::Bytes;
@@ -12,6 +15,10 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+/// How much of a body is read before the request takes an upstream connection: bodies up
+/// to this size reach the origin whole, and bound the memory each waiting request holds.
+pub const READ_AHEAD_BYTES: usize = 32 * 1024;
 
 /// Longest silence allowed between two pieces of a request body, by default.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,6 +84,11 @@ pub struct ClientBody {
     armed: bool,
     timeout: Duration,
     failure: BodyFailure,
+    /// Frames read ahead and not yet passed on, and how many bytes they hold.
+    ahead: std::collections::VecDeque<Frame<Bytes>>,
+    ahead_bytes: usize,
+    /// The client's body ended (or failed) while it was read ahead.
+    finished: Option<Option<ClientBodyError>>,
 }
 
 impl ClientBody {
@@ -94,8 +106,56 @@ impl ClientBody {
             armed: false,
             timeout,
             failure: watched,
+            ahead: Default::default(),
+            ahead_bytes: 0,
+            finished: None,
         });
         (failure, request)
+    }
+
+    /// Read the body until it ends, fails, or `limit` bytes are held; what was read is passed
+    /// on first. Returns the failure, if the body failed meanwhile.
+    pub async fn read_ahead(&mut self, limit: usize) -> Option<ClientBodyError> {
+        while self.finished.is_none() && self.ahead_bytes < limit {
+            match std::future::poll_fn(|cx| self.poll_client(cx)).await {
+                Some(Ok(frame)) => {
+                    self.ahead_bytes += frame.data_ref().map_or(0, Bytes::len);
+                    self.ahead.push_back(frame);
+                }
+                Some(Err(e)) => self.finished = Some(Some(e)),
+                None => self.finished = Some(None),
+            }
+        }
+        self.finished.clone().flatten()
+    }
+
+    /// The next frame from the client, with the idle timeout.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.armed = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self
+                .failure
+                .record(ClientBodyError::Malformed(e.to_string()))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if !self.armed {
+                    self.idle.set_after(self.timeout);
+                    self.armed = true;
+                }
+                match Pin::new(&mut self.idle).poll(cx) {
+                    Poll::Ready(_) => {
+                        Poll::Ready(Some(Err(self.failure.record(ClientBodyError::Idle))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }
 
@@ -108,35 +168,32 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this
-                .failure
-                .record(ClientBodyError::Malformed(e.to_string()))))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if !this.armed {
-                    this.idle.set_after(this.timeout);
-                    this.armed = true;
-                }
-                match Pin::new(&mut this.idle).poll(cx) {
-                    Poll::Ready(_) => {
-                        Poll::Ready(Some(Err(this.failure.record(ClientBodyError::Idle))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        if let Some(frame) = this.ahead.pop_front() {
+            this.ahead_bytes -= frame.data_ref().map_or(0, Bytes::len);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match &this.finished {
+            Some(Some(error)) => Poll::Ready(Some(Err(error.clone()))),
+            Some(None) => Poll::Ready(None),
+            None => this.poll_client(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ahead.is_empty() && (self.finished.is_some() || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let ahead = self.ahead_bytes as u64;
+        if self.finished.is_some() {
+            return SizeHint::with_exact(ahead);
+        }
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + ahead);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }

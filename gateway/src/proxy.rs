@@ -2,7 +2,7 @@
 //! the overlay, with forwarding headers set; bodies stream both ways; upgrades (WebSocket)
 //! become a byte tunnel.
 
-use crate::body::ClientBody;
+use crate::body::{ClientBody, READ_AHEAD_BYTES};
 use crate::pages;
 use crate::pool::{Held, Pool, UpstreamError};
 use crate::routes::Upstream;
@@ -90,7 +90,12 @@ pub async fn handle(
     if route.upstream.speaks_http2() {
         as_http2(&mut request, wants_trailers);
     }
-    let (body_failure, request) = ClientBody::wrap(request, gateway.body_idle_timeout);
+    let (body_failure, mut request) = ClientBody::wrap(request, gateway.body_idle_timeout);
+    if let Some(why) = request.body_mut().read_ahead(READ_AHEAD_BYTES).await {
+        metrics.client_errors.fetch_add(1, Ordering::Relaxed);
+        log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
+        return pages::client_error(why.status(), why.message());
+    }
     let upstreams = route.upstreams(&gateway.replicas);
     let mut response = match forward(&gateway, &upstreams, request).await {
         Ok(response) => response,

@@ -480,3 +480,67 @@ fn keys_hashes_and_certificates_on_disk_are_readable_by_their_owner_alone() {
     assert_eq!(mode(&cluster.dir.join("gateway0-state")), 0o700);
     assert!(cluster.gateways[0].log().contains("was readable by others"));
 }
+
+#[test]
+fn clients_trickling_bodies_do_not_hold_a_tunnels_connections() {
+    let mut cluster = Cluster::new("gate-slow-bodies");
+    let origin = Origin::start("busy");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    cluster.create_tunnel("busy.localhost", agent, &origin.addr.to_string());
+    cluster
+        .wait_until(0, "busy.localhost", Duration::from_secs(15), |a| {
+            a.status == 200
+        })
+        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+    let (ip, port) = (
+        cluster.gateways[0].ip.clone(),
+        cluster.gateways[0].http_port,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 260 clients (more than the tunnel's 256 upstream connections), each sending one byte of
+    // its body every 2 s, well inside the body idle timeout.
+    let tricklers: Vec<_> = (0..260)
+        .map(|_| {
+            let (ip, stop) = (ip.clone(), stop.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let Ok(mut stream) = std::net::TcpStream::connect((ip.as_str(), port)) else {
+                        return false;
+                    };
+                    let head = "POST /upload HTTP/1.1\r\nHost: busy.localhost\r\nContent-Length: 100000\r\n\r\n";
+                    if stream.write_all(head.as_bytes()).is_err() {
+                        return false;
+                    }
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if stream.write_all(b"x").is_err() {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                    true
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile other visitors of the same tunnel get their answers at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let answer = cluster.get(0, "busy.localhost", "/");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = tricklers
+        .into_iter()
+        .map(|t| t.join().unwrap_or(false))
+        .filter(|&kept| kept)
+        .count();
+    println!("260 clients trickling bodies ({held} kept their connection): the slowest of 20 other visitors took {slowest:?}");
+    assert!(held >= 250, "the trickling clients were cut off: {held}");
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+}
