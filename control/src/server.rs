@@ -52,7 +52,18 @@ async fn route(
             Ok(_) => respond(200, "text/plain", "ready\n"),
             Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
         },
-        (&Method::GET, "/metrics") => metrics(&control),
+        // Counters tell a stranger how busy and how large the fleet is: a token is needed.
+        (&Method::GET, "/metrics") => match crate::auth::bearer(
+            request.headers().get(hyper::header::AUTHORIZATION),
+        )
+        .map(|token| control.store.token_is_valid(token))
+        {
+            Some(Ok(true)) => metrics(&control),
+            Some(Err(e)) => api::error_response(&e),
+            _ => api::error_response(&Error::Unauthorized(
+                "send Authorization: Bearer <token> (kakuremichi-control token create)",
+            )),
+        },
         (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store)
             .and_then(|ca| crate::certs::internal::crl(&ca))
         {

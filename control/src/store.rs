@@ -86,10 +86,11 @@ pub struct Store {
 
 const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
-/// A second factor a login offers: the TOTP step its code matched, or a recovery code's hash.
+/// A second factor a login offers: the TOTP step its code matched, or the forms a recovery
+/// code may be stored in.
 pub enum SecondFactor {
     Step(u64),
-    Recovery(String),
+    Recovery(Vec<String>),
 }
 
 /// Meta key of where the next service port search starts.
@@ -768,9 +769,9 @@ impl Store {
                     user.totp_last_step = user.totp_last_step.max(*step);
                     fresh
                 }
-                SecondFactor::Recovery(hash) => {
+                SecondFactor::Recovery(forms) => {
                     let before = user.recovery_codes.len();
-                    user.recovery_codes.retain(|c| c != hash);
+                    user.recovery_codes.retain(|c| !forms.contains(c));
                     user.recovery_codes.len() < before
                 }
             };

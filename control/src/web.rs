@@ -1572,7 +1572,10 @@ fn second_factor(
         .and_then(|secret| auth::totp::verify(secret, code, now))
     {
         Some(step) => SecondFactor::Step(step),
-        None => SecondFactor::Recovery(auth::totp::recovery_hash(code)),
+        None => SecondFactor::Recovery(vec![
+            auth::totp::recovery_hash(&user.id, code),
+            auth::totp::legacy_recovery_hash(code),
+        ]),
     };
     match control.store.spend_second_factor(&user.id, &spent) {
         Ok(true) => {}
@@ -1638,7 +1641,11 @@ fn confirm_totp(control: &Control, request: &Request<()>, form: Form) -> Respons
         Ok(codes) => codes,
         Err(e) => return failure(&Error::Store(e)),
     };
-    let hashes: Vec<String> = codes.iter().map(|c| auth::totp::recovery_hash(c)).collect();
+    let user_id = &visitor.user.id;
+    let hashes: Vec<String> = codes
+        .iter()
+        .map(|c| auth::totp::recovery_hash(user_id, c))
+        .collect();
     let saved = control
         .store
         .update_user(&visitor.user.id, |u| {
@@ -1753,6 +1760,13 @@ where
             "refused: this form was not sent from Control's own pages\n",
         );
     }
+    if !names_control(control, &request) {
+        return respond(
+            421,
+            "text/plain",
+            "refused: the Host header names none of Control's addresses (give Control its name with --public-url)\n",
+        );
+    }
     let (parts, body) = request.into_parts();
     let bytes = match Limited::new(body, MAX_FORM_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -1786,6 +1800,45 @@ fn same_origin<B>(control: &Control, request: &Request<B>) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
     Some(&from) == to.as_ref() || host_of(&control.public_url).as_ref() == Some(&from)
+}
+
+/// Whether the request's `Host` is one of Control's own names: an IP address, `localhost`,
+/// the host of `--public-url` or the Control hostname gateways serve. A page on a domain of
+/// an attacker's that resolves to Control's address (DNS rebinding) names another host, and
+/// its forms are refused.
+fn names_control<B>(control: &Control, request: &Request<B>) -> bool {
+    let Some(host) = request.headers().get(HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(authority) = host.parse::<hyper::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+    {
+        return true;
+    }
+    let public = control
+        .public_url
+        .parse::<hyper::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_ascii_lowercase));
+    let routed = control
+        .store
+        .meta::<(
+            kakuremichi_proto::messages::ControlRoute,
+            crate::model::Issuer,
+        )>(crate::store::CONTROL_ROUTE)
+        .ok()
+        .flatten()
+        .map(|(route, _)| route.hostname.as_str().to_string());
+    let name = name.to_ascii_lowercase();
+    public.as_deref() == Some(name.as_str()) || routed.as_deref() == Some(name.as_str())
 }
 
 fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) -> Response<Body> {

@@ -236,7 +236,8 @@ impl Cluster {
 
     /// Control's `/metrics` text.
     pub fn control_metrics(&self) -> String {
-        curl(&[&self.control_url("/metrics")]).body
+        let bearer = format!("Authorization: Bearer {}", self.token);
+        curl(&["-H", &bearer, &self.control_url("/metrics")]).body
     }
 
     /// `http://127.0.0.1:<control port><path>`.

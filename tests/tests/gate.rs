@@ -544,3 +544,43 @@ fn clients_trickling_bodies_do_not_hold_a_tunnels_connections() {
     assert!(held >= 250, "the trickling clients were cut off: {held}");
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
 }
+
+#[test]
+fn control_refuses_rebound_forms_and_keeps_its_counters_to_token_holders() {
+    let cluster = Cluster::new("gate-rebinding");
+    cluster.add_user("alice", false, "alice's long password");
+    let login = cluster.control_url("/login");
+    // A page on an attacker's domain that resolves to Control: its Host and Origin agree, and
+    // both name the attacker's domain.
+    let rebound = curl(&[
+        "-H",
+        "Host: rebind.attacker.example:7080",
+        "-H",
+        "Origin: http://rebind.attacker.example:7080",
+        "--data-urlencode",
+        "name=alice",
+        "--data-urlencode",
+        "password=alice's long password",
+        &login,
+    ]);
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    let own = format!("Origin: {}", cluster.control_url(""));
+    let direct = curl(&[
+        "-H",
+        &own,
+        "--data-urlencode",
+        "name=alice",
+        "--data-urlencode",
+        "password=alice's long password",
+        &login,
+    ]);
+    assert_eq!(direct.status, 303, "{}", direct.body);
+
+    let metrics = cluster.control_url("/metrics");
+    assert_eq!(curl(&[&metrics]).status, 401);
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer kat_forged", &metrics]).status,
+        401
+    );
+    assert!(cluster.control_metrics().contains("kakuremichi_control_"));
+}

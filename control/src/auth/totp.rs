@@ -50,27 +50,42 @@ fn code_at(key: &[u8], at: u64) -> String {
     totp_lite::totp_custom::<totp_lite::Sha1>(STEP, DIGITS, key, at)
 }
 
-/// New recovery codes, as shown once to the user.
+/// New recovery codes, as shown once to the user: 80 random bits each, so that their
+/// stored hashes cannot be searched through.
 pub fn new_recovery_codes() -> Result<Vec<String>, String> {
     (0..RECOVERY_CODES)
         .map(|_| {
-            let mut bytes = [0u8; 5];
+            let mut bytes = [0u8; 10];
             getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
             let text = base32(&bytes).to_ascii_lowercase();
-            Ok(format!("{}-{}", &text[..4], &text[4..]))
+            Ok(format!(
+                "{}-{}-{}-{}",
+                &text[..4],
+                &text[4..8],
+                &text[8..12],
+                &text[12..]
+            ))
         })
         .collect()
 }
 
-/// The stored form of a recovery code (case and dashes do not matter when typed).
-pub fn recovery_hash(code: &str) -> String {
-    let normal: String = code
-        .trim()
+/// The stored form of a user's recovery code, salted with the user's id (case and dashes do
+/// not matter when typed).
+pub fn recovery_hash(user_id: &str, code: &str) -> String {
+    crate::auth::hash_secret(&format!("{user_id}\n{}", typed(code)))
+}
+
+/// The unsalted form codes made before the salt were stored in; they keep working.
+pub fn legacy_recovery_hash(code: &str) -> String {
+    crate::auth::hash_secret(&typed(code))
+}
+
+fn typed(code: &str) -> String {
+    code.trim()
         .to_ascii_lowercase()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    crate::auth::hash_secret(&normal)
+        .collect()
 }
 
 const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -134,11 +149,19 @@ mod tests {
     fn recovery_codes_are_distinct_and_forgiving() {
         let codes = new_recovery_codes().unwrap();
         assert_eq!(codes.len(), RECOVERY_CODES);
+        assert_eq!(codes[0].len(), 19, "{}", codes[0]);
         assert_eq!(
-            recovery_hash(&codes[0]),
-            recovery_hash(&codes[0].to_uppercase().replace('-', ""))
+            recovery_hash("usr_a", &codes[0]),
+            recovery_hash("usr_a", &codes[0].to_uppercase().replace('-', ""))
         );
-        assert_ne!(recovery_hash(&codes[0]), recovery_hash(&codes[1]));
+        assert_ne!(
+            recovery_hash("usr_a", &codes[0]),
+            recovery_hash("usr_a", &codes[1])
+        );
+        assert_ne!(
+            recovery_hash("usr_a", &codes[0]),
+            recovery_hash("usr_b", &codes[0])
+        );
         assert!(qr_svg(&uri("ABC", "alice", "kakuremichi"))
             .unwrap()
             .starts_with("<?xml"));
