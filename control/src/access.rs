@@ -317,7 +317,13 @@ impl Keyring {
     }
 
     /// An assertion that `user` may open `host`, valid for [`ASSERTION_SECONDS`].
-    pub fn assert(&self, host: &str, user: &UserRecord, now: u64) -> Result<String, Error> {
+    pub fn assert(
+        &self,
+        host: &str,
+        user: &UserRecord,
+        state: &str,
+        now: u64,
+    ) -> Result<String, Error> {
         let assertion = Assertion {
             host: host.to_string(),
             user: AllowedUser {
@@ -327,6 +333,7 @@ impl Keyring {
             },
             expires: now + ASSERTION_SECONDS,
             nonce: auth::new_secret("n"),
+            state: state.to_string(),
         };
         Ok(access::sign_assertion(&self.key_pair()?, &assertion))
     }

@@ -47,11 +47,13 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
                 "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.enabled='1'\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi\n/etc/init.d/kakuremichi restart"
             ),
         },
+        // The key goes into a root-only environment file: a unit file is readable by every
+        // local user (`systemctl cat`).
         Snippet {
             key: "systemd",
-            title: "systemd unit",
+            title: "systemd unit (run as root)",
             text: format!(
-                "[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironment=CONTROL_URL={control_url}\nEnvironment=API_KEY={api_key}\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\n\n[Install]\nWantedBy=multi-user.target\n"
+                "install -d -m 0700 /etc/kakuremichi\n(umask 077; printf 'CONTROL_URL=%s\\nAPI_KEY=%s\\n' '{control_url}' '{api_key}' > /etc/kakuremichi/{kind}.env)\ncat > /etc/systemd/system/{binary}.service <<'EOF'\n[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironmentFile=/etc/kakuremichi/{kind}.env\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\nStateDirectoryMode=0700\n\n[Install]\nWantedBy=multi-user.target\nEOF\nsystemctl daemon-reload && systemctl enable --now {binary}\n"
             ),
         },
     ]);

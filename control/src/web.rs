@@ -717,6 +717,10 @@ fn query(pairs: &[(&str, &str)]) -> String {
 fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body> {
     let origin = query_param(request, "origin").unwrap_or_default();
     let return_to = local_path(query_param(request, "return").as_deref());
+    // The gateway's state for the browser that began the login, passed back as it is.
+    let login_state = query_param(request, "state")
+        .filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_default();
     let state = match control.store.state() {
         Ok(state) => state,
         Err(e) => return failure(&e),
@@ -756,7 +760,7 @@ fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body
     }
     match state
         .keyring
-        .assert(hostname, &visitor.user, auth::unix_now())
+        .assert(hostname, &visitor.user, &login_state, auth::unix_now())
     {
         Ok(assertion) => {
             let back = query(&[("assertion", &assertion), ("return", &return_to)]);

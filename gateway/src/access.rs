@@ -230,16 +230,20 @@ impl Gate {
     }
 
     /// Check an assertion for `host` and use up its nonce: the user it names, if it is
-    /// valid, unused and the user may open the tunnel.
+    /// valid, unused, made for the browser whose state cookie is `browser_state`, and the
+    /// user may open the tunnel.
     pub fn redeem(
         &self,
         policy: &AccessPolicy,
         token: &str,
         host: &str,
+        browser_state: Option<&str>,
         now: u64,
     ) -> Option<AllowedUser> {
         let keys = self.keys()?;
-        let assertion = access::verify_assertion(&keys.assertion, token, host, now).ok();
+        let assertion = access::verify_assertion(&keys.assertion, token, host, now)
+            .ok()
+            .filter(|a| !a.state.is_empty() && browser_state == Some(a.state.as_str()));
         let fresh = assertion.filter(|a| {
             let mut used = lock(&self.used_nonces);
             if used.len() >= MEMORY_LIMIT {
@@ -525,29 +529,55 @@ mod tests {
                     },
                     expires: 1030,
                     nonce: nonce.into(),
+                    state: "s1".into(),
                 },
             )
         };
         let policy = policy();
         let token = assert("usr_a", "n1");
         assert!(gate
-            .redeem(&policy, &token, "app.example.com", 1000)
+            .redeem(&policy, &token, "app.example.com", Some("s1"), 1000)
             .is_some());
         assert!(
-            gate.redeem(&policy, &token, "app.example.com", 1001)
+            gate.redeem(&policy, &token, "app.example.com", Some("s1"), 1001)
                 .is_none(),
             "replayed"
         );
         assert!(gate
-            .redeem(&policy, &assert("usr_a", "n2"), "db.example.com", 1000)
+            .redeem(
+                &policy,
+                &assert("usr_a", "n2"),
+                "db.example.com",
+                Some("s1"),
+                1000
+            )
             .is_none());
         assert!(gate
-            .redeem(&policy, &assert("usr_b", "n3"), "app.example.com", 1000)
+            .redeem(
+                &policy,
+                &assert("usr_b", "n3"),
+                "app.example.com",
+                Some("s1"),
+                1000
+            )
             .is_none());
         assert!(gate
-            .redeem(&policy, &assert("usr_a", "n4"), "app.example.com", 1031)
+            .redeem(
+                &policy,
+                &assert("usr_a", "n4"),
+                "app.example.com",
+                Some("s1"),
+                1031
+            )
             .is_none());
+        // Only from the browser that began the login.
+        let fresh = assert("usr_a", "n5");
+        for state in [None, Some(""), Some("s2")] {
+            assert!(gate
+                .redeem(&policy, &fresh, "app.example.com", state, 1000)
+                .is_none());
+        }
         assert_eq!(gate.metrics.logins.load(Ordering::Relaxed), 1);
-        assert_eq!(gate.metrics.failed_logins.load(Ordering::Relaxed), 4);
+        assert_eq!(gate.metrics.failed_logins.load(Ordering::Relaxed), 7);
     }
 }

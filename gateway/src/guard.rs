@@ -157,15 +157,20 @@ fn credentials(headers: &HeaderMap) -> (Option<&str>, Option<(String, String)>) 
     (None, None)
 }
 
-/// The value of our cookie among the request's `Cookie` headers.
+/// The value of our session cookie among the request's `Cookie` headers.
 fn cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of cookie `wanted` among the request's `Cookie` headers.
+fn cookie_named<'a>(headers: &'a HeaderMap, wanted: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE_HEADER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value)
 }
 
@@ -225,14 +230,22 @@ fn login(
         return unauthorized(policy, hostname);
     }
     let here = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let control = control_login(gateway, policy, scheme, host, here);
-    match (&policy.password_hash, control) {
-        (None, Some(control)) => see_other(&control, None),
+    match (
+        &policy.password_hash,
+        control_login(gateway, policy, scheme, host, here),
+    ) {
+        (None, Some(control)) => with_state(see_other(&control.url, None), Some(&control)),
         _ => see_other(
             &format!("{PREFIX}login?{}", query(&[("return", here)])),
             None,
         ),
     }
+}
+
+/// Control's login for a tunnel, and the cookie that binds its answer to this browser.
+struct ControlLogin {
+    url: String,
+    state_cookie: String,
 }
 
 /// Control's login for this tunnel, when Control users may open it.
@@ -242,14 +255,49 @@ fn control_login(
     scheme: &str,
     host: &str,
     return_to: &str,
-) -> Option<String> {
+) -> Option<ControlLogin> {
     policy.users.as_ref()?;
     let login_url = gateway.gate.login_url()?;
     let origin = format!("{scheme}://{host}");
-    Some(format!(
-        "{login_url}?{}",
-        query(&[("origin", &origin), ("return", return_to)])
-    ))
+    let state = new_state()?;
+    Some(ControlLogin {
+        url: format!(
+            "{login_url}?{}",
+            query(&[
+                ("origin", &origin),
+                ("return", return_to),
+                ("state", &state)
+            ])
+        ),
+        state_cookie: state_cookie(&state, STATE_SECONDS, scheme),
+    })
+}
+
+/// `response`, with the state cookie of the Control login it offers, if any.
+fn with_state(mut response: Response<Body>, control: Option<&ControlLogin>) -> Response<Body> {
+    if let Some(value) = control.and_then(|c| HeaderValue::from_str(&c.state_cookie).ok()) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+/// A login's state: 128 random bits in hex.
+fn new_state() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The browser that began a Control login keeps its state this long.
+const STATE_SECONDS: u64 = 600;
+const STATE_COOKIE: &str = "km_state";
+
+/// `Set-Cookie` for a login's state, sent back only to the callback.
+fn state_cookie(value: &str, max_age: u64, scheme: &str) -> String {
+    let secure = if scheme == "https" { "; Secure" } else { "" };
+    format!(
+        "{STATE_COOKIE}={value}; Path={PREFIX}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    )
 }
 
 fn query(pairs: &[(&str, &str)]) -> String {
@@ -330,14 +378,15 @@ async fn endpoint(
         (Method::GET, "login") => {
             let return_to = kakuremichi_proto::access::local_path(param("return"));
             let control = control_login(gateway, policy, scheme, host, &return_to);
-            pages::login(
+            let page = pages::login(
                 hostname,
                 &return_to,
                 policy.password_hash.is_some(),
-                control.as_deref(),
+                control.as_ref().map(|c| c.url.as_str()),
                 None,
                 200,
-            )
+            );
+            with_state(page, control.as_ref())
         }
         (Method::POST, "login") => {
             let form = match read_form(request).await {
@@ -351,7 +400,6 @@ async fn endpoint(
             };
             let return_to = kakuremichi_proto::access::local_path(field("return"));
             let password = field("password").unwrap_or_default();
-            let control = control_login(gateway, policy, scheme, host, &return_to);
             let has_password = policy.password_hash.is_some();
             match gateway
                 .gate
@@ -373,21 +421,26 @@ async fn endpoint(
                     let cookie = sealed.map(|value| set_cookie(&value, session_secs, scheme));
                     see_other(&return_to, cookie)
                 }
-                Ok(false) => pages::login(
-                    hostname,
-                    &return_to,
-                    has_password,
-                    control.as_deref(),
-                    Some("That password is not right."),
-                    401,
-                ),
+                Ok(false) => {
+                    let control = control_login(gateway, policy, scheme, host, &return_to);
+                    let page = pages::login(
+                        hostname,
+                        &return_to,
+                        has_password,
+                        control.as_ref().map(|c| c.url.as_str()),
+                        Some("That password is not right."),
+                        401,
+                    );
+                    with_state(page, control.as_ref())
+                }
                 Err(throttled) => pages::throttled(hostname, throttled.retry_after),
             }
         }
         (Method::GET, "callback") => {
             let return_to = kakuremichi_proto::access::local_path(param("return"));
             let token = param("assertion").unwrap_or_default();
-            match gateway.gate.redeem(policy, token, hostname, now) {
+            let state = cookie_named(request.headers(), STATE_COOKIE);
+            let mut response = match gateway.gate.redeem(policy, token, hostname, state, now) {
                 Some(user) => {
                     let sealed =
                         gateway
@@ -397,7 +450,12 @@ async fn endpoint(
                     see_other(&return_to, cookie)
                 }
                 None => pages::login_link_refused(hostname),
+            };
+            // The state is used up either way.
+            if let Ok(value) = HeaderValue::from_str(&state_cookie("", 0, scheme)) {
+                response.headers_mut().append(SET_COOKIE, value);
             }
+            response
         }
         (Method::GET | Method::POST, "logout") => {
             let mut response = pages::logged_out(hostname);

@@ -225,6 +225,11 @@ pub struct Assertion {
     pub expires: u64,
     /// Random; a gateway accepts each nonce once.
     pub nonce: String,
+    /// The login's state: a random value the gateway gave, as a cookie, to the browser that
+    /// began the login. The gateway redeems the assertion only from that browser, so a
+    /// leaked login link is of no use elsewhere, on any gateway.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// Who a session cookie says logged in.
@@ -413,6 +418,7 @@ mod tests {
             user: alice(),
             expires: 1030,
             nonce: "n1".into(),
+            state: String::new(),
         };
         let token = sign_assertion(&control, &assertion);
         let verify = |token: &str, host, now| verify_assertion(&public, token, host, now);

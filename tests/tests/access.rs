@@ -334,6 +334,41 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
         replay.request(&forged, &["--resolve", &resolve(0)]).status,
         403
     );
+    // A login link is bound to the browser that began the login: another browser cannot
+    // redeem it on any gateway, even before its owner did; the owner still can.
+    let gateway1 = |link: &str| {
+        link.replace(
+            &gateway0,
+            &format!("http://app.localhost:{}/.kakuremichi/callback?", ports[1]),
+        )
+    };
+    // (Alice is logged in to Control: its /access answers with the link at once.)
+    let link = control_link(&cluster, &alice, 0);
+    assert_eq!(alice.request(&link, &[]).status, 303);
+    let unused = alice.header("location").unwrap();
+    for gateway in 0..2 {
+        let link = if gateway == 0 {
+            unused.clone()
+        } else {
+            gateway1(&unused)
+        };
+        let stolen = replay.request(&link, &["--resolve", &resolve(gateway)]);
+        assert_eq!(
+            stolen.status, 403,
+            "a stranger redeemed a login link on gateway {gateway}"
+        );
+    }
+    assert_eq!(
+        alice
+            .request(&gateway1(&unused), &["--resolve", &resolve(1)])
+            .status,
+        303
+    );
+    // Used once, it is refused on the other gateway too, even to its owner.
+    assert_eq!(
+        alice.request(&unused, &["--resolve", &resolve(0)]).status,
+        403
+    );
     let forged_cookie = "Cookie: km_access=eyJob3N0IjoiYXBwLmxvY2FsaG9zdCJ9.AAAA";
     assert_eq!(get(&cluster, 0, &["-H", forged_cookie]).status, 401);
 
@@ -497,17 +532,9 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
     .unwrap_or_else(|| panic!("session survived key rotation\n{}", cluster.logs()));
 }
 
-/// Log `client` in to the tunnel app.localhost through gateway `gateway` with Control's
-/// login as `name`: the answer of Control's `/access`, which sends the browser back with an
-/// assertion (or refuses).
-fn log_in(
-    cluster: &Cluster,
-    client: &Client,
-    gateway: usize,
-    name: &str,
-    password: &str,
-) -> Answer {
-    let control_origin = cluster.control_url("");
+/// The link to Control's login on app.localhost's login page through gateway `gateway` (the
+/// page also gives `client` the login's state cookie).
+fn control_link(cluster: &Cluster, client: &Client, gateway: usize) -> String {
     let page = client.browse(
         cluster,
         gateway,
@@ -519,13 +546,25 @@ fn log_in(
         .split("href=\"")
         .nth(1)
         .and_then(|s| s.split('"').next());
-    let control_login = start
+    let link = start
         .expect("a link to Control's login")
         .replace("&amp;", "&");
-    assert!(
-        control_login.starts_with(&format!("{control_origin}/access?")),
-        "{control_login}"
-    );
+    assert!(link.starts_with(&cluster.control_url("/access?")), "{link}");
+    link
+}
+
+/// Log `client` in to the tunnel app.localhost through gateway `gateway` with Control's
+/// login as `name`: the answer of Control's `/access`, which sends the browser back with an
+/// assertion (or refuses).
+fn log_in(
+    cluster: &Cluster,
+    client: &Client,
+    gateway: usize,
+    name: &str,
+    password: &str,
+) -> Answer {
+    let control_origin = cluster.control_url("");
+    let control_login = control_link(cluster, client, gateway);
     let answer = client.request(&control_login, &[]);
     assert_eq!(answer.status, 303);
     let to_login = client.header("location").unwrap();
