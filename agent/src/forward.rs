@@ -9,9 +9,46 @@ use kakuremichi_netstack::{Stack, TcpListener, TcpStream};
 use kakuremichi_proto::ids::Target;
 use kakuremichi_proto::messages::Service;
 use kakuremichi_proto::ports::Transport;
+use kakuremichi_proto::targets::TargetRules;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The agent's own list of targets it forwards to (`ALLOW_TARGETS`), and how many
+/// connections it refused: whatever Control says, nothing outside it is reached.
+pub struct Allowed {
+    pub rules: TargetRules,
+    pub refused: AtomicU64,
+}
+
+impl Allowed {
+    /// Targets checked against `rules`.
+    pub fn new(rules: TargetRules) -> Arc<Allowed> {
+        Arc::new(Allowed {
+            rules,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The first address of `target` the rules admit; a target outside them fails like a
+    /// refused connection (the gateway answers 502), and is counted and logged.
+    pub async fn resolve(&self, target: &Target) -> std::io::Result<SocketAddr> {
+        let addresses = smol::net::resolve((target.host(), target.port())).await?;
+        if let Some(address) = addresses
+            .iter()
+            .find(|a| self.rules.admits(target.host(), **a))
+        {
+            return Ok(*address);
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("{target} ({addresses:?}) is outside this agent's ALLOW_TARGETS or refused by default"),
+        ))
+    }
+}
 
 /// How long to wait for a target to accept, unless its tunnel says otherwise.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,14 +100,16 @@ impl Drop for Running {
 /// The service ports currently listened on.
 pub struct Services {
     stack: Stack,
+    allowed: Arc<Allowed>,
     running: HashMap<u16, Running>,
 }
 
 impl Services {
-    /// No services yet.
-    pub fn new(stack: Stack) -> Self {
+    /// No services yet; targets outside `allowed` are refused.
+    pub fn new(stack: Stack, allowed: Arc<Allowed>) -> Self {
         Services {
             stack,
+            allowed,
             running: HashMap::new(),
         }
     }
@@ -101,6 +140,7 @@ impl Services {
                     let task = smol::spawn(accept_loop(
                         listener,
                         destination.clone(),
+                        self.allowed.clone(),
                         service.tunnel_id.clone(),
                     ));
                     self.running.insert(
@@ -134,6 +174,7 @@ impl Services {
 async fn accept_loop(
     listener: TcpListener,
     destination: Arc<RwLock<Destination>>,
+    allowed: Arc<Allowed>,
     tunnel_id: String,
 ) {
     loop {
@@ -149,7 +190,7 @@ async fn accept_loop(
                 destination.cancelled.clone(),
             )
         };
-        let tunnel_id = tunnel_id.clone();
+        let (tunnel_id, allowed) = (tunnel_id.clone(), allowed.clone());
         // A forwarded connection lives until either side closes it or its target changes.
         smol::spawn(async move {
             let cancel = async {
@@ -157,9 +198,11 @@ async fn accept_loop(
                 Ok(())
             };
             let carried = async {
+                // On refusal the overlay stream is dropped, which closes it.
+                let to = allowed.resolve(&target).await?;
                 match transport {
-                    Transport::Tcp => forward(stream, &target, connect_timeout).await,
-                    Transport::Udp => crate::udp::carry(stream, &target).await,
+                    Transport::Tcp => forward(stream, to, connect_timeout).await,
+                    Transport::Udp => crate::udp::carry(stream, to).await,
                 }
             };
             if let Err(e) = future::or(carried, cancel).await {
@@ -172,10 +215,10 @@ async fn accept_loop(
 
 async fn forward(
     overlay: TcpStream,
-    target: &Target,
+    target: SocketAddr,
     connect_timeout: Duration,
 ) -> std::io::Result<()> {
-    let connect = smol::net::TcpStream::connect((target.host(), target.port()));
+    let connect = smol::net::TcpStream::connect(target);
     let timeout = async {
         Timer::after(connect_timeout).await;
         Err(std::io::Error::new(

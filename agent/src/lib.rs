@@ -55,11 +55,14 @@ pub struct Settings {
     pub wireguard_bind: SocketAddr,
     /// When to carry WireGuard over TCP to a gateway UDP does not reach; `None`: never.
     pub tcp_fallback: Option<fallback::Timing>,
+    /// The targets this agent forwards to (`ALLOW_TARGETS`).
+    pub allow_targets: kakuremichi_proto::targets::TargetRules,
 }
 
 /// A running agent's shared state.
 pub struct Agent {
     stack: Stack,
+    allowed: Arc<forward::Allowed>,
     config_version: AtomicU64,
     service_count: AtomicUsize,
     link: LinkState,
@@ -74,6 +77,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_endpoint: None,
         ports: None,
         https_port: None,
+        allow_targets: Some(settings.allow_targets.text().to_string()),
     })
     .await?;
     let status_listener =
@@ -82,8 +86,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             source,
         })?;
     let (stack, snapshots) = (node.stack, node.snapshots);
+    let allowed = forward::Allowed::new(settings.allow_targets.clone());
     let agent = Arc::new(Agent {
         stack: stack.clone(),
+        allowed: allowed.clone(),
         config_version: AtomicU64::new(0),
         service_count: AtomicUsize::new(0),
         link: LinkState::default(),
@@ -103,7 +109,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         }
     };
     let apply_loop = async {
-        let mut services = forward::Services::new(stack.clone());
+        let mut services = forward::Services::new(stack.clone(), allowed);
         loop {
             let snapshot = snapshots.take().await;
             let mut peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;

@@ -39,6 +39,11 @@ struct Args {
     /// a TCP/TLS carrier (default 10); one unanswered for 3 s counts as no session
     #[argh(option, default = "10")]
     path_check: u64,
+    /// targets this agent may forward to, whatever Control says: addresses, networks, host
+    /// names or *, each with :PORT or :FIRST-LAST, comma-separated (or env ALLOW_TARGETS;
+    /// default any, but link-local and cloud metadata addresses and the status port)
+    #[argh(option)]
+    allow_targets: Option<String>,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -60,7 +65,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Healthcheck(_)) = args.command {
         kakuremichi_rt::stop::healthcheck_and_exit(args.status_listen);
     }
+    let allow_targets = args
+        .allow_targets
+        .or_else(|| std::env::var("ALLOW_TARGETS").ok())
+        .unwrap_or_default();
+    let allow_targets =
+        kakuremichi_proto::targets::TargetRules::parse(&allow_targets, Some(args.status_listen))?;
+    if !allow_targets.text().is_empty() {
+        log::info!("forwarding only to ALLOW_TARGETS {}", allow_targets.text());
+    }
     let settings = kakuremichi_agent::Settings {
+        allow_targets,
         control: ControlSettings::from_flags_or_env(
             args.control_url,
             args.api_key,

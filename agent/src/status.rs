@@ -47,6 +47,11 @@ fn metrics(agent: &Agent) -> String {
             peers.iter().map(|p| p.tx_bytes).sum(),
         ),
         ("tcp_sockets", "gauge", agent.stack.socket_count() as u64),
+        (
+            "refused_targets_total",
+            "counter",
+            agent.allowed.refused.load(Ordering::Relaxed),
+        ),
     ];
     let mut text: String = lines
         .iter()

@@ -6,7 +6,6 @@ use async_io::Async;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use kakuremichi_netstack::TcpStream;
 use kakuremichi_proto::datagrams::{self, Frame};
-use kakuremichi_proto::ids::Target;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -23,13 +22,9 @@ struct Flow {
     _replies: smol::Task<()>,
 }
 
-/// Carry datagrams between the gateway and `target` until the gateway closes the carrier.
-pub async fn carry(overlay: TcpStream, target: &Target) -> io::Result<()> {
-    let to = smol::net::resolve((target.host(), target.port()))
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the target has no address"))?;
+/// Carry datagrams between the gateway and the target at `to` until the gateway closes the
+/// carrier.
+pub async fn carry(overlay: TcpStream, to: std::net::SocketAddr) -> io::Result<()> {
     let (mut reader, mut writer) = futures_lite::io::split(overlay);
     let (replies, outgoing) = async_channel::bounded::<Vec<u8>>(REPLY_QUEUE);
     let send = async {

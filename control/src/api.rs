@@ -697,6 +697,7 @@ fn node_json(control: &Control, state: &State, node: &NodeRecord) -> Value {
         "overlay_ip": node.overlay_ip.to_string(),
         "public_key": node.public_key.map(|k| k.to_string()),
         "version": node.version,
+        "allow_targets": node.allow_targets,
         "enabled": !node.disabled,
         "online": presence.online,
         "health": health.as_str(),

@@ -27,24 +27,40 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
             ),
         });
     }
+    // Agents forward only to what their owner lists (empty: anything but link-local and
+    // cloud metadata addresses); each snippet shows where the list goes.
+    let agent = kind == "agent";
+    let (shell_allow, compose_allow, uci_allow, env_allow) = match agent {
+        true => (
+            "ALLOW_TARGETS= ",
+            "      ALLOW_TARGETS: \"\"  # what it may forward to, e.g. \"app:3000,192.168.1.0/24:80\"\n",
+            format!("uci set kakuremichi.{kind}.allow_targets=''  # e.g. '127.0.0.1:8080,192.168.1.0/24:80'\n"),
+            "ALLOW_TARGETS=%s\\n",
+        ),
+        false => ("", "", String::new(), ""),
+    };
+    let env_values = match agent {
+        true => format!("'{control_url}' '{api_key}' ''"),
+        false => format!("'{control_url}' '{api_key}'"),
+    };
     snippets.extend([
         Snippet {
             key: "shell",
             title: "Shell",
-            text: format!("CONTROL_URL={control_url} API_KEY={api_key} {binary}"),
+            text: format!("CONTROL_URL={control_url} API_KEY={api_key} {shell_allow}{binary}"),
         },
         Snippet {
             key: "docker_compose",
             title: "docker-compose",
             text: format!(
-                "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {control_url}\n      API_KEY: {api_key}\n"
+                "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {control_url}\n      API_KEY: {api_key}\n{compose_allow}"
             ),
         },
         Snippet {
             key: "openwrt_uci",
             title: "OpenWrt (UCI)",
             text: format!(
-                "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.enabled='1'\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\nuci commit kakuremichi\n/etc/init.d/kakuremichi restart"
+                "uci set kakuremichi.{kind}=kakuremichi\nuci set kakuremichi.{kind}.enabled='1'\nuci set kakuremichi.{kind}.control_url='{control_url}'\nuci set kakuremichi.{kind}.api_key='{api_key}'\n{uci_allow}uci commit kakuremichi\n/etc/init.d/kakuremichi restart"
             ),
         },
         // The key goes into a root-only environment file: a unit file is readable by every
@@ -53,7 +69,7 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
             key: "systemd",
             title: "systemd unit (run as root)",
             text: format!(
-                "install -d -m 0700 /etc/kakuremichi\n(umask 077; printf 'CONTROL_URL=%s\\nAPI_KEY=%s\\n' '{control_url}' '{api_key}' > /etc/kakuremichi/{kind}.env)\ncat > /etc/systemd/system/{binary}.service <<'EOF'\n[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironmentFile=/etc/kakuremichi/{kind}.env\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\nStateDirectoryMode=0700\n\n[Install]\nWantedBy=multi-user.target\nEOF\nsystemctl daemon-reload && systemctl enable --now {binary}\n"
+                "install -d -m 0700 /etc/kakuremichi\n(umask 077; printf 'CONTROL_URL=%s\\nAPI_KEY=%s\\n{env_allow}' {env_values} > /etc/kakuremichi/{kind}.env)\ncat > /etc/systemd/system/{binary}.service <<'EOF'\n[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironmentFile=/etc/kakuremichi/{kind}.env\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\nStateDirectoryMode=0700\n\n[Install]\nWantedBy=multi-user.target\nEOF\nsystemctl daemon-reload && systemctl enable --now {binary}\n"
             ),
         },
     ]);

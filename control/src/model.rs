@@ -36,6 +36,10 @@ pub struct NodeRecord {
     /// Gateways: the public HTTPS port, for agents' WireGuard over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_port: Option<u16>,
+    /// Agents: the `ALLOW_TARGETS` they reported (empty: any target but those refused by
+    /// default); `None` until an agent that reports one says hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_targets: Option<String>,
     /// The node process's instance, from its last hello.
     #[serde(default)]
     pub instance: u64,
@@ -76,6 +80,7 @@ impl NodeRecord {
             version: None,
             wireguard_endpoint: None,
             https_port: None,
+            allow_targets: None,
             instance: 0,
             disabled: false,
             port_policy: None,

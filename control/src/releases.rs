@@ -68,14 +68,18 @@ const SCRIPT: &str = r#"#!/bin/sh
 #   curl -fsSL @CONTROL_URL@/install.sh | sh -s -- API_KEY
 # Installs the agent for this machine's architecture (checked against its SHA-256), then a
 # systemd unit or, on OpenWrt, a procd service with CONTROL_URL and the key, and starts it.
-# ROOT (default /) installs into another root, e.g. for an image.
+# ROOT (default /) installs into another root, e.g. for an image. ALLOW_TARGETS (e.g.
+#   curl -fsSL @CONTROL_URL@/install.sh | ALLOW_TARGETS=127.0.0.1:8080 sh -s -- API_KEY)
+# limits what the agent forwards to, whatever Control asks.
 set -eu
 CONTROL_URL=@CONTROL_URL@
 API_KEY=${1:-${API_KEY:-}}
+ALLOW_TARGETS=${ALLOW_TARGETS:-}
 ROOT=${ROOT:-}
 fail() { echo "kakuremichi install: $*" >&2; exit 1; }
 [ -n "$API_KEY" ] || fail "pass the agent's API key: curl -fsSL $CONTROL_URL/install.sh | sh -s -- kmk_..."
 case "$API_KEY" in *[!A-Za-z0-9_-]*) fail "the API key has characters an API key never has" ;; esac
+case "$ALLOW_TARGETS" in *[!A-Za-z0-9.:/,*\[\]-]*) fail "ALLOW_TARGETS holds characters a target list never has" ;; esac
 arch=$(uname -m)
 case "$arch" in
 @SUMS@    *) fail "Control has no agent for $arch (it serves: @ARCHES@)" ;;
@@ -98,7 +102,7 @@ start_service() {
 	. /etc/kakuremichi/env
 	procd_open_instance
 	procd_set_param command /usr/bin/kakuremichi-agent --state-dir /etc/kakuremichi
-	procd_set_param env CONTROL_URL="$CONTROL_URL" API_KEY="$API_KEY"
+	procd_set_param env CONTROL_URL="$CONTROL_URL" API_KEY="$API_KEY" ALLOW_TARGETS="$ALLOW_TARGETS"
 	procd_set_param respawn 3600 5 0
 	procd_set_param stderr 1
 	procd_close_instance
@@ -107,14 +111,14 @@ INIT
     chmod 0755 "$ROOT/etc/init.d/kakuremichi"
     mkdir -p "$ROOT/etc/kakuremichi"
     umask 077
-    printf 'CONTROL_URL=%s\nAPI_KEY=%s\n' "$CONTROL_URL" "$API_KEY" >"$ROOT/etc/kakuremichi/env"
+    printf 'CONTROL_URL=%s\nAPI_KEY=%s\nALLOW_TARGETS=%s\n' "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/kakuremichi/env"
     [ -n "$ROOT" ] || { /etc/init.d/kakuremichi enable; /etc/init.d/kakuremichi restart; }
     echo "kakuremichi agent installed as a procd service (logread shows its log)"
     exit 0
 fi
 install -D -m 0755 "$tmp" "$ROOT/usr/local/bin/kakuremichi-agent"
 mkdir -p "$ROOT/etc/kakuremichi" "$ROOT/etc/systemd/system"
-( umask 077; printf 'CONTROL_URL=%s\nAPI_KEY=%s\n' "$CONTROL_URL" "$API_KEY" >"$ROOT/etc/kakuremichi/agent.env" )
+( umask 077; printf 'CONTROL_URL=%s\nAPI_KEY=%s\nALLOW_TARGETS=%s\n' "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/kakuremichi/agent.env" )
 cat >"$ROOT/etc/systemd/system/kakuremichi-agent.service" <<'UNIT'
 [Unit]
 Description=kakuremichi agent

@@ -326,16 +326,17 @@ impl Store {
         } else {
             None
         };
-        let (port_policy, https_port) = match node.kind {
-            NodeKind::Gateway => (hello.ports.clone(), hello.https_port),
-            NodeKind::Agent => (None, None),
+        let (port_policy, https_port, allow_targets) = match node.kind {
+            NodeKind::Gateway => (hello.ports.clone(), hello.https_port, None),
+            NodeKind::Agent => (None, None, hello.allow_targets.clone()),
         };
         let unchanged = node.public_key == Some(public_key)
             && node.version.as_deref() == Some(version)
             && node.wireguard_endpoint == endpoint
             && node.instance == hello.instance
             && node.port_policy == port_policy
-            && node.https_port == https_port;
+            && node.https_port == https_port
+            && node.allow_targets == allow_targets;
         if unchanged {
             return Ok(false);
         }
@@ -358,6 +359,7 @@ impl Store {
             node.instance = hello.instance;
             node.port_policy = port_policy;
             node.https_port = https_port;
+            node.allow_targets = allow_targets;
             put(&s.nodes, wtxn, id, &node)?;
             Ok(true)
         })

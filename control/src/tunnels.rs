@@ -7,6 +7,7 @@ use crate::model::{NodeRecord, Replica, TunnelRecord, FIRST_SERVICE_PORT};
 use kakuremichi_proto::ids::{NodeKind, Target};
 use kakuremichi_proto::messages::{OriginOptions, OriginTls};
 use kakuremichi_proto::ports::{PortRange, Transport, MAX_TUNNEL_PORTS};
+use kakuremichi_proto::targets::TargetRules;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -505,6 +506,37 @@ pub fn allocate_service_ports(
     first_free_from(cursor).or_else(|| first_free_from(u32::from(FIRST_SERVICE_PORT)))
 }
 
+/// Each agent's target is inside the `ALLOW_TARGETS` the agent reported (the agent refuses
+/// the rest anyway; this says why before anyone finds a 502).
+fn check_allowed_targets(tunnel: &TunnelRecord, nodes: &[NodeRecord]) -> Result<(), Error> {
+    for (agent_id, target) in tunnel.agents() {
+        let reported = nodes
+            .iter()
+            .find(|n| n.id == agent_id)
+            .and_then(|agent| Some((agent, agent.allow_targets.as_deref()?)));
+        let Some((agent, text)) = reported else {
+            continue;
+        };
+        let rules = TargetRules::parse(text, None).unwrap_or_default();
+        let last = target.port().saturating_add(tunnel.port_count() - 1);
+        if let Some(port) = (target.port()..=last).find(|&p| !rules.may_allow(target.host(), p)) {
+            let list = match text {
+                "" => "any but link-local and cloud metadata addresses".to_string(),
+                list => list.to_string(),
+            };
+            return Err(Error::invalid(
+                "target",
+                format!(
+                    "{}:{port} is outside agent {}'s ALLOW_TARGETS ({list})",
+                    target.host(),
+                    agent.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The most agents one tunnel may have.
 pub const MAX_AGENTS: usize = 8;
 
@@ -647,6 +679,7 @@ pub fn check(
         }
     }
     check_replicas(tunnel)?;
+    check_allowed_targets(tunnel, nodes)?;
     tunnel.origin.check(tunnel.kind)?;
     if tunnel.proxy_protocol.is_some() && !matches!(tunnel.kind, TunnelKind::Tcp | TunnelKind::Tls)
     {

@@ -294,6 +294,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
         ports: Some(settings.ports.policy.clone()),
         https_port: Some(settings.https_public_port),
+        allow_targets: None,
     })
     .await?;
     let http = listen(settings.http_listen)?;

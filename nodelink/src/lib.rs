@@ -23,26 +23,22 @@ pub mod unverified;
 
 use kakuremichi_proto::ids::PublicKey;
 use kakuremichi_proto::messages::Hello;
-use kakuremichi_proto::ports::PortPolicy;
 
 /// The hello a node sends: its public key, version, a fresh instance number for this process,
-/// and (gateways) its WireGuard endpoint and port policy.
-pub fn hello(
-    private_key: &[u8; 32],
-    wireguard_endpoint: Option<String>,
-    ports: Option<PortPolicy>,
-    https_port: Option<u16>,
-) -> Hello {
+/// (gateways) its WireGuard endpoint, port policy and HTTPS port, and (agents) its
+/// `ALLOW_TARGETS`.
+pub fn hello(private_key: &[u8; 32], settings: &crate::node::NodeSettings) -> Hello {
     let mut instance = [0u8; 8];
     // Without randomness the instance is 0; peers then only miss the fast re-handshake.
     let _ = getrandom::fill(&mut instance);
     Hello {
         public_key: PublicKey(kakuremichi_netstack::public_key_of(private_key)),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        wireguard_endpoint,
+        wireguard_endpoint: settings.wireguard_endpoint.clone(),
         instance: u64::from_le_bytes(instance),
-        ports,
-        https_port,
+        ports: settings.ports.clone(),
+        https_port: settings.https_port,
+        allow_targets: settings.allow_targets.clone(),
     }
 }
 

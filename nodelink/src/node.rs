@@ -92,6 +92,8 @@ pub struct NodeSettings<'a> {
     pub ports: Option<PortPolicy>,
     /// Gateways: the public HTTPS port (see [`kakuremichi_proto::messages::Hello::https_port`]).
     pub https_port: Option<u16>,
+    /// Agents: their `ALLOW_TARGETS`, as Control shows and checks tunnels against it.
+    pub allow_targets: Option<String>,
 }
 
 /// A started node, not yet talking to Control.
@@ -143,12 +145,7 @@ pub async fn start(settings: NodeSettings<'_>) -> Result<Node, Error> {
         );
         snapshots.put(cached);
     }
-    let hello = crate::hello(
-        &private_key,
-        settings.wireguard_endpoint,
-        settings.ports,
-        settings.https_port,
-    );
+    let hello = crate::hello(&private_key, &settings);
     let tls = Some(crate::link::tls_connector(
         settings.control.control_ca.as_deref(),
     )?);

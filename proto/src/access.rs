@@ -123,6 +123,16 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The network's address as written.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// Whether the network is `ip` alone (a /32 or /128).
+    pub fn is_single(&self, ip: IpAddr) -> bool {
+        self.network == ip && self.prefix == if ip.is_ipv4() { 32 } else { 128 }
+    }
+
     /// Whether `ip` is inside the network. An IPv4 client seen as an IPv4-mapped IPv6
     /// address counts as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -12,6 +12,7 @@
 //! - [`ports`]: public port ranges of `tcp`/`udp` tunnels and which ports a gateway allows.
 //! - [`proxy_protocol`]: the PROXY v1/v2 header that tells an origin the client's address.
 //! - [`datagrams`]: how a `udp` tunnel's datagrams travel between gateway and agent.
+//! - [`targets`]: which targets an agent forwards to (`ALLOW_TARGETS`).
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
 //!
@@ -32,6 +33,7 @@ pub mod messages;
 pub mod path;
 pub mod ports;
 pub mod proxy_protocol;
+pub mod targets;
 pub mod throttle;
 
 /// Why an identifier or a message was rejected. Always the sender's fault.

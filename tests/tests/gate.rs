@@ -584,3 +584,78 @@ fn control_refuses_rebound_forms_and_keeps_its_counters_to_token_holders() {
     );
     assert!(cluster.control_metrics().contains("kakuremichi_control_"));
 }
+
+#[test]
+fn an_agent_forwards_only_to_its_allowed_targets_whatever_control_asks() {
+    let mut cluster = Cluster::new("gate-allow-targets");
+    let allowed = Origin::start("allowed");
+    let other = Origin::start("other");
+    cluster.add_gateway();
+    let listed = cluster.add_agent();
+    cluster.agents[listed].set_env("ALLOW_TARGETS", &allowed.addr.to_string());
+    cluster.agents[listed].restart();
+    let open = cluster.add_agent();
+    let (listed_id, open_id) = (
+        cluster.agents[listed].id.clone(),
+        cluster.agents[open].id.clone(),
+    );
+    wait_for(Duration::from_secs(10), || {
+        let agent = cluster
+            .api("GET", &format!("/api/v1/agents/{listed_id}"), None)
+            .json();
+        (agent["allow_targets"] == allowed.addr.to_string() && agent["online"] == true)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the agent's ALLOW_TARGETS never reached Control\n{}",
+            cluster.logs()
+        )
+    });
+    cluster.create_tunnel("allowed.localhost", listed, &allowed.addr.to_string());
+    cluster
+        .wait_until(0, "allowed.localhost", Duration::from_secs(15), |a| {
+            a.status == 200
+        })
+        .unwrap_or_else(|| panic!("allowed target not served\n{}", cluster.logs()));
+
+    // Control refuses, with the reason, a tunnel outside the list and the metadata address.
+    let create = |agent: &str, hostname: &str, target: &str| {
+        let body = serde_json::json!({"hostname": hostname, "agent": agent, "target": target, "issuer": "none"});
+        cluster.api("POST", "/api/v1/tunnels", Some(&body.to_string()))
+    };
+    let refused = create(&listed_id, "other.localhost", &other.addr.to_string());
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("ALLOW_TARGETS"), "{}", refused.body);
+    let metadata = create(&open_id, "metadata.localhost", "169.254.169.254:80");
+    assert_eq!(metadata.status, 400, "{}", metadata.body);
+    assert!(metadata.body.contains("link-local"), "{}", metadata.body);
+
+    // What Control cannot know, the agent refuses itself: its own status port answers like a
+    // refused connection (502), and is counted.
+    let status = format!("127.0.0.1:{}", cluster.agents[open].admin_port);
+    let answer = create(&open_id, "status.localhost", &status);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    cluster
+        .wait_until(0, "status.localhost", Duration::from_secs(15), |a| {
+            a.status == 502
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the status port was reached or never refused\n{}",
+                cluster.logs()
+            )
+        });
+    let answer = cluster.get(0, "status.localhost", "/metrics");
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert!(
+        !answer.body.contains("kakuremichi_agent"),
+        "{}",
+        answer.body
+    );
+    let refused_count = metric(
+        &cluster.agents[open].metrics(),
+        "kakuremichi_agent_refused_targets_total",
+    );
+    assert!(refused_count.unwrap_or(0.0) >= 1.0, "{refused_count:?}");
+}

@@ -45,6 +45,20 @@ pub struct Row {
     pub health: (Health, String),
     /// Public keys of the peers it has a live WireGuard session with.
     pub live_peers: Vec<String>,
+    /// Agents: what they forward to, in words.
+    pub allow_targets: String,
+}
+
+/// An agent's `ALLOW_TARGETS`, as its page says it.
+fn allowed_targets_in_words(reported: Option<&str>) -> String {
+    match reported {
+        None => "not reported (the agent is older or has not connected)".into(),
+        Some("") => {
+            "any target but link-local and cloud metadata addresses and its own status port (no ALLOW_TARGETS)"
+                .into()
+        }
+        Some(list) => list.replace(',', ", "),
+    }
 }
 
 pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
@@ -98,6 +112,7 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
             .as_ref()
             .map(|s| s.live_peers.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
+        allow_targets: allowed_targets_in_words(node.allow_targets.as_deref()),
     }
 }
 
@@ -176,6 +191,9 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                     }
                     dt { "Public key" } dd { code { (row.public_key.as_deref().unwrap_or("not yet known: the node has not connected")) } }
                     dt { "Version" } dd { (row.version) }
+                    @if detail.kind == NodeKind::Agent {
+                        dt { "Forwards to" } dd { (row.allow_targets) }
+                    }
                     @if let Some(status) = &row.status {
                         dt { "WireGuard peers up" } dd { (status.peers_up) }
                         dt { "Traffic" } dd { (bytes(status.rx_bytes)) " in, " (bytes(status.tx_bytes)) " out" }
