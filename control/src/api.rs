@@ -5,7 +5,9 @@ use crate::access::TunnelAccess;
 use crate::auth::{password, Role, UserRecord};
 use crate::error::Error;
 use crate::fleet::GatewayChoice;
-use crate::model::{CertRecord, Issuer, NodeRecord, Replica, State, TokenRecord, TunnelRecord};
+use crate::model::{
+    CertRecord, Issuer, NodeRecord, Replica, State, TokenRecord, TokenScope, TunnelRecord,
+};
 use crate::store::{NewTunnel, TunnelPatch};
 use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
@@ -56,14 +58,19 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         return Ok((200, crate::openapi::document(&control.public_url)));
     }
     let token = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
-    match token {
-        Some(token) if control.store.token_is_valid(token)? => {}
-        Some(_) => return Err(Error::Unauthorized("unknown API token")),
+    let scope = match token {
+        Some(token) => control
+            .store
+            .token_scope(token)?
+            .ok_or(Error::Unauthorized("unknown API token"))?,
         None => {
             return Err(Error::Unauthorized(
                 "send Authorization: Bearer <token> (kakuremichi-control token create)",
             ))
         }
+    };
+    if scope == TokenScope::Read && request.method() != Method::GET {
+        return Err(Error::Forbidden("this token may only read"));
     }
     let path = request.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').skip(3).collect(); // "", "api", "v1"
@@ -534,8 +541,12 @@ fn create_token(control: &Control, mut fields: Fields) -> Result<(u16, Value), E
     let expires_at = fields
         .number("expires_days")?
         .map(|days| crate::auth::unix_now() + days.min(3650) * 86_400);
+    let scope = match fields.string("scope")? {
+        Some(text) => TokenScope::parse(&text)?,
+        None => TokenScope::Admin,
+    };
     fields.finish()?;
-    let (record, token) = control.store.create_token(&name, expires_at)?;
+    let (record, token) = control.store.create_token(&name, expires_at, scope)?;
     let mut body = token_json(&record);
     body["token"] = json!(token);
     Ok((201, body))
@@ -547,6 +558,7 @@ fn token_json(token: &TokenRecord) -> Value {
         "name": token.name,
         "created_at": token.created_at,
         "expires_at": token.expires_at,
+        "scope": token.scope.as_str(),
     })
 }
 

@@ -15,6 +15,9 @@ pub enum Error {
     /// Missing or wrong credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// Right credentials that may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// The operator's configuration is wrong.
     #[error("configuration: {0}")]
     Config(String),
@@ -60,6 +63,7 @@ impl Error {
         match self {
             Error::Invalid { .. } => 400,
             Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::Config(_) | Error::Store(_) | Error::Io { .. } => 500,

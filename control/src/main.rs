@@ -290,13 +290,16 @@ enum TokenAction {
     Create(TokenCreate),
 }
 
-/// create an admin API token and print it
+/// create an API token and print it
 #[derive(FromArgs)]
 #[argh(subcommand, name = "create")]
 struct TokenCreate {
     /// a name to remember the token by
     #[argh(option, default = "String::from(\"cli\")")]
     name: String,
+    /// a token that may only read (the API's GET routes and /metrics), for monitoring
+    #[argh(switch)]
+    read_only: bool,
 }
 
 /// The node kinds of `--join`.
@@ -466,7 +469,11 @@ fn main() -> anyhow::Result<()> {
             action: TokenAction::Create(create),
         })) => {
             let store = kakuremichi_control::store::Store::open(&args.data_dir, args.overlay_cidr)?;
-            println!("{}", store.create_token(&create.name, None)?.1);
+            let scope = match create.read_only {
+                true => kakuremichi_control::model::TokenScope::Read,
+                false => kakuremichi_control::model::TokenScope::Admin,
+            };
+            println!("{}", store.create_token(&create.name, None, scope)?.1);
         }
     }
     Ok(())

@@ -21,6 +21,7 @@ fn operation(summary: &str, request: Option<Value>, created: bool) -> Value {
             status: { "description": "done", "content": { "application/json": {} } },
             "400": { "description": "bad input; `field` names the field" },
             "401": { "description": "no or unknown token" },
+            "403": { "description": "a read-only token may not change anything" },
         }
     });
     if let Some(request) = request {
@@ -148,6 +149,7 @@ pub fn document(server: &str) -> Value {
                 "get": operation("admin API tokens (never the tokens themselves)", None, false),
                 "post": operation("create a token; the token, once", Some(object(json!({
                     "name": string, "expires_days": { "type": "integer", "minimum": 0 },
+                    "scope": { "enum": ["admin", "read"] },
                 }), &["name"])), true),
             },
             "/tokens/{id}": {

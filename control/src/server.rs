@@ -56,9 +56,9 @@ async fn route(
         (&Method::GET, "/metrics") => match crate::auth::bearer(
             request.headers().get(hyper::header::AUTHORIZATION),
         )
-        .map(|token| control.store.token_is_valid(token))
+        .map(|token| control.store.token_scope(token))
         {
-            Some(Ok(true)) => metrics(&control),
+            Some(Ok(Some(_))) => metrics(&control),
             Some(Err(e)) => api::error_response(&e),
             _ => api::error_response(&Error::Unauthorized(
                 "send Authorization: Bearer <token> (kakuremichi-control token create)",

@@ -587,6 +587,7 @@ impl Store {
         &self,
         name: &str,
         expires_at: Option<u64>,
+        scope: crate::model::TokenScope,
     ) -> Result<(TokenRecord, String), Error> {
         crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
         let token = auth::new_secret("kmt");
@@ -595,17 +596,19 @@ impl Store {
             name: name.to_string(),
             created_at: auth::unix_now(),
             expires_at,
+            scope,
         };
         self.write_accounts(|s, wtxn| put(&s.tokens, wtxn, &auth::hash_secret(&token), &record))?;
         Ok((record, token))
     }
 
-    /// Whether `token` is a live admin API token.
-    pub fn token_is_valid(&self, token: &str) -> Result<bool, Error> {
+    /// What `token` may do, if it is a live API token.
+    pub fn token_scope(&self, token: &str) -> Result<Option<crate::model::TokenScope>, Error> {
         let rtxn = self.env.read_txn()?;
         Ok(
             get::<TokenRecord>(&self.tokens, &rtxn, &auth::hash_secret(token))?
-                .is_some_and(|record| record.is_live(auth::unix_now())),
+                .filter(|record| record.is_live(auth::unix_now()))
+                .map(|record| record.scope),
         )
     }
 

@@ -1493,7 +1493,11 @@ fn create_token(control: &Control, request: &Request<()>, form: Form) -> Respons
         .parse::<u64>()
         .ok()
         .map(|days| auth::unix_now() + days.min(3650) * 86_400);
-    match control.store.create_token(name, expires_at) {
+    let scope = match text(&form, "scope") {
+        "read" => crate::model::TokenScope::Read,
+        _ => crate::model::TokenScope::Admin,
+    };
+    match control.store.create_token(name, expires_at, scope) {
         Ok((record, token)) => {
             let mut response = html(
                 201,

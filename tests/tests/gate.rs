@@ -659,3 +659,43 @@ fn an_agent_forwards_only_to_its_allowed_targets_whatever_control_asks() {
     );
     assert!(refused_count.unwrap_or(0.0) >= 1.0, "{refused_count:?}");
 }
+
+#[test]
+fn a_read_only_token_reads_and_changes_nothing() {
+    let cluster = Cluster::new("gate-token-scopes");
+    let made = cluster.api(
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"grafana","scope":"read"}"#),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    assert_eq!(made.json()["scope"], "read");
+    let token = made.json()["token"].as_str().unwrap().to_string();
+    let bearer = format!("Authorization: Bearer {token}");
+    let call = |method: &str, path: &str, body: &str| {
+        let url = cluster.control_url(path);
+        curl(&["-X", method, "-H", &bearer, "--data", body, &url])
+    };
+    assert_eq!(
+        curl(&["-H", &bearer, &cluster.control_url("/api/v1/tunnels")]).status,
+        200
+    );
+    assert_eq!(
+        curl(&["-H", &bearer, &cluster.control_url("/metrics")]).status,
+        200
+    );
+    for (method, path, body) in [
+        ("POST", "/api/v1/agents", r#"{"name":"sneaky"}"#),
+        ("POST", "/api/v1/tokens", r#"{"name":"escalate"}"#),
+        ("PATCH", "/api/v1/users/usr_x", r#"{"role":"admin"}"#),
+        ("DELETE", "/api/v1/tokens/tok_x", ""),
+        ("POST", "/api/v1/access/rotate-keys", ""),
+    ] {
+        let answer = call(method, path, body);
+        assert_eq!(answer.status, 403, "{method} {path}: {}", answer.body);
+    }
+    let agents = cluster.api("GET", "/api/v1/agents", None).json();
+    assert_eq!(agents.as_array().map(Vec::len), Some(0), "{agents}");
+    let tokens = cluster.api("GET", "/api/v1/tokens", None).json();
+    assert_eq!(tokens.as_array().map(Vec::len), Some(2), "{tokens}");
+}

@@ -2,7 +2,7 @@
 
 use super::{ago, field, layout};
 use crate::auth::UserRecord;
-use crate::model::TokenRecord;
+use crate::model::{TokenRecord, TokenScope};
 use maud::{html, Markup};
 
 pub fn list_page(
@@ -17,15 +17,21 @@ pub fn list_page(
         Some((user, csrf)),
         html! {
             h1 { "API tokens" }
-            p.muted { "A token can do everything an administrator can through " code { "/api/v1" } "." }
+            p.muted { "A full token can do everything an administrator can through " code { "/api/v1" } "; a read-only token can only read it and " code { "/metrics" } "." }
             @if !tokens.is_empty() {
                 div.card.table {
                     table {
-                        thead { tr { th { "Name" } th { "Created" } th { "Expires" } th { "" } } }
+                        thead { tr { th { "Name" } th { "Access" } th { "Created" } th { "Expires" } th { "" } } }
                         tbody {
                             @for token in tokens {
                                 tr {
                                     td data-label="Name" { (token.name) }
+                                    td data-label="Access" {
+                                        @match token.scope {
+                                            TokenScope::Admin => { "full" }
+                                            TokenScope::Read => { "read only" }
+                                        }
+                                    }
                                     td data-label="Created" { (ago(token.created_at, now)) }
                                     td data-label="Expires" {
                                         @match token.expires_at {
@@ -51,6 +57,13 @@ pub fn list_page(
                 form method="post" action="/tokens/new" {
                     input type="hidden" name="csrf" value=(csrf);
                     (field("Name (what uses it)", "name", "text", "", error, "off"))
+                    label.field {
+                        span { "Access" }
+                        select name="scope" {
+                            option value="admin" selected { "full (everything an administrator can)" }
+                            option value="read" { "read only (monitoring, /metrics)" }
+                        }
+                    }
                     label.field {
                         span { "Expires" }
                         select name="expires_days" {
