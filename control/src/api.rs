@@ -26,8 +26,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Answer one `/api/v1/…` request.
 pub async fn handle(control: &Control, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_string();
     match route(control, request).await {
         Ok((status, body)) => json_response(status, &body),
+        Err(Error::MethodNotAllowed) => {
+            let mut response = error_response(&Error::MethodNotAllowed);
+            let allowed = crate::openapi::allowed_methods(&path).join(", ");
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&allowed) {
+                response.headers_mut().insert(hyper::header::ALLOW, value);
+            }
+            response
+        }
         Err(e) => error_response(&e),
     }
 }
@@ -203,7 +212,7 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         (
             _,
             ["agents" | "gateways" | "tunnels" | "certificates" | "tokens" | "users" | "access", ..],
-        ) => Err(Error::invalid("method", "not allowed on this resource")),
+        ) => Err(Error::MethodNotAllowed),
         _ => Err(Error::not_found("endpoint", &path)),
     }
 }
@@ -666,7 +675,7 @@ async fn change_node(
             control.store.delete_node(id)?;
             (200, json!({ "deleted": id }))
         }
-        _ => return Err(Error::invalid("method", "not allowed on this resource")),
+        _ => return Err(Error::MethodNotAllowed),
     };
     control.hub.notify_all();
     Ok((status, body))

@@ -18,6 +18,9 @@ pub enum Error {
     /// Right credentials that may not do this.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// The resource exists but not with this method.
+    #[error("method not allowed here")]
+    MethodNotAllowed,
     /// The operator's configuration is wrong.
     #[error("configuration: {0}")]
     Config(String),
@@ -64,6 +67,7 @@ impl Error {
             Error::Invalid { .. } => 400,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
+            Error::MethodNotAllowed => 405,
             Error::NotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::Config(_) | Error::Store(_) | Error::Io { .. } => 500,

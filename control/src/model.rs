@@ -884,7 +884,7 @@ mod cert_tests {
 
 /// Why a name people give (a node's, a token's) is refused: 1 to 64 printable characters.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err("must be 1 to 64 printable characters");
     }
     Ok(())

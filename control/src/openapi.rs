@@ -4,13 +4,47 @@
 
 use serde_json::{json, Value};
 
-/// An object schema with these properties, `required` among them.
+/// An object schema with these properties, `required` among them; the API refuses others.
 fn object(properties: Value, required: &[&str]) -> Value {
-    json!({ "type": "object", "properties": properties, "required": required })
+    json!({
+        "type": "object", "properties": properties, "required": required,
+        "additionalProperties": false,
+    })
 }
 
 fn body(schema: Value) -> Value {
-    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+    // A body with no required field may be left out (`POST /agents` with none enrols one).
+    let required = schema["required"].as_array().is_some_and(|r| !r.is_empty());
+    json!({ "required": required, "content": { "application/json": { "schema": schema } } })
+}
+
+/// The methods the document lists for the path of `/api/v1/…` (for `Allow` on a 405).
+pub fn allowed_methods(path: &str) -> Vec<String> {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| document(""));
+    let wanted: Vec<&str> = path
+        .trim_start_matches("/api/v1")
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == wanted.len()
+            && parts
+                .iter()
+                .zip(&wanted)
+                .all(|(part, got)| part.starts_with('{') || part == got)
+    };
+    let Some(paths) = document["paths"].as_object() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter(|(template, _)| matches(template))
+        .flat_map(|(_, item)| item.as_object().into_iter().flatten())
+        .map(|(method, _)| method.to_ascii_uppercase())
+        .filter(|method| method != "PARAMETERS")
+        .collect()
 }
 
 fn operation(summary: &str, request: Option<Value>, created: bool) -> Value {
@@ -22,6 +56,8 @@ fn operation(summary: &str, request: Option<Value>, created: bool) -> Value {
             "400": { "description": "bad input; `field` names the field" },
             "401": { "description": "no or unknown token" },
             "403": { "description": "a read-only token may not change anything" },
+            "404": { "description": "no such resource; `error` names it" },
+            "409": { "description": "clashes with what exists; `field` names the field" },
         }
     });
     if let Some(request) = request {
@@ -56,12 +92,17 @@ pub fn document(server: &str) -> Value {
     let string = json!({ "type": "string" });
     let boolean = json!({ "type": "boolean" });
     let strings = json!({ "type": "array", "items": { "type": "string" } });
-    let node = object(json!({ "name": string }), &[]);
-    let node_patch = object(json!({ "name": string, "enabled": boolean }), &[]);
+    // What check_name takes: 1 to 64 characters, none a control character.
+    let name = json!({ "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" });
+    let node = object(json!({ "name": { "anyOf": [name, { "type": "null" }] } }), &[]);
+    let node_patch = object(json!({ "name": name, "enabled": boolean }), &[]);
     let gateway_patch = object(
         json!({
-            "name": string, "enabled": boolean, "draining": boolean,
-            "labels": { "type": ["object", "string"], "description": "{\"region\":\"tokyo\"} or \"region=tokyo,…\"" },
+            "name": name, "enabled": boolean, "draining": boolean,
+            "labels": {
+                "anyOf": [{ "type": "object", "additionalProperties": { "type": "string" } }, { "type": "string" }],
+                "description": "{\"region\":\"tokyo\"} or \"region=tokyo,…\"",
+            },
         }),
         &[],
     );
@@ -123,7 +164,7 @@ pub fn document(server: &str) -> Value {
             "/tunnels/{id}/service-tokens": {
                 "parameters": id_parameter(),
                 "get": operation("a tunnel's service tokens (never the tokens themselves)", None, false),
-                "post": operation("a new service token (`Authorization: Bearer kst_…` passes the tunnel's access rules); the token, once", Some(object(json!({ "name": string }), &["name"])), true),
+                "post": operation("a new service token (`Authorization: Bearer kst_…` passes the tunnel's access rules); the token, once", Some(object(json!({ "name": name }), &["name"])), true),
             },
             "/tunnels/{id}/service-tokens/{token_id}": {
                 "parameters": [
@@ -138,7 +179,8 @@ pub fn document(server: &str) -> Value {
             "/certificates": {
                 "get": operation("certificates by hostname, with their state", None, false),
                 "post": operation("upload a manual certificate", Some(object(json!({
-                    "hostname": string, "certificate_pem": string, "key_pem": string,
+                    "hostname": { "type": "string", "minLength": 1, "maxLength": 253 },
+                    "certificate_pem": string, "key_pem": string,
                 }), &["hostname", "certificate_pem", "key_pem"])), true),
             },
             "/certificates/{hostname}/retry": {
@@ -148,7 +190,7 @@ pub fn document(server: &str) -> Value {
             "/tokens": {
                 "get": operation("admin API tokens (never the tokens themselves)", None, false),
                 "post": operation("create a token; the token, once", Some(object(json!({
-                    "name": string, "expires_days": { "type": "integer", "minimum": 0 },
+                    "name": name, "expires_days": { "type": "integer", "minimum": 0 },
                     "scope": { "enum": ["admin", "read"] },
                 }), &["name"])), true),
             },
@@ -159,7 +201,9 @@ pub fn document(server: &str) -> Value {
             "/users": {
                 "get": operation("users", None, false),
                 "post": operation("add a user; a generated password, once, unless one is given", Some(object(json!({
-                    "name": string, "role": { "enum": ["admin", "member"] }, "password": string,
+                    "name": { "type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$" },
+                    "role": { "enum": ["admin", "member"] },
+                    "password": { "type": "string", "minLength": 10, "maxLength": 128 },
                 }), &["name"])), true),
             },
             "/users/{id}": {
