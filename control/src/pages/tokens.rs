@@ -60,8 +60,8 @@ pub fn list_page(
                     label.field {
                         span { "Access" }
                         select name="scope" {
-                            option value="admin" selected { "full (everything an administrator can)" }
-                            option value="read" { "read only (monitoring, /metrics)" }
+                            option value="admin" selected { "Full" }
+                            option value="read" { "Read only" }
                         }
                     }
                     label.field {
