@@ -94,7 +94,10 @@ pub fn document(server: &str) -> Value {
     let strings = json!({ "type": "array", "items": { "type": "string" } });
     // What check_name takes: 1 to 64 characters, none a control character.
     let name = json!({ "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" });
-    let node = object(json!({ "name": { "anyOf": [name, { "type": "null" }] } }), &[]);
+    let node = object(
+        json!({ "name": { "anyOf": [name, { "type": "null" }] } }),
+        &[],
+    );
     let node_patch = object(json!({ "name": name, "enabled": boolean }), &[]);
     let gateway_patch = object(
         json!({

@@ -77,6 +77,7 @@ pub async fn handle(
             Ok(request) => request,
             Err(answer) => return answer,
         };
+    let client_version = request.version();
     let upgrade = request.headers().get(UPGRADE).cloned();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let wants_trailers = request.headers().get_all(TE).iter().any(|v| {
@@ -145,6 +146,9 @@ pub async fn handle(
     } else {
         remove_hop_by_hop(response.headers_mut(), None);
     }
+    // A proxy answers in its own HTTP version, not the origin's (RFC 9110 §6.2): an HTTP/1.0
+    // origin must not turn the client's keep-alive HTTP/1.1 connection into 1.0.
+    *response.version_mut() = client_version;
     response.map(|b| b.boxed())
 }
 

@@ -242,3 +242,43 @@ impl Relay {
         }
     }
 }
+
+/// `request` sent as it is on a new TCP connection to `to`, from local address `from` when
+/// given, and read until the far end closes or `limit` passes: the answer's status code (0 if
+/// none came) and all of the answer.
+pub fn raw_exchange(
+    to: std::net::SocketAddr,
+    from: Option<std::net::IpAddr>,
+    request: &[u8],
+    limit: Duration,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("a socket");
+    if let Some(from) = from {
+        socket
+            .bind(&std::net::SocketAddr::new(from, 0).into())
+            .expect("bind the local address");
+    }
+    if socket.connect(&to.into()).is_err() {
+        return (0, String::new());
+    }
+    let mut stream: std::net::TcpStream = socket.into();
+    let _ = stream.set_read_timeout(Some(limit));
+    if stream.write_all(request).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -4,10 +4,10 @@
 
 use base64::Engine;
 use kakuremichi_tests::{
-    assert_memory_comes_back, curl, metric, rss_kib, wait_for, Cluster, Origin,
+    assert_memory_comes_back, curl, metric, raw_exchange, rss_kib, wait_for, Cluster, Origin,
 };
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::io::Write;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 const PUSH_LIMIT: Duration = Duration::from_secs(2);
@@ -21,31 +21,18 @@ fn set_access(cluster: &Cluster, tunnel: &str, access: &str) {
 /// `request` from local address `from` to the gateway's HTTP port; the status and the whole
 /// answer.
 fn exchange_from(from: Ipv4Addr, cluster: &Cluster, request: &str) -> (u16, String) {
+    raw_exchange(
+        gateway_http(cluster),
+        Some(from.into()),
+        request.as_bytes(),
+        Duration::from_secs(30),
+    )
+}
+
+/// The first gateway's plain HTTP address.
+fn gateway_http(cluster: &Cluster) -> std::net::SocketAddr {
     let node = &cluster.gateways[0];
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddrV4::new(from, 0).into())
-        .expect("bind a loopback address");
-    let gateway: std::net::SocketAddr = format!("{}:{}", node.ip, node.http_port).parse().unwrap();
-    let mut stream: std::net::TcpStream = match socket.connect(&gateway.into()) {
-        Ok(()) => socket.into(),
-        Err(_) => return (0, String::new()),
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    format!("{}:{}", node.ip, node.http_port).parse().unwrap()
 }
 
 fn basic_get(host: &str, path: &str, password: &str, extra: &str) -> String {
@@ -88,16 +75,16 @@ fn parallel_password_guesses_are_counted_before_they_are_checked() {
         let checked_before = counter(&cluster, "access_failed_logins_total");
         let throttled_before = counter(&cluster, "access_throttled_total");
         let request = basic_get("pin.localhost", "/", "wrong", "");
-        let (ip, port) = (
-            cluster.gateways[0].ip.clone(),
-            cluster.gateways[0].http_port,
-        );
+        let gateway = gateway_http(&cluster);
         let threads: Vec<_> = (0..burst)
             .map(|_| {
-                let (request, ip) = (request.clone(), ip.clone());
+                let request = request.clone();
                 std::thread::Builder::new()
                     .stack_size(64 * 1024)
-                    .spawn(move || raw(&ip, port, &request))
+                    .spawn(move || {
+                        let limit = Duration::from_secs(60);
+                        raw_exchange(gateway, None, request.as_bytes(), limit).0
+                    })
                     .unwrap()
             })
             .collect();
@@ -126,23 +113,6 @@ fn parallel_password_guesses_are_counted_before_they_are_checked() {
     );
     assert_eq!(status, 200, "{answer}");
     assert_memory_comes_back(&[pid], idle);
-}
-
-fn raw(ip: &str, port: u16, request: &str) -> u16 {
-    let Ok(mut stream) = std::net::TcpStream::connect((ip, port)) else {
-        return 0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    if stream.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A login POST to Control from local address `from` at `base` (Control's own listener or

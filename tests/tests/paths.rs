@@ -7,8 +7,7 @@
 
 use base64::Engine;
 use kakuremichi_tests::servers::{nginx_paths, wsgi_paths, Server, PROTECTED};
-use kakuremichi_tests::{curl, wait_for, Answer, Cluster};
-use std::io::{Read, Write};
+use kakuremichi_tests::{curl, raw_exchange, wait_for, Answer, Cluster};
 use std::time::Duration;
 
 /// Paths that try to reach `/admin/x` without credentials. A new trick is one line here.
@@ -167,10 +166,13 @@ impl Matrix {
                 (matrix.send(site, "/", false).status == expected).then_some(())
             })
             .unwrap_or_else(|| {
+                let last = matrix.send(site, "/", false);
                 panic!(
-                    "{} never served over {:?}\n{}",
+                    "{} never served over {:?} ({} {})\n{}",
                     site.hostname,
                     site.transport,
+                    last.status,
+                    last.body,
                     matrix.cluster.logs()
                 )
             });
@@ -193,7 +195,16 @@ impl Matrix {
                     "GET {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n",
                     site.hostname
                 );
-                raw_exchange(&gateway.ip, gateway.http_port, request.as_bytes())
+                let to = format!("{}:{}", gateway.ip, gateway.http_port)
+                    .parse()
+                    .unwrap();
+                let (status, text) =
+                    raw_exchange(to, None, request.as_bytes(), Duration::from_secs(10));
+                let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+                Answer {
+                    status,
+                    body: body.to_string(),
+                }
             }
             Transport::CurlHttp1Tls | Transport::CurlHttp2Tls => {
                 let version = match site.transport {
@@ -210,27 +221,6 @@ impl Matrix {
             }
         }
     }
-}
-
-/// Send `request` and read the answer to its end (the request asks to close).
-fn raw_exchange(ip: &str, port: u16, request: &[u8]) -> Answer {
-    let mut stream = std::net::TcpStream::connect((ip, port)).expect("gateway listens");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request).expect("request sent");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    Answer { status, body }
 }
 
 #[test]

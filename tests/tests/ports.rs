@@ -585,22 +585,9 @@ fn port_tunnels_refuse_clashes_and_ports_the_gateway_does_not_allow() {
 /// A connection from `source` (a loopback address) to `port` that sends `bytes` and reads
 /// whatever comes back until the gateway closes (nothing when it refuses to connect).
 fn exchange_from(source: &str, port: u16, bytes: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into()).unwrap();
-    let to: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    if socket.connect(&to.into()).is_err() {
-        return String::new();
-    }
-    let mut stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).to_string()
+    let from = source.parse().ok();
+    let to = ([127, 0, 0, 1], port).into();
+    kakuremichi_tests::raw_exchange(to, from, bytes, Duration::from_secs(10)).1
 }
 
 #[test]

@@ -2,28 +2,16 @@
 //! call malformed gets a 4xx from the gateway (never the 502 page, never a guess), and what
 //! a client claims about addresses is not passed off to the origin as the gateway's word.
 
-use kakuremichi_tests::{metric, wait_for, Cluster, Origin};
-use std::io::{Read, Write};
+use kakuremichi_tests::{metric, raw_exchange, wait_for, Cluster, Origin};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 const HOST: &str = "strict.localhost";
 
-/// Send `request` as is and read until the gateway closes or `limit` passes; returns the
-/// status code (0 if none came) and the whole answer.
+/// Send `request` as is to the gateway and read until it closes or `limit` passes.
 fn raw(port: u16, request: &[u8], limit: Duration) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to gateway");
-    stream.set_read_timeout(Some(limit)).expect("read timeout");
-    stream.write_all(request).expect("send request");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).to_string();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    raw_exchange(([127, 0, 0, 1], port).into(), None, request, limit)
 }
 
 /// The JSON the describing origin answered with.
