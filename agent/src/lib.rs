@@ -77,6 +77,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_endpoint: None,
         ports: None,
         https_port: None,
+        http_port: None,
         allow_targets: Some(settings.allow_targets.text().to_string()),
     })
     .await?;

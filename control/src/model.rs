@@ -36,6 +36,9 @@ pub struct NodeRecord {
     /// Gateways: the public HTTPS port, for agents' WireGuard over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_port: Option<u16>,
+    /// Gateways: the public HTTP port, where logins may return to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
     /// Agents: the `ALLOW_TARGETS` they reported (empty: any target but those refused by
     /// default); `None` until an agent that reports one says hello.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +83,7 @@ impl NodeRecord {
             version: None,
             wireguard_endpoint: None,
             https_port: None,
+            http_port: None,
             allow_targets: None,
             instance: 0,
             disabled: false,

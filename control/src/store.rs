@@ -326,9 +326,9 @@ impl Store {
         } else {
             None
         };
-        let (port_policy, https_port, allow_targets) = match node.kind {
-            NodeKind::Gateway => (hello.ports.clone(), hello.https_port, None),
-            NodeKind::Agent => (None, None, hello.allow_targets.clone()),
+        let (port_policy, https_port, http_port, allow_targets) = match node.kind {
+            NodeKind::Gateway => (hello.ports.clone(), hello.https_port, hello.http_port, None),
+            NodeKind::Agent => (None, None, None, hello.allow_targets.clone()),
         };
         let unchanged = node.public_key == Some(public_key)
             && node.version.as_deref() == Some(version)
@@ -336,6 +336,7 @@ impl Store {
             && node.instance == hello.instance
             && node.port_policy == port_policy
             && node.https_port == https_port
+            && node.http_port == http_port
             && node.allow_targets == allow_targets;
         if unchanged {
             return Ok(false);
@@ -359,6 +360,7 @@ impl Store {
             node.instance = hello.instance;
             node.port_policy = port_policy;
             node.https_port = https_port;
+            node.http_port = http_port;
             node.allow_targets = allow_targets;
             put(&s.nodes, wtxn, id, &node)?;
             Ok(true)

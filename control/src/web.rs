@@ -746,6 +746,9 @@ fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body
     let Some(tunnel) = tunnel else {
         return html(404, pages::access::no_tunnel(hostname));
     };
+    if !returns_to_a_gateway(&state, tunnel, scheme, authority) {
+        return html(404, pages::access::no_tunnel(hostname));
+    }
     let visitor = match current(control, request) {
         Ok(Some(visitor)) => visitor,
         Ok(None) => {
@@ -770,6 +773,35 @@ fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body
         }
         Err(e) => failure(&e),
     }
+}
+
+/// Whether `scheme://authority` is a port where a gateway serving `tunnel` said browsers reach
+/// it: an assertion goes back only there, never to another service on the tunnel's host.
+/// Gateways too old to say are not held to it.
+fn returns_to_a_gateway(
+    state: &crate::model::State,
+    tunnel: &crate::model::TunnelRecord,
+    scheme: &str,
+    authority: &str,
+) -> bool {
+    let default = if scheme == "https" { 443 } else { 80 };
+    let port = match authority.parse::<hyper::http::uri::Authority>() {
+        Ok(parsed) => parsed.port_u16().unwrap_or(default),
+        Err(_) => return false,
+    };
+    let announced: Vec<u16> = state
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::Gateway && !n.disabled && tunnel.gateways.selects(n))
+        .filter_map(|n| {
+            if scheme == "https" {
+                n.https_port
+            } else {
+                n.http_port
+            }
+        })
+        .collect();
+    announced.is_empty() || announced.contains(&port)
 }
 
 /// A tunnel's access rules page (administrators only). `form` is a refused form to show

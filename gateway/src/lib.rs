@@ -88,6 +88,8 @@ pub struct Settings {
     pub https_listen: SocketAddr,
     /// The HTTPS port clients see, for redirects (usually 443).
     pub https_public_port: u16,
+    /// The HTTP port clients see.
+    pub http_public_port: u16,
     /// WireGuard UDP socket.
     pub wireguard_listen: SocketAddr,
     /// `host:port` agents use to reach the WireGuard socket.
@@ -294,6 +296,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         wireguard_endpoint: Some(settings.wireguard_endpoint.clone()),
         ports: Some(settings.ports.policy.clone()),
         https_port: Some(settings.https_public_port),
+        http_port: Some(settings.http_public_port),
         allow_targets: None,
     })
     .await?;

@@ -34,6 +34,10 @@ struct Args {
     /// HTTPS port clients see, for redirects from HTTP (default: the --https-listen port)
     #[argh(option)]
     https_public_port: Option<u16>,
+    /// HTTP port clients see, where Control may send browsers back after a login (default:
+    /// the --http-listen port)
+    #[argh(option)]
+    http_public_port: Option<u16>,
     /// wireguard UDP listen address (default 0.0.0.0:51820)
     #[argh(option, default = "\"0.0.0.0:51820\".parse().unwrap()")]
     wireguard_listen: SocketAddr,
@@ -156,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         http_listen: args.http_listen,
         https_listen: args.https_listen,
         https_public_port: args.https_public_port.unwrap_or(args.https_listen.port()),
+        http_public_port: args.http_public_port.unwrap_or(args.http_listen.port()),
         wireguard_listen: args.wireguard_listen,
         wireguard_endpoint,
         admin_listen: args.admin_listen,

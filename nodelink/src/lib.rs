@@ -38,6 +38,7 @@ pub fn hello(private_key: &[u8; 32], settings: &crate::node::NodeSettings) -> He
         instance: u64::from_le_bytes(instance),
         ports: settings.ports.clone(),
         https_port: settings.https_port,
+        http_port: settings.http_port,
         allow_targets: settings.allow_targets.clone(),
     }
 }

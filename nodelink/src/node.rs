@@ -92,6 +92,8 @@ pub struct NodeSettings<'a> {
     pub ports: Option<PortPolicy>,
     /// Gateways: the public HTTPS port (see [`kakuremichi_proto::messages::Hello::https_port`]).
     pub https_port: Option<u16>,
+    /// Gateways: the public HTTP port (see [`kakuremichi_proto::messages::Hello::http_port`]).
+    pub http_port: Option<u16>,
     /// Agents: their `ALLOW_TARGETS`, as Control shows and checks tunnels against it.
     pub allow_targets: Option<String>,
 }

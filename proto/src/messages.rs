@@ -64,6 +64,10 @@ pub struct Hello {
     /// WireGuard over TLS (ALPN [`WIREGUARD_ALPN`]) at the WireGuard endpoint's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_port: Option<u16>,
+    /// Gateways only: the public plain-HTTP port. With [`Hello::https_port`], the only ports
+    /// Control sends a browser back to after a tunnel login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
     /// Agents only: the targets the agent forwards to (its `ALLOW_TARGETS`, see
     /// [`crate::targets`]); empty for any but those refused by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -669,3 +669,29 @@ fn a_read_only_token_reads_and_changes_nothing() {
     let tokens = cluster.api("GET", "/api/v1/tokens", None).json();
     assert_eq!(tokens.as_array().map(Vec::len), Some(2), "{tokens}");
 }
+
+#[test]
+fn control_sends_a_login_back_only_to_a_port_a_gateway_serves() {
+    let mut cluster = Cluster::new("gate-return-port");
+    let origin = Origin::start("app");
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let tunnel = cluster.create_tunnel("app.localhost", agent, &origin.addr.to_string());
+    cluster.add_user("alice", false, "alice's long password");
+    set_access(&cluster, &tunnel, r#"{"users":["alice"]}"#);
+    let gateway_id = cluster.gateways[0].id.clone();
+    cluster.wait_online("gateway", &gateway_id);
+    let access = |origin: &str| {
+        let query = format!("origin={origin}&return=/");
+        curl(&[&cluster.control_url(&format!("/access?{query}"))]).status
+    };
+    let port = cluster.gateways[0].http_port;
+    assert_eq!(
+        access(&format!("http://app.localhost:{port}")),
+        303,
+        "to Control's login"
+    );
+    // Another service on the tunnel's host (a tcp tunnel's port, say) never gets the assertion.
+    assert_eq!(access(&format!("http://app.localhost:{}", port + 1)), 404);
+    assert_eq!(access("http://app.localhost"), 404);
+}
