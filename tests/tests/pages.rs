@@ -589,6 +589,22 @@ fn users_are_added_disabled_reset_and_deleted_and_old_sessions_end() {
     assert_ne!(new_password, bob_password);
     let new_login = [("name", "bob"), ("password", new_password.as_str())];
     assert_eq!(bob.post("/login", &new_login, origin).status, 303);
+    assert_eq!(bob.get("/").status, 200);
+    // Another reset ends the session bob has now: whoever knew the old password is out.
+    let again = admin.post(
+        &format!("/users/{bob_id}/password"),
+        &[("csrf", csrf.as_str())],
+        origin,
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        bob.get("/").status,
+        303,
+        "a reset left the user's session alive"
+    );
+    let newest = password_of(&again.body);
+    let newest_login = [("name", "bob"), ("password", newest.as_str())];
+    assert_eq!(bob.post("/login", &newest_login, origin).status, 303);
     // Deleted: the session ends with the account.
     assert_eq!(
         admin
