@@ -109,7 +109,20 @@ pub async fn run<S>(
             }
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
-                heartbeat(&control, &session, &mut ws).await
+                // A change no nudge announced (the CLI writes the store from another
+                // process) reaches the node within a heartbeat.
+                let behind = control
+                    .store
+                    .revision()
+                    .is_ok_and(|revision| Some(revision) != sent_version);
+                let pushed = match behind {
+                    true => push_snapshot(&control, &credential, &mut ws, &mut sent_version).await,
+                    false => Ok(()),
+                };
+                match pushed {
+                    Ok(()) => heartbeat(&control, &session, &mut ws).await,
+                    Err(e) => Err(e),
+                }
             }
         };
         if let Err(reason) = outcome {

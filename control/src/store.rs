@@ -181,6 +181,12 @@ impl Store {
         Ok(store)
     }
 
+    /// The current revision alone (one read, for a cheap check per heartbeat).
+    pub fn revision(&self) -> Result<u64, Error> {
+        let rtxn = self.env.read_txn()?;
+        Ok(get(&self.meta, &rtxn, REVISION)?.unwrap_or(0))
+    }
+
     /// Everything, consistently, at the current revision.
     pub fn state(&self) -> Result<State, Error> {
         let rtxn = self.env.read_txn()?;

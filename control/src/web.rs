@@ -1915,6 +1915,8 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
     match created {
         Ok(user) => {
             control.close_setup();
+            // The new user is news for the gateways (access rules admit users by role).
+            control.hub.notify_all();
             log::info!("administrator {} created on the setup page", user.name);
             start_session(control, request, &user, address, "/")
         }

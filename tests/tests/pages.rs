@@ -1122,3 +1122,49 @@ fn an_admin_protects_a_tunnel_in_the_pages() {
         303
     );
 }
+
+#[test]
+fn nodes_are_healthy_right_after_setup_and_after_a_user_added_from_the_shell() {
+    let mut cluster =
+        Cluster::with_control_args("setup-health", &["--heartbeat-interval-ms", "300"]);
+    cluster.add_gateway();
+    let gateway = cluster.gateways[0].id.clone();
+    let healthy = |cluster: &Cluster| {
+        let node = cluster
+            .api("GET", &format!("/api/v1/gateways/{gateway}"), None)
+            .json();
+        (node["health"] == "healthy").then_some(()).ok_or(node)
+    };
+    let settle = |cluster: &Cluster, limit: std::time::Duration, after: &str| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if healthy(cluster).is_ok() {
+                return started.elapsed();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "{after}: not healthy within {limit:?}: {}",
+            healthy(cluster).unwrap_err()
+        );
+    };
+    settle(&cluster, std::time::Duration::from_secs(10), "enrolled");
+    // The first administrator, made on the setup page.
+    let origin = cluster.control_url("");
+    let browser = Browser::new(&cluster, "owner");
+    let code = setup_code(&cluster);
+    let form = [
+        ("code", code.as_str()),
+        ("name", "owner"),
+        ("password", "a long enough secret"),
+        ("confirm", "a long enough secret"),
+    ];
+    assert_eq!(browser.post("/setup", &form, Some(&origin)).status, 303);
+    let took = settle(&cluster, std::time::Duration::from_secs(2), "setup");
+    println!("healthy {took:?} after setup");
+    // A user added by the CLI, another process: no nudge reaches the sessions, the next
+    // heartbeat's revision check does.
+    cluster.add_user("member", false, "a member's password");
+    let took = settle(&cluster, std::time::Duration::from_secs(3), "user add");
+    println!("healthy {took:?} after `user add` from the shell");
+}
