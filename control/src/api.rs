@@ -689,10 +689,15 @@ fn with_key(control: &Control, node: &NodeRecord, api_key: &str) -> Value {
     };
     body["api_key"] = json!(api_key);
     body["install"] = Value::Object(
-        crate::install::snippets(node.kind, &control.public_url, api_key)
-            .into_iter()
-            .map(|snippet| (snippet.key.to_string(), Value::String(snippet.text)))
-            .collect(),
+        crate::install::snippets(
+            node.kind,
+            &control.public_url,
+            api_key,
+            !control.releases.is_empty(),
+        )
+        .into_iter()
+        .map(|snippet| (snippet.key.to_string(), Value::String(snippet.text)))
+        .collect(),
     );
     body
 }

@@ -12,12 +12,13 @@ pub struct Snippet {
     pub text: String,
 }
 
-/// Every way to start `kind` with this URL and key.
-pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet> {
+/// Every way to start `kind` with this URL and key; the one-line install only when Control
+/// serves agent binaries (`releases`), since without them the command fails.
+pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str, releases: bool) -> Vec<Snippet> {
     let kind = kind.as_str();
     let binary = format!("kakuremichi-{kind}");
     let mut snippets = Vec::new();
-    if kind == "agent" {
+    if kind == "agent" && releases {
         snippets.push(Snippet {
             key: "one_line",
             title: "One-line install (Linux, OpenWrt; x86_64 and aarch64)",
@@ -74,4 +75,25 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str) -> Vec<Snippet
         },
     ]);
     snippets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_liner_is_offered_only_when_control_serves_agents() {
+        let keys = |releases| -> Vec<&str> {
+            snippets(NodeKind::Agent, "https://c.example", "kmk_x", releases)
+                .iter()
+                .map(|s| s.key)
+                .collect()
+        };
+        assert!(keys(true).contains(&"one_line"));
+        assert!(!keys(false).contains(&"one_line"));
+        let agent = snippets(NodeKind::Agent, "https://c.example", "kmk_x", false);
+        assert!(agent
+            .iter()
+            .all(|s| s.text.contains("ALLOW_TARGETS") || s.text.contains("allow_targets")));
+    }
 }

@@ -1213,7 +1213,12 @@ fn new_key_page(
     api_key: &str,
     status: u16,
 ) -> Response<Body> {
-    let snippets = crate::install::snippets(kind, &control.public_url, api_key);
+    let snippets = crate::install::snippets(
+        kind,
+        &control.public_url,
+        api_key,
+        !control.releases.is_empty(),
+    );
     let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
     let page = pages::nodes::key_page(user, csrf, kind, heading, api_key, &snippets);
     let mut response = html(status, page);

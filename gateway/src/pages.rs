@@ -18,8 +18,13 @@ fn escape(text: &str) -> String {
 }
 
 fn page(status: u16, title: &str, message: &str) -> Response<Body> {
+    // Errors carry their code in the tab's title; a login page is no error.
+    let heading = match status {
+        400.. => format!("{status} {title}"),
+        _ => title.to_string(),
+    };
     let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{status} {title}</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{heading}</title>\
          <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
          h1{{font-size:1.4rem}}p{{color:#555}}.error{{color:#c0392b}}\
          input{{font:inherit;padding:.5rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}}\

@@ -106,7 +106,8 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                 button type="submit" { "Filter" }
             }
             p.muted {
-                @if filter.is_empty() { (total) " tunnels" } @else { (rows.len()) " of " (total) " tunnels match" }
+                @if filter.is_empty() { (total) (if total == 1 { " tunnel" } else { " tunnels" }) }
+                @else { (rows.len()) " of " (total) (if total == 1 { " tunnel matches" } else { " tunnels match" }) }
             }
             @if rows.is_empty() {
                 div.card { p.muted { "No tunnel to show." @if admin { " " a href="/tunnels/new" { "Create one." } } } }
