@@ -87,13 +87,17 @@ esac
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 url="$CONTROL_URL/releases/kakuremichi-agent-$arch"
+# curl, or what a stock OpenWrt (uclient-fetch) or a busybox system (wget) has.
 if command -v curl >/dev/null; then curl -fsSL "$url" -o "$tmp"
+elif command -v uclient-fetch >/dev/null; then uclient-fetch -qO "$tmp" "$url"
 elif command -v wget >/dev/null; then wget -qO "$tmp" "$url"
-else fail "needs curl or wget"; fi
+else fail "needs curl, uclient-fetch or wget"; fi
+# Busybox has no `install`: copy beside, then rename over a binary that may be running.
+place() { mkdir -p "$(dirname "$2")"; cp "$1" "$2.new"; chmod 0755 "$2.new"; mv "$2.new" "$2"; }
 got=$(sha256sum "$tmp" | cut -d' ' -f1)
 [ "$got" = "$sum" ] || fail "the download's SHA-256 is $got, expected $sum: not installed"
 if [ -f "$ROOT/etc/openwrt_release" ]; then
-    install -m 0755 "$tmp" "$ROOT/usr/bin/kakuremichi-agent"
+    place "$tmp" "$ROOT/usr/bin/kakuremichi-agent"
     cat >"$ROOT/etc/init.d/kakuremichi" <<'INIT'
 #!/bin/sh /etc/rc.common
 START=95
@@ -116,7 +120,7 @@ INIT
     echo "kakuremichi agent installed as a procd service (logread shows its log)"
     exit 0
 fi
-install -D -m 0755 "$tmp" "$ROOT/usr/local/bin/kakuremichi-agent"
+place "$tmp" "$ROOT/usr/local/bin/kakuremichi-agent"
 mkdir -p "$ROOT/etc/kakuremichi" "$ROOT/etc/systemd/system"
 ( umask 077; printf 'CONTROL_URL=%s\nAPI_KEY=%s\nALLOW_TARGETS=%s\n' "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/kakuremichi/agent.env" )
 cat >"$ROOT/etc/systemd/system/kakuremichi-agent.service" <<'UNIT'
