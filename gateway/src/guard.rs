@@ -103,12 +103,17 @@ pub async fn admit(
 /// `X-Kakuremichi-*` in any case, and spelt with `_` (CGI and WSGI servers read
 /// `X_Kakuremichi_User` as `HTTP_X_KAKUREMICHI_USER`, the same as the real one).
 fn remove_identity_claims(headers: &mut HeaderMap) {
-    let claims: Vec<HeaderName> = headers
+    remove_headers_where(headers, is_identity_header);
+}
+
+/// Remove the headers whose (lower-case) names `claimed` picks.
+pub fn remove_headers_where(headers: &mut HeaderMap, claimed: impl Fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_identity_header(name.as_str()))
+        .filter(|name| claimed(name.as_str()))
         .cloned()
         .collect();
-    for name in claims {
+    for name in names {
         headers.remove(name);
     }
 }
@@ -116,7 +121,18 @@ fn remove_identity_claims(headers: &mut HeaderMap) {
 /// Whether `name` (lower case, as hyper keeps names) reads as one of ours.
 pub fn is_identity_header(name: &str) -> bool {
     name.get(..IDENTITY_PREFIX.len())
-        .is_some_and(|head| head.replace('_', "-") == IDENTITY_PREFIX)
+        .is_some_and(|head| reads_as(head, IDENTITY_PREFIX))
+}
+
+/// Whether header name `name` reads as `wanted` (both lower case) to a server that takes `_`
+/// for `-`, as CGI and WSGI servers do. Compared byte by byte: it runs on every header of
+/// every request.
+pub fn reads_as(name: &str, wanted: &str) -> bool {
+    name.len() == wanted.len()
+        && name
+            .bytes()
+            .zip(wanted.bytes())
+            .all(|(got, want)| got == want || (got == b'_' && want == b'-'))
 }
 
 const IDENTITY_PREFIX: &str = "x-kakuremichi-";
@@ -292,12 +308,9 @@ fn new_state() -> Option<String> {
 const STATE_SECONDS: u64 = 600;
 const STATE_COOKIE: &str = "km_state";
 
-/// `Set-Cookie` for a login's state, sent back only to the callback.
+/// `Set-Cookie` for a login's state (sent back only to the callback, under [`PREFIX`]).
 fn state_cookie(value: &str, max_age: u64, scheme: &str) -> String {
-    let secure = if scheme == "https" { "; Secure" } else { "" };
-    format!(
-        "{STATE_COOKIE}={value}; Path={PREFIX}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    )
+    set_cookie(STATE_COOKIE, PREFIX, value, max_age, scheme)
 }
 
 fn query(pairs: &[(&str, &str)]) -> String {
@@ -320,11 +333,16 @@ fn see_other(location: &str, cookie: Option<String>) -> Response<Body> {
     response
 }
 
-/// `Set-Cookie` for a session lasting `max_age` seconds (0 ends it). Host-only: no `Domain`,
-/// so it goes back to this hostname alone.
-fn set_cookie(value: &str, max_age: u64, scheme: &str) -> String {
+/// `Set-Cookie` for cookie `name` on `path` lasting `max_age` seconds (0 ends it).
+/// Host-only: no `Domain`, so it goes back to this hostname alone.
+fn set_cookie(name: &str, path: &str, value: &str, max_age: u64, scheme: &str) -> String {
     let secure = if scheme == "https" { "; Secure" } else { "" };
-    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// `Set-Cookie` for a tunnel session lasting `max_age` seconds (0 ends it).
+fn session_cookie(value: &str, max_age: u64, scheme: &str) -> String {
+    set_cookie(COOKIE, "/", value, max_age, scheme)
 }
 
 /// The path that picks a request's tunnel: its own (already normalised), or for the login
@@ -418,7 +436,7 @@ async fn endpoint(
                         .metrics
                         .logins
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let cookie = sealed.map(|value| set_cookie(&value, session_secs, scheme));
+                    let cookie = sealed.map(|value| session_cookie(&value, session_secs, scheme));
                     see_other(&return_to, cookie)
                 }
                 Ok(false) => {
@@ -446,7 +464,7 @@ async fn endpoint(
                         gateway
                             .gate
                             .seal(hostname, Subject::User(user), policy.session_hours, now);
-                    let cookie = sealed.map(|value| set_cookie(&value, session_secs, scheme));
+                    let cookie = sealed.map(|value| session_cookie(&value, session_secs, scheme));
                     see_other(&return_to, cookie)
                 }
                 None => pages::login_link_refused(hostname),
@@ -459,7 +477,7 @@ async fn endpoint(
         }
         (Method::GET | Method::POST, "logout") => {
             let mut response = pages::logged_out(hostname);
-            if let Ok(value) = HeaderValue::from_str(&set_cookie("", 0, scheme)) {
+            if let Ok(value) = HeaderValue::from_str(&session_cookie("", 0, scheme)) {
                 response.headers_mut().insert(SET_COOKIE, value);
             }
             response
@@ -499,6 +517,22 @@ mod tests {
         only.insert(COOKIE_HEADER, HeaderValue::from_static("km_access=x"));
         strip_session_cookie(&mut only);
         assert!(only.get(COOKIE_HEADER).is_none());
+    }
+
+    #[test]
+    fn identity_headers_are_known_in_every_spelling() {
+        for name in [
+            "x-kakuremichi-user",
+            "x_kakuremichi_user",
+            "x_kakuremichi-email",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in ["x-kakuremichi", "x-kakuremich-user", "kakuremichi-user"] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+        assert!(reads_as("x_real_ip", "x-real-ip") && reads_as("x-real-ip", "x-real-ip"));
+        assert!(!reads_as("x-real_ipx", "x-real-ip") && !reads_as("x-real-ip", "x_real_ip"));
     }
 
     #[test]

@@ -343,9 +343,11 @@ const SET_BY_GATEWAY: [&str; 5] = [
 
 /// Whether a client's header `name` claims who connected.
 fn claims_client_address(name: &str) -> bool {
-    let dashed = name.replace('_', "-");
-    CLIENT_ADDRESS_CLAIMS.contains(&dashed.as_str())
-        || (name.contains('_') && SET_BY_GATEWAY.contains(&dashed.as_str()))
+    use crate::guard::reads_as;
+    CLIENT_ADDRESS_CLAIMS
+        .iter()
+        .any(|claim| reads_as(name, claim))
+        || (name.contains('_') && SET_BY_GATEWAY.iter().any(|set| reads_as(name, set)))
 }
 
 fn prepare_request(
@@ -365,14 +367,7 @@ fn prepare_request(
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     remove_hop_by_hop(headers, upgrade);
-    let claims: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| claims_client_address(name.as_str()))
-        .cloned()
-        .collect();
-    for name in claims {
-        headers.remove(name);
-    }
+    crate::guard::remove_headers_where(headers, claims_client_address);
     let ip = client.ip().to_string();
     // Several field lines of a list header are one list (RFC 9110 §5.3): join, then append.
     let joined = |name: &str| -> Option<String> {
