@@ -61,23 +61,25 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
     respond(status, "application/json", format!("{body}\n"))
 }
 
+/// What the request's `Authorization: Bearer` API token may do; 401 without a live one.
+pub fn token_scope(control: &Control, headers: &hyper::HeaderMap) -> Result<TokenScope, Error> {
+    match crate::auth::bearer(headers.get(hyper::header::AUTHORIZATION)) {
+        Some(token) => control
+            .store
+            .token_scope(token)?
+            .ok_or(Error::Unauthorized("unknown API token")),
+        None => Err(Error::Unauthorized(
+            "send Authorization: Bearer <token> (kakuremichi-control token create)",
+        )),
+    }
+}
+
 async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Value), Error> {
     // The description of the API is public: it holds nothing but the routes.
     if request.method() == Method::GET && request.uri().path() == "/api/v1/openapi.json" {
         return Ok((200, crate::openapi::document(&control.public_url)));
     }
-    let token = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
-    let scope = match token {
-        Some(token) => control
-            .store
-            .token_scope(token)?
-            .ok_or(Error::Unauthorized("unknown API token"))?,
-        None => {
-            return Err(Error::Unauthorized(
-                "send Authorization: Bearer <token> (kakuremichi-control token create)",
-            ))
-        }
-    };
+    let scope = token_scope(control, request.headers())?;
     if scope == TokenScope::Read && request.method() != Method::GET {
         return Err(Error::Forbidden("this token may only read"));
     }

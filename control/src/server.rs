@@ -25,7 +25,7 @@ pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
     .await
 }
 
-/// Every answer carries the page protections ([`crate::pages::CONTENT_SECURITY_POLICY`]):
+/// Every answer carries the page protections ([`crate::pages::content_security_policy`]):
 /// JSON and text lose nothing by them, and no route can forget them.
 async fn dispatch(
     control: Arc<Control>,
@@ -53,16 +53,9 @@ async fn route(
             Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
         },
         // Counters tell a stranger how busy and how large the fleet is: a token is needed.
-        (&Method::GET, "/metrics") => match crate::auth::bearer(
-            request.headers().get(hyper::header::AUTHORIZATION),
-        )
-        .map(|token| control.store.token_scope(token))
-        {
-            Some(Ok(Some(_))) => metrics(&control),
-            Some(Err(e)) => api::error_response(&e),
-            _ => api::error_response(&Error::Unauthorized(
-                "send Authorization: Bearer <token> (kakuremichi-control token create)",
-            )),
+        (&Method::GET, "/metrics") => match api::token_scope(&control, request.headers()) {
+            Ok(_) => metrics(&control),
+            Err(e) => api::error_response(&e),
         },
         (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store)
             .and_then(|ca| crate::certs::internal::crl(&ca))

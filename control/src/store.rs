@@ -750,20 +750,12 @@ impl Store {
             let credentials = |u: &UserRecord| (u.role, u.disabled, u.password_hash.clone());
             let before = credentials(&user);
             change(&mut user);
-            let ended = credentials(&user) != before;
-            if ended {
-                user.sessions_since = auth::unix_now().max(user.sessions_since);
+            if credentials(&user) != before {
+                s.end_sessions_of(wtxn, &mut user, keep)?;
             }
             put(&s.users, wtxn, id, &user)?;
             if was_admin {
                 s.check_an_admin_remains(wtxn)?;
-            }
-            if ended {
-                // Gateways learn the new `sessions_since` (and role, enabled state) from it.
-                s.bump_revision(wtxn)?;
-                s.delete_sessions_where(wtxn, |session| {
-                    session.user_id == id && Some(session.id.as_str()) != keep
-                })?;
             }
             Ok(user)
         })
@@ -800,10 +792,24 @@ impl Store {
         self.write_accounts(|s, wtxn| {
             let mut user: UserRecord =
                 get(&s.users, wtxn, id)?.ok_or_else(|| Error::not_found("user", id))?;
-            user.sessions_since = auth::unix_now().max(user.sessions_since);
-            put(&s.users, wtxn, id, &user)?;
-            s.bump_revision(wtxn)?;
-            s.delete_sessions_where(wtxn, |session| session.user_id == id)
+            s.end_sessions_of(wtxn, &mut user, None)?;
+            put(&s.users, wtxn, id, &user)
+        })
+    }
+
+    /// End `user`'s Control sessions but `keep`, and (through `sessions_since`, pushed to the
+    /// gateways with the moved revision, which also carries a new role or enabled state)
+    /// their tunnel sessions. The caller stores `user`.
+    fn end_sessions_of(
+        &self,
+        wtxn: &mut RwTxn,
+        user: &mut UserRecord,
+        keep: Option<&str>,
+    ) -> Result<(), Error> {
+        user.sessions_since = auth::unix_now().max(user.sessions_since);
+        self.bump_revision(wtxn)?;
+        self.delete_sessions_where(wtxn, |session| {
+            session.user_id == user.id && Some(session.id.as_str()) != keep
         })
     }
 
