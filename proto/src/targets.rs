@@ -50,6 +50,17 @@ const REFUSED_NETWORKS: [&str; 4] = [
     "fd00:ec2::254/128",
 ];
 
+/// [`REFUSED_NETWORKS`], parsed once: they are checked on every forwarded connection.
+fn refused_networks() -> &'static [Cidr] {
+    static PARSED: std::sync::OnceLock<Vec<Cidr>> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| {
+        REFUSED_NETWORKS
+            .iter()
+            .filter_map(|net| net.parse().ok())
+            .collect()
+    })
+}
+
 impl TargetRules {
     /// Parse `ALLOW_TARGETS` (empty: no list); `status` is the agent's status listener.
     pub fn parse(text: &str, status: Option<SocketAddr>) -> Result<TargetRules, ProtoError> {
@@ -89,10 +100,9 @@ impl TargetRules {
                 _ => false,
             })
         };
-        let refused_by_default = REFUSED_NETWORKS
+        let refused_by_default = refused_networks()
             .iter()
-            .filter_map(|net| net.parse::<Cidr>().ok())
-            .any(|net| net.contains(ip) && !named_inside(&net));
+            .any(|net| net.contains(ip) && !named_inside(net));
         if refused_by_default {
             return false;
         }
@@ -213,6 +223,11 @@ mod tests {
 
     #[test]
     fn without_a_list_only_the_default_refusals_apply() {
+        assert_eq!(
+            refused_networks().len(),
+            REFUSED_NETWORKS.len(),
+            "each one parses"
+        );
         let rules = TargetRules::parse("", Some(at("127.0.0.1:9091"))).unwrap();
         assert!(rules.admits("app", at("10.0.0.5:8080")));
         assert!(rules.admits("localhost", at("127.0.0.1:8080")));
