@@ -244,13 +244,7 @@ fn nginx(parent: &Path, name: &str, http_body: &str) -> Server {
     ]);
     let child = spawn(command, &dir.join("nginx.out"));
     let server = Server { child, port, dir };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .unwrap_or_else(|| panic!("nginx did not start: {}", server.log("logs/error.log")));
-    server
+    server.listening("nginx", "logs/error.log")
 }
 
 /// A WSGI app (Python's wsgiref server) that reads paths as the most forgiving frameworks
@@ -292,13 +286,7 @@ make_server("127.0.0.1", {port}, app, handler_class=Quiet).serve_forever()
     command.arg(&script);
     let child = spawn(command, &dir.join("wsgi.log"));
     let server = Server { child, port, dir };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .unwrap_or_else(|| panic!("the WSGI app did not start: {}", server.log("wsgi.log")));
-    server
+    server.listening("the WSGI app", "wsgi.log")
 }
 
 /// `openssl s_server -www` for `hostname` with a certificate of its own, signed by a private
@@ -397,13 +385,7 @@ pub fn tls_origin(parent: &Path, hostname: &str) -> Server {
         .arg(&key);
     let child = spawn(command, &dir.join("s_server.log"));
     let server = Server { child, port, dir };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .expect("openssl s_server listens");
-    server
+    server.listening("openssl s_server", "s_server.log")
 }
 
 /// nghttpd serving `files` (name, content) over HTTP/2 without TLS (h2c, prior knowledge).
@@ -421,16 +403,23 @@ pub fn h2c_origin(parent: &Path, files: &[(&str, &str)]) -> Server {
         .arg(port.to_string());
     let child = spawn(command, &dir.join("nghttpd.log"));
     let server = Server { child, port, dir };
-    wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .unwrap_or_else(|| panic!("nghttpd did not start: {}", server.log("nghttpd.log")));
-    server
+    server.listening("nghttpd", "nghttpd.log")
 }
 
 impl Server {
+    /// The server, once its TCP port accepts (within 10 s; else a panic with `log`, a file in
+    /// its directory, naming it `what`).
+    fn listening(self, what: &str, log: &str) -> Server {
+        let port = self.port;
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("{what} did not start: {}", self.log(log)));
+        self
+    }
+
     /// A file in its directory, as text (for failure messages and logs).
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()

@@ -12,6 +12,24 @@ use std::time::Duration;
 
 const PUSH_LIMIT: Duration = Duration::from_secs(2);
 
+/// A cluster with one gateway and one agent publishing `hostname` (a fresh origin), with
+/// `access` rules when given; returned once the gateway serves it (200, or 401 under the rules).
+fn one_tunnel(name: &str, hostname: &str, access: Option<&str>) -> (Cluster, Origin) {
+    let mut cluster = Cluster::new(name);
+    let origin = Origin::start(hostname);
+    cluster.add_gateway();
+    let agent = cluster.add_agent();
+    let tunnel = cluster.create_tunnel(hostname, agent, &origin.addr.to_string());
+    if let Some(access) = access {
+        set_access(&cluster, &tunnel, access);
+    }
+    let served = if access.is_some() { 401 } else { 200 };
+    cluster
+        .wait_until(0, hostname, Duration::from_secs(15), |a| a.status == served)
+        .unwrap_or_else(|| panic!("{hostname} never served\n{}", cluster.logs()));
+    (cluster, origin)
+}
+
 fn set_access(cluster: &Cluster, tunnel: &str, access: &str) {
     let body = format!(r#"{{"access":{access}}}"#);
     let answer = cluster.api("PATCH", &format!("/api/v1/tunnels/{tunnel}"), Some(&body));
@@ -52,22 +70,11 @@ fn counter(cluster: &Cluster, name: &str) -> f64 {
 
 #[test]
 fn parallel_password_guesses_are_counted_before_they_are_checked() {
-    let mut cluster = Cluster::new("gate-bursts");
-    let origin = Origin::start("pin");
-    cluster.add_gateway();
-    let agent = cluster.add_agent();
-    let tunnel = cluster.create_tunnel("pin.localhost", agent, &origin.addr.to_string());
-    set_access(&cluster, &tunnel, r#"{"password":"4711-right-pin"}"#);
-    let stranger = Ipv4Addr::new(127, 0, 0, 1);
-    wait_for(PUSH_LIMIT * 5, || {
-        let (status, _) = exchange_from(
-            stranger,
-            &cluster,
-            "GET / HTTP/1.1\r\nHost: pin.localhost\r\nConnection: close\r\n\r\n",
-        );
-        (status == 401).then_some(())
-    })
-    .unwrap_or_else(|| panic!("policy not applied\n{}", cluster.logs()));
+    let (cluster, _origin) = one_tunnel(
+        "gate-bursts",
+        "pin.localhost",
+        Some(r#"{"password":"4711-right-pin"}"#),
+    );
     let pid = cluster.gateways[0].pid().expect("gateway runs");
     let idle = rss_kib(pid);
     let mut checked_total = 0.0;
@@ -376,17 +383,11 @@ fn identity_headers_cookies_and_framing_cannot_be_turned_against_the_origin() {
 #[test]
 fn keys_hashes_and_certificates_on_disk_are_readable_by_their_owner_alone() {
     use std::os::unix::fs::PermissionsExt;
-    let mut cluster = Cluster::new("gate-modes");
-    let origin = Origin::start("modes");
-    cluster.add_gateway();
-    let agent = cluster.add_agent();
-    let tunnel = cluster.create_tunnel("modes.localhost", agent, &origin.addr.to_string());
-    set_access(&cluster, &tunnel, r#"{"password":"a hash on disk"}"#);
-    cluster
-        .wait_until(0, "modes.localhost", Duration::from_secs(15), |a| {
-            a.status == 401
-        })
-        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
+    let (mut cluster, _origin) = one_tunnel(
+        "gate-modes",
+        "modes.localhost",
+        Some(r#"{"password":"a hash on disk"}"#),
+    );
     let mode =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let mut checked = Vec::new();
@@ -453,30 +454,18 @@ fn keys_hashes_and_certificates_on_disk_are_readable_by_their_owner_alone() {
 
 #[test]
 fn clients_trickling_bodies_do_not_hold_a_tunnels_connections() {
-    let mut cluster = Cluster::new("gate-slow-bodies");
-    let origin = Origin::start("busy");
-    cluster.add_gateway();
-    let agent = cluster.add_agent();
-    cluster.create_tunnel("busy.localhost", agent, &origin.addr.to_string());
-    cluster
-        .wait_until(0, "busy.localhost", Duration::from_secs(15), |a| {
-            a.status == 200
-        })
-        .unwrap_or_else(|| panic!("tunnel never served\n{}", cluster.logs()));
-    let (ip, port) = (
-        cluster.gateways[0].ip.clone(),
-        cluster.gateways[0].http_port,
-    );
+    let (cluster, _origin) = one_tunnel("gate-slow-bodies", "busy.localhost", None);
+    let gateway = gateway_http(&cluster);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 260 clients (more than the tunnel's 256 upstream connections), each sending one byte of
     // its body every 2 s, well inside the body idle timeout.
     let tricklers: Vec<_> = (0..260)
         .map(|_| {
-            let (ip, stop) = (ip.clone(), stop.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let Ok(mut stream) = std::net::TcpStream::connect((ip.as_str(), port)) else {
+                    let Ok(mut stream) = std::net::TcpStream::connect(gateway) else {
                         return false;
                     };
                     let head = "POST /upload HTTP/1.1\r\nHost: busy.localhost\r\nContent-Length: 100000\r\n\r\n";

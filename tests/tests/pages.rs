@@ -58,6 +58,16 @@ fn setup_code(cluster: &Cluster) -> String {
         .to_string()
 }
 
+/// The setup page's form for the administrator `owner`, with the setup `code`.
+fn setup_form(code: &str) -> [(&str, &str); 4] {
+    [
+        ("code", code),
+        ("name", "owner"),
+        ("password", "a long enough secret"),
+        ("confirm", "a long enough secret"),
+    ]
+}
+
 fn csrf_of(page: &str) -> String {
     let at = page
         .find("name=\"csrf\" value=\"")
@@ -83,12 +93,7 @@ fn setup_login_dashboard_and_logout_as_a_browser_does_them() {
         form.body
     );
     let code = setup_code(&cluster);
-    let good = [
-        ("code", code.as_str()),
-        ("name", "owner"),
-        ("password", "a long enough secret"),
-        ("confirm", "a long enough secret"),
-    ];
+    let good = setup_form(&code);
 
     // Refused, each with nothing written: no Origin (a script, or another site's form with
     // Origin stripped), a foreign Origin, a wrong code, a short password, two passwords.
@@ -1153,12 +1158,7 @@ fn nodes_are_healthy_right_after_setup_and_after_a_user_added_from_the_shell() {
     let origin = cluster.control_url("");
     let browser = Browser::new(&cluster, "owner");
     let code = setup_code(&cluster);
-    let form = [
-        ("code", code.as_str()),
-        ("name", "owner"),
-        ("password", "a long enough secret"),
-        ("confirm", "a long enough secret"),
-    ];
+    let form = setup_form(&code);
     assert_eq!(browser.post("/setup", &form, Some(&origin)).status, 303);
     let took = settle(&cluster, std::time::Duration::from_secs(2), "setup");
     println!("healthy {took:?} after setup");
