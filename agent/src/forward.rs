@@ -5,15 +5,15 @@
 
 use async_io::Timer;
 use futures_lite::future;
-use kakuremichi_netstack::{Stack, TcpListener, TcpStream};
+use kakuremichi_netstack::{Stack, TcpListener};
 use kakuremichi_proto::ids::Target;
-use kakuremichi_proto::messages::Service;
+use kakuremichi_proto::messages::{OriginFailure, Service};
 use kakuremichi_proto::ports::Transport;
 use kakuremichi_proto::targets::TargetRules;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The agent's own list of targets it forwards to (`ALLOW_TARGETS`), and how many
@@ -47,6 +47,58 @@ impl Allowed {
             std::io::ErrorKind::ConnectionRefused,
             format!("{target} ({addresses:?}) is outside this agent's ALLOW_TARGETS or refused by default"),
         ))
+    }
+}
+
+/// Tunnels whose target failed the latest connection, reported to Control (which shows them
+/// instead of a calm "serving" while visitors get 502). A success clears the failure.
+#[derive(Default)]
+pub struct Origins {
+    failing: Mutex<HashMap<String, OriginFailure>>,
+}
+
+impl Origins {
+    /// The outcome of one connection to `target` for `tunnel_id`, at `now` (Unix seconds).
+    pub fn record(&self, tunnel_id: &str, target: &Target, outcome: Result<(), String>, now: u64) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => {
+                failing.remove(tunnel_id);
+            }
+            Err(error) => {
+                let since = failing
+                    .get(tunnel_id)
+                    .filter(|f| f.target == target.to_string())
+                    .map_or(now, |f| f.since);
+                failing.insert(
+                    tunnel_id.to_string(),
+                    OriginFailure {
+                        tunnel_id: tunnel_id.to_string(),
+                        target: target.to_string(),
+                        error,
+                        since,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forget tunnels this agent no longer serves, and failures of a target since changed.
+    fn keep_only(&self, services: &[Service]) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.retain(|tunnel, failure| {
+            services
+                .iter()
+                .any(|s| s.tunnel_id == *tunnel && s.target.to_string() == failure.target)
+        });
+    }
+
+    /// The failing tunnels, by tunnel id.
+    pub fn failing(&self) -> Vec<OriginFailure> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<OriginFailure> = failing.values().cloned().collect();
+        list.sort_by(|a, b| a.tunnel_id.cmp(&b.tunnel_id));
+        list
     }
 }
 
@@ -101,21 +153,25 @@ impl Drop for Running {
 pub struct Services {
     stack: Stack,
     allowed: Arc<Allowed>,
+    origins: Arc<Origins>,
     running: HashMap<u16, Running>,
 }
 
 impl Services {
-    /// No services yet; targets outside `allowed` are refused.
-    pub fn new(stack: Stack, allowed: Arc<Allowed>) -> Self {
+    /// No services yet; targets outside `allowed` are refused; each connection's outcome
+    /// goes to `origins`.
+    pub fn new(stack: Stack, allowed: Arc<Allowed>, origins: Arc<Origins>) -> Self {
         Services {
             stack,
             allowed,
+            origins,
             running: HashMap::new(),
         }
     }
 
     /// Listen on exactly the snapshot's service ports.
     pub fn reconcile(&mut self, services: &[Service]) {
+        self.origins.keep_only(services);
         self.running
             .retain(|port, _| services.iter().any(|s| s.port == *port));
         for service in services {
@@ -140,7 +196,7 @@ impl Services {
                     let task = smol::spawn(accept_loop(
                         listener,
                         destination.clone(),
-                        self.allowed.clone(),
+                        (self.allowed.clone(), self.origins.clone()),
                         service.tunnel_id.clone(),
                     ));
                     self.running.insert(
@@ -174,7 +230,7 @@ impl Services {
 async fn accept_loop(
     listener: TcpListener,
     destination: Arc<RwLock<Destination>>,
-    allowed: Arc<Allowed>,
+    (allowed, origins): (Arc<Allowed>, Arc<Origins>),
     tunnel_id: String,
 ) {
     loop {
@@ -190,7 +246,7 @@ async fn accept_loop(
                 destination.cancelled.clone(),
             )
         };
-        let (tunnel_id, allowed) = (tunnel_id.clone(), allowed.clone());
+        let (tunnel_id, allowed, origins) = (tunnel_id.clone(), allowed.clone(), origins.clone());
         // A forwarded connection lives until either side closes it or its target changes.
         smol::spawn(async move {
             let cancel = async {
@@ -199,10 +255,22 @@ async fn accept_loop(
             };
             let carried = async {
                 // On refusal the overlay stream is dropped, which closes it.
-                let to = allowed.resolve(&target).await?;
-                match transport {
-                    Transport::Tcp => forward(stream, to, connect_timeout).await,
-                    Transport::Udp => crate::udp::carry(stream, to).await,
+                let reached = match allowed.resolve(&target).await {
+                    Ok(to) if transport == Transport::Tcp => {
+                        connect(to, connect_timeout).await.map(Reached::Tcp)
+                    }
+                    Ok(to) => Ok(Reached::Udp(to)),
+                    Err(e) => Err(e),
+                };
+                let outcome = reached.as_ref().map(|_| ()).map_err(|e| e.to_string());
+                origins.record(&tunnel_id, &target, outcome, unix_now());
+                match reached? {
+                    Reached::Tcp(origin) => {
+                        kakuremichi_rt::copy::copy_bidirectional(stream, origin)
+                            .await
+                            .map(|_| ())
+                    }
+                    Reached::Udp(to) => crate::udp::carry(stream, to).await,
                 }
             };
             if let Err(e) = future::or(carried, cancel).await {
@@ -213,11 +281,24 @@ async fn accept_loop(
     }
 }
 
-async fn forward(
-    overlay: TcpStream,
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A target that answered: a TCP connection, or a UDP address (datagrams need no handshake).
+enum Reached {
+    Tcp(smol::net::TcpStream),
+    Udp(SocketAddr),
+}
+
+/// A connection to `target` within `connect_timeout`. On failure the overlay stream is
+/// dropped, which closes it: the gateway answers 502 at once.
+async fn connect(
     target: SocketAddr,
     connect_timeout: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<smol::net::TcpStream> {
     let connect = smol::net::TcpStream::connect(target);
     let timeout = async {
         Timer::after(connect_timeout).await;
@@ -226,9 +307,54 @@ async fn forward(
             "target did not accept in time",
         ))
     };
-    // On failure the overlay stream is dropped, which closes it: the gateway answers 502 at once.
     let origin = future::or(connect, timeout).await?;
     let _ = origin.set_nodelay(true);
-    kakuremichi_rt::copy::copy_bidirectional(overlay, origin).await?;
-    Ok(())
+    Ok(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(tunnel: &str, target: &str) -> Service {
+        Service {
+            tunnel_id: tunnel.into(),
+            port: 1000,
+            target: target.parse().unwrap(),
+            transport: Transport::Tcp,
+            connect_timeout_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_failing_origin_is_kept_until_a_connection_succeeds() {
+        let origins = Origins::default();
+        let target: Target = "127.0.0.1:3000".parse().unwrap();
+        origins.record("t1", &target, Err("connection refused".into()), 100);
+        origins.record("t1", &target, Err("timed out".into()), 160);
+        let failing = origins.failing();
+        assert_eq!(failing.len(), 1);
+        // The run of failures began at the first; the error is the latest.
+        assert_eq!(
+            (failing[0].since, failing[0].error.as_str()),
+            (100, "timed out")
+        );
+        origins.record("t1", &target, Ok(()), 200);
+        assert!(origins.failing().is_empty());
+    }
+
+    #[test]
+    fn failures_of_tunnels_gone_or_retargeted_are_forgotten() {
+        let origins = Origins::default();
+        let old: Target = "127.0.0.1:3000".parse().unwrap();
+        origins.record("moved", &old, Err("refused".into()), 1);
+        origins.record("gone", &old, Err("refused".into()), 1);
+        origins.record("same", &old, Err("refused".into()), 1);
+        origins.keep_only(&[
+            service("moved", "127.0.0.1:4000"),
+            service("same", "127.0.0.1:3000"),
+        ]);
+        let left: Vec<String> = origins.failing().into_iter().map(|f| f.tunnel_id).collect();
+        assert_eq!(left, ["same"]);
+    }
 }

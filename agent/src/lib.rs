@@ -88,6 +88,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         })?;
     let (stack, snapshots) = (node.stack, node.snapshots);
     let allowed = forward::Allowed::new(settings.allow_targets.clone());
+    let origins = Arc::new(forward::Origins::default());
     let agent = Arc::new(Agent {
         stack: stack.clone(),
         allowed: allowed.clone(),
@@ -110,7 +111,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         }
     };
     let apply_loop = async {
-        let mut services = forward::Services::new(stack.clone(), allowed);
+        let mut services = forward::Services::new(stack.clone(), allowed, origins.clone());
         loop {
             let snapshot = snapshots.take().await;
             let mut peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
@@ -151,6 +152,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 .into_iter()
                 .map(|gateway| format!("gateway {gateway} reached over TCP: UDP gets no answer"))
                 .collect(),
+            failing_origins: origins.failing(),
             ..link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack)
         },
     );

@@ -52,11 +52,23 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str, releases: bool
         },
         Snippet {
             key: "docker_compose",
-            title: "docker-compose",
+            title: "docker-compose (a service for your compose file)",
             text: format!(
                 "  {kind}:\n    image: kakuremichi/{kind}\n    restart: unless-stopped\n    environment:\n      CONTROL_URL: {control_url}\n      API_KEY: {api_key}\n{compose_allow}"
             ),
         },
+    ]);
+    if agent {
+        // The app host of docker/compose.app-host.yml: the agent beside your app.
+        snippets.push(Snippet {
+            key: "docker_compose_app_host",
+            title: "docker-compose beside your app (docker/compose.app-host.yml)",
+            text: format!(
+                "CONTROL_URL={control_url} API_KEY={api_key} {shell_allow}docker-compose -p kakuremichi-app-host -f docker/compose.app-host.yml up -d"
+            ),
+        });
+    }
+    snippets.extend([
         Snippet {
             key: "openwrt_uci",
             title: "OpenWrt (UCI)",
@@ -70,11 +82,41 @@ pub fn snippets(kind: NodeKind, control_url: &str, api_key: &str, releases: bool
             key: "systemd",
             title: "systemd unit (run as root)",
             text: format!(
-                "install -d -m 0700 /etc/kakuremichi\n(umask 077; printf 'CONTROL_URL=%s\\nAPI_KEY=%s\\n{env_allow}' {env_values} > /etc/kakuremichi/{kind}.env)\ncat > /etc/systemd/system/{binary}.service <<'EOF'\n[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironmentFile=/etc/kakuremichi/{kind}.env\nExecStart=/usr/local/bin/{binary} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\nStateDirectoryMode=0700\n\n[Install]\nWantedBy=multi-user.target\nEOF\nsystemctl daemon-reload && systemctl enable --now {binary}\n"
+                "install -d -m 0700 /etc/kakuremichi\n(umask 077; printf 'CONTROL_URL=%s\\nAPI_KEY=%s\\n{env_allow}' {env_values} > /etc/kakuremichi/{kind}.env)\ncat > /etc/systemd/system/{binary}.service <<'EOF'\n{unit}EOF\nsystemctl daemon-reload && systemctl enable --now {binary}\n",
+                unit = systemd_unit(kind),
             ),
         },
     ]);
     snippets
+}
+
+/// A warning for the enrolment page when `control_url` names this machine's loopback: the
+/// snippets then work only here, and an agent elsewhere never reaches Control.
+pub fn loopback_warning(control_url: &str) -> Option<String> {
+    let uri: hyper::Uri = control_url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            host.eq_ignore_ascii_case("localhost")
+                || host.to_ascii_lowercase().ends_with(".localhost")
+        }
+    };
+    loopback.then(|| {
+        format!(
+            "Control's public URL is {control_url}, a loopback address: these snippets work only on \
+             this machine. For nodes elsewhere, start Control with --public-url set to an address \
+             they reach (in the compose stack, set PUBLIC_HOST)."
+        )
+    })
+}
+
+/// The systemd unit of a node (`agent` or `gateway`): the snippet and the install script
+/// write the same one. The key is in `/etc/kakuremichi/KIND.env`, not here.
+pub fn systemd_unit(kind: &str) -> String {
+    format!(
+        "[Unit]\nDescription=kakuremichi {kind}\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nEnvironmentFile=/etc/kakuremichi/{kind}.env\nExecStart=/usr/local/bin/kakuremichi-{kind} --state-dir /var/lib/kakuremichi-{kind}\nRestart=always\nDynamicUser=yes\nStateDirectory=kakuremichi-{kind}\nStateDirectoryMode=0700\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
 }
 
 #[cfg(test)]
@@ -95,5 +137,33 @@ mod tests {
         assert!(agent
             .iter()
             .all(|s| s.text.contains("ALLOW_TARGETS") || s.text.contains("allow_targets")));
+    }
+
+    #[test]
+    fn a_loopback_public_url_is_flagged() {
+        for url in [
+            "http://localhost:7080",
+            "http://127.0.0.1:7080",
+            "http://[::1]:7080/",
+            "http://app.localhost",
+        ] {
+            assert!(loopback_warning(url).is_some(), "{url}");
+        }
+        for url in [
+            "http://192.0.2.10:7080",
+            "https://control.example.com",
+            "http://localhost.example.com",
+        ] {
+            assert!(loopback_warning(url).is_none(), "{url}");
+        }
+    }
+
+    #[test]
+    fn readme_shows_the_unit_the_installer_writes() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&systemd_unit("agent")),
+            "README's systemd unit drifted"
+        );
     }
 }

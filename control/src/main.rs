@@ -57,7 +57,8 @@ struct Args {
     #[argh(option)]
     join_dir: Option<PathBuf>,
     /// directory of agent binaries (kakuremichi-agent-x86_64, kakuremichi-agent-aarch64)
-    /// served with /install.sh for one-line installs
+    /// served with /install.sh for one-line installs (default: $KAKUREMICHI_RELEASE_DIR,
+    /// which the control image sets to the agents it carries)
     #[argh(option)]
     release_dir: Option<PathBuf>,
     /// which nodes --join-dir enrols: gateway, agent or both, comma-separated (default both)
@@ -362,7 +363,9 @@ fn main() -> anyhow::Result<()> {
                     idle_secs: args.session_idle_secs.max(1),
                     absolute_secs: args.session_max_secs.max(1),
                 },
-                release_dir: args.release_dir,
+                release_dir: args
+                    .release_dir
+                    .or_else(|| std::env::var_os("KAKUREMICHI_RELEASE_DIR").map(PathBuf::from)),
                 trusted_proxies: trusted_proxies(&args.trusted_proxies)?,
                 join_dir: match args.join_dir {
                     Some(dir) => Some((dir, join_kinds(&args.join)?)),

@@ -61,7 +61,12 @@ pub fn install_script(control_url: &str, releases: &[Release]) -> String {
         .replace("@CONTROL_URL@", control_url)
         .replace("@SUMS@", &sums)
         .replace("@ARCHES@", &arches.join(" "))
+        .replace("@PROCD_INIT@", PROCD_INIT)
+        .replace("@SYSTEMD_UNIT@", &crate::install::systemd_unit("agent"))
 }
+
+/// The OpenWrt package's init script: the installer sets up the same service.
+const PROCD_INIT: &str = include_str!("../../openwrt/kakuremichi/files/etc/init.d/kakuremichi");
 
 const SCRIPT: &str = r#"#!/bin/sh
 # kakuremichi agent installer, served by Control at @CONTROL_URL@/install.sh
@@ -96,49 +101,26 @@ else fail "needs curl, uclient-fetch or wget"; fi
 place() { mkdir -p "$(dirname "$2")"; cp "$1" "$2.new"; chmod 0755 "$2.new"; mv "$2.new" "$2"; }
 got=$(sha256sum "$tmp" | cut -d' ' -f1)
 [ "$got" = "$sum" ] || fail "the download's SHA-256 is $got, expected $sum: not installed"
+# On OpenWrt: the package's own procd service, configured through UCI as the package is.
 if [ -f "$ROOT/etc/openwrt_release" ]; then
     place "$tmp" "$ROOT/usr/bin/kakuremichi-agent"
-    cat >"$ROOT/etc/init.d/kakuremichi" <<'INIT'
-#!/bin/sh /etc/rc.common
-START=95
-USE_PROCD=1
-start_service() {
-	. /etc/kakuremichi/env
-	procd_open_instance
-	procd_set_param command /usr/bin/kakuremichi-agent --state-dir /etc/kakuremichi
-	procd_set_param env CONTROL_URL="$CONTROL_URL" API_KEY="$API_KEY" ALLOW_TARGETS="$ALLOW_TARGETS"
-	procd_set_param respawn 3600 5 0
-	procd_set_param stderr 1
-	procd_close_instance
-}
-INIT
-    chmod 0755 "$ROOT/etc/init.d/kakuremichi"
-    mkdir -p "$ROOT/etc/kakuremichi"
-    umask 077
-    printf 'CONTROL_URL=%s\nAPI_KEY=%s\nALLOW_TARGETS=%s\n' "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/kakuremichi/env"
+    mkdir -p "$ROOT/etc/init.d" "$ROOT/etc/config"
+    cat >"$ROOT/etc/init.d/kakuremichi.new" <<'INIT'
+@PROCD_INIT@INIT
+    chmod 0755 "$ROOT/etc/init.d/kakuremichi.new"
+    mv "$ROOT/etc/init.d/kakuremichi.new" "$ROOT/etc/init.d/kakuremichi"
+    ( umask 077; printf "config kakuremichi 'agent'\n\toption enabled '1'\n\toption control_url '%s'\n\toption api_key '%s'\n\toption allow_targets '%s'\n" \
+        "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/config/kakuremichi" )
     [ -n "$ROOT" ] || { /etc/init.d/kakuremichi enable; /etc/init.d/kakuremichi restart; }
     echo "kakuremichi agent installed as a procd service (logread shows its log)"
     exit 0
 fi
 place "$tmp" "$ROOT/usr/local/bin/kakuremichi-agent"
 mkdir -p "$ROOT/etc/kakuremichi" "$ROOT/etc/systemd/system"
+chmod 0700 "$ROOT/etc/kakuremichi"
 ( umask 077; printf 'CONTROL_URL=%s\nAPI_KEY=%s\nALLOW_TARGETS=%s\n' "$CONTROL_URL" "$API_KEY" "$ALLOW_TARGETS" >"$ROOT/etc/kakuremichi/agent.env" )
 cat >"$ROOT/etc/systemd/system/kakuremichi-agent.service" <<'UNIT'
-[Unit]
-Description=kakuremichi agent
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-EnvironmentFile=/etc/kakuremichi/agent.env
-ExecStart=/usr/local/bin/kakuremichi-agent --state-dir /var/lib/kakuremichi-agent
-DynamicUser=yes
-StateDirectory=kakuremichi-agent
-Restart=always
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+@SYSTEMD_UNIT@UNIT
 if [ -z "$ROOT" ] && command -v systemctl >/dev/null; then
     systemctl daemon-reload
     systemctl enable --now kakuremichi-agent.service

@@ -1220,7 +1220,16 @@ fn new_key_page(
         !control.releases.is_empty(),
     );
     let (user, csrf) = (&visitor.user, visitor.session.csrf.as_str());
-    let page = pages::nodes::key_page(user, csrf, kind, heading, api_key, &snippets);
+    let warning = crate::install::loopback_warning(&control.public_url);
+    let page = pages::nodes::key_page(
+        user,
+        csrf,
+        kind,
+        heading,
+        api_key,
+        &snippets,
+        warning.as_deref(),
+    );
     let mut response = html(status, page);
     // The key must not linger in caches or history.
     response.headers_mut().insert(

@@ -398,6 +398,7 @@ pub fn netstack_status(config_version: u64, stack: &kakuremichi_netstack::Stack)
             .map(|p| kakuremichi_proto::ids::PublicKey(p.public_key))
             .collect(),
         problems: Vec::new(),
+        failing_origins: Vec::new(),
     }
 }
 

@@ -97,6 +97,23 @@ pub struct NodeStatus {
     /// certificate that does not load).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Tunnels whose target an agent could not reach on its latest attempt (visitors get
+    /// 502): what failed, and since when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_origins: Vec<OriginFailure>,
+}
+
+/// A tunnel whose target did not answer the agent's latest connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginFailure {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// The target, as the tunnel names it.
+    pub target: String,
+    /// Why, as the agent's system said it (connection refused, timed out, …).
+    pub error: String,
+    /// Unix seconds of the first failure in this run of failures.
+    pub since: u64,
 }
 
 /// Control → node.

@@ -19,8 +19,8 @@ pub struct Overview {
 }
 
 impl Overview {
-    /// Online and total per node kind, tunnels, and problems: nodes offline, tunnels whose
-    /// agent is offline, certificates failing.
+    /// Online and total per node kind, tunnels, and problems: nodes offline or degraded,
+    /// tunnels whose origin fails, certificates failing, expiring or missing (every issuer).
     pub fn of(state: &State, hub: &Hub) -> Overview {
         let count = |kind| {
             let nodes: Vec<_> = state.nodes.iter().filter(|n| n.kind == kind).collect();
@@ -45,9 +45,40 @@ impl Overview {
                 ));
             }
         }
+        for (hostname, issuer) in crate::model::https_hostnames(state) {
+            if !state.certificates.iter().any(|c| c.hostname == hostname) {
+                attention.push(match issuer {
+                    crate::model::Issuer::Manual => {
+                        format!("Certificate for {hostname}: none uploaded yet (Certificates page)")
+                    }
+                    _ => format!("Certificate for {hostname}: not issued yet"),
+                });
+            }
+        }
         for node in &state.nodes {
-            if !hub.presence(&node.id).online {
-                attention.push(format!("{} {} is offline", node.kind.as_str(), node.name));
+            if node.disabled {
+                continue;
+            }
+            match crate::fleet::health_now(hub, state, node) {
+                (crate::fleet::Health::Healthy, _) => {}
+                (crate::fleet::Health::Down, why) => {
+                    attention.push(format!("{} {} is {why}", node.kind.as_str(), node.name))
+                }
+                (crate::fleet::Health::Degraded, why) => attention.push(format!(
+                    "{} {} is degraded: {why}",
+                    node.kind.as_str(),
+                    node.name
+                )),
+            }
+        }
+        for tunnel in state.tunnels.iter().filter(|t| t.enabled) {
+            if let Some(failure) = super::tunnels::origin_failure(tunnel, hub) {
+                attention.push(format!(
+                    "Tunnel {} answers 502: its agent cannot reach {} ({})",
+                    tunnel.label(),
+                    failure.target,
+                    failure.error
+                ));
             }
         }
         Overview {
@@ -104,7 +135,7 @@ pub fn page(user: &UserRecord, csrf: &str, overview: &Overview) -> Markup {
             h2 { "Needs attention" }
             div.card {
                 @if overview.attention.is_empty() {
-                    p.muted { "Nothing: every node is online and every certificate is fine." }
+                    p.muted { "Nothing: every node is healthy, every origin answers and every certificate is fine." }
                 } @else {
                     ul.attention {
                         @for item in &overview.attention {

@@ -382,6 +382,7 @@ pub fn key_page(
     heading: &str,
     api_key: &str,
     snippets: &[Snippet],
+    warning: Option<&str>,
 ) -> Markup {
     let (_, path) = names(kind);
     layout(
@@ -390,6 +391,9 @@ pub fn key_page(
         html! {
             h1 { (heading) }
             p.notice { "Copy the API key now: it is shown only this once (Control keeps only its hash)." }
+            @if let Some(warning) = warning {
+                p.notice.bad { (warning) }
+            }
             div.card {
                 h2 { "API key" }
                 (super::copyable("api-key", api_key))

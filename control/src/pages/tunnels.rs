@@ -23,6 +23,25 @@ pub struct Row {
     pub access: Option<String>,
     /// What the certificate is doing, and how healthy that is (`good`, `warn`, `bad`, ``).
     pub certificate: (String, &'static str),
+    /// Whether it serves, and how healthy that is: disabled, no agent online, the origin
+    /// failing, or serving.
+    pub state: (String, &'static str),
+}
+
+/// The failure of `tunnel`'s origin that one of its online agents reported, if any.
+pub fn origin_failure(
+    tunnel: &crate::model::TunnelRecord,
+    hub: &Hub,
+) -> Option<kakuremichi_proto::messages::OriginFailure> {
+    tunnel.agents().find_map(|(agent, _)| {
+        let presence = hub.presence(agent);
+        presence.online.then_some(())?;
+        presence
+            .status?
+            .failing_origins
+            .into_iter()
+            .find(|f| f.tunnel_id == tunnel.id)
+    })
 }
 
 /// The rows matching `filter` (in hostname, agent or target, any case), by hostname.
@@ -32,7 +51,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         .tunnels
         .iter()
         .map(|tunnel| {
-            let agents = tunnel
+            let agents: Vec<(String, bool)> = tunnel
                 .agents()
                 .map(|(id, _)| match state.nodes.iter().find(|n| n.id == id) {
                     Some(agent) => (agent.name.clone(), hub.presence(&agent.id).online),
@@ -48,6 +67,9 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                     .iter()
                     .find(|c| Some(&c.hostname) == tunnel.hostname.as_ref())
                 {
+                    None if tunnel.issuer == Issuer::Manual => {
+                        ("none uploaded yet".to_string(), "bad")
+                    }
                     None => ("waiting".to_string(), "warn"),
                     Some(cert) => match cert.state {
                         CertState::Valid => (
@@ -68,6 +90,18 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                     },
                 },
             };
+            let state = if !tunnel.enabled {
+                ("disabled".to_string(), "")
+            } else if !agents.iter().any(|(_, online)| *online) {
+                ("down: no agent online".to_string(), "bad")
+            } else if let Some(failure) = origin_failure(tunnel, hub) {
+                (
+                    format!("502: cannot reach {} ({})", failure.target, failure.error),
+                    "bad",
+                )
+            } else {
+                ("serving".to_string(), "good")
+            };
             Row {
                 id: tunnel.id.clone(),
                 name: tunnel.label(),
@@ -77,6 +111,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 enabled: tunnel.enabled,
                 access: tunnel.access.summary(),
                 certificate,
+                state,
             }
         })
         .filter(|row| {
@@ -137,9 +172,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                                     }
                                     td data-label="Target" { code { (row.target) } }
                                     td data-label="Certificate" { span class={"dot " (row.certificate.1)} {} (row.certificate.0) }
-                                    td data-label="State" {
-                                        @if row.enabled { "enabled" } @else { span.muted { "disabled" } }
-                                    }
+                                    td data-label="State" { span class={"dot " (row.state.1)} {} (row.state.0) }
                                     @if admin {
                                         td.row-actions {
                                             form.inline method="post" action={"/tunnels/" (row.id) "/enabled"} {
