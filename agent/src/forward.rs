@@ -52,15 +52,25 @@ impl Allowed {
 
 /// Tunnels whose target failed the latest connection, reported to Control (which shows them
 /// instead of a calm "serving" while visitors get 502). A success clears the failure.
-#[derive(Default)]
 pub struct Origins {
     failing: Mutex<HashMap<String, OriginFailure>>,
+    /// Called when a tunnel starts or stops failing, so Control hears at once.
+    on_change: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Origins {
+    /// No failures yet; `on_change` runs whenever the set of failing tunnels changes.
+    pub fn new(on_change: impl Fn() + Send + Sync + 'static) -> Self {
+        Origins {
+            failing: Mutex::new(HashMap::new()),
+            on_change: Box::new(on_change),
+        }
+    }
+
     /// The outcome of one connection to `target` for `tunnel_id`, at `now` (Unix seconds).
     pub fn record(&self, tunnel_id: &str, target: &Target, outcome: Result<(), String>, now: u64) {
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let was_failing = failing.contains_key(tunnel_id);
         match outcome {
             Ok(()) => {
                 failing.remove(tunnel_id);
@@ -80,6 +90,10 @@ impl Origins {
                     },
                 );
             }
+        }
+        if was_failing != failing.contains_key(tunnel_id) {
+            drop(failing);
+            (self.on_change)();
         }
     }
 
@@ -328,7 +342,11 @@ mod tests {
 
     #[test]
     fn a_failing_origin_is_kept_until_a_connection_succeeds() {
-        let origins = Origins::default();
+        let changes = Arc::new(AtomicU64::new(0));
+        let counted = changes.clone();
+        let origins = Origins::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
         let target: Target = "127.0.0.1:3000".parse().unwrap();
         origins.record("t1", &target, Err("connection refused".into()), 100);
         origins.record("t1", &target, Err("timed out".into()), 160);
@@ -345,7 +363,7 @@ mod tests {
 
     #[test]
     fn failures_of_tunnels_gone_or_retargeted_are_forgotten() {
-        let origins = Origins::default();
+        let origins = Origins::new(|| {});
         let old: Target = "127.0.0.1:3000".parse().unwrap();
         origins.record("moved", &old, Err("refused".into()), 1);
         origins.record("gone", &old, Err("refused".into()), 1);

@@ -88,7 +88,6 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         })?;
     let (stack, snapshots) = (node.stack, node.snapshots);
     let allowed = forward::Allowed::new(settings.allow_targets.clone());
-    let origins = Arc::new(forward::Origins::default());
     let agent = Arc::new(Agent {
         stack: stack.clone(),
         allowed: allowed.clone(),
@@ -96,6 +95,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         service_count: AtomicUsize::new(0),
         link: LinkState::default(),
     });
+    let reporting = agent.clone();
+    let origins = Arc::new(forward::Origins::new(move || {
+        reporting.link.report_status()
+    }));
     let status_agent = agent.clone();
     let serve_status = kakuremichi_rt::http::serve(status_listener, move |request, _| {
         let agent = status_agent.clone();

@@ -147,6 +147,21 @@ impl Hub {
         }
     }
 
+    /// Nudge every session whenever the store's revision moves, within `every`: a write no
+    /// nudge announced (the CLI writes the store from another process) reaches nodes at once
+    /// instead of at the next heartbeat. Runs for as long as Control does.
+    pub async fn follow_revision(&self, store: &crate::store::Store, every: Duration) {
+        let mut seen = store.revision().ok();
+        loop {
+            async_io::Timer::after(every).await;
+            let now = store.revision().ok();
+            if now != seen {
+                self.notify_all();
+                seen = now;
+            }
+        }
+    }
+
     /// The node's presence: online if a session heard from it within the offline window.
     pub fn presence(&self, node_id: &str) -> Presence {
         let sessions = self.lock();

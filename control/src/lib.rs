@@ -232,12 +232,15 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         releases,
         trusted_proxies: settings.trusted_proxies,
     });
+    let follow = control
+        .hub
+        .follow_revision(&control.store, std::time::Duration::from_secs(1));
     futures_lite::future::or(
         futures_lite::future::or(
             server::serve(control.clone(), listener),
             kakuremichi_rt::memory::release_periodically(),
         ),
-        certs::run(control),
+        futures_lite::future::or(certs::run(control.clone()), follow),
     )
     .await;
     Ok(())

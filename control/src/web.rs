@@ -167,8 +167,9 @@ pub async fn handle(
                 node_route(control, request, kind, id, action).await?
             }
             ["", "tunnels", id, "access"] if method == Method::GET => {
+                let saved = query_param(&request, "saved").is_some();
                 session_page(control, &request, |visitor, state| {
-                    rules_page(visitor, state, id, None, None)
+                    rules_page(visitor, state, id, None, None, saved)
                 })
             }
             ["", "tunnels", id, "access", ref action @ ..] if method == Method::POST => {
@@ -812,6 +813,7 @@ fn rules_page(
     id: &str,
     form: Option<&pages::access::RulesForm>,
     new_token: Option<(&str, &str)>,
+    saved: bool,
 ) -> (u16, Markup) {
     let who = (&visitor.user, visitor.session.csrf.as_str());
     let tunnel = state.tunnels.iter().find(|t| t.id == id);
@@ -867,6 +869,7 @@ fn rules_page(
         shown.as_ref().unwrap_or(&stored),
         &tokens,
         new_token,
+        saved,
     );
     (status, page)
 }
@@ -922,7 +925,7 @@ fn change_access(
                     return match control.store.state() {
                         Ok(state) => {
                             let (status, page) =
-                                rules_page(&visitor, &state, id, Some(&shown), None);
+                                rules_page(&visitor, &state, id, Some(&shown), None, false);
                             html(status, page)
                         }
                         Err(e) => failure(&e),
@@ -942,12 +945,16 @@ fn change_access(
         Ok(()) => {
             control.hub.notify_all();
             let Some((record, token)) = new_token else {
-                return redirect(&back);
+                // Saved rules say so on the page they return to.
+                return match action.as_slice() {
+                    [] => redirect(&format!("{back}?saved=1")),
+                    _ => redirect(&back),
+                };
             };
             match control.store.state() {
                 Ok(state) => {
                     let shown = Some((record.name.as_str(), token.as_str()));
-                    let (status, page) = rules_page(&visitor, &state, id, None, shown);
+                    let (status, page) = rules_page(&visitor, &state, id, None, shown, false);
                     let mut response = html(status, page);
                     response.headers_mut().insert(
                         hyper::header::CACHE_CONTROL,
@@ -1745,10 +1752,16 @@ fn certificates_page<B>(
     session_page(control, request, |visitor, state| {
         let mut certificates: Vec<&crate::model::CertRecord> = state.certificates.iter().collect();
         certificates.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
+        // Tunnels that need a certificate none is stored for (a manual one not uploaded yet).
+        let missing: Vec<(String, crate::model::Issuer)> = crate::model::https_hostnames(state)
+            .into_iter()
+            .filter(|(hostname, _)| !state.certificates.iter().any(|c| c.hostname == *hostname))
+            .map(|(hostname, issuer)| (hostname.to_string(), issuer))
+            .collect();
         let page = pages::certificates::page(
             &visitor.user,
             &visitor.session.csrf,
-            &certificates,
+            (&certificates, &missing),
             upload_error,
             auth::unix_now(),
         );

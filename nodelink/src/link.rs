@@ -163,6 +163,12 @@ impl LinkState {
         self.sessions.load(Ordering::Relaxed)
     }
 
+    /// Something the status reports changed (an origin began or stopped failing): Control
+    /// hears of it at once, with the applied version, not at the next heartbeat.
+    pub fn report_status(&self) {
+        let _ = self.applied_changed.0.try_send(());
+    }
+
     /// Config snapshots received since the node started.
     pub fn snapshots(&self) -> u64 {
         self.snapshots.load(Ordering::Relaxed)

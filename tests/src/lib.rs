@@ -4,6 +4,7 @@
 //! The binaries are taken from the cargo target directory this test binary was built in
 //! (`cargo build --bins` first; the README's test command does).
 
+pub mod browser;
 pub mod cluster;
 pub mod dns;
 pub mod origin;
@@ -281,4 +282,47 @@ pub fn raw_exchange(
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// A self-signed leaf (CA:FALSE, SAN) for `hostname` made with openssl: (cert path, key path).
+pub fn openssl_leaf(
+    dir: &std::path::Path,
+    name: &str,
+    hostname: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-subj", &format!("/CN={hostname}")])
+        .args([
+            "-addext",
+            &format!("subjectAltName=DNS:{hostname}"),
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    (cert, key)
 }

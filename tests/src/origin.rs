@@ -16,7 +16,12 @@ pub struct Origin {
 impl Origin {
     /// Start an origin that calls itself `name`.
     pub fn start(name: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Origin::start_at(name, ([127, 0, 0, 1], 0).into())
+    }
+
+    /// Start an origin that calls itself `name` at `addr` (port 0: any free port).
+    pub fn start_at(name: &str, addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let name = name.to_string();
         std::thread::spawn(move || serve_forever(listener, &name));

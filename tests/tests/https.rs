@@ -1,7 +1,7 @@
 //! HTTPS: certificates from Control's internal CA and from a real ACME CA (Pebble), served by
 //! gateways over TLS with HTTP/2 and HTTP/1.1.
 
-use kakuremichi_tests::{curl, wait_for, Cluster, Origin};
+use kakuremichi_tests::{curl, openssl_leaf, wait_for, Cluster, Origin};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,45 +120,6 @@ fn internal_ca_certificates_serve_https_with_h2_and_redirects() {
     let unknown = cluster.get_https(0, "unknown.localhost", "/", &ca, &[]);
     assert_eq!(unknown.status, 0, "{unknown:?}");
     assert!(cluster.gateways[0].is_running());
-}
-
-/// A self-signed leaf (CA:FALSE, SAN) for `hostname` made with openssl: (cert path, key path).
-fn openssl_leaf(dir: &std::path::Path, name: &str, hostname: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-        ])
-        .args(["-subj", &format!("/CN={hostname}")])
-        .args([
-            "-addext",
-            &format!("subjectAltName=DNS:{hostname}"),
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    (cert, key)
 }
 
 #[test]

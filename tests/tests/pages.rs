@@ -2,45 +2,9 @@
 //! by the code in Control's log, login with throttling, the dashboard behind a session, and
 //! every forged or foreign request refused with nothing written.
 
-use kakuremichi_tests::{curl, Answer, Cluster, CookieJar};
+use kakuremichi_tests::browser::{csrf_of, log_in_admin, Browser};
+use kakuremichi_tests::{curl, Cluster};
 use std::path::{Path, PathBuf};
-
-/// A browser on Control's pages: a cookie jar and Control's address.
-struct Browser {
-    jar: CookieJar,
-    base: String,
-}
-
-impl Browser {
-    fn new(cluster: &Cluster, name: &str) -> Browser {
-        Browser {
-            jar: CookieJar::new(&cluster.dir, name),
-            base: cluster.control_url(""),
-        }
-    }
-
-    fn get(&self, path: &str) -> Answer {
-        self.jar.request(&format!("{}{path}", self.base), &[])
-    }
-
-    /// A form POST; `origin` as a browser would send it (None: a request from a script).
-    fn post(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> Answer {
-        let origin_header = origin.map(|o| format!("Origin: {o}"));
-        let mut args = vec!["-X", "POST"];
-        if let Some(header) = &origin_header {
-            args.extend(["-H", header.as_str()]);
-        }
-        let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for field in &encoded {
-            args.extend(["--data-urlencode", field.as_str()]);
-        }
-        self.jar.request(&format!("{}{path}", self.base), &args)
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.jar.header(name)
-    }
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
@@ -66,13 +30,6 @@ fn setup_form(code: &str) -> [(&str, &str); 4] {
         ("password", "a long enough secret"),
         ("confirm", "a long enough secret"),
     ]
-}
-
-fn csrf_of(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("the page has a form token");
-    page[at + 19..].split('"').next().unwrap().to_string()
 }
 
 #[test]
@@ -265,15 +222,6 @@ fn failed_logins_are_throttled_with_a_clear_wait() {
 }
 
 /// A browser logged in as a new administrator `root`.
-fn log_in_admin(cluster: &Cluster) -> Browser {
-    cluster.add_user("root", true, "the admin's password");
-    let admin = Browser::new(cluster, "admin");
-    let login = [("name", "root"), ("password", "the admin's password")];
-    let origin = cluster.control_url("");
-    assert_eq!(admin.post("/login", &login, Some(&origin)).status, 303);
-    admin
-}
-
 fn tunnels(cluster: &Cluster) -> Vec<serde_json::Value> {
     let answer = cluster.api("GET", "/api/v1/tunnels", None);
     assert_eq!(answer.status, 200);

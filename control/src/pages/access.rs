@@ -72,6 +72,7 @@ pub fn rules_page(
     form: &RulesForm,
     tokens: &[TokenRow],
     new_token: Option<(&str, &str)>,
+    saved: bool,
 ) -> Markup {
     let (id, hostname) = tunnel;
     let csrf = who.1;
@@ -93,6 +94,9 @@ pub fn rules_page(
         html! {
             p.muted { a href="/tunnels" { "Tunnels" } " / " (hostname) }
             h1 { "Who may open " (hostname) }
+            @if saved {
+                p.notice.good role="status" { "Saved. Every gateway applies these rules within a second or two." }
+            }
             @if let Some((name, token)) = new_token {
                 div.card {
                     p.notice { "Copy the service token " b { (name) } " now: it is shown only this once." }

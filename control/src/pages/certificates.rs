@@ -3,13 +3,13 @@
 
 use super::{field, layout};
 use crate::auth::{Role, UserRecord};
-use crate::model::{CertRecord, CertState};
+use crate::model::{CertRecord, CertState, Issuer};
 use maud::{html, Markup};
 
 pub fn page(
     user: &UserRecord,
     csrf: &str,
-    certificates: &[&CertRecord],
+    (certificates, missing): (&[&CertRecord], &[(String, Issuer)]),
     upload_error: Option<&str>,
     now: u64,
 ) -> Markup {
@@ -19,13 +19,28 @@ pub fn page(
         Some((user, csrf)),
         html! {
             h1 { "Certificates" }
-            @if certificates.is_empty() {
+            @if certificates.is_empty() && missing.is_empty() {
                 div.card { p.muted { "None yet: tunnels with HTTPS get theirs when they are created." } }
             } @else {
                 div.card.table {
                     table {
                         thead { tr { th { "Hostname" } th { "Issuer" } th { "State" } th { "Expires" } th { "" } } }
                         tbody {
+                            @for (hostname, issuer) in missing {
+                                tr {
+                                    td data-label="Hostname" { (hostname) }
+                                    td data-label="Issuer" { (issuer.as_str()) }
+                                    td data-label="State" {
+                                        @if *issuer == Issuer::Manual {
+                                            span.dot.bad {} "none uploaded yet: upload it below"
+                                        } @else {
+                                            span.dot.warn {} "not issued yet"
+                                        }
+                                    }
+                                    td data-label="Expires" { span.muted { "—" } }
+                                    td.row-actions {}
+                                }
+                            }
                             @for cert in certificates {
                                 tr {
                                     td data-label="Hostname" { (cert.hostname) }

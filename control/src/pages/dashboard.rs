@@ -132,6 +132,7 @@ pub fn page(user: &UserRecord, csrf: &str, overview: &Overview) -> Markup {
                     (overview.tunnels_disabled > 0).then(|| format!("{} disabled", overview.tunnels_disabled))))
                 (stat("Certificates valid", overview.certificates_valid.to_string(), "", None))
             }
+            script { (maud::PreEscaped(super::REFRESH_SCRIPT)) }
             h2 { "Needs attention" }
             div.card {
                 @if overview.attention.is_empty() {

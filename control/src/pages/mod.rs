@@ -107,17 +107,32 @@ pub const COPY_SCRIPT: &str = "document.querySelectorAll('[data-copy]').forEach(
   });\
 });";
 
-/// Control's `Content-Security-Policy`: its own stylesheet, [`COPY_SCRIPT`] by its hash and
-/// no other script, never framed.
+/// Reloads a page of live states every 15 s, except while someone is typing in it.
+pub const REFRESH_SCRIPT: &str = "setInterval(function () {\
+  var typing = document.activeElement && /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);\
+  if (!typing && document.visibilityState === 'visible') location.reload();\
+}, 15000);";
+
+/// Control's `Content-Security-Policy`: its own stylesheet, [`COPY_SCRIPT`] and
+/// [`REFRESH_SCRIPT`] by their hashes and no other script, never framed.
 pub fn content_security_policy() -> &'static str {
     static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     POLICY.get_or_init(|| {
         use base64::Engine;
-        let digest = ring::digest::digest(&ring::digest::SHA256, COPY_SCRIPT.as_bytes());
-        let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        let hashes: Vec<String> = [COPY_SCRIPT, REFRESH_SCRIPT]
+            .iter()
+            .map(|script| {
+                let digest = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+                format!(
+                    "'sha256-{}'",
+                    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+                )
+            })
+            .collect();
         format!(
-            "default-src 'self'; script-src 'sha256-{hash}'; object-src 'none'; \
-             frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'self'; script-src {}; object-src 'none'; \
+             frame-ancestors 'none'; base-uri 'none'",
+            hashes.join(" ")
         )
     })
 }

@@ -144,6 +144,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                 @if filter.is_empty() { (total) (if total == 1 { " tunnel" } else { " tunnels" }) }
                 @else { (rows.len()) " of " (total) (if total == 1 { " tunnel matches" } else { " tunnels match" }) }
             }
+            script { (maud::PreEscaped(super::REFRESH_SCRIPT)) }
             @if rows.is_empty() {
                 div.card { p.muted { "No tunnel to show." @if admin { " " a href="/tunnels/new" { "Create one." } } } }
             } @else {
