@@ -161,7 +161,7 @@ def protect(page, control, tunnel_url, shoot):
     expect(page, "Who may open hello.localhost", "a tunnel's access page")
     page.submit({"users": "admin", "password": "pin 2468", "bypass": "/health"},
                 form="form[action$='/access']")
-    expect(page, "empty keeps the current one", "saved access rules")
+    expect(page, "Saved. Every gateway applies", "saving access rules says so")
     shoot("tunnel-access")
 
     def private():
@@ -216,6 +216,7 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
         page.submit({"name": "garage-pi"})
         expect(page, "garage-pi is enrolled", "enrolling an agent shows its key once")
         expect(page, "API_KEY", "the install snippets")
+        expect(page, "a loopback address", "a loopback public URL is flagged on the enrolment page")
         page.call("Emulation.setDeviceMetricsOverride", width=1280, height=1400, deviceScaleFactor=1, mobile=False)
         shot = page.call("Page.captureScreenshot", format="png")
         with open(os.path.join(out, "agent-enrolled.png"), "wb") as f:
@@ -267,6 +268,21 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
         page.go(control + "/tunnels/new")
         page.submit({"kind": "udp", "ports": "15432-15433", "target": "127.0.0.1:5432-5433", "proxy_protocol": "v1"})
         expect(page, "applies to tcp and tls tunnels", "PROXY on a udp tunnel is refused with a reason")
+        if tunnel_url:
+            # wiki.example.com forwards to a port nothing listens on: a visitor gets 502,
+            # and the pages say so instead of "serving".
+            port = tunnel_url.rsplit(":", 1)[1]
+            visit = ["curl", "-sk", "-o", "/dev/null", "--resolve", f"wiki.example.com:{port}:127.0.0.1",
+                     f"https://wiki.example.com:{port}/"]
+
+            def failing():
+                subprocess.run(visit, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                page.go(control + "/tunnels")
+                return "502: cannot reach" in (page.js("document.body.innerText") or "")
+            wait_for("the tunnels page showing the failing origin", failing, seconds=15)
+            page.go(control + "/")
+            expect(page, "wiki.example.com answers 502", "the dashboard lists the failing origin")
+            shoot("dashboard-attention")
         page.go(control + "/tunnels")
         shoot("tunnels")
         page.js("document.querySelector('a.edit').click()")
@@ -282,7 +298,7 @@ def walk(control, code, out, agent_command=None, target=None, check_command=None
             expect(page, name, f"the list at {path}")
             shoot(path.strip("/"))
         page.go(control + "/certificates")
-        expect(page, "Certificates", "the certificates page")
+        expect(page, "none uploaded yet", "the certificates page lists a manual certificate to upload")
         shoot("certificates")
         page.go(control + "/account")
         expect(page, "Change password", "the account page")

@@ -62,7 +62,7 @@ impl Overview {
             match crate::fleet::health_now(hub, state, node) {
                 (crate::fleet::Health::Healthy, _) => {}
                 (crate::fleet::Health::Down, why) => {
-                    attention.push(format!("{} {} is {why}", node.kind.as_str(), node.name))
+                    attention.push(format!("{} {}: {why}", node.kind.as_str(), node.name))
                 }
                 (crate::fleet::Health::Degraded, why) => attention.push(format!(
                     "{} {} is degraded: {why}",
