@@ -34,7 +34,7 @@ pub async fn handle(
     let path = request.uri().path().to_string();
     let response = match (method, path.as_str()) {
         (Method::GET, "/style.css") => respond(200, "text/css; charset=utf-8", pages::STYLE),
-        (Method::GET, "/") => live(dashboard(control, &request)),
+        (Method::GET, "/") => dashboard(control, &request),
         (Method::GET, "/tunnels") => tunnels(control, &request),
         (Method::GET, "/setup") => match control.setup_open() {
             true => html(200, pages::setup::page(&Default::default())),
@@ -67,8 +67,8 @@ pub async fn handle(
             guarded(control, request, |c, r, f| login(c, r, f, &address)).await
         }
         (Method::POST, "/logout") => guarded(control, request, logout).await,
-        (Method::GET, "/agents") => live(nodes_page(control, &request, NodeKind::Agent)),
-        (Method::GET, "/gateways") => live(nodes_page(control, &request, NodeKind::Gateway)),
+        (Method::GET, "/agents") => nodes_page(control, &request, NodeKind::Agent),
+        (Method::GET, "/gateways") => nodes_page(control, &request, NodeKind::Gateway),
         (Method::GET, "/agents/new") => new_node_page(control, &request, NodeKind::Agent),
         (Method::GET, "/gateways/new") => new_node_page(control, &request, NodeKind::Gateway),
         (Method::POST, "/agents/new") => {
@@ -99,7 +99,7 @@ pub async fn handle(
                 .to_string();
             guarded(control, request, |c, r, f| second_factor(c, r, f, &address)).await
         }
-        (Method::GET, "/certificates") => live(certificates_page(control, &request, None)),
+        (Method::GET, "/certificates") => certificates_page(control, &request, None),
         (Method::POST, "/certificates/new") => guarded(control, request, upload_certificate).await,
         (Method::GET, "/users") => users_page(control, &request),
         (Method::GET, "/tokens") => tokens_page(control, &request),
@@ -2104,17 +2104,6 @@ fn set_cookie(response: &mut Response<Body>, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().append(SET_COOKIE, value);
     }
-}
-
-/// Status pages reload themselves (no script needed), so a node coming online or a
-/// certificate being issued shows without a manual reload. Pages with forms do not.
-fn live(mut response: Response<Body>) -> Response<Body> {
-    if response.status() == 200 {
-        response
-            .headers_mut()
-            .insert("refresh", HeaderValue::from_static("10"));
-    }
-    response
 }
 
 fn html(status: u16, markup: Markup) -> Response<Body> {

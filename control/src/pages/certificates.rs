@@ -18,6 +18,7 @@ pub fn page(
         "Certificates",
         Some((user, csrf)),
         html! {
+            script { (maud::PreEscaped(super::REFRESH_SCRIPT)) }
             h1 { "Certificates" }
             @if certificates.is_empty() && missing.is_empty() {
                 div.card { p.muted { "None yet: tunnels with HTTPS get theirs when they are created." } }

@@ -315,6 +315,7 @@ pub fn list_page(
         title,
         Some((user, csrf)),
         html! {
+            script { (maud::PreEscaped(super::REFRESH_SCRIPT)) }
             div.toolbar {
                 h1 { (title) }
                 @if user.role == Role::Admin { a.button href={(path) "/new"} { "Enrol " (kind.as_str()) } }
