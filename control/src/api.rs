@@ -123,12 +123,10 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             let patch = parse_patch(control, read_json(request).await?, &current)?;
             let id = current.id;
             let tunnel = control.store.update_tunnel(&id, patch)?;
-            control.hub.notify_all();
             Ok((200, tunnel_json(&tunnel)))
         }
         (Method::DELETE, ["tunnels", id]) => {
             control.store.delete_tunnel(id)?;
-            control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
         (Method::GET, ["tunnels", id, "service-tokens"]) => {
@@ -141,7 +139,6 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
             let name = fields.required("name")?;
             fields.finish()?;
             let (record, token) = control.store.add_service_token(&id, &name)?;
-            control.hub.notify_all();
             let body = json!({
                 "id": record.id, "name": record.name, "created_at": record.created_at,
                 "token": token,
@@ -150,12 +147,10 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         }
         (Method::DELETE, ["tunnels", id, "service-tokens", token_id]) => {
             control.store.revoke_service_token(id, token_id)?;
-            control.hub.notify_all();
             Ok((200, json!({ "revoked": token_id })))
         }
         (Method::POST, ["access", "rotate-keys"]) => {
             control.store.rotate_access_keys()?;
-            control.hub.notify_all();
             Ok((200, json!({ "rotated": true })))
         }
         (Method::GET, ["tokens"]) => Ok((
@@ -173,7 +168,6 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
         )),
         (Method::POST, ["users"]) => {
             let created = create_user(control, read_json(request).await?);
-            control.hub.notify_all();
             created
         }
         (Method::PATCH, ["users", id]) => {
@@ -191,12 +185,10 @@ async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Va
                 user.disabled = disabled.unwrap_or(user.disabled);
                 user.role = role.unwrap_or(user.role);
             })?;
-            control.hub.notify_all();
             Ok((200, user_json(&user)))
         }
         (Method::DELETE, ["users", id]) => {
             control.store.delete_user(id)?;
-            control.hub.notify_all();
             Ok((200, json!({ "deleted": id })))
         }
         (Method::GET, ["certificates"]) => {
@@ -491,7 +483,6 @@ fn create_tunnel(control: &Control, mut fields: Fields) -> Result<(u16, Value), 
     };
     fields.finish()?;
     let tunnel = control.store.create_tunnel(new)?;
-    control.hub.notify_all();
     Ok((201, tunnel_json(&tunnel)))
 }
 
@@ -616,7 +607,6 @@ fn create_node(
     crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
     fields.finish()?;
     let (record, api_key) = control.store.create_node(kind, name)?;
-    control.hub.notify_all();
     Ok((201, with_key(control, &record, &api_key)))
 }
 
@@ -679,7 +669,6 @@ async fn change_node(
         }
         _ => return Err(Error::MethodNotAllowed),
     };
-    control.hub.notify_all();
     Ok((status, body))
 }
 
@@ -811,6 +800,5 @@ pub fn store_manual_certificate(
         crate::certs::inspect::check_manual(&chain, &key, &hostname, crate::auth::unix_now())?;
     let record = info.into_record(hostname, Issuer::Manual, chain, key);
     control.store.put_certificate(&record)?;
-    control.hub.notify_all();
     Ok(record)
 }

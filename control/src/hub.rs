@@ -147,13 +147,22 @@ impl Hub {
         }
     }
 
-    /// Nudge every session whenever the store's revision moves, within `every`: a write no
-    /// nudge announced (the CLI writes the store from another process) reaches nodes at once
-    /// instead of at the next heartbeat. Runs for as long as Control does.
+    /// Nudge every session whenever the store's revision moves: at once after this
+    /// process commits, and within `every` after another one does (the CLI writes the store
+    /// from its own process). No handler pushes config by hand. Runs as long as Control does.
     pub async fn follow_revision(&self, store: &crate::store::Store, every: Duration) {
+        let commits = store.commits();
         let mut seen = store.revision().ok();
         loop {
-            async_io::Timer::after(every).await;
+            futures_lite::future::or(
+                async {
+                    let _ = commits.recv().await;
+                },
+                async {
+                    async_io::Timer::after(every).await;
+                },
+            )
+            .await;
             let now = store.revision().ok();
             if now != seen {
                 self.notify_all();

@@ -61,9 +61,10 @@ pub async fn run<S>(
             return;
         }
     };
+    // A hello that changes the node's record (its key, its addresses) reaches the other
+    // nodes through the store's commit.
     match control.store.record_hello(&node_id, &hello) {
-        Ok(true) => control.hub.notify_all(),
-        Ok(false) => {}
+        Ok(_) => {}
         Err(e) => {
             log::warn!("node {node_id}: hello refused: {e}");
             let _ = ws.close(None).await;

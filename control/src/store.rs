@@ -82,6 +82,8 @@ pub struct Store {
     user_names: Table,
     /// Hash of a session token → session.
     sessions: Table,
+    /// A wake-up per commit, for [`Store::commits`].
+    commits: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
 
 const REVISION: &str = "revision";
@@ -162,6 +164,7 @@ impl Store {
             users,
             user_names,
             sessions,
+            commits: async_channel::bounded(1),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -216,7 +219,20 @@ impl Store {
         let value = change(self, &mut wtxn)?;
         self.bump_revision(&mut wtxn)?;
         wtxn.commit()?;
+        self.announce_commit();
         Ok(value)
+    }
+
+    /// Wakes whoever waits on [`Store::commits`]: the hub, which pushes a moved revision to
+    /// every node. A full channel already holds an unread wake-up.
+    fn announce_commit(&self) {
+        let _ = self.commits.0.try_send(());
+    }
+
+    /// Wakes after this process commits to the store (the hub pushes new revisions from
+    /// it; other processes' commits it finds by polling [`Store::revision`]).
+    pub fn commits(&self) -> async_channel::Receiver<()> {
+        self.commits.1.clone()
     }
 
     fn bump_revision(&self, wtxn: &mut RwTxn) -> Result<(), Error> {
@@ -656,6 +672,8 @@ impl Store {
         let mut wtxn = self.env.write_txn()?;
         let value = change(self, &mut wtxn)?;
         wtxn.commit()?;
+        // Some account changes move the revision too (ending a user's tunnel sessions).
+        self.announce_commit();
         Ok(value)
     }
 

@@ -448,10 +448,7 @@ fn save_tunnel(
         }
     });
     match saved {
-        Ok(()) => {
-            control.hub.notify_all();
-            redirect("/tunnels")
-        }
+        Ok(()) => redirect("/tunnels"),
         Err(e) if e.field().is_some() => {
             let message = e.reason();
             let field_name = e.field().unwrap_or("");
@@ -593,10 +590,7 @@ fn set_tunnel_enabled(
         ..Default::default()
     };
     match control.store.update_tunnel(id, patch) {
-        Ok(_) => {
-            control.hub.notify_all();
-            redirect("/tunnels")
-        }
+        Ok(_) => redirect("/tunnels"),
         Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
@@ -634,10 +628,7 @@ fn delete_tunnel(control: &Control, request: &Request<()>, form: Form, id: &str)
         return refusal.response();
     }
     match control.store.delete_tunnel(id) {
-        Ok(()) => {
-            control.hub.notify_all();
-            redirect("/tunnels")
-        }
+        Ok(()) => redirect("/tunnels"),
         Err(e @ Error::NotFound { .. }) => respond(404, "text/plain", format!("{e}\n")),
         Err(e) => failure(&e),
     }
@@ -690,7 +681,6 @@ fn enrol(control: &Control, request: &Request<()>, form: Form, kind: NodeKind) -
     }
     match control.store.create_node(kind, name.to_string()) {
         Ok((record, api_key)) => {
-            control.hub.notify_all();
             let heading = format!("{} is enrolled", record.name);
             new_key_page(control, &visitor, kind, &heading, &api_key, 201)
         }
@@ -943,7 +933,6 @@ fn change_access(
     };
     match outcome {
         Ok(()) => {
-            control.hub.notify_all();
             let Some((record, token)) = new_token else {
                 // Saved rules say so on the page they return to.
                 return match action.as_slice() {
@@ -977,10 +966,7 @@ fn rotate_access_keys(control: &Control, request: &Request<()>, form: Form) -> R
         return refusal.response();
     }
     match control.store.rotate_access_keys() {
-        Ok(()) => {
-            control.hub.notify_all();
-            redirect("/tunnels")
-        }
+        Ok(()) => redirect("/tunnels"),
         Err(e) => failure(&e),
     }
 }
@@ -1203,10 +1189,7 @@ fn change_node(
         _ => return respond(404, "text/plain", "not found\n"),
     };
     match outcome {
-        Ok(response) => {
-            control.hub.notify_all();
-            response
-        }
+        Ok(response) => response,
         Err(e) => failure(&e),
     }
 }
@@ -1298,13 +1281,10 @@ fn add_user(control: &Control, request: &Request<()>, form: Form) -> Response<Bo
         .map_err(Error::Store)
         .and_then(|hash| control.store.create_user(name, role, hash, false));
     match created {
-        Ok(added) => {
-            control.hub.notify_all();
-            html(
-                201,
-                pages::users::password_page(user, csrf, &added.name, &secret),
-            )
-        }
+        Ok(added) => html(
+            201,
+            pages::users::password_page(user, csrf, &added.name, &secret),
+        ),
         Err(e) if e.field().is_some() => match control.store.users() {
             Ok(users) => html(
                 400,
@@ -1349,9 +1329,6 @@ fn change_user(
         "delete" => control.store.delete_user(id).map(|()| None),
         _ => return respond(404, "text/plain", "not found\n"),
     };
-    if result.is_ok() {
-        control.hub.notify_all();
-    }
     match result {
         Ok(None) => redirect("/users"),
         Ok(Some((name, secret))) => html(
@@ -1495,7 +1472,7 @@ fn change_password(control: &Control, request: &Request<()>, form: Form) -> Resp
                 .store
                 .update_user_keeping(&user_id, Some(&this_session), |u| u.password_hash = hash)
         })
-        .map(|_| control.hub.notify_all());
+        .map(|_| ());
     match changed {
         Ok(()) => account_page(
             control,
@@ -1943,7 +1920,6 @@ fn setup(control: &Control, request: &Request<()>, form: Form, address: &str) ->
         Ok(user) => {
             control.close_setup();
             // The new user is news for the gateways (access rules admit users by role).
-            control.hub.notify_all();
             log::info!("administrator {} created on the setup page", user.name);
             start_session(control, request, &user, address, "/")
         }
@@ -2022,10 +1998,7 @@ fn logout(control: &Control, request: &Request<()>, form: Form) -> Response<Body
             let token = sessions::token_from_cookies(request.headers().get(COOKIE)).unwrap_or("");
             // Everywhere: every Control session and every tunnel session of the user.
             let ended = match text(&form, "everywhere") == "true" {
-                true => control
-                    .store
-                    .end_all_sessions(&visitor.user.id)
-                    .map(|()| control.hub.notify_all()),
+                true => control.store.end_all_sessions(&visitor.user.id),
                 false => control.store.delete_session(token),
             };
             if let Err(e) = ended {

@@ -173,9 +173,6 @@ pub async fn order(
             log::warn!("could not withdraw challenge {key}: {e}");
         }
     }
-    if !published.is_empty() {
-        control.hub.notify_all();
-    }
     result
 }
 
@@ -213,7 +210,6 @@ async fn validate_and_finalize(
             .put_challenge(&key, &answer)
             .map_err(|e| e.to_string())?;
         published.push(key);
-        control.hub.notify_all();
         wait_for_gateways(control, revision).await?;
         challenge.set_ready().await.map_err(describe)?;
     }

@@ -155,7 +155,7 @@ async fn obtain(
         }
     }
     match control.store.put_certificate(&record) {
-        Ok(()) => control.hub.notify_all(),
+        Ok(()) => {}
         Err(e) => log::error!("certificate for {hostname}: cannot store it: {e}"),
     }
 }
