@@ -12,7 +12,6 @@ use crate::store::{NewTunnel, TunnelPatch};
 use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
 use kakuremichi_proto::ports::PortRange;
@@ -25,7 +24,7 @@ use serde_json::{json, Map, Value};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Answer one `/api/v1/…` request.
-pub async fn handle(control: &Control, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(control: &Control, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path().to_string();
     match route(control, request).await {
         Ok((status, body)) => json_response(status, &body),
@@ -74,7 +73,7 @@ pub fn token_scope(control: &Control, headers: &hyper::HeaderMap) -> Result<Toke
     }
 }
 
-async fn route(control: &Control, request: Request<Incoming>) -> Result<(u16, Value), Error> {
+async fn route(control: &Control, request: Request<Body>) -> Result<(u16, Value), Error> {
     // The description of the API is public: it holds nothing but the routes.
     if request.method() == Method::GET && request.uri().path() == "/api/v1/openapi.json" {
         return Ok((200, crate::openapi::document(&control.public_url)));
@@ -220,7 +219,7 @@ fn find_tunnel(control: &Control, id: &str) -> Result<TunnelRecord, Error> {
         .ok_or_else(|| Error::not_found("tunnel", id))
 }
 
-async fn read_json(request: Request<Incoming>) -> Result<Fields, Error> {
+async fn read_json(request: Request<Body>) -> Result<Fields, Error> {
     let bytes = Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -618,7 +617,7 @@ async fn change_node(
     id: &str,
     method: Method,
     action: &str,
-    request: Request<Incoming>,
+    request: Request<Body>,
 ) -> Result<(u16, Value), Error> {
     let state = control.store.state()?;
     let node = state

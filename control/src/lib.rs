@@ -159,13 +159,31 @@ pub struct Settings {
 
 /// Open the store and serve until the process ends.
 pub async fn run(settings: Settings) -> Result<(), Error> {
-    let store = store::Store::open(&settings.data_dir, settings.overlay)?;
     let listener = async_io::Async::<std::net::TcpListener>::bind(settings.listen)
         .map_err(|e| Error::io(format!("listening on {}", settings.listen), e))?;
     let local = listener
         .get_ref()
         .local_addr()
         .map_err(|e| Error::io("local address", e))?;
+    let control = open(settings, local)?;
+    let follow = control
+        .hub
+        .follow_revision(&control.store, std::time::Duration::from_secs(1));
+    futures_lite::future::or(
+        futures_lite::future::or(
+            server::serve(control.clone(), listener),
+            kakuremichi_rt::memory::release_periodically(),
+        ),
+        futures_lite::future::or(certs::run(control.clone()), follow),
+    )
+    .await;
+    Ok(())
+}
+
+/// Control over the store in `settings.data_dir`, answering at `local`, not serving yet
+/// ([`server::answer`] answers a request without a socket).
+pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Control>, Error> {
+    let store = store::Store::open(&settings.data_dir, settings.overlay)?;
     let public_url = settings
         .public_url
         .unwrap_or_else(|| format!("http://{local}"));
@@ -232,16 +250,5 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         releases,
         trusted_proxies: settings.trusted_proxies,
     });
-    let follow = control
-        .hub
-        .follow_revision(&control.store, std::time::Duration::from_secs(1));
-    futures_lite::future::or(
-        futures_lite::future::or(
-            server::serve(control.clone(), listener),
-            kakuremichi_rt::memory::release_periodically(),
-        ),
-        futures_lite::future::or(certs::run(control.clone()), follow),
-    )
-    .await;
-    Ok(())
+    Ok(control)
 }

@@ -7,6 +7,7 @@ use async_io::Async;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{Method, Request, Response};
@@ -19,17 +20,18 @@ use std::sync::Arc;
 
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
-    kakuremichi_rt::http::serve(listener, move |request, peer| {
-        dispatch(control.clone(), request, peer)
+    kakuremichi_rt::http::serve(listener, move |request: Request<Incoming>, peer| {
+        answer(control.clone(), request.map(BodyExt::boxed), peer)
     })
     .await
 }
 
+/// Control's answer to `request` from `peer`, without a socket (tests call it in process).
 /// Every answer carries the page protections ([`crate::pages::content_security_policy`]):
 /// JSON and text lose nothing by them, and no route can forget them.
-async fn dispatch(
+pub async fn answer(
     control: Arc<Control>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let mut response = route(control, request, peer).await;
@@ -42,7 +44,7 @@ async fn dispatch(
 
 async fn route(
     control: Arc<Control>,
-    request: Request<Incoming>,
+    request: Request<Body>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let path = request.uri().path();
@@ -137,7 +139,7 @@ fn metrics(control: &Control) -> Response<Body> {
 /// Authenticate a node by its API key and switch the connection to a WebSocket.
 fn upgrade_node(
     control: Arc<Control>,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
     kind: NodeKind,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {

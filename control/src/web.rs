@@ -10,7 +10,6 @@ use crate::store::SecondFactor;
 use crate::tunnels::TunnelKind;
 use crate::Control;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, COOKIE, HOST, LOCATION, ORIGIN, REFERER, SET_COOKIE};
 use hyper::{Method, Request, Response};
 use kakuremichi_proto::access::local_path;
@@ -27,7 +26,7 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Answer a page request, or `None` when the path is not a page.
 pub async fn handle(
     control: &Control,
-    request: Request<Incoming>,
+    request: Request<Body>,
     peer: SocketAddr,
 ) -> Option<Response<Body>> {
     let method = request.method().clone();
@@ -246,7 +245,23 @@ fn session_page<B>(
     }
 }
 
-fn dashboard(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+/// [`session_page`] for administrators only: a member gets the "only administrators" page,
+/// not a form they could fill in and only then be refused.
+fn admin_session_page<B>(
+    control: &Control,
+    request: &Request<B>,
+    render: impl FnOnce(&Visitor, &crate::model::State) -> (u16, Markup),
+) -> Response<Body> {
+    session_page(control, request, |visitor, state| match visitor.user.role {
+        Role::Admin => render(visitor, state),
+        Role::Member => (
+            403,
+            forbidden_page((&visitor.user, visitor.session.csrf.as_str())),
+        ),
+    })
+}
+
+fn dashboard(control: &Control, request: &Request<Body>) -> Response<Body> {
     if control.setup_open() {
         return redirect("/setup");
     }
@@ -259,7 +274,7 @@ fn dashboard(control: &Control, request: &Request<Incoming>) -> Response<Body> {
     })
 }
 
-fn tunnels(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+fn tunnels(control: &Control, request: &Request<Body>) -> Response<Body> {
     let filter = request
         .uri()
         .query()
@@ -327,8 +342,8 @@ fn agent_choices(
     agents
 }
 
-fn new_tunnel_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
-    session_page(control, request, |visitor, state| {
+fn new_tunnel_page(control: &Control, request: &Request<Body>) -> Response<Body> {
+    admin_session_page(control, request, |visitor, state| {
         let form = pages::tunnel_form::TunnelForm {
             issuer: control.default_issuer.as_str(),
             enabled: true,
@@ -345,8 +360,8 @@ fn new_tunnel_page(control: &Control, request: &Request<Incoming>) -> Response<B
     })
 }
 
-fn edit_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
-    session_page(control, request, |visitor, state| {
+fn edit_tunnel_page(control: &Control, request: &Request<Body>, id: &str) -> Response<Body> {
+    admin_session_page(control, request, |visitor, state| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
             return (404, forbidden_page(who));
@@ -596,8 +611,8 @@ fn set_tunnel_enabled(
     }
 }
 
-fn delete_tunnel_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
-    session_page(control, request, |visitor, state| {
+fn delete_tunnel_page(control: &Control, request: &Request<Body>, id: &str) -> Response<Body> {
+    admin_session_page(control, request, |visitor, state| {
         let who = Some((&visitor.user, visitor.session.csrf.as_str()));
         match state.tunnels.iter().find(|t| t.id == id) {
             Some(tunnel) => (
@@ -634,7 +649,7 @@ fn delete_tunnel(control: &Control, request: &Request<()>, form: Form, id: &str)
     }
 }
 
-fn nodes_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) -> Response<Body> {
+fn nodes_page(control: &Control, request: &Request<Body>, kind: NodeKind) -> Response<Body> {
     session_page(control, request, |visitor, state| {
         let rows = pages::nodes::rows(state, &control.hub, kind);
         // The gateways page also shows which agent reaches which gateway.
@@ -658,8 +673,8 @@ fn nodes_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) ->
     })
 }
 
-fn new_node_page(control: &Control, request: &Request<Incoming>, kind: NodeKind) -> Response<Body> {
-    session_page(control, request, |visitor, _| {
+fn new_node_page(control: &Control, request: &Request<Body>, kind: NodeKind) -> Response<Body> {
+    admin_session_page(control, request, |visitor, _| {
         let page = pages::nodes::new_page(&visitor.user, &visitor.session.csrf, kind, "", None);
         (200, page)
     })
@@ -705,7 +720,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 /// `/access?origin=https://app.example.com&return=/path`: a gateway sent a browser here to
 /// log in to a tunnel open to Control users. With a session, and if the user may open the
 /// tunnel, the browser goes back with a signed assertion; without one, it logs in first.
-fn tunnel_login(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+fn tunnel_login(control: &Control, request: &Request<Body>) -> Response<Body> {
     let origin = query_param(request, "origin").unwrap_or_default();
     let return_to = local_path(query_param(request, "return").as_deref());
     // The gateway's state for the browser that began the login, passed back as it is.
@@ -983,7 +998,7 @@ fn node_kind(segment: &str) -> Option<NodeKind> {
 /// `/agents/{id}` and `/gateways/{id}`: a node's page, its confirmations and its actions.
 async fn node_route(
     control: &Control,
-    request: Request<Incoming>,
+    request: Request<Body>,
     kind: NodeKind,
     id: &str,
     action: &[&str],
@@ -1061,7 +1076,7 @@ fn missing_page(who: (&UserRecord, &str), kind: NodeKind) -> Markup {
 
 fn confirm_node_page(
     control: &Control,
-    request: &Request<Incoming>,
+    request: &Request<Body>,
     kind: NodeKind,
     id: &str,
     action: &str,
@@ -1232,7 +1247,7 @@ fn new_key_page(
 /// A page only administrators see, rendered from the store by `render`.
 fn admin_page(
     control: &Control,
-    request: &Request<Incoming>,
+    request: &Request<Body>,
     render: impl FnOnce(&UserRecord, &str) -> Result<Markup, Error>,
 ) -> Response<Body> {
     session_page(control, request, |visitor, _| {
@@ -1250,7 +1265,7 @@ fn admin_page(
     })
 }
 
-fn users_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+fn users_page(control: &Control, request: &Request<Body>) -> Response<Body> {
     admin_page(control, request, |user, csrf| {
         let users = control.store.users()?;
         Ok(pages::users::list_page(user, csrf, &users, "", None))
@@ -1342,7 +1357,7 @@ fn change_user(
     }
 }
 
-fn delete_user_page(control: &Control, request: &Request<Incoming>, id: &str) -> Response<Body> {
+fn delete_user_page(control: &Control, request: &Request<Body>, id: &str) -> Response<Body> {
     session_page(control, request, |visitor, _| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         match control.store.user(id) {
@@ -1499,7 +1514,7 @@ fn end_session(control: &Control, request: &Request<()>, form: Form, id: &str) -
     }
 }
 
-fn tokens_page(control: &Control, request: &Request<Incoming>) -> Response<Body> {
+fn tokens_page(control: &Control, request: &Request<Body>) -> Response<Body> {
     admin_page(control, request, |user, csrf| {
         let tokens = control.store.tokens()?;
         Ok(pages::tokens::list_page(
@@ -1793,7 +1808,7 @@ fn text<'a>(form: &'a Form, name: &str) -> &'a str {
 }
 
 /// Check where a state-changing request comes from, read its form, then run `action`.
-async fn guarded<F>(control: &Control, request: Request<Incoming>, action: F) -> Response<Body>
+async fn guarded<F>(control: &Control, request: Request<Body>, action: F) -> Response<Body>
 where
     F: FnOnce(&Control, &Request<()>, Form) -> Response<Body>,
 {

@@ -1,0 +1,440 @@
+//! What Control answers, pinned: every route × method × visitor (anonymous, a member, an
+//! administrator on the pages; no token, a read-only token, an admin token on the API) →
+//! status, `Location` and a fragment of the body, in process and without sockets. The table
+//! is `routes.snapshot` beside this file; a change to what Control serves shows as a diff
+//! there. `UPDATE_SNAPSHOTS=1 cargo test -p kakuremichi-control --test routes` rewrites it
+//! (review the diff: it is the behaviour change).
+//!
+//! Writes are sent only where they must be refused (no CSRF token, a member, no or a
+//! read-only token), so the fixture stays the same for every row.
+
+use http_body_util::BodyExt;
+use hyper::{Request, Response};
+use kakuremichi_control::auth::{password, Role};
+use kakuremichi_control::model::TokenScope;
+use kakuremichi_control::{server, Control, Settings};
+use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_rt::http::{full, Body};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const LISTEN: &str = "127.0.0.1:7080";
+const ORIGIN: &str = "http://127.0.0.1:7080";
+const PASSWORD: &str = "a password for the table";
+
+struct Fixture {
+    control: Arc<Control>,
+    /// (placeholder, id) pairs: paths are written with the placeholders.
+    ids: Vec<(&'static str, String)>,
+    /// Cookie and CSRF token per logged-in visitor.
+    member: (String, String),
+    admin: (String, String),
+    read_only_token: String,
+    admin_token: String,
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    Settings {
+        data_dir: dir.to_path_buf(),
+        listen: LISTEN.parse().unwrap(),
+        overlay: "10.77.0.0/16".parse().unwrap(),
+        public_url: Some(ORIGIN.into()),
+        acme: None,
+        control_hostname: None,
+        control_upstream: None,
+        default_issuer: None,
+        heartbeat: std::time::Duration::from_secs(15),
+        session_limits: kakuremichi_control::auth::sessions::SessionLimits {
+            idle_secs: 3600,
+            absolute_secs: 86_400,
+        },
+        release_dir: None,
+        trusted_proxies: Vec::new(),
+        join_dir: None,
+    }
+}
+
+fn peer() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+async fn send(control: &Arc<Control>, request: Request<Body>) -> (Response<()>, String) {
+    let response = server::answer(control.clone(), request, peer()).await;
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (
+        Response::from_parts(parts, ()),
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: String) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", LISTEN);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(full(body)).unwrap()
+}
+
+/// Log `name` in through the login form: its session cookie and a page's CSRF token.
+async fn log_in(control: &Arc<Control>, name: &str) -> (String, String) {
+    let form = format!("name={name}&password={}", PASSWORD.replace(' ', "+"));
+    let headers = [
+        ("origin", ORIGIN),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (response, _) = send(control, request("POST", "/login", &headers, form)).await;
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let (_, page) = send(
+        control,
+        request("GET", "/account", &[("cookie", &cookie)], String::new()),
+    )
+    .await;
+    let at = page.find("name=\"csrf\" value=\"").expect("a form token");
+    let csrf = page[at + 19..].split('"').next().unwrap().to_string();
+    (cookie, csrf)
+}
+
+async fn fixture(dir: &std::path::Path) -> Fixture {
+    let control = kakuremichi_control::open(settings(dir), LISTEN.parse().unwrap()).unwrap();
+    let store = &control.store;
+    let hash = password::hash(PASSWORD).unwrap();
+    store
+        .create_user("root", Role::Admin, hash.clone(), false)
+        .unwrap();
+    let member = store
+        .create_user("viewer", Role::Member, hash, false)
+        .unwrap();
+    let (agent, _) = store.create_node(NodeKind::Agent, "home".into()).unwrap();
+    let (gateway, _) = store.create_node(NodeKind::Gateway, "edge".into()).unwrap();
+    let (_, admin_token) = store
+        .create_token("table", None, TokenScope::Admin)
+        .unwrap();
+    let (_, read_only_token) = store
+        .create_token("reader", None, TokenScope::Read)
+        .unwrap();
+    let (token_record, _) = store
+        .create_token("spare", None, TokenScope::Admin)
+        .unwrap();
+    let body = format!(
+        r#"{{"hostname":"app.example.com","agent":"{}","target":"127.0.0.1:3000","issuer":"none"}}"#,
+        agent.id
+    );
+    let auth = format!("Bearer {admin_token}");
+    let (created, text) = send(
+        &control,
+        request("POST", "/api/v1/tunnels", &[("authorization", &auth)], body),
+    )
+    .await;
+    assert_eq!(created.status(), 201, "{text}");
+    let tunnel: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tunnel = tunnel["id"].as_str().unwrap().to_string();
+    let service_body = r#"{"name":"backup"}"#.to_string();
+    let service = format!("/api/v1/tunnels/{tunnel}/service-tokens");
+    let (_, text) = send(
+        &control,
+        request("POST", &service, &[("authorization", &auth)], service_body),
+    )
+    .await;
+    let service_token: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let member_session = log_in(&control, "viewer").await;
+    let admin_session = log_in(&control, "root").await;
+    Fixture {
+        ids: vec![
+            ("{tunnel}", tunnel),
+            ("{agent}", agent.id),
+            ("{gateway}", gateway.id),
+            ("{member}", member.id),
+            ("{token}", token_record.id),
+            (
+                "{service_token}",
+                service_token["id"].as_str().unwrap_or("none").to_string(),
+            ),
+        ],
+        control,
+        member: member_session,
+        admin: admin_session,
+        read_only_token,
+        admin_token,
+    }
+}
+
+/// Pages: every route and method Control's pages answer, with placeholders for ids.
+const PAGES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/style.css"),
+    ("GET", "/setup"),
+    ("POST", "/setup"),
+    ("GET", "/login"),
+    ("GET", "/login/code"),
+    ("POST", "/login/code"),
+    ("GET", "/access"),
+    ("GET", "/tunnels"),
+    ("GET", "/tunnels/new"),
+    ("POST", "/tunnels/new"),
+    ("GET", "/tunnels/{tunnel}/edit"),
+    ("POST", "/tunnels/{tunnel}/edit"),
+    ("POST", "/tunnels/{tunnel}/enabled"),
+    ("GET", "/tunnels/{tunnel}/delete"),
+    ("POST", "/tunnels/{tunnel}/delete"),
+    ("GET", "/tunnels/{tunnel}/access"),
+    ("POST", "/tunnels/{tunnel}/access"),
+    ("POST", "/tunnels/{tunnel}/access/tokens"),
+    (
+        "POST",
+        "/tunnels/{tunnel}/access/tokens/{service_token}/revoke",
+    ),
+    ("GET", "/access/rotate-keys"),
+    ("POST", "/access/rotate-keys"),
+    ("GET", "/agents"),
+    ("GET", "/agents/new"),
+    ("POST", "/agents/new"),
+    ("GET", "/agents/{agent}"),
+    ("POST", "/agents/{agent}"),
+    ("GET", "/agents/{agent}/rotate-key"),
+    ("POST", "/agents/{agent}/rotate-key"),
+    ("GET", "/agents/{agent}/delete"),
+    ("POST", "/agents/{agent}/delete"),
+    ("GET", "/gateways"),
+    ("GET", "/gateways/new"),
+    ("POST", "/gateways/new"),
+    ("GET", "/gateways/{gateway}"),
+    ("POST", "/gateways/{gateway}/labels"),
+    ("POST", "/gateways/{gateway}/draining"),
+    ("GET", "/certificates"),
+    ("POST", "/certificates/new"),
+    ("POST", "/certificates/app.example.com/retry"),
+    ("GET", "/users"),
+    ("POST", "/users/new"),
+    ("POST", "/users/{member}/disabled"),
+    ("GET", "/users/{member}/delete"),
+    ("POST", "/users/{member}/delete"),
+    ("GET", "/tokens"),
+    ("POST", "/tokens/new"),
+    ("POST", "/tokens/{token}/revoke"),
+    ("GET", "/account"),
+    ("POST", "/account/password"),
+    ("POST", "/account/totp/start"),
+    ("POST", "/account/totp/confirm"),
+    ("POST", "/account/totp/off"),
+    ("POST", "/account/sessions/none/end"),
+    ("PUT", "/tunnels"),
+    ("DELETE", "/agents/{agent}"),
+    ("GET", "/no/such/page"),
+    // Last: the member's row ends the member's session.
+    ("POST", "/logout"),
+];
+
+/// The API and the operational paths.
+const API: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/ca.pem"),
+    ("GET", "/install.sh"),
+    ("GET", "/releases/kakuremichi-agent-x86_64"),
+    ("GET", "/ws/agent"),
+    ("GET", "/ws/gateway"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/agents"),
+    ("POST", "/api/v1/agents"),
+    ("GET", "/api/v1/agents/{agent}"),
+    ("PATCH", "/api/v1/agents/{agent}"),
+    ("DELETE", "/api/v1/agents/{agent}"),
+    ("POST", "/api/v1/agents/{agent}/rotate-key"),
+    ("GET", "/api/v1/gateways"),
+    ("POST", "/api/v1/gateways"),
+    ("GET", "/api/v1/gateways/{gateway}"),
+    ("PATCH", "/api/v1/gateways/{gateway}"),
+    ("GET", "/api/v1/tunnels"),
+    ("POST", "/api/v1/tunnels"),
+    ("GET", "/api/v1/tunnels/{tunnel}"),
+    ("PATCH", "/api/v1/tunnels/{tunnel}"),
+    ("DELETE", "/api/v1/tunnels/{tunnel}"),
+    ("GET", "/api/v1/tunnels/{tunnel}/service-tokens"),
+    ("POST", "/api/v1/tunnels/{tunnel}/service-tokens"),
+    (
+        "DELETE",
+        "/api/v1/tunnels/{tunnel}/service-tokens/{service_token}",
+    ),
+    ("POST", "/api/v1/access/rotate-keys"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{token}"),
+    ("GET", "/api/v1/users"),
+    ("POST", "/api/v1/users"),
+    ("PATCH", "/api/v1/users/{member}"),
+    ("DELETE", "/api/v1/users/{member}"),
+    ("GET", "/api/v1/certificates"),
+    ("POST", "/api/v1/certificates"),
+    ("POST", "/api/v1/certificates/app.example.com/retry"),
+    ("PUT", "/api/v1/tunnels"),
+    ("GET", "/api/v1/nothing"),
+];
+
+/// What a row shows of a body: a page's `<title>`, a JSON error, or the first line of text.
+fn fragment(body: &str) -> String {
+    let text = if let Some(at) = body.find("<title>") {
+        let title = body[at + 7..].split("</title>").next().unwrap_or("");
+        title.trim_end_matches(" · kakuremichi").to_string()
+    } else if let Ok(value) = serde_json::from_str::<serde_json::Value>(body) {
+        match value.get("error") {
+            Some(error) => format!("error: {}", error.as_str().unwrap_or("")),
+            None => "json".to_string(),
+        }
+    } else {
+        body.lines().next().unwrap_or("").to_string()
+    };
+    text.chars().take(70).collect()
+}
+
+impl Fixture {
+    fn path(&self, template: &str) -> String {
+        self.ids
+            .iter()
+            .fold(template.to_string(), |path, (placeholder, id)| {
+                path.replace(placeholder, id)
+            })
+    }
+
+    fn unplace(&self, text: &str) -> String {
+        self.ids
+            .iter()
+            .fold(text.to_string(), |text, (placeholder, id)| {
+                text.replace(id, placeholder)
+            })
+    }
+
+    async fn row(
+        &self,
+        visitor: &str,
+        method: &str,
+        template: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> String {
+        let (response, text) = send(
+            &self.control,
+            request(method, &self.path(template), headers, body.into()),
+        )
+        .await;
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(|a| format!(" allow={a}"))
+            .unwrap_or_default();
+        self.unplace(&format!(
+            "{visitor:<10} {method:<6} {template:<58} {} {location}{allow} | {}",
+            response.status().as_u16(),
+            fragment(&text)
+        ))
+    }
+
+    async fn table(&self) -> Vec<String> {
+        let mut rows = Vec::new();
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        for (method, path) in PAGES {
+            let member_cookie = self.member.0.as_str();
+            let admin_cookie = self.admin.0.as_str();
+            rows.push(self.row("anonymous", method, path, &[], "").await);
+            if *method == "GET" {
+                rows.push(
+                    self.row("member", method, path, &[("cookie", member_cookie)], "")
+                        .await,
+                );
+                rows.push(
+                    self.row("admin", method, path, &[("cookie", admin_cookie)], "")
+                        .await,
+                );
+            } else {
+                // A write without the form token, from the page's own origin: refused.
+                let headers = [("cookie", admin_cookie), ("origin", ORIGIN), form];
+                rows.push(self.row("admin/csrf", method, path, &headers, "").await);
+                // A member with the token: refused on every administrator's form.
+                let body = format!("csrf={}", self.member.1);
+                let headers = [("cookie", member_cookie), ("origin", ORIGIN), form];
+                rows.push(self.row("member", method, path, &headers, &body).await);
+            }
+        }
+        let json = ("content-type", "application/json");
+        let read_only = format!("Bearer {}", self.read_only_token);
+        let admin = format!("Bearer {}", self.admin_token);
+        for (method, path) in API {
+            rows.push(self.row("no token", method, path, &[json], "{}").await);
+            rows.push(
+                self.row(
+                    "read-only",
+                    method,
+                    path,
+                    &[json, ("authorization", &read_only)],
+                    "{}",
+                )
+                .await,
+            );
+            if *method == "GET" {
+                rows.push(
+                    self.row(
+                        "admin",
+                        method,
+                        path,
+                        &[json, ("authorization", &admin)],
+                        "",
+                    )
+                    .await,
+                );
+            }
+        }
+        rows
+    }
+}
+
+#[test]
+fn every_route_method_and_visitor_answers_as_pinned() {
+    let dir = std::env::temp_dir().join(format!("kakuremichi-routes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = smol::block_on(async {
+        let fixture = fixture(&dir).await;
+        fixture.table().await
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = rows.join("\n") + "\n";
+    let snapshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routes.snapshot");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snapshot, &table).unwrap();
+        return;
+    }
+    let pinned = std::fs::read_to_string(&snapshot).unwrap_or_default();
+    let changed: Vec<String> = pinned
+        .lines()
+        .zip(table.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("- {a}\n+ {b}"))
+        .collect();
+    assert!(
+        changed.is_empty() && pinned.lines().count() == table.lines().count(),
+        "Control's answers changed ({} rows differ; {} pinned, {} now):\n{}",
+        changed.len(),
+        pinned.lines().count(),
+        table.lines().count(),
+        changed.join("\n")
+    );
+}
