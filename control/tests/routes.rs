@@ -356,7 +356,7 @@ impl Fixture {
             let member_cookie = self.member.0.as_str();
             let admin_cookie = self.admin.0.as_str();
             rows.push(self.row("anonymous", method, path, &[], "").await);
-            if *method == "GET" {
+            if matches!(*method, "GET" | "PUT" | "DELETE") {
                 rows.push(
                     self.row("member", method, path, &[("cookie", member_cookie)], "")
                         .await,
@@ -390,7 +390,8 @@ impl Fixture {
                 )
                 .await,
             );
-            if *method == "GET" {
+            // Reads, and a method no route takes, as the administrator too.
+            if matches!(*method, "GET" | "PUT") {
                 rows.push(
                     self.row(
                         "admin",
