@@ -364,7 +364,7 @@ fn edit_tunnel_page(control: &Control, request: &Request<Body>, id: &str) -> Res
     admin_session_page(control, request, |visitor, state| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
-            return (404, forbidden_page(who));
+            return (404, status_page(who, 404));
         };
         let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
         let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
@@ -821,9 +821,11 @@ fn rules_page(
     saved: bool,
 ) -> (u16, Markup) {
     let who = (&visitor.user, visitor.session.csrf.as_str());
-    let tunnel = state.tunnels.iter().find(|t| t.id == id);
-    let (Some(tunnel), Role::Admin) = (tunnel, visitor.user.role) else {
-        return (404, forbidden_page(who));
+    if visitor.user.role != Role::Admin {
+        return (403, forbidden_page(who));
+    }
+    let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
+        return (404, status_page(who, 404));
     };
     let rules = &tunnel.access;
     let lines = |items: Vec<String>| items.join("\n");
@@ -1083,8 +1085,10 @@ fn confirm_node_page(
 ) -> Response<Body> {
     session_page(control, request, |visitor, state| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
-        let node = state.nodes.iter().find(|n| n.id == id && n.kind == kind);
-        let (Some(node), Role::Admin) = (node, visitor.user.role) else {
+        if visitor.user.role != Role::Admin {
+            return (403, forbidden_page(who));
+        }
+        let Some(node) = state.nodes.iter().find(|n| n.id == id && n.kind == kind) else {
             return (404, missing_page(who, kind));
         };
         let base = format!("{}/{id}", pages::nodes::names(kind).1);
@@ -1259,7 +1263,7 @@ fn admin_page(
             Ok(page) => (200, page),
             Err(e) => {
                 log::error!("page: {e}");
-                (500, forbidden_page(who))
+                (500, status_page(who, 500))
             }
         }
     })
@@ -1273,10 +1277,23 @@ fn users_page(control: &Control, request: &Request<Body>) -> Response<Body> {
 }
 
 fn forbidden_page(who: (&UserRecord, &str)) -> Markup {
+    status_page(who, 403)
+}
+
+/// The one page for a refusal, a missing object and a failure, by status.
+fn status_page(who: (&UserRecord, &str), status: u16) -> Markup {
+    let (title, text) = match status {
+        403 => ("Not allowed", "Only administrators may see this page."),
+        404 => ("Not found", "Nothing is here: it may have been deleted."),
+        _ => (
+            "Something went wrong",
+            "Control could not show this page; its log says why.",
+        ),
+    };
     pages::layout(
-        "Not allowed",
+        title,
         Some(who),
-        maud::html! { div.card { p { "Only administrators may see this page." } } },
+        maud::html! { div.card { h1 { (title) } p { (text) } p { a href="/" { "Back to the dashboard" } } } },
     )
 }
 
@@ -1372,10 +1389,11 @@ fn delete_user_page(control: &Control, request: &Request<Body>, id: &str) -> Res
                     "/users",
                 ),
             ),
-            Ok(_) => (404, forbidden_page(who)),
+            Ok(_) if visitor.user.role != Role::Admin => (403, forbidden_page(who)),
+            Ok(_) => (404, status_page(who, 404)),
             Err(e) => {
                 log::error!("page: {e}");
-                (500, forbidden_page(who))
+                (500, status_page(who, 500))
             }
         }
     })

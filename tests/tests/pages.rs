@@ -431,7 +431,7 @@ fn an_agent_is_enrolled_renamed_disabled_rekeyed_and_deleted_in_the_pages() {
     let member_csrf = csrf_of(&member.get("/").body);
     let by_member = [("csrf", member_csrf.as_str()), ("enabled", "true")];
     assert_eq!(member.post(&path, &by_member, origin).status, 403);
-    assert_eq!(member.get(&format!("/agents/{id}/delete")).status, 404);
+    assert_eq!(member.get(&format!("/agents/{id}/delete")).status, 403);
     assert_eq!(agent()["enabled"], false);
     assert_eq!(post("enabled", &[("enabled", "true")]).status, 303);
     assert_eq!(agent()["enabled"], true);
@@ -1068,7 +1068,7 @@ fn an_admin_protects_a_tunnel_in_the_pages() {
     let login = [("name", "mia"), ("password", "a member's password")];
     assert_eq!(member.post("/login", &login, origin).status, 303);
     let member_csrf = csrf_of(&member.get("/").body);
-    assert_eq!(member.get(&path).status, 404);
+    assert_eq!(member.get(&path).status, 403);
     let clear = [("csrf", member_csrf.as_str()), ("users", "")];
     assert_eq!(member.post(&path, &clear, origin).status, 403);
     assert_eq!(access()["users"], serde_json::json!(["alice", "bob"]));
