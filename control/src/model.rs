@@ -541,6 +541,15 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
     wanted
 }
 
+/// [`https_hostnames`] no certificate is stored for yet (an ACME or internal one not
+/// issued, a manual one not uploaded): the dashboard and the certificates page list them.
+pub fn hostnames_without_certificate(state: &State) -> Vec<(Hostname, Issuer)> {
+    https_hostnames(state)
+        .into_iter()
+        .filter(|(hostname, _)| !state.certificates.iter().any(|c| c.hostname == *hostname))
+        .collect()
+}
+
 /// The ACME challenge answers `gateway` gives: those for hostnames it serves (a tunnel that
 /// chose other gateways keeps its challenges off this one) and Control's own.
 fn challenges_for(state: &State, gateway: &NodeRecord) -> Vec<AcmeChallenge> {

@@ -105,23 +105,22 @@ pub async fn handle(
         (Method::POST, "/tokens/new") => guarded(control, request, create_token).await,
         (Method::POST, "/users/new") => guarded(control, request, add_user).await,
         (Method::GET, "/tunnels/new") => new_tunnel_page(control, &request),
-        (Method::GET, "/access/rotate-keys") => session_page(control, &request, |visitor, _| {
-            let who = (&visitor.user, visitor.session.csrf.as_str());
-            if visitor.user.role != Role::Admin {
-                return (403, forbidden_page(who));
-            }
-            let page = pages::confirm_page(
-                who,
-                "Sign everyone out of every tunnel?",
-                "New keys for tunnel logins: every session made with a password or a Control \
+        (Method::GET, "/access/rotate-keys") => {
+            admin_session_page(control, &request, |visitor, _| {
+                let who = (&visitor.user, visitor.session.csrf.as_str());
+                let page = pages::confirm_page(
+                    who,
+                    "Sign everyone out of every tunnel?",
+                    "New keys for tunnel logins: every session made with a password or a Control \
                  login on any tunnel ends within a second, and people log in again. \
                  Service tokens keep working.",
-                "/access/rotate-keys",
-                "Sign everyone out",
-                "/tunnels",
-            );
-            (200, page)
-        }),
+                    "/access/rotate-keys",
+                    "Sign everyone out",
+                    "/tunnels",
+                );
+                (200, page)
+            })
+        }
         (Method::POST, "/access/rotate-keys") => {
             guarded(control, request, rotate_access_keys).await
         }
@@ -167,7 +166,7 @@ pub async fn handle(
             }
             ["", "tunnels", id, "access"] if method == Method::GET => {
                 let saved = query_param(&request, "saved").is_some();
-                session_page(control, &request, |visitor, state| {
+                admin_session_page(control, &request, |visitor, state| {
                     rules_page(visitor, state, id, None, None, saved)
                 })
             }
@@ -821,9 +820,6 @@ fn rules_page(
     saved: bool,
 ) -> (u16, Markup) {
     let who = (&visitor.user, visitor.session.csrf.as_str());
-    if visitor.user.role != Role::Admin {
-        return (403, forbidden_page(who));
-    }
     let Some(tunnel) = state.tunnels.iter().find(|t| t.id == id) else {
         return (404, status_page(who, 404));
     };
@@ -1083,11 +1079,8 @@ fn confirm_node_page(
     id: &str,
     action: &str,
 ) -> Response<Body> {
-    session_page(control, request, |visitor, state| {
+    admin_session_page(control, request, |visitor, state| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
-        if visitor.user.role != Role::Admin {
-            return (403, forbidden_page(who));
-        }
         let Some(node) = state.nodes.iter().find(|n| n.id == id && n.kind == kind) else {
             return (404, missing_page(who, kind));
         };
@@ -1254,11 +1247,8 @@ fn admin_page(
     request: &Request<Body>,
     render: impl FnOnce(&UserRecord, &str) -> Result<Markup, Error>,
 ) -> Response<Body> {
-    session_page(control, request, |visitor, _| {
+    admin_session_page(control, request, |visitor, _| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
-        if visitor.user.role != Role::Admin {
-            return (403, forbidden_page(who));
-        }
         match render(who.0, who.1) {
             Ok(page) => (200, page),
             Err(e) => {
@@ -1375,10 +1365,10 @@ fn change_user(
 }
 
 fn delete_user_page(control: &Control, request: &Request<Body>, id: &str) -> Response<Body> {
-    session_page(control, request, |visitor, _| {
+    admin_session_page(control, request, |visitor, _| {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         match control.store.user(id) {
-            Ok(Some(user)) if visitor.user.role == Role::Admin => (
+            Ok(Some(user)) => (
                 200,
                 pages::confirm_page(
                     who,
@@ -1389,7 +1379,6 @@ fn delete_user_page(control: &Control, request: &Request<Body>, id: &str) -> Res
                     "/users",
                 ),
             ),
-            Ok(_) if visitor.user.role != Role::Admin => (403, forbidden_page(who)),
             Ok(_) => (404, status_page(who, 404)),
             Err(e) => {
                 log::error!("page: {e}");
@@ -1762,12 +1751,11 @@ fn certificates_page<B>(
     session_page(control, request, |visitor, state| {
         let mut certificates: Vec<&crate::model::CertRecord> = state.certificates.iter().collect();
         certificates.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
-        // Tunnels that need a certificate none is stored for (a manual one not uploaded yet).
-        let missing: Vec<(String, crate::model::Issuer)> = crate::model::https_hostnames(state)
-            .into_iter()
-            .filter(|(hostname, _)| !state.certificates.iter().any(|c| c.hostname == *hostname))
-            .map(|(hostname, issuer)| (hostname.to_string(), issuer))
-            .collect();
+        let missing: Vec<(String, crate::model::Issuer)> =
+            crate::model::hostnames_without_certificate(state)
+                .into_iter()
+                .map(|(hostname, issuer)| (hostname.to_string(), issuer))
+                .collect();
         let page = pages::certificates::page(
             &visitor.user,
             &visitor.session.csrf,

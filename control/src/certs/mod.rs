@@ -154,8 +154,7 @@ async fn obtain(
             record.last_error = Some(error);
         }
     }
-    match control.store.put_certificate(&record) {
-        Ok(()) => {}
-        Err(e) => log::error!("certificate for {hostname}: cannot store it: {e}"),
+    if let Err(e) = control.store.put_certificate(&record) {
+        log::error!("certificate for {hostname}: cannot store it: {e}");
     }
 }

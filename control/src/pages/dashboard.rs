@@ -45,15 +45,13 @@ impl Overview {
                 ));
             }
         }
-        for (hostname, issuer) in crate::model::https_hostnames(state) {
-            if !state.certificates.iter().any(|c| c.hostname == hostname) {
-                attention.push(match issuer {
-                    crate::model::Issuer::Manual => {
-                        format!("Certificate for {hostname}: none uploaded yet (Certificates page)")
-                    }
-                    _ => format!("Certificate for {hostname}: not issued yet"),
-                });
-            }
+        for (hostname, issuer) in crate::model::hostnames_without_certificate(state) {
+            attention.push(match issuer {
+                crate::model::Issuer::Manual => {
+                    format!("Certificate for {hostname}: none uploaded yet (Certificates page)")
+                }
+                _ => format!("Certificate for {hostname}: not issued yet"),
+            });
         }
         for node in &state.nodes {
             if node.disabled {
