@@ -76,15 +76,16 @@ impl Origins {
                 failing.remove(tunnel_id);
             }
             Err(error) => {
+                let target = target.to_string();
                 let since = failing
                     .get(tunnel_id)
-                    .filter(|f| f.target == target.to_string())
+                    .filter(|f| f.target == target)
                     .map_or(now, |f| f.since);
                 failing.insert(
                     tunnel_id.to_string(),
                     OriginFailure {
                         tunnel_id: tunnel_id.to_string(),
-                        target: target.to_string(),
+                        target,
                         error,
                         since,
                     },
@@ -277,7 +278,7 @@ async fn accept_loop(
                     Err(e) => Err(e),
                 };
                 let outcome = reached.as_ref().map(|_| ()).map_err(|e| e.to_string());
-                origins.record(&tunnel_id, &target, outcome, unix_now());
+                origins.record(&tunnel_id, &target, outcome, kakuremichi_rt::unix_now());
                 match reached? {
                     Reached::Tcp(origin) => {
                         kakuremichi_rt::copy::copy_bidirectional(stream, origin)
@@ -293,12 +294,6 @@ async fn accept_loop(
         })
         .detach();
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A target that answered: a TCP connection, or a UDP address (datagrams need no handshake).

@@ -16,6 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response};
 use kakuremichi_proto::access::{AccessPolicy, Subject};
 use kakuremichi_rt::http::{respond, Body};
+use kakuremichi_rt::unix_now;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,12 +27,6 @@ pub const USER_HEADER: HeaderName = HeaderName::from_static("x-kakuremichi-user"
 const MAX_FORM_BYTES: usize = 4096;
 /// Time a client gets to send the login form.
 const FORM_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Let `request` through to the tunnel, or answer it here. Passing strips the session cookie
 /// and (when it was ours) the `Authorization` header, and tells the origin who it is.

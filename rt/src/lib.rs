@@ -23,3 +23,11 @@ pub mod io;
 pub mod logger;
 pub mod memory;
 pub mod stop;
+
+/// Seconds since the Unix epoch (0 on a clock set before it): the one clock reading the
+/// binaries share for expiries, sessions and "since" times.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -2,7 +2,6 @@
 //! SHA-256 hashes (they are not passwords: their entropy makes a slow hash pointless).
 
 use base64::Engine;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -43,9 +42,4 @@ pub fn bearer(header: Option<&hyper::header::HeaderValue>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use kakuremichi_rt::unix_now;
