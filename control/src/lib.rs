@@ -32,6 +32,7 @@ pub mod model;
 pub mod openapi;
 pub mod pages;
 pub mod releases;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;

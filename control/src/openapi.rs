@@ -18,35 +18,6 @@ fn body(schema: Value) -> Value {
     json!({ "required": required, "content": { "application/json": { "schema": schema } } })
 }
 
-/// The methods the document lists for the path of `/api/v1/…` (for `Allow` on a 405).
-pub fn allowed_methods(path: &str) -> Vec<String> {
-    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    let document = DOCUMENT.get_or_init(|| document(""));
-    let wanted: Vec<&str> = path
-        .trim_start_matches("/api/v1")
-        .trim_end_matches('/')
-        .split('/')
-        .collect();
-    let matches = |template: &str| {
-        let parts: Vec<&str> = template.split('/').collect();
-        parts.len() == wanted.len()
-            && parts
-                .iter()
-                .zip(&wanted)
-                .all(|(part, got)| part.starts_with('{') || part == got)
-    };
-    let Some(paths) = document["paths"].as_object() else {
-        return Vec::new();
-    };
-    paths
-        .iter()
-        .filter(|(template, _)| matches(template))
-        .flat_map(|(_, item)| item.as_object().into_iter().flatten())
-        .map(|(method, _)| method.to_ascii_uppercase())
-        .filter(|method| method != "PARAMETERS")
-        .collect()
-}
-
 fn operation(summary: &str, request: Option<Value>, created: bool) -> Value {
     let status = if created { "201" } else { "200" };
     let mut op = json!({

@@ -1,7 +1,9 @@
-//! Control's HTTP listener: routes to the API, the node WebSockets and the health endpoints.
+//! Control's HTTP listener, and the operational routes: probes, metrics, the internal CA,
+//! agent installs and the node WebSockets. What is served where is [`crate::routes`].
 
 use crate::api;
 use crate::error::Error;
+use crate::routes::Call;
 use crate::Control;
 use async_io::Async;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -10,7 +12,7 @@ use async_tungstenite::WebSocketStream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::MAX_MESSAGE_BYTES;
 use kakuremichi_rt::http::{respond, Body};
@@ -34,7 +36,7 @@ pub async fn answer(
     request: Request<Body>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
-    let mut response = route(control, request, peer).await;
+    let mut response = crate::routes::dispatch(control, request, peer).await;
     kakuremichi_rt::http::protect_page(
         response.headers_mut(),
         crate::pages::content_security_policy(),
@@ -42,60 +44,58 @@ pub async fn answer(
     response
 }
 
-async fn route(
-    control: Arc<Control>,
-    request: Request<Body>,
-    peer: std::net::SocketAddr,
-) -> Response<Body> {
-    let path = request.uri().path();
-    match (request.method(), path) {
-        (&Method::GET, "/healthz") => respond(200, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => match control.store.state() {
-            Ok(_) => respond(200, "text/plain", "ready\n"),
-            Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
-        },
-        // Counters tell a stranger how busy and how large the fleet is: a token is needed.
-        (&Method::GET, "/metrics") => match api::token_scope(&control, request.headers()) {
-            Ok(_) => metrics(&control),
-            Err(e) => api::error_response(&e),
-        },
-        (&Method::GET, "/ca.crl") => match crate::certs::internal::ca(&control.store)
-            .and_then(|ca| crate::certs::internal::crl(&ca))
-        {
-            Ok(der) => respond(200, "application/pkix-crl", der),
-            Err(e) => api::error_response(&e),
-        },
-        (&Method::GET, "/ca.pem") => match crate::certs::internal::ca(&control.store) {
-            Ok(ca) => respond(200, "application/x-pem-file", ca.cert_pem),
-            Err(e) => api::error_response(&e),
-        },
-        (&Method::GET, "/install.sh") => match control.releases.is_empty() {
-            true => respond(
-                404,
-                "text/plain",
-                "echo 'This Control serves no agent binaries (start it with --release-dir).' >&2; exit 1\n",
-            ),
-            false => respond(
-                200,
-                "text/x-shellscript; charset=utf-8",
-                crate::releases::install_script(&control.public_url, &control.releases),
-            ),
-        },
-        (&Method::GET, _) if path.starts_with("/releases/") => release(&control, path),
-        (&Method::GET, "/ws/agent") => upgrade_node(control, request, NodeKind::Agent, peer),
-        (&Method::GET, "/ws/gateway") => upgrade_node(control, request, NodeKind::Gateway, peer),
-        _ if path.starts_with("/api/v1/") => api::handle(&control, request).await,
-        _ => match crate::web::handle(&control, request, peer).await {
-            Some(response) => response,
-            None => respond(404, "text/plain", "not found\n"),
-        },
+/// `/healthz`: the process answers.
+pub fn healthz(_: Call) -> Response<Body> {
+    respond(200, "text/plain", "ok\n")
+}
+
+/// `/readyz`: the store answers too.
+pub fn readyz(call: Call) -> Response<Body> {
+    match call.control.store.state() {
+        Ok(_) => respond(200, "text/plain", "ready\n"),
+        Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
+    }
+}
+
+/// `/ca.pem`: the internal CA's certificate.
+pub fn ca_pem(call: Call) -> Response<Body> {
+    match crate::certs::internal::ca(&call.control.store) {
+        Ok(ca) => respond(200, "application/x-pem-file", ca.cert_pem),
+        Err(e) => api::error_response(&e),
+    }
+}
+
+/// `/ca.crl`: the internal CA's revocations.
+pub fn ca_crl(call: Call) -> Response<Body> {
+    match crate::certs::internal::ca(&call.control.store)
+        .and_then(|ca| crate::certs::internal::crl(&ca))
+    {
+        Ok(der) => respond(200, "application/pkix-crl", der),
+        Err(e) => api::error_response(&e),
+    }
+}
+
+/// `/install.sh`: the agent installer, when Control serves agent binaries.
+pub fn install_script(call: Call) -> Response<Body> {
+    let control = &call.control;
+    match control.releases.is_empty() {
+        true => respond(
+            404,
+            "text/plain",
+            "echo 'This Control serves no agent binaries (start it with --release-dir).' >&2; exit 1\n",
+        ),
+        false => respond(
+            200,
+            "text/x-shellscript; charset=utf-8",
+            crate::releases::install_script(&control.public_url, &control.releases),
+        ),
     }
 }
 
 /// One agent binary for `/install.sh`.
-fn release(control: &Control, path: &str) -> Response<Body> {
-    let name = path.trim_start_matches("/releases/");
-    let Some(release) = control.releases.iter().find(|r| r.name() == name) else {
+pub fn release(call: Call) -> Response<Body> {
+    let name = call.param("name");
+    let Some(release) = call.control.releases.iter().find(|r| r.name() == name) else {
         return respond(404, "text/plain", "no such release\n");
     };
     match std::fs::read(&release.path) {
@@ -107,7 +107,9 @@ fn release(control: &Control, path: &str) -> Response<Body> {
     }
 }
 
-fn metrics(control: &Control) -> Response<Body> {
+/// `/metrics`, for an API token: Prometheus text.
+pub fn metrics(call: &Call) -> Response<Body> {
+    let control = &call.control;
     let Ok(state) = control.store.state() else {
         return respond(503, "text/plain", "store unavailable\n");
     };
@@ -137,12 +139,13 @@ fn metrics(control: &Control) -> Response<Body> {
 }
 
 /// Authenticate a node by its API key and switch the connection to a WebSocket.
-fn upgrade_node(
-    control: Arc<Control>,
-    mut request: Request<Body>,
-    kind: NodeKind,
-    peer: std::net::SocketAddr,
-) -> Response<Body> {
+pub fn upgrade_node(call: Call, kind: NodeKind) -> Response<Body> {
+    let Call {
+        control,
+        mut request,
+        peer,
+        ..
+    } = call;
     let api_key = crate::auth::bearer(request.headers().get(hyper::header::AUTHORIZATION));
     let node = match api_key.map(|key| control.store.node_by_api_key(key)) {
         None => {

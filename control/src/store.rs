@@ -950,7 +950,15 @@ fn free_service_ports(
     Ok(first)
 }
 
+/// Longest key LMDB takes (its default `MDB_MAXKEYSIZE`).
+const MAX_KEY_BYTES: usize = 511;
+
 fn get<T: DeserializeOwned>(table: &Table, txn: &RoTxn, key: &str) -> Result<Option<T>, Error> {
+    // LMDB refuses an empty or longer key as an error; no record has one, and a stranger's
+    // login name, cookie or path may be one.
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Ok(None);
+    }
     match table.get(txn, key)? {
         Some(bytes) => serde_json::from_slice(bytes)
             .map(Some)

@@ -1,7 +1,8 @@
-//! What Control answers, pinned: every route × method × visitor (anonymous, a member, an
+//! What Control answers, pinned: every route and method of its route table
+//! (`kakuremichi_control::routes`), and some it has not, × visitor (anonymous, a member, an
 //! administrator on the pages; no token, a read-only token, an admin token on the API) →
-//! status, `Location` and a fragment of the body, in process and without sockets. The table
-//! is `routes.snapshot` beside this file; a change to what Control serves shows as a diff
+//! status, `Location` and a fragment of the body, in process and without sockets. The
+//! answers are `routes.snapshot` beside this file; a change to what Control serves shows as a diff
 //! there. `UPDATE_SNAPSHOTS=1 cargo test -p kakuremichi-control --test routes` rewrites it
 //! (review the diff: it is the behaviour change).
 //!
@@ -12,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use kakuremichi_control::auth::{password, Role};
 use kakuremichi_control::model::TokenScope;
-use kakuremichi_control::{server, Control, Settings};
+use kakuremichi_control::{routes, server, Control, Settings};
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_rt::http::{full, Body};
 use std::net::SocketAddr;
@@ -172,118 +173,59 @@ async fn fixture(dir: &std::path::Path) -> Fixture {
     }
 }
 
-/// Pages: every route and method Control's pages answer, with placeholders for ids.
-const PAGES: &[(&str, &str)] = &[
-    ("GET", "/"),
-    ("GET", "/style.css"),
-    ("GET", "/setup"),
-    ("POST", "/setup"),
-    ("GET", "/login"),
-    ("GET", "/login/code"),
-    ("POST", "/login/code"),
-    ("GET", "/access"),
-    ("GET", "/tunnels"),
-    ("GET", "/tunnels/new"),
-    ("POST", "/tunnels/new"),
-    ("GET", "/tunnels/{tunnel}/edit"),
-    ("POST", "/tunnels/{tunnel}/edit"),
-    ("POST", "/tunnels/{tunnel}/enabled"),
-    ("GET", "/tunnels/{tunnel}/delete"),
-    ("POST", "/tunnels/{tunnel}/delete"),
-    ("GET", "/tunnels/{tunnel}/access"),
-    ("POST", "/tunnels/{tunnel}/access"),
-    ("POST", "/tunnels/{tunnel}/access/tokens"),
-    (
-        "POST",
-        "/tunnels/{tunnel}/access/tokens/{service_token}/revoke",
-    ),
-    ("GET", "/access/rotate-keys"),
-    ("POST", "/access/rotate-keys"),
-    ("GET", "/agents"),
-    ("GET", "/agents/new"),
-    ("POST", "/agents/new"),
-    ("GET", "/agents/{agent}"),
+/// Requests the table has no route for: a method a path does not take, a path nothing
+/// serves. Every route the table lists is called as well ([`Fixture::table`]).
+const PAGE_PROBES: &[(&str, &str)] = &[
     ("POST", "/agents/{agent}"),
-    ("GET", "/agents/{agent}/rotate-key"),
-    ("POST", "/agents/{agent}/rotate-key"),
-    ("GET", "/agents/{agent}/delete"),
-    ("POST", "/agents/{agent}/delete"),
-    ("GET", "/gateways"),
-    ("GET", "/gateways/new"),
-    ("POST", "/gateways/new"),
-    ("GET", "/gateways/{gateway}"),
-    ("POST", "/gateways/{gateway}/labels"),
-    ("POST", "/gateways/{gateway}/draining"),
-    ("GET", "/certificates"),
-    ("POST", "/certificates/new"),
-    ("POST", "/certificates/app.example.com/retry"),
-    ("GET", "/users"),
-    ("POST", "/users/new"),
-    ("POST", "/users/{member}/disabled"),
-    ("GET", "/users/{member}/delete"),
-    ("POST", "/users/{member}/delete"),
-    ("GET", "/tokens"),
-    ("POST", "/tokens/new"),
-    ("POST", "/tokens/{token}/revoke"),
-    ("GET", "/account"),
-    ("POST", "/account/password"),
-    ("POST", "/account/totp/start"),
-    ("POST", "/account/totp/confirm"),
-    ("POST", "/account/totp/off"),
-    ("POST", "/account/sessions/none/end"),
     ("PUT", "/tunnels"),
     ("DELETE", "/agents/{agent}"),
     ("GET", "/no/such/page"),
-    // Last: the member's row ends the member's session.
-    ("POST", "/logout"),
 ];
+const API_PROBES: &[(&str, &str)] = &[("PUT", "/api/v1/tunnels"), ("GET", "/api/v1/nothing")];
 
-/// The API and the operational paths.
-const API: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/ca.pem"),
-    ("GET", "/install.sh"),
-    ("GET", "/releases/kakuremichi-agent-x86_64"),
-    ("GET", "/ws/agent"),
-    ("GET", "/ws/gateway"),
-    ("GET", "/api/v1/openapi.json"),
-    ("GET", "/api/v1/agents"),
-    ("POST", "/api/v1/agents"),
-    ("GET", "/api/v1/agents/{agent}"),
-    ("PATCH", "/api/v1/agents/{agent}"),
-    ("DELETE", "/api/v1/agents/{agent}"),
-    ("POST", "/api/v1/agents/{agent}/rotate-key"),
-    ("GET", "/api/v1/gateways"),
-    ("POST", "/api/v1/gateways"),
-    ("GET", "/api/v1/gateways/{gateway}"),
-    ("PATCH", "/api/v1/gateways/{gateway}"),
-    ("GET", "/api/v1/tunnels"),
-    ("POST", "/api/v1/tunnels"),
-    ("GET", "/api/v1/tunnels/{tunnel}"),
-    ("PATCH", "/api/v1/tunnels/{tunnel}"),
-    ("DELETE", "/api/v1/tunnels/{tunnel}"),
-    ("GET", "/api/v1/tunnels/{tunnel}/service-tokens"),
-    ("POST", "/api/v1/tunnels/{tunnel}/service-tokens"),
-    (
-        "DELETE",
-        "/api/v1/tunnels/{tunnel}/service-tokens/{service_token}",
-    ),
-    ("POST", "/api/v1/access/rotate-keys"),
-    ("GET", "/api/v1/tokens"),
-    ("POST", "/api/v1/tokens"),
-    ("DELETE", "/api/v1/tokens/{token}"),
-    ("GET", "/api/v1/users"),
-    ("POST", "/api/v1/users"),
-    ("PATCH", "/api/v1/users/{member}"),
-    ("DELETE", "/api/v1/users/{member}"),
-    ("GET", "/api/v1/certificates"),
-    ("POST", "/api/v1/certificates"),
-    ("POST", "/api/v1/certificates/app.example.com/retry"),
-    ("PUT", "/api/v1/tunnels"),
-    ("GET", "/api/v1/nothing"),
-];
+/// A route's pattern with the fixture's placeholders for its parameters.
+fn template(pattern: &str) -> String {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    let placed: Vec<&str> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| match *segment {
+            "{id}" => match segments[i - 1] {
+                "tunnels" => "{tunnel}",
+                "agents" => "{agent}",
+                "gateways" => "{gateway}",
+                "users" => "{member}",
+                "tokens" => "{token}",
+                "sessions" => "none",
+                other => panic!("the fixture has no {other} for {pattern}"),
+            },
+            "{hostname}" => "app.example.com",
+            "{name}" => "kakuremichi-agent-x86_64",
+            other => other,
+        })
+        .collect();
+    placed.join("/")
+}
+
+/// Every (method, path) of the route table in its order, pages or API, then the probes.
+fn requests(api: bool) -> Vec<(String, String)> {
+    let mut listed: Vec<(String, String)> = Vec::new();
+    for route in &routes::table().routes {
+        if route.section.is_api() != api {
+            continue;
+        }
+        for (method, _) in &route.methods {
+            listed.push((method.to_string(), template(&route.path)));
+        }
+    }
+    // Last: the member's logout ends the member's session.
+    listed.sort_by_key(|(_, path)| path == "/logout");
+    let probes = if api { API_PROBES } else { PAGE_PROBES };
+    let at = if api { listed.len() } else { listed.len() - 1 };
+    let probes = probes.iter().map(|(m, p)| (m.to_string(), p.to_string()));
+    listed.splice(at..at, probes);
+    listed
+}
 
 /// What a row shows of a body: a page's `<title>`, a JSON error, or the first line of text.
 fn fragment(body: &str) -> String {
@@ -295,6 +237,8 @@ fn fragment(body: &str) -> String {
             Some(error) => format!("error: {}", error.as_str().unwrap_or("")),
             None => "json".to_string(),
         }
+    } else if body.contains(char::REPLACEMENT_CHARACTER) {
+        "binary".to_string()
     } else {
         body.lines().next().unwrap_or("").to_string()
     };
@@ -352,11 +296,12 @@ impl Fixture {
     async fn table(&self) -> Vec<String> {
         let mut rows = Vec::new();
         let form = ("content-type", "application/x-www-form-urlencoded");
-        for (method, path) in PAGES {
+        for (method, path) in requests(false) {
+            let (method, path) = (method.as_str(), path.as_str());
             let member_cookie = self.member.0.as_str();
             let admin_cookie = self.admin.0.as_str();
             rows.push(self.row("anonymous", method, path, &[], "").await);
-            if matches!(*method, "GET" | "PUT" | "DELETE") {
+            if matches!(method, "GET" | "PUT" | "DELETE") {
                 rows.push(
                     self.row("member", method, path, &[("cookie", member_cookie)], "")
                         .await,
@@ -378,7 +323,8 @@ impl Fixture {
         let json = ("content-type", "application/json");
         let read_only = format!("Bearer {}", self.read_only_token);
         let admin = format!("Bearer {}", self.admin_token);
-        for (method, path) in API {
+        for (method, path) in requests(true) {
+            let (method, path) = (method.as_str(), path.as_str());
             rows.push(self.row("no token", method, path, &[json], "{}").await);
             rows.push(
                 self.row(
@@ -391,7 +337,7 @@ impl Fixture {
                 .await,
             );
             // Reads, and a method no route takes, as the administrator too.
-            if matches!(*method, "GET" | "PUT") {
+            if matches!(method, "GET" | "PUT") {
                 rows.push(
                     self.row(
                         "admin",
@@ -438,4 +384,78 @@ fn every_route_method_and_visitor_answers_as_pinned() {
         table.lines().count(),
         changed.join("\n")
     );
+}
+
+/// A request (method, path, headers, body) and the status it must get.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, String, u16);
+
+/// Keys the store cannot hold (empty, or over LMDB's 511 bytes) from a stranger are answers,
+/// not store errors: a login name, a session cookie, an API token, a path's id.
+#[test]
+fn oversized_and_empty_keys_are_refused_not_failed() {
+    let dir = std::env::temp_dir().join(format!("kakuremichi-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    smol::block_on(async {
+        let fixture = fixture(&dir).await;
+        let long = "x".repeat(600);
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        let cookie = format!("km_session={long}");
+        let bearer = format!("Bearer {long}");
+        let admin = format!("Bearer {}", fixture.admin_token);
+        let cases: Vec<Case> = vec![
+            (
+                "POST",
+                "/login".into(),
+                vec![("origin", ORIGIN), form],
+                format!("name={long}&password=x"),
+                401,
+            ),
+            (
+                "POST",
+                "/login".into(),
+                vec![("origin", ORIGIN), form],
+                "name=&password=".into(),
+                401,
+            ),
+            (
+                "GET",
+                "/".into(),
+                vec![("cookie", &cookie)],
+                String::new(),
+                303,
+            ),
+            (
+                "GET",
+                "/api/v1/tunnels".into(),
+                vec![("authorization", &bearer)],
+                String::new(),
+                401,
+            ),
+            (
+                "GET",
+                format!("/api/v1/tunnels/{long}"),
+                vec![("authorization", &admin)],
+                String::new(),
+                404,
+            ),
+            (
+                "DELETE",
+                format!("/api/v1/users/{long}"),
+                vec![("authorization", &admin)],
+                String::new(),
+                404,
+            ),
+        ];
+        for (method, path, headers, body, status) in cases {
+            let (response, text) =
+                send(&fixture.control, request(method, &path, &headers, body)).await;
+            assert_eq!(
+                response.status(),
+                status,
+                "{method} {}: {text}",
+                &path[..path.len().min(40)]
+            );
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -405,6 +405,13 @@ fn control_users_log_in_once_for_every_gateway_and_keep_working_with_control_dow
     let bearer = format!("Authorization: Bearer {}", made["token"].as_str().unwrap());
     let revoke = format!("{path}/{}", made["id"].as_str().unwrap());
     assert_eq!(cluster.api("DELETE", &revoke, None).status, 200);
+    // Control is not on the data path: the revocation holds once the gateways have it.
+    wait_for(Duration::from_secs(5), || {
+        (0..2)
+            .all(|gateway| get(&cluster, gateway, &["-H", &bearer]).status == 401)
+            .then_some(())
+    })
+    .expect("both gateways refuse the revoked token");
 
     // Control down, and a gateway restarted meanwhile from its cached config: alice's
     // session and a password login still work on both gateways; the revoked token does not.
