@@ -265,7 +265,7 @@ fn build() -> Table {
         .post(form(Admin, access::save_rules));
     t.at("/tunnels/{id}/access/tokens")
         .post(form(Admin, access::add_service_token));
-    t.at("/tunnels/{id}/access/tokens/{service_token}/revoke")
+    t.at("/tunnels/{id}/access/tokens/{token_id}/revoke")
         .post(form(Admin, access::revoke_service_token));
     t.at("/access/rotate-keys")
         .get(page(Admin, access::rotate_keys_page))
@@ -353,7 +353,7 @@ fn build() -> Table {
     t.at("/api/v1/tunnels/{id}/service-tokens")
         .get(api(Read, api::tunnels::service_tokens))
         .post(api(Write, api::tunnels::add_service_token));
-    t.at("/api/v1/tunnels/{id}/service-tokens/{service_token}")
+    t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}")
         .delete(api(Write, api::tunnels::revoke_service_token));
     t.at("/api/v1/access/rotate-keys")
         .post(api(Write, api::tunnels::rotate_access_keys));

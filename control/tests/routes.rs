@@ -199,6 +199,7 @@ fn template(pattern: &str) -> String {
                 "sessions" => "none",
                 other => panic!("the fixture has no {other} for {pattern}"),
             },
+            "{token_id}" => "{service_token}",
             "{hostname}" => "app.example.com",
             "{name}" => "kakuremichi-agent-x86_64",
             other => other,

@@ -116,7 +116,7 @@ pub fn add_service_token(call: &Call, body: Json) -> ApiResult {
 }
 
 pub fn revoke_service_token(call: &Call, _: Json) -> ApiResult {
-    let token_id = call.param("service_token");
+    let token_id = call.param("token_id");
     call.control
         .store
         .revoke_service_token(call.param("id"), token_id)?;

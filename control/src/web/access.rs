@@ -138,7 +138,7 @@ pub fn revoke_service_token(page: &Page, _: &Form) -> FormResult {
     let id = page.param("id");
     page.control
         .store
-        .revoke_service_token(id, page.param("service_token"))?;
+        .revoke_service_token(id, page.param("token_id"))?;
     Ok(redirect(&format!("/tunnels/{id}/access")))
 }
 
