@@ -5,12 +5,13 @@
 use crate::access::{Keyring, ServiceToken, TunnelAccess};
 use crate::auth::{self, sessions::SessionRecord, Role, UserRecord};
 use crate::error::Error;
-use crate::fleet::GatewayChoice;
+use crate::model::GatewayChoice;
 use crate::model::{
     CertRecord, Issuer, NodeRecord, OverlayNet, Replica, State, TokenRecord, TunnelRecord,
     FIRST_SERVICE_PORT,
 };
-use crate::tunnels::{self, OriginSettings, TunnelKind};
+use crate::model::{OriginSettings, TunnelKind};
+use crate::tunnels;
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
@@ -101,6 +102,8 @@ const SERVICE_PORT_CURSOR: &str = "service_port_cursor";
 const ACCESS_KEYS: &str = "access_keys";
 /// Meta key of Control's built-in gateway route and its certificate issuer.
 pub const CONTROL_ROUTE: &str = "control_route";
+/// Meta key of the certificate gateways show clients that send no SNI.
+pub const FALLBACK_CERTIFICATE: &str = "gateway_fallback_certificate";
 
 impl Store {
     /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
@@ -201,7 +204,7 @@ impl Store {
             tunnels: all(&self.tunnels, &rtxn)?,
             certificates: all(&self.certs, &rtxn)?,
             challenges: all(&self.challenges, &rtxn)?,
-            fallback_certificate: get(&self.meta, &rtxn, crate::certs::internal::FALLBACK_KEY)?,
+            fallback_certificate: get(&self.meta, &rtxn, FALLBACK_CERTIFICATE)?,
             control_route: get(&self.meta, &rtxn, CONTROL_ROUTE)?,
             users: all(&self.users, &rtxn)?,
             keyring: get(&self.meta, &rtxn, ACCESS_KEYS)?

@@ -460,3 +460,103 @@ fn oversized_and_empty_keys_are_refused_not_failed() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(value: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    keys
+}
+
+/// What clients read from the API's answers stays where they read it: each resource's keys,
+/// the secrets shown once beside it, and gateway-only keys on gateways alone.
+#[test]
+fn api_answers_carry_the_fields_clients_read() {
+    let dir = std::env::temp_dir().join(format!("kakuremichi-views-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    smol::block_on(async {
+        let fixture = fixture(&dir).await;
+        let auth = format!("Bearer {}", fixture.admin_token);
+        let call = |method: &'static str, path: String, body: &'static str| {
+            let request = request(method, &path, &[("authorization", &auth)], body.into());
+            let control = fixture.control.clone();
+            async move {
+                let (response, text) = send(&control, request).await;
+                assert!(response.status().is_success(), "{method} {path}: {text}");
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+        };
+        let node = [
+            "allow_targets",
+            "created_at",
+            "enabled",
+            "health",
+            "health_reason",
+            "id",
+            "last_seen",
+            "name",
+            "online",
+            "overlay_ip",
+            "public_key",
+            "version",
+        ];
+        let agents = call("GET", "/api/v1/agents".into(), "").await;
+        assert_eq!(keys(&agents[0]), node);
+        let gateway = call("POST", "/api/v1/gateways".into(), r#"{"name":"two"}"#).await;
+        let mut with_key: Vec<&str> = node.to_vec();
+        with_key.extend([
+            "api_key",
+            "draining",
+            "install",
+            "labels",
+            "wireguard_endpoint",
+        ]);
+        with_key.sort_unstable();
+        assert_eq!(keys(&gateway), with_key);
+        assert!(gateway["install"]["shell"]
+            .as_str()
+            .is_some_and(|s| s.contains(gateway["api_key"].as_str().unwrap())));
+        let tunnels = call("GET", "/api/v1/tunnels".into(), "").await;
+        assert_eq!(
+            keys(&tunnels[0]),
+            [
+                "access",
+                "agent",
+                "agents",
+                "created_at",
+                "enabled",
+                "gateways",
+                "hostname",
+                "id",
+                "issuer",
+                "kind",
+                "origin",
+                "path_prefix",
+                "ports",
+                "proxy_protocol",
+                "service_port",
+                "target",
+            ]
+        );
+        assert_eq!(keys(&tunnels[0]["agents"][0]), ["agent", "target"]);
+        let user = call("POST", "/api/v1/users".into(), r#"{"name":"carol"}"#).await;
+        assert_eq!(
+            keys(&user),
+            ["created_at", "disabled", "id", "name", "password", "role"]
+        );
+        let token = call("POST", "/api/v1/tokens".into(), r#"{"name":"ci"}"#).await;
+        assert_eq!(
+            keys(&token),
+            ["created_at", "expires_at", "id", "name", "scope", "token"]
+        );
+        let id = token["id"].as_str().unwrap();
+        let revoked = call("DELETE", format!("/api/v1/tokens/{id}"), "").await;
+        assert_eq!(revoked, serde_json::json!({ "revoked": id }));
+        let certificates = call("GET", "/api/v1/certificates".into(), "").await;
+        assert!(certificates.as_array().is_some());
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,15 +1,15 @@
 //! People and API tokens: list, create (a secret shown once), change, delete or revoke.
 
-use super::Json;
-use crate::auth::{password, Role, UserRecord};
+use super::views::{self, Done};
+use super::{answer, Json};
+use crate::auth::{password, Role};
 use crate::error::Error;
-use crate::model::{TokenRecord, TokenScope};
+use crate::model::TokenScope;
 use crate::routes::{ApiResult, Call};
-use serde_json::{json, Value};
 
 pub fn tokens(call: &Call, _: Json) -> ApiResult {
     let tokens = call.control.store.tokens()?;
-    Ok((200, Value::Array(tokens.iter().map(token_json).collect())))
+    answer(200, tokens.iter().map(views::Token::of).collect::<Vec<_>>())
 }
 
 pub fn create_token(call: &Call, body: Json) -> ApiResult {
@@ -25,30 +25,22 @@ pub fn create_token(call: &Call, body: Json) -> ApiResult {
     };
     fields.finish()?;
     let (record, token) = control.store.create_token(&name, expires_at, scope)?;
-    let mut body = token_json(&record);
-    body["token"] = json!(token);
-    Ok((201, body))
+    let made = views::TokenWithSecret {
+        token: views::Token::of(&record),
+        secret: &token,
+    };
+    answer(201, made)
 }
 
 pub fn revoke_token(call: &Call, _: Json) -> ApiResult {
     let id = call.param("id");
     call.control.store.revoke_token(id)?;
-    Ok((200, json!({ "revoked": id })))
-}
-
-fn token_json(token: &TokenRecord) -> Value {
-    json!({
-        "id": token.id,
-        "name": token.name,
-        "created_at": token.created_at,
-        "expires_at": token.expires_at,
-        "scope": token.scope.as_str(),
-    })
+    answer(200, Done::Revoked(id))
 }
 
 pub fn users(call: &Call, _: Json) -> ApiResult {
     let users = call.control.store.users()?;
-    Ok((200, Value::Array(users.iter().map(user_json).collect())))
+    answer(200, users.iter().map(views::User::of).collect::<Vec<_>>())
 }
 
 pub fn create_user(call: &Call, body: Json) -> ApiResult {
@@ -68,11 +60,11 @@ pub fn create_user(call: &Call, body: Json) -> ApiResult {
     let secret = given.clone().unwrap_or_else(password::generate);
     let hash = password::hash(&secret).map_err(Error::Store)?;
     let user = control.store.create_user(&name, role, hash, false)?;
-    let mut body = user_json(&user);
-    if given.is_none() {
-        body["password"] = json!(secret);
-    }
-    Ok((201, body))
+    let made = views::NewUser {
+        user: views::User::of(&user),
+        password: given.is_none().then_some(secret.as_str()),
+    };
+    answer(201, made)
 }
 
 /// Disable or enable someone, or change their role.
@@ -90,21 +82,11 @@ pub fn change_user(call: &Call, body: Json) -> ApiResult {
         user.disabled = disabled.unwrap_or(user.disabled);
         user.role = role.unwrap_or(user.role);
     })?;
-    Ok((200, user_json(&user)))
+    answer(200, views::User::of(&user))
 }
 
 pub fn delete_user(call: &Call, _: Json) -> ApiResult {
     let id = call.param("id");
     call.control.store.delete_user(id)?;
-    Ok((200, json!({ "deleted": id })))
-}
-
-fn user_json(user: &UserRecord) -> Value {
-    json!({
-        "id": user.id,
-        "name": user.name,
-        "role": user.role.as_str(),
-        "disabled": user.disabled,
-        "created_at": user.created_at,
-    })
+    answer(200, Done::Deleted(id))
 }

@@ -1,19 +1,17 @@
 //! Certificates: list, upload one of one's own, ask for another attempt now.
 
-use super::Json;
+use super::views::Certificate;
+use super::{answer, Json};
 use crate::error::Error;
 use crate::model::{CertRecord, Issuer};
 use crate::routes::{ApiResult, Call};
 use crate::Control;
 use kakuremichi_proto::ids::Hostname;
-use serde_json::{json, Value};
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
     let state = call.control.store.state()?;
-    Ok((
-        200,
-        Value::Array(state.certificates.iter().map(certificate_json).collect()),
-    ))
+    let certificates: Vec<_> = state.certificates.iter().map(Certificate::of).collect();
+    answer(200, certificates)
 }
 
 /// A manual certificate: checked (parses, key matches, covers the hostname, not expired),
@@ -27,7 +25,7 @@ pub fn upload(call: &Call, body: Json) -> ApiResult {
     let key = fields.required("key_pem")?;
     fields.finish()?;
     let record = store_manual(&call.control, hostname, chain, key)?;
-    Ok((201, certificate_json(&record)))
+    answer(201, Certificate::of(&record))
 }
 
 /// Check an uploaded certificate and keep it (the API and the pages).
@@ -49,19 +47,5 @@ pub fn retry(call: &Call, _: Json) -> ApiResult {
         .control
         .store
         .retry_certificate(call.param("hostname"))?;
-    Ok((200, certificate_json(&record)))
-}
-
-fn certificate_json(cert: &CertRecord) -> Value {
-    json!({
-        "hostname": cert.hostname.as_str(),
-        "issuer": cert.issuer.as_str(),
-        "state": cert.state,
-        "serial": cert.serial,
-        "not_before": (cert.not_before > 0).then_some(cert.not_before),
-        "not_after": (cert.not_after > 0).then_some(cert.not_after),
-        "last_error": cert.last_error,
-        "failures": cert.failures,
-        "next_attempt": (cert.next_attempt > 0).then_some(cert.next_attempt),
-    })
+    answer(200, Certificate::of(&record))
 }

@@ -2,9 +2,9 @@
 //! error, and [`Fields::finish`] refuses the fields no getter took.
 
 use crate::error::Error;
-use crate::fleet::GatewayChoice;
+use crate::model::GatewayChoice;
 use crate::model::Replica;
-use crate::tunnels::{OriginScheme, OriginSettings};
+use crate::model::{OriginScheme, OriginSettings};
 use crate::Control;
 use kakuremichi_proto::ids::Target;
 use kakuremichi_proto::ports::PortRange;

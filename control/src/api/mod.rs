@@ -9,6 +9,7 @@ pub mod certificates;
 mod fields;
 pub mod nodes;
 pub mod tunnels;
+mod views;
 
 use crate::error::Error;
 use crate::model::TokenScope;
@@ -17,7 +18,8 @@ use fields::Fields;
 use http_body_util::{BodyExt, Limited};
 use hyper::Response;
 use kakuremichi_rt::http::{respond, Body};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// Largest JSON body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -99,11 +101,21 @@ pub fn error_response(e: &Error) -> Response<Body> {
     } else {
         e.to_string()
     };
-    let mut body = json!({ "error": message });
-    if let Some(field) = e.field() {
-        body["field"] = json!(field);
+    let failure = views::Failure {
+        error: message,
+        field: e.field(),
+    };
+    match serde_json::to_value(failure) {
+        Ok(body) => json_response(status, &body),
+        Err(_) => respond(status, "text/plain", "error\n"),
     }
-    json_response(status, &body)
+}
+
+/// An answer of `status` with `view` as its JSON.
+fn answer(status: u16, view: impl Serialize) -> ApiResult {
+    serde_json::to_value(view)
+        .map(|body| (status, body))
+        .map_err(|e| Error::Store(format!("encoding an answer: {e}")))
 }
 
 fn json_response(status: u16, body: &Value) -> Response<Body> {

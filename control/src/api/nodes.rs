@@ -1,13 +1,12 @@
 //! Agents and gateways: list, enrol (the key shown once), read, rename, disable, label or
 //! drain, rotate the key of, delete.
 
-use super::Json;
+use super::views::{Done, Node, NodeWithKey};
+use super::{answer, Json};
 use crate::error::Error;
 use crate::model::{NodeRecord, State};
 use crate::routes::{ApiResult, Call};
-use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
-use serde_json::{json, Value};
 
 pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
     let control = &call.control;
@@ -16,9 +15,9 @@ pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
         .nodes
         .iter()
         .filter(|n| n.kind == kind)
-        .map(|n| node_json(control, &state, n))
-        .collect();
-    Ok((200, Value::Array(nodes)))
+        .map(|n| Node::of(control, &state, n))
+        .collect::<Vec<_>>();
+    answer(200, nodes)
 }
 
 pub fn create(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
@@ -29,7 +28,11 @@ pub fn create(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
     crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
     fields.finish()?;
     let (record, api_key) = call.control.store.create_node(kind, name)?;
-    Ok((201, with_key(&call.control, &record, &api_key)))
+    let state = call.control.store.state()?;
+    answer(
+        201,
+        NodeWithKey::of(&call.control, &state, &record, &api_key),
+    )
 }
 
 /// The node of `kind` the path names, with the store's state it was found in.
@@ -47,7 +50,7 @@ fn find(call: &Call, kind: NodeKind) -> Result<(State, NodeRecord), Error> {
 
 pub fn get(call: &Call, kind: NodeKind) -> ApiResult {
     let (state, node) = find(call, kind)?;
-    Ok((200, node_json(&call.control, &state, &node)))
+    answer(200, Node::of(&call.control, &state, &node))
 }
 
 /// Rename, enable or disable a node; label or drain a gateway.
@@ -67,7 +70,7 @@ pub fn change(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
     let labels = match fields.take("labels") {
         Some(value) => {
             gateway_only("labels")?;
-            Some(crate::fleet::labels_from_json(&value)?)
+            Some(crate::model::labels_from_json(&value)?)
         }
         None => None,
     };
@@ -82,72 +85,18 @@ pub fn change(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
         node.labels = labels.unwrap_or_else(|| node.labels.clone());
         node.draining = draining.unwrap_or(node.draining);
     })?;
-    Ok((200, node_json(control, &control.store.state()?, &node)))
+    answer(200, Node::of(control, &control.store.state()?, &node))
 }
 
 pub fn rotate_key(call: &Call, kind: NodeKind) -> ApiResult {
     find(call, kind)?;
     let (node, api_key) = call.control.store.rotate_node_key(call.param("id"))?;
-    Ok((200, with_key(&call.control, &node, &api_key)))
+    let state = call.control.store.state()?;
+    answer(200, NodeWithKey::of(&call.control, &state, &node, &api_key))
 }
 
 pub fn delete(call: &Call, kind: NodeKind) -> ApiResult {
     let (_, node) = find(call, kind)?;
     call.control.store.delete_node(&node.id)?;
-    Ok((200, json!({ "deleted": node.id })))
-}
-
-/// A node's JSON with its new API key and the install snippets that carry it: shown once.
-fn with_key(control: &Control, node: &NodeRecord, api_key: &str) -> Value {
-    let mut body = match control.store.state() {
-        Ok(state) => node_json(control, &state, node),
-        Err(e) => json!({ "id": node.id, "store": e.to_string() }),
-    };
-    body["api_key"] = json!(api_key);
-    body["install"] = Value::Object(
-        crate::install::snippets(
-            node.kind,
-            &control.public_url,
-            api_key,
-            !control.releases.is_empty(),
-        )
-        .into_iter()
-        .map(|snippet| (snippet.key.to_string(), Value::String(snippet.text)))
-        .collect(),
-    );
-    body
-}
-
-/// A node as the API shows it; `state` is the store's, for its health against its peers.
-fn node_json(control: &Control, state: &State, node: &NodeRecord) -> Value {
-    let presence = control.hub.presence(&node.id);
-    let (health, health_reason) = crate::fleet::health_now(&control.hub, state, node);
-    let mut value = json!({
-        "id": node.id,
-        "name": node.name,
-        "overlay_ip": node.overlay_ip.to_string(),
-        "public_key": node.public_key.map(|k| k.to_string()),
-        "version": node.version,
-        "allow_targets": node.allow_targets,
-        "enabled": !node.disabled,
-        "online": presence.online,
-        "health": health.as_str(),
-        "health_reason": health_reason,
-        "last_seen": presence.last_seen,
-        "created_at": node.created_at,
-    });
-    if node.kind == NodeKind::Gateway {
-        value["wireguard_endpoint"] = json!(node.wireguard_endpoint);
-        value["labels"] = json!(node.labels);
-        value["draining"] = json!(node.draining);
-    }
-    if let Some(status) = presence.status {
-        value["status"] = json!({
-            "config_version": status.config_version,
-            "peers_up": status.peers_up,
-            "rx_bytes": status.rx_bytes,
-            "tx_bytes": status.tx_bytes,
-        });
-    }
-    value
+    answer(200, Done::Deleted(&node.id))
 }

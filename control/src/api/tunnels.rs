@@ -1,25 +1,22 @@
 //! Tunnels: list, create, read, change, delete; their service tokens; and new login keys
 //! for every tunnel.
 
+use super::answer;
 use super::fields::{Agents, Fields};
+use super::views::{self, Done};
 use super::Json;
 use crate::access::TunnelAccess;
 use crate::error::Error;
 use crate::model::TunnelRecord;
+use crate::model::{OriginSettings, TunnelKind};
 use crate::routes::{ApiResult, Call};
 use crate::store::{NewTunnel, TunnelPatch};
-use crate::tunnels::{OriginSettings, TunnelKind};
 use crate::Control;
-use kakuremichi_proto::ids::Hostname;
-use kakuremichi_proto::proxy_protocol::ProxyProtocol;
-use serde_json::{json, Value};
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
     let state = call.control.store.state()?;
-    Ok((
-        200,
-        Value::Array(state.tunnels.iter().map(tunnel_json).collect()),
-    ))
+    let tunnels: Vec<_> = state.tunnels.iter().map(views::Tunnel::of).collect();
+    answer(200, tunnels)
 }
 
 pub fn create(call: &Call, body: Json) -> ApiResult {
@@ -71,27 +68,25 @@ pub fn create(call: &Call, body: Json) -> ApiResult {
     };
     fields.finish()?;
     let tunnel = control.store.create_tunnel(new)?;
-    Ok((201, tunnel_json(&tunnel)))
+    answer(201, views::Tunnel::of(&tunnel))
 }
 
 pub fn get(call: &Call, _: Json) -> ApiResult {
-    Ok((
-        200,
-        tunnel_json(&find_tunnel(&call.control, call.param("id"))?),
-    ))
+    let tunnel = find_tunnel(&call.control, call.param("id"))?;
+    answer(200, views::Tunnel::of(&tunnel))
 }
 
 pub fn change(call: &Call, body: Json) -> ApiResult {
     let current = find_tunnel(&call.control, call.param("id"))?;
     let patch = parse_patch(&call.control, body.fields()?, &current)?;
     let tunnel = call.control.store.update_tunnel(&current.id, patch)?;
-    Ok((200, tunnel_json(&tunnel)))
+    answer(200, views::Tunnel::of(&tunnel))
 }
 
 pub fn delete(call: &Call, _: Json) -> ApiResult {
     let id = call.param("id");
     call.control.store.delete_tunnel(id)?;
-    Ok((200, json!({ "deleted": id })))
+    answer(200, Done::Deleted(id))
 }
 
 pub fn service_tokens(call: &Call, _: Json) -> ApiResult {
@@ -108,11 +103,13 @@ pub fn add_service_token(call: &Call, body: Json) -> ApiResult {
         .control
         .store
         .add_service_token(call.param("id"), &name)?;
-    let body = json!({
-        "id": record.id, "name": record.name, "created_at": record.created_at,
-        "token": token,
-    });
-    Ok((201, body))
+    let made = views::ServiceToken {
+        id: &record.id,
+        name: &record.name,
+        created_at: record.created_at,
+        token: &token,
+    };
+    answer(201, made)
 }
 
 pub fn revoke_service_token(call: &Call, _: Json) -> ApiResult {
@@ -120,12 +117,12 @@ pub fn revoke_service_token(call: &Call, _: Json) -> ApiResult {
     call.control
         .store
         .revoke_service_token(call.param("id"), token_id)?;
-    Ok((200, json!({ "revoked": token_id })))
+    answer(200, Done::Revoked(token_id))
 }
 
 pub fn rotate_access_keys(call: &Call, _: Json) -> ApiResult {
     call.control.store.rotate_access_keys()?;
-    Ok((200, json!({ "rotated": true })))
+    answer(200, Done::Rotated(true))
 }
 
 fn find_tunnel(control: &Control, id: &str) -> Result<TunnelRecord, Error> {
@@ -187,28 +184,4 @@ fn parse_patch(
     }
     fields.finish()?;
     Ok(patch)
-}
-
-fn tunnel_json(tunnel: &TunnelRecord) -> Value {
-    json!({
-        "id": tunnel.id,
-        "kind": tunnel.kind.as_str(),
-        "hostname": tunnel.hostname.as_ref().map(Hostname::as_str),
-        "ports": tunnel.ports.map(|p| p.to_string()),
-        "proxy_protocol": tunnel.proxy_protocol.map(ProxyProtocol::as_str),
-        "path_prefix": tunnel.path_prefix,
-        "gateways": tunnel.gateways.to_json(),
-        "agent": tunnel.agent_id,
-        "target": tunnel.target_text(),
-        "agents": tunnel.agents().map(|(agent, target)| json!({
-            "agent": agent,
-            "target": tunnel.target_text_for(target),
-        })).collect::<Vec<_>>(),
-        "origin": tunnel.origin.to_json(),
-        "service_port": tunnel.service_port,
-        "enabled": tunnel.enabled,
-        "issuer": tunnel.issuer.as_str(),
-        "access": tunnel.access.to_json(),
-        "created_at": tunnel.created_at,
-    })
 }

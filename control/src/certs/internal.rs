@@ -2,7 +2,7 @@
 //! store, and downloadable at `/ca.pem` so clients can trust it.
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Store, FALLBACK_CERTIFICATE};
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::messages::CertificateBundle;
 use rcgen::{
@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 const CA_KEY: &str = "internal_ca";
-/// Meta key of the certificate gateways show clients that send no SNI.
-pub const FALLBACK_KEY: &str = "gateway_fallback_certificate";
 /// The name in it: a reserved TLD (RFC 2606), so it matches no real site.
 const FALLBACK_NAME: &str = "gateway.kakuremichi.invalid";
 const CA_NAME: &str = "kakuremichi internal CA";
@@ -127,7 +125,7 @@ pub fn crl(ca: &CaMaterial) -> Result<Vec<u8>, Error> {
 /// for a name no site uses, so such clients learn nothing about the tunnels.
 pub fn ensure_fallback(store: &Store, crl_url: &str) -> Result<(), Error> {
     let now = crate::auth::unix_now();
-    let current: Option<CertificateBundle> = store.meta(FALLBACK_KEY)?;
+    let current: Option<CertificateBundle> = store.meta(FALLBACK_CERTIFICATE)?;
     let fresh = current
         .and_then(|c| crate::certs::inspect::leaf(&c.chain_pem).ok())
         .is_some_and(|leaf| leaf.not_after > now + LEAF_LIFETIME.as_secs() / 3);
@@ -144,5 +142,5 @@ pub fn ensure_fallback(store: &Store, crl_url: &str) -> Result<(), Error> {
         key_pem,
         publicly_trusted: false,
     };
-    store.put_meta(FALLBACK_KEY, &bundle)
+    store.put_meta(FALLBACK_CERTIFICATE, &bundle)
 }

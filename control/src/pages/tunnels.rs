@@ -4,8 +4,8 @@
 use super::layout;
 use crate::auth::{Role, UserRecord};
 use crate::hub::Hub;
+use crate::model::TunnelKind;
 use crate::model::{CertState, Issuer, State};
-use crate::tunnels::TunnelKind;
 use maud::{html, Markup};
 
 /// One row, with its states already decided.

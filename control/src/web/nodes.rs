@@ -167,7 +167,7 @@ pub fn set_enabled(page: &Page, form: &Form, kind: NodeKind) -> FormResult {
 
 pub fn set_labels(page: &Page, form: &Form) -> FormResult {
     let kind = NodeKind::Gateway;
-    match crate::fleet::labels_from_json(&serde_json::Value::from(text(form, "labels"))) {
+    match crate::model::labels_from_json(&serde_json::Value::from(text(form, "labels"))) {
         Ok(labels) => update(page, kind, |node| node.labels = labels),
         Err(e) => {
             let refusal = format!("Labels not saved: {}.", e.reason());

@@ -6,10 +6,10 @@ use super::{redirect, text, Form, Page};
 use crate::auth;
 use crate::error::Error;
 use crate::model::State;
+use crate::model::{OriginScheme, OriginSettings, TunnelKind};
 use crate::pages::{self, tunnel_form};
 use crate::routes::{FormResult, PageResult};
 use crate::store::{NewTunnel, TunnelPatch};
-use crate::tunnels::{OriginScheme, OriginSettings, TunnelKind};
 use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::ports::PortRange;
@@ -261,7 +261,7 @@ fn parse_new_tunnel(control: &Control, form: &Form) -> Result<NewTunnel, Error> 
             text => text.parse().map_err(proto("issuer"))?,
         },
         access: Default::default(),
-        gateways: crate::fleet::GatewayChoice::from_text(
+        gateways: crate::model::GatewayChoice::from_text(
             value("gateways"),
             &control.store.state()?.nodes,
         )?,

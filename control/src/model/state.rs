@@ -1,0 +1,25 @@
+//! Everything in the store at one revision.
+
+use super::{CertRecord, Issuer, NodeRecord, OverlayNet, TunnelRecord};
+use crate::access::Keyring;
+use crate::auth::UserRecord;
+use kakuremichi_proto::messages::{AcmeChallenge, CertificateBundle, ControlRoute};
+
+/// Everything in the store at one revision.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub revision: u64,
+    pub overlay: OverlayNet,
+    pub nodes: Vec<NodeRecord>,
+    pub tunnels: Vec<TunnelRecord>,
+    pub certificates: Vec<CertRecord>,
+    pub challenges: Vec<AcmeChallenge>,
+    /// The certificate gateways show clients that send no SNI.
+    pub fallback_certificate: Option<CertificateBundle>,
+    /// Control's own hostname on gateways, with the issuer of its certificate.
+    pub control_route: Option<(ControlRoute, Issuer)>,
+    /// Every account: tunnels' access rules name users and roles.
+    pub users: Vec<UserRecord>,
+    /// The keys that sign tunnel logins.
+    pub keyring: Keyring,
+}
