@@ -208,16 +208,23 @@ pub fn table() -> &'static Table {
 }
 
 fn build() -> Table {
-    use crate::web::{access, account, certificates, login, nodes, tokens, tunnels, users};
-    use NodeKind::{Agent, Gateway};
-    use Role::{Admin, Member};
-    use TokenScope::{Admin as Write, Read};
     let mut t = Table {
         routes: Vec::new(),
         tree: matchit::Router::new(),
         section: Section::Operations,
     };
+    operations(&mut t);
+    t.section(Section::Pages);
+    pages(&mut t);
+    t.section(Section::Api);
+    api_v1(&mut t);
+    t
+}
 
+#[rustfmt::skip]
+fn operations(t: &mut Table) {
+    use NodeKind::{Agent, Gateway};
+    use TokenScope::Read;
     // Operations: probes, metrics, the internal CA, agent installs, node sessions.
     t.at("/healthz").get(open(server::healthz));
     t.at("/readyz").get(open(server::readyz));
@@ -226,154 +233,92 @@ fn build() -> Table {
     t.at("/ca.crl").get(open(server::ca_crl));
     t.at("/install.sh").get(open(server::install_script));
     t.at("/releases/{name}").get(open(server::release));
-    t.at("/ws/agent")
-        .get(open(|call| server::upgrade_node(call, Agent)));
-    t.at("/ws/gateway")
-        .get(open(|call| server::upgrade_node(call, Gateway)));
+    t.at("/ws/agent").get(open(|call| server::upgrade_node(call, Agent)));
+    t.at("/ws/gateway").get(open(|call| server::upgrade_node(call, Gateway)));
+}
 
+#[rustfmt::skip]
+fn pages(t: &mut Table) {
+    use crate::web::{access, account, certificates, login, nodes, tokens, tunnels, users};
+    use NodeKind::{Agent, Gateway};
+    use Role::{Admin, Member};
     // Pages: the way in.
-    t.section(Section::Pages);
     t.at("/style.css").get(open(web::style));
-    t.at("/setup")
-        .get(open(login::setup_page))
-        .post(open_form(login::setup));
-    t.at("/login")
-        .get(open(login::login_page))
-        .post(open_form(login::login));
-    t.at("/login/code")
-        .get(open(login::code_page))
-        .post(open_form(login::second_factor));
+    t.at("/setup").get(open(login::setup_page)).post(open_form(login::setup));
+    t.at("/login").get(open(login::login_page)).post(open_form(login::login));
+    t.at("/login/code").get(open(login::code_page)).post(open_form(login::second_factor));
     t.at("/logout").post(open_form(login::logout));
     t.at("/access").get(open(login::tunnel_login));
 
     // Pages: tunnels and who may open them.
     t.at("/").get(page(Member, tunnels::dashboard));
     t.at("/tunnels").get(page(Member, tunnels::list));
-    t.at("/tunnels/new")
-        .get(page(Admin, tunnels::new_page))
-        .post(form(Admin, tunnels::create));
-    t.at("/tunnels/{id}/edit")
-        .get(page(Admin, tunnels::edit_page))
-        .post(form(Admin, tunnels::save));
-    t.at("/tunnels/{id}/enabled")
-        .post(form(Admin, tunnels::set_enabled));
-    t.at("/tunnels/{id}/delete")
-        .get(page(Admin, tunnels::delete_page))
-        .post(form(Admin, tunnels::delete));
-    t.at("/tunnels/{id}/access")
-        .get(page(Admin, access::rules))
-        .post(form(Admin, access::save_rules));
-    t.at("/tunnels/{id}/access/tokens")
-        .post(form(Admin, access::add_service_token));
-    t.at("/tunnels/{id}/access/tokens/{token_id}/revoke")
-        .post(form(Admin, access::revoke_service_token));
-    t.at("/access/rotate-keys")
-        .get(page(Admin, access::rotate_keys_page))
-        .post(form(Admin, access::rotate_keys));
+    t.at("/tunnels/new").get(page(Admin, tunnels::new_page)).post(form(Admin, tunnels::create));
+    t.at("/tunnels/{id}/edit").get(page(Admin, tunnels::edit_page)).post(form(Admin, tunnels::save));
+    t.at("/tunnels/{id}/enabled").post(form(Admin, tunnels::set_enabled));
+    t.at("/tunnels/{id}/delete").get(page(Admin, tunnels::delete_page)).post(form(Admin, tunnels::delete));
+    t.at("/tunnels/{id}/access").get(page(Admin, access::rules)).post(form(Admin, access::save_rules));
+    t.at("/tunnels/{id}/access/tokens").post(form(Admin, access::add_service_token));
+    t.at("/tunnels/{id}/access/tokens/{token_id}/revoke").post(form(Admin, access::revoke_service_token));
+    t.at("/access/rotate-keys").get(page(Admin, access::rotate_keys_page)).post(form(Admin, access::rotate_keys));
 
     // Pages: agents and gateways.
     for (kind, base) in [(Agent, "/agents"), (Gateway, "/gateways")] {
         let path = |rest: &str| format!("{base}{rest}");
-        t.at(path(""))
-            .get(page(Member, move |p| nodes::list(p, kind)));
-        t.at(path("/new"))
-            .get(page(Admin, move |p| nodes::new_page(p, kind)))
-            .post(form(Admin, move |p, f| nodes::enrol(p, f, kind)));
-        t.at(path("/{id}"))
-            .get(page(Member, move |p| nodes::detail(p, kind)));
-        t.at(path("/{id}/name"))
-            .post(form(Admin, move |p, f| nodes::rename(p, f, kind)));
-        t.at(path("/{id}/enabled"))
-            .post(form(Admin, move |p, f| nodes::set_enabled(p, f, kind)));
-        t.at(path("/{id}/rotate-key"))
-            .get(page(Admin, move |p| nodes::rotate_key_page(p, kind)))
-            .post(form(Admin, move |p, f| nodes::rotate_key(p, f, kind)));
-        t.at(path("/{id}/delete"))
-            .get(page(Admin, move |p| nodes::delete_page(p, kind)))
-            .post(form(Admin, move |p, f| nodes::delete(p, f, kind)));
+        t.at(path("")).get(page(Member, move |p| nodes::list(p, kind)));
+        t.at(path("/new")).get(page(Admin, move |p| nodes::new_page(p, kind))).post(form(Admin, move |p, f| nodes::enrol(p, f, kind)));
+        t.at(path("/{id}")).get(page(Member, move |p| nodes::detail(p, kind)));
+        t.at(path("/{id}/name")).post(form(Admin, move |p, f| nodes::rename(p, f, kind)));
+        t.at(path("/{id}/enabled")).post(form(Admin, move |p, f| nodes::set_enabled(p, f, kind)));
+        t.at(path("/{id}/rotate-key")).get(page(Admin, move |p| nodes::rotate_key_page(p, kind))).post(form(Admin, move |p, f| nodes::rotate_key(p, f, kind)));
+        t.at(path("/{id}/delete")).get(page(Admin, move |p| nodes::delete_page(p, kind))).post(form(Admin, move |p, f| nodes::delete(p, f, kind)));
     }
-    t.at("/gateways/{id}/labels")
-        .post(form(Admin, nodes::set_labels));
-    t.at("/gateways/{id}/draining")
-        .post(form(Admin, nodes::set_draining));
+    t.at("/gateways/{id}/labels").post(form(Admin, nodes::set_labels));
+    t.at("/gateways/{id}/draining").post(form(Admin, nodes::set_draining));
 
     // Pages: certificates, people and tokens.
     t.at("/certificates").get(page(Member, certificates::list));
-    t.at("/certificates/new")
-        .post(form(Admin, certificates::upload));
-    t.at("/certificates/{hostname}/retry")
-        .post(form(Admin, certificates::retry));
+    t.at("/certificates/new").post(form(Admin, certificates::upload));
+    t.at("/certificates/{hostname}/retry").post(form(Admin, certificates::retry));
     t.at("/users").get(page(Admin, users::list));
     t.at("/users/new").post(form(Admin, users::add));
-    t.at("/users/{id}/disabled")
-        .post(form(Admin, users::set_disabled));
-    t.at("/users/{id}/password")
-        .post(form(Admin, users::reset_password));
-    t.at("/users/{id}/delete")
-        .get(page(Admin, users::delete_page))
-        .post(form(Admin, users::delete));
+    t.at("/users/{id}/disabled").post(form(Admin, users::set_disabled));
+    t.at("/users/{id}/password").post(form(Admin, users::reset_password));
+    t.at("/users/{id}/delete").get(page(Admin, users::delete_page)).post(form(Admin, users::delete));
     t.at("/tokens").get(page(Admin, tokens::list));
     t.at("/tokens/new").post(form(Admin, tokens::create));
-    t.at("/tokens/{id}/revoke")
-        .post(form(Admin, tokens::revoke));
+    t.at("/tokens/{id}/revoke").post(form(Admin, tokens::revoke));
     t.at("/account").get(page(Member, account::page));
-    t.at("/account/password")
-        .post(form(Member, account::change_password));
-    t.at("/account/totp/start")
-        .post(form(Member, account::start_totp));
-    t.at("/account/totp/confirm")
-        .post(form(Member, account::confirm_totp));
-    t.at("/account/totp/off")
-        .post(form(Member, account::totp_off));
-    t.at("/account/sessions/{id}/end")
-        .post(form(Member, account::end_session));
+    t.at("/account/password").post(form(Member, account::change_password));
+    t.at("/account/totp/start").post(form(Member, account::start_totp));
+    t.at("/account/totp/confirm").post(form(Member, account::confirm_totp));
+    t.at("/account/totp/off").post(form(Member, account::totp_off));
+    t.at("/account/sessions/{id}/end").post(form(Member, account::end_session));
+}
 
-    t.section(Section::Api);
+#[rustfmt::skip]
+fn api_v1(t: &mut Table) {
+    use NodeKind::{Agent, Gateway};
+    use TokenScope::{Admin as Write, Read};
     // The API (described at /api/v1/openapi.json, which is built from these rows).
     t.at("/api/v1/openapi.json").get(open(api::openapi));
     for (kind, base) in [(Agent, "/api/v1/agents"), (Gateway, "/api/v1/gateways")] {
         let path = |rest: &str| format!("{base}{rest}");
-        t.at(path(""))
-            .get(api(Read, move |c, _| api::nodes::list(c, kind)))
-            .post(api(Write, move |c, b| api::nodes::create(c, b, kind)));
-        t.at(path("/{id}"))
-            .get(api(Read, move |c, _| api::nodes::get(c, kind)))
-            .patch(api(Write, move |c, b| api::nodes::change(c, b, kind)))
-            .delete(api(Write, move |c, _| api::nodes::delete(c, kind)));
-        t.at(path("/{id}/rotate-key"))
-            .post(api(Write, move |c, _| api::nodes::rotate_key(c, kind)));
+        t.at(path("")).get(api(Read, move |c, _| api::nodes::list(c, kind))).post(api(Write, move |c, b| api::nodes::create(c, b, kind)));
+        t.at(path("/{id}")).get(api(Read, move |c, _| api::nodes::get(c, kind))).patch(api(Write, move |c, b| api::nodes::change(c, b, kind))).delete(api(Write, move |c, _| api::nodes::delete(c, kind)));
+        t.at(path("/{id}/rotate-key")).post(api(Write, move |c, _| api::nodes::rotate_key(c, kind)));
     }
-    t.at("/api/v1/tunnels")
-        .get(api(Read, api::tunnels::list))
-        .post(api(Write, api::tunnels::create));
-    t.at("/api/v1/tunnels/{id}")
-        .get(api(Read, api::tunnels::get))
-        .patch(api(Write, api::tunnels::change))
-        .delete(api(Write, api::tunnels::delete));
-    t.at("/api/v1/tunnels/{id}/service-tokens")
-        .get(api(Read, api::tunnels::service_tokens))
-        .post(api(Write, api::tunnels::add_service_token));
-    t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}")
-        .delete(api(Write, api::tunnels::revoke_service_token));
-    t.at("/api/v1/access/rotate-keys")
-        .post(api(Write, api::tunnels::rotate_access_keys));
-    t.at("/api/v1/tokens")
-        .get(api(Read, api::accounts::tokens))
-        .post(api(Write, api::accounts::create_token));
-    t.at("/api/v1/tokens/{id}")
-        .delete(api(Write, api::accounts::revoke_token));
-    t.at("/api/v1/users")
-        .get(api(Read, api::accounts::users))
-        .post(api(Write, api::accounts::create_user));
-    t.at("/api/v1/users/{id}")
-        .patch(api(Write, api::accounts::change_user))
-        .delete(api(Write, api::accounts::delete_user));
-    t.at("/api/v1/certificates")
-        .get(api(Read, api::certificates::list))
-        .post(api(Write, api::certificates::upload));
-    t.at("/api/v1/certificates/{hostname}/retry")
-        .post(api(Write, api::certificates::retry));
-    t
+    t.at("/api/v1/tunnels").get(api(Read, api::tunnels::list)).post(api(Write, api::tunnels::create));
+    t.at("/api/v1/tunnels/{id}").get(api(Read, api::tunnels::get)).patch(api(Write, api::tunnels::change)).delete(api(Write, api::tunnels::delete));
+    t.at("/api/v1/tunnels/{id}/service-tokens").get(api(Read, api::tunnels::service_tokens)).post(api(Write, api::tunnels::add_service_token));
+    t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}").delete(api(Write, api::tunnels::revoke_service_token));
+    t.at("/api/v1/access/rotate-keys").post(api(Write, api::tunnels::rotate_access_keys));
+    t.at("/api/v1/tokens").get(api(Read, api::accounts::tokens)).post(api(Write, api::accounts::create_token));
+    t.at("/api/v1/tokens/{id}").delete(api(Write, api::accounts::revoke_token));
+    t.at("/api/v1/users").get(api(Read, api::accounts::users)).post(api(Write, api::accounts::create_user));
+    t.at("/api/v1/users/{id}").patch(api(Write, api::accounts::change_user)).delete(api(Write, api::accounts::delete_user));
+    t.at("/api/v1/certificates").get(api(Read, api::certificates::list)).post(api(Write, api::certificates::upload));
+    t.at("/api/v1/certificates/{hostname}/retry").post(api(Write, api::certificates::retry));
 }
 
 /// Control's answer to `request`: the table's route for its path and method.

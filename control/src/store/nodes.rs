@@ -1,0 +1,160 @@
+//! Enrolling, changing, rekeying and deleting agents and gateways, and what a node says
+//! of itself when it connects.
+
+use super::{all, get, put, Store, OVERLAY};
+use crate::auth::{self};
+use crate::error::Error;
+use crate::model::{NodeRecord, OverlayNet, TunnelRecord};
+use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::Hello;
+
+impl Store {
+    /// Enrol a node. Returns its record and its API key, which is not stored.
+    pub fn create_node(&self, kind: NodeKind, name: String) -> Result<(NodeRecord, String), Error> {
+        let api_key = auth::new_secret("kmk");
+        let record = self.write(|s, wtxn| {
+            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
+            let overlay: OverlayNet = get(&s.meta, wtxn, OVERLAY)?
+                .ok_or_else(|| Error::Store("overlay network missing".into()))?;
+            let used: Vec<_> = nodes.iter().map(|n| n.overlay_ip).collect();
+            let overlay_ip = overlay
+                .allocate(&used)
+                .ok_or_else(|| Error::conflict("overlay", "the overlay network is full"))?;
+            let id = auth::new_id(match kind {
+                NodeKind::Agent => "agt",
+                NodeKind::Gateway => "gw",
+            });
+            let record = NodeRecord::enrolled(
+                &id,
+                kind,
+                &name,
+                overlay_ip,
+                auth::hash_secret(&api_key),
+                auth::unix_now(),
+            );
+            put(&s.nodes, wtxn, &record.id, &record)?;
+            put(&s.api_keys, wtxn, &record.api_key_hash, &record.id)?;
+            Ok(record)
+        })?;
+        Ok((record, api_key))
+    }
+
+    /// Rename, disable or enable a node through `change`; its kind, key and address stay.
+    pub fn update_node(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut NodeRecord),
+    ) -> Result<NodeRecord, Error> {
+        self.write(|s, wtxn| {
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            change(&mut node);
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(node)
+        })
+    }
+
+    /// Give a node a new API key and forget the old one: the node's live session ends and
+    /// the old key is refused from now on. Returns the record and the new key (shown once).
+    pub fn rotate_node_key(&self, id: &str) -> Result<(NodeRecord, String), Error> {
+        let api_key = auth::new_secret("kmk");
+        let node = self.write(|s, wtxn| {
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            s.api_keys.delete(wtxn, &node.api_key_hash)?;
+            node.api_key_hash = auth::hash_secret(&api_key);
+            put(&s.api_keys, wtxn, &node.api_key_hash, &node.id)?;
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(node)
+        })?;
+        Ok((node, api_key))
+    }
+
+    /// Remove a node and its key. An agent that still carries tunnels is refused, naming them:
+    /// deleting it would silently take them down.
+    pub fn delete_node(&self, id: &str) -> Result<NodeRecord, Error> {
+        self.write(|s, wtxn| {
+            let node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            let carried: Vec<String> = all::<TunnelRecord>(&s.tunnels, wtxn)?
+                .into_iter()
+                .filter(|t| t.target_on(id).is_some())
+                .map(|t| t.label())
+                .collect();
+            if !carried.is_empty() {
+                return Err(Error::conflict(
+                    "agent",
+                    format!(
+                        "it still carries {}: move or delete them first",
+                        carried.join(", ")
+                    ),
+                ));
+            }
+            s.api_keys.delete(wtxn, &node.api_key_hash)?;
+            s.nodes.delete(wtxn, id)?;
+            Ok(node)
+        })
+    }
+
+    /// The node an API key belongs to.
+    pub fn node_by_api_key(&self, api_key: &str) -> Result<Option<NodeRecord>, Error> {
+        let rtxn = self.env.read_txn()?;
+        let Some(id) = get::<String>(&self.api_keys, &rtxn, &auth::hash_secret(api_key))? else {
+            return Ok(None);
+        };
+        get(&self.nodes, &rtxn, &id)
+    }
+
+    /// Record what a node said in its hello. Returns whether anything changed (and so the
+    /// revision moved and peers need new snapshots).
+    pub fn record_hello(&self, id: &str, hello: &Hello) -> Result<bool, Error> {
+        let rtxn = self.env.read_txn()?;
+        let node: NodeRecord =
+            get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+        let (public_key, version) = (hello.public_key, hello.version.as_str());
+        let endpoint = if node.kind == NodeKind::Gateway {
+            hello.wireguard_endpoint.clone()
+        } else {
+            None
+        };
+        let (port_policy, https_port, http_port, allow_targets) = match node.kind {
+            NodeKind::Gateway => (hello.ports.clone(), hello.https_port, hello.http_port, None),
+            NodeKind::Agent => (None, None, None, hello.allow_targets.clone()),
+        };
+        let unchanged = node.public_key == Some(public_key)
+            && node.version.as_deref() == Some(version)
+            && node.wireguard_endpoint == endpoint
+            && node.instance == hello.instance
+            && node.port_policy == port_policy
+            && node.https_port == https_port
+            && node.http_port == http_port
+            && node.allow_targets == allow_targets;
+        if unchanged {
+            return Ok(false);
+        }
+        drop(rtxn);
+        self.write(|s, wtxn| {
+            let clash = all::<NodeRecord>(&s.nodes, wtxn)?
+                .into_iter()
+                .any(|n| n.id != id && n.public_key == Some(public_key));
+            if clash {
+                return Err(Error::conflict(
+                    "public_key",
+                    "another node already uses this WireGuard key",
+                ));
+            }
+            let mut node: NodeRecord =
+                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
+            node.public_key = Some(public_key);
+            node.version = Some(version.to_string());
+            node.wireguard_endpoint = endpoint;
+            node.instance = hello.instance;
+            node.port_policy = port_policy;
+            node.https_port = https_port;
+            node.http_port = http_port;
+            node.allow_targets = allow_targets;
+            put(&s.nodes, wtxn, id, &node)?;
+            Ok(true)
+        })
+    }
+}
