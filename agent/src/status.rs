@@ -3,6 +3,7 @@
 use crate::Agent;
 use hyper::Response;
 use kakuremichi_rt::http::{health_endpoints, respond, Body};
+use kakuremichi_rt::metrics::Readings;
 use std::sync::atomic::Ordering;
 
 /// Answer one status request.
@@ -18,51 +19,20 @@ pub fn handle(agent: &Agent, path: &str) -> Response<Body> {
 }
 
 fn metrics(agent: &Agent) -> String {
-    let peers = agent.stack.peer_stats();
-    let lines = [
-        (
-            "config_version",
-            "gauge",
-            agent.config_version.load(Ordering::Relaxed),
-        ),
-        (
+    let mut readings = Readings::new("kakuremichi_agent");
+    readings
+        .gauge(
             "services",
-            "gauge",
+            "Tunnel services the agent carries.",
             agent.service_count.load(Ordering::Relaxed) as u64,
-        ),
-        ("peers", "gauge", peers.len() as u64),
-        (
-            "peers_up",
-            "gauge",
-            peers.iter().filter(|p| p.is_up()).count() as u64,
-        ),
-        (
-            "wireguard_rx_bytes_total",
-            "counter",
-            peers.iter().map(|p| p.rx_bytes).sum(),
-        ),
-        (
-            "wireguard_tx_bytes_total",
-            "counter",
-            peers.iter().map(|p| p.tx_bytes).sum(),
-        ),
-        ("tcp_sockets", "gauge", agent.stack.socket_count() as u64),
-        (
-            "refused_targets_total",
-            "counter",
+        )
+        .counter(
+            "refused_targets",
+            "Connections to targets outside --allow-targets refused.",
             agent.allowed.refused.load(Ordering::Relaxed),
-        ),
-    ];
-    let mut text: String = lines
-        .iter()
-        .map(|(name, kind, value)| {
-            format!("# TYPE kakuremichi_agent_{name} {kind}\nkakuremichi_agent_{name} {value}\n")
-        })
-        .collect();
-    text.push_str(&kakuremichi_nodelink::link::drop_metrics(
-        "kakuremichi_agent",
-        &agent.stack,
-    ));
-    text.push_str(&agent.link.metrics("kakuremichi_agent"));
-    text
+        );
+    let version = agent.config_version.load(Ordering::Relaxed);
+    kakuremichi_nodelink::link::read_node_metrics(&mut readings, version, &agent.stack);
+    agent.link.read_metrics(&mut readings);
+    readings.encode()
 }

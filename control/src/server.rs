@@ -17,6 +17,7 @@ use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::MAX_MESSAGE_BYTES;
 use kakuremichi_rt::http::{respond, Body};
 use kakuremichi_rt::io::HyperIo;
+use kakuremichi_rt::metrics::Readings;
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -118,24 +119,53 @@ pub fn metrics(call: &Call) -> Response<Body> {
             .nodes
             .iter()
             .filter(|n| n.kind == kind && control.hub.presence(&n.id).online)
-            .count()
+            .count() as u64
     };
-    let text = format!(
-        "# TYPE kakuremichi_control_revision counter\nkakuremichi_control_revision {}\n\
-         # TYPE kakuremichi_control_tunnels gauge\nkakuremichi_control_tunnels {}\n\
-         # TYPE kakuremichi_control_nodes_online gauge\nkakuremichi_control_nodes_online{{kind=\"agent\"}} {}\nkakuremichi_control_nodes_online{{kind=\"gateway\"}} {}\n\
-         # TYPE kakuremichi_control_sessions gauge\nkakuremichi_control_sessions {}\n\
-         # TYPE kakuremichi_control_sessions_opened_total counter\nkakuremichi_control_sessions_opened_total {}\n\
-         # TYPE kakuremichi_control_snapshots_pushed_total counter\nkakuremichi_control_snapshots_pushed_total {}\n",
-        state.revision,
-        state.tunnels.len(),
-        online(NodeKind::Agent),
-        online(NodeKind::Gateway),
-        control.hub.session_count(),
-        control.hub.sessions_opened(),
-        control.hub.snapshots_pushed(),
-    );
-    respond(200, "text/plain; version=0.0.4", text)
+    let mut readings = Readings::new("kakuremichi_control");
+    let hub = &control.hub;
+    readings
+        .gauge(
+            "revision",
+            "The store's revision: changes committed since it was made.",
+            state.revision,
+        )
+        .gauge(
+            "tunnels",
+            "Tunnels in the store.",
+            state.tunnels.len() as u64,
+        )
+        .gauge_with(
+            "nodes_online",
+            "Nodes with a live session, by kind.",
+            &[("kind", "agent")],
+            online(NodeKind::Agent),
+        )
+        .gauge_with(
+            "nodes_online",
+            "Nodes with a live session, by kind.",
+            &[("kind", "gateway")],
+            online(NodeKind::Gateway),
+        )
+        .gauge(
+            "sessions",
+            "Node sessions open.",
+            hub.session_count() as u64,
+        )
+        .counter(
+            "sessions_opened",
+            "Node sessions opened since start.",
+            hub.sessions_opened(),
+        )
+        .counter(
+            "snapshots_pushed",
+            "Config snapshots sent to nodes.",
+            hub.snapshots_pushed(),
+        );
+    respond(
+        200,
+        kakuremichi_rt::metrics::CONTENT_TYPE,
+        readings.encode(),
+    )
 }
 
 /// Authenticate a node by its API key and switch the connection to a WebSocket.

@@ -8,7 +8,7 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
-use kakuremichi_proto::messages::{decode, encode, ControlMessage, NodeMessage};
+use kakuremichi_proto::messages::{decode, encode, ControlMessage, Hello, NodeMessage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,29 +37,8 @@ pub async fn run<S>(
         api_key_hash,
         ..
     } = node;
-    let hello = match future::or(async { Some(ws.next().await) }, async {
-        Timer::after(HELLO_TIMEOUT).await;
-        None
-    })
-    .await
-    {
-        Some(Some(Ok(Message::Text(text)))) => decode::<NodeMessage>(&text),
-        _ => {
-            log::warn!("node {node_id}: no hello within {HELLO_TIMEOUT:?}; closing");
-            return;
-        }
-    };
-    let hello = match hello {
-        Ok(NodeMessage::Hello(hello)) => hello,
-        other => {
-            let why = match other {
-                Ok(message) => format!("{message:?}"),
-                Err(e) => e.to_string(),
-            };
-            log::warn!("node {node_id}: first message was not a valid hello ({why}); closing");
-            let _ = ws.close(None).await;
-            return;
-        }
+    let Some(hello) = receive_hello(&mut ws, &node_id).await else {
+        return;
     };
     // A hello that changes the node's record (its key, its addresses) reaches the other
     // nodes through the store's commit.
@@ -132,6 +111,39 @@ pub async fn run<S>(
             return;
         }
     }
+}
+
+/// The node's first message, its hello, within [`HELLO_TIMEOUT`]; otherwise the socket is
+/// closed and the reason logged.
+async fn receive_hello<S>(ws: &mut WebSocketStream<S>, node_id: &str) -> Option<Hello>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = match future::or(async { Some(ws.next().await) }, async {
+        Timer::after(HELLO_TIMEOUT).await;
+        None
+    })
+    .await
+    {
+        Some(Some(Ok(Message::Text(text)))) => decode::<NodeMessage>(&text),
+        _ => {
+            log::warn!("node {node_id}: no hello within {HELLO_TIMEOUT:?}; closing");
+            return None;
+        }
+    };
+    let hello = match hello {
+        Ok(NodeMessage::Hello(hello)) => hello,
+        other => {
+            let why = match other {
+                Ok(message) => format!("{message:?}"),
+                Err(e) => e.to_string(),
+            };
+            log::warn!("node {node_id}: first message was not a valid hello ({why}); closing");
+            let _ = ws.close(None).await;
+            return None;
+        }
+    };
+    Some(hello)
 }
 
 fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> Result<(), String> {

@@ -3,7 +3,7 @@
 use crate::Gateway;
 use hyper::Response;
 use kakuremichi_rt::http::{health_endpoints, respond, Body};
-use std::fmt::Write;
+use kakuremichi_rt::metrics::Readings;
 use std::sync::atomic::Ordering;
 
 /// Answer one admin request.
@@ -23,77 +23,109 @@ pub fn handle(gateway: &Gateway, path: &str) -> Response<Body> {
 
 fn metrics(gateway: &Gateway) -> String {
     let m = &gateway.metrics;
-    let peers = gateway.stack.peer_stats();
-    let mut text = String::new();
-    let mut line = |name: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            text,
-            "# TYPE kakuremichi_gateway_{name} {kind}\nkakuremichi_gateway_{name} {value}"
-        );
-    };
+    let gate = &gateway.gate.metrics;
+    let ports = &gateway.port_metrics;
     let counters = [
-        ("requests_total", &m.requests),
-        ("not_found_total", &m.not_found),
-        ("bad_gateway_total", &m.bad_gateway),
-        ("bad_requests_total", &m.bad_requests),
-        ("client_errors_total", &m.client_errors),
-        ("overloaded_total", &m.overloaded),
-        ("drained_total", &m.drained),
-        ("access_forbidden_total", &gateway.gate.metrics.forbidden),
+        ("requests", "HTTP requests answered.", &m.requests),
         (
-            "access_failed_logins_total",
-            &gateway.gate.metrics.failed_logins,
-        ),
-        ("access_logins_total", &gateway.gate.metrics.logins),
-        ("access_throttled_total", &gateway.gate.metrics.throttled),
-        (
-            "port_tcp_connections_total",
-            &gateway.port_metrics.tcp_connections,
-        ),
-        ("port_tcp_refused_total", &gateway.port_metrics.tcp_refused),
-        (
-            "port_udp_datagrams_in_total",
-            &gateway.port_metrics.udp_datagrams_in,
+            "not_found",
+            "Requests for a hostname no tunnel serves.",
+            &m.not_found,
         ),
         (
-            "port_udp_datagrams_out_total",
-            &gateway.port_metrics.udp_datagrams_out,
+            "bad_gateway",
+            "Requests whose agent or origin did not answer.",
+            &m.bad_gateway,
         ),
-        ("port_udp_dropped_total", &gateway.port_metrics.udp_dropped),
+        (
+            "bad_requests",
+            "Malformed requests refused.",
+            &m.bad_requests,
+        ),
+        (
+            "client_errors",
+            "Connections that failed on the client's side.",
+            &m.client_errors,
+        ),
+        (
+            "overloaded",
+            "Requests refused while every origin connection was busy.",
+            &m.overloaded,
+        ),
+        (
+            "drained",
+            "Requests sent elsewhere while draining.",
+            &m.drained,
+        ),
+        (
+            "access_forbidden",
+            "Requests an IP rule kept out.",
+            &gate.forbidden,
+        ),
+        (
+            "access_failed_logins",
+            "Tunnel logins refused.",
+            &gate.failed_logins,
+        ),
+        ("access_logins", "Tunnel logins accepted.", &gate.logins),
+        (
+            "access_throttled",
+            "Tunnel logins throttled.",
+            &gate.throttled,
+        ),
+        (
+            "port_tcp_connections",
+            "TCP connections to port tunnels.",
+            &ports.tcp_connections,
+        ),
+        (
+            "port_tcp_refused",
+            "TCP connections to port tunnels refused.",
+            &ports.tcp_refused,
+        ),
+        (
+            "port_udp_datagrams_in",
+            "UDP datagrams from clients of port tunnels.",
+            &ports.udp_datagrams_in,
+        ),
+        (
+            "port_udp_datagrams_out",
+            "UDP datagrams to clients of port tunnels.",
+            &ports.udp_datagrams_out,
+        ),
+        (
+            "port_udp_dropped",
+            "UDP datagrams of port tunnels dropped.",
+            &ports.udp_dropped,
+        ),
     ];
-    for (name, counter) in counters {
-        line(name, "counter", counter.load(Ordering::Relaxed));
+    let mut readings = Readings::new("kakuremichi_gateway");
+    for (name, help, counter) in counters {
+        readings.counter(name, help, counter.load(Ordering::Relaxed));
     }
-    line("upstream_waiting", "gauge", gateway.pool.waiting() as u64);
-    line("upstream_dials_total", "counter", gateway.pool.dials());
-    line(
-        "config_version",
-        "gauge",
-        gateway.config_version.load(Ordering::Relaxed),
-    );
-    line("routes", "gauge", gateway.routes().len() as u64);
-    line("peers", "gauge", peers.len() as u64);
-    line(
-        "peers_up",
-        "gauge",
-        peers.iter().filter(|p| p.is_up()).count() as u64,
-    );
-    line(
-        "wireguard_rx_bytes_total",
-        "counter",
-        peers.iter().map(|p| p.rx_bytes).sum(),
-    );
-    line(
-        "wireguard_tx_bytes_total",
-        "counter",
-        peers.iter().map(|p| p.tx_bytes).sum(),
-    );
-    line("upstream_connections", "gauge", gateway.pool.size() as u64);
-    line("tcp_sockets", "gauge", gateway.stack.socket_count() as u64);
-    text.push_str(&kakuremichi_nodelink::link::drop_metrics(
-        "kakuremichi_gateway",
-        &gateway.stack,
-    ));
-    text.push_str(&gateway.link.metrics("kakuremichi_gateway"));
-    text
+    readings
+        .gauge(
+            "upstream_waiting",
+            "Requests waiting for an origin connection.",
+            gateway.pool.waiting() as u64,
+        )
+        .counter(
+            "upstream_dials",
+            "Connections opened to origins.",
+            gateway.pool.dials(),
+        )
+        .gauge(
+            "upstream_connections",
+            "Origin connections open.",
+            gateway.pool.size() as u64,
+        )
+        .gauge(
+            "routes",
+            "Hostname routes served.",
+            gateway.routes().len() as u64,
+        );
+    let version = gateway.config_version.load(Ordering::Relaxed);
+    kakuremichi_nodelink::link::read_node_metrics(&mut readings, version, &gateway.stack);
+    gateway.link.read_metrics(&mut readings);
+    readings.encode()
 }

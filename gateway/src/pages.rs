@@ -3,35 +3,36 @@
 
 use hyper::Response;
 use kakuremichi_rt::http::{respond, Body};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-fn escape(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '&' => "&amp;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&#39;".to_string(),
-            c => c.to_string(),
-        })
-        .collect()
-}
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}\
+     h1{font-size:1.4rem}p{color:#555}.error{color:#c0392b}\
+     input{font:inherit;padding:.5rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}\
+     button{font:inherit;padding:.5rem 1.25rem;border:0;border-radius:6px;background:#2457d6;color:#fff}";
 
-fn page(status: u16, title: &str, message: &str) -> Response<Body> {
+fn page(status: u16, title: &str, message: Markup) -> Response<Body> {
     // Errors carry their code in the tab's title; a login page is no error.
     let heading = match status {
         400.. => format!("{status} {title}"),
         _ => title.to_string(),
     };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{heading}</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
-         h1{{font-size:1.4rem}}p{{color:#555}}.error{{color:#c0392b}}\
-         input{{font:inherit;padding:.5rem;width:100%;box-sizing:border-box;margin:.25rem 0 .75rem}}\
-         button{{font:inherit;padding:.5rem 1.25rem;border:0;border-radius:6px;background:#2457d6;color:#fff}}</style></head>\
-         <body><h1>{title}</h1><p>{message}</p><p><small>kakuremichi gateway</small></p></body></html>\n"
-    );
-    let mut response = respond(status, "text/html; charset=utf-8", html);
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (heading) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (title) }
+                (message)
+                p { small { "kakuremichi gateway" } }
+            }
+        }
+    };
+    let mut response = respond(status, "text/html; charset=utf-8", markup.into_string());
     kakuremichi_rt::http::protect_page(response.headers_mut(), OWN_PAGE_POLICY);
     response
 }
@@ -46,10 +47,7 @@ pub fn not_found(host: &str) -> Response<Body> {
     page(
         404,
         "Not found",
-        &format!(
-            "No site is published at <b>{}</b> on this gateway.",
-            escape(host)
-        ),
+        html! { p { "No site is published at " b { (host) } " on this gateway." } },
     )
 }
 
@@ -58,10 +56,7 @@ pub fn bad_gateway(hostname: &str) -> Response<Body> {
     page(
         502,
         "Tunnel unavailable",
-        &format!(
-            "The tunnel for <b>{}</b> is not reachable right now. Please try again shortly.",
-            escape(hostname)
-        ),
+        html! { p { "The tunnel for " b { (hostname) } " is not reachable right now. Please try again shortly." } },
     )
 }
 
@@ -77,7 +72,7 @@ pub fn certificate_pending(hostname: &str) -> Response<Body> {
     page(
         503,
         "Certificate on its way",
-        &format!("The HTTPS certificate for <b>{}</b> is being issued. This page will work in a moment; please try again shortly.", escape(hostname)),
+        html! { p { "The HTTPS certificate for " b { (hostname) } " is being issued. This page will work in a moment; please try again shortly." } },
     )
 }
 
@@ -92,7 +87,7 @@ pub fn client_error(status: u16, reason: &str) -> Response<Body> {
         408 => "Request timeout",
         _ => "Bad request",
     };
-    let mut response = page(status, title, &escape(reason));
+    let mut response = page(status, title, html! { p { (reason) } });
     response.headers_mut().insert(
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("close"),
@@ -106,10 +101,7 @@ pub fn overloaded(hostname: &str) -> Response<Body> {
     let mut response = page(
         503,
         "Busy",
-        &format!(
-            "The site at <b>{}</b> is receiving more requests than it can take right now. Please try again in a moment.",
-            escape(hostname)
-        ),
+        html! { p { "The site at " b { (hostname) } " is receiving more requests than it can take right now. Please try again in a moment." } },
     );
     response.headers_mut().insert(
         hyper::header::RETRY_AFTER,
@@ -124,7 +116,7 @@ pub fn draining() -> Response<Body> {
     let mut response = page(
         503,
         "Gateway going out of service",
-        "This gateway is being taken out of service. Please try again: another gateway will answer.",
+        html! { p { "This gateway is being taken out of service. Please try again: another gateway will answer." } },
     );
     let headers = response.headers_mut();
     headers.insert(
@@ -143,10 +135,7 @@ pub fn forbidden(hostname: &str) -> Response<Body> {
     page(
         403,
         "Not allowed",
-        &format!(
-            "<b>{}</b> cannot be opened from your network.",
-            escape(hostname)
-        ),
+        html! { p { b { (hostname) } " cannot be opened from your network." } },
     )
 }
 
@@ -155,10 +144,7 @@ pub fn unauthorized(hostname: &str) -> Response<Body> {
     page(
         401,
         "Login required",
-        &format!(
-            "<b>{}</b> needs a login, a password or a service token.",
-            escape(hostname)
-        ),
+        html! { p { b { (hostname) } " needs a login, a password or a service token." } },
     )
 }
 
@@ -167,10 +153,7 @@ pub fn throttled(hostname: &str, retry_after: u64) -> Response<Body> {
     let mut response = page(
         429,
         "Too many attempts",
-        &format!(
-            "Too many wrong passwords for <b>{}</b>. Try again in {retry_after} s.",
-            escape(hostname)
-        ),
+        html! { p { "Too many wrong passwords for " b { (hostname) } ". Try again in " (retry_after) " s." } },
     );
     if let Ok(value) = hyper::header::HeaderValue::from_str(&retry_after.to_string()) {
         response
@@ -189,36 +172,31 @@ pub fn login(
     error: Option<&str>,
     status: u16,
 ) -> Response<Body> {
-    let mut body = String::new();
-    if let Some(error) = error {
-        body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            escape(error)
-        ));
-    }
-    if password {
-        body.push_str(&format!(
-            // The return path rides in the action too: the gateway picks the tunnel (of a
-            // hostname split by path) before it reads the body.
-            "<form method=\"post\" action=\"/.kakuremichi/login?{}\">\
-             <input type=\"hidden\" name=\"return\" value=\"{}\">\
-             <label>Password<br><input type=\"password\" name=\"password\" autocomplete=\"current-password\" autofocus required></label>\
-             <button type=\"submit\">Open</button></form>",
-            escape(&form_urlencoded::Serializer::new(String::new()).append_pair("return", return_to).finish()),
-            escape(return_to)
-        ));
-    }
-    if let Some(url) = control_login {
-        body.push_str(&format!(
-            "<p><a href=\"{}\">Log in with your kakuremichi account</a></p>",
-            escape(url)
-        ));
-    }
-    page(
-        status,
-        "Login required",
-        &format!("<b>{}</b> is private.</p>{body}<p>", escape(hostname)),
-    )
+    // The return path rides in the action too: the gateway picks the tunnel (of a hostname
+    // split by path) before it reads the body.
+    let action = format!(
+        "/.kakuremichi/login?{}",
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("return", return_to)
+            .finish()
+    );
+    let body = html! {
+        p { b { (hostname) } " is private." }
+        @if let Some(error) = error {
+            p.error role="alert" { (error) }
+        }
+        @if password {
+            form method="post" action=(action) {
+                input type="hidden" name="return" value=(return_to);
+                label { "Password" br; input type="password" name="password" autocomplete="current-password" autofocus required; }
+                button type="submit" { "Open" }
+            }
+        }
+        @if let Some(url) = control_login {
+            p { a href=(url) { "Log in with your kakuremichi account" } }
+        }
+    };
+    page(status, "Login required", body)
 }
 
 /// An assertion that is expired, used, forged or for someone not allowed.
@@ -226,10 +204,7 @@ pub fn login_link_refused(hostname: &str) -> Response<Body> {
     page(
         403,
         "Login not accepted",
-        &format!(
-            "This login link for <b>{0}</b> is expired, already used, or not for an account that may open it. <a href=\"/\">Try again</a>.",
-            escape(hostname)
-        ),
+        html! { p { "This login link for " b { (hostname) } " is expired, already used, or not for an account that may open it. " a href="/" { "Try again" } "." } },
     )
 }
 
@@ -238,6 +213,6 @@ pub fn logged_out(hostname: &str) -> Response<Body> {
     page(
         200,
         "Logged out",
-        &format!("You are logged out of <b>{}</b>.", escape(hostname)),
+        html! { p { "You are logged out of " b { (hostname) } "." } },
     )
 }

@@ -13,12 +13,16 @@ use kakuremichi_proto::messages::{
     decode, encode, ConfigSnapshot, ControlMessage, Hello, NodeMessage, NodeStatus,
     HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
+use kakuremichi_rt::metrics::Readings;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Time allowed for TCP connect plus the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the node looks whether a WireGuard session came up or went down, to tell
+/// Control then rather than at the next heartbeat.
+const PEER_WATCH: Duration = Duration::from_secs(1);
 /// First and largest pause between reconnection attempts. The cap keeps a node within ten
 /// seconds of a Control that comes back.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -174,16 +178,24 @@ impl LinkState {
         self.snapshots.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus lines for the link's counters.
-    pub fn metrics(&self, prefix: &str) -> String {
-        format!(
-            "# TYPE {prefix}_control_connected gauge\n{prefix}_control_connected {}\n\
-             # TYPE {prefix}_control_sessions_total counter\n{prefix}_control_sessions_total {}\n\
-             # TYPE {prefix}_config_snapshots_total counter\n{prefix}_config_snapshots_total {}\n",
-            u8::from(self.is_connected()),
-            self.sessions(),
-            self.snapshots(),
-        )
+    /// The link's counters, for `/metrics`.
+    pub fn read_metrics(&self, readings: &mut Readings) {
+        readings
+            .gauge(
+                "control_connected",
+                "1 while the session with Control is open.",
+                u64::from(self.is_connected()),
+            )
+            .counter(
+                "control_sessions",
+                "Sessions with Control opened since start.",
+                self.sessions(),
+            )
+            .counter(
+                "config_snapshots",
+                "Config snapshots received from Control.",
+                self.snapshots(),
+            );
     }
 
     /// The config version the node runs.
@@ -242,6 +254,14 @@ enum Event {
     Received(Option<Result<Message, tungstenite::Error>>),
     Applied,
     Tick,
+    WatchPeers,
+}
+
+/// The peers with a live session a status names, in a comparable order.
+fn live_set(status: &NodeStatus) -> Vec<[u8; 32]> {
+    let mut live: Vec<[u8; 32]> = status.live_peers.iter().map(|key| key.0).collect();
+    live.sort_unstable();
+    live
 }
 
 /// One session; returns why it ended.
@@ -315,6 +335,8 @@ async fn session(
     // Control's snapshot says the interval; until it arrives, the default.
     let mut interval = HEARTBEAT_INTERVAL;
     let mut next_heartbeat = Instant::now() + interval;
+    // The live peers Control was last told of.
+    let mut told_live = None;
     loop {
         let applied = async {
             let _ = state.applied_changed.1.recv().await;
@@ -324,9 +346,13 @@ async fn session(
             Timer::at(next_heartbeat).await;
             Event::Tick
         };
+        let watch = async {
+            Timer::after(PEER_WATCH).await;
+            Event::WatchPeers
+        };
         let event = future::or(
             async { Event::Received(ws.next().await) },
-            future::or(applied, tick),
+            future::or(applied, future::or(tick, watch)),
         )
         .await;
         match event {
@@ -358,7 +384,9 @@ async fn session(
                     version: state.applied(),
                 };
                 // The status goes along: what the snapshot could not do shows at once.
-                for message in [applied, NodeMessage::Status(status())] {
+                let now = status();
+                told_live = Some(live_set(&now));
+                for message in [applied, NodeMessage::Status(now)] {
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
                     }
@@ -369,7 +397,20 @@ async fn session(
                     return Error::Connection("Control missed its heartbeats".into());
                 }
                 next_heartbeat = Instant::now() + interval;
-                for message in [NodeMessage::Heartbeat, NodeMessage::Status(status())] {
+                let now = status();
+                told_live = Some(live_set(&now));
+                for message in [NodeMessage::Heartbeat, NodeMessage::Status(now)] {
+                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
+                        return Error::Connection(e.to_string());
+                    }
+                }
+            }
+            Event::WatchPeers => {
+                let now = status();
+                let live = live_set(&now);
+                if told_live.as_ref() != Some(&live) {
+                    told_live = Some(live);
+                    let message = NodeMessage::Status(now);
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
                     }
@@ -379,15 +420,49 @@ async fn session(
     }
 }
 
-/// The Prometheus lines for the datagrams a node's WireGuard socket refused, by reason.
-pub fn drop_metrics(prefix: &str, stack: &kakuremichi_netstack::Stack) -> String {
-    let mut text = format!("# TYPE {prefix}_wireguard_dropped_total counter\n");
+/// What every node's `/metrics` says of its WireGuard side: the config version it runs,
+/// its peers, bytes each way, open overlay sockets, and datagrams refused by reason.
+pub fn read_node_metrics(
+    readings: &mut Readings,
+    config_version: u64,
+    stack: &kakuremichi_netstack::Stack,
+) {
+    let peers = stack.peer_stats();
+    readings
+        .gauge(
+            "config_version",
+            "The config version the node runs.",
+            config_version,
+        )
+        .gauge("peers", "WireGuard peers configured.", peers.len() as u64)
+        .gauge(
+            "peers_up",
+            "WireGuard peers with a live session.",
+            peers.iter().filter(|p| p.is_up()).count() as u64,
+        )
+        .counter(
+            "wireguard_rx_bytes",
+            "Bytes received from WireGuard peers.",
+            peers.iter().map(|p| p.rx_bytes).sum(),
+        )
+        .counter(
+            "wireguard_tx_bytes",
+            "Bytes sent to WireGuard peers.",
+            peers.iter().map(|p| p.tx_bytes).sum(),
+        )
+        .gauge(
+            "tcp_sockets",
+            "TCP sockets open on the overlay.",
+            stack.socket_count() as u64,
+        );
     for (reason, count) in stack.drops().by_reason() {
-        text.push_str(&format!(
-            "{prefix}_wireguard_dropped_total{{reason=\"{reason}\"}} {count}\n"
-        ));
+        readings.counter_with(
+            "wireguard_dropped",
+            "Datagrams the WireGuard socket refused, by reason.",
+            &[("reason", reason)],
+            count,
+        );
     }
-    text
 }
 
 /// Summarise a netstack's peers for a status report.

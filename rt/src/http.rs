@@ -172,7 +172,7 @@ pub fn health_endpoints(
             Ok(()) => respond(200, "text/plain", "ready\n"),
             Err(why) => respond(503, "text/plain", format!("not ready: {why}\n")),
         },
-        "/metrics" => respond(200, "text/plain; version=0.0.4", metrics()),
+        "/metrics" => respond(200, crate::metrics::CONTENT_TYPE, metrics()),
         _ => return None,
     })
 }

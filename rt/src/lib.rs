@@ -22,6 +22,7 @@ pub mod http;
 pub mod io;
 pub mod logger;
 pub mod memory;
+pub mod metrics;
 pub mod stop;
 
 /// Seconds since the Unix epoch (0 on a clock set before it): the one clock reading the

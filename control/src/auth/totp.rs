@@ -88,39 +88,21 @@ fn typed(code: &str) -> String {
         .collect()
 }
 
-const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const BASE32: base32::Alphabet = base32::Alphabet::Rfc4648 { padding: false };
 
 /// RFC 4648 base32 without padding.
 fn base32(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for &byte in bytes {
-        buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
+    base32::encode(BASE32, bytes)
 }
 
+/// Base32 as people may type it: any case, with or without padding.
 fn unbase32(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let value = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase())? as u32;
-        buffer = (buffer << 5) | value;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
+    let normal: String = text
+        .chars()
+        .filter(|&c| c != '=')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    base32::decode(BASE32, &normal)
 }
 
 #[cfg(test)]
@@ -143,6 +125,11 @@ mod tests {
             None
         );
         assert_eq!(unbase32(&key).unwrap(), b"12345678901234567890");
+        assert_eq!(
+            unbase32(&(key.to_lowercase() + "====")).unwrap(),
+            b"12345678901234567890"
+        );
+        assert_eq!(unbase32("GEZD1"), None, "1 is not base32");
     }
 
     #[test]

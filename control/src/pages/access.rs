@@ -77,17 +77,6 @@ pub fn rules_page(
     let (id, hostname) = tunnel;
     let csrf = who.1;
     let base = format!("/tunnels/{id}/access");
-    let text_area = |label: &str, name: &str, value: &str, hint: &str| {
-        let error = form.error_for(name);
-        html! {
-            label.field {
-                span { (label) }
-                textarea name=(name) rows="3" aria-invalid=[error.map(|_| "true")] { (value) }
-                span.muted.hint { (hint) }
-                @if let Some(error) = error { span.error { (error) } }
-            }
-        }
-    };
     layout(
         &format!("Access to {hostname}"),
         Some(who),
@@ -105,76 +94,101 @@ pub fn rules_page(
                 }
                 script { (maud::PreEscaped(super::COPY_SCRIPT)) }
             }
-            div.card {
-                p.muted { "Leave everything empty for a public tunnel. Gateways check these rules themselves, also while Control is down." }
-                form method="post" action=(base) {
-                    input type="hidden" name="csrf" value=(csrf);
-                    h2 { "Control users" }
-                    label.field {
-                        span { "Users by name" }
-                        input type="text" name="users" value=(form.users) autocomplete="off"
-                            placeholder="alice, bob" aria-invalid=[form.error_for("users").map(|_| "true")];
-                        @if let Some(error) = form.error_for("users") { span.error { (error) } }
-                    }
-                    label.check { input type="checkbox" name="role_admin" value="true" checked[form.admins]; " Every administrator" }
-                    label.check { input type="checkbox" name="role_member" value="true" checked[form.members]; " Every member" }
-                    h2 { "Password or PIN" }
-                    label.field {
-                        span { @if form.has_password { "New password (empty keeps the current one)" } @else { "Password (optional)" } }
-                        input type="password" name="password" autocomplete="new-password"
-                            aria-invalid=[form.error_for("password").map(|_| "true")];
-                        @if let Some(error) = form.error_for("password") { span.error { (error) } }
-                    }
-                    @if form.has_password {
-                        label.check { input type="checkbox" name="remove_password" value="true"; " Remove the password" }
-                    }
-                    h2 { "Networks and paths" }
-                    (text_area("Allowed networks (only these get in)", "allow_ips", form.allow_ips, "One address or network per line, e.g. 203.0.113.0/24."))
-                    (text_area("Denied networks", "deny_ips", form.deny_ips, "Checked first, before any login."))
-                    (text_area("Paths without login", "bypass", form.bypass, "One per line: /health, or /webhooks/* for everything below."))
-                    label.field {
-                        span { "Session length (hours)" }
-                        input type="text" name="session_hours" value=(form.session_hours) inputmode="numeric"
-                            aria-invalid=[form.error_for("session_hours").map(|_| "true")];
-                        @if let Some(error) = form.error_for("session_hours") { span.error { (error) } }
-                    }
-                    div.actions {
-                        button type="submit" { "Save rules" }
-                        a href="/tunnels" { "Cancel" }
-                    }
-                }
+            (rules_form(form, &base, csrf))
+            (service_tokens(tokens, &base, csrf))
+            p.muted { a.danger-link href="/access/rotate-keys" { "Sign everyone out of every tunnel" } " (new login keys; service tokens keep working)" }
+        },
+    )
+}
+
+/// The rules as a form, with each field's error beside it.
+fn rules_form(form: &RulesForm, base: &str, csrf: &str) -> Markup {
+    let text_area = |label: &str, name: &str, value: &str, hint: &str| {
+        let error = form.error_for(name);
+        html! {
+            label.field {
+                span { (label) }
+                textarea name=(name) rows="3" aria-invalid=[error.map(|_| "true")] { (value) }
+                span.muted.hint { (hint) }
+                @if let Some(error) = error { span.error { (error) } }
             }
-            h2 { "Service tokens" }
-            div.card {
-                p.muted { "For scripts and API clients that cannot log in through a page." }
-                @if !tokens.is_empty() {
-                    table {
-                        tbody {
-                            @for token in tokens {
-                                tr {
-                                    td data-label="Name" { (token.name) }
-                                    td data-label="Created" { span.muted { (token.created) } }
-                                    td.row-actions {
-                                        form.inline method="post" action={(base) "/tokens/" (token.id) "/revoke"} {
-                                            input type="hidden" name="csrf" value=(csrf);
-                                            button.small type="submit" { "Revoke" }
-                                        }
-                                    }
+        }
+    };
+    html! {
+    div.card {
+        p.muted { "Leave everything empty for a public tunnel. Gateways check these rules themselves, also while Control is down." }
+        form method="post" action=(base) {
+            input type="hidden" name="csrf" value=(csrf);
+            h2 { "Control users" }
+            label.field {
+                span { "Users by name" }
+                input type="text" name="users" value=(form.users) autocomplete="off"
+                    placeholder="alice, bob" aria-invalid=[form.error_for("users").map(|_| "true")];
+                @if let Some(error) = form.error_for("users") { span.error { (error) } }
+            }
+            label.check { input type="checkbox" name="role_admin" value="true" checked[form.admins]; " Every administrator" }
+            label.check { input type="checkbox" name="role_member" value="true" checked[form.members]; " Every member" }
+            h2 { "Password or PIN" }
+            label.field {
+                span { @if form.has_password { "New password (empty keeps the current one)" } @else { "Password (optional)" } }
+                input type="password" name="password" autocomplete="new-password"
+                    aria-invalid=[form.error_for("password").map(|_| "true")];
+                @if let Some(error) = form.error_for("password") { span.error { (error) } }
+            }
+            @if form.has_password {
+                label.check { input type="checkbox" name="remove_password" value="true"; " Remove the password" }
+            }
+            h2 { "Networks and paths" }
+            (text_area("Allowed networks (only these get in)", "allow_ips", form.allow_ips, "One address or network per line, e.g. 203.0.113.0/24."))
+            (text_area("Denied networks", "deny_ips", form.deny_ips, "Checked first, before any login."))
+            (text_area("Paths without login", "bypass", form.bypass, "One per line: /health, or /webhooks/* for everything below."))
+            label.field {
+                span { "Session length (hours)" }
+                input type="text" name="session_hours" value=(form.session_hours) inputmode="numeric"
+                    aria-invalid=[form.error_for("session_hours").map(|_| "true")];
+                @if let Some(error) = form.error_for("session_hours") { span.error { (error) } }
+            }
+            div.actions {
+                button type="submit" { "Save rules" }
+                a href="/tunnels" { "Cancel" }
+            }
+        }
+    }
+    }
+}
+
+/// A tunnel's service tokens, with a form for a new one.
+fn service_tokens(tokens: &[TokenRow], base: &str, csrf: &str) -> Markup {
+    html! {
+    h2 { "Service tokens" }
+    div.card {
+        p.muted { "For scripts and API clients that cannot log in through a page." }
+        @if !tokens.is_empty() {
+            table {
+                tbody {
+                    @for token in tokens {
+                        tr {
+                            td data-label="Name" { (token.name) }
+                            td data-label="Created" { span.muted { (token.created) } }
+                            td.row-actions {
+                                form.inline method="post" action={(base) "/tokens/" (token.id) "/revoke"} {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button.small type="submit" { "Revoke" }
                                 }
                             }
                         }
                     }
                 }
-                form method="post" action={(base) "/tokens"} {
-                    input type="hidden" name="csrf" value=(csrf);
-                    label.field {
-                        span { "Name" }
-                        input type="text" name="name" required autocomplete="off" placeholder="deploy script";
-                    }
-                    button type="submit" { "Create service token" }
-                }
             }
-            p.muted { a.danger-link href="/access/rotate-keys" { "Sign everyone out of every tunnel" } " (new login keys; service tokens keep working)" }
-        },
-    )
+        }
+        form method="post" action={(base) "/tokens"} {
+            input type="hidden" name="csrf" value=(csrf);
+            label.field {
+                span { "Name" }
+                input type="text" name="name" required autocomplete="off" placeholder="deploy script";
+            }
+            button type="submit" { "Create service token" }
+        }
+    }
+    }
 }

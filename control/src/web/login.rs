@@ -323,11 +323,13 @@ pub fn tunnel_login(call: Call) -> Response<Body> {
         Ok(state) => state,
         Err(e) => return failure(&e),
     };
-    let (scheme, authority) = origin.split_once("://").unwrap_or(("", ""));
-    let hostname = authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.parse::<u16>().is_ok())
-        .map_or(authority, |(host, _)| host);
+    let origin = url::Url::parse(&origin).ok();
+    let scheme = origin.as_ref().map_or("", |o| o.scheme());
+    let hostname = origin.as_ref().and_then(|o| o.host_str()).unwrap_or("");
+    let authority = match origin.as_ref().and_then(|o| o.port()) {
+        Some(port) => format!("{hostname}:{port}"),
+        None => hostname.to_string(),
+    };
     // Tunnels that split a hostname by path: the one serving the return path.
     let tunnel = state
         .tunnels
@@ -344,7 +346,7 @@ pub fn tunnel_login(call: Call) -> Response<Body> {
     let Some(tunnel) = tunnel else {
         return html(404, pages::access::no_tunnel(hostname));
     };
-    if !returns_to_a_gateway(&state, tunnel, scheme, authority) {
+    if !returns_to_a_gateway(&state, tunnel, scheme, &authority) {
         return html(404, pages::access::no_tunnel(hostname));
     }
     let visitor = match current(control, &call.request) {

@@ -222,11 +222,7 @@ fn same_origin<B>(control: &Control, request: &Request<B>) -> bool {
     let Some(claimed) = claimed else {
         return false;
     };
-    let host_of = |url: &str| -> Option<String> {
-        let rest = url.split_once("://")?.1;
-        Some(rest.split('/').next()?.to_ascii_lowercase())
-    };
-    let Some(from) = host_of(claimed) else {
+    let Some(from) = authority_of(claimed) else {
         return false;
     };
     let to = request
@@ -234,7 +230,18 @@ fn same_origin<B>(control: &Control, request: &Request<B>) -> bool {
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    Some(&from) == to.as_ref() || host_of(&control.public_url).as_ref() == Some(&from)
+    Some(&from) == to.as_ref() || authority_of(&control.public_url).as_ref() == Some(&from)
+}
+
+/// `host[:port]` of a URL, lowercase, the port only when the URL names one that is not its
+/// scheme's default (as a `Host` header has it).
+fn authority_of(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
 }
 
 /// Whether the request's `Host` is one of Control's own names: an IP address, `localhost`,
