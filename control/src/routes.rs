@@ -8,7 +8,7 @@
 
 use crate::auth::Role;
 use crate::model::TokenScope;
-use crate::web::{self, Form, Page};
+use crate::web::{self, Form, Page, Visitor};
 use crate::{api, server, Control};
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, Response};
@@ -55,6 +55,8 @@ pub type ApiResult = Result<(u16, serde_json::Value), crate::error::Error>;
 type OpenFn = Box<dyn Fn(Call) -> Response<Body> + Send + Sync>;
 type PageFn = Box<dyn Fn(&Page) -> PageResult + Send + Sync>;
 type OpenFormFn = Box<dyn Fn(Call, Form) -> Response<Body> + Send + Sync>;
+type VisitFn = Box<dyn Fn(Call, Option<Visitor>) -> Response<Body> + Send + Sync>;
+type SessionFormFn = Box<dyn Fn(Call, Form, Option<Visitor>) -> Response<Body> + Send + Sync>;
 type FormFn = Box<dyn Fn(&Page, &Form) -> FormResult + Send + Sync>;
 type ApiFn = Box<dyn Fn(&Call, api::Json) -> ApiResult + Send + Sync>;
 type TokenFn = Box<dyn Fn(&Call) -> Response<Body> + Send + Sync>;
@@ -63,10 +65,16 @@ type TokenFn = Box<dyn Fn(&Call) -> Response<Body> + Send + Sync>;
 pub enum Handler {
     /// Anyone; the handler sees the call as it came.
     Open(OpenFn),
+    /// A page anyone may open that differs for a logged-in visitor (the login page).
+    Visit(VisitFn),
     /// A page behind a login; a member opening an administrator's page gets 403.
     Page(Role, PageFn),
     /// A form anyone may send (setup, login), from Control's own pages to one of its names.
     OpenForm(OpenFormFn),
+    /// A form anyone may send from Control's pages; with a live session, its CSRF token is
+    /// checked and the visitor passed (logout: a browser whose session ended still has a
+    /// cookie to clear).
+    SessionForm(SessionFormFn),
     /// A form a logged-in `Role` sends from Control's pages with the session's CSRF token.
     Form(Role, FormFn),
     /// JSON under `/api/v1` with an API token of at least this scope.
@@ -79,8 +87,8 @@ impl Handler {
     /// Who may call it, as the route list shows it.
     pub fn access(&self) -> &'static str {
         match self {
-            Handler::Open(_) => "anyone",
-            Handler::OpenForm(_) => "anyone (form)",
+            Handler::Open(_) | Handler::Visit(_) => "anyone",
+            Handler::OpenForm(_) | Handler::SessionForm(_) => "anyone (form)",
             Handler::Page(Role::Member, _) => "member",
             Handler::Page(Role::Admin, _) => "admin",
             Handler::Form(Role::Member, _) => "member (form)",
@@ -98,6 +106,14 @@ fn open(f: impl Fn(Call) -> Response<Body> + Send + Sync + 'static) -> Handler {
 }
 fn page(role: Role, f: impl Fn(&Page) -> PageResult + Send + Sync + 'static) -> Handler {
     Handler::Page(role, Box::new(f))
+}
+fn visit(f: impl Fn(Call, Option<Visitor>) -> Response<Body> + Send + Sync + 'static) -> Handler {
+    Handler::Visit(Box::new(f))
+}
+fn session_form(
+    f: impl Fn(Call, Form, Option<Visitor>) -> Response<Body> + Send + Sync + 'static,
+) -> Handler {
+    Handler::SessionForm(Box::new(f))
 }
 fn open_form(f: impl Fn(Call, Form) -> Response<Body> + Send + Sync + 'static) -> Handler {
     Handler::OpenForm(Box::new(f))
@@ -245,10 +261,10 @@ fn pages(t: &mut Table) {
     // Pages: the way in.
     t.at("/style.css").get(open(web::style));
     t.at("/setup").get(open(login::setup_page)).post(open_form(login::setup));
-    t.at("/login").get(open(login::login_page)).post(open_form(login::login));
+    t.at("/login").get(visit(login::login_page)).post(open_form(login::login));
     t.at("/login/code").get(open(login::code_page)).post(open_form(login::second_factor));
-    t.at("/logout").post(open_form(login::logout));
-    t.at("/access").get(open(login::tunnel_login));
+    t.at("/logout").post(session_form(login::logout));
+    t.at("/access").get(visit(login::tunnel_login));
 
     // Pages: tunnels and who may open them.
     t.at("/").get(page(Member, tunnels::dashboard));
@@ -360,6 +376,11 @@ pub async fn dispatch(
     };
     match handler {
         Handler::Open(f) => f(call),
+        Handler::Visit(f) => web::serve_visit(call, f),
+        Handler::SessionForm(f) => match web::read_form(&call, body).await {
+            Ok(form) => web::serve_session_form(call, form, f),
+            Err(refused) => refused,
+        },
         Handler::Page(role, f) => web::serve_page(call, *role, f),
         Handler::OpenForm(f) => match web::read_form(&call, body).await {
             Ok(form) => f(call, form),

@@ -1,7 +1,7 @@
 //! The way in: first-run setup, login with its second factor, logout, and the login a
 //! gateway sends a browser to for a tunnel open to Control users (`/access`).
 
-use super::{current, failure, html, query, redirect, secure, set_cookie, text, Form, Refusal};
+use super::{failure, html, query, redirect, secure, set_cookie, text, Form, Visitor};
 use crate::auth::sessions::{self, SessionRecord};
 use crate::auth::{self, password, Role, UserRecord};
 use crate::error::Error;
@@ -76,11 +76,11 @@ pub fn setup(call: Call, form: Form) -> Response<Body> {
     }
 }
 
-pub fn login_page(call: Call) -> Response<Body> {
+pub fn login_page(call: Call, visitor: Option<Visitor>) -> Response<Body> {
     let next = call.query("next");
-    match current(&call.control, &call.request) {
-        Ok(Some(_)) => redirect(&local_path(next.as_deref())),
-        _ => html(
+    match visitor {
+        Some(_) => redirect(&local_path(next.as_deref())),
+        None => html(
             200,
             pages::login::page(&pages::login::LoginForm {
                 next: next.as_deref().unwrap_or_default(),
@@ -279,25 +279,20 @@ pub fn second_factor(call: Call, form: Form) -> Response<Body> {
     }
 }
 
-/// Log out: a form anyone may send, since a browser whose session already ended (or waits
-/// for its second factor) still has a cookie to clear; a live session's token is checked.
-pub fn logout(call: Call, form: Form) -> Response<Body> {
+/// Log out: the visitor's session (or all of theirs) ends; a browser whose session already
+/// ended, or waits for its second factor, has its cookie cleared all the same.
+pub fn logout(call: Call, form: Form, visitor: Option<Visitor>) -> Response<Body> {
     let control = &call.control;
-    match super::acting(&call, &form) {
-        Ok(visitor) => {
-            let token =
-                sessions::token_from_cookies(call.request.headers().get(COOKIE)).unwrap_or("");
-            // Everywhere: every Control session and every tunnel session of the user.
-            let ended = match text(&form, "everywhere") == "true" {
-                true => control.store.end_all_sessions(&visitor.user.id),
-                false => control.store.delete_session(token),
-            };
-            if let Err(e) = ended {
-                return failure(&e);
-            }
+    if let Some(visitor) = visitor {
+        let token = sessions::token_from_cookies(call.request.headers().get(COOKIE)).unwrap_or("");
+        // Everywhere: every Control session and every tunnel session of the user.
+        let ended = match text(&form, "everywhere") == "true" {
+            true => control.store.end_all_sessions(&visitor.user.id),
+            false => control.store.delete_session(token),
+        };
+        if let Err(e) = ended {
+            return failure(&e);
         }
-        Err(Refusal::NoSession) => {}
-        Err(refusal) => return refusal.response(),
     }
     let mut response = redirect("/login");
     set_cookie(
@@ -310,7 +305,7 @@ pub fn logout(call: Call, form: Form) -> Response<Body> {
 /// `/access?origin=https://app.example.com&return=/path`: a gateway sent a browser here to
 /// log in to a tunnel open to Control users. With a session, and if the user may open the
 /// tunnel, the browser goes back with a signed assertion; without one, it logs in first.
-pub fn tunnel_login(call: Call) -> Response<Body> {
+pub fn tunnel_login(call: Call, visitor: Option<Visitor>) -> Response<Body> {
     let control = &call.control;
     let origin = call.query("origin").unwrap_or_default();
     let return_to = local_path(call.query("return").as_deref());
@@ -349,17 +344,13 @@ pub fn tunnel_login(call: Call) -> Response<Body> {
     if !returns_to_a_gateway(&state, tunnel, scheme, &authority) {
         return html(404, pages::access::no_tunnel(hostname));
     }
-    let visitor = match current(control, &call.request) {
-        Ok(Some(visitor)) => visitor,
-        Ok(None) => {
-            let here = call
-                .request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
-            return redirect(&format!("/login?{}", query(&[("next", here)])));
-        }
-        Err(e) => return failure(&e),
+    let Some(visitor) = visitor else {
+        let here = call
+            .request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str());
+        return redirect(&format!("/login?{}", query(&[("next", here)])));
     };
     if !tunnel.access.admits_user(&visitor.user) {
         let who = (&visitor.user, visitor.session.csrf.as_str());

@@ -131,8 +131,33 @@ fn admits(role: Role, visitor: &Visitor) -> bool {
     role == Role::Member || visitor.user.role == Role::Admin
 }
 
+/// Run a handler for a page anyone may open, with the visitor if logged in.
+pub fn serve_visit(
+    call: Call,
+    handler: impl Fn(Call, Option<Visitor>) -> Response<Body>,
+) -> Response<Body> {
+    match current(&call.control, &call.request) {
+        Ok(visitor) => handler(call, visitor),
+        Err(e) => failure(&e),
+    }
+}
+
+/// Run a handler for a form anyone may send, with the visitor if the session is live and
+/// the form carries its token.
+pub fn serve_session_form(
+    call: Call,
+    form: Form,
+    handler: impl Fn(Call, Form, Option<Visitor>) -> Response<Body>,
+) -> Response<Body> {
+    match acting(&call, &form) {
+        Ok(visitor) => handler(call, form, Some(visitor)),
+        Err(Refusal::NoSession) => handler(call, form, None),
+        Err(refusal) => refusal.response(),
+    }
+}
+
 /// Why a form is not carried out.
-pub enum Refusal {
+enum Refusal {
     NoSession,
     /// The form's CSRF token is missing or wrong, or the user's role may not send it.
     Forbidden(&'static str),
@@ -140,7 +165,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn response(self) -> Response<Body> {
+    fn response(self) -> Response<Body> {
         match self {
             Refusal::NoSession => redirect("/login"),
             Refusal::Forbidden(why) => respond(403, "text/plain", format!("refused: {why}\n")),
@@ -150,7 +175,7 @@ impl Refusal {
 }
 
 /// The logged-in visitor behind a form, checked against the session's token.
-pub fn acting(call: &Call, form: &Form) -> Result<Visitor, Refusal> {
+fn acting(call: &Call, form: &Form) -> Result<Visitor, Refusal> {
     let visitor = current(&call.control, &call.request)
         .map_err(Refusal::Failed)?
         .ok_or(Refusal::NoSession)?;
