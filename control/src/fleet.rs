@@ -103,25 +103,14 @@ mod tests {
     use super::*;
     use kakuremichi_proto::ids::NodeKind;
 
-    fn gateway(id: &str, labels: &[(&str, &str)]) -> NodeRecord {
-        let overlay_ip = std::net::Ipv4Addr::new(10, 77, 0, 1);
-        NodeRecord {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..NodeRecord::enrolled(id, NodeKind::Gateway, id, overlay_ip, String::new(), 0)
-        }
-    }
-
     #[test]
     fn health_names_the_first_thing_wrong() {
         use crate::hub::Presence;
         use kakuremichi_proto::ids::PublicKey;
         use kakuremichi_proto::messages::NodeStatus;
-        let mut gw = gateway("gw_t", &[]);
+        let mut gw = NodeRecord::test_gateway("gw_t", &[]);
         gw.public_key = Some(PublicKey([1; 32]));
-        let mut agent = gateway("agt_1", &[]);
+        let mut agent = NodeRecord::test_gateway("agt_1", &[]);
         agent.kind = NodeKind::Agent;
         agent.name = "home".into();
         agent.public_key = Some(PublicKey([2; 32]));

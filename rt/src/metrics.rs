@@ -59,11 +59,7 @@ impl Readings {
         labels: &[(&str, &str)],
         value: u64,
     ) -> &mut Self {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.push(Kind::Counter, name, help, labels, value)
+        self.push(Kind::Counter, name, help, owned(labels), value)
     }
 
     /// One labelled sample of a gauge family.
@@ -74,11 +70,7 @@ impl Readings {
         labels: &[(&str, &str)],
         value: u64,
     ) -> &mut Self {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.push(Kind::Gauge, name, help, labels, value)
+        self.push(Kind::Gauge, name, help, owned(labels), value)
     }
 
     fn push(
@@ -135,6 +127,13 @@ impl Collector for Readings {
         }
         Ok(())
     }
+}
+
+fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn write_value(reading: &Reading, sample: &mut MetricEncoder) -> Result<(), std::fmt::Error> {

@@ -126,12 +126,7 @@ pub fn rotate_access_keys(call: &Call, _: Json) -> ApiResult {
 }
 
 fn find_tunnel(control: &Control, id: &str) -> Result<TunnelRecord, Error> {
-    let state = control.store.state()?;
-    state
-        .tunnels
-        .into_iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| Error::not_found("tunnel", id))
+    control.store.state()?.tunnel(id).cloned()
 }
 
 /// A tunnel change; an `access` object changes the rules it names on top of `current`.

@@ -182,19 +182,7 @@ impl GatewayChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kakuremichi_proto::ids::NodeKind;
     use serde_json::json;
-
-    fn gateway(id: &str, labels: &[(&str, &str)]) -> NodeRecord {
-        let overlay_ip = std::net::Ipv4Addr::new(10, 77, 0, 1);
-        NodeRecord {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..NodeRecord::enrolled(id, NodeKind::Gateway, id, overlay_ip, String::new(), 0)
-        }
-    }
 
     #[test]
     fn labels_parse_from_text_or_objects_and_refuse_nonsense() {
@@ -215,8 +203,8 @@ mod tests {
     #[test]
     fn a_choice_selects_by_id_or_by_every_label() {
         let nodes = vec![
-            gateway("gw_t", &[("region", "tokyo"), ("tier", "edge")]),
-            gateway("gw_s", &[("region", "singapore")]),
+            NodeRecord::test_gateway("gw_t", &[("region", "tokyo"), ("tier", "edge")]),
+            NodeRecord::test_gateway("gw_s", &[("region", "singapore")]),
         ];
         let by_label = GatewayChoice::from_json(&json!("region=tokyo"), &nodes).unwrap();
         assert!(by_label.selects(&nodes[0]) && !by_label.selects(&nodes[1]));

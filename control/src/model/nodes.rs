@@ -54,6 +54,21 @@ pub struct NodeRecord {
     pub created_at: u64,
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// A gateway with `labels`, for tests.
+    pub(crate) fn test_gateway(id: &str, labels: &[(&str, &str)]) -> NodeRecord {
+        let overlay_ip = Ipv4Addr::new(10, 77, 0, 1);
+        NodeRecord {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..NodeRecord::enrolled(id, NodeKind::Gateway, id, overlay_ip, String::new(), 0)
+        }
+    }
+}
+
 impl NodeRecord {
     /// A node just enrolled: enabled, unlabelled, not yet heard from.
     pub fn enrolled(

@@ -3,6 +3,7 @@
 use super::{CertRecord, Issuer, NodeRecord, OverlayNet, TunnelRecord};
 use crate::access::Keyring;
 use crate::auth::UserRecord;
+use crate::error::Error;
 use kakuremichi_proto::messages::{AcmeChallenge, CertificateBundle, ControlRoute};
 
 /// Everything in the store at one revision.
@@ -22,4 +23,14 @@ pub struct State {
     pub users: Vec<UserRecord>,
     /// The keys that sign tunnel logins.
     pub keyring: Keyring,
+}
+
+impl State {
+    /// Tunnel `id`, or an error that names it.
+    pub fn tunnel(&self, id: &str) -> Result<&TunnelRecord, Error> {
+        self.tunnels
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| Error::not_found("tunnel", id))
+    }
 }

@@ -3,7 +3,6 @@
 
 use super::{no_store, redirect, text, Form, Page};
 use crate::auth::{self, Role};
-use crate::error::Error;
 use crate::pages::{self, access::RulesForm};
 use crate::routes::{FormResult, PageResult};
 use crate::store::TunnelPatch;
@@ -18,11 +17,7 @@ fn rules_page(
 ) -> PageResult {
     let id = page.param("id");
     let state = page.state()?;
-    let tunnel = state
-        .tunnels
-        .iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| Error::not_found("tunnel", id))?;
+    let tunnel = state.tunnel(id)?;
     let rules = &tunnel.access;
     let lines = |items: Vec<String>| items.join("\n");
     let (users, allow, deny, bypass) = (
@@ -86,11 +81,7 @@ pub fn save_rules(page: &Page, form: &Form) -> FormResult {
     let id = page.param("id");
     let value = crate::access::form_json(|name| text(form, name));
     let saved = page.state().and_then(|state| {
-        let tunnel = state
-            .tunnels
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| Error::not_found("tunnel", id))?;
+        let tunnel = state.tunnel(id)?;
         let mut access = tunnel.access.clone();
         access.apply_json(&value)?;
         let patch = TunnelPatch {

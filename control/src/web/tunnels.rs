@@ -62,11 +62,7 @@ pub fn new_page(page: &Page) -> PageResult {
 pub fn edit_page(page: &Page) -> PageResult {
     let id = page.param("id");
     let state = page.state()?;
-    let tunnel = state
-        .tunnels
-        .iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| Error::not_found("tunnel", id))?;
+    let tunnel = state.tunnel(id)?;
     let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
     let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
     let target = tunnel.target_text();
@@ -122,11 +118,7 @@ fn save_tunnel(page: &Page, form: &Form, id: Option<&str>) -> FormResult {
         None => control.store.create_tunnel(new).map(|_| ()),
         Some(id) => {
             let state = control.store.state()?;
-            let current = state
-                .tunnels
-                .iter()
-                .find(|t| t.id == id)
-                .ok_or_else(|| Error::not_found("tunnel", id))?;
+            let current = state.tunnel(id)?;
             if current.kind != new.kind {
                 return Err(Error::invalid(
                     "kind",
@@ -288,11 +280,7 @@ pub fn set_enabled(page: &Page, form: &Form) -> FormResult {
 pub fn delete_page(page: &Page) -> PageResult {
     let id = page.param("id");
     let state = page.state()?;
-    let tunnel = state
-        .tunnels
-        .iter()
-        .find(|t| t.id == id)
-        .ok_or_else(|| Error::not_found("tunnel", id))?;
+    let tunnel = state.tunnel(id)?;
     let question = pages::confirm_page(
         page.who(),
         &format!("Delete {}?", tunnel.label()),
