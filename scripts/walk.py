@@ -138,7 +138,7 @@ def tunnels(walk, control, tunnel_url):
     walk.go(control + "/tunnels/new")
     walk.expect("New tunnel", "the new-tunnel form")
     walk.submit({"hostname": "not a hostname!", "target": "127.0.0.1:8080"})
-    walk.expect("invalid hostname", "a bad hostname is refused with a reason")
+    walk.expect("must be 1 to 63 of a-z", "a bad hostname is refused with a reason")
     walk.shoot("tunnel-new-error")
     walk.submit({"hostname": "wiki.example.com", "target": "127.0.0.1:8080"})
     walk.expect("wiki.example.com", "a tunnel made in the form shows in the list")

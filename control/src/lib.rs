@@ -35,6 +35,7 @@ pub mod releases;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod spec;
 pub mod store;
 pub mod tunnels;
 pub mod web;

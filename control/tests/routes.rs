@@ -560,3 +560,81 @@ fn api_answers_carry_the_fields_clients_read() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The tunnel form and the API read tunnels with one reader: an edit in the form changes
+/// what the form shows (emptied fields too) and keeps what it does not show.
+#[test]
+fn the_tunnel_form_edits_through_the_api_reader() {
+    let dir = std::env::temp_dir().join(format!("kakuremichi-form-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    smol::block_on(async {
+        let fixture = fixture(&dir).await;
+        let (second, _) = fixture
+            .control
+            .store
+            .create_node(NodeKind::Agent, "second".into())
+            .unwrap();
+        let tunnel = fixture.path("{tunnel}");
+        let agent = fixture.path("{agent}");
+        let auth = format!("Bearer {}", fixture.admin_token);
+        let api = |method: &'static str, body: String| {
+            let request = request(
+                method,
+                &format!("/api/v1/tunnels/{tunnel}"),
+                &[("authorization", &auth)],
+                body,
+            );
+            let control = fixture.control.clone();
+            async move {
+                let (response, text) = send(&control, request).await;
+                assert!(response.status().is_success(), "{text}");
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+        };
+        let setup = r#"{"path_prefix":"/api","origin":{"bad_gateway_page":"<p>down</p>","host_header":"old"}}"#;
+        api("PATCH", setup.into()).await;
+        let (cookie, csrf) = &fixture.admin;
+        let form = format!(
+            "csrf={csrf}&kind=http&hostname=app.example.com&agent={agent}&target=127.0.0.1%3A3000\
+             &replicas={}%3D127.0.0.1%3A3001&issuer=none&proxy_protocol=none&path_prefix=\
+             &gateways=&host_header=new&connect_timeout=7&enabled=true",
+            second.id
+        );
+        let headers = [
+            ("cookie", cookie.as_str()),
+            ("origin", ORIGIN),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        let (response, text) = send(
+            &fixture.control,
+            request("POST", &format!("/tunnels/{tunnel}/edit"), &headers, form),
+        )
+        .await;
+        assert_eq!(response.status(), 303, "{text}");
+        let saved = api("GET", String::new()).await;
+        assert_eq!(
+            saved["path_prefix"],
+            serde_json::Value::Null,
+            "an emptied prefix is removed"
+        );
+        assert_eq!(saved["origin"]["host_header"], "new");
+        assert_eq!(saved["origin"]["connect_timeout_secs"], 7);
+        assert_eq!(
+            saved["origin"]["bad_gateway_page"], "<p>down</p>",
+            "kept: the form does not show it"
+        );
+        assert_eq!(saved["agents"][1]["agent"], second.id.as_str());
+        // A refused edit names its field in the form and changes nothing.
+        let bad =
+            format!("csrf={csrf}&kind=tcp&agent={agent}&target=127.0.0.1%3A3000&enabled=true");
+        let (response, text) = send(
+            &fixture.control,
+            request("POST", &format!("/tunnels/{tunnel}/edit"), &headers, bad),
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+        assert!(text.contains("kind cannot change"), "{text}");
+        assert_eq!(api("GET", String::new()).await, saved);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,6 @@
 
 pub mod accounts;
 pub mod certificates;
-mod fields;
 pub mod nodes;
 pub mod tunnels;
 mod views;
@@ -14,7 +13,7 @@ mod views;
 use crate::error::Error;
 use crate::model::TokenScope;
 use crate::routes::{ApiResult, Call};
-use fields::Fields;
+use crate::spec::Fields;
 use http_body_util::{BodyExt, Limited};
 use hyper::Response;
 use kakuremichi_rt::http::{respond, Body};

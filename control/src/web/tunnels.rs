@@ -6,13 +6,13 @@ use super::{redirect, text, Form, Page};
 use crate::auth;
 use crate::error::Error;
 use crate::model::State;
-use crate::model::{OriginScheme, OriginSettings, TunnelKind};
 use crate::pages::{self, tunnel_form};
 use crate::routes::{FormResult, PageResult};
-use crate::store::{NewTunnel, TunnelPatch};
+use crate::spec::{self, Fields};
+use crate::store::TunnelPatch;
 use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
-use kakuremichi_proto::ports::PortRange;
+use serde_json::Value;
 
 pub fn dashboard(page: &Page) -> PageResult {
     let overview = pages::dashboard::Overview::of(&page.state()?, &page.control.hub);
@@ -114,39 +114,14 @@ pub fn save(page: &Page, form: &Form) -> FormResult {
 fn save_tunnel(page: &Page, form: &Form, id: Option<&str>) -> FormResult {
     let control = &page.control;
     let value = |name: &str| text(form, name).trim();
-    let saved = parse_new_tunnel(control, form).and_then(|new| match id {
-        None => control.store.create_tunnel(new).map(|_| ()),
+    let saved = form_fields(form).and_then(|fields| match id {
+        None => {
+            let new = spec::new_tunnel(control, fields)?;
+            control.store.create_tunnel(new).map(|_| ())
+        }
         Some(id) => {
             let state = control.store.state()?;
-            let current = state.tunnel(id)?;
-            if current.kind != new.kind {
-                return Err(Error::invalid(
-                    "kind",
-                    "a tunnel's kind cannot change; create a new tunnel",
-                ));
-            }
-            // The form shows some origin settings; the rest (CA, error page) stay.
-            let origin = OriginSettings {
-                scheme: new.origin.scheme,
-                tls_verify: new.origin.tls_verify,
-                host_header: new.origin.host_header,
-                connect_timeout_secs: new.origin.connect_timeout_secs,
-                ..current.origin.clone()
-            };
-            let patch = TunnelPatch {
-                hostname: new.hostname,
-                ports: new.ports,
-                agent_id: Some(new.agent_id),
-                target: Some(new.target),
-                replicas: Some(new.replicas),
-                enabled: Some(new.enabled),
-                issuer: Some(new.issuer),
-                access: None,
-                proxy_protocol: Some(new.proxy_protocol),
-                origin: Some(origin),
-                path_prefix: Some(new.path_prefix),
-                gateways: Some(new.gateways),
-            };
+            let patch = spec::tunnel_patch(control, fields, state.tunnel(id)?)?;
             control.store.update_tunnel(id, patch).map(|_| ())
         }
     });
@@ -185,87 +160,67 @@ fn save_tunnel(page: &Page, form: &Form, id: Option<&str>) -> FormResult {
     Ok(page.html(400, again))
 }
 
-/// `agent=target, …` from the tunnel form: more agents with their targets, of the tunnel's
-/// scheme.
-fn parse_replicas(
-    text: &str,
-    ports: Option<PortRange>,
-    scheme: OriginScheme,
-) -> Result<Vec<crate::model::Replica>, Error> {
-    text.split([',', '\n'])
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let (agent_id, target) = entry.split_once('=').ok_or_else(|| {
-                Error::invalid("agents", format!("{entry:?} is not agent id=target"))
-            })?;
-            crate::tunnels::parse_replica(agent_id.trim(), target.trim(), ports, scheme)
-        })
-        .collect()
+/// The tunnel form as the object the API takes, so one reader ([`spec`]) checks both: every
+/// field the form shows is sent (an edit changes them all), empty ones as "unchanged" or
+/// "none" where the API says so. `agent=target, …` lines are the other agents.
+fn form_fields(form: &Form) -> Result<Fields, Error> {
+    let value = |name: &str| text(form, name).trim();
+    let required = |name: &'static str| match value(name) {
+        "" => Err(Error::invalid(name, "is required")),
+        text => Ok(text),
+    };
+    let mut agents = vec![json_object([
+        ("agent", Value::from(required("agent")?)),
+        ("target", Value::from(required("target")?)),
+    ])];
+    for entry in value("replicas").split([',', '\n']).map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let (agent, target) = entry
+            .split_once('=')
+            .ok_or_else(|| Error::invalid("agents", format!("{entry:?} is not agent id=target")))?;
+        agents.push(json_object([
+            ("agent", Value::from(agent.trim())),
+            ("target", Value::from(target.trim())),
+        ]));
+    }
+    let connect_timeout =
+        match value("connect_timeout") {
+            "" => Value::Null,
+            text => Value::from(text.parse::<u64>().map_err(|_| {
+                Error::invalid("connect_timeout", "must be a whole number of seconds")
+            })?),
+        };
+    let origin = json_object([
+        (
+            "tls_verify",
+            Value::from(!form.contains_key("skip_tls_verify")),
+        ),
+        ("host_header", Value::from(value("host_header"))),
+        ("connect_timeout_secs", connect_timeout),
+    ]);
+    let mut fields = serde_json::Map::new();
+    for name in ["kind", "hostname", "ports", "issuer"] {
+        if !value(name).is_empty() {
+            fields.insert(name.into(), Value::from(value(name)));
+        }
+    }
+    let or = |name: &str, empty: &str| match value(name) {
+        "" => Value::from(empty),
+        text => Value::from(text),
+    };
+    fields.insert("proxy_protocol".into(), or("proxy_protocol", "none"));
+    fields.insert("path_prefix".into(), or("path_prefix", "/"));
+    fields.insert("gateways".into(), or("gateways", "all"));
+    fields.insert("agents".into(), Value::Array(agents));
+    fields.insert("origin".into(), origin);
+    fields.insert("enabled".into(), Value::from(form.contains_key("enabled")));
+    Ok(Fields::new(fields))
 }
 
-/// The tunnel a form describes; errors name the field.
-fn parse_new_tunnel(control: &Control, form: &Form) -> Result<NewTunnel, Error> {
-    let value = |name: &str| text(form, name).trim();
-    let parse = |name: &'static str| -> Result<&str, Error> {
-        match value(name) {
-            "" => Err(Error::invalid(name, "is required")),
-            text => Ok(text),
-        }
-    };
-    let kind: TunnelKind = match value("kind") {
-        "" => TunnelKind::Http,
-        text => text.parse()?,
-    };
-    let proto = |name: &'static str| {
-        move |e: kakuremichi_proto::ProtoError| Error::invalid(name, e.to_string())
-    };
-    let ports = match value("ports") {
-        "" => None,
-        text => Some(text.parse().map_err(proto("ports"))?),
-    };
-    let (target, scheme) = crate::tunnels::parse_scheme_target(parse("target")?, ports)?;
-    Ok(NewTunnel {
-        kind,
-        hostname: match value("hostname") {
-            "" => None,
-            text => Some(text.parse().map_err(proto("hostname"))?),
-        },
-        ports,
-        agent_id: parse("agent")?.to_string(),
-        target,
-        replicas: parse_replicas(value("replicas"), ports, scheme)?,
-        origin: OriginSettings {
-            scheme,
-            tls_verify: !form.contains_key("skip_tls_verify"),
-            host_header: Some(value("host_header").to_string()).filter(|h| !h.is_empty()),
-            connect_timeout_secs: match value("connect_timeout") {
-                "" => None,
-                text => Some(text.parse().map_err(|_| {
-                    Error::invalid("connect_timeout", "must be a whole number of seconds")
-                })?),
-            },
-            ..Default::default()
-        },
-        enabled: form.contains_key("enabled"),
-        issuer: match value("issuer") {
-            "" => control.default_issuer,
-            text => text.parse().map_err(proto("issuer"))?,
-        },
-        access: Default::default(),
-        gateways: crate::model::GatewayChoice::from_text(
-            value("gateways"),
-            &control.store.state()?.nodes,
-        )?,
-        path_prefix: match value("path_prefix") {
-            "" => None,
-            text => crate::tunnels::parse_path_prefix(text)?,
-        },
-        proxy_protocol: match value("proxy_protocol") {
-            "" | "none" => None,
-            text => Some(text.parse().map_err(proto("proxy_protocol"))?),
-        },
-    })
+fn json_object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 pub fn set_enabled(page: &Page, form: &Form) -> FormResult {

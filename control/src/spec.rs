@@ -1,10 +1,15 @@
-//! A JSON object read field by field: each getter takes its field out and names it in its
-//! error, and [`Fields::finish`] refuses the fields no getter took.
+//! What callers ask for, read field by field from a JSON object: the API's bodies, the
+//! tunnel form (mapped to the same object) and the CLI's flags (which send it). Each getter
+//! takes its field out and names it in its error, and [`Fields::finish`] refuses the fields
+//! no getter took; [`new_tunnel`] and [`tunnel_patch`] turn an object into the one change
+//! the store takes.
 
+use crate::access::TunnelAccess;
 use crate::error::Error;
 use crate::model::GatewayChoice;
-use crate::model::Replica;
 use crate::model::{OriginScheme, OriginSettings};
+use crate::model::{Replica, TunnelKind, TunnelRecord};
+use crate::store::{NewTunnel, TunnelPatch};
 use crate::Control;
 use kakuremichi_proto::ids::Target;
 use kakuremichi_proto::ports::PortRange;
@@ -204,4 +209,107 @@ pub struct Agents {
     pub target: Target,
     pub scheme: OriginScheme,
     pub replicas: Vec<Replica>,
+}
+
+/// The tunnel `fields` describe, checked field by field (the store checks it against the
+/// other tunnels); unknown fields are refused.
+pub fn new_tunnel(control: &Control, mut fields: Fields) -> Result<NewTunnel, Error> {
+    let kind: TunnelKind = match fields.string("kind")? {
+        Some(kind) => kind.parse()?,
+        None => TunnelKind::Http,
+    };
+    let ports = fields.ports()?;
+    let agents = match fields.agents(ports)? {
+        Some(agents) => agents,
+        None => {
+            let (target, scheme) = fields
+                .target(ports)?
+                .ok_or_else(|| Error::invalid("target", "is required"))?;
+            Agents {
+                agent_id: fields.required("agent")?,
+                target,
+                scheme,
+                replicas: Vec::new(),
+            }
+        }
+    };
+    let scheme = agents.scheme;
+    let new = NewTunnel {
+        kind,
+        hostname: fields.parsed("hostname")?,
+        agent_id: agents.agent_id,
+        target: agents.target,
+        replicas: agents.replicas,
+        origin: fields
+            .origin(&OriginSettings::default(), Some(scheme))?
+            .unwrap_or_default(),
+        ports,
+        enabled: fields.boolean("enabled")?.unwrap_or(true),
+        issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
+        access: match fields.take("access") {
+            Some(value) => {
+                let mut access = TunnelAccess::default();
+                access.apply_json(&value)?;
+                access
+            }
+            None => TunnelAccess::default(),
+        },
+        proxy_protocol: fields.proxy_protocol()?.flatten(),
+        path_prefix: fields.path_prefix()?.flatten(),
+        gateways: fields.gateways(control)?.unwrap_or_default(),
+    };
+    fields.finish()?;
+    Ok(new)
+}
+
+/// A tunnel change; an `access` object changes the rules it names on top of `current`.
+pub fn tunnel_patch(
+    control: &Control,
+    mut fields: Fields,
+    current: &TunnelRecord,
+) -> Result<TunnelPatch, Error> {
+    let ports = fields.ports()?;
+    let (target, agent_id, replicas) = match fields.agents(ports.or(current.ports))? {
+        Some(agents) => (
+            Some((agents.target, agents.scheme)),
+            Some(agents.agent_id),
+            Some(agents.replicas),
+        ),
+        None => (
+            fields.target(ports.or(current.ports))?,
+            fields.string("agent")?,
+            None,
+        ),
+    };
+    let patch = TunnelPatch {
+        hostname: fields.parsed("hostname")?,
+        origin: fields.origin(&current.origin, target.as_ref().map(|(_, scheme)| *scheme))?,
+        target: target.map(|(target, _)| target),
+        ports,
+        agent_id,
+        replicas,
+        enabled: fields.boolean("enabled")?,
+        issuer: fields.parsed("issuer")?,
+        access: match fields.take("access") {
+            Some(value) => {
+                let mut access = current.access.clone();
+                access.apply_json(&value)?;
+                Some(access)
+            }
+            None => None,
+        },
+        proxy_protocol: fields.proxy_protocol()?,
+        path_prefix: fields.path_prefix()?,
+        gateways: fields.gateways(control)?,
+    };
+    if let Some(kind) = fields.string("kind")? {
+        if kind != current.kind.as_str() {
+            return Err(Error::invalid(
+                "kind",
+                "a tunnel's kind cannot change; create a new tunnel",
+            ));
+        }
+    }
+    fields.finish()?;
+    Ok(patch)
 }
