@@ -4,7 +4,8 @@
 //! takes (a test holds the two to each other). `tests/tests/pages.rs` calls every operation
 //! it lists against the real routes.
 
-use crate::routes::{self, Section};
+use crate::model::TokenScope;
+use crate::routes::{self, Handler, Section};
 use serde_json::{json, Map, Value};
 
 /// What one operation takes as its body.
@@ -158,7 +159,7 @@ fn doc(method: &str, path: &str) -> Option<&'static Doc> {
     DOCS.iter().find(|d| d.0 == method && d.1 == path)
 }
 
-fn operation(doc: Option<&Doc>, access: &str) -> Value {
+fn operation(doc: Option<&Doc>, scope: TokenScope) -> Value {
     let (summary, takes, created) = match doc {
         Some(Doc(_, _, summary, takes, created)) => (*summary, *takes, *created),
         None => ("(not described)", Takes::Nothing, false),
@@ -166,9 +167,9 @@ fn operation(doc: Option<&Doc>, access: &str) -> Value {
     let status = if created { "201" } else { "200" };
     let mut op = json!({
         "summary": summary,
-        "description": match access {
-            "read token" => "Any API token may call it.",
-            _ => "Needs an admin token; a read-only token gets 403.",
+        "description": match scope {
+            TokenScope::Read => "Any API token may call it.",
+            TokenScope::Admin => "Needs an admin token; a read-only token gets 403.",
         },
         "responses": {
             status: { "description": "done", "content": { "application/json": {} } },
@@ -196,8 +197,8 @@ fn parameters(path: &str) -> Vec<Value> {
 }
 
 /// The `/api/v1` operations of the route table that need a token: (path under `/api/v1`,
-/// method, who may call it).
-fn operations() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+/// method, the token's scope).
+fn operations() -> impl Iterator<Item = (&'static str, &'static str, TokenScope)> {
     routes::table()
         .routes
         .iter()
@@ -207,19 +208,21 @@ fn operations() -> impl Iterator<Item = (&'static str, &'static str, &'static st
             route
                 .methods
                 .iter()
-                .filter(|(_, handler)| handler.access().ends_with("token"))
-                .map(move |(method, handler)| (path, method.as_str(), handler.access()))
+                .filter_map(move |(method, handler)| match handler {
+                    Handler::Api(scope, _) => Some((path, method.as_str(), *scope)),
+                    _ => None,
+                })
         })
 }
 
 /// The document, with `server` as the base URL.
 pub fn document(server: &str) -> Value {
     let mut paths = Map::new();
-    for (path, method, access) in operations() {
+    for (path, method, scope) in operations() {
         let item = paths
             .entry(path)
             .or_insert_with(|| json!({ "parameters": parameters(path) }));
-        item[method.to_ascii_lowercase()] = operation(doc(method, path), access);
+        item[method.to_ascii_lowercase()] = operation(doc(method, path), scope);
     }
     json!({
         "openapi": "3.1.0",

@@ -83,24 +83,6 @@ pub enum Handler {
     Token(TokenScope, TokenFn),
 }
 
-impl Handler {
-    /// Who may call it, as the route list shows it.
-    pub fn access(&self) -> &'static str {
-        match self {
-            Handler::Open(_) | Handler::Visit(_) => "anyone",
-            Handler::OpenForm(_) | Handler::SessionForm(_) => "anyone (form)",
-            Handler::Page(Role::Member, _) => "member",
-            Handler::Page(Role::Admin, _) => "admin",
-            Handler::Form(Role::Member, _) => "member (form)",
-            Handler::Form(Role::Admin, _) => "admin (form)",
-            Handler::Api(TokenScope::Read, _) | Handler::Token(TokenScope::Read, _) => "read token",
-            Handler::Api(TokenScope::Admin, _) | Handler::Token(TokenScope::Admin, _) => {
-                "admin token"
-            }
-        }
-    }
-}
-
 fn open(f: impl Fn(Call) -> Response<Body> + Send + Sync + 'static) -> Handler {
     Handler::Open(Box::new(f))
 }
