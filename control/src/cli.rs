@@ -2,69 +2,35 @@
 //! the running Control over its HTTP listener (so every change is pushed to the nodes at
 //! once, as from the pages), with an API token from `--token` or `KAKUREMICHI_TOKEN`.
 
+use crate::spec::TunnelFields;
 use futures_lite::future;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use kakuremichi_rt::io::FuturesIo;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A tunnel's fields as command-line options give them; absent ones are not sent.
-#[derive(Default)]
-pub struct TunnelFields {
-    pub kind: Option<String>,
-    pub hostname: Option<String>,
-    pub port: Option<u16>,
-    pub ports: Option<String>,
-    pub agent: Option<String>,
-    pub target: Option<String>,
-    pub issuer: Option<String>,
-    pub path_prefix: Option<String>,
-    pub proxy_protocol: Option<String>,
-    pub enabled: Option<bool>,
-    /// Extra JSON merged over the fields above (`origin`, `access`, …).
-    pub json: Option<String>,
-}
-
-impl TunnelFields {
-    /// The request body.
-    pub fn to_json(&self) -> Result<Value, String> {
-        let mut body = Map::new();
-        let mut set = |name: &str, value: Value| {
-            body.insert(name.to_string(), value);
-        };
-        for (name, value) in [
-            ("kind", &self.kind),
-            ("hostname", &self.hostname),
-            ("ports", &self.ports),
-            ("agent", &self.agent),
-            ("target", &self.target),
-            ("issuer", &self.issuer),
-            ("path_prefix", &self.path_prefix),
-            ("proxy_protocol", &self.proxy_protocol),
-        ] {
-            if let Some(value) = value {
-                set(name, json!(value));
-            }
-        }
-        if let Some(port) = self.port {
-            set("port", json!(port));
-        }
-        if let Some(enabled) = self.enabled {
-            set("enabled", json!(enabled));
-        }
-        if let Some(extra) = &self.json {
-            let extra: Value = serde_json::from_str(extra).map_err(|e| format!("--json: {e}"))?;
-            let Value::Object(extra) = extra else {
-                return Err("--json must be a JSON object".into());
-            };
-            body.extend(extra);
-        }
-        Ok(Value::Object(body))
+/// The body of `tunnel create` and `tunnel update`: the fields the options gave (absent ones
+/// are not sent) with `--json`'s object merged over them (`origin`, `access`, …).
+pub fn tunnel_body(fields: &TunnelFields, json: Option<&str>) -> Result<Value, String> {
+    let Ok(Value::Object(mut body)) = serde_json::to_value(fields) else {
+        return Err("the tunnel's fields are not a JSON object".into());
+    };
+    body.retain(|_, value| !value.is_null());
+    if let Some(port) = fields.port {
+        body.insert("port".into(), port.into());
     }
+    if let Some(extra) = json {
+        let extra: Value = serde_json::from_str(extra).map_err(|e| format!("--json: {e}"))?;
+        let Value::Object(extra) = extra else {
+            return Err("--json must be a JSON object".into());
+        };
+        body.extend(extra);
+    }
+    Ok(Value::Object(body))
 }
 
 /// Call Control's API at `listen` and return the status and body. Refuses to run without a
@@ -129,26 +95,23 @@ pub fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn options_become_the_api_body_and_json_adds_to_them() {
         let fields = TunnelFields {
-            kind: Some("tcp".into()),
+            kind: Some(crate::model::TunnelKind::Tcp),
             port: Some(15432),
             agent: Some("agt_1".into()),
             target: Some("127.0.0.1:5432".into()),
-            json: Some(r#"{"origin":{"connect_timeout_secs":3}}"#.into()),
             ..TunnelFields::default()
         };
+        let extra = r#"{"origin":{"connect_timeout_secs":3}}"#;
         assert_eq!(
-            fields.to_json().unwrap(),
+            tunnel_body(&fields, Some(extra)).unwrap(),
             json!({"kind":"tcp","port":15432,"agent":"agt_1","target":"127.0.0.1:5432",
                    "origin":{"connect_timeout_secs":3}})
         );
-        let bad = TunnelFields {
-            json: Some("[1]".into()),
-            ..TunnelFields::default()
-        };
-        assert!(bad.to_json().is_err());
+        assert!(tunnel_body(&fields, Some("[1]")).is_err());
     }
 }

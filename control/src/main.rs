@@ -395,25 +395,25 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some(Command::Tunnel(TunnelCommand { token, action })) => {
-            use kakuremichi_control::cli::{call, TunnelFields};
+            use kakuremichi_control::cli::{call, tunnel_body};
+            use kakuremichi_control::spec::TunnelFields;
             let (method, path, body) = match action {
                 TunnelAction::List(_) => ("GET", "tunnels".to_string(), None),
                 TunnelAction::Delete(delete) => ("DELETE", format!("tunnels/{}", delete.id), None),
                 TunnelAction::Create(c) => {
                     let fields = TunnelFields {
-                        kind: c.kind,
+                        kind: c.kind.map(|kind| kind.parse()).transpose()?,
                         hostname: c.hostname,
                         port: c.port,
                         ports: c.ports,
                         agent: c.agent,
                         target: c.target,
-                        issuer: c.issuer,
+                        issuer: c.issuer.map(|issuer| issuer.parse()).transpose()?,
                         path_prefix: c.path_prefix,
                         proxy_protocol: c.proxy_protocol,
-                        enabled: None,
-                        json: c.json,
+                        ..TunnelFields::default()
                     };
-                    ("POST", "tunnels".to_string(), Some(fields))
+                    ("POST", "tunnels".to_string(), Some((fields, c.json)))
                 }
                 TunnelAction::Update(u) => {
                     let fields = TunnelFields {
@@ -424,14 +424,13 @@ fn main() -> anyhow::Result<()> {
                         target: u.target,
                         proxy_protocol: u.proxy_protocol,
                         enabled: u.enabled,
-                        json: u.json,
                         ..TunnelFields::default()
                     };
-                    ("PATCH", format!("tunnels/{}", u.id), Some(fields))
+                    ("PATCH", format!("tunnels/{}", u.id), Some((fields, u.json)))
                 }
             };
             let body = body
-                .map(|fields| fields.to_json())
+                .map(|(fields, json)| tunnel_body(&fields, json.as_deref()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             report(call(args.listen, token, method, &path, body))?;

@@ -1,315 +1,338 @@
-//! What callers ask for, read field by field from a JSON object: the API's bodies, the
-//! tunnel form (mapped to the same object) and the CLI's flags (which send it). Each getter
-//! takes its field out and names it in its error, and [`Fields::finish`] refuses the fields
-//! no getter took; [`new_tunnel`] and [`tunnel_patch`] turn an object into the one change
-//! the store takes.
+//! What callers send, as serde types: the API's bodies, the tunnel form (which fills a
+//! [`TunnelFields`]) and the CLI's flags (which send one). [`read`] turns a JSON value into
+//! one, naming the field of the first error and refusing fields the type does not have;
+//! [`TunnelFields::build`] turns a tunnel's into the [`TunnelSpec`] the store keeps, for a
+//! new tunnel or over the current one, and [`TunnelFields::of`] is the API's view of a
+//! tunnel, so a field is read and shown in one place.
 
-use crate::access::TunnelAccess;
 use crate::error::Error;
-use crate::model::GatewayChoice;
-use crate::model::{OriginScheme, OriginSettings};
-use crate::model::{Replica, TunnelKind, TunnelRecord};
-use crate::store::{NewTunnel, TunnelPatch};
-use crate::Control;
-use kakuremichi_proto::ids::Target;
+use crate::model::{GatewayChoice, Issuer, NodeRecord, OriginSettings};
+use crate::model::{TunnelKind, TunnelRecord, TunnelSpec};
+use crate::tunnels::{parse_path_prefix, parse_replica, parse_scheme_target};
 use kakuremichi_proto::ports::PortRange;
-use kakuremichi_proto::proxy_protocol::ProxyProtocol;
-use kakuremichi_proto::ProtoError;
-use serde_json::{Map, Value};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-/// A JSON object whose fields are taken one by one; leftovers are unknown fields.
-pub struct Fields(Map<String, Value>);
+/// `value` as a `T`: a wrong type or value names its field (`origin.tls_verify`), and so
+/// does a field `T` does not have.
+pub fn read<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
+    let mut unknown = None;
+    let mut note_unknown = |path: serde_ignored::Path| {
+        unknown.get_or_insert_with(|| path.to_string());
+    };
+    let ignored = serde_ignored::Deserializer::new(value, &mut note_unknown);
+    let read: T = serde_path_to_error::deserialize(ignored).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // A missing field fails at the object that lacks it; serde names it in the message.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'));
+        match (missing, path.as_str()) {
+            (Some(name), ".") => Error::invalid(name, "is required"),
+            (Some(name), parent) => Error::invalid(&format!("{parent}.{name}"), "is required"),
+            (None, ".") => Error::invalid("body", message),
+            (None, path) => Error::invalid(path, message),
+        }
+    })?;
+    match unknown {
+        Some(field) => Err(Error::invalid(&field, "unknown field")),
+        None => Ok(read),
+    }
+}
 
-impl Fields {
-    pub fn new(map: Map<String, Value>) -> Self {
-        Fields(map)
+/// A field that may be sent as `null` to clear it: absent is `None`, `null` is `Some(None)`.
+fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// `ports`: `"first-last"` or a single number.
+fn number_or_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(D::Error::custom("must be \"first-last\" or a number")),
     }
-    pub fn take(&mut self, name: &str) -> Option<Value> {
-        self.0.remove(name).filter(|value| !value.is_null())
-    }
-    pub fn string(&mut self, name: &str) -> Result<Option<String>, Error> {
-        match self.0.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(Error::invalid(name, "must be a string")),
-        }
-    }
-    pub fn required(&mut self, name: &str) -> Result<String, Error> {
-        self.string(name)?
-            .ok_or_else(|| Error::invalid(name, "is required"))
-    }
-    pub fn parsed<T: std::str::FromStr<Err = ProtoError>>(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<T>, Error> {
-        let reason = |e: ProtoError| match e {
-            ProtoError::Invalid { reason, .. } => reason,
-            other => other.to_string(),
-        };
-        self.string(name)?
-            .map(|s| s.parse::<T>().map_err(|e| Error::invalid(name, reason(e))))
-            .transpose()
-    }
-    pub fn boolean(&mut self, name: &str) -> Result<Option<bool>, Error> {
-        match self.0.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(_) => Err(Error::invalid(name, "must be true or false")),
-        }
-    }
-    pub fn number(&mut self, name: &str) -> Result<Option<u64>, Error> {
-        match self.0.remove(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Error::invalid(name, "must be a whole number of 0 or more")),
-            Some(_) => Err(Error::invalid(name, "must be a number")),
-        }
-    }
-    pub fn finish(self) -> Result<(), Error> {
-        match self.0.keys().next() {
-            Some(unknown) => Err(Error::invalid(unknown, "unknown field")),
-            None => Ok(()),
+}
+
+/// A tunnel as people write it. Creating one needs `agent` and `target` (or `agents`); a
+/// change names only what changes. The API shows a tunnel the same way ([`Self::of`]).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TunnelFields {
+    /// `http`, `tls`, `tcp` or `udp`; fixed once created.
+    pub kind: Option<TunnelKind>,
+    pub hostname: Option<String>,
+    /// A single public port (`ports` is shown instead).
+    #[serde(skip_serializing)]
+    pub port: Option<u16>,
+    /// `"first-last"`, the public ports of a tcp or udp tunnel.
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub ports: Option<String>,
+    pub agent: Option<String>,
+    /// `host:port`; `https://` or `h2c://` in front for such an origin.
+    pub target: Option<String>,
+    /// Instead of `agent` and `target`: every agent serving the tunnel, the first taking
+    /// their place.
+    pub agents: Option<Vec<AgentTarget>>,
+    pub enabled: Option<bool>,
+    pub issuer: Option<Issuer>,
+    /// Who may open it (see [`crate::access::TunnelAccess::apply_json`]).
+    pub access: Option<Value>,
+    pub origin: Option<OriginFields>,
+    /// `v1`, `v2`, or `none` to turn it off.
+    pub proxy_protocol: Option<String>,
+    /// `/api`, or `/` to remove it.
+    pub path_prefix: Option<String>,
+    /// `"all"`, gateway ids, or a label selector (`"region=tokyo"`); `null` is all.
+    #[serde(default, deserialize_with = "given")]
+    pub gateways: Option<Value>,
+}
+
+/// One agent serving a tunnel and its target.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentTarget {
+    pub agent: String,
+    pub target: String,
+}
+
+/// How gateways and the agent reach an origin (see [`OriginSettings`]); `null` or `""`
+/// clears a setting.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginFields {
+    pub tls_verify: Option<bool>,
+    #[serde(default, deserialize_with = "given")]
+    pub ca_pem: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pub server_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pub host_header: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pub connect_timeout_secs: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "given")]
+    pub bad_gateway_page: Option<Option<String>>,
+    #[serde(default, deserialize_with = "given")]
+    pub not_found_page: Option<Option<String>>,
+}
+
+impl OriginFields {
+    fn of(origin: &OriginSettings) -> Self {
+        OriginFields {
+            tls_verify: Some(origin.tls_verify),
+            ca_pem: Some(origin.ca_pem.clone()),
+            server_name: Some(origin.server_name.clone()),
+            host_header: Some(origin.host_header.clone()),
+            connect_timeout_secs: Some(origin.connect_timeout_secs),
+            bad_gateway_page: Some(origin.bad_gateway_page.clone()),
+            not_found_page: Some(origin.not_found_page.clone()),
         }
     }
 
-    /// `port` (a number) or `ports` (`"20000-20010"`, or a number).
-    pub fn ports(&mut self) -> Result<Option<PortRange>, Error> {
-        let single = self.number("port")?;
-        let range = match self.0.remove("ports") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
+    fn apply(self, origin: &mut OriginSettings) {
+        let text = |given: Option<String>| given.filter(|text| !text.is_empty());
+        let OriginFields {
+            tls_verify,
+            ca_pem,
+            server_name,
+            host_header,
+            connect_timeout_secs,
+            bad_gateway_page,
+            not_found_page,
+        } = self;
+        origin.tls_verify = tls_verify.unwrap_or(origin.tls_verify);
+        for (setting, given) in [
+            (&mut origin.ca_pem, ca_pem),
+            (&mut origin.server_name, server_name),
+            (&mut origin.host_header, host_header),
+            (&mut origin.bad_gateway_page, bad_gateway_page),
+            (&mut origin.not_found_page, not_found_page),
+        ] {
+            if let Some(given) = given {
+                *setting = text(given);
+            }
+        }
+        if let Some(timeout) = connect_timeout_secs {
+            origin.connect_timeout_secs = timeout;
+        }
+    }
+}
+
+/// The API's view of a tunnel: its fields as they are written, and what Control assigned.
+#[derive(Serialize)]
+pub struct TunnelView<'a> {
+    id: &'a str,
+    #[serde(flatten)]
+    fields: TunnelFields,
+    service_port: u16,
+    created_at: u64,
+}
+
+impl<'a> TunnelView<'a> {
+    pub fn of(tunnel: &'a TunnelRecord) -> Self {
+        TunnelView {
+            id: &tunnel.id,
+            fields: TunnelFields::of(&tunnel.spec),
+            service_port: tunnel.service_port,
+            created_at: tunnel.created_at,
+        }
+    }
+}
+
+impl TunnelFields {
+    /// Every field of `spec`, as a caller would write it.
+    pub fn of(spec: &TunnelSpec) -> Self {
+        TunnelFields {
+            kind: Some(spec.kind),
+            hostname: spec.hostname.as_ref().map(ToString::to_string),
+            port: None,
+            ports: spec.ports.map(|p| p.to_string()),
+            agent: Some(spec.agent_id.clone()),
+            target: Some(spec.target_text()),
+            agents: Some(
+                spec.agents()
+                    .map(|(agent, target)| AgentTarget {
+                        agent: agent.to_string(),
+                        target: spec.target_text_for(target),
+                    })
+                    .collect(),
+            ),
+            enabled: Some(spec.enabled),
+            issuer: Some(spec.issuer),
+            access: Some(spec.access.to_json()),
+            origin: Some(OriginFields::of(&spec.origin)),
+            proxy_protocol: spec.proxy_protocol.map(|p| p.as_str().to_string()),
+            path_prefix: spec.path_prefix.clone(),
+            gateways: Some(spec.gateways.to_json()),
+        }
+    }
+
+    /// The tunnel these fields describe: a new one (`current` none, `default_issuer` its
+    /// issuer unless given) or `current` with what they name changed. Each field is checked
+    /// alone here, and against the other tunnels by the store.
+    pub fn build(
+        self,
+        current: Option<&TunnelSpec>,
+        default_issuer: Issuer,
+        nodes: &[NodeRecord],
+    ) -> Result<TunnelSpec, Error> {
+        let kind = match (self.kind, current) {
+            (Some(kind), Some(current)) if kind != current.kind => {
                 return Err(Error::invalid(
-                    "ports",
-                    "must be \"first-last\" or a number",
+                    "kind",
+                    "a tunnel's kind cannot change; create a new tunnel",
                 ))
             }
+            (kind, current) => kind.or(current.map(|c| c.kind)).unwrap_or_default(),
         };
-        let parsed = match (single, range) {
+        let ports = match (self.port, self.ports) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid("port", "give port or ports, not both"))
             }
-            (Some(port), None) => u16::try_from(port)
-                .map_err(|_| ProtoError::Invalid {
-                    field: "port",
-                    reason: format!("{port} is not a port"),
-                })
-                .and_then(PortRange::single),
-            (None, Some(range)) => range.parse(),
-            (None, None) => return Ok(None),
+            (Some(port), None) => Some(PortRange::single(port)),
+            (None, Some(range)) => Some(range.parse()),
+            (None, None) => None,
+        }
+        .transpose()
+        .map_err(|e| Error::invalid("port", e.to_string()))?
+        .or(current.and_then(|c| c.ports));
+        let required = |name: &str| Error::invalid(name, "is required");
+        let (agent_id, (target, scheme), replicas) = match self.agents {
+            Some(agents) => {
+                let invalid = || Error::invalid("agents", "must list at least one agent");
+                let (first, others) = agents.split_first().ok_or_else(invalid)?;
+                let (target, scheme) = parse_scheme_target(&first.target, ports)?;
+                let replicas = others
+                    .iter()
+                    .map(|r| parse_replica(&r.agent, &r.target, ports, scheme))
+                    .collect::<Result<_, _>>()?;
+                (first.agent.clone(), (target, scheme), replicas)
+            }
+            None => (
+                match (self.agent, current) {
+                    (Some(agent), _) => agent,
+                    (None, Some(current)) => current.agent_id.clone(),
+                    (None, None) => return Err(required("agent")),
+                },
+                match (self.target, current) {
+                    (Some(target), _) => parse_scheme_target(&target, ports)?,
+                    (None, Some(current)) => (current.target.clone(), current.origin.scheme),
+                    (None, None) => return Err(required("target")),
+                },
+                current.map(|c| c.replicas.clone()).unwrap_or_default(),
+            ),
         };
-        parsed
-            .map(Some)
-            .map_err(|e| Error::invalid("port", e.to_string()))
-    }
-
-    /// `proxy_protocol`: `"v1"`, `"v2"`, or `"none"` to turn it off.
-    pub fn proxy_protocol(&mut self) -> Result<Option<Option<ProxyProtocol>>, Error> {
-        match self.string("proxy_protocol")?.as_deref() {
-            None => Ok(None),
-            Some("none") => Ok(Some(None)),
-            Some(raw) => raw.parse().map(|p| Some(Some(p))).map_err(|_| {
+        let mut origin = current.map(|c| c.origin.clone()).unwrap_or_default();
+        origin.scheme = scheme;
+        if let Some(fields) = self.origin {
+            fields.apply(&mut origin);
+        }
+        let mut access = current.map(|c| c.access.clone()).unwrap_or_default();
+        if let Some(value) = self.access {
+            access.apply_json(&value)?;
+        }
+        let issuer = match (self.issuer, current) {
+            // A new port tunnel has no certificate of its own.
+            (_, None) if kind != TunnelKind::Http => Issuer::None,
+            (Some(issuer), _) => issuer,
+            (None, Some(current)) => current.issuer,
+            (None, None) => default_issuer,
+        };
+        let proxy_protocol = match self.proxy_protocol.as_deref() {
+            None => current.and_then(|c| c.proxy_protocol),
+            Some("none") => None,
+            Some(raw) => Some(raw.parse().map_err(|_| {
                 Error::invalid("proxy_protocol", format!("{raw:?} is not v1, v2 or none"))
-            }),
-        }
-    }
-
-    /// `target` (`https://` for an HTTPS origin), whose port may be a range matching the
-    /// public one.
-    pub fn target(
-        &mut self,
-        ports: Option<PortRange>,
-    ) -> Result<Option<(Target, OriginScheme)>, Error> {
-        self.string("target")?
-            .map(|raw| crate::tunnels::parse_scheme_target(&raw, ports))
-            .transpose()
-    }
-
-    /// `agents`: `[{"agent": id, "target": …}, …]`, the first taking the place of `agent` and
-    /// `target`, the rest replicas. Every target speaks the same scheme.
-    pub fn agents(&mut self, ports: Option<PortRange>) -> Result<Option<Agents>, Error> {
-        let Some(value) = self.take("agents") else {
-            return Ok(None);
+            })?),
         };
-        let invalid = |why: &str| Error::invalid("agents", why.to_string());
-        let list = value
-            .as_array()
-            .filter(|list| !list.is_empty())
-            .ok_or_else(|| invalid("must be a list of {\"agent\", \"target\"} objects"))?;
-        let mut pairs = Vec::with_capacity(list.len());
-        for entry in list {
-            let field = |name: &str| {
-                entry
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(&format!("every entry needs a string {name:?}")))
-            };
-            pairs.push((field("agent")?, field("target")?));
-        }
-        let ((agent_id, target), others) =
-            pairs.split_first().ok_or_else(|| invalid("is empty"))?;
-        let (target, scheme) = crate::tunnels::parse_scheme_target(target, ports)?;
-        Ok(Some(Agents {
-            agent_id: agent_id.to_string(),
+        Ok(TunnelSpec {
+            kind,
+            hostname: match self.hostname {
+                Some(raw) => Some(
+                    raw.parse()
+                        .map_err(|e| Error::invalid("hostname", reason(e)))?,
+                ),
+                None => current.and_then(|c| c.hostname.clone()),
+            },
+            ports,
+            agent_id,
             target,
-            scheme,
-            replicas: others
-                .iter()
-                .map(|(agent, target)| crate::tunnels::parse_replica(agent, target, ports, scheme))
-                .collect::<Result<_, _>>()?,
-        }))
-    }
-
-    /// `gateways`: `"all"`, gateway ids, or a label selector (`"region=tokyo"`).
-    pub fn gateways(&mut self, control: &Control) -> Result<Option<GatewayChoice>, Error> {
-        match self.0.remove("gateways") {
-            None => Ok(None),
-            Some(value) => {
-                let nodes = control.store.state()?.nodes;
-                GatewayChoice::from_json(&value, &nodes).map(Some)
-            }
-        }
-    }
-
-    /// `path_prefix`: `"/api"`, or `"/"` to remove it.
-    pub fn path_prefix(&mut self) -> Result<Option<Option<String>>, Error> {
-        self.string("path_prefix")?
-            .map(|raw| crate::tunnels::parse_path_prefix(&raw))
-            .transpose()
-    }
-
-    /// `origin` settings applied over `current`, with the target's scheme; `None` when
-    /// neither was given.
-    pub fn origin(
-        &mut self,
-        current: &OriginSettings,
-        scheme: Option<OriginScheme>,
-    ) -> Result<Option<OriginSettings>, Error> {
-        let given = self.take("origin");
-        if given.is_none() && scheme.is_none() {
-            return Ok(None);
-        }
-        let mut origin = current.clone();
-        if let Some(scheme) = scheme {
-            origin.scheme = scheme;
-        }
-        if let Some(value) = given {
-            origin.apply_json(&value)?;
-        }
-        Ok(Some(origin))
+            replicas,
+            enabled: self.enabled.or(current.map(|c| c.enabled)).unwrap_or(true),
+            issuer,
+            access,
+            proxy_protocol,
+            origin,
+            gateways: match self.gateways {
+                Some(value) => GatewayChoice::from_json(&value, nodes)?,
+                None => current.map(|c| c.gateways.clone()).unwrap_or_default(),
+            },
+            path_prefix: match self.path_prefix {
+                Some(raw) => parse_path_prefix(&raw)?,
+                None => current.and_then(|c| c.path_prefix.clone()),
+            },
+        })
     }
 }
 
-/// A tunnel's agents as `agents` gives them.
-pub struct Agents {
-    pub agent_id: String,
-    pub target: Target,
-    pub scheme: OriginScheme,
-    pub replicas: Vec<Replica>,
-}
-
-/// The tunnel `fields` describe, checked field by field (the store checks it against the
-/// other tunnels); unknown fields are refused.
-pub fn new_tunnel(control: &Control, mut fields: Fields) -> Result<NewTunnel, Error> {
-    let kind: TunnelKind = match fields.string("kind")? {
-        Some(kind) => kind.parse()?,
-        None => TunnelKind::Http,
-    };
-    let ports = fields.ports()?;
-    let agents = match fields.agents(ports)? {
-        Some(agents) => agents,
-        None => {
-            let (target, scheme) = fields
-                .target(ports)?
-                .ok_or_else(|| Error::invalid("target", "is required"))?;
-            Agents {
-                agent_id: fields.required("agent")?,
-                target,
-                scheme,
-                replicas: Vec::new(),
-            }
-        }
-    };
-    let scheme = agents.scheme;
-    let new = NewTunnel {
-        kind,
-        hostname: fields.parsed("hostname")?,
-        agent_id: agents.agent_id,
-        target: agents.target,
-        replicas: agents.replicas,
-        origin: fields
-            .origin(&OriginSettings::default(), Some(scheme))?
-            .unwrap_or_default(),
-        ports,
-        enabled: fields.boolean("enabled")?.unwrap_or(true),
-        issuer: fields.parsed("issuer")?.unwrap_or(control.default_issuer),
-        access: match fields.take("access") {
-            Some(value) => {
-                let mut access = TunnelAccess::default();
-                access.apply_json(&value)?;
-                access
-            }
-            None => TunnelAccess::default(),
-        },
-        proxy_protocol: fields.proxy_protocol()?.flatten(),
-        path_prefix: fields.path_prefix()?.flatten(),
-        gateways: fields.gateways(control)?.unwrap_or_default(),
-    };
-    fields.finish()?;
-    Ok(new)
-}
-
-/// A tunnel change; an `access` object changes the rules it names on top of `current`.
-pub fn tunnel_patch(
-    control: &Control,
-    mut fields: Fields,
-    current: &TunnelRecord,
-) -> Result<TunnelPatch, Error> {
-    let ports = fields.ports()?;
-    let (target, agent_id, replicas) = match fields.agents(ports.or(current.ports))? {
-        Some(agents) => (
-            Some((agents.target, agents.scheme)),
-            Some(agents.agent_id),
-            Some(agents.replicas),
-        ),
-        None => (
-            fields.target(ports.or(current.ports))?,
-            fields.string("agent")?,
-            None,
-        ),
-    };
-    let patch = TunnelPatch {
-        hostname: fields.parsed("hostname")?,
-        origin: fields.origin(&current.origin, target.as_ref().map(|(_, scheme)| *scheme))?,
-        target: target.map(|(target, _)| target),
-        ports,
-        agent_id,
-        replicas,
-        enabled: fields.boolean("enabled")?,
-        issuer: fields.parsed("issuer")?,
-        access: match fields.take("access") {
-            Some(value) => {
-                let mut access = current.access.clone();
-                access.apply_json(&value)?;
-                Some(access)
-            }
-            None => None,
-        },
-        proxy_protocol: fields.proxy_protocol()?,
-        path_prefix: fields.path_prefix()?,
-        gateways: fields.gateways(control)?,
-    };
-    if let Some(kind) = fields.string("kind")? {
-        if kind != current.kind.as_str() {
-            return Err(Error::invalid(
-                "kind",
-                "a tunnel's kind cannot change; create a new tunnel",
-            ));
-        }
+/// A protocol type's complaint without the field name it carries (the error names it).
+pub fn reason(e: kakuremichi_proto::ProtoError) -> String {
+    match e {
+        kakuremichi_proto::ProtoError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
     }
-    fields.finish()?;
-    Ok(patch)
+}
+
+/// `{"name": …}`: what a service token, and optionally a node, is called.
+#[derive(Deserialize)]
+pub struct Name {
+    pub name: Option<String>,
+}
+
+impl Name {
+    pub fn required(self) -> Result<String, Error> {
+        self.name
+            .ok_or_else(|| Error::invalid("name", "is required"))
+    }
 }

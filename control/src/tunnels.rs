@@ -116,7 +116,7 @@ pub fn allocate_service_ports(
     let mut taken: Vec<Range<u32>> = tunnels
         .iter()
         .filter(|t| Some(t.id.as_str()) != except)
-        .filter(|t| t.agents().any(|(id, _)| agent_ids.contains(&id)))
+        .filter(|t| t.spec.agents().any(|(id, _)| agent_ids.contains(&id)))
         .map(TunnelRecord::service_ports)
         .collect();
     taken.sort_by_key(|range| range.start);
@@ -142,7 +142,7 @@ pub fn allocate_service_ports(
 /// Each agent's target is inside the `ALLOW_TARGETS` the agent reported (the agent refuses
 /// the rest anyway; this says why before anyone finds a 502).
 fn check_allowed_targets(tunnel: &TunnelRecord, nodes: &[NodeRecord]) -> Result<(), Error> {
-    for (agent_id, target) in tunnel.agents() {
+    for (agent_id, target) in tunnel.spec.agents() {
         let reported = nodes
             .iter()
             .find(|n| n.id == agent_id)
@@ -151,7 +151,7 @@ fn check_allowed_targets(tunnel: &TunnelRecord, nodes: &[NodeRecord]) -> Result<
             continue;
         };
         let rules = TargetRules::parse(text, None).unwrap_or_default();
-        let last = target.port().saturating_add(tunnel.port_count() - 1);
+        let last = target.port().saturating_add(tunnel.spec.port_count() - 1);
         if let Some(port) = (target.port()..=last).find(|&p| !rules.may_allow(target.host(), p)) {
             let list = match text {
                 "" => "any but link-local and cloud metadata addresses".to_string(),
@@ -175,33 +175,36 @@ pub const MAX_AGENTS: usize = 8;
 
 /// A tunnel's agents are distinct, few, and have targets of the tunnel's shape.
 fn check_replicas(tunnel: &TunnelRecord) -> Result<(), Error> {
-    if tunnel.replicas.is_empty() {
+    if tunnel.spec.replicas.is_empty() {
         return Ok(());
     }
-    if tunnel.kind == TunnelKind::Udp {
+    if tunnel.spec.kind == TunnelKind::Udp {
         return Err(Error::invalid(
             "agents",
             "udp tunnels have one agent: a datagram flow cannot move between replicas",
         ));
     }
-    if tunnel.replicas.len() + 1 > MAX_AGENTS {
+    if tunnel.spec.replicas.len() + 1 > MAX_AGENTS {
         return Err(Error::invalid(
             "agents",
             format!("a tunnel has at most {MAX_AGENTS} agents"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
-    for (agent_id, target) in tunnel.agents() {
+    for (agent_id, target) in tunnel.spec.agents() {
         if !seen.insert(agent_id) {
             return Err(Error::invalid(
                 "agents",
                 format!("agent {agent_id} is listed twice"),
             ));
         }
-        if u32::from(target.port()) + u32::from(tunnel.port_count()) - 1 > 65_535 {
+        if u32::from(target.port()) + u32::from(tunnel.spec.port_count()) - 1 > 65_535 {
             return Err(Error::invalid(
                 "agents",
-                format!("{} ports from {target} run past 65535", tunnel.port_count()),
+                format!(
+                    "{} ports from {target} run past 65535",
+                    tunnel.spec.port_count()
+                ),
             ));
         }
     }
@@ -215,52 +218,57 @@ pub fn check(
     nodes: &[NodeRecord],
 ) -> Result<(), Error> {
     let others = others.iter().filter(|t| t.id != tunnel.id);
-    match tunnel.kind.transport() {
+    match tunnel.spec.kind.transport() {
         None => {
             let hostname = tunnel
+                .spec
                 .hostname
                 .as_ref()
                 .ok_or_else(|| Error::invalid("hostname", "is required"))?;
-            if tunnel.ports.is_some() {
+            if tunnel.spec.ports.is_some() {
                 return Err(Error::invalid(
                     "ports",
-                    format!("{} tunnels are reached by hostname", tunnel.kind.as_str()),
+                    format!(
+                        "{} tunnels are reached by hostname",
+                        tunnel.spec.kind.as_str()
+                    ),
                 ));
             }
-            if tunnel.path_prefix.is_some() && tunnel.kind != TunnelKind::Http {
+            if tunnel.spec.path_prefix.is_some() && tunnel.spec.kind != TunnelKind::Http {
                 return Err(Error::invalid(
                     "path_prefix",
                     "only http tunnels split a hostname by path",
                 ));
             }
             let neighbours: Vec<&TunnelRecord> = others
-                .filter(|t| t.kind.by_hostname() && t.hostname.as_ref() == Some(hostname))
+                .filter(|t| t.spec.kind.by_hostname() && t.spec.hostname.as_ref() == Some(hostname))
                 .collect();
             // A passthrough hostname is one TLS stream, which cannot be split by path; http
             // tunnels share the hostname's certificate, so they must agree on its issuer.
             for other in neighbours {
-                let clash = if tunnel.kind == TunnelKind::Tls || other.kind == TunnelKind::Tls {
-                    Some(format!("{hostname} is already published"))
-                } else if other.same_place(tunnel) {
-                    Some(match &tunnel.path_prefix {
-                        Some(prefix) => format!("{hostname}{prefix} is already published"),
-                        None => format!("{hostname} is already published"),
-                    })
-                } else if other.issuer != tunnel.issuer {
-                    Some(format!(
-                        "tunnels on {hostname} share its certificate: use issuer {}",
-                        other.issuer.as_str()
-                    ))
-                } else {
-                    None
-                };
+                let clash =
+                    if tunnel.spec.kind == TunnelKind::Tls || other.spec.kind == TunnelKind::Tls {
+                        Some(format!("{hostname} is already published"))
+                    } else if other.spec.same_place(&tunnel.spec) {
+                        Some(match &tunnel.spec.path_prefix {
+                            Some(prefix) => format!("{hostname}{prefix} is already published"),
+                            None => format!("{hostname} is already published"),
+                        })
+                    } else if other.spec.issuer != tunnel.spec.issuer {
+                        Some(format!(
+                            "tunnels on {hostname} share its certificate: use issuer {}",
+                            other.spec.issuer.as_str()
+                        ))
+                    } else {
+                        None
+                    };
                 if let Some(why) = clash {
                     return Err(Error::conflict("hostname", why));
                 }
             }
         }
         Some(transport) => {
-            let ports = tunnel.ports.ok_or_else(|| {
+            let ports = tunnel.spec.ports.ok_or_else(|| {
                 Error::invalid(
                     "port",
                     format!("a {} tunnel needs a public port", transport.as_str()),
@@ -272,25 +280,25 @@ pub fn check(
                     format!("{ports} has more than {MAX_TUNNEL_PORTS} ports"),
                 ));
             }
-            if u32::from(tunnel.target.port()) + u32::from(ports.len()) - 1 > 65_535 {
+            if u32::from(tunnel.spec.target.port()) + u32::from(ports.len()) - 1 > 65_535 {
                 return Err(Error::invalid(
                     "target",
                     format!(
                         "{} ports from {} run past 65535",
                         ports.len(),
-                        tunnel.target
+                        tunnel.spec.target
                     ),
                 ));
             }
-            if tunnel.access != crate::access::TunnelAccess::default() {
+            if tunnel.spec.access != crate::access::TunnelAccess::default() {
                 return Err(Error::invalid(
                     "access",
                     "access rules apply to http tunnels; a port tunnel is open to every address",
                 ));
             }
             if let Some(clash) = others
-                .filter(|t| t.kind == tunnel.kind)
-                .find(|t| t.ports.is_some_and(|theirs| theirs.overlaps(ports)))
+                .filter(|t| t.spec.kind == tunnel.spec.kind)
+                .find(|t| t.spec.ports.is_some_and(|theirs| theirs.overlaps(ports)))
             {
                 return Err(Error::conflict(
                     "port",
@@ -298,7 +306,7 @@ pub fn check(
                 ));
             }
             let gateways = nodes.iter().filter(|n| {
-                n.kind == NodeKind::Gateway && !n.disabled && tunnel.gateways.selects(n)
+                n.kind == NodeKind::Gateway && !n.disabled && tunnel.spec.gateways.selects(n)
             });
             for gateway in gateways {
                 let policy = gateway.port_policy.as_ref();
@@ -313,8 +321,9 @@ pub fn check(
     }
     check_replicas(tunnel)?;
     check_allowed_targets(tunnel, nodes)?;
-    tunnel.origin.check(tunnel.kind)?;
-    if tunnel.proxy_protocol.is_some() && !matches!(tunnel.kind, TunnelKind::Tcp | TunnelKind::Tls)
+    tunnel.spec.origin.check(tunnel.spec.kind)?;
+    if tunnel.spec.proxy_protocol.is_some()
+        && !matches!(tunnel.spec.kind, TunnelKind::Tcp | TunnelKind::Tls)
     {
         return Err(Error::invalid(
             "proxy_protocol",

@@ -559,7 +559,7 @@ fn port_tunnels_refuse_clashes_and_ports_the_gateway_does_not_allow() {
     refused(
         json!({"kind": "smtp", "port": low + 6, "agent": agent_id, "target": target}),
         400,
-        "is not http, tls, tcp or udp",
+        "expected one of `http`, `tls`, `tcp`, `udp`",
     );
     // The same number over UDP is another port.
     let udp = create(

@@ -6,25 +6,32 @@ use crate::auth::{password, Role};
 use crate::error::Error;
 use crate::model::TokenScope;
 use crate::routes::{ApiResult, Call};
+use serde::Deserialize;
 
 pub fn tokens(call: &Call, _: Json) -> ApiResult {
     let tokens = call.control.store.tokens()?;
     answer(200, tokens.iter().map(views::Token::of).collect::<Vec<_>>())
 }
 
+/// `POST /tokens`.
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    /// Days until it stops working (at most ten years); none is never.
+    expires_days: Option<u64>,
+    #[serde(default)]
+    scope: TokenScope,
+}
+
 pub fn create_token(call: &Call, body: Json) -> ApiResult {
     let control = &call.control;
-    let mut fields = body.fields()?;
-    let name = fields.required("name")?;
-    let expires_at = fields
-        .number("expires_days")?
+    let new: NewToken = body.read()?;
+    let expires_at = new
+        .expires_days
         .map(|days| crate::auth::unix_now() + days.min(3650) * 86_400);
-    let scope = match fields.string("scope")? {
-        Some(text) => TokenScope::parse(&text)?,
-        None => TokenScope::Admin,
-    };
-    fields.finish()?;
-    let (record, token) = control.store.create_token(&name, expires_at, scope)?;
+    let (record, token) = control
+        .store
+        .create_token(&new.name, expires_at, new.scope)?;
     let made = views::TokenWithSecret {
         token: views::Token::of(&record),
         secret: &token,
@@ -43,17 +50,23 @@ pub fn users(call: &Call, _: Json) -> ApiResult {
     answer(200, users.iter().map(views::User::of).collect::<Vec<_>>())
 }
 
+/// `POST /users`.
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    #[serde(default)]
+    role: Role,
+    /// None: Control makes one and shows it once.
+    password: Option<String>,
+}
+
 pub fn create_user(call: &Call, body: Json) -> ApiResult {
     let control = &call.control;
-    let mut fields = body.fields()?;
-    let name = fields.required("name")?;
-    let role = match fields.string("role")?.as_deref() {
-        None | Some("member") => Role::Member,
-        Some("admin") => Role::Admin,
-        Some(_) => return Err(Error::invalid("role", "must be admin or member")),
-    };
-    let given = fields.string("password")?;
-    fields.finish()?;
+    let NewUser {
+        name,
+        role,
+        password: given,
+    } = body.read()?;
     if let Some(given) = &given {
         password::check_policy(given).map_err(|why| Error::invalid("password", why))?;
     }
@@ -68,19 +81,18 @@ pub fn create_user(call: &Call, body: Json) -> ApiResult {
 }
 
 /// Disable or enable someone, or change their role.
+/// `PATCH /users/{id}`.
+#[derive(Deserialize)]
+struct UserChange {
+    disabled: Option<bool>,
+    role: Option<Role>,
+}
+
 pub fn change_user(call: &Call, body: Json) -> ApiResult {
-    let mut fields = body.fields()?;
-    let disabled = fields.boolean("disabled")?;
-    let role = match fields.string("role")?.as_deref() {
-        None => None,
-        Some("admin") => Some(Role::Admin),
-        Some("member") => Some(Role::Member),
-        Some(_) => return Err(Error::invalid("role", "must be admin or member")),
-    };
-    fields.finish()?;
+    let change: UserChange = body.read()?;
     let user = call.control.store.update_user(call.param("id"), |user| {
-        user.disabled = disabled.unwrap_or(user.disabled);
-        user.role = role.unwrap_or(user.role);
+        user.disabled = change.disabled.unwrap_or(user.disabled);
+        user.role = change.role.unwrap_or(user.role);
     })?;
     answer(200, views::User::of(&user))
 }

@@ -7,6 +7,7 @@ use crate::model::{CertRecord, Issuer};
 use crate::routes::{ApiResult, Call};
 use crate::Control;
 use kakuremichi_proto::ids::Hostname;
+use serde::Deserialize;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
     let state = call.control.store.state()?;
@@ -14,17 +15,26 @@ pub fn list(call: &Call, _: Json) -> ApiResult {
     answer(200, certificates)
 }
 
+/// `POST /certificates`: a certificate of one's own with its key, in PEM.
+#[derive(Deserialize)]
+struct Upload {
+    hostname: String,
+    certificate_pem: String,
+    key_pem: String,
+}
+
 /// A manual certificate: checked (parses, key matches, covers the hostname, not expired),
 /// then stored and pushed like any other.
 pub fn upload(call: &Call, body: Json) -> ApiResult {
-    let mut fields = body.fields()?;
-    let hostname: Hostname = fields
-        .parsed("hostname")?
-        .ok_or_else(|| Error::invalid("hostname", "is required"))?;
-    let chain = fields.required("certificate_pem")?;
-    let key = fields.required("key_pem")?;
-    fields.finish()?;
-    let record = store_manual(&call.control, hostname, chain, key)?;
+    let upload: Upload = body.read()?;
+    let hostname: Hostname = (upload.hostname.parse())
+        .map_err(|e| Error::invalid("hostname", crate::spec::reason(e)))?;
+    let record = store_manual(
+        &call.control,
+        hostname,
+        upload.certificate_pem,
+        upload.key_pem,
+    )?;
     answer(201, Certificate::of(&record))
 }
 

@@ -1,8 +1,8 @@
 //! The REST API under `/api/v1`: token-authenticated JSON, one module per resource. The
 //! route table ([`crate::routes`]) names each operation's token scope; [`serve`] checks it,
-//! reads the body and maps every error to JSON once. Input is parsed field by field
-//! ([`fields`]) so an error names the field; nothing is written unless the whole request is
-//! valid.
+//! reads the body and maps every error to JSON once. A body is read into its serde type
+//! ([`crate::spec::read`]) so an error names the field; nothing is written unless the whole
+//! request is valid.
 
 pub mod accounts;
 pub mod certificates;
@@ -13,32 +13,32 @@ mod views;
 use crate::error::Error;
 use crate::model::TokenScope;
 use crate::routes::{ApiResult, Call};
-use crate::spec::Fields;
 use http_body_util::{BodyExt, Limited};
 use hyper::Response;
 use kakuremichi_rt::http::{respond, Body};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Largest JSON body the API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A request's body, read; an operation that takes one parses it with [`Json::fields`].
+/// A request's body, read; an operation that takes one parses it with [`Json::read`].
 pub struct Json(bytes::Bytes);
 
 impl Json {
-    /// The body's JSON object (an empty body is an empty object).
-    fn fields(self) -> Result<Fields, Error> {
+    /// The body as a `T` (an empty body is an empty object).
+    fn read<T: DeserializeOwned>(self) -> Result<T, Error> {
         let value: Value = if self.0.is_empty() {
             Value::Object(Map::new())
         } else {
             serde_json::from_slice(&self.0)
                 .map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?
         };
-        match value {
-            Value::Object(map) => Ok(Fields::new(map)),
-            _ => Err(Error::invalid("body", "expected a JSON object")),
+        if !value.is_object() {
+            return Err(Error::invalid("body", "expected a JSON object"));
         }
+        crate::spec::read(value)
     }
 }
 

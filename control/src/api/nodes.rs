@@ -6,7 +6,10 @@ use super::{answer, Json};
 use crate::error::Error;
 use crate::model::{NodeRecord, State};
 use crate::routes::{ApiResult, Call};
+use crate::spec::Name;
 use kakuremichi_proto::ids::NodeKind;
+use serde::Deserialize;
+use serde_json::Value;
 
 pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
     let control = &call.control;
@@ -21,12 +24,8 @@ pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
 }
 
 pub fn create(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
-    let mut fields = body.fields()?;
-    let name = fields
-        .string("name")?
-        .unwrap_or_else(|| kind.as_str().to_string());
+    let name = (body.read::<Name>()?.name).unwrap_or_else(|| kind.as_str().to_string());
     crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
-    fields.finish()?;
     let (record, api_key) = call.control.store.create_node(kind, name)?;
     let state = call.control.store.state()?;
     answer(
@@ -53,32 +52,44 @@ pub fn get(call: &Call, kind: NodeKind) -> ApiResult {
     answer(200, Node::of(&call.control, &state, &node))
 }
 
+/// `PATCH /agents/{id}` and `/gateways/{id}`: what changes.
+#[derive(Deserialize)]
+struct NodeChange {
+    name: Option<String>,
+    enabled: Option<bool>,
+    /// Gateways: `{"region": "tokyo"}` or `"region=tokyo,…"`.
+    labels: Option<Value>,
+    /// Gateways: take no new connections, so it can be stopped.
+    draining: Option<bool>,
+}
+
 /// Rename, enable or disable a node; label or drain a gateway.
 pub fn change(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
     let control = &call.control;
     find(call, kind)?;
-    let mut fields = body.fields()?;
-    let name = fields.string("name")?;
+    let NodeChange {
+        name,
+        enabled,
+        labels,
+        draining,
+    } = body.read()?;
     if let Some(name) = &name {
         crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
     }
-    let enabled = fields.boolean("enabled")?;
     let gateway_only = |field: &str| match kind {
         NodeKind::Gateway => Ok(()),
         NodeKind::Agent => Err(Error::invalid(field, "only gateways have it")),
     };
-    let labels = match fields.take("labels") {
+    let labels = match labels {
         Some(value) => {
             gateway_only("labels")?;
             Some(crate::model::labels_from_json(&value)?)
         }
         None => None,
     };
-    let draining = fields.boolean("draining")?;
     if draining.is_some() {
         gateway_only("draining")?;
     }
-    fields.finish()?;
     let node = control.store.update_node(call.param("id"), |node| {
         node.name = name.unwrap_or_else(|| node.name.clone());
         node.disabled = enabled.map_or(node.disabled, |enabled| !enabled);

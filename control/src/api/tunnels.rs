@@ -7,31 +7,38 @@ use super::Json;
 use crate::error::Error;
 use crate::model::TunnelRecord;
 use crate::routes::{ApiResult, Call};
-use crate::spec;
+use crate::spec::{Name, TunnelFields, TunnelView};
 use crate::Control;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
     let state = call.control.store.state()?;
-    let tunnels: Vec<_> = state.tunnels.iter().map(views::Tunnel::of).collect();
+    let tunnels: Vec<_> = state.tunnels.iter().map(TunnelView::of).collect();
     answer(200, tunnels)
 }
 
 pub fn create(call: &Call, body: Json) -> ApiResult {
-    let new = spec::new_tunnel(&call.control, body.fields()?)?;
-    let tunnel = call.control.store.create_tunnel(new)?;
-    answer(201, views::Tunnel::of(&tunnel))
+    let fields: TunnelFields = body.read()?;
+    let issuer = call.control.default_issuer;
+    let tunnel = (call.control.store).create_tunnel(|nodes| fields.build(None, issuer, nodes))?;
+    answer(201, TunnelView::of(&tunnel))
 }
 
 pub fn get(call: &Call, _: Json) -> ApiResult {
     let tunnel = find_tunnel(&call.control, call.param("id"))?;
-    answer(200, views::Tunnel::of(&tunnel))
+    answer(200, TunnelView::of(&tunnel))
 }
 
 pub fn change(call: &Call, body: Json) -> ApiResult {
-    let current = find_tunnel(&call.control, call.param("id"))?;
-    let patch = spec::tunnel_patch(&call.control, body.fields()?, &current)?;
-    let tunnel = call.control.store.update_tunnel(&current.id, patch)?;
-    answer(200, views::Tunnel::of(&tunnel))
+    find_tunnel(&call.control, call.param("id"))?;
+    let fields: TunnelFields = body.read()?;
+    let issuer = call.control.default_issuer;
+    let tunnel = call
+        .control
+        .store
+        .update_tunnel(call.param("id"), |current, nodes| {
+            fields.build(Some(current), issuer, nodes)
+        })?;
+    answer(200, TunnelView::of(&tunnel))
 }
 
 pub fn delete(call: &Call, _: Json) -> ApiResult {
@@ -42,14 +49,12 @@ pub fn delete(call: &Call, _: Json) -> ApiResult {
 
 pub fn service_tokens(call: &Call, _: Json) -> ApiResult {
     let tunnel = find_tunnel(&call.control, call.param("id"))?;
-    Ok((200, tunnel.access.to_json()["service_tokens"].clone()))
+    Ok((200, tunnel.spec.access.to_json()["service_tokens"].clone()))
 }
 
 /// A new service token, its secret shown once.
 pub fn add_service_token(call: &Call, body: Json) -> ApiResult {
-    let mut fields = body.fields()?;
-    let name = fields.required("name")?;
-    fields.finish()?;
+    let name = body.read::<Name>()?.required()?;
     let (record, token) = call
         .control
         .store

@@ -3,68 +3,12 @@
 //! is not in its view.
 
 use crate::auth::UserRecord;
-use crate::model::{CertRecord, CertState, NodeRecord, State, TokenRecord, TunnelRecord};
+use crate::model::{CertRecord, CertState, NodeRecord, State, TokenRecord};
 use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::NodeStatus;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
-
-#[derive(Serialize)]
-pub struct Tunnel<'a> {
-    id: &'a str,
-    kind: &'static str,
-    hostname: Option<&'a str>,
-    ports: Option<String>,
-    proxy_protocol: Option<&'static str>,
-    path_prefix: &'a Option<String>,
-    gateways: Value,
-    agent: &'a str,
-    target: String,
-    agents: Vec<AgentTarget<'a>>,
-    origin: Value,
-    service_port: u16,
-    enabled: bool,
-    issuer: &'static str,
-    access: Value,
-    created_at: u64,
-}
-
-#[derive(Serialize)]
-struct AgentTarget<'a> {
-    agent: &'a str,
-    target: String,
-}
-
-impl<'a> Tunnel<'a> {
-    pub fn of(tunnel: &'a TunnelRecord) -> Self {
-        Tunnel {
-            id: &tunnel.id,
-            kind: tunnel.kind.as_str(),
-            hostname: tunnel.hostname.as_ref().map(|h| h.as_str()),
-            ports: tunnel.ports.map(|p| p.to_string()),
-            proxy_protocol: tunnel.proxy_protocol.map(|p| p.as_str()),
-            path_prefix: &tunnel.path_prefix,
-            gateways: tunnel.gateways.to_json(),
-            agent: &tunnel.agent_id,
-            target: tunnel.target_text(),
-            agents: tunnel
-                .agents()
-                .map(|(agent, target)| AgentTarget {
-                    agent,
-                    target: tunnel.target_text_for(target),
-                })
-                .collect(),
-            origin: tunnel.origin.to_json(),
-            service_port: tunnel.service_port,
-            enabled: tunnel.enabled,
-            issuer: tunnel.issuer.as_str(),
-            access: tunnel.access.to_json(),
-            created_at: tunnel.created_at,
-        }
-    }
-}
 
 /// A node with its live state; gateways also with what only they have.
 #[derive(Serialize)]

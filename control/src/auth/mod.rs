@@ -11,13 +11,14 @@ pub use secrets::{bearer, hash_secret, new_id, new_secret, random_bytes, unix_no
 
 use serde::{Deserialize, Serialize};
 
-/// What a user may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a user may do; new users are members unless made administrators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
     Admin,
     /// Sees tunnels; may be granted access to tunnels.
+    #[default]
     Member,
 }
 

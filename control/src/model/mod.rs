@@ -17,5 +17,5 @@ pub use snapshot::{hostnames_without_certificate, https_hostnames, snapshot, Sna
 pub use state::State;
 pub use tokens::{TokenRecord, TokenScope};
 pub use tunnels::{
-    OriginScheme, OriginSettings, Replica, TunnelKind, TunnelRecord, FIRST_SERVICE_PORT,
+    OriginScheme, OriginSettings, Replica, TunnelKind, TunnelRecord, TunnelSpec, FIRST_SERVICE_PORT,
 };

@@ -42,15 +42,19 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         .collect();
     let enabled: Vec<&TunnelRecord> = tunnels
         .iter()
-        .filter(|t| t.enabled && !node.disabled)
+        .filter(|t| t.spec.enabled && !node.disabled)
         .collect();
     let (mut routes, mut port_routes, mut passthrough_routes, mut services) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     match node.kind {
         NodeKind::Gateway => {
-            for t in enabled.into_iter().filter(|t| t.gateways.selects(node)) {
+            for t in enabled
+                .into_iter()
+                .filter(|t| t.spec.gateways.selects(node))
+            {
                 // Every enabled agent of the tunnel, the primary first while it is enabled.
                 let agent_ips: Vec<Ipv4Addr> = t
+                    .spec
                     .agents()
                     .filter_map(|(id, _)| nodes.iter().find(|n| n.id == id && !n.disabled))
                     .map(|n| n.overlay_ip)
@@ -63,19 +67,24 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
                     agent_ip,
                     service_port,
                     replica_ips: replica_ips.to_vec(),
-                    proxy_protocol: t.proxy_protocol,
+                    proxy_protocol: t.spec.proxy_protocol,
                 };
-                match (t.kind, &t.hostname, t.kind.transport(), t.ports) {
+                match (
+                    t.spec.kind,
+                    &t.spec.hostname,
+                    t.spec.kind.transport(),
+                    t.spec.ports,
+                ) {
                     (TunnelKind::Http, Some(hostname), _, _) => routes.push(HttpRoute {
                         tunnel_id: t.id.clone(),
                         hostname: hostname.clone(),
                         agent_ip,
                         service_port: t.service_port,
                         replica_ips: replica_ips.to_vec(),
-                        https: t.issuer != Issuer::None,
-                        access: t.access.policy(&state.users),
-                        origin: t.origin_options(),
-                        path_prefix: t.path_prefix.clone(),
+                        https: t.spec.issuer != Issuer::None,
+                        access: t.spec.access.policy(&state.users),
+                        origin: t.spec.origin_options(),
+                        path_prefix: t.spec.path_prefix.clone(),
                     }),
                     (TunnelKind::Tls, Some(hostname), _, _) => {
                         passthrough_routes.push(PassthroughRoute {
@@ -99,16 +108,16 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         }
         NodeKind::Agent => {
             for t in enabled {
-                let Some(own_target) = t.target_on(&node.id) else {
+                let Some(own_target) = t.spec.target_on(&node.id) else {
                     continue;
                 };
-                let transport = t.kind.transport().unwrap_or_default();
+                let transport = t.spec.kind.transport().unwrap_or_default();
                 services.extend(t.forwards_to(own_target).map(|(port, target)| Service {
                     tunnel_id: t.id.clone(),
                     port,
                     target,
                     transport,
-                    connect_timeout_ms: t.origin.connect_timeout_secs.map(|s| s * 1000),
+                    connect_timeout_ms: t.spec.origin.connect_timeout_secs.map(|s| s * 1000),
                 }));
             }
         }
@@ -157,8 +166,10 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
     let tunnels = state
         .tunnels
         .iter()
-        .filter(|t| t.enabled && t.kind == TunnelKind::Http && t.issuer != Issuer::None)
-        .filter_map(|t| Some((t.hostname.clone()?, t.issuer)));
+        .filter(|t| {
+            t.spec.enabled && t.spec.kind == TunnelKind::Http && t.spec.issuer != Issuer::None
+        })
+        .filter_map(|t| Some((t.spec.hostname.clone()?, t.spec.issuer)));
     let control = state
         .control_route
         .iter()
@@ -192,7 +203,9 @@ fn challenges_for(state: &State, gateway: &NodeRecord) -> Vec<AcmeChallenge> {
             .is_some_and(|(route, _)| route.hostname == *hostname);
         control
             || state.tunnels.iter().any(|t| {
-                t.enabled && t.hostname.as_ref() == Some(hostname) && t.gateways.selects(gateway)
+                t.spec.enabled
+                    && t.spec.hostname.as_ref() == Some(hostname)
+                    && t.spec.gateways.selects(gateway)
             })
     };
     state
@@ -228,7 +241,9 @@ fn gateway_certificates(state: &State) -> Vec<CertificateBundle> {
 mod tests {
     use super::*;
     use crate::access::{Keyring, TunnelAccess};
-    use crate::model::{GatewayChoice, OriginSettings, OverlayNet, Replica, FIRST_SERVICE_PORT};
+    use crate::model::{
+        GatewayChoice, OriginSettings, OverlayNet, Replica, TunnelSpec, FIRST_SERVICE_PORT,
+    };
     use kakuremichi_proto::ids::PublicKey;
     use kakuremichi_proto::messages::HEARTBEAT_INTERVAL;
 
@@ -250,20 +265,22 @@ mod tests {
     fn tunnel(id: &str, agent: &str, port: u16, enabled: bool) -> TunnelRecord {
         TunnelRecord {
             id: id.into(),
-            kind: TunnelKind::Http,
-            hostname: Some(format!("{id}.example.com").parse().unwrap()),
-            ports: None,
-            agent_id: agent.into(),
-            target: "127.0.0.1:8080".parse().unwrap(),
-            replicas: Vec::new(),
+            spec: TunnelSpec {
+                kind: TunnelKind::Http,
+                hostname: Some(format!("{id}.example.com").parse().unwrap()),
+                ports: None,
+                agent_id: agent.into(),
+                target: "127.0.0.1:8080".parse().unwrap(),
+                replicas: Vec::new(),
+                enabled,
+                issuer: Issuer::Acme,
+                access: TunnelAccess::default(),
+                proxy_protocol: None,
+                origin: OriginSettings::default(),
+                path_prefix: None,
+                gateways: GatewayChoice::All,
+            },
             service_port: port,
-            enabled,
-            issuer: Issuer::Acme,
-            access: TunnelAccess::default(),
-            proxy_protocol: None,
-            origin: OriginSettings::default(),
-            path_prefix: None,
-            gateways: GatewayChoice::All,
             created_at: 0,
         }
     }
@@ -301,7 +318,7 @@ mod tests {
             node("a3", NodeKind::Agent, 4, Some(4)),
         );
         let mut twin = tunnel("t1", "a1", 20000, true);
-        twin.replicas = vec![
+        twin.spec.replicas = vec![
             Replica {
                 agent_id: "a2".into(),
                 target: "10.0.0.2:80".parse().unwrap(),
@@ -354,7 +371,7 @@ mod tests {
         tokyo.labels.insert("region".into(), "tokyo".into());
         let agent = node("a1", NodeKind::Agent, 3, Some(3));
         let mut chosen = tunnel("t1", "a1", 20000, true);
-        chosen.gateways = GatewayChoice::Labels(vec![("region".into(), "tokyo".into())]);
+        chosen.spec.gateways = GatewayChoice::Labels(vec![("region".into(), "tokyo".into())]);
         let everywhere = tunnel("t2", "a1", 20001, true);
         let mut state = state(
             net,

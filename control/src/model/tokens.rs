@@ -33,15 +33,6 @@ impl TokenScope {
             TokenScope::Read => "read",
         }
     }
-
-    /// `admin` or `read`.
-    pub fn parse(text: &str) -> Result<TokenScope, crate::Error> {
-        match text {
-            "admin" => Ok(TokenScope::Admin),
-            "read" => Ok(TokenScope::Read),
-            _ => Err(crate::Error::invalid("scope", "must be admin or read")),
-        }
-    }
 }
 
 impl TokenRecord {

@@ -15,10 +15,22 @@ use std::ops::Range;
 /// First service port handed to tunnels on an agent's overlay address.
 pub const FIRST_SERVICE_PORT: u16 = 20000;
 
-/// A published service.
+/// A published service: what people decided ([`TunnelSpec`]) and what Control assigned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TunnelRecord {
     pub id: String,
+    /// Stored inline, so records keep the shape they had before the spec was its own type.
+    #[serde(flatten)]
+    pub spec: TunnelSpec,
+    /// The first of the agent service ports it takes (one per public port).
+    pub service_port: u16,
+    pub created_at: u64,
+}
+
+/// Everything about a tunnel that the API, the form and the CLI set; [`crate::spec`] reads
+/// it from what they send and [`crate::tunnels::check`] holds it to the rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelSpec {
     /// What it carries; records from before port tunnels are `http`.
     #[serde(default)]
     pub kind: TunnelKind,
@@ -35,8 +47,6 @@ pub struct TunnelRecord {
     /// over the healthy ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Replica>,
-    /// The first of the agent service ports it takes (one per public port).
-    pub service_port: u16,
     pub enabled: bool,
     /// Who issues the hostname's certificate; `none` serves plain HTTP.
     #[serde(default)]
@@ -56,7 +66,6 @@ pub struct TunnelRecord {
     /// `http`: only requests under this path (`/api`); several tunnels may share a hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    pub created_at: u64,
 }
 
 /// One more agent serving a tunnel (see [`TunnelRecord::replicas`]).
@@ -203,63 +212,6 @@ pub const MAX_ORIGIN_TEXT: usize = 64 * 1024;
 pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 300;
 
 impl OriginSettings {
-    /// Change the settings `value` (a JSON object) names; unknown keys are refused.
-    pub fn apply_json(&mut self, value: &serde_json::Value) -> Result<(), Error> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| Error::invalid("origin", "must be an object"))?;
-        let text = |key: &str, value: &serde_json::Value| -> Result<Option<String>, Error> {
-            match value {
-                serde_json::Value::Null => Ok(None),
-                serde_json::Value::String(s) if s.is_empty() => Ok(None),
-                serde_json::Value::String(s) => Ok(Some(s.clone())),
-                _ => Err(Error::invalid("origin", format!("{key} must be a string"))),
-            }
-        };
-        for (key, value) in object {
-            match key.as_str() {
-                "tls_verify" => {
-                    self.tls_verify = value.as_bool().ok_or_else(|| {
-                        Error::invalid("origin", "tls_verify must be true or false")
-                    })?
-                }
-                "ca_pem" => self.ca_pem = text(key, value)?,
-                "server_name" => self.server_name = text(key, value)?,
-                "host_header" => self.host_header = text(key, value)?,
-                "bad_gateway_page" => self.bad_gateway_page = text(key, value)?,
-                "not_found_page" => self.not_found_page = text(key, value)?,
-                "connect_timeout_secs" => {
-                    self.connect_timeout_secs = match value {
-                        serde_json::Value::Null => None,
-                        other => Some(other.as_u64().ok_or_else(|| {
-                            Error::invalid("origin", "connect_timeout_secs must be a whole number")
-                        })?),
-                    }
-                }
-                other => {
-                    return Err(Error::invalid(
-                        "origin",
-                        format!("{other:?} is not an origin setting"),
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The settings as the API shows them (the CA and page by size, not content).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "tls_verify": self.tls_verify,
-            "ca_pem": self.ca_pem,
-            "server_name": self.server_name,
-            "host_header": self.host_header,
-            "connect_timeout_secs": self.connect_timeout_secs,
-            "bad_gateway_page": self.bad_gateway_page,
-            "not_found_page": self.not_found_page,
-        })
-    }
-
     pub(crate) fn check(&self, kind: TunnelKind) -> Result<(), Error> {
         let http_only = self.scheme != OriginScheme::Http
             || !self.tls_verify
@@ -330,7 +282,7 @@ impl OriginSettings {
     }
 }
 
-impl TunnelRecord {
+impl TunnelSpec {
     /// The target as people write it: `https://host:port` for an HTTPS origin, a port range
     /// as `host:first-last`.
     pub fn target_text(&self) -> String {
@@ -371,7 +323,7 @@ impl TunnelRecord {
     }
 
     /// Whether the tunnel's path prefix covers `other`'s: same prefix on the same hostname.
-    pub(crate) fn same_place(&self, other: &TunnelRecord) -> bool {
+    pub(crate) fn same_place(&self, other: &TunnelSpec) -> bool {
         self.hostname == other.hostname && self.path_prefix == other.path_prefix
     }
 
@@ -380,27 +332,7 @@ impl TunnelRecord {
         self.ports.map_or(1, PortRange::len)
     }
 
-    /// The agent service ports the tunnel takes.
-    pub fn service_ports(&self) -> Range<u32> {
-        let first = u32::from(self.service_port);
-        first..first + u32::from(self.port_count())
-    }
-
     /// `(service port, target)` for each public port, in order (one pair for hostname
-    /// tunnels). [`check`] proved every target port fits in a `u16`.
-    pub fn forwards(&self) -> impl Iterator<Item = (u16, Target)> + '_ {
-        self.forwards_to(&self.target)
-    }
-
-    /// [`Self::forwards`] onto one agent's `target` (the tunnel's or a replica's).
-    pub fn forwards_to<'a>(
-        &'a self,
-        target: &'a Target,
-    ) -> impl Iterator<Item = (u16, Target)> + 'a {
-        (0..self.port_count())
-            .map(move |i| (self.service_port + i, target.with_port(target.port() + i)))
-    }
-
     /// Every agent serving the tunnel with its target, the primary first.
     pub fn agents(&self) -> impl Iterator<Item = (&str, &Target)> {
         std::iter::once((self.agent_id.as_str(), &self.target)).chain(
@@ -421,15 +353,38 @@ impl TunnelRecord {
     pub fn serves_path(&self, path: &str) -> bool {
         kakuremichi_proto::messages::under_prefix(self.path_prefix.as_deref(), path)
     }
+}
+
+impl TunnelRecord {
+    /// The agent service ports the tunnel takes.
+    pub fn service_ports(&self) -> Range<u32> {
+        let first = u32::from(self.service_port);
+        first..first + u32::from(self.spec.port_count())
+    }
+
+    /// tunnels). [`check`] proved every target port fits in a `u16`.
+    pub fn forwards(&self) -> impl Iterator<Item = (u16, Target)> + '_ {
+        self.forwards_to(&self.spec.target)
+    }
+
+    /// [`Self::forwards`] onto one agent's `target` (the tunnel's or a replica's).
+    pub fn forwards_to<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> impl Iterator<Item = (u16, Target)> + 'a {
+        (0..self.spec.port_count())
+            .map(move |i| (self.service_port + i, target.with_port(target.port() + i)))
+    }
 
     /// What people call it: the hostname (with its path prefix), or `tcp 15432`.
     pub fn label(&self) -> String {
-        match (&self.hostname, self.ports) {
+        let spec = &self.spec;
+        match (&spec.hostname, spec.ports) {
             (Some(hostname), None) => {
-                format!("{hostname}{}", self.path_prefix.as_deref().unwrap_or(""))
+                format!("{hostname}{}", spec.path_prefix.as_deref().unwrap_or(""))
             }
-            (Some(hostname), Some(ports)) => format!("{hostname} ({} {ports})", self.kind.as_str()),
-            (None, Some(ports)) => format!("{} {ports}", self.kind.as_str()),
+            (Some(hostname), Some(ports)) => format!("{hostname} ({} {ports})", spec.kind.as_str()),
+            (None, Some(ports)) => format!("{} {ports}", spec.kind.as_str()),
             (None, None) => self.id.clone(),
         }
     }

@@ -69,7 +69,7 @@ impl Overview {
                 )),
             }
         }
-        for tunnel in state.tunnels.iter().filter(|t| t.enabled) {
+        for tunnel in state.tunnels.iter().filter(|t| t.spec.enabled) {
             if let Some(failure) = super::tunnels::origin_failure(tunnel, hub) {
                 attention.push(format!(
                     "Tunnel {} answers 502: its agent cannot reach {} ({})",
@@ -83,7 +83,7 @@ impl Overview {
             agents: count(NodeKind::Agent),
             gateways: count(NodeKind::Gateway),
             tunnels: state.tunnels.len(),
-            tunnels_disabled: state.tunnels.iter().filter(|t| !t.enabled).count(),
+            tunnels_disabled: state.tunnels.iter().filter(|t| !t.spec.enabled).count(),
             certificates_valid: state
                 .certificates
                 .iter()

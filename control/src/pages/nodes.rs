@@ -91,7 +91,7 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
                 let count = state
                     .tunnels
                     .iter()
-                    .filter(|t| t.target_on(&node.id).is_some())
+                    .filter(|t| t.spec.target_on(&node.id).is_some())
                     .count();
                 format!("{count} tunnel{}", if count == 1 { "" } else { "s" })
             }

@@ -33,7 +33,7 @@ pub fn origin_failure(
     tunnel: &crate::model::TunnelRecord,
     hub: &Hub,
 ) -> Option<kakuremichi_proto::messages::OriginFailure> {
-    tunnel.agents().find_map(|(agent, _)| {
+    tunnel.spec.agents().find_map(|(agent, _)| {
         let presence = hub.presence(agent);
         presence.online.then_some(())?;
         presence
@@ -52,22 +52,23 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
         .iter()
         .map(|tunnel| {
             let agents: Vec<(String, bool)> = tunnel
+                .spec
                 .agents()
                 .map(|(id, _)| match state.nodes.iter().find(|n| n.id == id) {
                     Some(agent) => (agent.name.clone(), hub.presence(&agent.id).online),
                     None => (id.to_string(), false),
                 })
                 .collect();
-            let certificate = match (tunnel.kind, tunnel.issuer) {
+            let certificate = match (tunnel.spec.kind, tunnel.spec.issuer) {
                 (TunnelKind::Tls, _) => ("the origin's own (passed through)".to_string(), ""),
                 (TunnelKind::Tcp | TunnelKind::Udp, _) => ("none: raw ports".to_string(), ""),
                 (_, Issuer::None) => ("plain HTTP".to_string(), ""),
                 _ => match state
                     .certificates
                     .iter()
-                    .find(|c| Some(&c.hostname) == tunnel.hostname.as_ref())
+                    .find(|c| Some(&c.hostname) == tunnel.spec.hostname.as_ref())
                 {
-                    None if tunnel.issuer == Issuer::Manual => {
+                    None if tunnel.spec.issuer == Issuer::Manual => {
                         ("none uploaded yet".to_string(), "bad")
                     }
                     None => ("waiting".to_string(), "warn"),
@@ -90,7 +91,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                     },
                 },
             };
-            let state = if !tunnel.enabled {
+            let state = if !tunnel.spec.enabled {
                 ("disabled".to_string(), "")
             } else if !agents.iter().any(|(_, online)| *online) {
                 ("down: no agent online".to_string(), "bad")
@@ -105,11 +106,11 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
             Row {
                 id: tunnel.id.clone(),
                 name: tunnel.label(),
-                kind: tunnel.kind.as_str(),
+                kind: tunnel.spec.kind.as_str(),
                 agents,
-                target: tunnel.target_text(),
-                enabled: tunnel.enabled,
-                access: tunnel.access.summary(),
+                target: tunnel.spec.target_text(),
+                enabled: tunnel.spec.enabled,
+                access: tunnel.spec.access.summary(),
                 certificate,
                 state,
             }

@@ -16,7 +16,6 @@ mod nodes;
 mod tunnels;
 
 pub use accounts::SecondFactor;
-pub use tunnels::{NewTunnel, TunnelPatch};
 
 type Table = Database<'static, Str, Bytes>;
 

@@ -78,7 +78,7 @@ impl Store {
                 get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
             let carried: Vec<String> = all::<TunnelRecord>(&s.tunnels, wtxn)?
                 .into_iter()
-                .filter(|t| t.target_on(id).is_some())
+                .filter(|t| t.spec.target_on(id).is_some())
                 .map(|t| t.label())
                 .collect();
             if !carried.is_empty() {

@@ -2,149 +2,61 @@
 //! service ports allocated), their service tokens, and the keys that sign tunnel logins.
 
 use super::{all, get, put, Store, ACCESS_KEYS, SERVICE_PORT_CURSOR};
-use crate::access::{Keyring, ServiceToken, TunnelAccess};
+use crate::access::{Keyring, ServiceToken};
 use crate::auth::{self};
 use crate::error::Error;
-use crate::model::GatewayChoice;
-use crate::model::{Issuer, NodeRecord, Replica, TunnelRecord, FIRST_SERVICE_PORT};
-use crate::model::{OriginSettings, TunnelKind};
+use crate::model::{NodeRecord, TunnelRecord, TunnelSpec, FIRST_SERVICE_PORT};
 use crate::tunnels as rules;
-use heed::{RoTxn, RwTxn};
-use kakuremichi_proto::ids::{Hostname, NodeKind, Target};
-use kakuremichi_proto::ports::PortRange;
-use kakuremichi_proto::proxy_protocol::ProxyProtocol;
-
-/// A requested tunnel, already validated.
-#[derive(Clone, Debug)]
-pub struct NewTunnel {
-    pub kind: TunnelKind,
-    pub hostname: Option<Hostname>,
-    pub ports: Option<PortRange>,
-    pub agent_id: String,
-    pub target: Target,
-    pub replicas: Vec<Replica>,
-    pub enabled: bool,
-    pub issuer: Issuer,
-    pub access: TunnelAccess,
-    pub proxy_protocol: Option<ProxyProtocol>,
-    pub origin: OriginSettings,
-    pub path_prefix: Option<String>,
-    pub gateways: GatewayChoice,
-}
-
-/// Fields of a tunnel to change; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default)]
-pub struct TunnelPatch {
-    pub hostname: Option<Hostname>,
-    pub ports: Option<PortRange>,
-    pub agent_id: Option<String>,
-    pub target: Option<Target>,
-    /// Replaces the other agents.
-    pub replicas: Option<Vec<Replica>>,
-    pub enabled: Option<bool>,
-    pub issuer: Option<Issuer>,
-    pub access: Option<TunnelAccess>,
-    /// `Some(None)` turns the PROXY header off.
-    pub proxy_protocol: Option<Option<ProxyProtocol>>,
-    pub origin: Option<OriginSettings>,
-    /// `Some(None)` removes the prefix.
-    pub path_prefix: Option<Option<String>>,
-    pub gateways: Option<GatewayChoice>,
-}
+use heed::RwTxn;
+use kakuremichi_proto::ids::NodeKind;
 
 impl Store {
-    /// Publish a tunnel.
-    pub fn create_tunnel(&self, new: NewTunnel) -> Result<TunnelRecord, Error> {
+    /// Publish the tunnel `build` makes from the current gateways and agents.
+    pub fn create_tunnel(
+        &self,
+        build: impl FnOnce(&[NodeRecord]) -> Result<TunnelSpec, Error>,
+    ) -> Result<TunnelRecord, Error> {
         self.write(|s, wtxn| {
             let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
-            s.check_agent(wtxn, &new.agent_id)?;
-            for replica in &new.replicas {
-                s.check_agent(wtxn, &replica.agent_id)?;
-            }
+            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
+            let spec = build(&nodes)?;
+            check_agents(&nodes, &spec)?;
             let mut record = TunnelRecord {
                 id: auth::new_id("tun"),
-                kind: new.kind,
-                hostname: new.hostname,
-                ports: new.ports,
-                agent_id: new.agent_id,
-                target: new.target,
-                replicas: new.replicas,
+                spec,
                 service_port: 0,
-                enabled: new.enabled,
-                // A port tunnel has no certificate of its own.
-                issuer: match new.kind {
-                    TunnelKind::Http => new.issuer,
-                    _ => Issuer::None,
-                },
-                access: new.access,
-                proxy_protocol: new.proxy_protocol,
-                origin: new.origin,
-                path_prefix: new.path_prefix,
-                gateways: new.gateways,
                 created_at: auth::unix_now(),
             };
-            rules::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
+            rules::check(&record, &tunnels, &nodes)?;
             record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             put(&s.tunnels, wtxn, &record.id, &record)?;
             Ok(record)
         })
     }
 
-    /// Change a tunnel.
-    pub fn update_tunnel(&self, id: &str, patch: TunnelPatch) -> Result<TunnelRecord, Error> {
+    /// Change tunnel `id` to what `change` makes of it, in one transaction with the read.
+    pub fn update_tunnel(
+        &self,
+        id: &str,
+        change: impl FnOnce(&TunnelSpec, &[NodeRecord]) -> Result<TunnelSpec, Error>,
+    ) -> Result<TunnelRecord, Error> {
         self.write(|s, wtxn| {
             let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
             let mut record = tunnels
                 .iter()
                 .find(|t| t.id == id)
                 .cloned()
                 .ok_or_else(|| Error::not_found("tunnel", id))?;
-            let agents_of = |t: &TunnelRecord| -> Vec<String> {
-                t.agents().map(|(id, _)| id.to_string()).collect()
+            let placed = |t: &TunnelRecord| -> (Vec<String>, u16) {
+                let agents = t.spec.agents().map(|(id, _)| id.to_string()).collect();
+                (agents, t.spec.port_count())
             };
-            let before = (agents_of(&record), record.port_count());
-            if let Some(hostname) = patch.hostname {
-                record.hostname = Some(hostname);
-            }
-            if let Some(ports) = patch.ports {
-                record.ports = Some(ports);
-            }
-            if let Some(proxy_protocol) = patch.proxy_protocol {
-                record.proxy_protocol = proxy_protocol;
-            }
-            if let Some(origin) = patch.origin {
-                record.origin = origin;
-            }
-            if let Some(path_prefix) = patch.path_prefix {
-                record.path_prefix = path_prefix;
-            }
-            if let Some(gateways) = patch.gateways {
-                record.gateways = gateways;
-            }
-            if let Some(agent_id) = patch.agent_id.filter(|a| *a != record.agent_id) {
-                s.check_agent(wtxn, &agent_id)?;
-                record.agent_id = agent_id;
-            }
-            if let Some(target) = patch.target {
-                record.target = target;
-            }
-            if let Some(replicas) = patch.replicas {
-                for replica in &replicas {
-                    s.check_agent(wtxn, &replica.agent_id)?;
-                }
-                record.replicas = replicas;
-            }
-            if let Some(enabled) = patch.enabled {
-                record.enabled = enabled;
-            }
-            if let Some(issuer) = patch.issuer {
-                record.issuer = issuer;
-            }
-            if let Some(access) = patch.access {
-                record.access = access;
-            }
-            rules::check(&record, &tunnels, &all::<NodeRecord>(&s.nodes, wtxn)?)?;
-            if before != (agents_of(&record), record.port_count()) {
+            let before = placed(&record);
+            record.spec = change(&record.spec, &nodes)?;
+            check_agents(&nodes, &record.spec)?;
+            rules::check(&record, &tunnels, &nodes)?;
+            if before != placed(&record) {
                 record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
@@ -167,7 +79,7 @@ impl Store {
             created_at: auth::unix_now(),
         };
         self.change_tunnel(tunnel_id, |tunnel| {
-            tunnel.access.service_tokens.push(record.clone());
+            tunnel.spec.access.service_tokens.push(record.clone());
             Ok(())
         })?;
         Ok((record, token))
@@ -176,7 +88,7 @@ impl Store {
     /// Revoke a tunnel's service token.
     pub fn revoke_service_token(&self, tunnel_id: &str, token_id: &str) -> Result<(), Error> {
         self.change_tunnel(tunnel_id, |tunnel| {
-            let tokens = &mut tunnel.access.service_tokens;
+            let tokens = &mut tunnel.spec.access.service_tokens;
             let before = tokens.len();
             tokens.retain(|t| t.id != token_id);
             match tokens.len() < before {
@@ -214,16 +126,22 @@ impl Store {
             Ok(())
         })
     }
+}
 
-    fn check_agent(&self, txn: &RoTxn, agent_id: &str) -> Result<(), Error> {
-        match get::<NodeRecord>(&self.nodes, txn, agent_id)? {
-            Some(node) if node.kind == NodeKind::Agent => Ok(()),
-            _ => Err(Error::invalid(
+/// Every agent `spec` names is an enrolled agent.
+fn check_agents(nodes: &[NodeRecord], spec: &TunnelSpec) -> Result<(), Error> {
+    for (agent_id, _) in spec.agents() {
+        let known = nodes
+            .iter()
+            .any(|n| n.id == agent_id && n.kind == NodeKind::Agent);
+        if !known {
+            return Err(Error::invalid(
                 "agent",
                 format!("no agent with id {agent_id:?}"),
-            )),
+            ));
         }
     }
+    Ok(())
 }
 
 /// The first of a free block of service ports for `tunnel` on its agents, after the last
@@ -234,9 +152,9 @@ fn free_service_ports(
     tunnels: &[TunnelRecord],
     tunnel: &TunnelRecord,
 ) -> Result<u16, Error> {
-    let agents: Vec<&str> = tunnel.agents().map(|(id, _)| id).collect();
+    let agents: Vec<&str> = tunnel.spec.agents().map(|(id, _)| id).collect();
     let cursor: u16 = get(&s.meta, wtxn, SERVICE_PORT_CURSOR)?.unwrap_or(FIRST_SERVICE_PORT);
-    let count = tunnel.port_count();
+    let count = tunnel.spec.port_count();
     let first = rules::allocate_service_ports(tunnels, &agents, count, Some(&tunnel.id), cursor)
         .ok_or_else(|| Error::conflict("agent", "the agents have no free service ports left"))?;
     let next = first.saturating_add(count);

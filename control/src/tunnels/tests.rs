@@ -2,27 +2,29 @@
 
 use super::*;
 use crate::access::TunnelAccess;
-use crate::model::{Issuer, OriginSettings};
+use crate::model::{Issuer, OriginSettings, TunnelSpec};
 use kakuremichi_proto::ports::{parse_ranges, PortPolicy};
 use std::net::Ipv4Addr;
 
 fn port_tunnel(id: &str, kind: TunnelKind, ports: &str, service_port: u16) -> TunnelRecord {
     TunnelRecord {
         id: id.into(),
-        kind,
-        hostname: None,
-        ports: Some(ports.parse().unwrap()),
-        agent_id: "agt_1".into(),
-        target: "127.0.0.1:5432".parse().unwrap(),
-        replicas: Vec::new(),
+        spec: TunnelSpec {
+            kind,
+            hostname: None,
+            ports: Some(ports.parse().unwrap()),
+            agent_id: "agt_1".into(),
+            target: "127.0.0.1:5432".parse().unwrap(),
+            replicas: Vec::new(),
+            enabled: true,
+            issuer: Issuer::None,
+            access: TunnelAccess::default(),
+            proxy_protocol: None,
+            origin: OriginSettings::default(),
+            path_prefix: None,
+            gateways: crate::model::GatewayChoice::All,
+        },
         service_port,
-        enabled: true,
-        issuer: Issuer::None,
-        access: TunnelAccess::default(),
-        proxy_protocol: None,
-        origin: OriginSettings::default(),
-        path_prefix: None,
-        gateways: crate::model::GatewayChoice::All,
         created_at: 0,
     }
 }
@@ -145,13 +147,16 @@ fn path_prefixes_split_a_hostname_with_one_certificate() {
     for bad in ["api", "/a?b", "/a/../b", "/a b"] {
         assert!(parse_path_prefix(bad).is_err(), "{bad}");
     }
-    let http = |id: &str, prefix: Option<&str>, issuer: Issuer| TunnelRecord {
-        kind: TunnelKind::Http,
-        hostname: Some("shop.example.com".parse().unwrap()),
-        ports: None,
-        path_prefix: prefix.map(String::from),
-        issuer,
-        ..port_tunnel(id, TunnelKind::Http, "1", 20000)
+    let http = |id: &str, prefix: Option<&str>, issuer: Issuer| {
+        let mut tunnel = port_tunnel(id, TunnelKind::Http, "1", 20000);
+        tunnel.spec = TunnelSpec {
+            hostname: Some("shop.example.com".parse().unwrap()),
+            ports: None,
+            path_prefix: prefix.map(String::from),
+            issuer,
+            ..tunnel.spec
+        };
+        tunnel
     };
     let root = http("a", None, Issuer::Acme);
     check(
@@ -172,10 +177,8 @@ fn path_prefixes_split_a_hostname_with_one_certificate() {
         &[],
     );
     assert!(issuer.unwrap_err().to_string().contains("use issuer acme"));
-    let passthrough = TunnelRecord {
-        kind: TunnelKind::Tls,
-        ..http("c", None, Issuer::None)
-    };
+    let mut passthrough = http("c", None, Issuer::None);
+    passthrough.spec.kind = TunnelKind::Tls;
     assert!(check(&passthrough, &[http("d", Some("/x"), Issuer::Acme)], &[]).is_err());
 }
 
@@ -243,12 +246,12 @@ fn clashes_and_gateway_policies_are_refused_with_the_reason() {
         .to_string()
         .contains("more than 1000 ports"));
     let mut past_end = port_tunnel("d", TunnelKind::Tcp, "15000-15010", 1);
-    past_end.target = "127.0.0.1:65530".parse().unwrap();
+    past_end.spec.target = "127.0.0.1:65530".parse().unwrap();
     assert!(check(&past_end, &[], &[]).is_err());
     let mut hostname_kind = port_tunnel("e", TunnelKind::Tls, "15000", 1);
-    hostname_kind.hostname = Some("db.example.com".parse().unwrap());
+    hostname_kind.spec.hostname = Some("db.example.com".parse().unwrap());
     assert!(check(&hostname_kind, &[], &[]).is_err());
     let mut v1_on_udp = port_tunnel("f", TunnelKind::Udp, "15000", 1);
-    v1_on_udp.proxy_protocol = Some(kakuremichi_proto::proxy_protocol::ProxyProtocol::V1);
+    v1_on_udp.spec.proxy_protocol = Some(kakuremichi_proto::proxy_protocol::ProxyProtocol::V1);
     assert!(check(&v1_on_udp, &[], &[]).is_err());
 }

@@ -5,7 +5,6 @@ use super::{no_store, redirect, text, Form, Page};
 use crate::auth::{self, Role};
 use crate::pages::{self, access::RulesForm};
 use crate::routes::{FormResult, PageResult};
-use crate::store::TunnelPatch;
 
 /// A tunnel's access rules page. `form` is a refused form to show again with its error;
 /// `new_token` a service token just made.
@@ -18,7 +17,7 @@ fn rules_page(
     let id = page.param("id");
     let state = page.state()?;
     let tunnel = state.tunnel(id)?;
-    let rules = &tunnel.access;
+    let rules = &tunnel.spec.access;
     let lines = |items: Vec<String>| items.join("\n");
     let (users, allow, deny, bypass) = (
         rules.users.join(", "),
@@ -80,15 +79,10 @@ pub fn rules(page: &Page) -> PageResult {
 pub fn save_rules(page: &Page, form: &Form) -> FormResult {
     let id = page.param("id");
     let value = crate::access::form_json(|name| text(form, name));
-    let saved = page.state().and_then(|state| {
-        let tunnel = state.tunnel(id)?;
-        let mut access = tunnel.access.clone();
-        access.apply_json(&value)?;
-        let patch = TunnelPatch {
-            access: Some(access),
-            ..Default::default()
-        };
-        page.control.store.update_tunnel(id, patch)
+    let saved = page.control.store.update_tunnel(id, |current, _| {
+        let mut spec = current.clone();
+        spec.access.apply_json(&value)?;
+        Ok(spec)
     });
     match saved {
         Ok(_) => Ok(redirect(&format!("/tunnels/{id}/access?saved=1"))),

@@ -330,14 +330,17 @@ pub fn tunnel_login(call: Call, visitor: Option<Visitor>) -> Response<Body> {
         .tunnels
         .iter()
         .filter(|t| {
-            t.hostname.as_ref().is_some_and(|h| h.as_str() == hostname)
-                && t.enabled
-                && t.access.has_user_login()
+            t.spec
+                .hostname
+                .as_ref()
+                .is_some_and(|h| h.as_str() == hostname)
+                && t.spec.enabled
+                && t.spec.access.has_user_login()
                 && (scheme == "https"
-                    || (scheme == "http" && t.issuer == crate::model::Issuer::None))
-                && t.serves_path(&return_to)
+                    || (scheme == "http" && t.spec.issuer == crate::model::Issuer::None))
+                && t.spec.serves_path(&return_to)
         })
-        .max_by_key(|t| t.path_prefix.as_ref().map_or(0, String::len));
+        .max_by_key(|t| t.spec.path_prefix.as_ref().map_or(0, String::len));
     let Some(tunnel) = tunnel else {
         return html(404, pages::access::no_tunnel(hostname));
     };
@@ -352,7 +355,7 @@ pub fn tunnel_login(call: Call, visitor: Option<Visitor>) -> Response<Body> {
             .map_or("/", |p| p.as_str());
         return redirect(&format!("/login?{}", query(&[("next", here)])));
     };
-    if !tunnel.access.admits_user(&visitor.user) {
+    if !tunnel.spec.access.admits_user(&visitor.user) {
         let who = (&visitor.user, visitor.session.csrf.as_str());
         return html(403, pages::access::not_allowed(who, hostname));
     }
@@ -387,7 +390,7 @@ fn returns_to_a_gateway(
     let announced: Vec<u16> = state
         .nodes
         .iter()
-        .filter(|n| n.kind == NodeKind::Gateway && !n.disabled && tunnel.gateways.selects(n))
+        .filter(|n| n.kind == NodeKind::Gateway && !n.disabled && tunnel.spec.gateways.selects(n))
         .filter_map(|n| {
             if scheme == "https" {
                 n.https_port

@@ -73,7 +73,7 @@ fn node_page(page: &Page, state: &State, kind: NodeKind, notes: Notes) -> PageRe
         tunnels: state
             .tunnels
             .iter()
-            .filter(|t| t.target_on(id).is_some())
+            .filter(|t| t.spec.target_on(id).is_some())
             .map(|t| t.label())
             .collect(),
         name: notes.name.map_or(node.name.as_str(), |(value, _)| value),

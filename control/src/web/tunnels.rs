@@ -4,15 +4,14 @@
 
 use super::{redirect, text, Form, Page};
 use crate::auth;
-use crate::error::Error;
 use crate::model::State;
-use crate::pages::{self, tunnel_form};
+use crate::model::TunnelSpec;
+use crate::pages;
+use crate::pages::tunnel_form::{self, Purpose, TunnelForm};
 use crate::routes::{FormResult, PageResult};
-use crate::spec::{self, Fields};
-use crate::store::TunnelPatch;
+use crate::spec::TunnelFields;
 use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
-use serde_json::Value;
 
 pub fn dashboard(page: &Page) -> PageResult {
     let overview = pages::dashboard::Overview::of(&page.state()?, &page.control.hub);
@@ -48,57 +47,24 @@ fn agent_choices(control: &Control, state: &State) -> Vec<tunnel_form::AgentChoi
 }
 
 pub fn new_page(page: &Page) -> PageResult {
-    let form = tunnel_form::TunnelForm {
-        issuer: page.control.default_issuer.as_str(),
-        enabled: true,
-        ..Default::default()
-    };
-    let (user, csrf) = page.who();
-    let choices = agent_choices(&page.control, &page.state()?);
-    let shown = tunnel_form::form_page(user, csrf, &choices, &form, tunnel_form::Purpose::Create);
-    Ok((200, shown))
+    let form = TunnelForm::new(page.control.default_issuer);
+    form_page(page, &form, Purpose::Create)
 }
 
 pub fn edit_page(page: &Page) -> PageResult {
     let id = page.param("id");
     let state = page.state()?;
-    let tunnel = state.tunnel(id)?;
-    let hostname = tunnel.hostname.as_ref().map_or("", |h| h.as_str());
-    let ports = tunnel.ports.map(|p| p.to_string()).unwrap_or_default();
-    let target = tunnel.target_text();
-    let gateways = tunnel.gateways.to_text();
-    let replicas = tunnel
-        .replicas
-        .iter()
-        .map(|r| format!("{}={}", r.agent_id, tunnel.target_text_for(&r.target)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let timeout = tunnel
-        .origin
-        .connect_timeout_secs
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    let form = tunnel_form::TunnelForm {
-        kind: tunnel.kind.as_str(),
-        hostname,
-        ports: &ports,
-        agent: &tunnel.agent_id,
-        target: &target,
-        issuer: tunnel.issuer.as_str(),
-        proxy_protocol: tunnel.proxy_protocol.map_or("none", |p| p.as_str()),
-        skip_tls_verify: !tunnel.origin.tls_verify,
-        path_prefix: tunnel.path_prefix.as_deref().unwrap_or(""),
-        gateways: &gateways,
-        replicas: &replicas,
-        host_header: tunnel.origin.host_header.as_deref().unwrap_or(""),
-        connect_timeout: &timeout,
-        enabled: tunnel.enabled,
-        error: None,
-    };
+    let form = TunnelForm::of(TunnelFields::of(&state.tunnel(id)?.spec));
+    form_page(page, &form, Purpose::Edit(id))
+}
+
+fn form_page(page: &Page, form: &TunnelForm, purpose: Purpose) -> PageResult {
     let (user, csrf) = page.who();
-    let choices = agent_choices(&page.control, &state);
-    let shown = tunnel_form::form_page(user, csrf, &choices, &form, tunnel_form::Purpose::Edit(id));
-    Ok((200, shown))
+    let choices = agent_choices(&page.control, &page.state()?);
+    Ok((
+        200,
+        tunnel_form::form_page(user, csrf, &choices, form, purpose),
+    ))
 }
 
 pub fn create(page: &Page, form: &Form) -> FormResult {
@@ -112,123 +78,45 @@ pub fn save(page: &Page, form: &Form) -> FormResult {
 /// Create a tunnel (`id` none) or change tunnel `id` from the form; a field's error shows the
 /// form again beside the field.
 fn save_tunnel(page: &Page, form: &Form, id: Option<&str>) -> FormResult {
-    let control = &page.control;
-    let value = |name: &str| text(form, name).trim();
-    let saved = form_fields(form).and_then(|fields| match id {
-        None => {
-            let new = spec::new_tunnel(control, fields)?;
-            control.store.create_tunnel(new).map(|_| ())
-        }
-        Some(id) => {
-            let state = control.store.state()?;
-            let patch = spec::tunnel_patch(control, fields, state.tunnel(id)?)?;
-            control.store.update_tunnel(id, patch).map(|_| ())
-        }
+    let store = &page.control.store;
+    let issuer = page.control.default_issuer;
+    let mut shown = TunnelForm {
+        values: form.clone(),
+        error: None,
+    };
+    let saved = shown.fields().and_then(|fields| match id {
+        None => store.create_tunnel(|nodes| fields.build(None, issuer, nodes)),
+        Some(id) => store.update_tunnel(id, |current, nodes| {
+            fields.build(Some(current), issuer, nodes)
+        }),
     });
     let e = match saved {
-        Ok(()) => return Ok(redirect("/tunnels")),
+        Ok(_) => return Ok(redirect("/tunnels")),
         Err(e) => e,
     };
     let Some(field_name) = e.field() else {
         return Err(e);
     };
     let message = e.reason();
-    let shown = tunnel_form::TunnelForm {
-        kind: value("kind"),
-        hostname: value("hostname"),
-        ports: value("ports"),
-        agent: value("agent"),
-        target: value("target"),
-        issuer: value("issuer"),
-        proxy_protocol: value("proxy_protocol"),
-        skip_tls_verify: form.contains_key("skip_tls_verify"),
-        path_prefix: value("path_prefix"),
-        gateways: value("gateways"),
-        replicas: value("replicas"),
-        host_header: value("host_header"),
-        connect_timeout: value("connect_timeout"),
-        enabled: form.contains_key("enabled"),
-        error: Some((field_name, &message)),
-    };
+    shown.error = Some((field_name, &message));
     let purpose = match id {
-        None => tunnel_form::Purpose::Create,
-        Some(id) => tunnel_form::Purpose::Edit(id),
+        None => Purpose::Create,
+        Some(id) => Purpose::Edit(id),
     };
-    let (user, csrf) = page.who();
-    let choices = agent_choices(control, &page.state()?);
-    let again = tunnel_form::form_page(user, csrf, &choices, &shown, purpose);
-    Ok(page.html(400, again))
-}
-
-/// The tunnel form as the object the API takes, so one reader ([`spec`]) checks both: every
-/// field the form shows is sent (an edit changes them all), empty ones as "unchanged" or
-/// "none" where the API says so. `agent=target, …` lines are the other agents.
-fn form_fields(form: &Form) -> Result<Fields, Error> {
-    let value = |name: &str| text(form, name).trim();
-    let required = |name: &'static str| match value(name) {
-        "" => Err(Error::invalid(name, "is required")),
-        text => Ok(text),
-    };
-    let mut agents = vec![json_object([
-        ("agent", Value::from(required("agent")?)),
-        ("target", Value::from(required("target")?)),
-    ])];
-    for entry in value("replicas").split([',', '\n']).map(str::trim) {
-        if entry.is_empty() {
-            continue;
-        }
-        let (agent, target) = entry
-            .split_once('=')
-            .ok_or_else(|| Error::invalid("agents", format!("{entry:?} is not agent id=target")))?;
-        agents.push(json_object([
-            ("agent", Value::from(agent.trim())),
-            ("target", Value::from(target.trim())),
-        ]));
-    }
-    let connect_timeout =
-        match value("connect_timeout") {
-            "" => Value::Null,
-            text => Value::from(text.parse::<u64>().map_err(|_| {
-                Error::invalid("connect_timeout", "must be a whole number of seconds")
-            })?),
-        };
-    let origin = json_object([
-        (
-            "tls_verify",
-            Value::from(!form.contains_key("skip_tls_verify")),
-        ),
-        ("host_header", Value::from(value("host_header"))),
-        ("connect_timeout_secs", connect_timeout),
-    ]);
-    let mut fields = serde_json::Map::new();
-    for name in ["kind", "hostname", "ports", "issuer"] {
-        if !value(name).is_empty() {
-            fields.insert(name.into(), Value::from(value(name)));
-        }
-    }
-    let or = |name: &str, empty: &str| match value(name) {
-        "" => Value::from(empty),
-        text => Value::from(text),
-    };
-    fields.insert("proxy_protocol".into(), or("proxy_protocol", "none"));
-    fields.insert("path_prefix".into(), or("path_prefix", "/"));
-    fields.insert("gateways".into(), or("gateways", "all"));
-    fields.insert("agents".into(), Value::Array(agents));
-    fields.insert("origin".into(), origin);
-    fields.insert("enabled".into(), Value::from(form.contains_key("enabled")));
-    Ok(Fields::new(fields))
-}
-
-fn json_object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
-    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    let (status, again) = form_page(page, &shown, purpose)?;
+    Ok(page.html(status.max(400), again))
 }
 
 pub fn set_enabled(page: &Page, form: &Form) -> FormResult {
-    let patch = TunnelPatch {
-        enabled: Some(text(form, "enabled") == "true"),
-        ..Default::default()
-    };
-    page.control.store.update_tunnel(page.param("id"), patch)?;
+    let enabled = text(form, "enabled") == "true";
+    page.control
+        .store
+        .update_tunnel(page.param("id"), |current, _| {
+            Ok(TunnelSpec {
+                enabled,
+                ..current.clone()
+            })
+        })?;
     Ok(redirect("/tunnels"))
 }
 
