@@ -339,6 +339,19 @@ impl Keyring {
     }
 }
 
+/// The schema of the API's `access` object ([`TunnelAccess::apply_json`]).
+pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let strings = serde_json::json!({ "type": "array", "items": { "type": "string" } });
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "users": strings, "roles": strings, "password": { "type": ["string", "null"] },
+            "allow_ips": strings, "deny_ips": strings, "bypass": strings,
+            "session_hours": { "type": "integer", "minimum": 1, "maximum": MAX_SESSION_HOURS },
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

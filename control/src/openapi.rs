@@ -4,155 +4,63 @@
 //! takes (a test holds the two to each other). `tests/tests/pages.rs` calls every operation
 //! it lists against the real routes.
 
+use crate::api::accounts::{NewToken, NewUser, UserChange};
+use crate::api::certificates::Upload;
+use crate::api::nodes::NodeChange;
 use crate::model::TokenScope;
 use crate::routes::{self, Handler, Section};
+use crate::spec::{schema_of, Name, TunnelFields};
 use serde_json::{json, Map, Value};
 
-/// What one operation takes as its body.
-#[derive(Clone, Copy)]
-enum Takes {
-    Nothing,
-    Node,
-    NodePatch,
-    GatewayPatch,
-    Tunnel,
-    Name,
-    Certificate,
-    Token,
-    User,
-    UserPatch,
-}
+/// What one operation takes as its body: the schema of the serde type its handler reads.
+type Takes = Option<fn() -> Value>;
+
+const NOTHING: Takes = None;
+const NODE: Takes = Some(schema_of::<Name>);
+const NODE_CHANGE: Takes = Some(schema_of::<NodeChange>);
+const TUNNEL: Takes = Some(schema_of::<TunnelFields>);
+const CERTIFICATE: Takes = Some(schema_of::<Upload>);
+const TOKEN: Takes = Some(schema_of::<NewToken>);
+const USER: Takes = Some(schema_of::<NewUser>);
+const USER_CHANGE: Takes = Some(schema_of::<UserChange>);
 
 /// One operation's description: method, path under `/api/v1`, summary, body, and whether it
 /// answers 201.
 struct Doc(&'static str, &'static str, &'static str, Takes, bool);
 
 const DOCS: &[Doc] = &[
-    Doc("GET", "/agents", "agents with their state", Takes::Nothing, false),
-    Doc("POST", "/agents", "enrol an agent; its API key and install snippets, once", Takes::Node, true),
-    Doc("GET", "/agents/{id}", "an agent with its state", Takes::Nothing, false),
-    Doc("PATCH", "/agents/{id}", "rename, disable or enable an agent", Takes::NodePatch, false),
-    Doc("DELETE", "/agents/{id}", "delete an agent (its key stops working at once)", Takes::Nothing, false),
-    Doc("POST", "/agents/{id}/rotate-key", "give an agent a new API key, shown once; the old key stops working", Takes::Nothing, false),
-    Doc("GET", "/gateways", "gateways with their state", Takes::Nothing, false),
-    Doc("POST", "/gateways", "enrol a gateway; its API key and install snippets, once", Takes::Node, true),
-    Doc("GET", "/gateways/{id}", "a gateway with its state", Takes::Nothing, false),
-    Doc("PATCH", "/gateways/{id}", "rename, disable, enable, label or drain a gateway", Takes::GatewayPatch, false),
-    Doc("DELETE", "/gateways/{id}", "delete a gateway (its key stops working at once)", Takes::Nothing, false),
-    Doc("POST", "/gateways/{id}/rotate-key", "give a gateway a new API key, shown once; the old key stops working", Takes::Nothing, false),
-    Doc("GET", "/tunnels", "tunnels", Takes::Nothing, false),
-    Doc("POST", "/tunnels", "create a tunnel", Takes::Tunnel, true),
-    Doc("GET", "/tunnels/{id}", "one tunnel", Takes::Nothing, false),
-    Doc("PATCH", "/tunnels/{id}", "change a tunnel's fields", Takes::Tunnel, false),
-    Doc("DELETE", "/tunnels/{id}", "delete a tunnel", Takes::Nothing, false),
-    Doc("GET", "/tunnels/{id}/service-tokens", "a tunnel's service tokens (never the tokens themselves)", Takes::Nothing, false),
-    Doc("POST", "/tunnels/{id}/service-tokens", "a new service token (`Authorization: Bearer kst_…` passes the tunnel's access rules); the token, once", Takes::Name, true),
-    Doc("DELETE", "/tunnels/{id}/service-tokens/{token_id}", "revoke a service token; gateways refuse it within a second", Takes::Nothing, false),
-    Doc("POST", "/access/rotate-keys", "new keys for tunnel logins: every tunnel session and login link made before is refused", Takes::Nothing, false),
-    Doc("GET", "/certificates", "certificates by hostname, with their state", Takes::Nothing, false),
-    Doc("POST", "/certificates", "upload a manual certificate", Takes::Certificate, true),
-    Doc("POST", "/certificates/{hostname}/retry", "retry a failing certificate's order now", Takes::Nothing, false),
-    Doc("GET", "/tokens", "admin API tokens (never the tokens themselves)", Takes::Nothing, false),
-    Doc("POST", "/tokens", "create a token; the token, once", Takes::Token, true),
-    Doc("DELETE", "/tokens/{id}", "revoke a token", Takes::Nothing, false),
-    Doc("GET", "/users", "users", Takes::Nothing, false),
-    Doc("POST", "/users", "add a user; a generated password, once, unless one is given", Takes::User, true),
-    Doc("PATCH", "/users/{id}", "disable, enable or change the role of a user", Takes::UserPatch, false),
-    Doc("DELETE", "/users/{id}", "delete a user and end their sessions", Takes::Nothing, false),
+    Doc("GET", "/agents", "agents with their state", NOTHING, false),
+    Doc("POST", "/agents", "enrol an agent; its API key and install snippets, once", NODE, true),
+    Doc("GET", "/agents/{id}", "an agent with its state", NOTHING, false),
+    Doc("PATCH", "/agents/{id}", "rename, disable or enable an agent", NODE_CHANGE, false),
+    Doc("DELETE", "/agents/{id}", "delete an agent (its key stops working at once)", NOTHING, false),
+    Doc("POST", "/agents/{id}/rotate-key", "give an agent a new API key, shown once; the old key stops working", NOTHING, false),
+    Doc("GET", "/gateways", "gateways with their state", NOTHING, false),
+    Doc("POST", "/gateways", "enrol a gateway; its API key and install snippets, once", NODE, true),
+    Doc("GET", "/gateways/{id}", "a gateway with its state", NOTHING, false),
+    Doc("PATCH", "/gateways/{id}", "rename, disable, enable, label or drain a gateway", NODE_CHANGE, false),
+    Doc("DELETE", "/gateways/{id}", "delete a gateway (its key stops working at once)", NOTHING, false),
+    Doc("POST", "/gateways/{id}/rotate-key", "give a gateway a new API key, shown once; the old key stops working", NOTHING, false),
+    Doc("GET", "/tunnels", "tunnels", NOTHING, false),
+    Doc("POST", "/tunnels", "create a tunnel", TUNNEL, true),
+    Doc("GET", "/tunnels/{id}", "one tunnel", NOTHING, false),
+    Doc("PATCH", "/tunnels/{id}", "change a tunnel's fields", TUNNEL, false),
+    Doc("DELETE", "/tunnels/{id}", "delete a tunnel", NOTHING, false),
+    Doc("GET", "/tunnels/{id}/service-tokens", "a tunnel's service tokens (never the tokens themselves)", NOTHING, false),
+    Doc("POST", "/tunnels/{id}/service-tokens", "a new service token (`Authorization: Bearer kst_…` passes the tunnel's access rules); the token, once", NODE, true),
+    Doc("DELETE", "/tunnels/{id}/service-tokens/{token_id}", "revoke a service token; gateways refuse it within a second", NOTHING, false),
+    Doc("POST", "/access/rotate-keys", "new keys for tunnel logins: every tunnel session and login link made before is refused", NOTHING, false),
+    Doc("GET", "/certificates", "certificates by hostname, with their state", NOTHING, false),
+    Doc("POST", "/certificates", "upload a manual certificate", CERTIFICATE, true),
+    Doc("POST", "/certificates/{hostname}/retry", "retry a failing certificate's order now", NOTHING, false),
+    Doc("GET", "/tokens", "admin API tokens (never the tokens themselves)", NOTHING, false),
+    Doc("POST", "/tokens", "create a token; the token, once", TOKEN, true),
+    Doc("DELETE", "/tokens/{id}", "revoke a token", NOTHING, false),
+    Doc("GET", "/users", "users", NOTHING, false),
+    Doc("POST", "/users", "add a user; a generated password, once, unless one is given", USER, true),
+    Doc("PATCH", "/users/{id}", "disable, enable or change the role of a user", USER_CHANGE, false),
+    Doc("DELETE", "/users/{id}", "delete a user and end their sessions", NOTHING, false),
 ];
-
-/// An object schema with these properties, `required` among them; the API refuses others.
-fn object(properties: Value, required: &[&str]) -> Value {
-    json!({
-        "type": "object", "properties": properties, "required": required,
-        "additionalProperties": false,
-    })
-}
-
-/// The schema of a body.
-fn schema(takes: Takes) -> Option<Value> {
-    let string = json!({ "type": "string" });
-    let boolean = json!({ "type": "boolean" });
-    let strings = json!({ "type": "array", "items": { "type": "string" } });
-    // What check_name takes: 1 to 64 characters, none a control character.
-    let name = json!({ "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" });
-    Some(match takes {
-        Takes::Nothing => return None,
-        Takes::Node => object(
-            json!({ "name": { "anyOf": [name, { "type": "null" }] } }),
-            &[],
-        ),
-        Takes::NodePatch => object(json!({ "name": name, "enabled": boolean }), &[]),
-        Takes::GatewayPatch => object(
-            json!({
-                "name": name, "enabled": boolean, "draining": boolean,
-                "labels": {
-                    "anyOf": [{ "type": "object", "additionalProperties": { "type": "string" } }, { "type": "string" }],
-                    "description": "{\"region\":\"tokyo\"} or \"region=tokyo,…\"",
-                },
-            }),
-            &[],
-        ),
-        Takes::Tunnel => object(
-            json!({
-                "hostname": string, "agent": string, "target": string, "enabled": boolean,
-                "issuer": { "enum": ["acme", "internal", "manual", "none"] },
-                "kind": { "enum": ["http", "tls", "tcp", "udp"] },
-                "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
-                "ports": { "type": ["string", "integer"], "description": "\"first-last\", at most 1000 ports" },
-                "path_prefix": string,
-                "agents": {
-                    "type": "array", "maxItems": 8,
-                    "description": "instead of agent and target: every agent serving the tunnel, the first taking their place",
-                    "items": object(json!({ "agent": string, "target": string }), &["agent", "target"]),
-                },
-                "gateways": { "type": ["string", "array"], "description": "\"all\", gateway ids, or a label selector such as \"region=tokyo\"" },
-                "proxy_protocol": { "enum": ["v1", "v2", "none"] },
-                "origin": object(json!({
-                    "tls_verify": boolean, "ca_pem": { "type": ["string", "null"] },
-                    "server_name": { "type": ["string", "null"] }, "host_header": { "type": ["string", "null"] },
-                    "connect_timeout_secs": { "type": ["integer", "null"], "minimum": 1, "maximum": 300 },
-                    "bad_gateway_page": { "type": ["string", "null"] }, "not_found_page": { "type": ["string", "null"] },
-                }), &[]),
-                "access": object(json!({
-                    "users": strings, "roles": strings, "password": { "type": ["string", "null"] },
-                    "allow_ips": strings, "deny_ips": strings, "bypass": strings,
-                    "session_hours": { "type": "integer", "minimum": 1 },
-                }), &[]),
-            }),
-            &[],
-        ),
-        Takes::Name => object(json!({ "name": name }), &["name"]),
-        Takes::Certificate => object(
-            json!({
-                "hostname": { "type": "string", "minLength": 1, "maxLength": 253 },
-                "certificate_pem": string, "key_pem": string,
-            }),
-            &["hostname", "certificate_pem", "key_pem"],
-        ),
-        Takes::Token => object(
-            json!({
-                "name": name, "expires_days": { "type": "integer", "minimum": 0 },
-                "scope": { "enum": ["admin", "read"] },
-            }),
-            &["name"],
-        ),
-        Takes::User => object(
-            json!({
-                "name": { "type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$" },
-                "role": { "enum": ["admin", "member"] },
-                "password": { "type": "string", "minLength": 10, "maxLength": 128 },
-            }),
-            &["name"],
-        ),
-        Takes::UserPatch => object(
-            json!({
-                "disabled": boolean, "role": { "enum": ["admin", "member"] },
-            }),
-            &[],
-        ),
-    })
-}
 
 /// The description of `method path`, if [`DOCS`] has one.
 fn doc(method: &str, path: &str) -> Option<&'static Doc> {
@@ -162,7 +70,7 @@ fn doc(method: &str, path: &str) -> Option<&'static Doc> {
 fn operation(doc: Option<&Doc>, scope: TokenScope) -> Value {
     let (summary, takes, created) = match doc {
         Some(Doc(_, _, summary, takes, created)) => (*summary, *takes, *created),
-        None => ("(not described)", Takes::Nothing, false),
+        None => ("(not described)", NOTHING, false),
     };
     let status = if created { "201" } else { "200" };
     let mut op = json!({
@@ -180,7 +88,7 @@ fn operation(doc: Option<&Doc>, scope: TokenScope) -> Value {
             "409": { "description": "clashes with what exists; `field` names the field" },
         }
     });
-    if let Some(schema) = schema(takes) {
+    if let Some(schema) = takes.map(|schema| schema()) {
         // A body with no required field may be left out (`POST /agents` with none enrols one).
         let required = schema["required"].as_array().is_some_and(|r| !r.is_empty());
         op["requestBody"] = json!({ "required": required, "content": { "application/json": { "schema": schema } } });
@@ -254,6 +162,39 @@ mod tests {
             );
         }
         assert_eq!(served.len(), DOCS.len());
+    }
+
+    #[test]
+    fn bodies_are_the_schemas_of_the_types_the_handlers_read() {
+        let document = document("https://control.example");
+        let body = |path: &str, method: &str| {
+            document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let tunnel = body("/tunnels", "post");
+        let text = tunnel.to_string();
+        assert!(!text.contains("$ref") && !text.contains("$defs"), "{text}");
+        assert_eq!(tunnel["additionalProperties"], false);
+        for field in [
+            "kind",
+            "hostname",
+            "port",
+            "ports",
+            "agents",
+            "origin",
+            "path_prefix",
+        ] {
+            assert!(tunnel["properties"].get(field).is_some(), "{field}: {text}");
+        }
+        let origin = &tunnel["properties"]["origin"];
+        assert!(origin.to_string().contains("tls_verify"), "{origin}");
+        assert_eq!(body("/tunnels/{id}", "patch"), tunnel);
+        let token = body("/tokens", "post");
+        assert_eq!(token["required"], json!(["name"]));
+        assert_eq!(
+            document["paths"]["/tokens"]["post"]["requestBody"]["required"],
+            true
+        );
     }
 
     #[test]

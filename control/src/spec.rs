@@ -10,6 +10,7 @@ use crate::model::{GatewayChoice, Issuer, NodeRecord, OriginSettings};
 use crate::model::{TunnelKind, TunnelRecord, TunnelSpec};
 use crate::tunnels::{parse_path_prefix, parse_replica, parse_scheme_target};
 use kakuremichi_proto::ports::PortRange;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -19,7 +20,14 @@ use serde_json::Value;
 pub fn read<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
     let mut unknown = None;
     let mut note_unknown = |path: serde_ignored::Path| {
-        unknown.get_or_insert_with(|| path.to_string());
+        // `?` stands for the `Some` of an optional field: not a name anyone sent.
+        let names: Vec<String> = path
+            .to_string()
+            .split('.')
+            .filter(|s| *s != "?")
+            .map(String::from)
+            .collect();
+        unknown.get_or_insert_with(|| names.join("."));
     };
     let ignored = serde_ignored::Deserializer::new(value, &mut note_unknown);
     let read: T = serde_path_to_error::deserialize(ignored).map_err(|e| {
@@ -58,40 +66,69 @@ fn number_or_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 }
 
 /// A tunnel as people write it. Creating one needs `agent` and `target` (or `agents`); a
-/// change names only what changes. The API shows a tunnel the same way ([`Self::of`]).
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// change names only what changes. The API shows a tunnel the same way.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct TunnelFields {
     /// `http`, `tls`, `tcp` or `udp`; fixed once created.
     pub kind: Option<TunnelKind>,
+    #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,
     /// A single public port (`ports` is shown instead).
     #[serde(skip_serializing)]
     pub port: Option<u16>,
     /// `"first-last"`, the public ports of a tcp or udp tunnel.
     #[serde(default, deserialize_with = "number_or_text")]
+    #[schemars(schema_with = "ports_schema")]
     pub ports: Option<String>,
     pub agent: Option<String>,
     /// `host:port`; `https://` or `h2c://` in front for such an origin.
     pub target: Option<String>,
     /// Instead of `agent` and `target`: every agent serving the tunnel, the first taking
     /// their place.
+    #[schemars(length(min = 1, max = 8))]
     pub agents: Option<Vec<AgentTarget>>,
     pub enabled: Option<bool>,
     pub issuer: Option<Issuer>,
-    /// Who may open it (see [`crate::access::TunnelAccess::apply_json`]).
+    /// Who may open it: users, roles, a password, addresses, paths that need nothing.
+    #[schemars(schema_with = "crate::access::schema")]
     pub access: Option<Value>,
     pub origin: Option<OriginFields>,
     /// `v1`, `v2`, or `none` to turn it off.
+    #[schemars(schema_with = "proxy_protocol_schema")]
     pub proxy_protocol: Option<String>,
     /// `/api`, or `/` to remove it.
     pub path_prefix: Option<String>,
     /// `"all"`, gateway ids, or a label selector (`"region=tokyo"`); `null` is all.
     #[serde(default, deserialize_with = "given")]
+    #[schemars(schema_with = "gateways_schema")]
     pub gateways: Option<Value>,
 }
 
+fn ports_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": ["string", "integer", "null"], "description": "\"first-last\", at most 1000 ports" })
+}
+
+fn proxy_protocol_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": ["v1", "v2", "none", null] })
+}
+
+fn gateways_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": ["string", "array", "null"], "items": { "type": "string" },
+        "description": "\"all\", gateway ids, or a label selector such as \"region=tokyo\"",
+    })
+}
+
+/// What `check_name` takes: 1 to 64 characters, none a control character.
+pub fn name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string", "minLength": 1, "maxLength": 64,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+    })
+}
+
 /// One agent serving a tunnel and its target.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct AgentTarget {
     pub agent: String,
     pub target: String,
@@ -99,8 +136,7 @@ pub struct AgentTarget {
 
 /// How gateways and the agent reach an origin (see [`OriginSettings`]); `null` or `""`
 /// clears a setting.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct OriginFields {
     pub tls_verify: Option<bool>,
     #[serde(default, deserialize_with = "given")]
@@ -110,6 +146,7 @@ pub struct OriginFields {
     #[serde(default, deserialize_with = "given")]
     pub host_header: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
+    #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_secs: Option<Option<u64>>,
     #[serde(default, deserialize_with = "given")]
     pub bad_gateway_page: Option<Option<String>>,
@@ -325,8 +362,9 @@ pub fn reason(e: kakuremichi_proto::ProtoError) -> String {
 }
 
 /// `{"name": …}`: what a service token, and optionally a node, is called.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Name {
+    #[schemars(schema_with = "name_schema")]
     pub name: Option<String>,
 }
 
@@ -334,5 +372,152 @@ impl Name {
     pub fn required(self) -> Result<String, Error> {
         self.name
             .ok_or_else(|| Error::invalid("name", "is required"))
+    }
+}
+
+/// The JSON schema of `T` as a body, every subschema inline; the API refuses fields a body
+/// does not name ([`read`]), so no object admits others.
+pub fn schema_of<T: JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Value::Object(root) = &mut schema {
+        root.remove("$schema");
+        root.remove("title");
+    }
+    closed(&mut schema);
+    schema
+}
+
+fn closed(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            if object.contains_key("properties") {
+                object.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            object.values_mut().for_each(closed);
+        }
+        Value::Array(items) => items.iter_mut().for_each(closed),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(body: Value) -> (String, String) {
+        let e = read::<TunnelFields>(body).unwrap_err();
+        (e.field().unwrap_or_default().to_string(), e.reason())
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        assert_eq!(refused(json!({"hostname": 5})).0, "hostname");
+        assert_eq!(refused(json!({"port": 70000})).0, "port");
+        assert_eq!(
+            refused(json!({"origin": {"tls_verify": "no"}})).0,
+            "origin.tls_verify"
+        );
+        assert_eq!(
+            refused(json!({"origin": {"tls_verfy": false}})),
+            ("origin.tls_verfy".into(), "unknown field".into())
+        );
+        assert_eq!(
+            refused(json!({"hostnme": "a.example"})),
+            ("hostnme".into(), "unknown field".into())
+        );
+        assert_eq!(
+            refused(json!({"agents": [{"agent": "agt_1"}]})),
+            ("agents[0].target".into(), "is required".into())
+        );
+        assert_eq!(
+            read::<Name>(json!({"name": []})).unwrap_err().field(),
+            Some("name")
+        );
+        let kind = refused(json!({"kind": "smtp"}));
+        assert_eq!(kind.0, "kind");
+        assert!(kind.1.contains("`tcp`"), "{}", kind.1);
+    }
+
+    #[test]
+    fn null_clears_an_origin_setting_and_absent_keeps_it() {
+        let fields: OriginFields =
+            read(json!({"host_header": null, "server_name": "a.example"})).unwrap();
+        let mut origin = OriginSettings {
+            host_header: Some("old.example".into()),
+            connect_timeout_secs: Some(9),
+            ..OriginSettings::default()
+        };
+        fields.apply(&mut origin);
+        assert_eq!(origin.host_header, None);
+        assert_eq!(origin.server_name.as_deref(), Some("a.example"));
+        assert_eq!(origin.connect_timeout_secs, Some(9));
+    }
+
+    #[test]
+    fn a_tunnel_sent_back_as_the_api_shows_it_is_unchanged() {
+        let body = json!({
+            "kind": "http", "hostname": "shop.example.com", "path_prefix": "/api",
+            "agents": [{"agent": "agt_1", "target": "https://10.0.0.5:8443"},
+                       {"agent": "agt_2", "target": "https://10.0.0.6:8443"}],
+            "origin": {"tls_verify": false, "host_header": "shop.internal", "connect_timeout_secs": 3},
+            "proxy_protocol": "none", "gateways": "region=tokyo", "enabled": false,
+            "access": {"users": ["alice"], "bypass": ["/health"]},
+        });
+        let spec = read::<TunnelFields>(body)
+            .unwrap()
+            .build(None, Issuer::Internal, &[])
+            .unwrap();
+        assert_eq!(spec.issuer, Issuer::Internal);
+        assert_eq!(spec.replicas.len(), 1);
+        assert_eq!(spec.path_prefix.as_deref(), Some("/api"));
+        let mut shown = serde_json::to_value(TunnelFields::of(&spec)).unwrap();
+        // What the API shows of access is not what it takes (service tokens, a password's
+        // presence); the rest goes back as it came.
+        shown.as_object_mut().unwrap().remove("access");
+        let again = read::<TunnelFields>(shown)
+            .unwrap()
+            .build(Some(&spec), Issuer::Acme, &[])
+            .unwrap();
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn a_change_names_only_what_changes_and_kind_is_fixed() {
+        let new =
+            json!({"kind": "tcp", "port": 15432, "agent": "agt_1", "target": "127.0.0.1:5432"});
+        let spec = read::<TunnelFields>(new)
+            .unwrap()
+            .build(None, Issuer::Acme, &[])
+            .unwrap();
+        assert_eq!(
+            spec.issuer,
+            Issuer::None,
+            "a new port tunnel has no certificate"
+        );
+        let change = read::<TunnelFields>(json!({"enabled": false})).unwrap();
+        let changed = change.build(Some(&spec), Issuer::Acme, &[]).unwrap();
+        assert_eq!(
+            changed,
+            TunnelSpec {
+                enabled: false,
+                ..spec.clone()
+            }
+        );
+        let kind = read::<TunnelFields>(json!({"kind": "udp"})).unwrap();
+        assert_eq!(
+            kind.build(Some(&spec), Issuer::Acme, &[])
+                .unwrap_err()
+                .field(),
+            Some("kind")
+        );
+        let missing = read::<TunnelFields>(json!({"hostname": "a.example.com"})).unwrap();
+        assert_eq!(
+            missing.build(None, Issuer::Acme, &[]).unwrap_err().field(),
+            Some("agent")
+        );
     }
 }

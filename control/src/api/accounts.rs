@@ -6,6 +6,7 @@ use crate::auth::{password, Role};
 use crate::error::Error;
 use crate::model::TokenScope;
 use crate::routes::{ApiResult, Call};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub fn tokens(call: &Call, _: Json) -> ApiResult {
@@ -14,8 +15,9 @@ pub fn tokens(call: &Call, _: Json) -> ApiResult {
 }
 
 /// `POST /tokens`.
-#[derive(Deserialize)]
-struct NewToken {
+#[derive(Deserialize, JsonSchema)]
+pub struct NewToken {
+    #[schemars(schema_with = "crate::spec::name_schema")]
     name: String,
     /// Days until it stops working (at most ten years); none is never.
     expires_days: Option<u64>,
@@ -51,12 +53,14 @@ pub fn users(call: &Call, _: Json) -> ApiResult {
 }
 
 /// `POST /users`.
-#[derive(Deserialize)]
-struct NewUser {
+#[derive(Deserialize, JsonSchema)]
+pub struct NewUser {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._@-]{1,64}$"))]
     name: String,
     #[serde(default)]
     role: Role,
     /// None: Control makes one and shows it once.
+    #[schemars(length(min = 10, max = 128))]
     password: Option<String>,
 }
 
@@ -82,8 +86,8 @@ pub fn create_user(call: &Call, body: Json) -> ApiResult {
 
 /// Disable or enable someone, or change their role.
 /// `PATCH /users/{id}`.
-#[derive(Deserialize)]
-struct UserChange {
+#[derive(Deserialize, JsonSchema)]
+pub struct UserChange {
     disabled: Option<bool>,
     role: Option<Role>,
 }

@@ -7,6 +7,7 @@ use crate::model::{CertRecord, Issuer};
 use crate::routes::{ApiResult, Call};
 use crate::Control;
 use kakuremichi_proto::ids::Hostname;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
@@ -16,8 +17,9 @@ pub fn list(call: &Call, _: Json) -> ApiResult {
 }
 
 /// `POST /certificates`: a certificate of one's own with its key, in PEM.
-#[derive(Deserialize)]
-struct Upload {
+#[derive(Deserialize, JsonSchema)]
+pub struct Upload {
+    #[schemars(length(min = 1, max = 253))]
     hostname: String,
     certificate_pem: String,
     key_pem: String,

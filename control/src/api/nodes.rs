@@ -8,6 +8,7 @@ use crate::model::{NodeRecord, State};
 use crate::routes::{ApiResult, Call};
 use crate::spec::Name;
 use kakuremichi_proto::ids::NodeKind;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -53,14 +54,23 @@ pub fn get(call: &Call, kind: NodeKind) -> ApiResult {
 }
 
 /// `PATCH /agents/{id}` and `/gateways/{id}`: what changes.
-#[derive(Deserialize)]
-struct NodeChange {
+#[derive(Deserialize, JsonSchema)]
+pub struct NodeChange {
+    #[schemars(schema_with = "crate::spec::name_schema")]
     name: Option<String>,
     enabled: Option<bool>,
     /// Gateways: `{"region": "tokyo"}` or `"region=tokyo,…"`.
+    #[schemars(schema_with = "labels_schema")]
     labels: Option<Value>,
     /// Gateways: take no new connections, so it can be stopped.
     draining: Option<bool>,
+}
+
+fn labels_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [{ "type": "object", "additionalProperties": { "type": "string" } }, { "type": "string" }],
+        "description": "{\"region\":\"tokyo\"} or \"region=tokyo,…\"",
+    })
 }
 
 /// Rename, enable or disable a node; label or drain a gateway.

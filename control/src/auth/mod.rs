@@ -12,7 +12,9 @@ pub use secrets::{bearer, hash_secret, new_id, new_secret, random_bytes, unix_no
 use serde::{Deserialize, Serialize};
 
 /// What a user may do; new users are members unless made administrators.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.

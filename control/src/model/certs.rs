@@ -4,7 +4,9 @@ use kakuremichi_proto::ids::Hostname;
 use serde::{Deserialize, Serialize};
 
 /// Where a tunnel's certificate comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Issuer {
     /// An ACME CA (Let's Encrypt, its staging, Pebble), ordered by Control.

@@ -18,7 +18,17 @@ pub struct TokenRecord {
 
 /// What an API token may do: everything an administrator can, or only read (monitoring,
 /// dashboards, `/metrics`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenScope {
     #[default]

@@ -77,7 +77,9 @@ pub struct Replica {
 }
 
 /// What a tunnel carries and how clients reach it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TunnelKind {
     /// HTTP(S) by hostname, terminated at the gateways.
