@@ -15,7 +15,8 @@ use kakuremichi_nodelink::tcp_carrier;
 use kakuremichi_proto::messages::HEALTH_PORT;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// When to fall back and when to try UDP again.
@@ -114,7 +115,40 @@ struct Carrier {
     /// The loopback socket the stack sends the gateway's datagrams to.
     local: SocketAddr,
     started: Instant,
+    /// What the carrier's task reached: [`Carried::Connecting`] until then.
+    carried: Arc<AtomicU8>,
     task: smol::Task<()>,
+}
+
+/// How a gateway's WireGuard datagrams travel, for status and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Carried {
+    Udp,
+    /// A carrier is being opened.
+    Connecting,
+    Tcp,
+    /// TLS to the gateway's HTTPS port: the network lets only HTTPS out.
+    Tls,
+}
+
+impl Carried {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carried::Udp => "udp",
+            Carried::Connecting => "connecting",
+            Carried::Tcp => "tcp",
+            Carried::Tls => "tls",
+        }
+    }
+
+    fn load(cell: &AtomicU8) -> Carried {
+        match cell.load(Ordering::Relaxed) {
+            n if n == Carried::Tcp as u8 => Carried::Tcp,
+            n if n == Carried::Tls as u8 => Carried::Tls,
+            _ => Carried::Connecting,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -180,19 +214,16 @@ impl Fallback {
         state.effective()
     }
 
-    /// Gateways reached over TCP now, for status.
-    pub fn over_tcp(&self) -> Vec<SocketAddr> {
+    /// How each gateway is reached now, by its UDP address, for status and metrics.
+    pub fn paths(&self) -> Vec<(SocketAddr, Carried)> {
         let state = self.state();
-        state
-            .base
-            .iter()
-            .filter(|p| {
-                state
-                    .gateways
-                    .get(&p.public_key)
-                    .is_some_and(|g| g.carrier.is_some())
-            })
-            .filter_map(|p| p.endpoint)
+        let carried =
+            |key: &[u8; 32]| match state.gateways.get(key).and_then(|g| g.carrier.as_ref()) {
+                Some(carrier) => Carried::load(&carrier.carried),
+                None => Carried::Udp,
+            };
+        (state.base.iter())
+            .filter_map(|p| Some((p.endpoint?, carried(&p.public_key))))
             .collect()
     }
 
@@ -336,26 +367,34 @@ impl Fallback {
                 return None;
             }
         };
+        let carried = Arc::new(AtomicU8::new(Carried::Connecting as u8));
+        let reached = carried.clone();
         let task = smol::spawn(async move {
             let timeout = kakuremichi_netstack::stack::CONNECT_TIMEOUT;
             let idle = tcp_carrier::IDLE_TIMEOUT;
             let ended = match (tcp_carrier::connect_tcp(udp, timeout).await, tls) {
-                (Ok(stream), _) => tcp_carrier::pump(stream, socket, idle).await,
+                (Ok(stream), _) => {
+                    reached.store(Carried::Tcp as u8, Ordering::Relaxed);
+                    tcp_carrier::pump(stream, socket, idle).await
+                }
                 // Networks that drop UDP often let only HTTPS through.
                 (Err(tcp), Some(tls)) => match tcp_carrier::connect_tls(tls, timeout).await {
                     Ok(stream) => {
                         log::warn!("gateway {udp}: TCP refused ({tcp}); carrying WireGuard over TLS to {tls}");
+                        reached.store(Carried::Tls as u8, Ordering::Relaxed);
                         tcp_carrier::pump(stream, socket, idle).await
                     }
                     Err(e) => Err(e),
                 },
                 (Err(e), None) => Err(e),
             };
+            reached.store(Carried::Connecting as u8, Ordering::Relaxed);
             log::warn!("gateway {udp}: TCP carrier ended: {ended:?}");
         });
         Some(Carrier {
             local,
             started: now,
+            carried,
             task,
         })
     }

@@ -17,6 +17,7 @@ pub mod status;
 pub mod udp;
 
 use async_io::Async;
+use fallback::Carried;
 use futures_lite::future;
 use kakuremichi_netstack::Stack;
 use kakuremichi_nodelink::apply::{apply_network, peer_specs};
@@ -66,6 +67,8 @@ pub struct Agent {
     config_version: AtomicU64,
     service_count: AtomicUsize,
     link: LinkState,
+    /// Carriers for gateways UDP does not reach (none with `--no-tcp-fallback`).
+    fallback: Option<fallback::Fallback>,
 }
 
 /// Run the agent until the process ends.
@@ -94,6 +97,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         config_version: AtomicU64::new(0),
         service_count: AtomicUsize::new(0),
         link: LinkState::default(),
+        fallback: (settings.tcp_fallback)
+            .map(|timing| fallback::Fallback::new(stack.clone(), timing)),
     });
     let reporting = agent.clone();
     let origins = Arc::new(forward::Origins::new(move || {
@@ -104,9 +109,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         let agent = status_agent.clone();
         async move { status::handle(&agent, request.uri().path()) }
     });
-    let fallback = settings
-        .tcp_fallback
-        .map(|timing| fallback::Fallback::new(stack.clone(), timing));
+    let fallback = &agent.fallback;
     let watch_paths = async {
         match &fallback {
             Some(fallback) => fallback.run().await,
@@ -118,7 +121,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         loop {
             let snapshot = snapshots.take().await;
             let mut peers = peer_specs(&snapshot, Some(PERSISTENT_KEEPALIVE)).await;
-            if let Some(fallback) = &fallback {
+            if let Some(fallback) = fallback {
                 let https_ports = snapshot
                     .peers
                     .iter()
@@ -146,17 +149,20 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         node.link,
         &agent.link,
         |snapshot| snapshots.put(snapshot),
-        || NodeStatus {
+        || {
+            NodeStatus {
             // Not a failure, but worth seeing: the network in front of this agent drops UDP.
-            problems: fallback
-                .as_ref()
-                .map(|f| f.over_tcp())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|gateway| format!("gateway {gateway} reached over TCP: UDP gets no answer"))
+            problems: (fallback.as_ref().map(|f| f.paths()).unwrap_or_default().into_iter())
+                .filter_map(|(gateway, carried)| match carried {
+                    Carried::Udp => None,
+                    Carried::Connecting => Some(format!("gateway {gateway}: UDP gets no answer; opening a TCP carrier")),
+                    Carried::Tcp => Some(format!("gateway {gateway} reached over TCP: UDP gets no answer")),
+                    Carried::Tls => Some(format!("gateway {gateway} reached over TLS on its HTTPS port: UDP and TCP to its WireGuard port get no answer")),
+                })
                 .collect(),
             failing_origins: origins.failing(),
             ..link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack)
+        }
         },
     );
     log::info!(

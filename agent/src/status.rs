@@ -1,5 +1,6 @@
 //! The loopback status listener (`healthcheck` probes it through `kakuremichi_rt::stop`).
 
+use crate::fallback::Carried;
 use crate::Agent;
 use hyper::Response;
 use kakuremichi_rt::http::{health_endpoints, respond, Body};
@@ -31,6 +32,24 @@ fn metrics(agent: &Agent) -> String {
             "Connections to targets outside --allow-targets refused.",
             agent.allowed.refused.load(Ordering::Relaxed),
         );
+    let paths = agent
+        .fallback
+        .as_ref()
+        .map(|f| f.paths())
+        .unwrap_or_default();
+    for carried in [
+        Carried::Udp,
+        Carried::Connecting,
+        Carried::Tcp,
+        Carried::Tls,
+    ] {
+        readings.gauge_with(
+            "gateway_paths",
+            "Gateways by how WireGuard reaches them: UDP, a carrier being opened, TCP, or TLS to the HTTPS port.",
+            &[("path", carried.as_str())],
+            paths.iter().filter(|(_, c)| *c == carried).count() as u64,
+        );
+    }
     let version = agent.config_version.load(Ordering::Relaxed);
     kakuremichi_nodelink::link::read_node_metrics(&mut readings, version, &agent.stack);
     agent.link.read_metrics(&mut readings);

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Where cargo put the binaries: the test executable lives in `target/<profile>/deps/`.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KAKUREMICHI_BIN_DIR") {
         return PathBuf::from(dir);
     }
@@ -21,6 +21,8 @@ fn bin_dir() -> PathBuf {
 pub struct Node {
     pub name: String,
     binary: PathBuf,
+    /// A command the binary runs under (`ip netns exec …`), or none.
+    wrapper: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -46,6 +48,7 @@ impl Node {
         Node {
             name: name.to_string(),
             binary: bin_dir().join(binary),
+            wrapper: Vec::new(),
             args,
             env,
             log: dir.join(format!("{name}.log")),
@@ -66,7 +69,15 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(&self.binary)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("KAKUREMICHI_LOG", "debug")
@@ -153,7 +164,18 @@ impl Node {
 
     /// The node's `/metrics` text (gateways' admin and agents' status listeners).
     pub fn metrics(&self) -> String {
-        curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin_port)]).body
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let out = Command::new(program)
+                    .args(args)
+                    .args(["curl", "-s", "--max-time", "5", &url])
+                    .output()
+                    .expect("curl through the wrapper");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            None => curl(&[&url]).body,
+        }
     }
 
     /// Everything the process logged so far.
@@ -177,6 +199,10 @@ pub struct Cluster {
     pub agents: Vec<Node>,
     /// Extra arguments for every gateway started from now on.
     pub gateway_args: Vec<String>,
+    /// Gateways from now on take WireGuard on their public address, not loopback.
+    pub wireguard_on_gateway_ip: bool,
+    /// The command agents from now on run under (`ip netns exec <lan>`).
+    pub agent_wrapper: Vec<String>,
 }
 
 impl Cluster {
@@ -187,6 +213,11 @@ impl Cluster {
 
     /// Start Control with extra arguments (ACME settings, default issuer).
     pub fn with_control_args(name: &str, extra: &[&str]) -> Cluster {
+        Cluster::listening_on(name, "127.0.0.1", extra)
+    }
+
+    /// Start Control with its API on `ip` (which agents elsewhere can reach).
+    pub fn listening_on(name: &str, ip: &str, extra: &[&str]) -> Cluster {
         let mut nonce = [0u8; 4];
         getrandom::fill(&mut nonce).expect("randomness");
         let dir = std::env::temp_dir().join(format!(
@@ -213,11 +244,12 @@ impl Cluster {
             "--data-dir".into(),
             data,
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{ip}:{port}"),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let mut control = Node::new("control", "kakuremichi-control", args, vec![], &dir);
         control.http_port = port;
+        control.ip = ip.to_string();
         control.start();
         let cluster = Cluster {
             dir,
@@ -226,6 +258,8 @@ impl Cluster {
             gateways: Vec::new(),
             agents: Vec::new(),
             gateway_args: Vec::new(),
+            wireguard_on_gateway_ip: false,
+            agent_wrapper: Vec::new(),
         };
         wait_for(Duration::from_secs(10), || {
             (curl(&[&cluster.control_url("/healthz")]).status == 200).then_some(())
@@ -240,15 +274,18 @@ impl Cluster {
         curl(&["-H", &bearer, &self.control_url("/metrics")]).body
     }
 
-    /// `http://127.0.0.1:<control port><path>`.
+    /// `http://<control address>:<control port><path>`.
     pub fn control_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.control.http_port)
+        format!(
+            "http://{}:{}{path}",
+            self.control.ip, self.control.http_port
+        )
     }
 
     /// `kakuremichi-control COMMAND ARGS…` (`tunnel`, `gateway`) against this Control with the
     /// admin token: its exit status and output.
     pub fn cli(&self, command: &str, args: &[&str]) -> (bool, String) {
-        let listen = format!("127.0.0.1:{}", self.control.http_port);
+        let listen = format!("{}:{}", self.control.ip, self.control.http_port);
         let out = Command::new(bin_dir().join("kakuremichi-control"))
             .args(["--listen", &listen, command, "--token", &self.token])
             .args(args)
@@ -341,7 +378,10 @@ impl Cluster {
             "--https-listen".into(),
             format!("{ip}:{https}"),
             "--wireguard-listen".into(),
-            format!("127.0.0.1:{wireguard}"),
+            match self.wireguard_on_gateway_ip {
+                true => format!("{ip}:{wireguard}"),
+                false => format!("127.0.0.1:{wireguard}"),
+            },
             "--admin-listen".into(),
             format!("127.0.0.1:{admin}"),
         ]
@@ -419,6 +459,7 @@ impl Cluster {
         );
         node.id = id;
         node.admin_port = status;
+        node.wrapper = self.agent_wrapper.clone();
         node.start();
         self.agents.push(node);
         index

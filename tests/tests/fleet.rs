@@ -633,16 +633,22 @@ fn agent_behind_dropped_udp(
     (cluster, udp, port, agent, agent_id, serving)
 }
 
+/// How many gateways the agent reaches by `path` (`udp`, `tcp`, `tls`), from its `/metrics`.
+fn gateways_over(cluster: &Cluster, agent: usize, path: &str) -> f64 {
+    let text = cluster.agents[agent].metrics();
+    let name = format!("kakuremichi_agent_gateway_paths{{path=\"{path}\"}}");
+    kakuremichi_tests::metric(&text, &name).unwrap_or(-1.0)
+}
+
 #[test]
 fn an_agent_that_reaches_only_https_carries_wireguard_over_tls() {
     // No TCP at the WireGuard port either: only the gateway's HTTPS port answers.
     let (cluster, _, _, agent, _, serving) = agent_behind_dropped_udp("fleet-tls-fallback", |_| {
         vec!["--wireguard-tcp-listen".into(), "off".into()]
     });
-    assert!(
-        cluster.agents[agent]
-            .log()
-            .contains("carrying WireGuard over TLS"),
+    assert_eq!(
+        gateways_over(&cluster, agent, "tls"),
+        1.0,
         "{}",
         cluster.logs()
     );
@@ -660,7 +666,12 @@ fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_ud
             vec!["--wireguard-tcp-listen".into(), endpoint.to_string()]
         });
     let gateway = 0;
-    assert!(cluster.agents[agent].log().contains("carrying it over TCP"));
+    assert_eq!(
+        gateways_over(&cluster, agent, "tcp"),
+        1.0,
+        "{}",
+        cluster.logs()
+    );
     // Control shows why: the agent is degraded, reaching the gateway over TCP.
     let reason = wait_for(Duration::from_secs(10), || {
         let reason = cluster.node_status("agent", &agent_id)["health_reason"].to_string();
@@ -680,10 +691,7 @@ fn an_agent_that_udp_does_not_reach_carries_wireguard_over_tcp_and_returns_to_ud
     udp_forwarder(port, udp);
     let opened = Instant::now();
     let back = wait_for(Duration::from_secs(10), || {
-        cluster.agents[agent]
-            .log()
-            .contains("UDP answers again")
-            .then(|| opened.elapsed())
+        (gateways_over(&cluster, agent, "udp") == 1.0).then(|| opened.elapsed())
     })
     .unwrap_or_else(|| panic!("never moved back to UDP\n{}", cluster.logs()));
     for i in 0..50 {
