@@ -35,6 +35,14 @@ fn must(args: &[&str]) {
     );
 }
 
+/// `args` as run in the namespace `ns`.
+fn in_namespace<'a>(ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    ["ip", "netns", "exec", ns]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect()
+}
+
 /// The router masquerades the LAN and forwards nothing it is not told to.
 const TABLES: &str = r#"
 table ip nat {
@@ -86,11 +94,7 @@ impl Nat {
             must(&["ip", "addr", "add", &wan(host), "dev", link]);
         }
         must(&["ip", "link", "set", link, "up"]);
-        let in_router = |args: &[&str]| {
-            let mut full = vec!["ip", "netns", "exec", router];
-            full.extend_from_slice(args);
-            must(&full);
-        };
+        let in_router = |args: &[&str]| must(&in_namespace(router, args));
         in_router(&["ip", "addr", "add", &wan(254), "dev", "wan0"]);
         in_router(&["ip", "link", "set", "wan0", "up"]);
         in_router(&["ip", "link", "set", "lo", "up"]);
@@ -100,11 +104,7 @@ impl Nat {
         in_router(&["ip", "addr", "add", &lan_ip(1), "dev", "lan0"]);
         in_router(&["ip", "link", "set", "lan0", "up"]);
         in_router(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let in_lan = |args: &[&str]| {
-            let mut full = vec!["ip", "netns", "exec", lan];
-            full.extend_from_slice(args);
-            must(&full);
-        };
+        let in_lan = |args: &[&str]| must(&in_namespace(lan, args));
         in_lan(&["ip", "addr", "add", &lan_ip(2), "dev", "eth0"]);
         in_lan(&["ip", "link", "set", "eth0", "up"]);
         in_lan(&["ip", "link", "set", "lo", "up"]);
@@ -148,9 +148,7 @@ impl Nat {
 
     /// Run `args` on the LAN host and return its output.
     pub fn run_in_lan(&self, args: &[&str]) -> Output {
-        let mut full: Vec<&str> = vec!["ip", "netns", "exec", &self.lan];
-        full.extend_from_slice(args);
-        run(&full)
+        run(&in_namespace(&self.lan, args))
     }
 
     /// Apply nft commands in the router.
