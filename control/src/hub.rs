@@ -16,10 +16,22 @@ struct Session {
     address: std::net::IpAddr,
     /// The newest config version the node said it applied.
     applied: u64,
+    /// `(sent, same)`: the config sent at revision `sent` is also revision `same`'s, which
+    /// was not sent; applying `sent` is applying `same`.
+    unchanged: (u64, u64),
     last_message: Instant,
     /// The node's last report; none until its first heartbeat.
     status: Option<NodeStatus>,
     changed: async_channel::Sender<()>,
+}
+
+impl Session {
+    fn catch_up(&mut self) {
+        let (sent, same) = self.unchanged;
+        if self.applied >= sent {
+            self.applied = self.applied.max(same);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,6 +127,7 @@ impl Hub {
                 kind,
                 address,
                 applied: 0,
+                unchanged: (0, 0),
                 last_message: Instant::now(),
                 status: None,
                 changed: tx,
@@ -226,8 +239,18 @@ impl SessionHandle {
     pub fn applied(&self, version: u64) {
         if let Some(session) = self.hub.lock().live.get_mut(&self.id) {
             session.applied = session.applied.max(version);
+            session.catch_up();
         }
         self.heard(None);
+    }
+
+    /// Revision `same` gives the node the config it was sent at revision `sent`, so it was
+    /// not sent again: once the node applied `sent`, it has `same`.
+    pub fn unchanged(&self, sent: u64, same: u64) {
+        if let Some(session) = self.hub.lock().live.get_mut(&self.id) {
+            session.unchanged = (sent, same);
+            session.catch_up();
+        }
     }
 
     /// Time since the node last said anything.

@@ -52,12 +52,12 @@ pub async fn run<S>(
     }
     log::info!("node {node_id} connected (version {})", hello.version);
     let session = control.hub.register(&node_id, kind, address);
-    let mut sent_version = None;
+    let mut sent = Sent::default();
     let credential = Credential {
         node_id: &node_id,
         api_key_hash: &api_key_hash,
     };
-    if let Err(e) = push_snapshot(&control, &credential, &mut ws, &mut sent_version).await {
+    if let Err(e) = push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await {
         log::info!("node {node_id}: {e}");
         return;
     }
@@ -85,7 +85,7 @@ pub async fn run<S>(
             Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
             Event::Received(None) => Err("disconnected".to_string()),
             Event::StoreChanged => {
-                push_snapshot(&control, &credential, &mut ws, &mut sent_version).await
+                push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
             }
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
@@ -94,9 +94,11 @@ pub async fn run<S>(
                 let behind = control
                     .store
                     .revision()
-                    .is_ok_and(|revision| Some(revision) != sent_version);
+                    .is_ok_and(|revision| Some(revision) != sent.revision);
                 let pushed = match behind {
-                    true => push_snapshot(&control, &credential, &mut ws, &mut sent_version).await,
+                    true => {
+                        push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
+                    }
                     false => Ok(()),
                 };
                 match pushed {
@@ -179,14 +181,27 @@ struct Credential<'a> {
     api_key_hash: &'a str,
 }
 
+/// What the session last gave its node.
+#[derive(Default)]
+struct Sent {
+    /// The newest revision looked at.
+    revision: Option<u64>,
+    /// The revision of the config last sent, and a digest of its content (without the
+    /// version).
+    config: Option<(u64, ring::digest::Digest)>,
+}
+
+/// Send the node its config at the store's revision, unless that revision was looked at
+/// already or gives the node what it has: a change elsewhere costs this node nothing.
 async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     control: &Control,
+    session: &SessionHandle,
     credential: &Credential<'_>,
     ws: &mut WebSocketStream<S>,
-    sent_version: &mut Option<u64>,
+    sent: &mut Sent,
 ) -> Result<(), String> {
-    let state = control.store.state().map_err(|e| e.to_string())?;
-    if *sent_version == Some(state.revision) {
+    let state = control.store.shared_state().map_err(|e| e.to_string())?;
+    if sent.revision == Some(state.revision) {
         return Ok(());
     }
     let node = state
@@ -204,10 +219,21 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
             control.public_url.trim_end_matches('/')
         )),
     };
-    let config = snapshot(&state, node, &settings);
+    let mut config = snapshot(&state, node, &settings);
+    config.version = 0;
+    let content = ring::digest::digest(&ring::digest::SHA256, encode(&config).as_bytes());
+    if let Some((revision, digest)) = &sent.config {
+        if digest.as_ref() == content.as_ref() {
+            session.unchanged(*revision, state.revision);
+            sent.revision = Some(state.revision);
+            return Ok(());
+        }
+    }
+    config.version = state.revision;
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
     control.hub.count_push();
-    *sent_version = Some(state.revision);
+    sent.revision = Some(state.revision);
+    sent.config = Some((state.revision, content));
     Ok(())
 }
 

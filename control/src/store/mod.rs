@@ -9,6 +9,7 @@ use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 mod accounts;
 mod certs;
@@ -42,6 +43,8 @@ pub struct Store {
     sessions: Table,
     /// A wake-up per commit, for [`Store::commits`].
     commits: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// The state last decoded by [`Store::shared_state`].
+    shared: Mutex<Option<Arc<State>>>,
 }
 
 const REVISION: &str = "revision";
@@ -119,6 +122,7 @@ impl Store {
             user_names,
             sessions,
             commits: async_channel::bounded(1),
+            shared: Mutex::new(None),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -142,6 +146,23 @@ impl Store {
     pub fn revision(&self) -> Result<u64, Error> {
         let rtxn = self.env.read_txn()?;
         Ok(get(&self.meta, &rtxn, REVISION)?.unwrap_or(0))
+    }
+
+    /// [`Store::state`], decoded once per revision and shared by every caller: what the node
+    /// sessions build their snapshots from, so a change is read once, not once per node.
+    /// Writes that leave the revision alone (logins, API tokens) are not in it until the
+    /// next revision, as they are in no snapshot.
+    pub fn shared_state(&self) -> Result<Arc<State>, Error> {
+        // One caller decodes a new revision while the others wait for it; the lock guards
+        // nothing a panic could leave half-written.
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let revision = self.revision()?;
+        if let Some(state) = shared.as_ref().filter(|s| s.revision == revision) {
+            return Ok(state.clone());
+        }
+        let state = Arc::new(self.state()?);
+        *shared = Some(state.clone());
+        Ok(state)
     }
 
     /// Everything, consistently, at the current revision.
