@@ -337,6 +337,7 @@ fn report(answer: Result<(u16, String), String>) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    kakuremichi_rt::exec::use_every_core();
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     match args.command {

@@ -5,6 +5,11 @@
 //!
 //! A path that matches with another method answers 405 with `Allow`; `HEAD` is `GET`
 //! without the body (hyper leaves it out).
+//!
+//! Why `matchit` and an enum, not axum's `Router`: the guard is data in the table, so the
+//! table reads as who may call what and a test can walk it without a server (the OpenAPI
+//! document is built from it); axum would bring tower's service stack to a server that runs
+//! hyper on smol, for the path matching that `matchit` (axum's own matcher) already does.
 
 use crate::auth::Role;
 use crate::model::TokenScope;

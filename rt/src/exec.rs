@@ -43,3 +43,15 @@ impl hyper::rt::Timer for SmolTimer {
         Box::pin(Sleep(async_io::Timer::at(deadline)))
     }
 }
+
+/// Run smol's global executor on one thread per core, unless `SMOL_THREADS` says how many.
+/// smol's default is one thread: a 4-vCPU gateway used one core, and one busy Control task
+/// (a gateway's snapshot) held up every other node's session until its heartbeats looked
+/// missed. Call first in `main`, before anything spawns: smol reads the variable once, when
+/// its executor starts, and no other thread exists yet to read the environment meanwhile.
+pub fn use_every_core() {
+    if std::env::var_os("SMOL_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("SMOL_THREADS", cores.to_string());
+    }
+}

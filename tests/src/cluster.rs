@@ -339,7 +339,8 @@ impl Cluster {
         curl(&args)
     }
 
-    fn enrol(&self, kind: &str) -> (String, String) {
+    /// Enrol a node of `kind` through the API: its id and API key.
+    pub fn enrol(&self, kind: &str) -> (String, String) {
         let answer = self.api("POST", &format!("/api/v1/{kind}s"), Some("{}"));
         assert_eq!(answer.status, 201, "enrol {kind}: {}", answer.body);
         let json = answer.json();

@@ -11,6 +11,7 @@ pub mod nat;
 pub mod origin;
 pub mod pebble;
 pub mod servers;
+pub mod simulator;
 
 pub use cluster::{Cluster, Node};
 pub use origin::{EchoOrigin, Origin};
