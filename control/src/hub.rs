@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
 
+/// How long the hub lets a burst of commits run on before it decodes the store and nudges
+/// the sessions: long enough to gather a fleet's hellos, short against "within a second".
+const COALESCE: Duration = Duration::from_millis(50);
+
 struct Session {
     node_id: String,
     kind: NodeKind,
@@ -160,24 +164,32 @@ impl Hub {
         }
     }
 
-    /// Nudge every session whenever the store's revision moves: at once after this
-    /// process commits, and within `every` after another one does (the CLI writes the store
-    /// from its own process). No handler pushes config by hand. Runs as long as Control does.
+    /// Nudge every session whenever the store's revision moves: soon after this process
+    /// commits, and within `every` after another one does (the CLI writes the store from its
+    /// own process). No handler pushes config by hand. Commits come in bursts (a fleet's
+    /// hellos after a power cut, a script's edits): the hub waits `COALESCE` after the first,
+    /// decodes the store once for the whole burst, and sessions build from that state.
+    /// Runs as long as Control does.
     pub async fn follow_revision(&self, store: &crate::store::Store, every: Duration) {
         let commits = store.commits();
         let mut seen = store.revision().ok();
         loop {
-            futures_lite::future::or(
-                async {
-                    let _ = commits.recv().await;
-                },
-                async {
+            let committed =
+                futures_lite::future::or(async { commits.recv().await.is_ok() }, async {
                     async_io::Timer::after(every).await;
-                },
-            )
-            .await;
+                    false
+                })
+                .await;
+            if committed {
+                async_io::Timer::after(COALESCE).await;
+                while commits.try_recv().is_ok() {}
+            }
             let now = store.revision().ok();
             if now != seen {
+                if let Err(e) = store.shared_state() {
+                    log::error!("reading the store for the nodes' configs: {e}");
+                    continue;
+                }
                 self.notify_all();
                 seen = now;
             }

@@ -66,15 +66,18 @@ pub async fn run<S>(
     let interval = control.hub.heartbeat();
     let mut next_heartbeat = Instant::now() + interval;
     loop {
+        // A heartbeat that is due goes before a nudge: in a burst of changes (a fleet's
+        // hellos) a nudge is always waiting, and the node, never sent a heartbeat to answer,
+        // looked silent and was dropped.
         let event = future::or(async { Event::Received(ws.next().await) }, async {
             future::or(
                 async {
-                    let _ = session.changed.recv().await;
-                    Event::StoreChanged
-                },
-                async {
                     Timer::at(next_heartbeat).await;
                     Event::Tick
+                },
+                async {
+                    let _ = session.changed.recv().await;
+                    Event::StoreChanged
                 },
             )
             .await
@@ -200,7 +203,14 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     sent: &mut Sent,
 ) -> Result<(), String> {
-    let state = control.store.shared_state().map_err(|e| e.to_string())?;
+    // The state the hub decoded for everyone when it last nudged; the store's own only when
+    // that one does not know this node yet (it was enrolled since). A fleet connecting at
+    // once then costs one decode per burst, not one per hello.
+    let decoded = control.store.last_shared_state();
+    let state = match decoded.filter(|s| s.nodes.iter().any(|n| n.id == credential.node_id)) {
+        Some(state) => state,
+        None => control.store.shared_state().map_err(|e| e.to_string())?,
+    };
     if sent.revision == Some(state.revision) {
         return Ok(());
     }

@@ -332,9 +332,10 @@ fn control_shows_each_gateways_health_and_why() {
             .status,
         201
     );
+    // Degraded first while it applies the revision, then for the port.
     let (state, why) = wait_for(Duration::from_secs(5), || {
         let (state, why) = health(&cluster, &b_id);
-        (state == "degraded").then_some((state, why))
+        (state == "degraded" && why.contains("cannot open")).then_some((state, why))
     })
     .unwrap_or_else(|| {
         panic!(

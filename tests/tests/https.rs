@@ -644,7 +644,15 @@ fn a_forgotten_acme_account_is_registered_again() {
         "{}",
         cluster.control.log()
     );
-    // The new certificate chains to the restarted CA's root and serves.
-    let answer = cluster.get_https(0, "second.example.test", "/", &pebble.issuing_root, &[]);
-    assert_eq!(answer.status, 200, "{answer:?}");
+    // The new certificate chains to the restarted CA's root and serves, once the gateway has
+    // the config that carries it (Control pushes a burst of commits together).
+    let serves = wait_for(Duration::from_secs(5), || {
+        let answer = cluster.get_https(0, "second.example.test", "/", &pebble.issuing_root, &[]);
+        (answer.status == 200).then_some(())
+    });
+    assert!(
+        serves.is_some(),
+        "{:?}",
+        cluster.get_https(0, "second.example.test", "/", &pebble.issuing_root, &[])
+    );
 }

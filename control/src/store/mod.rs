@@ -165,6 +165,16 @@ impl Store {
         Ok(state)
     }
 
+    /// The state [`Store::shared_state`] decoded last, whatever the store's revision is now:
+    /// sessions build from it when the hub nudges them, so a burst of commits is decoded
+    /// once by the hub, not once per session that happens to wake after the next commit.
+    pub fn last_shared_state(&self) -> Option<Arc<State>> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Everything, consistently, at the current revision.
     pub fn state(&self) -> Result<State, Error> {
         let rtxn = self.env.read_txn()?;

@@ -5,7 +5,7 @@ use super::{all, get, put, Store, OVERLAY};
 use crate::auth::{self};
 use crate::error::Error;
 use crate::model::{NodeRecord, OverlayNet, TunnelRecord};
-use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::Hello;
 
 impl Store {
@@ -134,7 +134,7 @@ impl Store {
         }
         drop(rtxn);
         self.write(|s, wtxn| {
-            let clash = all::<NodeRecord>(&s.nodes, wtxn)?
+            let clash = all::<NodeKey>(&s.nodes, wtxn)?
                 .into_iter()
                 .any(|n| n.id != id && n.public_key == Some(public_key));
             if clash {
@@ -157,4 +157,12 @@ impl Store {
             Ok(true)
         })
     }
+}
+
+/// The part of a node's record a hello's key is checked against: a fleet's hellos each read
+/// every node, and the rest of the record would be decoded for nothing.
+#[derive(serde::Deserialize)]
+struct NodeKey {
+    id: String,
+    public_key: Option<PublicKey>,
 }
