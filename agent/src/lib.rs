@@ -89,7 +89,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             addr: settings.status_listen,
             source,
         })?;
-    let (stack, snapshots) = (node.stack, node.snapshots);
+    let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let allowed = forward::Allowed::new(settings.allow_targets.clone());
     let agent = Arc::new(Agent {
         stack: stack.clone(),
@@ -142,6 +142,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 snapshot.services.len(),
                 peers.len()
             );
+            state_dir.keep_config(snapshot).await;
         }
     };
     let answer_probes = kakuremichi_nodelink::node::answer_health_probes(&stack)?;

@@ -8,7 +8,10 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
-use kakuremichi_proto::messages::{decode, encode, ControlMessage, Hello, NodeMessage};
+use kakuremichi_proto::messages::{
+    decode, encode, ControlMessage, DigestedCertificate, Hello, NodeMessage,
+};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,6 +195,8 @@ struct Sent {
     /// The revision of the config last sent, and a digest of its content (without the
     /// version).
     config: Option<(u64, ring::digest::Digest)>,
+    /// The digests of the certificates the node holds: those its last config refers to.
+    certificates: HashSet<String>,
 }
 
 /// Send the node its config at the store's revision, unless that revision was looked at
@@ -239,11 +244,49 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+    let served = match config.certificate_refs.is_empty() {
+        true => &[][..],
+        false => state.served_certificates(),
+    };
+    send_certificates(ws, served, &sent.certificates).await?;
     config.version = state.revision;
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
     control.hub.count_push();
     sent.revision = Some(state.revision);
     sent.config = Some((state.revision, content));
+    // The node keeps what this config refers to and drops the rest, and so does this record.
+    sent.certificates = served.iter().map(|c| c.digest.clone()).collect();
+    Ok(())
+}
+
+/// The most certificate bytes in one message, well under
+/// [`kakuremichi_proto::messages::MAX_MESSAGE_BYTES`]: a message
+/// is read whole before it is parsed, so smaller ones keep both ends' memory low.
+const CERTIFICATES_PER_MESSAGE_BYTES: usize = 1 << 20;
+
+/// Send the node those of `served` it does not have (`held`), in messages of at most
+/// [`CERTIFICATES_PER_MESSAGE_BYTES`] of PEM each.
+async fn send_certificates<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    served: &[DigestedCertificate],
+    held: &HashSet<String>,
+) -> Result<(), String> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for certificate in served.iter().filter(|c| !held.contains(&c.digest)) {
+        let size = certificate.bundle.chain_pem.len() + certificate.bundle.key_pem.len();
+        if bytes + size > CERTIFICATES_PER_MESSAGE_BYTES && !batch.is_empty() {
+            let certificates = std::mem::take(&mut batch);
+            send(ws, &ControlMessage::Certificates { certificates }).await?;
+            bytes = 0;
+        }
+        batch.push(certificate.clone());
+        bytes += size;
+    }
+    if !batch.is_empty() {
+        let certificates = batch;
+        send(ws, &ControlMessage::Certificates { certificates }).await?;
+    }
     Ok(())
 }
 

@@ -123,6 +123,11 @@ fn metrics(gateway: &Gateway) -> String {
             "routes",
             "Hostname routes served.",
             gateway.routes().len() as u64,
+        )
+        .gauge(
+            "certificates",
+            "Hostnames with a certificate to serve.",
+            gateway.certificates.len() as u64,
         );
     let version = gateway.config_version.load(Ordering::Relaxed);
     kakuremichi_nodelink::link::read_node_metrics(&mut readings, version, &gateway.stack);

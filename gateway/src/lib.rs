@@ -381,7 +381,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let apply_loop = async {
         loop {
             let snapshot = snapshots.take().await;
-            gateway.apply(snapshot).await;
+            gateway.apply(snapshot.clone()).await;
+            gateway.state_dir.keep_config(snapshot).await;
         }
     };
     let control_link = link::run(

@@ -21,6 +21,16 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 struct Served {
     key: Arc<CertifiedKey>,
     publicly_trusted: bool,
+    /// A hash of the PEM it was loaded from: a snapshot that brings the same PEM again
+    /// reuses the loaded key instead of parsing thousands of certificates per config.
+    source: u64,
+}
+
+fn source_of(bundle: &CertificateBundle) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&bundle.chain_pem, &bundle.key_pem).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Default)]
@@ -80,14 +90,26 @@ impl Certificates {
             fallback,
             ..Table::default()
         };
+        let loaded: HashMap<Hostname, (u64, Arc<CertifiedKey>)> = self
+            .read()
+            .by_host
+            .iter()
+            .map(|(host, served)| (host.clone(), (served.source, served.key.clone())))
+            .collect();
         for bundle in bundles {
-            match certified_key(&bundle.chain_pem, &bundle.key_pem) {
+            let source = source_of(bundle);
+            let key = match loaded.get(&bundle.hostname) {
+                Some((same, key)) if *same == source => Ok(key.clone()),
+                _ => certified_key(&bundle.chain_pem, &bundle.key_pem),
+            };
+            match key {
                 Ok(key) => {
                     table.by_host.insert(
                         bundle.hostname.clone(),
                         Served {
                             key,
                             publicly_trusted: bundle.publicly_trusted,
+                            source,
                         },
                     );
                 }

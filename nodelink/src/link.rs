@@ -10,10 +10,11 @@ use async_tungstenite::tungstenite::{self, Message};
 use futures_lite::{future, StreamExt};
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
-    decode, encode, ConfigSnapshot, ControlMessage, Hello, NodeMessage, NodeStatus,
-    HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
+    decode, encode, CertificateBundle, ConfigSnapshot, ControlMessage, Hello, NodeMessage,
+    NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use kakuremichi_rt::metrics::Readings;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -205,7 +206,8 @@ impl LinkState {
 }
 
 /// Keep a session with Control open forever: every snapshot received is cached in the state
-/// directory and handed to `apply`; `status` is reported with each heartbeat.
+/// handed to `apply` (which keeps them with [`StateDir::keep_config`] once applied); `status`
+/// is reported with each heartbeat.
 pub async fn run(
     settings: LinkSettings,
     state: &LinkState,
@@ -337,6 +339,8 @@ async fn session(
     let mut next_heartbeat = Instant::now() + interval;
     // The live peers Control was last told of.
     let mut told_live = None;
+    // Certificates Control sent on this session, by digest, for configs to refer to.
+    let mut held: HashMap<String, CertificateBundle> = HashMap::new();
     loop {
         let applied = async {
             let _ = state.applied_changed.1.recv().await;
@@ -359,14 +363,17 @@ async fn session(
             Event::Received(Some(Ok(Message::Text(text)))) => {
                 last_heard = Instant::now();
                 match decode::<ControlMessage>(&text) {
-                    Ok(ControlMessage::Config(snapshot)) => {
+                    Ok(ControlMessage::Certificates { certificates }) => {
+                        held.extend(certificates.into_iter().map(|c| (c.digest, c.bundle)));
+                    }
+                    Ok(ControlMessage::Config(mut snapshot)) => {
+                        if let Err(e) = resolve_certificates(&mut snapshot, &mut held) {
+                            return Error::Protocol(e);
+                        }
                         state.snapshots.fetch_add(1, Ordering::Relaxed);
                         if snapshot.heartbeat_interval() != interval {
                             interval = snapshot.heartbeat_interval();
                             next_heartbeat = Instant::now() + interval;
-                        }
-                        if let Err(e) = settings.state_dir.save_config(&snapshot) {
-                            log::warn!("could not cache config version {}: {e}", snapshot.version);
                         }
                         apply(*snapshot);
                     }
@@ -483,6 +490,27 @@ pub fn netstack_status(config_version: u64, stack: &kakuremichi_netstack::Stack)
     }
 }
 
+/// Put the certificates `snapshot` refers to in its `certificates`, from those Control sent
+/// ahead of it (`held`), and forget the ones it no longer refers to, as Control does.
+fn resolve_certificates(
+    snapshot: &mut ConfigSnapshot,
+    held: &mut HashMap<String, CertificateBundle>,
+) -> Result<(), String> {
+    let references = std::mem::take(&mut snapshot.certificate_refs);
+    for reference in &references {
+        let bundle = held.get(&reference.digest).ok_or_else(|| {
+            format!(
+                "config version {} refers to a certificate for {} that Control did not send",
+                snapshot.version, reference.hostname
+            )
+        })?;
+        snapshot.certificates.push(bundle.clone());
+    }
+    let wanted: HashSet<&str> = references.iter().map(|r| r.digest.as_str()).collect();
+    held.retain(|digest, _| wanted.contains(digest.as_str()));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +532,44 @@ mod tests {
         );
         assert!(ControlUrl::parse("ftp://x", NodeKind::Agent).is_err());
         assert!(ControlUrl::parse("control:7080", NodeKind::Agent).is_err());
+    }
+
+    fn bundle(hostname: &str) -> CertificateBundle {
+        CertificateBundle {
+            hostname: hostname.parse().unwrap(),
+            chain_pem: format!("chain of {hostname}"),
+            key_pem: format!("key of {hostname}"),
+            publicly_trusted: false,
+        }
+    }
+
+    fn referring_to(refs: &[(&str, &str)]) -> ConfigSnapshot {
+        let refs: Vec<_> = refs
+            .iter()
+            .map(|(hostname, digest)| serde_json::json!({"hostname": hostname, "digest": digest}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "version": 7, "node_id": "gw_1", "overlay_ip": "10.77.0.1", "overlay_prefix": 16,
+            "peers": [], "certificate_refs": refs,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn configs_get_the_certificates_sent_ahead_of_them_and_the_rest_are_forgotten() {
+        let mut held = HashMap::from([
+            ("da".to_string(), bundle("a.test")),
+            ("db".to_string(), bundle("b.test")),
+        ]);
+        let mut config = referring_to(&[("a.test", "da")]);
+        resolve_certificates(&mut config, &mut held).unwrap();
+        assert_eq!(config.certificates, vec![bundle("a.test")]);
+        assert!(config.certificate_refs.is_empty());
+        assert_eq!(held.keys().collect::<Vec<_>>(), ["da"]);
+
+        // One Control did not send (or that this node forgot) is refused, by name.
+        let mut config = referring_to(&[("a.test", "da"), ("c.test", "dc")]);
+        let refused = resolve_certificates(&mut config, &mut held).unwrap_err();
+        assert!(refused.contains("c.test"), "{refused}");
     }
 }

@@ -63,7 +63,8 @@ impl StateDir {
     pub fn cached_config(&self) -> Option<ConfigSnapshot> {
         let file = self.path.join(CONFIG_FILE);
         let text = fs::read_to_string(&file).ok()?;
-        match decode(&text) {
+        // Its own file, which holds every certificate: not held to a message's size limit.
+        match serde_json::from_str(&text) {
             Ok(config) => Some(config),
             Err(e) => {
                 log::warn!("ignoring unreadable cached config {}: {e}", file.display());
@@ -93,6 +94,17 @@ impl StateDir {
     /// Keep `config` for the next start.
     pub fn save_config(&self, config: &ConfigSnapshot) -> Result<(), Error> {
         write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes())
+    }
+
+    /// [`StateDir::save_config`] on a blocking thread, for the loop that applies configs:
+    /// encoding one that carries thousands of certificates held up the node's session with
+    /// Control long enough for it to miss heartbeats.
+    pub async fn keep_config(&self, config: ConfigSnapshot) {
+        let dir = self.clone();
+        let version = config.version;
+        if let Err(e) = smol::unblock(move || dir.save_config(&config)).await {
+            log::warn!("could not cache config version {version}: {e}");
+        }
     }
 }
 

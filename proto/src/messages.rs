@@ -122,6 +122,14 @@ pub struct OriginFailure {
 pub enum ControlMessage {
     /// The node's full desired configuration.
     Config(Box<ConfigSnapshot>),
+    /// Certificates for configs to refer to by digest ([`CertificateRef`]), sent ahead of
+    /// the config that first needs them and in as many messages as they take: a config then
+    /// stays small however many HTTPS tunnels there are, and a renewal sends one certificate,
+    /// not all of them.
+    Certificates {
+        /// New to the node since the last config.
+        certificates: Vec<DigestedCertificate>,
+    },
     /// Liveness, every heartbeat interval ([`HEARTBEAT_INTERVAL`] unless Control says otherwise).
     Heartbeat,
 }
@@ -152,9 +160,15 @@ pub struct ConfigSnapshot {
     /// undecrypted, chosen by the ClientHello's SNI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passthrough_routes: Vec<PassthroughRoute>,
-    /// Gateways only: certificates to serve, by hostname.
+    /// Gateways only: certificates to serve, by hostname. Control sends none here but refers
+    /// to them in `certificate_refs`; the node puts them here before it applies and caches the
+    /// config.
     #[serde(default)]
     pub certificates: Vec<CertificateBundle>,
+    /// Gateways only: certificates to serve, by the digest of a [`DigestedCertificate`] sent
+    /// earlier on this session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_refs: Vec<CertificateRef>,
     /// Gateways only: ACME challenge answers to give while an order is validated.
     #[serde(default)]
     pub challenges: Vec<AcmeChallenge>,
@@ -207,6 +221,24 @@ pub struct CertificateBundle {
     pub key_pem: String,
     /// Whether browsers trust it (ACME or uploaded), which turns on HSTS.
     pub publicly_trusted: bool,
+}
+
+/// A certificate a config refers to, sent ahead of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DigestedCertificate {
+    /// What configs refer to it by: Control's hash of the bundle, new when it changes.
+    pub digest: String,
+    /// The certificate itself.
+    pub bundle: CertificateBundle,
+}
+
+/// A config's reference to a [`DigestedCertificate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRef {
+    /// The hostname it is for, to name it in errors.
+    pub hostname: Hostname,
+    /// [`DigestedCertificate::digest`].
+    pub digest: String,
 }
 
 /// One ACME challenge answer.
@@ -453,6 +485,7 @@ mod tests {
             }],
             routes: vec![],
             certificates: vec![],
+            certificate_refs: vec![],
             fallback_certificate: None,
             control_route: None,
             access_keys: None,

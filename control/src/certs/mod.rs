@@ -25,17 +25,20 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Hostnames that need a certificate now, with their issuer.
 pub fn due(state: &State, now: u64) -> Vec<(Hostname, Issuer)> {
+    let stored: HashMap<&Hostname, &CertRecord> = state
+        .certificates
+        .iter()
+        .map(|c| (&c.hostname, c))
+        .collect();
     https_hostnames(state)
         .into_iter()
         .filter(|(_, issuer)| matches!(issuer, Issuer::Acme | Issuer::Internal))
-        .filter(|(hostname, issuer)| {
-            match state.certificates.iter().find(|c| c.hostname == *hostname) {
-                None => true,
-                Some(cert) if cert.issuer != *issuer => {
-                    now >= cert.next_attempt || cert.chain_pem.is_some()
-                }
-                Some(cert) => cert.is_due(now),
+        .filter(|(hostname, issuer)| match stored.get(hostname) {
+            None => true,
+            Some(cert) if cert.issuer != *issuer => {
+                now >= cert.next_attempt || cert.chain_pem.is_some()
             }
+            Some(cert) => cert.is_due(now),
         })
         .collect()
 }
@@ -49,7 +52,8 @@ pub async fn run(control: Arc<Control>) {
         if let Err(e) = internal::ensure_fallback(&control.store, &control.crl_url()) {
             log::error!("certificates: no fallback certificate for clients without SNI: {e}");
         }
-        match control.store.state() {
+        // The state the node sessions share: decoded again only when the revision moved.
+        match control.store.shared_state() {
             Ok(state) => {
                 for (hostname, issuer) in due(&state, crate::auth::unix_now()) {
                     if orders.contains_key(&hostname) {

@@ -3,9 +3,10 @@
 use super::{Issuer, NodeRecord, State, TunnelKind, TunnelRecord};
 use kakuremichi_proto::ids::{Hostname, NodeKind};
 use kakuremichi_proto::messages::{
-    AcmeChallenge, CertificateBundle, ConfigSnapshot, HttpRoute, PassthroughRoute, PeerConfig,
-    PortRoute, Service, Upstream,
+    AcmeChallenge, CertificateBundle, CertificateRef, ConfigSnapshot, DigestedCertificate,
+    HttpRoute, PassthroughRoute, PeerConfig, PortRoute, Service, Upstream,
 };
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -122,9 +123,16 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
             }
         }
     }
-    let (certificates, challenges, fallback_certificate) = match node.kind {
+    let (certificate_refs, challenges, fallback_certificate) = match node.kind {
         NodeKind::Gateway => (
-            gateway_certificates(state),
+            state
+                .served_certificates()
+                .iter()
+                .map(|c| CertificateRef {
+                    hostname: c.bundle.hostname.clone(),
+                    digest: c.digest.clone(),
+                })
+                .collect(),
             challenges_for(state, node),
             state.fallback_certificate.clone(),
         ),
@@ -140,7 +148,8 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         services,
         port_routes,
         passthrough_routes,
-        certificates,
+        certificates: Vec::new(),
+        certificate_refs,
         challenges,
         fallback_certificate,
         control_route: match node.kind {
@@ -175,9 +184,10 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
         .iter()
         .map(|(route, issuer)| (route.hostname.clone(), *issuer));
     let mut wanted: Vec<(Hostname, Issuer)> = Vec::new();
+    let mut seen = HashSet::new();
     // Tunnels that split a hostname by path share its one certificate.
     for (hostname, issuer) in tunnels.chain(control) {
-        if issuer != Issuer::None && !wanted.iter().any(|(h, _)| *h == hostname) {
+        if issuer != Issuer::None && seen.insert(hostname.clone()) {
             wanted.push((hostname, issuer));
         }
     }
@@ -187,9 +197,10 @@ pub fn https_hostnames(state: &State) -> Vec<(Hostname, Issuer)> {
 /// [`https_hostnames`] no certificate is stored for yet (an ACME or internal one not
 /// issued, a manual one not uploaded): the dashboard and the certificates page list them.
 pub fn hostnames_without_certificate(state: &State) -> Vec<(Hostname, Issuer)> {
+    let stored: HashSet<&Hostname> = state.certificates.iter().map(|c| &c.hostname).collect();
     https_hostnames(state)
         .into_iter()
-        .filter(|(hostname, _)| !state.certificates.iter().any(|c| c.hostname == *hostname))
+        .filter(|(hostname, _)| !stored.contains(hostname))
         .collect()
 }
 
@@ -220,12 +231,42 @@ fn challenges_for(state: &State, gateway: &NodeRecord) -> Vec<AcmeChallenge> {
 }
 
 /// Certificates of the hostnames gateways serve over HTTPS.
+impl State {
+    /// The certificates every gateway serves, with the digests configs refer to them by
+    /// (the session sends each gateway the bundles it does not have yet). Worked out once per
+    /// state: hashing them for each gateway's snapshot cost more than the rest of it.
+    pub fn served_certificates(&self) -> &[DigestedCertificate] {
+        self.served.get_or_init(|| {
+            gateway_certificates(self)
+                .into_iter()
+                .map(|bundle| DigestedCertificate {
+                    digest: digest(&bundle),
+                    bundle,
+                })
+                .collect()
+        })
+    }
+}
+
+/// What configs refer to `bundle` by: a hash of what it holds, so a renewed or re-keyed
+/// certificate gets a new one (the hostname is in the certificate).
+fn digest(bundle: &CertificateBundle) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [&bundle.chain_pem, &bundle.key_pem] {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part.as_bytes());
+    }
+    context.update(&[u8::from(bundle.publicly_trusted)]);
+    let hash = context.finish();
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn gateway_certificates(state: &State) -> Vec<CertificateBundle> {
-    let wanted = https_hostnames(state);
+    let wanted: HashSet<Hostname> = https_hostnames(state).into_iter().map(|(h, _)| h).collect();
     state
         .certificates
         .iter()
-        .filter(|c| wanted.iter().any(|(hostname, _)| *hostname == c.hostname))
+        .filter(|c| wanted.contains(&c.hostname))
         .filter_map(|c| {
             Some(CertificateBundle {
                 hostname: c.hostname.clone(),

@@ -4,7 +4,10 @@ use super::{CertRecord, Issuer, NodeRecord, OverlayNet, TunnelRecord};
 use crate::access::Keyring;
 use crate::auth::UserRecord;
 use crate::error::Error;
-use kakuremichi_proto::messages::{AcmeChallenge, CertificateBundle, ControlRoute};
+use kakuremichi_proto::messages::{
+    AcmeChallenge, CertificateBundle, ControlRoute, DigestedCertificate,
+};
+use std::sync::OnceLock;
 
 /// Everything in the store at one revision.
 #[derive(Clone, Debug)]
@@ -23,6 +26,8 @@ pub struct State {
     pub users: Vec<UserRecord>,
     /// The keys that sign tunnel logins.
     pub keyring: Keyring,
+    /// [`State::served_certificates`], worked out on first use.
+    pub served: OnceLock<Vec<DigestedCertificate>>,
 }
 
 impl State {

@@ -45,9 +45,11 @@ pub struct Store {
     commits: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// The state last decoded by [`Store::shared_state`].
     shared: Mutex<Option<Arc<State>>>,
+    /// Every tunnel as of a revision, kept by the tunnel writes (see `tunnels::tunnels_in`).
+    tunnels_at: Mutex<Option<(u64, Vec<crate::model::TunnelRecord>)>>,
 }
 
-const REVISION: &str = "revision";
+pub(super) const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
 
 /// Meta key of where the next service port search starts.
@@ -123,6 +125,7 @@ impl Store {
             sessions,
             commits: async_channel::bounded(1),
             shared: Mutex::new(None),
+            tunnels_at: Mutex::new(None),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -191,6 +194,7 @@ impl Store {
             users: all(&self.users, &rtxn)?,
             keyring: get(&self.meta, &rtxn, ACCESS_KEYS)?
                 .ok_or_else(|| Error::Store("access keys missing".into()))?,
+            served: Default::default(),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Creating, changing and deleting tunnels (each checked against every other, with its
 //! service ports allocated), their service tokens, and the keys that sign tunnel logins.
 
-use super::{all, get, put, Store, ACCESS_KEYS, SERVICE_PORT_CURSOR};
+use super::{all, get, put, Store, ACCESS_KEYS, REVISION, SERVICE_PORT_CURSOR};
 use crate::access::{Keyring, ServiceToken};
 use crate::auth::{self};
 use crate::error::Error;
@@ -16,8 +16,8 @@ impl Store {
         &self,
         build: impl FnOnce(&[NodeRecord]) -> Result<TunnelSpec, Error>,
     ) -> Result<TunnelRecord, Error> {
-        self.write(|s, wtxn| {
-            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+        let (record, revision, mut tunnels) = self.write(|s, wtxn| {
+            let (revision, tunnels) = s.tunnels_in(wtxn)?;
             let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
             let spec = build(&nodes)?;
             check_agents(&nodes, &spec)?;
@@ -30,8 +30,35 @@ impl Store {
             rules::check(&record, &tunnels, &nodes)?;
             record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             put(&s.tunnels, wtxn, &record.id, &record)?;
-            Ok(record)
-        })
+            Ok((record, revision, tunnels))
+        })?;
+        // In key order, as the table lists them.
+        let at = tunnels.partition_point(|t| t.id < record.id);
+        tunnels.insert(at, record.clone());
+        self.keep_tunnels(revision + 1, tunnels);
+        Ok(record)
+    }
+
+    /// Every tunnel, from what the last tunnel write kept if nothing was committed since
+    /// (every commit moves the revision), else from the table: each tunnel write checks the
+    /// new one against all the others, and decoding thousands for each made a script that
+    /// creates them quadratic. The revision they are at goes along.
+    fn tunnels_in(&self, wtxn: &RwTxn) -> Result<(u64, Vec<TunnelRecord>), Error> {
+        let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
+        let kept = self
+            .tunnels_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match kept {
+            Some((at, tunnels)) if at == revision => Ok((revision, tunnels)),
+            _ => Ok((revision, all(&self.tunnels, wtxn)?)),
+        }
+    }
+
+    /// Keep `tunnels` as the tunnels at `revision`, once that revision is committed.
+    fn keep_tunnels(&self, revision: u64, tunnels: Vec<TunnelRecord>) {
+        *self.tunnels_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, tunnels));
     }
 
     /// Change tunnel `id` to what `change` makes of it, in one transaction with the read.
@@ -40,8 +67,8 @@ impl Store {
         id: &str,
         change: impl FnOnce(&TunnelSpec, &[NodeRecord]) -> Result<TunnelSpec, Error>,
     ) -> Result<TunnelRecord, Error> {
-        self.write(|s, wtxn| {
-            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+        let (record, revision, mut tunnels) = self.write(|s, wtxn| {
+            let (revision, tunnels) = s.tunnels_in(wtxn)?;
             let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
             let mut record = tunnels
                 .iter()
@@ -60,8 +87,13 @@ impl Store {
                 record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
-            Ok(record)
-        })
+            Ok((record, revision, tunnels))
+        })?;
+        if let Some(kept) = tunnels.iter_mut().find(|t| t.id == record.id) {
+            *kept = record.clone();
+        }
+        self.keep_tunnels(revision + 1, tunnels);
+        Ok(record)
     }
 
     /// A new service token for a tunnel: its record and the token (shown once).

@@ -57,6 +57,7 @@ fn state(overlay: OverlayNet, nodes: Vec<NodeRecord>, tunnels: Vec<TunnelRecord>
         control_route: None,
         users: vec![],
         keyring: Keyring::generate().unwrap(),
+        served: Default::default(),
     }
 }
 
