@@ -112,7 +112,6 @@ enum Command {
 struct Healthcheck {}
 
 fn main() -> anyhow::Result<()> {
-    kakuremichi_rt::exec::use_every_core();
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     if let Some(Command::Healthcheck(_)) = args.command {

@@ -45,10 +45,12 @@ impl hyper::rt::Timer for SmolTimer {
 }
 
 /// Run smol's global executor on one thread per core, unless `SMOL_THREADS` says how many.
-/// smol's default is one thread: a 4-vCPU gateway used one core, and one busy Control task
-/// (a gateway's snapshot) held up every other node's session until its heartbeats looked
-/// missed. Call first in `main`, before anything spawns: smol reads the variable once, when
-/// its executor starts, and no other thread exists yet to read the environment meanwhile.
+/// smol's default is one thread, and one busy Control task (a gateway's snapshot) then held
+/// up every other node's session until its heartbeats looked missed. (The gateway stays on
+/// one: on two cores more threads did not raise its requests per second, since its data
+/// path shares one network stack.) Call first in `main`, before anything spawns: smol reads
+/// the variable once, when its executor starts, and no other thread exists yet to read the
+/// environment meanwhile.
 pub fn use_every_core() {
     if std::env::var_os("SMOL_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
