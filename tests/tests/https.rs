@@ -53,7 +53,7 @@ fn internal_ca_certificates_serve_https_with_h2_and_redirects() {
     cluster.add_gateway();
     let agent = cluster.add_agent();
     let started = Instant::now();
-    cluster.create_tunnel_with_issuer(
+    let tunnel = cluster.create_tunnel_with_issuer(
         "secure.localhost",
         agent,
         &origin.addr.to_string(),
@@ -120,6 +120,17 @@ fn internal_ca_certificates_serve_https_with_h2_and_redirects() {
     let unknown = cluster.get_https(0, "unknown.localhost", "/", &ca, &[]);
     assert_eq!(unknown.status, 0, "{unknown:?}");
     assert!(cluster.gateways[0].is_running());
+
+    // Deleting the tunnel removes its certificate: no longer listed, no longer served.
+    let deleted = cluster.api("DELETE", &format!("/api/v1/tunnels/{tunnel}"), None);
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let listed = cluster.certificate("secure.localhost");
+    assert!(listed.is_null(), "still listed: {listed}");
+    let refused = wait_for(Duration::from_secs(5), || {
+        let answer = cluster.get_https(0, "secure.localhost", "/", &ca, &[]);
+        (answer.status == 0).then_some(())
+    });
+    assert!(refused.is_some(), "the gateway still serves it");
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! Creating, changing and deleting tunnels (each checked against every other, with its
 //! service ports allocated), their service tokens, and the keys that sign tunnel logins.
 
-use super::{all, get, put, Store, ACCESS_KEYS, REVISION, SERVICE_PORT_CURSOR};
+use super::{all, get, put, Store, ACCESS_KEYS, CONTROL_ROUTE, REVISION, SERVICE_PORT_CURSOR};
 use crate::access::{Keyring, ServiceToken};
 use crate::auth::{self};
 use crate::error::Error;
-use crate::model::{NodeRecord, TunnelRecord, TunnelSpec, FIRST_SERVICE_PORT};
+use crate::model::{Issuer, NodeRecord, TunnelRecord, TunnelSpec, FIRST_SERVICE_PORT};
 use crate::tunnels as rules;
 use heed::RwTxn;
 use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::messages::ControlRoute;
 
 impl Store {
     /// Publish the tunnel `build` makes from the current gateways and agents.
@@ -149,11 +150,24 @@ impl Store {
         self.write(|s, wtxn| put(&s.meta, wtxn, ACCESS_KEYS, &keyring))
     }
 
-    /// Remove a tunnel.
+    /// Remove a tunnel, and its hostname's certificate when nothing else serves that
+    /// hostname (another tunnel on a path of it, or Control's own route).
     pub fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
         self.write(|s, wtxn| {
-            if !s.tunnels.delete(wtxn, id)? {
-                return Err(Error::not_found("tunnel", id));
+            let tunnel: TunnelRecord =
+                get(&s.tunnels, wtxn, id)?.ok_or_else(|| Error::not_found("tunnel", id))?;
+            s.tunnels.delete(wtxn, id)?;
+            let Some(hostname) = tunnel.spec.hostname else {
+                return Ok(());
+            };
+            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
+            let by_tunnel = tunnels
+                .iter()
+                .any(|t| t.spec.hostname.as_ref() == Some(&hostname));
+            let control: Option<(ControlRoute, Issuer)> = get(&s.meta, wtxn, CONTROL_ROUTE)?;
+            let by_control = control.is_some_and(|(route, _)| route.hostname == hostname);
+            if !by_tunnel && !by_control {
+                s.certs.delete(wtxn, hostname.as_str())?;
             }
             Ok(())
         })
