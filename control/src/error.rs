@@ -27,6 +27,9 @@ pub enum Error {
     /// The store failed or holds something unreadable.
     #[error("store: {0}")]
     Store(String),
+    /// The disk (or the store's map) has no room: nothing was saved.
+    #[error("Control's disk is full, so nothing was saved ({0}); free some space and try again")]
+    Full(String),
     /// An operating-system I/O failure.
     #[error("{context}: {source}")]
     Io {
@@ -71,7 +74,13 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::Conflict { .. } => 409,
             Error::Config(_) | Error::Store(_) | Error::Io { .. } => 500,
+            Error::Full(_) => 507,
         }
+    }
+
+    /// Whether the error is Control's own, to be logged and not shown in detail.
+    pub fn is_internal(&self) -> bool {
+        self.status() == 500
     }
 
     /// What is wrong, without the field's name (for a form that shows it beside the field).
@@ -93,6 +102,15 @@ impl Error {
 
 impl From<heed::Error> for Error {
     fn from(e: heed::Error) -> Self {
-        Error::Store(e.to_string())
+        // ENOSPC and EDQUOT: the file system is full, or the user's quota is.
+        let full = match &e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => true,
+            heed::Error::Io(io) => matches!(io.raw_os_error(), Some(28 | 122)),
+            _ => false,
+        };
+        match full {
+            true => Error::Full(e.to_string()),
+            false => Error::Store(e.to_string()),
+        }
     }
 }

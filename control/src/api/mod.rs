@@ -94,7 +94,7 @@ pub fn authorize(call: &Call, scope: TokenScope) -> Result<(), Error> {
 /// The JSON form of an error.
 pub fn error_response(e: &Error) -> Response<Body> {
     let status = e.status();
-    let message = if status >= 500 {
+    let message = if e.is_internal() {
         log::error!("api: {e}");
         "internal error; see Control's log".to_string()
     } else {

@@ -122,7 +122,7 @@ pub fn serve_page(call: Call, role: Role, handler: impl Fn(&Page) -> PageResult)
         }
         Err(e) => {
             log::error!("page: {e}");
-            html(500, status_page(page.who(), 500))
+            html(e.status(), status_page(page.who(), e.status()))
         }
     }
 }
@@ -318,6 +318,10 @@ pub fn status_page(who: (&UserRecord, &str), status: u16) -> Markup {
     let (title, text) = match status {
         403 => ("Not allowed", "Only administrators may see this page."),
         404 => ("Not found", "Nothing is here: it may have been deleted."),
+        507 => (
+            "Disk full",
+            "Control's disk is full, so nothing was saved. Free some space and try again.",
+        ),
         _ => (
             "Something went wrong",
             "Control could not show this page; its log says why.",
@@ -375,5 +379,8 @@ fn redirect(to: &str) -> Response<Body> {
 
 fn failure(e: &Error) -> Response<Body> {
     log::error!("page: {e}");
-    respond(500, "text/plain", "internal error; see Control's log\n")
+    match e.is_internal() {
+        true => respond(500, "text/plain", "internal error; see Control's log\n"),
+        false => respond(e.status(), "text/plain", format!("{e}\n")),
+    }
 }
