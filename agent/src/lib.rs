@@ -142,7 +142,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 snapshot.services.len(),
                 peers.len()
             );
-            state_dir.keep_config(snapshot).await;
+            state_dir.keep_config(&snapshot);
         }
     };
     let answer_probes = kakuremichi_nodelink::node::answer_health_probes(&stack)?;

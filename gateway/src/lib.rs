@@ -382,7 +382,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         loop {
             let snapshot = snapshots.take().await;
             gateway.apply(snapshot.clone()).await;
-            gateway.state_dir.keep_config(snapshot).await;
+            gateway.state_dir.keep_config(&snapshot);
         }
     };
     let control_link = link::run(

@@ -373,8 +373,13 @@ impl Pool {
             .clone()
     }
 
-    /// Wait for a permit for `upstream`, then a ready pooled connection or a new one.
-    pub async fn checkout(&self, upstream: &Upstream) -> Result<Conn, UpstreamError> {
+    /// Wait for a permit for `upstream`, then a ready pooled connection or a new one, dialed
+    /// for at most `patience` when there is another replica to try.
+    pub async fn checkout(
+        &self,
+        upstream: &Upstream,
+        patience: Option<Duration>,
+    ) -> Result<Conn, UpstreamError> {
         let lane = self.lane(upstream);
         let permit = lane
             .line
@@ -383,12 +388,14 @@ impl Pool {
             .map_err(|_: Refused| UpstreamError::Busy)?;
         let (sender, reused) = match lane.take_ready() {
             Some(sender) => (sender, true),
-            None => (
-                self.dial(upstream, &lane)
-                    .await
-                    .map_err(UpstreamError::failed)?,
-                false,
-            ),
+            None => {
+                let dialing = self.dial(upstream, &lane);
+                let dialed = match patience {
+                    Some(patience) => crate::replicas::within(patience, dialing).await,
+                    None => dialing.await,
+                };
+                (dialed.map_err(UpstreamError::failed)?, false)
+            }
         };
         Ok(Conn {
             sender,

@@ -4,7 +4,7 @@
 
 use crate::body::{ClientBody, READ_AHEAD_BYTES};
 use crate::pages;
-use crate::pool::{Held, Pool, UpstreamError};
+use crate::pool::{Held, UpstreamError};
 use crate::routes::Upstream;
 use crate::Gateway;
 use http_body_util::BodyExt;
@@ -162,7 +162,8 @@ async fn forward(
 ) -> Result<Response<Held<Incoming>>, UpstreamError> {
     let mut request = request;
     for (i, upstream) in upstreams.iter().enumerate() {
-        match send(&gateway.pool, upstream, request).await {
+        let patience = (i + 1 < upstreams.len()).then_some(crate::replicas::REPLICA_PATIENCE);
+        match send(gateway, upstream, request, patience).await {
             Attempt::Answered(result) => return result,
             Attempt::NotSent {
                 request: unsent,
@@ -199,8 +200,14 @@ enum Attempt {
 /// Send `request` upstream on a pooled connection; a pooled connection that turns out to be
 /// closed is replaced by a fresh one once, if the request was not sent. The response body
 /// holds the request's pool permit until it ends.
-async fn send(pool: &Pool, upstream: &Upstream, request: Request<ClientBody>) -> Attempt {
-    let mut conn = match pool.checkout(upstream).await {
+async fn send(
+    gateway: &Gateway,
+    upstream: &Upstream,
+    request: Request<ClientBody>,
+    patience: Option<std::time::Duration>,
+) -> Attempt {
+    let pool = &gateway.pool;
+    let mut conn = match pool.checkout(upstream, patience).await {
         Ok(conn) => conn,
         Err(error @ UpstreamError::Busy) => return Attempt::Answered(Err(error)),
         Err(error) => {
@@ -211,35 +218,48 @@ async fn send(pool: &Pool, upstream: &Upstream, request: Request<ClientBody>) ->
             }
         }
     };
-    let result = match conn.sender.try_send_request(request).await {
-        Err(mut e) => match e.take_message() {
-            Some(request) if conn.reused => {
-                if let Err(error) = pool.redial(&mut conn).await {
-                    return Attempt::NotSent {
-                        request,
-                        error: UpstreamError::failed(error),
-                        unreachable: true,
-                    };
+    // `Err` is the attempt's outcome when there is no response to hand on (boxed: it can
+    // hold the whole request).
+    let exchange = async {
+        let answered = |result: Result<_, UpstreamError>| {
+            result.map_err(|e| Box::new(Attempt::Answered(Err(e))))
+        };
+        match conn.sender.try_send_request(request).await {
+            Err(mut e) => match e.take_message() {
+                Some(request) if conn.reused => {
+                    if let Err(error) = pool.redial(&mut conn).await {
+                        return Err(Box::new(Attempt::NotSent {
+                            request,
+                            error: UpstreamError::failed(error),
+                            unreachable: true,
+                        }));
+                    }
+                    let sent = conn.sender.send_request(request).await;
+                    answered(sent.map_err(UpstreamError::failed))
                 }
-                conn.sender
-                    .send_request(request)
-                    .await
-                    .map_err(UpstreamError::failed)
-            }
-            Some(request) => {
-                return Attempt::NotSent {
+                Some(request) => Err(Box::new(Attempt::NotSent {
                     request,
                     error: UpstreamError::failed(e.into_error()),
                     unreachable: false,
-                }
-            }
-            None => Err(UpstreamError::failed(e.into_error())),
-        },
-        Ok(response) => Ok(response),
+                })),
+                None => answered(Err(UpstreamError::failed(e.into_error()))),
+            },
+            Ok(response) => Ok(response),
+        }
     };
-    let response = match result {
+    // A replica a probe finds gone will not answer: its requests end now, not when TCP
+    // gives up.
+    let gone = async {
+        match upstream.agent() {
+            Some(agent) => gateway.replicas.until_probed_down(agent).await,
+            None => std::future::pending().await,
+        }
+        let error = UpstreamError::failed("the agent stopped answering its probes");
+        Err(Box::new(Attempt::Answered(Err(error))))
+    };
+    let response = match futures_lite::future::or(exchange, gone).await {
         Ok(response) => response,
-        Err(error) => return Attempt::Answered(Err(error)),
+        Err(attempt) => return *attempt,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection now belongs to the upgraded stream; its permit goes back at once

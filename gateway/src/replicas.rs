@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// How long a dial to one of several agents waits before the next agent is tried. Nothing
+/// was sent yet, so moving on is safe; an agent that died keeps requests waiting this long
+/// instead of the stack's own connect timeout (5 s) until its probe marks it down.
+pub const REPLICA_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How the gateway watches replicas.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSettings {
@@ -31,14 +36,21 @@ pub struct ReplicaHealth {
     table: Mutex<Table>,
     /// Rotates the first choice among live agents.
     turn: AtomicUsize,
+    /// Wakes [`ReplicaHealth::until_probed_down`] when a probe finds an agent gone.
+    probed_down: event_listener::Event,
 }
 
 #[derive(Default)]
 struct Table {
     /// Agents that serve some tunnel together with another agent.
     watched: HashSet<Ipv4Addr>,
-    /// Whether each watched agent answered its last probe (absent: not probed yet, live).
+    /// Whether each watched agent is believed live, from its probes and from dials to it
+    /// (absent: not probed yet, live).
     alive: HashMap<Ipv4Addr, bool>,
+    /// Whether each watched agent answered its last probe, from probes alone.
+    answered: HashMap<Ipv4Addr, bool>,
+    /// How many times probes found each agent gone after it had answered.
+    losses: HashMap<Ipv4Addr, u64>,
 }
 
 impl ReplicaHealth {
@@ -51,8 +63,15 @@ impl ReplicaHealth {
     pub fn watch(&self, agents: impl IntoIterator<Item = Ipv4Addr>) {
         let mut table = self.table();
         table.watched = agents.into_iter().collect();
-        let Table { watched, alive } = &mut *table;
+        let Table {
+            watched,
+            alive,
+            answered,
+            ..
+        } = &mut *table;
+        // Losses stay counted (a map as small as the overlay): a waiter compares counts.
         alive.retain(|agent, _| watched.contains(agent));
+        answered.retain(|agent, _| watched.contains(agent));
     }
 
     /// The agents to probe.
@@ -68,6 +87,41 @@ impl ReplicaHealth {
         }
         let before = table.alive.insert(agent, alive).unwrap_or(true);
         (before != alive).then_some(alive)
+    }
+
+    /// Record a probe's answer, as [`ReplicaHealth::report`] does; an agent that answered
+    /// its last probe and not this one also ends the requests waiting on it.
+    pub fn probed(&self, agent: Ipv4Addr, alive: bool) -> Option<bool> {
+        let changed = self.report(agent, alive);
+        let mut table = self.table();
+        if !table.watched.contains(&agent) {
+            return changed;
+        }
+        let before = table.answered.insert(agent, alive).unwrap_or(true);
+        if before && !alive {
+            *table.losses.entry(agent).or_default() += 1;
+            drop(table);
+            self.probed_down.notify(usize::MAX);
+        }
+        changed
+    }
+
+    /// Resolves when a probe finds `agent` gone after this call, never for an agent no
+    /// probe watches: a request sent to it stops waiting for an answer that cannot come.
+    /// Only probes count, not failed dials, so a busy moment ends no request.
+    pub fn until_probed_down(&self, agent: Ipv4Addr) -> impl std::future::Future<Output = ()> + '_ {
+        let losses = move |table: &Table| table.losses.get(&agent).copied().unwrap_or(0);
+        // Counted now, not when first polled: losses from this call on end the wait.
+        let start = losses(&self.table());
+        async move {
+            loop {
+                let listener = self.probed_down.listen();
+                if losses(&self.table()) != start {
+                    return;
+                }
+                listener.await;
+            }
+        }
     }
 
     /// Whether an agent is believed live (unwatched and unprobed agents are).
@@ -110,13 +164,18 @@ impl AgentDialer {
         let mut agents = vec![upstream.agent_ip];
         agents.extend(&upstream.replica_ips);
         let mut last_error = None;
-        for agent in self.health.order(&agents) {
-            // The stack gives up on an unanswered dial after its CONNECT_TIMEOUT.
-            match self
+        let ordered = self.health.order(&agents);
+        for (i, &agent) in ordered.iter().enumerate() {
+            // The stack gives up on an unanswered dial after its CONNECT_TIMEOUT; with
+            // another agent to try, after REPLICA_PATIENCE.
+            let dial = self
                 .stack
-                .connect(SocketAddrV4::new(agent, upstream.service_port))
-                .await
-            {
+                .connect(SocketAddrV4::new(agent, upstream.service_port));
+            let dialed = match i + 1 < ordered.len() {
+                true => within(REPLICA_PATIENCE, dial).await,
+                false => dial.await,
+            };
+            match dialed {
                 Ok(stream) => return Ok(stream),
                 Err(e) => {
                     if agents.len() > 1 && self.health.report(agent, false) == Some(false) {
@@ -155,7 +214,7 @@ impl AgentDialer {
                         async_io::Timer::after(settings.timeout).await;
                         false
                     };
-                    match health.report(agent, future::or(answered, unanswered).await) {
+                    match health.probed(agent, future::or(answered, unanswered).await) {
                         Some(true) => log::info!("replica agent {agent} answers again"),
                         Some(false) => {
                             log::warn!("replica agent {agent} stopped answering; not used");
@@ -170,12 +229,60 @@ impl AgentDialer {
     }
 }
 
+/// `work`, or a timeout error once `patience` has passed.
+pub async fn within<T>(
+    patience: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    future::or(work, async {
+        async_io::Timer::after(patience).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {patience:?}"),
+        ))
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ip(last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, 0, last)
+    }
+
+    #[test]
+    fn requests_wait_on_an_agent_until_a_probe_finds_it_gone_not_a_dial() {
+        let health = ReplicaHealth::default();
+        health.watch([ip(2), ip(3)]);
+        let pending = |agent| {
+            let mut waiting = Box::pin(health.until_probed_down(agent));
+            future::block_on(future::poll_once(&mut waiting)).is_none()
+        };
+        let mut waiting = Box::pin(health.until_probed_down(ip(2)));
+        assert!(future::block_on(future::poll_once(&mut waiting)).is_none());
+        // A failed dial (a busy moment) is no reason to end a request.
+        health.report(ip(2), false);
+        assert!(future::block_on(future::poll_once(&mut waiting)).is_none());
+        // Another agent's loss is not this one's.
+        health.probed(ip(3), false);
+        assert!(future::block_on(future::poll_once(&mut waiting)).is_none());
+        health.probed(ip(2), false);
+        assert!(future::block_on(future::poll_once(&mut waiting)).is_some());
+        // Known gone already: a request sent to it anyway (no other was live) waits for the
+        // next loss, not the last one.
+        assert!(pending(ip(2)));
+        health.probed(ip(2), false);
+        assert!(pending(ip(2)), "a second missed probe is not a new loss");
+        health.probed(ip(2), true);
+        let mut waiting = Box::pin(health.until_probed_down(ip(2)));
+        health.probed(ip(2), false);
+        assert!(future::block_on(future::poll_once(&mut waiting)).is_some());
+        // An agent no probe watches never ends its requests this way.
+        assert!(pending(ip(9)));
+        health.probed(ip(9), false);
+        assert!(pending(ip(9)));
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl LinkState {
 }
 
 /// Keep a session with Control open forever: every snapshot received is cached in the state
-/// handed to `apply` (which keeps them with [`StateDir::keep_config`] once applied); `status`
+/// handed to `apply` (which keeps each with [`StateDir::keep_config`] once applied); `status`
 /// is reported with each heartbeat.
 pub async fn run(
     settings: LinkSettings,

@@ -96,14 +96,13 @@ impl StateDir {
         write_atomically(&self.path.join(CONFIG_FILE), encode(config).as_bytes())
     }
 
-    /// [`StateDir::save_config`] on a blocking thread, for the loop that applies configs:
-    /// encoding one that carries thousands of certificates held up the node's session with
-    /// Control long enough for it to miss heartbeats.
-    pub async fn keep_config(&self, config: ConfigSnapshot) {
-        let dir = self.clone();
-        let version = config.version;
-        if let Err(e) = smol::unblock(move || dir.save_config(&config)).await {
-            log::warn!("could not cache config version {version}: {e}");
+    /// [`StateDir::save_config`] for the loop that applies configs, once each is applied,
+    /// logging a failure: the session with Control only hands configs on. Encoding one that
+    /// carries thousands of certificates there held the session up until it missed
+    /// heartbeats; here a burst of configs is saved once, as it is applied once.
+    pub fn keep_config(&self, config: &ConfigSnapshot) {
+        if let Err(e) = self.save_config(config) {
+            log::warn!("could not cache config version {}: {e}", config.version);
         }
     }
 }
