@@ -284,8 +284,13 @@ async fn send_certificates<S: AsyncRead + AsyncWrite + Unpin>(
         bytes += size;
     }
     if !batch.is_empty() {
-        let certificates = batch;
-        send(ws, &ControlMessage::Certificates { certificates }).await?;
+        send(
+            ws,
+            &ControlMessage::Certificates {
+                certificates: batch,
+            },
+        )
+        .await?;
     }
     Ok(())
 }

@@ -218,6 +218,16 @@ impl Cluster {
 
     /// Start Control with its API on `ip` (which agents elsewhere can reach).
     pub fn listening_on(name: &str, ip: &str, extra: &[&str]) -> Cluster {
+        Cluster::start(name, ip, extra, None)
+    }
+
+    /// Start Control with its store in `data` (a directory on a file system of the test's
+    /// choosing) rather than in the test directory.
+    pub fn storing_in(name: &str, data: &Path) -> Cluster {
+        Cluster::start(name, "127.0.0.1", &[], Some(data))
+    }
+
+    fn start(name: &str, ip: &str, extra: &[&str], data: Option<&Path>) -> Cluster {
         let mut nonce = [0u8; 4];
         getrandom::fill(&mut nonce).expect("randomness");
         let dir = std::env::temp_dir().join(format!(
@@ -227,7 +237,10 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir).expect("test directory");
         let port = free_tcp_port();
-        let data = dir.join("control-data").display().to_string();
+        let data = data
+            .map_or_else(|| dir.join("control-data"), Path::to_path_buf)
+            .display()
+            .to_string();
         let token_output = Command::new(bin_dir().join("kakuremichi-control"))
             .args(["--data-dir", &data, "token", "create", "--name", "tests"])
             .output()

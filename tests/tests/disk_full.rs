@@ -3,11 +3,9 @@
 //! the same write works. Needs root for the small tmpfs, so it runs with `--ignored` from
 //! scripts/test.
 
-use kakuremichi_tests::cluster::bin_dir;
-use kakuremichi_tests::{curl, free_tcp_port, wait_for};
+use kakuremichi_tests::{curl, Cluster};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Command;
 
 /// A tmpfs of `size` mounted for the test, unmounted when dropped.
 struct SmallDisk(PathBuf);
@@ -33,15 +31,6 @@ impl Drop for SmallDisk {
     }
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Fill the file system at `dir` to the last byte.
 fn fill(dir: &Path) -> PathBuf {
     let filler = dir.join("filler");
@@ -58,53 +47,12 @@ fn fill(dir: &Path) -> PathBuf {
 #[ignore = "needs root for a tmpfs; scripts/test runs it"]
 fn a_full_disk_says_so_and_changes_nothing() {
     let disk = SmallDisk::mount("16m");
-    let data = disk.0.join("control-data");
-    let control = bin_dir().join("kakuremichi-control");
-    let token = Command::new(&control)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["token", "create", "--name", "tests"])
-        .output()
-        .expect("token create");
-    assert!(
-        token.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token.stderr)
-    );
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-    let port = free_tcp_port();
-    let log = std::fs::File::create(
-        std::env::temp_dir().join(format!("kakuremichi-diskfull-{}.log", std::process::id())),
-    )
-    .expect("log file");
-    let _running = Running(
-        Command::new(&control)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(log)
-            .spawn()
-            .expect("start Control"),
-    );
-    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
-    let auth = format!("Authorization: Bearer {token}");
-    let enrol = || {
-        curl(&[
-            "-X",
-            "POST",
-            "-H",
-            &auth,
-            "--data-binary",
-            "{}",
-            &url("/api/v1/agents"),
-        ])
-    };
-    let up = wait_for(Duration::from_secs(10), || {
-        (curl(&[&url("/healthz")]).status == 200).then_some(())
-    });
-    assert!(up.is_some(), "Control did not start");
+    let cluster = Cluster::storing_in("diskfull", &disk.0.join("control-data"));
+    let enrol = || cluster.api("POST", "/api/v1/agents", Some("{}"));
+    let agents = || cluster.api("GET", "/api/v1/agents", None);
+    let healthz = || curl(&[&cluster.control_url("/healthz")]).status;
     assert_eq!(enrol().status, 201);
-    let agents_before = curl(&["-H", &auth, &url("/api/v1/agents")]).json();
+    let agents_before = agents().json();
 
     let filler = fill(&disk.0);
     // The store reuses pages it freed, so a few writes may still fit; one that needs a new
@@ -117,13 +65,13 @@ fn a_full_disk_says_so_and_changes_nothing() {
     assert!(refused.body.contains("disk is full"), "{}", refused.body);
     println!("disk full: {} {}", refused.status, refused.body.trim());
     // Still serving what it has.
-    assert_eq!(curl(&[&url("/healthz")]).status, 200);
-    let listed = curl(&["-H", &auth, &url("/api/v1/agents")]);
+    assert_eq!(healthz(), 200);
+    let listed = agents();
     assert_eq!(listed.status, 200, "{listed:?}");
 
     std::fs::remove_file(&filler).expect("remove the filler");
     assert_eq!(enrol().status, 201, "a write after space came back");
-    let agents_after = curl(&["-H", &auth, &url("/api/v1/agents")]).json();
+    let agents_after = agents().json();
     assert!(
         agents_after.as_array().map(Vec::len) > agents_before.as_array().map(Vec::len),
         "{agents_after}"

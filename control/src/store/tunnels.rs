@@ -153,24 +153,28 @@ impl Store {
     /// Remove a tunnel, and its hostname's certificate when nothing else serves that
     /// hostname (another tunnel on a path of it, or Control's own route).
     pub fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
-        self.write(|s, wtxn| {
-            let tunnel: TunnelRecord =
-                get(&s.tunnels, wtxn, id)?.ok_or_else(|| Error::not_found("tunnel", id))?;
-            s.tunnels.delete(wtxn, id)?;
-            let Some(hostname) = tunnel.spec.hostname else {
-                return Ok(());
-            };
-            let tunnels: Vec<TunnelRecord> = all(&s.tunnels, wtxn)?;
-            let by_tunnel = tunnels
+        let (revision, tunnels) = self.write(|s, wtxn| {
+            let (revision, mut tunnels) = s.tunnels_in(wtxn)?;
+            let at = tunnels
                 .iter()
-                .any(|t| t.spec.hostname.as_ref() == Some(&hostname));
-            let control: Option<(ControlRoute, Issuer)> = get(&s.meta, wtxn, CONTROL_ROUTE)?;
-            let by_control = control.is_some_and(|(route, _)| route.hostname == hostname);
-            if !by_tunnel && !by_control {
-                s.certs.delete(wtxn, hostname.as_str())?;
+                .position(|t| t.id == id)
+                .ok_or_else(|| Error::not_found("tunnel", id))?;
+            let tunnel = tunnels.remove(at);
+            s.tunnels.delete(wtxn, id)?;
+            if let Some(hostname) = tunnel.spec.hostname {
+                let by_tunnel = tunnels
+                    .iter()
+                    .any(|t| t.spec.hostname.as_ref() == Some(&hostname));
+                let control: Option<(ControlRoute, Issuer)> = get(&s.meta, wtxn, CONTROL_ROUTE)?;
+                let by_control = control.is_some_and(|(route, _)| route.hostname == hostname);
+                if !by_tunnel && !by_control {
+                    s.certs.delete(wtxn, hostname.as_str())?;
+                }
             }
-            Ok(())
-        })
+            Ok((revision, tunnels))
+        })?;
+        self.keep_tunnels(revision + 1, tunnels);
+        Ok(())
     }
 }
 
