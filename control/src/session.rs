@@ -2,7 +2,7 @@
 //! both ways until the socket closes or the node falls silent.
 
 use crate::hub::SessionHandle;
-use crate::model::{snapshot, NodeRecord, SnapshotSettings};
+use crate::model::{snapshot_without_peers, NodeRecord, SnapshotSettings};
 use crate::Control;
 use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
@@ -212,18 +212,14 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     // that one does not know this node yet (it was enrolled since). A fleet connecting at
     // once then costs one decode per burst, not one per hello.
     let decoded = control.store.last_shared_state();
-    let state = match decoded.filter(|s| s.nodes.iter().any(|n| n.id == credential.node_id)) {
+    let state = match decoded.filter(|s| s.node(credential.node_id).is_some()) {
         Some(state) => state,
         None => control.store.shared_state().map_err(|e| e.to_string())?,
     };
     if sent.revision == Some(state.revision) {
         return Ok(());
     }
-    let node = state
-        .nodes
-        .iter()
-        .find(|n| n.id == credential.node_id)
-        .ok_or("node was removed")?;
+    let node = state.node(credential.node_id).ok_or("node was removed")?;
     if node.api_key_hash != credential.api_key_hash {
         return Err("API key was rotated".into());
     }
@@ -234,9 +230,12 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
             control.public_url.trim_end_matches('/')
         )),
     };
-    let mut config = snapshot(&state, node, &settings);
+    let mut config = snapshot_without_peers(&state, node, &settings);
     config.version = 0;
-    let content = ring::digest::digest(&ring::digest::SHA256, encode(&config).as_bytes());
+    let mut content = ring::digest::Context::new(&ring::digest::SHA256);
+    content.update(encode(&config).as_bytes());
+    content.update(&state.peers_digest(node));
+    let content = content.finish();
     if let Some((revision, digest)) = &sent.config {
         if digest.as_ref() == content.as_ref() {
             session.unchanged(*revision, state.revision);
@@ -250,6 +249,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     };
     send_certificates(ws, served, &sent.certificates).await?;
     config.version = state.revision;
+    config.peers = state.peers_for(node).to_vec();
     send(ws, &ControlMessage::Config(Box::new(config))).await?;
     control.hub.count_push();
     sent.revision = Some(state.revision);

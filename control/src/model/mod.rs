@@ -13,7 +13,10 @@ mod tunnels;
 pub use certs::{CertRecord, CertState, Issuer, RETRY_CAP_SECONDS, RETRY_FIRST_SECONDS};
 pub use gateways::{labels_from_json, parse_pairs, GatewayChoice};
 pub use nodes::{check_name, Labels, NodeRecord, OverlayNet};
-pub use snapshot::{hostnames_without_certificate, https_hostnames, snapshot, SnapshotSettings};
+pub use snapshot::{
+    hostnames_without_certificate, https_hostnames, snapshot, snapshot_without_peers,
+    SnapshotSettings,
+};
 pub use state::State;
 pub use tokens::{TokenRecord, TokenScope};
 pub use tunnels::{

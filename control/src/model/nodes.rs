@@ -130,7 +130,7 @@ impl std::str::FromStr for OverlayNet {
 
 impl OverlayNet {
     /// The lowest host address not in `used`.
-    pub fn allocate(&self, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    pub fn allocate(&self, used: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let base = u32::from(self.network);
         let hosts = (1u32 << (32 - self.prefix)) - 2;
         (1..=hosts)

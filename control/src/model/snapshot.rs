@@ -4,7 +4,7 @@ use super::{Issuer, NodeRecord, State, TunnelKind, TunnelRecord};
 use kakuremichi_proto::ids::{Hostname, NodeKind};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, CertificateRef, ConfigSnapshot, DigestedCertificate,
-    HttpRoute, PassthroughRoute, PeerConfig, PortRoute, Service, Upstream,
+    HttpRoute, PassthroughRoute, PortRoute, Service, Upstream,
 };
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -21,43 +21,32 @@ pub struct SnapshotSettings {
 
 /// The configuration `node` should run, given everything in the store.
 pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -> ConfigSnapshot {
-    let (nodes, tunnels) = (&state.nodes, &state.tunnels);
-    // Agents peer with every gateway and gateways with every agent; never agent to agent.
-    let peer_kind = match node.kind {
-        NodeKind::Agent => NodeKind::Gateway,
-        NodeKind::Gateway => NodeKind::Agent,
-    };
-    let peers = nodes
-        .iter()
-        .filter(|n| n.kind == peer_kind && !n.disabled && !node.disabled)
-        .filter_map(|n| {
-            Some(PeerConfig {
-                node_id: n.id.clone(),
-                public_key: n.public_key?,
-                overlay_ip: n.overlay_ip,
-                endpoint: n.wireguard_endpoint.clone(),
-                instance: n.instance,
-                https_port: n.https_port,
-            })
-        })
-        .collect();
-    let enabled: Vec<&TunnelRecord> = tunnels
-        .iter()
-        .filter(|t| t.spec.enabled && !node.disabled)
-        .collect();
+    ConfigSnapshot {
+        peers: state.peers_for(node).to_vec(),
+        ..snapshot_without_peers(state, node, settings)
+    }
+}
+
+/// [`snapshot`] with its peers left out ([`State::peers_for`] `node`): they are the same for
+/// every node of a kind, so a session compares them by [`State::peers_digest`] and adds them
+/// only to a config it sends.
+pub fn snapshot_without_peers(
+    state: &State,
+    node: &NodeRecord,
+    settings: &SnapshotSettings,
+) -> ConfigSnapshot {
+    let enabled = |t: &&TunnelRecord| t.spec.enabled && !node.disabled;
     let (mut routes, mut port_routes, mut passthrough_routes, mut services) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     match node.kind {
         NodeKind::Gateway => {
-            for t in enabled
-                .into_iter()
-                .filter(|t| t.spec.gateways.selects(node))
-            {
+            let selected = state.tunnels.iter().filter(enabled);
+            for t in selected.filter(|t| t.spec.gateways.selects(node)) {
                 // Every enabled agent of the tunnel, the primary first while it is enabled.
                 let agent_ips: Vec<Ipv4Addr> = t
                     .spec
                     .agents()
-                    .filter_map(|(id, _)| nodes.iter().find(|n| n.id == id && !n.disabled))
+                    .filter_map(|(id, _)| state.node(id).filter(|n| !n.disabled))
                     .map(|n| n.overlay_ip)
                     .collect();
                 let Some((&agent_ip, replica_ips)) = agent_ips.split_first() else {
@@ -108,7 +97,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
             }
         }
         NodeKind::Agent => {
-            for t in enabled {
+            for t in state.tunnels_of_agent(&node.id).filter(enabled) {
                 let Some(own_target) = t.spec.target_on(&node.id) else {
                     continue;
                 };
@@ -143,7 +132,7 @@ pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -
         node_id: node.id.clone(),
         overlay_ip: node.overlay_ip,
         overlay_prefix: state.overlay.prefix,
-        peers,
+        peers: Vec::new(),
         routes,
         services,
         port_routes,
@@ -236,7 +225,7 @@ impl State {
     /// (the session sends each gateway the bundles it does not have yet). Worked out once per
     /// state: hashing them for each gateway's snapshot cost more than the rest of it.
     pub fn served_certificates(&self) -> &[DigestedCertificate] {
-        self.served.get_or_init(|| {
+        self.derived.served.get_or_init(|| {
             gateway_certificates(self)
                 .into_iter()
                 .map(|bundle| DigestedCertificate {

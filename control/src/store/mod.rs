@@ -194,7 +194,7 @@ impl Store {
             users: all(&self.users, &rtxn)?,
             keyring: get(&self.meta, &rtxn, ACCESS_KEYS)?
                 .ok_or_else(|| Error::Store("access keys missing".into()))?,
-            served: Default::default(),
+            derived: Default::default(),
         })
     }
 

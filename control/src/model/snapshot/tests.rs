@@ -57,7 +57,7 @@ fn state(overlay: OverlayNet, nodes: Vec<NodeRecord>, tunnels: Vec<TunnelRecord>
         control_route: None,
         users: vec![],
         keyring: Keyring::generate().unwrap(),
-        served: Default::default(),
+        derived: Default::default(),
     }
 }
 
@@ -165,12 +165,12 @@ fn overlay_allocation_skips_used_and_network_address() {
     let net: OverlayNet = "10.77.3.9/16".parse().unwrap();
     assert_eq!(net.network, Ipv4Addr::new(10, 77, 0, 0));
     assert_eq!(
-        net.allocate(&[Ipv4Addr::new(10, 77, 0, 1)]),
+        net.allocate(&[Ipv4Addr::new(10, 77, 0, 1)].into()),
         Some(Ipv4Addr::new(10, 77, 0, 2))
     );
     let tiny: OverlayNet = "10.0.0.0/30".parse().unwrap();
     assert_eq!(
-        tiny.allocate(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]),
+        tiny.allocate(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)].into()),
         None
     );
     assert!("10.0.0.0/31".parse::<OverlayNet>().is_err());
