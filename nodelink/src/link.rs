@@ -13,6 +13,7 @@ use kakuremichi_proto::messages::{
     decode, encode, CertificateBundle, ConfigSnapshot, ControlMessage, Hello, NodeMessage,
     NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
+use kakuremichi_proto::patch::Assembly;
 use kakuremichi_rt::metrics::Readings;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -341,6 +342,8 @@ async fn session(
     let mut told_live = None;
     // Certificates Control sent on this session, by digest, for configs to refer to.
     let mut held: HashMap<String, CertificateBundle> = HashMap::new();
+    // The config as Control sent it on this session, which its patches apply to.
+    let mut assembly = Assembly::default();
     loop {
         let applied = async {
             let _ = state.applied_changed.1.recv().await;
@@ -366,7 +369,12 @@ async fn session(
                     Ok(ControlMessage::Certificates { certificates }) => {
                         held.extend(certificates.into_iter().map(|c| (c.digest, c.bundle)));
                     }
-                    Ok(ControlMessage::Config(mut snapshot)) => {
+                    Ok(ControlMessage::Config(patch)) => {
+                        let mut snapshot = match assembly.receive(*patch) {
+                            Ok(Some(snapshot)) => snapshot,
+                            Ok(None) => continue,
+                            Err(e) => return Error::Protocol(e),
+                        };
                         if let Err(e) = resolve_certificates(&mut snapshot, &mut held) {
                             return Error::Protocol(e);
                         }
@@ -375,7 +383,7 @@ async fn session(
                             interval = snapshot.heartbeat_interval();
                             next_heartbeat = Instant::now() + interval;
                         }
-                        apply(*snapshot);
+                        apply(snapshot);
                     }
                     Ok(ControlMessage::Heartbeat) => {}
                     Err(e) => return Error::Protocol(e.to_string()),

@@ -30,6 +30,7 @@ pub mod access;
 pub mod datagrams;
 pub mod ids;
 pub mod messages;
+pub mod patch;
 pub mod path;
 pub mod ports;
 pub mod proxy_protocol;

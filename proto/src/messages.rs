@@ -1,13 +1,14 @@
 //! Messages on the control WebSocket, one JSON object per text frame.
 //!
 //! A node opens `/ws/agent` or `/ws/gateway` with `Authorization: Bearer <API_KEY>` and sends
-//! [`NodeMessage::Hello`]. Control answers with [`ControlMessage::Config`], a full snapshot of
-//! everything the node needs, and sends a new snapshot whenever any of it changes. Both sides
+//! [`NodeMessage::Hello`]. Control answers with [`ControlMessage::Config`], everything the node
+//! needs, and sends what changed whenever any of it does ([`crate::patch`]). Both sides
 //! send [`NodeMessage::Heartbeat`]/[`ControlMessage::Heartbeat`] every [`HEARTBEAT_INTERVAL`];
 //! a peer silent for [`MISSED_HEARTBEATS_OFFLINE`] intervals is gone.
 
 use crate::access::{AccessKeys, AccessPolicy};
 use crate::ids::{Hostname, PublicKey, Target};
+use crate::patch::ConfigPatch;
 use crate::ports::{PortPolicy, Transport};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::ProtoError;
@@ -120,8 +121,9 @@ pub struct OriginFailure {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
-    /// The node's full desired configuration.
-    Config(Box<ConfigSnapshot>),
+    /// The node's desired configuration, as a patch from the one it holds
+    /// ([`crate::patch`]): the whole of it in a session's first.
+    Config(Box<ConfigPatch>),
     /// Certificates for configs to refer to by digest ([`CertificateRef`]), sent ahead of
     /// the config that first needs them and in as many messages as they take: a config then
     /// stays small however many HTTPS tunnels there are, and a renewal sends one certificate,
@@ -192,6 +194,30 @@ pub struct ConfigSnapshot {
 
 fn default_heartbeat_ms() -> u64 {
     HEARTBEAT_INTERVAL.as_millis() as u64
+}
+
+impl Default for ConfigSnapshot {
+    fn default() -> Self {
+        ConfigSnapshot {
+            version: 0,
+            node_id: String::new(),
+            overlay_ip: Ipv4Addr::UNSPECIFIED,
+            overlay_prefix: 0,
+            peers: Vec::new(),
+            routes: Vec::new(),
+            services: Vec::new(),
+            port_routes: Vec::new(),
+            passthrough_routes: Vec::new(),
+            certificates: Vec::new(),
+            certificate_refs: Vec::new(),
+            challenges: Vec::new(),
+            control_route: None,
+            fallback_certificate: None,
+            access_keys: None,
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            draining: false,
+        }
+    }
 }
 
 impl ConfigSnapshot {
@@ -516,7 +542,19 @@ mod tests {
             }],
             passthrough_routes: vec![],
         };
-        let message = ControlMessage::Config(Box::new(snapshot));
+        let message = ControlMessage::Config(Box::new(crate::patch::ConfigPatch {
+            version: snapshot.version,
+            base: 0,
+            lists: crate::patch::ListPatches {
+                routes: crate::patch::ListPatch {
+                    upsert: snapshot.routes.clone(),
+                    remove: vec![],
+                },
+                ..Default::default()
+            },
+            rest: Some(Box::new(snapshot)),
+            more: false,
+        }));
         assert_eq!(
             decode::<ControlMessage>(&encode(&message)).unwrap(),
             message

@@ -18,9 +18,12 @@ struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     version: Option<u64>,
+    /// A config patch's other messages follow.
+    #[serde(default)]
+    more: bool,
 }
 
-/// One config a simulated node was sent.
+/// One config a simulated node was sent (all the messages of its patch).
 #[derive(Clone, Copy, Debug)]
 pub struct Received {
     pub version: u64,
@@ -115,6 +118,8 @@ async fn session(
     ws.send(send(NodeMessage::Hello(hello)))
         .await
         .map_err(|e| format!("hello: {e}"))?;
+    // The bytes of a patch's messages so far.
+    let mut pending = 0;
     while let Some(message) = ws.next().await {
         let text = match message.map_err(|e| format!("socket: {e}"))? {
             Message::Text(text) => text,
@@ -127,9 +132,13 @@ async fn session(
         let reply = match envelope.kind.as_str() {
             "config" => {
                 let version = envelope.version.ok_or("a config without a version")?;
+                pending += text.len();
+                if envelope.more {
+                    continue;
+                }
                 lock(log).configs.push(Received {
                     version,
-                    bytes: text.len(),
+                    bytes: std::mem::take(&mut pending),
                     at: Instant::now(),
                 });
                 NodeMessage::Applied { version }

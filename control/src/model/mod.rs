@@ -14,8 +14,8 @@ pub use certs::{CertRecord, CertState, Issuer, RETRY_CAP_SECONDS, RETRY_FIRST_SE
 pub use gateways::{labels_from_json, parse_pairs, GatewayChoice};
 pub use nodes::{check_name, Labels, NodeRecord, OverlayNet};
 pub use snapshot::{
-    hostnames_without_certificate, https_hostnames, snapshot, snapshot_without_peers,
-    SnapshotSettings,
+    hostnames_without_certificate, https_hostnames, node_config, snapshot, Entry, NodeConfig,
+    SnapshotSettings, TunnelRoutes,
 };
 pub use state::State;
 pub use tokens::{TokenRecord, TokenScope};

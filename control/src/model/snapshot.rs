@@ -4,8 +4,9 @@ use super::{Issuer, NodeRecord, State, TunnelKind, TunnelRecord};
 use kakuremichi_proto::ids::{Hostname, NodeKind};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, CertificateRef, ConfigSnapshot, DigestedCertificate,
-    HttpRoute, PassthroughRoute, PortRoute, Service, Upstream,
+    HttpRoute, PassthroughRoute, PeerConfig, PortRoute, Service, Upstream,
 };
+use kakuremichi_proto::patch::Keyed;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -19,82 +20,92 @@ pub struct SnapshotSettings {
     pub access_login_url: Option<String>,
 }
 
-/// The configuration `node` should run, given everything in the store.
-pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -> ConfigSnapshot {
-    ConfigSnapshot {
-        peers: state.peers_for(node).to_vec(),
-        ..snapshot_without_peers(state, node, settings)
+/// One entry of a config's keyed lists ([`kakuremichi_proto::patch`]) with what a session
+/// compares and sends it by, worked out once per state for every node it goes to.
+#[derive(Clone, Debug)]
+pub struct Entry<T> {
+    pub value: T,
+    pub key: String,
+    /// The first half of the SHA-256 of its JSON.
+    pub digest: [u8; 16],
+    /// The length of its JSON.
+    pub bytes: usize,
+}
+
+impl<T: Keyed + serde::Serialize> Entry<T> {
+    pub fn new(value: T) -> Entry<T> {
+        // Config types serialize to JSON without fail: no maps with non-string keys.
+        let json = serde_json::to_vec(&value).unwrap_or_default();
+        let sha = ring::digest::digest(&ring::digest::SHA256, &json);
+        let mut digest = [0; 16];
+        digest.copy_from_slice(&sha.as_ref()[..16]);
+        Entry {
+            key: value.key(),
+            value,
+            digest,
+            bytes: json.len(),
+        }
     }
 }
 
-/// [`snapshot`] with its peers left out ([`State::peers_for`] `node`): they are the same for
-/// every node of a kind, so a session compares them by [`State::peers_digest`] and adds them
-/// only to a config it sends.
-pub fn snapshot_without_peers(
-    state: &State,
+/// What a gateway routes to one tunnel, the same for every gateway that serves it.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelRoutes {
+    pub routes: Vec<Entry<HttpRoute>>,
+    pub port_routes: Vec<Entry<PortRoute>>,
+    pub passthrough_routes: Vec<Entry<PassthroughRoute>>,
+}
+
+/// A node's config as a session sends it: the keyed lists as entries shared with every
+/// other node's, and the rest.
+pub struct NodeConfig<'a> {
+    pub peers: &'a [Entry<PeerConfig>],
+    pub routes: Vec<&'a TunnelRoutes>,
+    pub certificate_refs: &'a [Entry<CertificateRef>],
+    /// The config's other fields, its keyed lists empty.
+    pub rest: ConfigSnapshot,
+}
+
+impl NodeConfig<'_> {
+    /// The whole config.
+    pub fn into_snapshot(self) -> ConfigSnapshot {
+        let routes = self.routes.iter();
+        ConfigSnapshot {
+            peers: values(self.peers),
+            routes: values(routes.clone().flat_map(|r| &r.routes)),
+            port_routes: values(routes.clone().flat_map(|r| &r.port_routes)),
+            passthrough_routes: values(routes.flat_map(|r| &r.passthrough_routes)),
+            certificate_refs: values(self.certificate_refs),
+            ..self.rest
+        }
+    }
+}
+
+fn values<'a, T: Clone + 'a>(entries: impl IntoIterator<Item = &'a Entry<T>>) -> Vec<T> {
+    entries.into_iter().map(|e| e.value.clone()).collect()
+}
+
+/// The configuration `node` should run, given everything in the store.
+pub fn snapshot(state: &State, node: &NodeRecord, settings: &SnapshotSettings) -> ConfigSnapshot {
+    node_config(state, node, settings).into_snapshot()
+}
+
+/// The configuration `node` should run, in the parts a session compares and sends.
+pub fn node_config<'a>(
+    state: &'a State,
     node: &NodeRecord,
     settings: &SnapshotSettings,
-) -> ConfigSnapshot {
+) -> NodeConfig<'a> {
     let enabled = |t: &&TunnelRecord| t.spec.enabled && !node.disabled;
-    let (mut routes, mut port_routes, mut passthrough_routes, mut services) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut routes = Vec::new();
+    let mut services = Vec::new();
     match node.kind {
         NodeKind::Gateway => {
-            let selected = state.tunnels.iter().filter(enabled);
-            for t in selected.filter(|t| t.spec.gateways.selects(node)) {
-                // Every enabled agent of the tunnel, the primary first while it is enabled.
-                let agent_ips: Vec<Ipv4Addr> = t
-                    .spec
-                    .agents()
-                    .filter_map(|(id, _)| state.node(id).filter(|n| !n.disabled))
-                    .map(|n| n.overlay_ip)
-                    .collect();
-                let Some((&agent_ip, replica_ips)) = agent_ips.split_first() else {
-                    continue;
-                };
-                let upstream = |service_port| Upstream {
-                    tunnel_id: t.id.clone(),
-                    agent_ip,
-                    service_port,
-                    replica_ips: replica_ips.to_vec(),
-                    proxy_protocol: t.spec.proxy_protocol,
-                };
-                match (
-                    t.spec.kind,
-                    &t.spec.hostname,
-                    t.spec.kind.transport(),
-                    t.spec.ports,
-                ) {
-                    (TunnelKind::Http, Some(hostname), _, _) => routes.push(HttpRoute {
-                        tunnel_id: t.id.clone(),
-                        hostname: hostname.clone(),
-                        agent_ip,
-                        service_port: t.service_port,
-                        replica_ips: replica_ips.to_vec(),
-                        https: t.spec.issuer != Issuer::None,
-                        access: t.spec.access.policy(&state.users),
-                        origin: t.spec.origin_options(),
-                        path_prefix: t.spec.path_prefix.clone(),
-                    }),
-                    (TunnelKind::Tls, Some(hostname), _, _) => {
-                        passthrough_routes.push(PassthroughRoute {
-                            hostname: hostname.clone(),
-                            upstream: upstream(t.service_port),
-                        })
-                    }
-                    (_, _, Some(transport), Some(ports)) => {
-                        port_routes.extend(ports.iter().zip(t.forwards()).map(
-                            |(port, (service_port, _))| PortRoute {
-                                transport,
-                                port,
-                                upstream: upstream(service_port),
-                            },
-                        ))
-                    }
-                    // `tunnels::check` let no other shape into the store.
-                    _ => log::error!("tunnel {} has neither hostname nor ports", t.id),
-                }
-            }
+            let all = state.tunnels.iter().zip(state.gateway_routes());
+            routes.extend(
+                all.filter(|(t, _)| enabled(t) && t.spec.gateways.selects(node))
+                    .map(|(_, routes)| routes),
+            );
         }
         NodeKind::Agent => {
             for t in state.tunnels_of_agent(&node.id).filter(enabled) {
@@ -112,50 +123,113 @@ pub fn snapshot_without_peers(
             }
         }
     }
-    let (certificate_refs, challenges, fallback_certificate) = match node.kind {
-        NodeKind::Gateway => (
-            state
-                .served_certificates()
-                .iter()
-                .map(|c| CertificateRef {
-                    hostname: c.bundle.hostname.clone(),
-                    digest: c.digest.clone(),
-                })
-                .collect(),
-            challenges_for(state, node),
-            state.fallback_certificate.clone(),
-        ),
-        NodeKind::Agent => (Vec::new(), Vec::new(), None),
-    };
-    ConfigSnapshot {
+    let gateway = node.kind == NodeKind::Gateway;
+    let rest = ConfigSnapshot {
         version: state.revision,
         node_id: node.id.clone(),
         overlay_ip: node.overlay_ip,
         overlay_prefix: state.overlay.prefix,
-        peers: Vec::new(),
-        routes,
         services,
-        port_routes,
-        passthrough_routes,
-        certificates: Vec::new(),
-        certificate_refs,
-        challenges,
-        fallback_certificate,
-        control_route: match node.kind {
-            NodeKind::Gateway => state.control_route.as_ref().map(|(route, _)| route.clone()),
-            NodeKind::Agent => None,
+        challenges: match gateway {
+            true => challenges_for(state, node),
+            false => Vec::new(),
         },
-        access_keys: match node.kind {
-            NodeKind::Gateway => state
+        fallback_certificate: state.fallback_certificate.clone().filter(|_| gateway),
+        control_route: state
+            .control_route
+            .as_ref()
+            .filter(|_| gateway)
+            .map(|(route, _)| route.clone()),
+        access_keys: match gateway {
+            true => state
                 .keyring
                 .for_gateways(settings.access_login_url.clone())
                 .inspect_err(|e| log::error!("access keys: {e}"))
                 .ok(),
-            NodeKind::Agent => None,
+            false => None,
         },
         heartbeat_interval_ms: settings.heartbeat.as_millis() as u64,
-        draining: node.kind == NodeKind::Gateway && node.draining,
+        draining: gateway && node.draining,
+        ..ConfigSnapshot::default()
+    };
+    NodeConfig {
+        peers: state.peers_for(node),
+        routes,
+        certificate_refs: match gateway {
+            true => state.certificate_refs(),
+            false => &[],
+        },
+        rest,
     }
+}
+
+/// What every gateway that serves `t` routes to it: nothing while the tunnel is off or none
+/// of its agents is enabled.
+pub(super) fn tunnel_routes(state: &State, t: &TunnelRecord) -> TunnelRoutes {
+    let mut routes = TunnelRoutes::default();
+    if !t.spec.enabled {
+        return routes;
+    }
+    // Every enabled agent of the tunnel, the primary first while it is enabled.
+    let agent_ips: Vec<Ipv4Addr> = t
+        .spec
+        .agents()
+        .filter_map(|(id, _)| state.node(id).filter(|n| !n.disabled))
+        .map(|n| n.overlay_ip)
+        .collect();
+    let Some((&agent_ip, replica_ips)) = agent_ips.split_first() else {
+        return routes;
+    };
+    let upstream = |service_port| Upstream {
+        tunnel_id: t.id.clone(),
+        agent_ip,
+        service_port,
+        replica_ips: replica_ips.to_vec(),
+        proxy_protocol: t.spec.proxy_protocol,
+    };
+    match (
+        t.spec.kind,
+        &t.spec.hostname,
+        t.spec.kind.transport(),
+        t.spec.ports,
+    ) {
+        (TunnelKind::Http, Some(hostname), _, _) => routes.routes.push(Entry::new(HttpRoute {
+            tunnel_id: t.id.clone(),
+            hostname: hostname.clone(),
+            agent_ip,
+            service_port: t.service_port,
+            replica_ips: replica_ips.to_vec(),
+            https: t.spec.issuer != Issuer::None,
+            access: t.spec.access.policy(&state.users),
+            origin: t.spec.origin_options(),
+            path_prefix: t.spec.path_prefix.clone(),
+        })),
+        (TunnelKind::Tls, Some(hostname), _, _) => {
+            routes.passthrough_routes.push(Entry::new(PassthroughRoute {
+                hostname: hostname.clone(),
+                upstream: upstream(t.service_port),
+            }))
+        }
+        (_, _, Some(transport), Some(ports)) => {
+            routes
+                .port_routes
+                .extend(
+                    ports
+                        .iter()
+                        .zip(t.forwards())
+                        .map(|(port, (service_port, _))| {
+                            Entry::new(PortRoute {
+                                transport,
+                                port,
+                                upstream: upstream(service_port),
+                            })
+                        }),
+                )
+        }
+        // `tunnels::check` let no other shape into the store.
+        _ => log::error!("tunnel {} has neither hostname nor ports", t.id),
+    }
+    routes
 }
 
 /// Hostnames that should have a certificate, with its issuer: enabled HTTPS tunnels, and

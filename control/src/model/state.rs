@@ -1,12 +1,13 @@
 //! Everything in the store at one revision.
 
+use super::snapshot::{Entry, TunnelRoutes};
 use super::{CertRecord, Issuer, NodeRecord, OverlayNet, TunnelRecord};
 use crate::access::Keyring;
 use crate::auth::UserRecord;
 use crate::error::Error;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
-    AcmeChallenge, CertificateBundle, ControlRoute, DigestedCertificate, PeerConfig,
+    AcmeChallenge, CertificateBundle, CertificateRef, ControlRoute, DigestedCertificate, PeerConfig,
 };
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -34,7 +35,8 @@ pub struct State {
 }
 
 /// What every node's snapshot looks up, worked out once per state: at 10,000 nodes a linear
-/// search per tunnel for each of 100 gateways cost more than the rest of the snapshot.
+/// search per tunnel for each of 100 gateways cost more than the rest of the snapshot. A
+/// state is not changed once decoded; a test that changes one starts these again.
 #[derive(Clone, Debug, Default)]
 pub struct Derived {
     /// [`State::served_certificates`].
@@ -45,11 +47,12 @@ pub struct Derived {
     /// replica).
     tunnels_by_agent: OnceLock<HashMap<String, Vec<usize>>>,
     /// The peers of an enabled agent (the enabled gateways) and of an enabled gateway.
-    peers_of_agents: OnceLock<Vec<PeerConfig>>,
-    peers_of_gateways: OnceLock<Vec<PeerConfig>>,
-    /// SHA-256 of each of those lists as JSON: a session compares configs without encoding
-    /// the peers again for each node.
-    peers_digests: OnceLock<[[u8; 32]; 2]>,
+    peers_of_agents: OnceLock<Vec<Entry<PeerConfig>>>,
+    peers_of_gateways: OnceLock<Vec<Entry<PeerConfig>>>,
+    /// What gateways route to each tunnel, by position in [`State::tunnels`].
+    gateway_routes: OnceLock<Vec<TunnelRoutes>>,
+    /// References to [`State::served_certificates`].
+    certificate_refs: OnceLock<Vec<Entry<CertificateRef>>>,
 }
 
 impl State {
@@ -90,32 +93,41 @@ impl State {
     }
 
     /// The WireGuard peers of `node`: none while it is disabled.
-    pub fn peers_for(&self, node: &NodeRecord) -> &[PeerConfig] {
+    pub fn peers_for(&self, node: &NodeRecord) -> &[Entry<PeerConfig>] {
         match node.disabled {
             true => &[],
             false => self.peers_of(node.kind),
         }
     }
 
-    /// A digest of [`State::peers_for`] `node`.
-    pub fn peers_digest(&self, node: &NodeRecord) -> [u8; 32] {
-        let digests = self.derived.peers_digests.get_or_init(|| {
-            [NodeKind::Agent, NodeKind::Gateway].map(|kind| {
-                let encoded = serde_json::to_vec(self.peers_of(kind)).unwrap_or_default();
-                let digest = ring::digest::digest(&ring::digest::SHA256, &encoded);
-                digest.as_ref().try_into().unwrap_or_default()
-            })
-        });
-        match (node.disabled, node.kind) {
-            (true, _) => [0; 32],
-            (false, NodeKind::Agent) => digests[0],
-            (false, NodeKind::Gateway) => digests[1],
-        }
+    /// What gateways route to each tunnel, in the order of [`State::tunnels`].
+    pub fn gateway_routes(&self) -> &[TunnelRoutes] {
+        self.derived.gateway_routes.get_or_init(|| {
+            let tunnels = self.tunnels.iter();
+            tunnels
+                .map(|t| super::snapshot::tunnel_routes(self, t))
+                .collect()
+        })
+    }
+
+    /// What gateways' configs refer to the certificates they serve by.
+    pub fn certificate_refs(&self) -> &[Entry<CertificateRef>] {
+        self.derived.certificate_refs.get_or_init(|| {
+            let served = self.served_certificates().iter();
+            served
+                .map(|c| {
+                    Entry::new(CertificateRef {
+                        hostname: c.bundle.hostname.clone(),
+                        digest: c.digest.clone(),
+                    })
+                })
+                .collect()
+        })
     }
 
     /// The WireGuard peers of an enabled node of `kind`: every enabled node of the other
     /// kind with a key (agents never peer with agents, nor gateways with gateways).
-    fn peers_of(&self, kind: NodeKind) -> &[PeerConfig] {
+    fn peers_of(&self, kind: NodeKind) -> &[Entry<PeerConfig>] {
         let (cell, peer_kind) = match kind {
             NodeKind::Agent => (&self.derived.peers_of_agents, NodeKind::Gateway),
             NodeKind::Gateway => (&self.derived.peers_of_gateways, NodeKind::Agent),
@@ -125,14 +137,14 @@ impl State {
                 .iter()
                 .filter(|n| n.kind == peer_kind && !n.disabled)
                 .filter_map(|n| {
-                    Some(PeerConfig {
+                    Some(Entry::new(PeerConfig {
                         node_id: n.id.clone(),
                         public_key: n.public_key?,
                         overlay_ip: n.overlay_ip,
                         endpoint: n.wireguard_endpoint.clone(),
                         instance: n.instance,
                         https_port: n.https_port,
-                    })
+                    }))
                 })
                 .collect()
         })

@@ -104,11 +104,13 @@ fn replicas_each_serve_their_own_target_and_gateways_know_every_enabled_one() {
     // A disabled replica leaves the route; the others keep it.
     a2.disabled = true;
     state.nodes[2] = a2;
+    state.derived = Default::default();
     let route = &snapshot(&state, &gateway, &settings()).routes[0];
     assert_eq!(route.replica_ips, vec![a3.overlay_ip]);
     // Service ports are free on every agent of the tunnel.
     let other = tunnel("t2", "a3", 0, true);
     state.tunnels.push(other);
+    state.derived = Default::default();
     assert_eq!(
         crate::tunnels::allocate_service_ports(
             &state.tunnels,

@@ -2,7 +2,9 @@
 //! both ways until the socket closes or the node falls silent.
 
 use crate::hub::SessionHandle;
-use crate::model::{snapshot_without_peers, NodeRecord, SnapshotSettings};
+mod patches;
+
+use crate::model::{node_config, NodeRecord, SnapshotSettings};
 use crate::Control;
 use async_io::Timer;
 use async_tungstenite::tungstenite::Message;
@@ -192,15 +194,14 @@ struct Credential<'a> {
 struct Sent {
     /// The newest revision looked at.
     revision: Option<u64>,
-    /// The revision of the config last sent, and a digest of its content (without the
-    /// version).
-    config: Option<(u64, ring::digest::Digest)>,
+    /// The config the node holds.
+    config: patches::Held,
     /// The digests of the certificates the node holds: those its last config refers to.
     certificates: HashSet<String>,
 }
 
-/// Send the node its config at the store's revision, unless that revision was looked at
-/// already or gives the node what it has: a change elsewhere costs this node nothing.
+/// Send the node the changes to its config at the store's revision, unless that revision was
+/// looked at already or changes nothing for the node: a change elsewhere costs it nothing.
 async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     control: &Control,
     session: &SessionHandle,
@@ -230,30 +231,25 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
             control.public_url.trim_end_matches('/')
         )),
     };
-    let mut config = snapshot_without_peers(&state, node, &settings);
-    config.version = 0;
-    let mut content = ring::digest::Context::new(&ring::digest::SHA256);
-    content.update(encode(&config).as_bytes());
-    content.update(&state.peers_digest(node));
-    let content = content.finish();
-    if let Some((revision, digest)) = &sent.config {
-        if digest.as_ref() == content.as_ref() {
-            session.unchanged(*revision, state.revision);
-            sent.revision = Some(state.revision);
-            return Ok(());
-        }
-    }
+    let config = node_config(&state, node, &settings);
     let served = match config.certificate_refs.is_empty() {
         true => &[][..],
         false => state.served_certificates(),
     };
-    send_certificates(ws, served, &sent.certificates).await?;
-    config.version = state.revision;
-    config.peers = state.peers_for(node).to_vec();
-    send(ws, &ControlMessage::Config(Box::new(config))).await?;
-    control.hub.count_push();
+    let held = sent.config.version();
+    let messages = sent.config.patch(config, state.revision);
     sent.revision = Some(state.revision);
-    sent.config = Some((state.revision, content));
+    if messages.is_empty() {
+        if let Some(held) = held {
+            session.unchanged(held, state.revision);
+        }
+        return Ok(());
+    }
+    send_certificates(ws, served, &sent.certificates).await?;
+    for message in messages {
+        send(ws, &ControlMessage::Config(Box::new(message))).await?;
+    }
+    control.hub.count_push();
     // The node keeps what this config refers to and drops the rest, and so does this record.
     sent.certificates = served.iter().map(|c| c.digest.clone()).collect();
     Ok(())
