@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod cluster;
 pub mod dns;
+pub mod fanout;
 pub mod nat;
 pub mod origin;
 pub mod pebble;

@@ -110,7 +110,7 @@ pub async fn run<S>(
                     false => Ok(()),
                 };
                 match pushed {
-                    Ok(()) => heartbeat(&control, &session, &mut ws).await,
+                    Ok(()) => heartbeat(&control, &session, &node_id, &mut ws).await,
                     Err(e) => Err(e),
                 }
             }
@@ -175,8 +175,25 @@ fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> R
 async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
     control: &Control,
     session: &SessionHandle,
+    node_id: &str,
     ws: &mut WebSocketStream<S>,
 ) -> Result<(), String> {
+    if session.silence() > control.hub.offline_after() {
+        // What the node sent while this session was busy sending (a large config to a
+        // slow reader) is waiting in the socket: it was not silent. Read that first.
+        while let Some(message) = future::or(async { Some(ws.next().await) }, async {
+            future::yield_now().await;
+            None
+        })
+        .await
+        {
+            match message {
+                Some(Ok(message)) => handle_message(session, node_id, message)?,
+                Some(Err(e)) => return Err(format!("socket error: {e}")),
+                None => return Err("disconnected".to_string()),
+            }
+        }
+    }
     if session.silence() > control.hub.offline_after() {
         return Err("missed heartbeats; offline".into());
     }
