@@ -41,6 +41,9 @@ impl Session {
 #[derive(Default)]
 struct Sessions {
     live: HashMap<u64, Session>,
+    /// The ids in `live` of each node's sessions (one, but for a moment while it
+    /// reconnects): a list of 100 gateways asks for 100,000 presences of their peers.
+    by_node: HashMap<String, Vec<u64>>,
     /// Unix seconds of each node's last message, kept after it disconnects.
     last_seen: HashMap<String, u64>,
 }
@@ -124,6 +127,8 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
         let mut sessions = self.lock();
+        let of_node = sessions.by_node.entry(node_id.to_string()).or_default();
+        of_node.push(id);
         sessions.live.insert(
             id,
             Session {
@@ -200,10 +205,12 @@ impl Hub {
     pub fn presence(&self, node_id: &str) -> Presence {
         let sessions = self.lock();
         let window = self.offline_after();
-        let live = sessions
-            .live
-            .values()
-            .filter(|s| s.node_id == node_id && s.last_message.elapsed() < window)
+        let ids = sessions.by_node.get(node_id).map(Vec::as_slice);
+        let live = ids
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| sessions.live.get(id))
+            .filter(|s| s.last_message.elapsed() < window)
             .max_by_key(|s| s.last_message);
         Presence {
             online: live.is_some(),
@@ -277,6 +284,15 @@ impl SessionHandle {
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        self.hub.lock().live.remove(&self.id);
+        let mut sessions = self.hub.lock();
+        let Some(session) = sessions.live.remove(&self.id) else {
+            return;
+        };
+        if let Some(ids) = sessions.by_node.get_mut(&session.node_id) {
+            ids.retain(|id| *id != self.id);
+            if ids.is_empty() {
+                sessions.by_node.remove(&session.node_id);
+            }
+        }
     }
 }

@@ -21,6 +21,9 @@ use kakuremichi_rt::metrics::Readings;
 use std::net::TcpListener;
 use std::sync::Arc;
 
+/// The read and write buffer of each node session's WebSocket.
+const SESSION_BUFFER_BYTES: usize = 4096;
+
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {
     kakuremichi_rt::http::serve(listener, move |request: Request<Incoming>, peer| {
@@ -212,9 +215,13 @@ pub fn upgrade_node(call: Call, kind: NodeKind) -> Response<Body> {
     smol::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let mut config = WebSocketConfig::default();
-                config.max_message_size = Some(MAX_MESSAGE_BYTES);
-                config.max_frame_size = Some(MAX_MESSAGE_BYTES);
+                // Small buffers: 10,000 idle sessions each held tungstenite's default
+                // 128 KiB read buffer; configs are sent and read in full either way.
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_MESSAGE_BYTES))
+                    .max_frame_size(Some(MAX_MESSAGE_BYTES))
+                    .read_buffer_size(SESSION_BUFFER_BYTES)
+                    .write_buffer_size(SESSION_BUFFER_BYTES);
                 let ws =
                     WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, Some(config))
                         .await;

@@ -47,6 +47,8 @@ pub struct Store {
     shared: Mutex<Option<Arc<State>>>,
     /// Every tunnel as of a revision, kept by the tunnel writes (see `tunnels::tunnels_in`).
     tunnels_at: Mutex<Option<(u64, Vec<crate::model::TunnelRecord>)>>,
+    /// Every node's WireGuard key as of a revision, kept by hellos (see `nodes::node_keys_in`).
+    node_keys_at: Mutex<Option<(u64, nodes::NodeKeys)>>,
 }
 
 pub(super) const REVISION: &str = "revision";
@@ -126,6 +128,7 @@ impl Store {
             commits: async_channel::bounded(1),
             shared: Mutex::new(None),
             tunnels_at: Mutex::new(None),
+            node_keys_at: Mutex::new(None),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {

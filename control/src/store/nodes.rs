@@ -1,10 +1,11 @@
 //! Enrolling, changing, rekeying and deleting agents and gateways, and what a node says
 //! of itself when it connects.
 
-use super::{all, get, put, Store, OVERLAY};
+use super::{all, get, put, Store, OVERLAY, REVISION};
 use crate::auth::{self};
 use crate::error::Error;
 use crate::model::{NodeRecord, OverlayNet, TunnelRecord};
+use heed::RwTxn;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::Hello;
 
@@ -140,16 +141,16 @@ impl Store {
             return Ok(false);
         }
         drop(rtxn);
-        self.write(|s, wtxn| {
-            let clash = all::<NodeKey>(&s.nodes, wtxn)?
-                .into_iter()
-                .any(|n| n.id != id && n.public_key == Some(public_key));
-            if clash {
+        let (revision, mut keys) = self.write(|s, wtxn| {
+            let (revision, mut keys) = s.node_keys_in(wtxn)?;
+            if keys.get(&public_key).is_some_and(|owner| owner != id) {
                 return Err(Error::conflict(
                     "public_key",
                     "another node already uses this WireGuard key",
                 ));
             }
+            keys.retain(|_, owner| owner != id);
+            keys.insert(public_key, id.to_string());
             let mut node: NodeRecord =
                 get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
             node.public_key = Some(public_key);
@@ -161,10 +162,40 @@ impl Store {
             node.http_port = http_port;
             node.allow_targets = allow_targets;
             put(&s.nodes, wtxn, id, &node)?;
-            Ok(true)
-        })
+            Ok((revision, keys))
+        })?;
+        self.keep_node_keys(revision + 1, std::mem::take(&mut keys));
+        Ok(true)
+    }
+
+    /// Which node holds each WireGuard key: kept from the last hello if no commit came
+    /// between, else read from the table. A fleet's hellos follow one another, and each
+    /// decoding every node's record made 10,000 of them quadratic. The revision goes along.
+    fn node_keys_in(&self, wtxn: &RwTxn) -> Result<(u64, NodeKeys), Error> {
+        let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
+        let kept = self
+            .node_keys_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match kept {
+            Some((at, keys)) if at == revision => Ok((revision, keys)),
+            _ => {
+                let nodes = all::<NodeKey>(&self.nodes, wtxn)?.into_iter();
+                let keyed = nodes.filter_map(|n| Some((n.public_key?, n.id)));
+                Ok((revision, keyed.collect()))
+            }
+        }
+    }
+
+    /// Keep `keys` as the node keys at `revision`, once that revision is committed.
+    fn keep_node_keys(&self, revision: u64, keys: NodeKeys) {
+        *self.node_keys_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, keys));
     }
 }
+
+/// Node id by WireGuard key.
+pub(super) type NodeKeys = std::collections::HashMap<PublicKey, String>;
 
 /// The part of a node's record a hello's key is checked against: a fleet's hellos each read
 /// every node, and the rest of the record would be decoded for nothing.
@@ -172,4 +203,52 @@ impl Store {
 struct NodeKey {
     id: String,
     public_key: Option<PublicKey>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(key: u8, instance: u64) -> Hello {
+        Hello {
+            public_key: PublicKey([key; 32]),
+            version: "test".into(),
+            wireguard_endpoint: None,
+            instance,
+            ports: None,
+            https_port: None,
+            http_port: None,
+            allow_targets: None,
+        }
+    }
+
+    #[test]
+    fn a_hello_with_another_nodes_key_is_refused_however_the_keys_were_last_read() {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).unwrap();
+        let dir = std::env::temp_dir().join(format!("kk-keys-{}", u64::from_le_bytes(nonce)));
+        let store = Store::open(&dir, "10.77.0.0/16".parse().unwrap()).unwrap();
+        let node = |kind| store.create_node(kind, "n".into()).unwrap().0.id;
+        let (a, b) = (node(NodeKind::Agent), node(NodeKind::Gateway));
+        assert!(store.record_hello(&a, &hello(1, 1)).unwrap());
+        // Straight after a hello (the keys kept), and after another commit (read again).
+        let refused = |store: &Store| store.record_hello(&b, &hello(1, 2)).unwrap_err();
+        assert!(
+            refused(&store).to_string().contains("already uses"),
+            "{}",
+            refused(&store)
+        );
+        node(NodeKind::Agent);
+        assert!(refused(&store).to_string().contains("already uses"));
+        // A node that moves to a new key frees its old one.
+        assert!(store.record_hello(&a, &hello(2, 3)).unwrap());
+        assert!(store.record_hello(&b, &hello(1, 4)).unwrap());
+        assert!(store.record_hello(&a, &hello(1, 5)).is_err());
+        assert!(
+            !store.record_hello(&b, &hello(1, 4)).unwrap(),
+            "nothing changed"
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
