@@ -66,6 +66,8 @@ pub struct Hub {
     heartbeat: Duration,
     /// Snapshots sent to nodes since start: a quiet cluster keeps this still too.
     snapshots_pushed: AtomicU64,
+    /// Control is stopping: sessions close with a close frame that says so.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A registered session; dropping it unregisters.
@@ -89,7 +91,19 @@ impl Hub {
             next_id: AtomicU64::new(0),
             heartbeat,
             snapshots_pushed: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Ask every session to close, telling its node why; see [`Hub::stopping`].
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.notify_all();
+    }
+
+    /// Whether Control is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// How often each side of a session sends a heartbeat.

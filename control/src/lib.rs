@@ -171,14 +171,20 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let follow = control
         .hub
         .follow_revision(&control.store, std::time::Duration::from_secs(1));
-    futures_lite::future::or(
+    let work = futures_lite::future::or(
         futures_lite::future::or(
             server::serve(control.clone(), listener),
             kakuremichi_rt::memory::release_periodically(),
         ),
         futures_lite::future::or(certs::run(control.clone()), follow),
-    )
-    .await;
+    );
+    futures_lite::future::or(work, kakuremichi_rt::stop::stopped()).await;
+    // Nodes are told, so they reconnect at once to the next Control; a second at most.
+    control.hub.stop_all();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while control.hub.session_count() > 0 && std::time::Instant::now() < deadline {
+        async_io::Timer::after(std::time::Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 

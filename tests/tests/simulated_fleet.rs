@@ -136,4 +136,19 @@ fn a_large_fleet_gets_an_edit_in_a_second_and_only_where_it_matters() {
         "sessions ended: {:?}",
         fleet.ended()
     );
+
+    // SIGTERM: every node is told Control is going away (a close frame) before it exits.
+    let mut cluster = cluster;
+    let exited = cluster.control.terminate(Duration::from_secs(5));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "Control on SIGTERM: {exited:?}"
+    );
+    let all_told = wait_for(Duration::from_secs(2), || {
+        let ended = fleet.ended();
+        (ended.len() == fleet.nodes().count()).then_some(ended)
+    });
+    let ended = all_told.unwrap_or_else(|| fleet.ended());
+    let told = ended.iter().filter(|(_, why)| why == "closed by Control");
+    assert_eq!(told.count(), fleet.nodes().count(), "{ended:?}");
 }

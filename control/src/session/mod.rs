@@ -7,6 +7,8 @@ mod patches;
 use crate::model::{node_config, NodeRecord, SnapshotSettings};
 use crate::Control;
 use async_io::Timer;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
@@ -92,6 +94,16 @@ pub async fn run<S>(
             Event::Received(Some(Ok(message))) => handle_message(&session, &node_id, message),
             Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
             Event::Received(None) => Err("disconnected".to_string()),
+            Event::StoreChanged if control.hub.stopping() => {
+                // Going away (1001): the node reconnects as soon as Control is back, instead
+                // of waiting out three heartbeats of silence.
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "Control is stopping".into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+                return;
+            }
             Event::StoreChanged => {
                 push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
             }
