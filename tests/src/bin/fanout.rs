@@ -2,7 +2,9 @@
 //! nodes speaking its real protocol; prints what edits cost at the scale asked for.
 //!
 //! FLEET_AGENTS, FLEET_GATEWAYS, FLEET_TUNNELS (1,000, 100, 500), FLEET_EDITS (20 one after
-//! another, half concerning one agent, half every gateway too), FLEET_HEARTBEAT_MS (2,000).
+//! another, half concerning one agent, half every gateway too), FLEET_HEARTBEAT_MS (15,000,
+//! the production interval; edits do not wait for heartbeats, but each edit is followed by
+//! one, to catch configs a session sends when it looks for changes on its own).
 //! Control is taken from KAKUREMICHI_BIN_DIR, as in the tests: use a release build.
 
 use kakuremichi_tests::fanout::{
@@ -16,7 +18,7 @@ fn main() {
     let gateways = from_env("FLEET_GATEWAYS", 100);
     let tunnels = from_env("FLEET_TUNNELS", 500).max(2);
     let edits = from_env("FLEET_EDITS", 20).clamp(2, tunnels - 1);
-    let heartbeat = from_env("FLEET_HEARTBEAT_MS", 2000);
+    let heartbeat = from_env("FLEET_HEARTBEAT_MS", 15_000);
     let cluster = Cluster::with_control_args(
         "fanout",
         &["--heartbeat-interval-ms", &heartbeat.to_string()],
