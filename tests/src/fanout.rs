@@ -190,6 +190,17 @@ impl Fleet {
         }
     }
 
+    /// Watch what an operator reads while the fleet is pushed to: `/healthz`, a tunnel and
+    /// the gateways list (with each gateway's health).
+    pub fn watch_api(&self, token: &str) -> ApiWatch {
+        let paths = vec![
+            "/healthz".into(),
+            format!("/api/v1/tunnels/{}", self.tunnels[0]),
+            "/api/v1/gateways".into(),
+        ];
+        ApiWatch::start(self.control, token, paths)
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = &SimulatedNode> + Clone {
         self.gateways.iter().chain(&self.agents)
     }

@@ -8,7 +8,7 @@
 //! for three is dropped). The assertions hold at any size; `kakuremichi-fanout` (scripts/bench
 //! fanout) prints the same figures at 1,000 and 10,000 agents.
 
-use kakuremichi_tests::fanout::{from_env, ms, percentile, received_after, ApiWatch, Fleet};
+use kakuremichi_tests::fanout::{from_env, ms, percentile, received_after, Fleet};
 use kakuremichi_tests::simulator::SimulatedNode;
 use kakuremichi_tests::{wait_for, Cluster};
 use std::time::{Duration, Instant};
@@ -77,14 +77,7 @@ fn a_large_fleet_gets_an_edit_in_a_second_and_only_where_it_matters() {
 
     // A burst: 20 other tunnels edited at once from 20 clients; each agent concerned gets it, and
     // Control keeps answering its API meanwhile.
-    let watch = ApiWatch::start(
-        fleet.control,
-        &cluster.token,
-        vec![
-            "/healthz".into(),
-            format!("/api/v1/tunnels/{}", fleet.tunnels[0]),
-        ],
-    );
+    let watch = fleet.watch_api(&cluster.token);
     let before = Instant::now();
     std::thread::scope(|scope| {
         for i in 1..=20 {

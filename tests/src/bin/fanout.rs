@@ -7,9 +7,7 @@
 //! one, to catch configs a session sends when it looks for changes on its own).
 //! Control is taken from KAKUREMICHI_BIN_DIR, as in the tests: use a release build.
 
-use kakuremichi_tests::fanout::{
-    cpu_seconds, from_env, ms, percentile, rss_bytes, ApiWatch, Fleet,
-};
+use kakuremichi_tests::fanout::{cpu_seconds, from_env, ms, percentile, rss_bytes, Fleet};
 use kakuremichi_tests::Cluster;
 use std::time::{Duration, Instant};
 
@@ -67,15 +65,7 @@ fn main() {
     let (start, cpu_before) = (Instant::now(), cpu_seconds(pid));
     let mut done: Vec<_> = (0..alone).map(edit).collect();
     let busy = cpu_seconds(pid) - cpu_before - idle_rate * start.elapsed().as_secs_f64();
-    let watch = ApiWatch::start(
-        fleet.control,
-        &cluster.token,
-        vec![
-            "/healthz".into(),
-            format!("/api/v1/tunnels/{}", fleet.tunnels[0]),
-            "/api/v1/gateways".into(),
-        ],
-    );
+    let watch = fleet.watch_api(&cluster.token);
     done.extend((alone..edits).map(edit));
     let api = watch.stop();
     let mut delays: Vec<Duration> = done.iter().flat_map(|e| e.delays.clone()).collect();
