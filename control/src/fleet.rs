@@ -93,7 +93,7 @@ pub fn health_now(
         .nodes
         .iter()
         .filter(|n| n.kind == peer_kind)
-        .map(|n| (n, hub.presence(&n.id).online))
+        .map(|n| (n, hub.is_online(&n.id)))
         .collect();
     health(node, &hub.presence(&node.id), state.revision, &peers)
 }

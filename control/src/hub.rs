@@ -218,20 +218,30 @@ impl Hub {
     /// The node's presence: online if a session heard from it within the offline window.
     pub fn presence(&self, node_id: &str) -> Presence {
         let sessions = self.lock();
-        let window = self.offline_after();
-        let ids = sessions.by_node.get(node_id).map(Vec::as_slice);
-        let live = ids
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|id| sessions.live.get(id))
-            .filter(|s| s.last_message.elapsed() < window)
-            .max_by_key(|s| s.last_message);
+        let live = self.live_session(&sessions, node_id);
         Presence {
             online: live.is_some(),
             last_seen: sessions.last_seen.get(node_id).copied(),
             status: live.and_then(|s| s.status.clone()),
             applied: live.map(|s| s.applied),
         }
+    }
+
+    /// [`Hub::presence`]`.online`, without copying the node's last report: a gateways list
+    /// asks it of every agent for each gateway.
+    pub fn is_online(&self, node_id: &str) -> bool {
+        self.live_session(&self.lock(), node_id).is_some()
+    }
+
+    /// The node's session heard from most recently, if one was within the offline window.
+    fn live_session<'a>(&self, sessions: &'a Sessions, node_id: &str) -> Option<&'a Session> {
+        let window = self.offline_after();
+        let ids = sessions.by_node.get(node_id).map(Vec::as_slice);
+        ids.unwrap_or_default()
+            .iter()
+            .filter_map(|id| sessions.live.get(id))
+            .filter(|s| s.last_message.elapsed() < window)
+            .max_by_key(|s| s.last_message)
     }
 
     /// Online gateway sessions, and how many of them applied `revision` or later.

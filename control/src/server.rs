@@ -121,7 +121,7 @@ pub fn metrics(call: &Call) -> Response<Body> {
         state
             .nodes
             .iter()
-            .filter(|n| n.kind == kind && control.hub.presence(&n.id).online)
+            .filter(|n| n.kind == kind && control.hub.is_online(&n.id))
             .count() as u64
     };
     let mut readings = Readings::new("kakuremichi_control");

@@ -24,7 +24,7 @@ impl Overview {
     pub fn of(state: &State, hub: &Hub) -> Overview {
         let count = |kind| {
             let nodes: Vec<_> = state.nodes.iter().filter(|n| n.kind == kind).collect();
-            let online = nodes.iter().filter(|n| hub.presence(&n.id).online).count();
+            let online = nodes.iter().filter(|n| hub.is_online(&n.id)).count();
             (online, nodes.len())
         };
         let mut attention = Vec::new();

@@ -55,7 +55,7 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                 .spec
                 .agents()
                 .map(|(id, _)| match state.nodes.iter().find(|n| n.id == id) {
-                    Some(agent) => (agent.name.clone(), hub.presence(&agent.id).online),
+                    Some(agent) => (agent.name.clone(), hub.is_online(&agent.id)),
                     None => (id.to_string(), false),
                 })
                 .collect();

@@ -39,7 +39,7 @@ fn agent_choices(control: &Control, state: &State) -> Vec<tunnel_form::AgentChoi
         .map(|n| tunnel_form::AgentChoice {
             id: n.id.clone(),
             name: n.name.clone(),
-            online: control.hub.presence(&n.id).online,
+            online: control.hub.is_online(&n.id),
         })
         .collect();
     agents.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
