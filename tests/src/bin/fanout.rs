@@ -22,6 +22,12 @@ fn main() {
         &["--heartbeat-interval-ms", &heartbeat.to_string()],
     );
     let pid = cluster.control.pid().expect("Control runs");
+    // Release builds abort on panic, so the cluster is not dropped: stop Control here.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |panic| {
+        report(panic);
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    }));
     let heartbeat = Duration::from_millis(heartbeat as u64);
     println!(
         "fan-out: {agents} agents, {gateways} gateways, {tunnels} tunnels, heartbeat {}",
