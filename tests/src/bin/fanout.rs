@@ -26,7 +26,9 @@ fn main() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |panic| {
         report(panic);
-        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
     }));
     let heartbeat = Duration::from_millis(heartbeat as u64);
     println!(
