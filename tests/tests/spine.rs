@@ -202,7 +202,13 @@ fn unknown_hosts_dead_agents_and_refusing_origins_get_pages() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("<html") && unknown.body.contains("nobody.localhost"));
 
-    // The origin refuses: 502 at once, naming the tunnel, nothing internal.
+    // The origin refuses: 502 at once, naming the tunnel, nothing internal. Its route may
+    // come in a later config than the first tunnel's: until then the gateway answers 404.
+    cluster
+        .wait_until(0, "refused.localhost", Duration::from_secs(10), |a| {
+            a.status != 404
+        })
+        .unwrap_or_else(|| panic!("the second tunnel never reached the gateway"));
     let started = Instant::now();
     let refused = cluster.get(0, "refused.localhost", "/");
     assert_eq!(refused.status, 502, "{refused:?}");
