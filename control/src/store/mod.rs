@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 mod accounts;
 mod certs;
+mod kept;
 mod nodes;
 mod tunnels;
 
@@ -46,9 +47,9 @@ pub struct Store {
     /// The state last decoded by [`Store::shared_state`].
     shared: Mutex<Option<Arc<State>>>,
     /// Every tunnel as of a revision, kept by the tunnel writes (see `tunnels::tunnels_in`).
-    tunnels_at: Mutex<Option<(u64, Vec<crate::model::TunnelRecord>)>>,
+    tunnels_at: kept::KeptAt<Vec<crate::model::TunnelRecord>>,
     /// Every node's WireGuard key as of a revision, kept by hellos (see `nodes::node_keys_in`).
-    node_keys_at: Mutex<Option<(u64, nodes::NodeKeys)>>,
+    node_keys_at: kept::KeptAt<nodes::NodeKeys>,
 }
 
 pub(super) const REVISION: &str = "revision";
@@ -127,8 +128,8 @@ impl Store {
             sessions,
             commits: async_channel::bounded(1),
             shared: Mutex::new(None),
-            tunnels_at: Mutex::new(None),
-            node_keys_at: Mutex::new(None),
+            tunnels_at: kept::KeptAt::new(),
+            node_keys_at: kept::KeptAt::new(),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {

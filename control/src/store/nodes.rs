@@ -164,33 +164,20 @@ impl Store {
             put(&s.nodes, wtxn, id, &node)?;
             Ok((revision, keys))
         })?;
-        self.keep_node_keys(revision + 1, std::mem::take(&mut keys));
+        self.node_keys_at
+            .keep(revision + 1, std::mem::take(&mut keys));
         Ok(true)
     }
 
-    /// Which node holds each WireGuard key: kept from the last hello if no commit came
-    /// between, else read from the table. A fleet's hellos follow one another, and each
-    /// decoding every node's record made 10,000 of them quadratic. The revision goes along.
+    /// Which node holds each WireGuard key, and the revision that is at.
     fn node_keys_in(&self, wtxn: &RwTxn) -> Result<(u64, NodeKeys), Error> {
         let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
-        let kept = self
-            .node_keys_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match kept {
-            Some((at, keys)) if at == revision => Ok((revision, keys)),
-            _ => {
-                let nodes = all::<NodeKey>(&self.nodes, wtxn)?.into_iter();
-                let keyed = nodes.filter_map(|n| Some((n.public_key?, n.id)));
-                Ok((revision, keyed.collect()))
-            }
-        }
-    }
-
-    /// Keep `keys` as the node keys at `revision`, once that revision is committed.
-    fn keep_node_keys(&self, revision: u64, keys: NodeKeys) {
-        *self.node_keys_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, keys));
+        let keys = self.node_keys_at.take_at(revision, || {
+            let nodes = all::<NodeKey>(&self.nodes, wtxn)?.into_iter();
+            let keyed = nodes.filter_map(|n| Some((n.public_key?, n.id)));
+            Ok(keyed.collect())
+        })?;
+        Ok((revision, keys))
     }
 }
 

@@ -36,30 +36,18 @@ impl Store {
         // In key order, as the table lists them.
         let at = tunnels.partition_point(|t| t.id < record.id);
         tunnels.insert(at, record.clone());
-        self.keep_tunnels(revision + 1, tunnels);
+        self.tunnels_at.keep(revision + 1, tunnels);
         Ok(record)
     }
 
-    /// Every tunnel, from what the last tunnel write kept if nothing was committed since
-    /// (every commit moves the revision), else from the table: each tunnel write checks the
-    /// new one against all the others, and decoding thousands for each made a script that
-    /// creates them quadratic. The revision they are at goes along.
+    /// Every tunnel, and the revision they are at: each tunnel write checks the new one
+    /// against all the others.
     fn tunnels_in(&self, wtxn: &RwTxn) -> Result<(u64, Vec<TunnelRecord>), Error> {
         let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
-        let kept = self
+        let tunnels = self
             .tunnels_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match kept {
-            Some((at, tunnels)) if at == revision => Ok((revision, tunnels)),
-            _ => Ok((revision, all(&self.tunnels, wtxn)?)),
-        }
-    }
-
-    /// Keep `tunnels` as the tunnels at `revision`, once that revision is committed.
-    fn keep_tunnels(&self, revision: u64, tunnels: Vec<TunnelRecord>) {
-        *self.tunnels_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, tunnels));
+            .take_at(revision, || all(&self.tunnels, wtxn))?;
+        Ok((revision, tunnels))
     }
 
     /// Change tunnel `id` to what `change` makes of it, in one transaction with the read.
@@ -93,7 +81,7 @@ impl Store {
         if let Some(kept) = tunnels.iter_mut().find(|t| t.id == record.id) {
             *kept = record.clone();
         }
-        self.keep_tunnels(revision + 1, tunnels);
+        self.tunnels_at.keep(revision + 1, tunnels);
         Ok(record)
     }
 
@@ -173,7 +161,7 @@ impl Store {
             }
             Ok((revision, tunnels))
         })?;
-        self.keep_tunnels(revision + 1, tunnels);
+        self.tunnels_at.keep(revision + 1, tunnels);
         Ok(())
     }
 }
