@@ -81,10 +81,11 @@ struct Args {
     #[argh(option, default = "30")]
     drain_timeout: u64,
     /// milliseconds between probes of the agents of tunnels with several agents (default
-    /// 500); an agent that misses one is not used until it answers again
-    #[argh(option, default = "500")]
+    /// 250); an agent that misses one is not used until it answers again
+    #[argh(option, default = "250")]
     replica_probe_interval_ms: u64,
-    /// milliseconds a replica probe waits for the agent (default 1000)
+    /// milliseconds a replica probe waits for the agent at most (default 1000); less, down
+    /// to 300, where the agent's probes answer quickly
     #[argh(option, default = "1000")]
     replica_probe_timeout_ms: u64,
     /// TCP address where agents whose network drops UDP carry WireGuard instead (default:

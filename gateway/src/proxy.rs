@@ -162,7 +162,12 @@ async fn forward(
 ) -> Result<Response<Held<Incoming>>, UpstreamError> {
     let mut request = request;
     for (i, upstream) in upstreams.iter().enumerate() {
-        let patience = (i + 1 < upstreams.len()).then_some(crate::replicas::REPLICA_PATIENCE);
+        let patience = (i + 1 < upstreams.len()).then(|| match upstream.agent() {
+            Some(agent) => gateway
+                .replicas
+                .patience(agent, crate::replicas::REPLICA_PATIENCE),
+            None => crate::replicas::REPLICA_PATIENCE,
+        });
         match send(gateway, upstream, request, patience).await {
             Attempt::Answered(result) => return result,
             Attempt::NotSent {

@@ -16,17 +16,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// How long a dial to one of several agents waits before the next agent is tried. Nothing
-/// was sent yet, so moving on is safe; an agent that died keeps requests waiting this long
-/// instead of the stack's own connect timeout (5 s) until its probe marks it down.
+/// The longest a dial to one of several agents waits before the next agent is tried.
+/// Nothing was sent yet, so moving on is safe; an agent that died keeps requests waiting
+/// at most this long (less where its probes say the link is quick, see
+/// [`ReplicaHealth::patience`]) instead of the stack's own connect timeout (5 s) until its
+/// probe marks it down.
 pub const REPLICA_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The least time a dial or probe waits for an agent, however quick its probes were: a
+/// moment's delay on a busy gateway is no reason to call an agent gone (a missed probe ends
+/// the requests waiting on it).
+pub const PATIENCE_FLOOR: Duration = Duration::from_millis(300);
 
 /// How the gateway watches replicas.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSettings {
     /// Time between probes of each watched agent.
     pub interval: Duration,
-    /// A probe unanswered this long marks the agent down.
+    /// A probe unanswered this long marks the agent down; less where the agent's probes
+    /// answer quickly (see [`ReplicaHealth::patience`]).
     pub timeout: Duration,
 }
 
@@ -51,6 +59,37 @@ struct Table {
     answered: HashMap<Ipv4Addr, bool>,
     /// How many times probes found each agent gone after it had answered.
     losses: HashMap<Ipv4Addr, u64>,
+    /// How long each watched agent's answered probes took.
+    round_trips: HashMap<Ipv4Addr, RoundTrips>,
+}
+
+/// An agent's probe round trips, smoothed as TCP smooths its own (RFC 6298): how long to
+/// wait for the agent then follows its link, so a near agent that died is found within a
+/// few hundred milliseconds and a far one is not taken for dead.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RoundTrips {
+    smoothed: Duration,
+    variation: Duration,
+}
+
+impl RoundTrips {
+    fn first(sample: Duration) -> Self {
+        RoundTrips {
+            smoothed: sample,
+            variation: sample / 2,
+        }
+    }
+
+    fn add(&mut self, sample: Duration) {
+        let deviation = self.smoothed.abs_diff(sample);
+        self.variation = (self.variation * 3 + deviation) / 4;
+        self.smoothed = (self.smoothed * 7 + sample) / 8;
+    }
+
+    /// How long an answer may take before the agent counts as not answering.
+    fn patience(&self) -> Duration {
+        self.smoothed + self.variation * 4
+    }
 }
 
 impl ReplicaHealth {
@@ -67,11 +106,38 @@ impl ReplicaHealth {
             watched,
             alive,
             answered,
+            round_trips,
             ..
         } = &mut *table;
         // Losses stay counted (a map as small as the overlay): a waiter compares counts.
         alive.retain(|agent, _| watched.contains(agent));
         answered.retain(|agent, _| watched.contains(agent));
+        round_trips.retain(|agent, _| watched.contains(agent));
+    }
+
+    /// How long to wait for `agent` to answer a dial or probe: what its probes' round trips
+    /// say, never less than [`PATIENCE_FLOOR`] and never more than `ceiling` (all of it for
+    /// an agent not probed yet).
+    pub fn patience(&self, agent: Ipv4Addr, ceiling: Duration) -> Duration {
+        let estimate = self
+            .table()
+            .round_trips
+            .get(&agent)
+            .map(RoundTrips::patience);
+        estimate.unwrap_or(ceiling).max(PATIENCE_FLOOR).min(ceiling)
+    }
+
+    /// Record how long an answered probe of `agent` took.
+    pub fn answered_within(&self, agent: Ipv4Addr, took: Duration) {
+        let mut table = self.table();
+        if !table.watched.contains(&agent) {
+            return;
+        }
+        table
+            .round_trips
+            .entry(agent)
+            .and_modify(|trips| trips.add(took))
+            .or_insert_with(|| RoundTrips::first(took));
     }
 
     /// The agents to probe.
@@ -167,12 +233,12 @@ impl AgentDialer {
         let ordered = self.health.order(&agents);
         for (i, &agent) in ordered.iter().enumerate() {
             // The stack gives up on an unanswered dial after its CONNECT_TIMEOUT; with
-            // another agent to try, after REPLICA_PATIENCE.
+            // another agent to try, after the agent's patience.
             let dial = self
                 .stack
                 .connect(SocketAddrV4::new(agent, upstream.service_port));
             let dialed = match i + 1 < ordered.len() {
-                true => within(REPLICA_PATIENCE, dial).await,
+                true => within(self.health.patience(agent, REPLICA_PATIENCE), dial).await,
                 false => dial.await,
             };
             match dialed {
@@ -204,17 +270,14 @@ impl AgentDialer {
                 let (stack, health, went_down) =
                     (self.stack.clone(), self.health.clone(), went_down.clone());
                 smol::spawn(async move {
-                    let answered = async {
-                        stack
-                            .connect(SocketAddrV4::new(agent, HEALTH_PORT))
-                            .await
-                            .is_ok()
-                    };
-                    let unanswered = async {
-                        async_io::Timer::after(settings.timeout).await;
-                        false
-                    };
-                    match health.probed(agent, future::or(answered, unanswered).await) {
+                    let patience = health.patience(agent, settings.timeout);
+                    let sent = std::time::Instant::now();
+                    let dial = stack.connect(SocketAddrV4::new(agent, HEALTH_PORT));
+                    let answered = within(patience, dial).await.is_ok();
+                    if answered {
+                        health.answered_within(agent, sent.elapsed());
+                    }
+                    match health.probed(agent, answered) {
                         Some(true) => log::info!("replica agent {agent} answers again"),
                         Some(false) => {
                             log::warn!("replica agent {agent} stopped answering; not used");
@@ -302,6 +365,45 @@ mod tests {
         }
         assert_eq!(health.report(ip(3), true), Some(true));
         assert!(health.is_live(ip(3)));
+    }
+
+    #[test]
+    fn patience_follows_the_probes_round_trips_within_its_bounds() {
+        let health = ReplicaHealth::default();
+        health.watch([ip(2), ip(3)]);
+        let ceiling = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            health.patience(ip(2), ceiling),
+            ceiling,
+            "not probed yet: all of it"
+        );
+        // A near agent: its patience falls to the floor.
+        for _ in 0..20 {
+            health.answered_within(ip(2), ms(2));
+        }
+        assert_eq!(health.patience(ip(2), ceiling), PATIENCE_FLOOR);
+        // A far one with jitter: smoothed plus four times the variation, above the floor.
+        for took in [400, 450, 380, 420, 410, 430, 390, 405] {
+            health.answered_within(ip(3), ms(took));
+        }
+        let far = health.patience(ip(3), ceiling);
+        assert!(far > ms(450) && far < ceiling, "{far:?}");
+        // A link that turns slow raises it again, up to the ceiling.
+        for _ in 0..20 {
+            health.answered_within(ip(2), ms(900));
+        }
+        assert_eq!(health.patience(ip(2), ceiling), ceiling);
+        // A ceiling set below the floor wins; unwatched agents keep no round trips.
+        assert_eq!(health.patience(ip(3), ms(100)), ms(100));
+        health.answered_within(ip(9), ms(1));
+        assert_eq!(health.patience(ip(9), ceiling), ceiling);
+        health.watch([ip(3)]);
+        assert_eq!(
+            health.patience(ip(2), ceiling),
+            ceiling,
+            "forgotten when unwatched"
+        );
     }
 
     #[test]
