@@ -125,10 +125,15 @@ pub struct Fleet {
     pub cold_start: Duration,
 }
 
-fn connect_all(control: SocketAddr, kind: &str, nodes: &[(String, String)]) -> Vec<SimulatedNode> {
+fn connect_all(
+    control: SocketAddr,
+    kind: &str,
+    nodes: &[(String, String)],
+    heartbeat: Duration,
+) -> Vec<SimulatedNode> {
     nodes
         .iter()
-        .map(|(id, key)| SimulatedNode::connect(control, kind, id, key))
+        .map(|(id, key)| SimulatedNode::connect(control, kind, id, key, heartbeat))
         .collect()
 }
 
@@ -174,8 +179,8 @@ impl Fleet {
             })
             .collect();
         let start = Instant::now();
-        let gateway_nodes = connect_all(control, "gateway", &gateway_ids);
-        let agent_nodes = connect_all(control, "agent", &agent_ids);
+        let gateway_nodes = connect_all(control, "gateway", &gateway_ids, heartbeat);
+        let agent_nodes = connect_all(control, "agent", &agent_ids, heartbeat);
         let limit = Duration::from_secs(30) + Duration::from_millis(20 * agents as u64);
         wait_configured(&gateway_nodes, limit);
         wait_configured(&agent_nodes, limit);
@@ -258,7 +263,10 @@ impl Fleet {
         let missing: Vec<_> = concerned
             .iter()
             .filter(|n| n.configs().last().is_none_or(|c| c.at < before))
-            .map(|n| (n.id.clone(), n.configs().len(), n.ended()))
+            .map(|n| {
+                let gap = n.longest_heartbeat_gap();
+                (n.id.clone(), n.configs().len(), n.ended(), gap)
+            })
             .collect();
         assert!(
             arrived.is_some(),

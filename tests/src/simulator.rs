@@ -1,16 +1,17 @@
 //! Nodes without a data plane, speaking Control's real node protocol over its WebSocket: each
 //! says hello with a fresh key, records every config it is sent (version, size, when),
-//! answers that it applied it, and answers heartbeats. Hundreds or thousands run on one
-//! thread, so a test can watch what a change costs a large fleet.
+//! answers that it applied it, and sends a heartbeat and a status report every interval, as
+//! `nodelink` does (with no peers to report). Hundreds or thousands run on one thread, so a
+//! test can watch what a change costs a large fleet.
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
 use kakuremichi_proto::ids::PublicKey;
-use kakuremichi_proto::messages::{encode, Hello, NodeMessage};
+use kakuremichi_proto::messages::{encode, Hello, NodeMessage, NodeStatus};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a simulated node reads of Control's messages (`ControlMessage`, tagged by `type`).
 #[derive(serde::Deserialize)]
@@ -39,6 +40,11 @@ pub struct Log {
     pub ended: Option<String>,
     /// Sessions opened (1 unless it reconnected).
     pub sessions: u32,
+    /// When Control last sent a heartbeat (or the first config, after which they start).
+    pub last_heartbeat: Option<Instant>,
+    /// The longest wait between two of Control's heartbeats: a session dropped for
+    /// silence after a long gap was Control's stall, not the node's.
+    pub longest_heartbeat_gap: std::time::Duration,
 }
 
 /// A simulated node of `kind` (`agent` or `gateway`), connected until dropped.
@@ -49,17 +55,28 @@ pub struct SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// Connect as the node with `api_key` to Control at `control`.
-    pub fn connect(control: SocketAddr, kind: &str, id: &str, api_key: &str) -> SimulatedNode {
+    /// Connect as the node with `api_key` to Control at `control`, with a heartbeat every
+    /// `heartbeat` (Control's interval, which real nodes read from their config).
+    pub fn connect(
+        control: SocketAddr,
+        kind: &str,
+        id: &str,
+        api_key: &str,
+        heartbeat: Duration,
+    ) -> SimulatedNode {
         let log = Arc::new(Mutex::new(Log::default()));
         let url = format!("ws://{control}/ws/{kind}");
         let (key, kind, written) = (api_key.to_string(), kind.to_string(), log.clone());
         let task = smol::spawn(async move {
-            let ended = match session(control, &url, &key, &kind, &written).await {
+            let ended = match session(control, &url, &key, &kind, heartbeat, &written).await {
                 Ok(()) => "closed by Control".to_string(),
                 Err(e) => e,
             };
-            lock(&written).ended = Some(ended);
+            let mut log = lock(&written);
+            log.ended = Some(ended);
+            if let Some(at) = log.last_heartbeat.take() {
+                log.longest_heartbeat_gap = log.longest_heartbeat_gap.max(at.elapsed());
+            }
         });
         SimulatedNode {
             id: id.to_string(),
@@ -77,6 +94,16 @@ impl SimulatedNode {
     pub fn ended(&self) -> Option<String> {
         lock(&self.log).ended.clone()
     }
+
+    /// The longest wait between Control's heartbeats so far, counting the one still open.
+    pub fn longest_heartbeat_gap(&self) -> std::time::Duration {
+        let log = lock(&self.log);
+        let open = log
+            .last_heartbeat
+            .map(|at| at.elapsed())
+            .unwrap_or_default();
+        log.longest_heartbeat_gap.max(open)
+    }
 }
 
 fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
@@ -88,6 +115,7 @@ async fn session(
     url: &str,
     api_key: &str,
     kind: &str,
+    heartbeat: Duration,
     log: &Mutex<Log>,
 ) -> Result<(), String> {
     let tcp = smol::net::TcpStream::connect(control)
@@ -118,9 +146,32 @@ async fn session(
     ws.send(send(NodeMessage::Hello(hello)))
         .await
         .map_err(|e| format!("hello: {e}"))?;
-    // The bytes of a patch's messages so far.
-    let mut pending = 0;
-    while let Some(message) = ws.next().await {
+    // The bytes of a patch's messages so far, and the last config applied.
+    let (mut pending, mut applied) = (0, 0);
+    let mut next_heartbeat = Instant::now() + heartbeat;
+    loop {
+        let received = futures_lite::future::or(async { Some(ws.next().await) }, async {
+            async_io::Timer::at(next_heartbeat).await;
+            None
+        })
+        .await;
+        let message = match received {
+            Some(Some(message)) => message,
+            Some(None) => return Ok(()),
+            None => {
+                next_heartbeat = Instant::now() + heartbeat;
+                let status = NodeStatus {
+                    config_version: applied,
+                    ..NodeStatus::default()
+                };
+                for message in [NodeMessage::Heartbeat, NodeMessage::Status(status)] {
+                    ws.send(send(message))
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
+                }
+                continue;
+            }
+        };
         let text = match message.map_err(|e| format!("socket: {e}"))? {
             Message::Text(text) => text,
             Message::Close(_) => return Ok(()),
@@ -129,28 +180,38 @@ async fn session(
         // Only the type and version: a gateway's config at scale is hundreds of KB, and
         // decoding each in full made the simulator, not Control, the bottleneck.
         let envelope: Envelope = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let reply = match envelope.kind.as_str() {
+        match envelope.kind.as_str() {
             "config" => {
                 let version = envelope.version.ok_or("a config without a version")?;
                 pending += text.len();
                 if envelope.more {
                     continue;
                 }
-                lock(log).configs.push(Received {
-                    version,
-                    bytes: std::mem::take(&mut pending),
-                    at: Instant::now(),
-                });
-                NodeMessage::Applied { version }
+                {
+                    let mut written = lock(log);
+                    let at = Instant::now();
+                    written.last_heartbeat.get_or_insert(at);
+                    written.configs.push(Received {
+                        version,
+                        bytes: std::mem::take(&mut pending),
+                        at,
+                    });
+                }
+                applied = version;
+                ws.send(send(NodeMessage::Applied { version }))
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
             }
-            "heartbeat" => NodeMessage::Heartbeat,
+            "heartbeat" => {
+                let mut log = lock(log);
+                let now = Instant::now();
+                let gap = log.last_heartbeat.map(|at| now - at).unwrap_or_default();
+                log.longest_heartbeat_gap = log.longest_heartbeat_gap.max(gap);
+                log.last_heartbeat = Some(now);
+            }
             // Sent ahead of the config that refers to them; nothing to answer.
-            "certificates" => continue,
+            "certificates" => {}
             other => return Err(format!("unknown message {other}")),
-        };
-        ws.send(send(reply))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
+        }
     }
-    Ok(())
 }

@@ -66,7 +66,8 @@ fn a_large_fleet_gets_an_edit_in_a_second_and_only_where_it_matters() {
         fleet.agents[restarted].id.clone(),
         fleet.agent_keys[restarted].clone(),
     );
-    fleet.agents[restarted] = SimulatedNode::connect(fleet.control, "agent", &id, &key);
+    fleet.agents[restarted] =
+        SimulatedNode::connect(fleet.control, "agent", &id, &key, fleet.heartbeat);
     kakuremichi_tests::fanout::wait_configured(&fleet.agents[restarted..], Duration::from_secs(5));
     std::thread::sleep(fleet.heartbeat + Duration::from_millis(700));
     let others: usize = received_after(&fleet.agents[..restarted], before)

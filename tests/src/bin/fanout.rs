@@ -59,6 +59,7 @@ fn main() {
         rss / sessions / 1000,
         idle_rate * 100.0
     );
+    print_heartbeat_gaps(&fleet);
 
     // Edits one after another: the first half alone, for Control's CPU per edit; the second
     // half with the API watched meanwhile.
@@ -143,4 +144,28 @@ fn main() {
         None => println!("  {burst} edits: did not converge within 60 s"),
     }
     println!("  sessions ended over the run: {}", fleet.ended().len());
+    print_heartbeat_gaps(&fleet);
+}
+
+/// The longest waits between Control's heartbeats, over every session and over those that
+/// ended: a session Control dropped as silent after a long gap was stalled on Control's side.
+fn print_heartbeat_gaps(fleet: &Fleet) {
+    let gaps = |ended: bool| {
+        let nodes = fleet.nodes().filter(|n| n.ended().is_some() == ended);
+        let mut gaps: Vec<Duration> = nodes.map(|n| n.longest_heartbeat_gap()).collect();
+        gaps.sort();
+        gaps
+    };
+    for (which, gaps) in [("open", gaps(false)), ("ended", gaps(true))] {
+        if gaps.is_empty() {
+            continue;
+        }
+        println!(
+            "  longest wait between Control's heartbeats, {} {which} sessions: p50 {} p99 {} max {}",
+            gaps.len(),
+            ms(percentile(&gaps, 0.5)),
+            ms(percentile(&gaps, 0.99)),
+            ms(percentile(&gaps, 1.0))
+        );
+    }
 }
