@@ -275,7 +275,7 @@ fn strings(field: &str, value: &Value) -> Result<Vec<String>, Error> {
 
 /// Control's keys for tunnel logins, as stored: the assertion signing key (PKCS#8) and the
 /// gateways' shared cookie key.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Keyring {
     pkcs8: String,
     cookie_key: String,

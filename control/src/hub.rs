@@ -23,6 +23,9 @@ struct Session {
     /// `(sent, same)`: the config sent at revision `sent` is also revision `same`'s, which
     /// was not sent; applying `sent` is applying `same`.
     unchanged: (u64, u64),
+    /// The newest revision the session was nudged for: until it has looked at that one,
+    /// revisions that do not concern it say nothing of what its node holds.
+    nudged: u64,
     last_message: Instant,
     /// The node's last report; none until its first heartbeat.
     status: Option<NodeStatus>,
@@ -34,6 +37,16 @@ impl Session {
         let (sent, same) = self.unchanged;
         if self.applied >= sent {
             self.applied = self.applied.max(same);
+        }
+    }
+
+    /// Revision `revision` changes nothing for this node: if the session has looked at
+    /// every revision that did and sent something, its node's config is `revision`'s too.
+    fn not_concerned(&mut self, revision: u64) {
+        let (sent, same) = self.unchanged;
+        if sent > 0 && same >= self.nudged {
+            self.unchanged.1 = same.max(revision);
+            self.catch_up();
         }
     }
 }
@@ -151,6 +164,7 @@ impl Hub {
                 address,
                 applied: 0,
                 unchanged: (0, 0),
+                nudged: 0,
                 last_message: Instant::now(),
                 status: None,
                 changed: tx,
@@ -183,15 +197,30 @@ impl Hub {
         }
     }
 
-    /// Nudge every session whenever the store's revision moves: soon after this process
-    /// commits, and within `every` after another one does (the CLI writes the store from its
-    /// own process). No handler pushes config by hand. Commits come in bursts (a fleet's
-    /// hellos after a power cut, a script's edits): the hub waits `COALESCE` after the first,
-    /// decodes the store once for the whole burst, and sessions build from that state.
-    /// Runs as long as Control does.
+    /// Tell the sessions `concerned` picks that the store moved to `revision`; the others'
+    /// nodes hold that revision's config once they hold the last one they were sent.
+    fn notify(&self, revision: u64, concerned: impl Fn(&Session) -> bool) {
+        for session in self.lock().live.values_mut() {
+            match concerned(session) {
+                true => {
+                    session.nudged = revision;
+                    let _ = session.changed.try_send(());
+                }
+                false => session.not_concerned(revision),
+            }
+        }
+    }
+
+    /// Nudge the sessions a change concerns whenever the store's revision moves: soon after
+    /// this process commits, and within `every` after another one does (the CLI writes the
+    /// store from its own process). No handler pushes config by hand. Commits come in bursts
+    /// (a fleet's hellos after a power cut, a script's edits): the hub waits `COALESCE`
+    /// after the first, decodes the store once for the whole burst, compares it with the
+    /// state it decoded before (see [`crate::model::concerned`]), and the sessions it nudges
+    /// build from that state. Runs as long as Control does.
     pub async fn follow_revision(&self, store: &crate::store::Store, every: Duration) {
         let commits = store.commits();
-        let mut seen = store.revision().ok();
+        let mut before = store.shared_state().ok();
         loop {
             let committed =
                 futures_lite::future::or(async { commits.recv().await.is_ok() }, async {
@@ -203,15 +232,24 @@ impl Hub {
                 async_io::Timer::after(COALESCE).await;
                 while commits.try_recv().is_ok() {}
             }
-            let now = store.revision().ok();
-            if now != seen {
-                if let Err(e) = store.shared_state() {
+            let seen = before.as_ref().map(|state| state.revision);
+            if store.revision().ok() == seen {
+                continue;
+            }
+            let after = match store.shared_state() {
+                Ok(state) => state,
+                Err(e) => {
                     log::error!("reading the store for the nodes' configs: {e}");
                     continue;
                 }
-                self.notify_all();
-                seen = now;
-            }
+            };
+            let concerned = match &before {
+                Some(before) => crate::model::concerned(before, &after),
+                None => crate::model::Concerned::everyone(),
+            };
+            let revision = after.revision;
+            self.notify(revision, |s| concerned.includes(&s.node_id, s.kind));
+            before = Some(after);
         }
     }
 
@@ -287,9 +325,9 @@ impl SessionHandle {
         self.heard(None);
     }
 
-    /// Revision `same` gives the node the config it was sent at revision `sent`, so it was
-    /// not sent again: once the node applied `sent`, it has `same`.
-    pub fn unchanged(&self, sent: u64, same: u64) {
+    /// The node was sent revision `sent`'s config, which is also revision `same`'s (not sent
+    /// again): once the node applied `sent`, it has `same`.
+    pub fn holds(&self, sent: u64, same: u64) {
         if let Some(session) = self.hub.lock().live.get_mut(&self.id) {
             session.unchanged = (sent, same);
             session.catch_up();

@@ -47,7 +47,9 @@ use std::sync::Arc;
 /// Control's shared state.
 pub struct Control {
     /// The durable store.
-    pub store: store::Store,
+    pub store: Arc<store::Store>,
+    /// What connecting nodes say of themselves, on its way to the store.
+    pub hellos: session::Hellos,
     /// Live node sessions.
     pub hub: Arc<hub::Hub>,
     /// The URL nodes use to reach Control, for install snippets.
@@ -191,7 +193,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
 /// Control over the store in `settings.data_dir`, answering at `local`, not serving yet
 /// ([`server::answer`] answers a request without a socket).
 pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Control>, Error> {
-    let store = store::Store::open(&settings.data_dir, settings.overlay)?;
+    let store = Arc::new(store::Store::open(&settings.data_dir, settings.overlay)?);
     let public_url = settings
         .public_url
         .unwrap_or_else(|| format!("http://{local}"));
@@ -247,6 +249,7 @@ pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Contr
         _ => None,
     };
     let control = Arc::new(Control {
+        hellos: session::Hellos::new(store.clone()),
         store,
         hub: Arc::new(hub::Hub::new(settings.heartbeat)),
         public_url,

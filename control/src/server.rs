@@ -55,7 +55,7 @@ pub fn healthz(_: Call) -> Response<Body> {
 
 /// `/readyz`: the store answers too.
 pub fn readyz(call: Call) -> Response<Body> {
-    match call.control.store.state() {
+    match call.control.store.revision() {
         Ok(_) => respond(200, "text/plain", "ready\n"),
         Err(e) => respond(503, "text/plain", format!("store unavailable: {e}\n")),
     }
@@ -114,7 +114,7 @@ pub fn release(call: Call) -> Response<Body> {
 /// `/metrics`, for an API token: Prometheus text.
 pub fn metrics(call: &Call) -> Response<Body> {
     let control = &call.control;
-    let Ok(state) = control.store.state() else {
+    let Ok(state) = control.store.shared_state() else {
         return respond(503, "text/plain", "store unavailable\n");
     };
     let online = |kind| {

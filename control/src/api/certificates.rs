@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
-    let state = call.control.store.state()?;
+    let state = call.control.store.shared_state()?;
     let certificates: Vec<_> = state.certificates.iter().map(Certificate::of).collect();
     answer(200, certificates)
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
     let control = &call.control;
-    let state = control.store.state()?;
+    let state = control.store.shared_state()?;
     let nodes = state
         .nodes
         .iter()
@@ -28,7 +28,7 @@ pub fn create(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
     let name = (body.read::<Name>()?.name).unwrap_or_else(|| kind.as_str().to_string());
     crate::model::check_name(&name).map_err(|why| Error::invalid("name", why))?;
     let (record, api_key) = call.control.store.create_node(kind, name)?;
-    let state = call.control.store.state()?;
+    let state = call.control.store.shared_state()?;
     answer(
         201,
         NodeWithKey::of(&call.control, &state, &record, &api_key),
@@ -36,8 +36,8 @@ pub fn create(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
 }
 
 /// The node of `kind` the path names, with the store's state it was found in.
-fn find(call: &Call, kind: NodeKind) -> Result<(State, NodeRecord), Error> {
-    let state = call.control.store.state()?;
+fn find(call: &Call, kind: NodeKind) -> Result<(std::sync::Arc<State>, NodeRecord), Error> {
+    let state = call.control.store.shared_state()?;
     let id = call.param("id");
     let node = state
         .nodes
@@ -106,13 +106,16 @@ pub fn change(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
         node.labels = labels.unwrap_or_else(|| node.labels.clone());
         node.draining = draining.unwrap_or(node.draining);
     })?;
-    answer(200, Node::of(control, &control.store.state()?, &node))
+    answer(
+        200,
+        Node::of(control, &*control.store.shared_state()?, &node),
+    )
 }
 
 pub fn rotate_key(call: &Call, kind: NodeKind) -> ApiResult {
     find(call, kind)?;
     let (node, api_key) = call.control.store.rotate_node_key(call.param("id"))?;
-    let state = call.control.store.state()?;
+    let state = call.control.store.shared_state()?;
     answer(200, NodeWithKey::of(&call.control, &state, &node, &api_key))
 }
 

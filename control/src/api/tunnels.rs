@@ -11,7 +11,7 @@ use crate::spec::{Name, TunnelFields, TunnelView};
 use crate::Control;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
-    let state = call.control.store.state()?;
+    let state = call.control.store.shared_state()?;
     let tunnels: Vec<_> = state.tunnels.iter().map(TunnelView::of).collect();
     answer(200, tunnels)
 }
@@ -82,5 +82,5 @@ pub fn rotate_access_keys(call: &Call, _: Json) -> ApiResult {
 }
 
 fn find_tunnel(control: &Control, id: &str) -> Result<TunnelRecord, Error> {
-    control.store.state()?.tunnel(id).cloned()
+    control.store.shared_state()?.tunnel(id).cloned()
 }

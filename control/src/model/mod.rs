@@ -3,6 +3,7 @@
 //! snapshot. Nothing here reads the store or the clock.
 
 mod certs;
+mod concern;
 mod gateways;
 mod nodes;
 mod snapshot;
@@ -11,6 +12,7 @@ mod tokens;
 mod tunnels;
 
 pub use certs::{CertRecord, CertState, Issuer, RETRY_CAP_SECONDS, RETRY_FIRST_SECONDS};
+pub use concern::{concerned, Concerned};
 pub use gateways::{labels_from_json, parse_pairs, GatewayChoice};
 pub use nodes::{check_name, Labels, NodeRecord, OverlayNet};
 pub use snapshot::{

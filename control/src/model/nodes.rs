@@ -101,6 +101,22 @@ impl NodeRecord {
     }
 }
 
+impl NodeRecord {
+    /// What the node said of itself in `hello`, for its kind: gateways their endpoint and
+    /// ports, agents the targets they allow.
+    pub fn take_hello(&mut self, hello: &kakuremichi_proto::messages::Hello) {
+        let gateway = self.kind == NodeKind::Gateway;
+        self.public_key = Some(hello.public_key);
+        self.version = Some(hello.version.clone());
+        self.instance = hello.instance;
+        self.wireguard_endpoint = hello.wireguard_endpoint.clone().filter(|_| gateway);
+        self.port_policy = hello.ports.clone().filter(|_| gateway);
+        self.https_port = hello.https_port.filter(|_| gateway);
+        self.http_port = hello.http_port.filter(|_| gateway);
+        self.allow_targets = hello.allow_targets.clone().filter(|_| !gateway);
+    }
+}
+
 /// The overlay network, e.g. `10.77.0.0/16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayNet {

@@ -2,7 +2,10 @@
 //! both ways until the socket closes or the node falls silent.
 
 use crate::hub::SessionHandle;
+mod hellos;
 mod patches;
+
+pub use hellos::Hellos;
 
 use crate::model::{node_config, NodeRecord, SnapshotSettings};
 use crate::Control;
@@ -49,7 +52,11 @@ pub async fn run<S>(
     };
     // A hello that changes the node's record (its key, its addresses) reaches the other
     // nodes through the store's commit.
-    match control.store.record_hello(&node_id, &hello) {
+    match control
+        .hellos
+        .record(&control.store, &node_id, &hello)
+        .await
+    {
         Ok(_) => {}
         Err(e) => {
             log::warn!("node {node_id}: hello refused: {e}");
@@ -107,24 +114,10 @@ pub async fn run<S>(
             Event::StoreChanged => {
                 push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
             }
+            // Changes other processes commit (the CLI's) come as nudges too: the hub polls.
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
-                // A change no nudge announced (the CLI writes the store from another
-                // process) reaches the node within a heartbeat.
-                let behind = control
-                    .store
-                    .revision()
-                    .is_ok_and(|revision| Some(revision) != sent.revision);
-                let pushed = match behind {
-                    true => {
-                        push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
-                    }
-                    false => Ok(()),
-                };
-                match pushed {
-                    Ok(()) => heartbeat(&control, &session, &node_id, &mut ws).await,
-                    Err(e) => Err(e),
-                }
+                heartbeat(&control, &session, &node_id, &mut ws).await
             }
         };
         if let Err(reason) = outcome {
@@ -270,7 +263,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     sent.revision = Some(state.revision);
     if messages.is_empty() {
         if let Some(held) = held {
-            session.unchanged(held, state.revision);
+            session.holds(held, state.revision);
         }
         return Ok(());
     }
@@ -278,6 +271,7 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     for message in messages {
         send(ws, &ControlMessage::Config(Box::new(message))).await?;
     }
+    session.holds(state.revision, state.revision);
     control.hub.count_push();
     // The node keeps what this config refers to and drops the rest, and so does this record.
     sent.certificates = served.iter().map(|c| c.digest.clone()).collect();

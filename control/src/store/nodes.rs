@@ -113,60 +113,47 @@ impl Store {
         get(&self.nodes, &rtxn, &id)
     }
 
-    /// Record what a node said in its hello. Returns whether anything changed (and so the
-    /// revision moved and peers need new snapshots).
-    pub fn record_hello(&self, id: &str, hello: &Hello) -> Result<bool, Error> {
+    /// Whether recording `hello` would change nothing: the node reconnected as it was.
+    pub fn hello_changes_nothing(&self, id: &str, hello: &Hello) -> Result<bool, Error> {
         let rtxn = self.env.read_txn()?;
         let node: NodeRecord =
             get(&self.nodes, &rtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
-        let (public_key, version) = (hello.public_key, hello.version.as_str());
-        let endpoint = if node.kind == NodeKind::Gateway {
-            hello.wireguard_endpoint.clone()
-        } else {
-            None
-        };
-        let (port_policy, https_port, http_port, allow_targets) = match node.kind {
-            NodeKind::Gateway => (hello.ports.clone(), hello.https_port, hello.http_port, None),
-            NodeKind::Agent => (None, None, None, hello.allow_targets.clone()),
-        };
-        let unchanged = node.public_key == Some(public_key)
-            && node.version.as_deref() == Some(version)
-            && node.wireguard_endpoint == endpoint
-            && node.instance == hello.instance
-            && node.port_policy == port_policy
-            && node.https_port == https_port
-            && node.http_port == http_port
-            && node.allow_targets == allow_targets;
-        if unchanged {
-            return Ok(false);
-        }
-        drop(rtxn);
-        let (revision, mut keys) = self.write(|s, wtxn| {
+        let mut said = node.clone();
+        said.take_hello(hello);
+        Ok(said == node)
+    }
+
+    /// Record what nodes said in their hellos, in one write transaction: each is accepted or
+    /// refused on its own (a WireGuard key another node holds, a node deleted meanwhile),
+    /// in order. Errs, writing nothing, only when the store fails.
+    pub fn record_hellos(
+        &self,
+        hellos: &[(&str, &Hello)],
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let (revision, keys, answers) = self.write(|s, wtxn| {
             let (revision, mut keys) = s.node_keys_in(wtxn)?;
-            if keys.get(&public_key).is_some_and(|owner| owner != id) {
-                return Err(Error::conflict(
-                    "public_key",
-                    "another node already uses this WireGuard key",
-                ));
+            let mut answers = Vec::with_capacity(hellos.len());
+            for &(id, hello) in hellos {
+                let key = hello.public_key;
+                if keys.get(&key).is_some_and(|owner| owner != id) {
+                    let why = "another node already uses this WireGuard key";
+                    answers.push(Err(Error::conflict("public_key", why)));
+                    continue;
+                }
+                let Some(mut node) = get::<NodeRecord>(&s.nodes, wtxn, id)? else {
+                    answers.push(Err(Error::not_found("node", id)));
+                    continue;
+                };
+                keys.retain(|_, owner| owner != id);
+                keys.insert(key, id.to_string());
+                node.take_hello(hello);
+                put(&s.nodes, wtxn, id, &node)?;
+                answers.push(Ok(()));
             }
-            keys.retain(|_, owner| owner != id);
-            keys.insert(public_key, id.to_string());
-            let mut node: NodeRecord =
-                get(&s.nodes, wtxn, id)?.ok_or_else(|| Error::not_found("node", id))?;
-            node.public_key = Some(public_key);
-            node.version = Some(version.to_string());
-            node.wireguard_endpoint = endpoint;
-            node.instance = hello.instance;
-            node.port_policy = port_policy;
-            node.https_port = https_port;
-            node.http_port = http_port;
-            node.allow_targets = allow_targets;
-            put(&s.nodes, wtxn, id, &node)?;
-            Ok((revision, keys))
+            Ok((revision, keys, answers))
         })?;
-        self.node_keys_at
-            .keep(revision + 1, std::mem::take(&mut keys));
-        Ok(true)
+        self.node_keys_at.keep(revision + 1, keys);
+        Ok(answers)
     }
 
     /// Which node holds each WireGuard key, and the revision that is at.
@@ -209,17 +196,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_hello_with_another_nodes_key_is_refused_however_the_keys_were_last_read() {
+    /// Record one hello as the writer does, after the same check: whether it changed
+    /// anything.
+    fn record(store: &Store, id: &str, hello: &Hello) -> Result<bool, Error> {
+        if store.hello_changes_nothing(id, hello)? {
+            return Ok(false);
+        }
+        let mut answers = store.record_hellos(&[(id, hello)])?;
+        answers.pop().expect("one answer").map(|()| true)
+    }
+
+    fn open_store() -> (Store, std::path::PathBuf) {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).unwrap();
         let dir = std::env::temp_dir().join(format!("kk-keys-{}", u64::from_le_bytes(nonce)));
-        let store = Store::open(&dir, "10.77.0.0/16".parse().unwrap()).unwrap();
+        (
+            Store::open(&dir, "10.77.0.0/16".parse().unwrap()).unwrap(),
+            dir,
+        )
+    }
+
+    #[test]
+    fn a_hello_with_another_nodes_key_is_refused_however_the_keys_were_last_read() {
+        let (store, dir) = open_store();
         let node = |kind| store.create_node(kind, "n".into()).unwrap().0.id;
         let (a, b) = (node(NodeKind::Agent), node(NodeKind::Gateway));
-        assert!(store.record_hello(&a, &hello(1, 1)).unwrap());
+        assert!(record(&store, &a, &hello(1, 1)).unwrap());
         // Straight after a hello (the keys kept), and after another commit (read again).
-        let refused = |store: &Store| store.record_hello(&b, &hello(1, 2)).unwrap_err();
+        let refused = |store: &Store| record(store, &b, &hello(1, 2)).unwrap_err();
         assert!(
             refused(&store).to_string().contains("already uses"),
             "{}",
@@ -228,12 +232,53 @@ mod tests {
         node(NodeKind::Agent);
         assert!(refused(&store).to_string().contains("already uses"));
         // A node that moves to a new key frees its old one.
-        assert!(store.record_hello(&a, &hello(2, 3)).unwrap());
-        assert!(store.record_hello(&b, &hello(1, 4)).unwrap());
-        assert!(store.record_hello(&a, &hello(1, 5)).is_err());
+        assert!(record(&store, &a, &hello(2, 3)).unwrap());
+        assert!(record(&store, &b, &hello(1, 4)).unwrap());
+        assert!(record(&store, &a, &hello(1, 5)).is_err());
         assert!(
-            !store.record_hello(&b, &hello(1, 4)).unwrap(),
+            !record(&store, &b, &hello(1, 4)).unwrap(),
             "nothing changed"
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_of_hellos_is_one_revision_and_each_hello_is_answered_on_its_own() {
+        let (store, dir) = open_store();
+        let node = |kind| store.create_node(kind, "n".into()).unwrap().0.id;
+        let (a, b, c) = (
+            node(NodeKind::Agent),
+            node(NodeKind::Agent),
+            node(NodeKind::Gateway),
+        );
+        let before = store.revision().unwrap();
+        let (first, clash, gone, last) = (hello(1, 1), hello(1, 2), hello(3, 3), hello(4, 4));
+        let answers = store
+            .record_hellos(&[(&a, &first), (&b, &clash), ("agt_gone", &gone), (&c, &last)])
+            .unwrap();
+        assert_eq!(
+            store.revision().unwrap(),
+            before + 1,
+            "one commit for the batch"
+        );
+        assert!(answers[0].is_ok() && answers[3].is_ok(), "{answers:?}");
+        assert!(
+            matches!(answers[1], Err(Error::Conflict { .. })),
+            "{answers:?}"
+        );
+        assert!(
+            matches!(answers[2], Err(Error::NotFound { .. })),
+            "{answers:?}"
+        );
+        let state = store.state().unwrap();
+        let key = |id: &str| state.node(id).and_then(|n| n.public_key);
+        assert_eq!(key(&a), Some(first.public_key));
+        assert_eq!(key(&b), None, "the refused hello wrote nothing");
+        assert_eq!(key(&c), Some(last.public_key));
+        assert_eq!(
+            state.node(&c).unwrap().wireguard_endpoint,
+            last.wireguard_endpoint
         );
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();

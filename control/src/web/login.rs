@@ -314,7 +314,7 @@ pub fn tunnel_login(call: Call, visitor: Option<Visitor>) -> Response<Body> {
         .query("state")
         .filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_default();
-    let state = match control.store.state() {
+    let state = match control.store.shared_state() {
         Ok(state) => state,
         Err(e) => return failure(&e),
     };

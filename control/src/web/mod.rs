@@ -62,9 +62,9 @@ impl Page {
         (&self.visitor.user, self.visitor.session.csrf.as_str())
     }
 
-    /// The store's state now.
-    pub fn state(&self) -> Result<crate::model::State, Error> {
-        self.control.store.state()
+    /// The store's state now, decoded once per revision for every reader.
+    pub fn state(&self) -> Result<std::sync::Arc<crate::model::State>, Error> {
+        self.control.store.shared_state()
     }
 
     /// A page for this visitor: its markup as an HTML answer.

@@ -99,7 +99,7 @@ fn refused(page: &Page, state: &State, kind: NodeKind, notes: Notes) -> FormResu
 }
 
 pub fn detail(page: &Page, kind: NodeKind) -> PageResult {
-    node_page(page, &page.state()?, kind, Notes::default())
+    node_page(page, &*page.state()?, kind, Notes::default())
 }
 
 /// Where a node's page is.
@@ -142,7 +142,7 @@ pub fn delete_page(page: &Page, kind: NodeKind) -> PageResult {
 
 /// Change the node of the call's path with `change`, then back to its page.
 fn update(page: &Page, kind: NodeKind, change: impl FnOnce(&mut NodeRecord)) -> FormResult {
-    find(&page.state()?, kind, page.param("id"))?;
+    find(&*page.state()?, kind, page.param("id"))?;
     page.control.store.update_node(page.param("id"), change)?;
     Ok(redirect(&base(page, kind)))
 }
@@ -154,7 +154,7 @@ pub fn rename(page: &Page, form: &Form, kind: NodeKind) -> FormResult {
             name: Some((name, why)),
             refusal: None,
         };
-        return refused(page, &page.state()?, kind, notes);
+        return refused(page, &*page.state()?, kind, notes);
     }
     let name = name.to_string();
     update(page, kind, |node| node.name = name)
@@ -175,7 +175,7 @@ pub fn set_labels(page: &Page, form: &Form) -> FormResult {
                 name: None,
                 refusal: Some(&refusal),
             };
-            refused(page, &page.state()?, kind, notes)
+            refused(page, &*page.state()?, kind, notes)
         }
     }
 }
@@ -186,7 +186,7 @@ pub fn set_draining(page: &Page, form: &Form) -> FormResult {
 }
 
 pub fn rotate_key(page: &Page, _: &Form, kind: NodeKind) -> FormResult {
-    find(&page.state()?, kind, page.param("id"))?;
+    find(&*page.state()?, kind, page.param("id"))?;
     let (node, api_key) = page.control.store.rotate_node_key(page.param("id"))?;
     let heading = format!("{} has a new API key", node.name);
     Ok(key_page(page, kind, &heading, &api_key, 200))

@@ -14,7 +14,7 @@ use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
 
 pub fn dashboard(page: &Page) -> PageResult {
-    let overview = pages::dashboard::Overview::of(&page.state()?, &page.control.hub);
+    let overview = pages::dashboard::Overview::of(&*page.state()?, &page.control.hub);
     let (user, csrf) = page.who();
     Ok((200, pages::dashboard::page(user, csrf, &overview)))
 }
@@ -60,7 +60,7 @@ pub fn edit_page(page: &Page) -> PageResult {
 
 fn form_page(page: &Page, form: &TunnelForm, purpose: Purpose) -> PageResult {
     let (user, csrf) = page.who();
-    let choices = agent_choices(&page.control, &page.state()?);
+    let choices = agent_choices(&page.control, &*page.state()?);
     Ok((
         200,
         tunnel_form::form_page(user, csrf, &choices, form, purpose),

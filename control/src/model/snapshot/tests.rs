@@ -268,3 +268,98 @@ fn disabled_nodes_serve_nothing_and_nobody_peers_with_them() {
     let a2 = snapshot(&state, &nodes[3], &settings());
     assert!(a2.services.is_empty() && a2.peers.is_empty());
 }
+
+/// Every change a node's config can see, made one at a time to a small fleet: each node
+/// whose snapshot changed is among those `concerned` names (so the hub nudges it), and an
+/// edit to one agent's tunnel names none of the other agents.
+#[test]
+fn the_nodes_a_change_concerns_include_every_node_whose_config_changed() {
+    use crate::model::{concerned, CertRecord, CertState};
+    let net: OverlayNet = "10.77.0.0/16".parse().unwrap();
+    let nodes = vec![
+        node("g1", NodeKind::Gateway, 1, Some(1)),
+        node("g2", NodeKind::Gateway, 2, Some(2)),
+        node("a1", NodeKind::Agent, 3, Some(3)),
+        node("a2", NodeKind::Agent, 4, Some(4)),
+        node("a3", NodeKind::Agent, 5, Some(5)),
+    ];
+    let mut replicated = tunnel("t2", "a2", 20001, true);
+    replicated.spec.replicas = vec![Replica {
+        agent_id: "a3".into(),
+        target: "10.0.0.3:80".parse().unwrap(),
+    }];
+    let tunnels = vec![tunnel("t1", "a1", 20000, true), replicated];
+    let base = state(net, nodes, tunnels);
+    type Change = fn(&mut State);
+    let changes: Vec<(&str, Change)> = vec![
+        ("agent's new key", |s| {
+            s.nodes[2].public_key = Some(PublicKey([9; 32]))
+        }),
+        ("agent disabled", |s| s.nodes[3].disabled = true),
+        ("agent removed", |s| {
+            s.nodes.remove(4);
+        }),
+        ("gateway's new endpoint", |s| {
+            s.nodes[0].wireguard_endpoint = Some("other:51820".into())
+        }),
+        ("gateway draining", |s| s.nodes[1].draining = true),
+        ("gateway labelled", |s| {
+            s.nodes[1].labels.insert("region".into(), "tokyo".into());
+        }),
+        ("tunnel's target", |s| {
+            s.tunnels[0].spec.target = "127.0.0.1:9".parse().unwrap()
+        }),
+        ("tunnel off", |s| s.tunnels[1].spec.enabled = false),
+        ("tunnel on one gateway", |s| {
+            s.tunnels[0].spec.gateways = GatewayChoice::Ids(vec!["g1".into()])
+        }),
+        ("replica removed", |s| s.tunnels[1].spec.replicas.clear()),
+        ("tunnel deleted", |s| {
+            s.tunnels.remove(0);
+        }),
+        ("tunnel added", |s| {
+            s.tunnels.push(tunnel("t3", "a3", 20002, true))
+        }),
+        ("certificate issued", |s| {
+            s.certificates.push(CertRecord {
+                hostname: "t1.example.com".parse().unwrap(),
+                issuer: Issuer::Acme,
+                chain_pem: Some("chain".into()),
+                key_pem: Some("key".into()),
+                serial: None,
+                not_before: 0,
+                not_after: u64::MAX,
+                state: CertState::Valid,
+                last_error: None,
+                failures: 0,
+                next_attempt: 0,
+            })
+        }),
+        ("login keys rotated", |s| {
+            s.keyring = Keyring::generate().unwrap()
+        }),
+    ];
+    for (what, change) in changes {
+        let mut after = base.clone();
+        after.derived = Default::default();
+        change(&mut after);
+        let concerned = concerned(&base, &after);
+        for node in &base.nodes {
+            let Some(now) = after.node(&node.id) else {
+                continue;
+            };
+            let was = snapshot(&base, node, &settings());
+            if was != snapshot(&after, now, &settings()) {
+                assert!(
+                    concerned.includes(&node.id, node.kind),
+                    "{what}: {} changed but is not concerned ({concerned:?})",
+                    node.id
+                );
+            }
+        }
+        if what == "tunnel's target" {
+            let agents = ["a2", "a3"].map(|a| concerned.includes(a, NodeKind::Agent));
+            assert_eq!(agents, [false, false], "{what}: {concerned:?}");
+        }
+    }
+}
