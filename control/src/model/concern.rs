@@ -50,9 +50,10 @@ impl Concerned {
         }
     }
 
-    /// A tunnel that came, went or changed: its agents, and every gateway.
-    fn tunnel(&mut self, tunnel: &TunnelRecord) {
-        self.gateways = true;
+    /// A tunnel that came, went or changed: its agents, and every gateway if they see the
+    /// change.
+    fn tunnel(&mut self, tunnel: &TunnelRecord, gateways: bool) {
+        self.gateways |= gateways;
         let agents = tunnel.spec.agents().map(|(id, _)| id.to_string());
         self.nodes.extend(agents);
     }
@@ -73,14 +74,20 @@ pub fn concerned(before: &State, after: &State) -> Concerned {
         concerned.node(node);
     }
     let (was, now) = (tunnels_by_id(before), tunnels_by_id(after));
-    for tunnel in &after.tunnels {
-        if was.get(tunnel.id.as_str()) != Some(&tunnel) {
-            concerned.tunnel(tunnel);
+    for (&id, &(at, tunnel)) in &now {
+        match was.get(id) {
+            Some(&(_, old)) if old == tunnel => {}
+            Some(&(old_at, old)) => {
+                let alike = same_to_gateways((before, old_at, old), (after, at, tunnel));
+                concerned.tunnel(old, !alike);
+                concerned.tunnel(tunnel, !alike);
+            }
+            None => concerned.tunnel(tunnel, true),
         }
     }
-    for tunnel in &before.tunnels {
-        if now.get(tunnel.id.as_str()) != Some(&tunnel) {
-            concerned.tunnel(tunnel);
+    for (id, &(_, tunnel)) in &was {
+        if !now.contains_key(id) {
+            concerned.tunnel(tunnel, true);
         }
     }
     let for_gateways = before.certificates != after.certificates
@@ -93,6 +100,31 @@ pub fn concerned(before: &State, after: &State) -> Concerned {
     concerned
 }
 
-fn tunnels_by_id(state: &State) -> HashMap<&str, &TunnelRecord> {
-    state.tunnels.iter().map(|t| (t.id.as_str(), t)).collect()
+/// Each tunnel by id, with its position in the state's list.
+fn tunnels_by_id(state: &State) -> HashMap<&str, (usize, &TunnelRecord)> {
+    let tunnels = state.tunnels.iter().enumerate();
+    tunnels.map(|(at, t)| (t.id.as_str(), (at, t))).collect()
+}
+
+/// Whether gateways see one tunnel alike in two states, given as (state, position, tunnel):
+/// the same routes, and the same say in which gateways serve it, its certificate and its
+/// challenges. A new target or origin setting concerns only the tunnel's agents.
+fn same_to_gateways(
+    before: (&State, usize, &TunnelRecord),
+    after: (&State, usize, &TunnelRecord),
+) -> bool {
+    let (a, b) = (&before.2.spec, &after.2.spec);
+    let picks_alike = a.enabled == b.enabled
+        && a.kind == b.kind
+        && a.hostname == b.hostname
+        && a.issuer == b.issuer
+        && a.gateways == b.gateways;
+    let routes = |(state, at, _): (&State, usize, &TunnelRecord)| {
+        let routes = &state.gateway_routes()[at];
+        let http = routes.routes.iter().map(|e| e.digest);
+        let ports = routes.port_routes.iter().map(|e| e.digest);
+        let passthrough = routes.passthrough_routes.iter().map(|e| e.digest);
+        http.chain(ports).chain(passthrough).collect::<Vec<_>>()
+    };
+    picks_alike && routes(before) == routes(after)
 }

@@ -50,6 +50,9 @@ pub struct Store {
     tunnels_at: kept::KeptAt<Vec<crate::model::TunnelRecord>>,
     /// Every node's WireGuard key as of a revision, kept by hellos (see `nodes::node_keys_in`).
     node_keys_at: kept::KeptAt<nodes::NodeKeys>,
+    /// The node and tunnel records [`Store::state`] decoded last.
+    decoded_nodes: kept::Decoded<crate::model::NodeRecord>,
+    decoded_tunnels: kept::Decoded<crate::model::TunnelRecord>,
 }
 
 pub(super) const REVISION: &str = "revision";
@@ -130,6 +133,8 @@ impl Store {
             shared: Mutex::new(None),
             tunnels_at: kept::KeptAt::new(),
             node_keys_at: kept::KeptAt::new(),
+            decoded_nodes: kept::Decoded::new(),
+            decoded_tunnels: kept::Decoded::new(),
         };
         let mut wtxn = store.env.write_txn()?;
         match get::<OverlayNet>(&store.meta, &wtxn, OVERLAY)? {
@@ -189,8 +194,8 @@ impl Store {
             revision: get(&self.meta, &rtxn, REVISION)?.unwrap_or(0),
             overlay: get(&self.meta, &rtxn, OVERLAY)?
                 .ok_or_else(|| Error::Store("overlay network missing".into()))?,
-            nodes: all(&self.nodes, &rtxn)?,
-            tunnels: all(&self.tunnels, &rtxn)?,
+            nodes: self.decoded_nodes.all(&self.nodes, &rtxn)?,
+            tunnels: self.decoded_tunnels.all(&self.tunnels, &rtxn)?,
             certificates: all(&self.certs, &rtxn)?,
             challenges: all(&self.challenges, &rtxn)?,
             fallback_certificate: get(&self.meta, &rtxn, FALLBACK_CERTIFICATE)?,

@@ -283,4 +283,31 @@ mod tests {
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn the_state_decoded_again_after_a_commit_has_what_it_changed() {
+        let (store, dir) = open_store();
+        let ids: Vec<String> = (0..3)
+            .map(|_| store.create_node(NodeKind::Agent, "n".into()).unwrap().0.id)
+            .collect();
+        let names = |store: &Store| -> Vec<(String, String)> {
+            let state = store.state().unwrap();
+            state
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.name.clone()))
+                .collect()
+        };
+        assert_eq!(names(&store).len(), 3);
+        store
+            .update_node(&ids[1], |n| n.name = "renamed".into())
+            .unwrap();
+        store.delete_node(&ids[2]).unwrap();
+        let now = names(&store);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now.contains(&(ids[1].clone(), "renamed".into())), "{now:?}");
+        assert!(now.contains(&(ids[0].clone(), "n".into())), "{now:?}");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
