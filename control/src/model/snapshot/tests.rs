@@ -310,12 +310,18 @@ fn the_nodes_a_change_concerns_include_every_node_whose_config_changed() {
             s.tunnels[0].spec.target = "127.0.0.1:9".parse().unwrap()
         }),
         ("tunnel off", |s| s.tunnels[1].spec.enabled = false),
-        ("tunnel's users", |s| s.tunnels[0].spec.access.users = vec!["alice".into()]),
+        ("tunnel's users", |s| {
+            s.tunnels[0].spec.access.users = vec!["alice".into()]
+        }),
         ("tunnel's hostname", |s| {
             s.tunnels[0].spec.hostname = Some("moved.example.com".parse().unwrap())
         }),
-        ("tunnel's issuer", |s| s.tunnels[0].spec.issuer = Issuer::Internal),
-        ("tunnel's path", |s| s.tunnels[0].spec.path_prefix = Some("/app".into())),
+        ("tunnel's issuer", |s| {
+            s.tunnels[0].spec.issuer = Issuer::Internal
+        }),
+        ("tunnel's path", |s| {
+            s.tunnels[0].spec.path_prefix = Some("/app".into())
+        }),
         ("tunnel on one gateway", |s| {
             s.tunnels[0].spec.gateways = GatewayChoice::Ids(vec!["g1".into()])
         }),
