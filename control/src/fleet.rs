@@ -2,6 +2,7 @@
 //! session and its peers'. Which gateways serve a tunnel is [`crate::model::GatewayChoice`].
 
 use crate::model::NodeRecord;
+use kakuremichi_proto::ids::NodeKind;
 use serde::Serialize;
 
 /// How a node is doing, as the pages and `GET /api/v1/{agents,gateways}` show it.
@@ -61,13 +62,12 @@ pub fn health(
             format!("applying config revision {revision}"),
         );
     }
+    // A gateway's report names up to every agent: looked up, not searched, per peer.
+    let live: std::collections::HashSet<_> = status.live_peers.iter().collect();
     let missing: Vec<&str> = peers
         .iter()
         .filter(|(peer, online)| *online && !peer.disabled)
-        .filter(|(peer, _)| {
-            peer.public_key
-                .is_some_and(|key| !status.live_peers.contains(&key))
-        })
+        .filter(|(peer, _)| peer.public_key.is_some_and(|key| !live.contains(&key)))
         .map(|(peer, _)| peer.name.as_str())
         .collect();
     if !missing.is_empty() {
@@ -79,23 +79,53 @@ pub fn health(
     (Health::Healthy, "serving".into())
 }
 
-/// [`health`] of `node` now, with its peers' presence from the hub.
-pub fn health_now(
-    hub: &crate::hub::Hub,
-    state: &crate::model::State,
-    node: &NodeRecord,
-) -> (Health, String) {
-    let peer_kind = match node.kind {
-        kakuremichi_proto::ids::NodeKind::Agent => kakuremichi_proto::ids::NodeKind::Gateway,
-        kakuremichi_proto::ids::NodeKind::Gateway => kakuremichi_proto::ids::NodeKind::Agent,
-    };
-    let peers: Vec<(&NodeRecord, bool)> = state
-        .nodes
-        .iter()
-        .filter(|n| n.kind == peer_kind)
-        .map(|n| (n, hub.is_online(&n.id)))
-        .collect();
-    health(node, &hub.presence(&node.id), state.revision, &peers)
+/// The fleet at one moment: which nodes are online, asked of the hub once. A list of
+/// 10,000 agents used to ask it for every peer of every node, a lock each.
+pub struct Fleet<'a> {
+    hub: &'a crate::hub::Hub,
+    state: &'a crate::model::State,
+    online: std::collections::HashSet<String>,
+    /// Every node of each kind, with whether it is online: a node's peers are the other kind.
+    agents: Vec<(&'a NodeRecord, bool)>,
+    gateways: Vec<(&'a NodeRecord, bool)>,
+}
+
+impl<'a> Fleet<'a> {
+    /// The nodes of `state` as the hub sees them now.
+    pub fn now(hub: &'a crate::hub::Hub, state: &'a crate::model::State) -> Fleet<'a> {
+        let online = hub.online_nodes();
+        let of_kind = |kind| {
+            let nodes = state.nodes.iter().filter(|n| n.kind == kind);
+            nodes.map(|n| (n, online.contains(&n.id))).collect()
+        };
+        Fleet {
+            hub,
+            state,
+            agents: of_kind(NodeKind::Agent),
+            gateways: of_kind(NodeKind::Gateway),
+            online,
+        }
+    }
+
+    /// The hub asked.
+    pub fn hub(&self) -> &'a crate::hub::Hub {
+        self.hub
+    }
+
+    /// Whether node `id` is online.
+    pub fn is_online(&self, id: &str) -> bool {
+        self.online.contains(id)
+    }
+
+    /// [`health`] of `node`.
+    pub fn health(&self, node: &NodeRecord) -> (Health, String) {
+        let peers = match node.kind {
+            NodeKind::Agent => &self.gateways,
+            NodeKind::Gateway => &self.agents,
+        };
+        let presence = self.hub.presence(&node.id);
+        health(node, &presence, self.state.revision, peers)
+    }
 }
 
 #[cfg(test)]

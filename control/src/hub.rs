@@ -271,6 +271,15 @@ impl Hub {
         self.live_session(&self.lock(), node_id).is_some()
     }
 
+    /// The nodes online now (see [`Hub::is_online`]), read at once.
+    pub fn online_nodes(&self) -> std::collections::HashSet<String> {
+        let sessions = self.lock();
+        let window = self.offline_after();
+        let live = sessions.live.values();
+        let heard = live.filter(|s| s.last_message.elapsed() < window);
+        heard.map(|s| s.node_id.clone()).collect()
+    }
+
     /// The node's session heard from most recently, if one was within the offline window.
     fn live_session<'a>(&self, sessions: &'a Sessions, node_id: &str) -> Option<&'a Session> {
         let window = self.offline_after();

@@ -117,11 +117,12 @@ pub fn metrics(call: &Call) -> Response<Body> {
     let Ok(state) = control.store.shared_state() else {
         return respond(503, "text/plain", "store unavailable\n");
     };
+    let online_now = control.hub.online_nodes();
     let online = |kind| {
         state
             .nodes
             .iter()
-            .filter(|n| n.kind == kind && control.hub.is_online(&n.id))
+            .filter(|n| n.kind == kind && online_now.contains(&n.id))
             .count() as u64
     };
     let mut readings = Readings::new("kakuremichi_control");

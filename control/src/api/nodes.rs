@@ -4,6 +4,7 @@
 use super::views::{Done, Node, NodeWithKey};
 use super::{answer, Json};
 use crate::error::Error;
+use crate::fleet::Fleet;
 use crate::model::{NodeRecord, State};
 use crate::routes::{ApiResult, Call};
 use crate::spec::Name;
@@ -15,11 +16,12 @@ use serde_json::Value;
 pub fn list(call: &Call, kind: NodeKind) -> ApiResult {
     let control = &call.control;
     let state = control.store.shared_state()?;
+    let fleet = Fleet::now(&control.hub, &state);
     let nodes = state
         .nodes
         .iter()
         .filter(|n| n.kind == kind)
-        .map(|n| Node::of(control, &state, n))
+        .map(|n| Node::of(control, &fleet, n))
         .collect::<Vec<_>>();
     answer(200, nodes)
 }
@@ -50,7 +52,8 @@ fn find(call: &Call, kind: NodeKind) -> Result<(std::sync::Arc<State>, NodeRecor
 
 pub fn get(call: &Call, kind: NodeKind) -> ApiResult {
     let (state, node) = find(call, kind)?;
-    answer(200, Node::of(&call.control, &state, &node))
+    let fleet = Fleet::now(&call.control.hub, &state);
+    answer(200, Node::of(&call.control, &fleet, &node))
 }
 
 /// `PATCH /agents/{id}` and `/gateways/{id}`: what changes.
@@ -106,9 +109,10 @@ pub fn change(call: &Call, body: Json, kind: NodeKind) -> ApiResult {
         node.labels = labels.unwrap_or_else(|| node.labels.clone());
         node.draining = draining.unwrap_or(node.draining);
     })?;
+    let state = control.store.shared_state()?;
     answer(
         200,
-        Node::of(control, &*control.store.shared_state()?, &node),
+        Node::of(control, &Fleet::now(&control.hub, &state), &node),
     )
 }
 

@@ -59,9 +59,9 @@ impl From<NodeStatus> for Status {
 
 impl<'a> Node<'a> {
     /// `node` now; `state` is the store's, for its health against its peers.
-    pub fn of(control: &Control, state: &State, node: &'a NodeRecord) -> Self {
+    pub fn of(control: &Control, fleet: &crate::fleet::Fleet, node: &'a NodeRecord) -> Self {
         let presence = control.hub.presence(&node.id);
-        let (health, health_reason) = crate::fleet::health_now(&control.hub, state, node);
+        let (health, health_reason) = fleet.health(node);
         Node {
             id: &node.id,
             name: &node.name,
@@ -103,7 +103,11 @@ impl<'a> NodeWithKey<'a> {
             !control.releases.is_empty(),
         );
         NodeWithKey {
-            node: Node::of(control, state, node),
+            node: Node::of(
+                control,
+                &crate::fleet::Fleet::now(&control.hub, state),
+                node,
+            ),
             api_key,
             install: snippets.into_iter().map(|s| (s.key, s.text)).collect(),
         }

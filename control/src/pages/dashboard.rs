@@ -22,9 +22,10 @@ impl Overview {
     /// Online and total per node kind, tunnels, and problems: nodes offline or degraded,
     /// tunnels whose origin fails, certificates failing, expiring or missing (every issuer).
     pub fn of(state: &State, hub: &Hub) -> Overview {
+        let fleet = crate::fleet::Fleet::now(hub, state);
         let count = |kind| {
             let nodes: Vec<_> = state.nodes.iter().filter(|n| n.kind == kind).collect();
-            let online = nodes.iter().filter(|n| hub.is_online(&n.id)).count();
+            let online = nodes.iter().filter(|n| fleet.is_online(&n.id)).count();
             (online, nodes.len())
         };
         let mut attention = Vec::new();
@@ -57,7 +58,7 @@ impl Overview {
             if node.disabled {
                 continue;
             }
-            match crate::fleet::health_now(hub, state, node) {
+            match fleet.health(node) {
                 (crate::fleet::Health::Healthy, _) => {}
                 (crate::fleet::Health::Down, why) => {
                     attention.push(format!("{} {}: {why}", node.kind.as_str(), node.name))

@@ -4,6 +4,7 @@
 
 use super::{field, layout};
 use crate::auth::{Role, UserRecord};
+use crate::fleet::Fleet;
 use crate::fleet::Health;
 use crate::hub::Hub;
 use crate::install::Snippet;
@@ -62,18 +63,19 @@ fn allowed_targets_in_words(reported: Option<&str>) -> String {
 }
 
 pub fn rows(state: &State, hub: &Hub, kind: NodeKind) -> Vec<Row> {
+    let fleet = Fleet::now(hub, state);
     let mut rows: Vec<Row> = state
         .nodes
         .iter()
         .filter(|n| n.kind == kind)
-        .map(|node| row(state, hub, node))
+        .map(|node| row(state, &fleet, node))
         .collect();
     rows.sort_by(|a, b| b.online.cmp(&a.online).then(a.name.cmp(&b.name)));
     rows
 }
 
-pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
-    let presence = hub.presence(&node.id);
+pub fn row(state: &State, fleet: &Fleet, node: &NodeRecord) -> Row {
+    let presence = fleet.hub().presence(&node.id);
     Row {
         id: node.id.clone(),
         name: node.name.clone(),
@@ -106,7 +108,7 @@ pub fn row(state: &State, hub: &Hub, node: &NodeRecord) -> Row {
             .collect::<Vec<_>>()
             .join(", "),
         draining: node.draining,
-        health: crate::fleet::health_now(hub, state, node),
+        health: fleet.health(node),
         live_peers: presence
             .status
             .as_ref()

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 const PATCH_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Digests of the entries of one keyed list, by key.
-type Digests = HashMap<String, [u8; 16]>;
+type Digests = HashMap<std::sync::Arc<str>, [u8; 16]>;
 
 /// The config a node holds, as digests: what the next patch is worked out against.
 #[derive(Default)]
@@ -102,7 +102,7 @@ fn diff<'a, T: Clone + 'a>(
         next.insert(key, entry.digest);
     }
     for (gone, _) in held.drain() {
-        out.remove(list, gone);
+        out.remove(list, gone.to_string());
     }
     *held = next;
 }

@@ -66,7 +66,8 @@ fn find<'s>(state: &'s State, kind: NodeKind, id: &str) -> Result<&'s NodeRecord
 fn node_page(page: &Page, state: &State, kind: NodeKind, notes: Notes) -> PageResult {
     let id = page.param("id");
     let node = find(state, kind, id)?;
-    let row = nodes::row(state, &page.control.hub, node);
+    let fleet = crate::fleet::Fleet::now(&page.control.hub, state);
+    let row = nodes::row(state, &fleet, node);
     let detail = nodes::Detail {
         row: &row,
         kind,
