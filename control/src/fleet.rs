@@ -28,6 +28,9 @@ impl Health {
     }
 }
 
+/// How many peers a reason names before it counts the rest.
+const NAMED_PEERS: usize = 5;
+
 /// `node`'s health and why, from its session (`presence`), the store's `revision`, and its
 /// peers: every node of the other kind it should have a WireGuard session with, with whether
 /// that peer is online.
@@ -71,9 +74,18 @@ pub fn health(
         .map(|(peer, _)| peer.name.as_str())
         .collect();
     if !missing.is_empty() {
+        // A gateway can miss thousands of agents at once: the first few name the rest.
+        let named = match missing.len() {
+            n if n > NAMED_PEERS => format!(
+                "{} and {} more",
+                missing[..NAMED_PEERS].join(", "),
+                n - NAMED_PEERS
+            ),
+            _ => missing.join(", "),
+        };
         return (
             Health::Degraded,
-            format!("no WireGuard session with {}", missing.join(", ")),
+            format!("no WireGuard session with {named}"),
         );
     }
     (Health::Healthy, "serving".into())
@@ -178,6 +190,19 @@ mod tests {
         assert_eq!(
             (state, why.as_str()),
             (Health::Degraded, "no WireGuard session with home")
+        );
+        // Thousands missed at once are counted, not all named.
+        let many: Vec<NodeRecord> = (0..7)
+            .map(|i| NodeRecord {
+                name: format!("a{i}"),
+                public_key: Some(PublicKey([10 + i; 32])),
+                ..agent.clone()
+            })
+            .collect();
+        let peers: Vec<(&NodeRecord, bool)> = many.iter().map(|a| (a, true)).collect();
+        assert_eq!(
+            health(&gw, &lonely, 5, &peers).1,
+            "no WireGuard session with a0, a1, a2, a3, a4 and 2 more"
         );
         // An offline agent is not missed.
         assert_eq!(

@@ -131,6 +131,23 @@ fn a_large_fleet_gets_an_edit_in_a_second_and_only_where_it_matters() {
         fleet.ended()
     );
 
+    // Nodes the edits did not concern were nudged for none of them, yet hold the newest
+    // config: none is shown still applying one.
+    let applying = || -> Vec<String> {
+        let listed = cluster.api("GET", "/api/v1/agents", None).json();
+        let agents = listed.as_array().cloned().unwrap_or_default();
+        let reasons = agents
+            .iter()
+            .filter_map(|a| a["health_reason"].as_str().map(String::from));
+        reasons
+            .filter(|why| why.starts_with("applying config"))
+            .collect()
+    };
+    let current = wait_for(Duration::from_secs(5), || {
+        applying().is_empty().then_some(())
+    });
+    assert!(current.is_some(), "agents shown behind: {:?}", applying());
+
     // SIGTERM: every node is told Control is going away (a close frame) before it exits.
     let mut cluster = cluster;
     let exited = cluster.control.terminate(Duration::from_secs(5));
