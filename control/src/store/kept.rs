@@ -49,7 +49,8 @@ impl<T: DeserializeOwned + Clone> Decoded<T> {
         Decoded(Mutex::new(HashMap::new()))
     }
 
-    /// Every record of `table`, in key order.
+    /// Every record of `table`, in key order (within a write transaction too: a record is
+    /// reused only if its bytes are the ones it was decoded from, committed or not).
     pub(super) fn all(&self, table: &Table, txn: &RoTxn) -> Result<Vec<T>, Error> {
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Taken, so that a failure part way leaves nothing stale behind.

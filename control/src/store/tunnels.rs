@@ -19,7 +19,7 @@ impl Store {
     ) -> Result<TunnelRecord, Error> {
         let (record, revision, mut tunnels) = self.write(|s, wtxn| {
             let (revision, tunnels) = s.tunnels_in(wtxn)?;
-            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
+            let nodes = s.decoded_nodes.all(&s.nodes, wtxn)?;
             let spec = build(&nodes)?;
             check_agents(&nodes, &spec)?;
             let mut record = TunnelRecord {
@@ -58,7 +58,7 @@ impl Store {
     ) -> Result<TunnelRecord, Error> {
         let (record, revision, mut tunnels) = self.write(|s, wtxn| {
             let (revision, tunnels) = s.tunnels_in(wtxn)?;
-            let nodes: Vec<NodeRecord> = all(&s.nodes, wtxn)?;
+            let nodes = s.decoded_nodes.all(&s.nodes, wtxn)?;
             let mut record = tunnels
                 .iter()
                 .find(|t| t.id == id)
