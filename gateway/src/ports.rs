@@ -268,6 +268,9 @@ pub(crate) async fn splice(
     already_read: &[u8],
 ) -> io::Result<()> {
     let mut agent = agents.connect(upstream).await?;
+    // A replica a probe finds gone will not answer: its connections end then, as its HTTP
+    // requests do, not when TCP gives up. Counted from now, before anything is sent.
+    let gone = agents.health.until_probed_down(*agent.peer_addr().ip());
     let mut first = match upstream.proxy_protocol {
         Some(version) => {
             let local = client.get_ref().local_addr()?;
@@ -282,7 +285,12 @@ pub(crate) async fn splice(
     // async-net's stream, because closing its write side sends FIN: a bare `Async`'s close
     // only flushes, so an origin that hung up left the client waiting.
     let client = smol::net::TcpStream::from(client);
-    kakuremichi_rt::copy::copy_bidirectional(client, agent).await?;
+    let gone = async {
+        gone.await;
+        Err(io::Error::other("the agent stopped answering its probes"))
+    };
+    let copied = kakuremichi_rt::copy::copy_bidirectional(client, agent);
+    futures_lite::future::or(copied, gone).await?;
     Ok(())
 }
 
