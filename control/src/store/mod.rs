@@ -46,16 +46,14 @@ pub struct Store {
     commits: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// The state last decoded by [`Store::shared_state`].
     shared: Mutex<Option<Arc<State>>>,
-    /// Every tunnel as of a revision, kept by the tunnel writes (see `tunnels::tunnels_in`).
-    tunnels_at: kept::KeptAt<Vec<crate::model::TunnelRecord>>,
-    /// Every node's WireGuard key as of a revision, kept by hellos (see `nodes::node_keys_in`).
-    node_keys_at: kept::KeptAt<nodes::NodeKeys>,
-    /// The node and tunnel records [`Store::state`] decoded last.
+    /// The node and tunnel records decoded last, by [`Store::state`] or by a write that
+    /// checks against them all (a tunnel against every other, a hello's key against every
+    /// node's).
     decoded_nodes: kept::Decoded<crate::model::NodeRecord>,
     decoded_tunnels: kept::Decoded<crate::model::TunnelRecord>,
 }
 
-pub(super) const REVISION: &str = "revision";
+const REVISION: &str = "revision";
 const OVERLAY: &str = "overlay";
 
 /// Meta key of where the next service port search starts.
@@ -131,8 +129,6 @@ impl Store {
             sessions,
             commits: async_channel::bounded(1),
             shared: Mutex::new(None),
-            tunnels_at: kept::KeptAt::new(),
-            node_keys_at: kept::KeptAt::new(),
             decoded_nodes: kept::Decoded::new(),
             decoded_tunnels: kept::Decoded::new(),
         };

@@ -1,13 +1,13 @@
 //! Enrolling, changing, rekeying and deleting agents and gateways, and what a node says
 //! of itself when it connects.
 
-use super::{all, get, put, Store, OVERLAY, REVISION};
+use super::{all, get, put, Store, OVERLAY};
 use crate::auth::{self};
 use crate::error::Error;
 use crate::model::{NodeRecord, OverlayNet, TunnelRecord};
-use heed::RwTxn;
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::Hello;
+use std::collections::HashMap;
 
 impl Store {
     /// Enrol a node. Returns its record and its API key, which is not stored.
@@ -125,8 +125,12 @@ impl Store {
         &self,
         hellos: &[(&str, &Hello)],
     ) -> Result<Vec<Result<(), Error>>, Error> {
-        let (revision, keys, answers) = self.write(|s, wtxn| {
-            let (revision, mut keys) = s.node_keys_in(wtxn)?;
+        self.write(|s, wtxn| {
+            let nodes = s.decoded_nodes.all(&s.nodes, wtxn)?;
+            let keyed = nodes
+                .into_iter()
+                .filter_map(|n| Some((n.public_key?, n.id)));
+            let mut keys: HashMap<PublicKey, String> = keyed.collect();
             let mut answers = Vec::with_capacity(hellos.len());
             for &(id, hello) in hellos {
                 let key = hello.public_key;
@@ -145,33 +149,9 @@ impl Store {
                 put(&s.nodes, wtxn, id, &node)?;
                 answers.push(Ok(()));
             }
-            Ok((revision, keys, answers))
-        })?;
-        self.node_keys_at.keep(revision + 1, keys);
-        Ok(answers)
+            Ok(answers)
+        })
     }
-
-    /// Which node holds each WireGuard key, and the revision that is at.
-    fn node_keys_in(&self, wtxn: &RwTxn) -> Result<(u64, NodeKeys), Error> {
-        let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
-        let keys = self.node_keys_at.take_at(revision, || {
-            let nodes = all::<NodeKey>(&self.nodes, wtxn)?.into_iter();
-            let keyed = nodes.filter_map(|n| Some((n.public_key?, n.id)));
-            Ok(keyed.collect())
-        })?;
-        Ok((revision, keys))
-    }
-}
-
-/// Node id by WireGuard key.
-pub(super) type NodeKeys = std::collections::HashMap<PublicKey, String>;
-
-/// The part of a node's record a hello's key is checked against: a fleet's hellos each read
-/// every node, and the rest of the record would be decoded for nothing.
-#[derive(serde::Deserialize)]
-struct NodeKey {
-    id: String,
-    public_key: Option<PublicKey>,
 }
 
 #[cfg(test)]

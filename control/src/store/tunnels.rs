@@ -1,7 +1,7 @@
 //! Creating, changing and deleting tunnels (each checked against every other, with its
 //! service ports allocated), their service tokens, and the keys that sign tunnel logins.
 
-use super::{all, get, put, Store, ACCESS_KEYS, CONTROL_ROUTE, REVISION, SERVICE_PORT_CURSOR};
+use super::{get, put, Store, ACCESS_KEYS, CONTROL_ROUTE, SERVICE_PORT_CURSOR};
 use crate::access::{Keyring, ServiceToken};
 use crate::auth::{self};
 use crate::error::Error;
@@ -17,8 +17,8 @@ impl Store {
         &self,
         build: impl FnOnce(&[NodeRecord]) -> Result<TunnelSpec, Error>,
     ) -> Result<TunnelRecord, Error> {
-        let (record, revision, mut tunnels) = self.write(|s, wtxn| {
-            let (revision, tunnels) = s.tunnels_in(wtxn)?;
+        self.write(|s, wtxn| {
+            let tunnels = s.decoded_tunnels.all(&s.tunnels, wtxn)?;
             let nodes = s.decoded_nodes.all(&s.nodes, wtxn)?;
             let spec = build(&nodes)?;
             check_agents(&nodes, &spec)?;
@@ -31,23 +31,8 @@ impl Store {
             rules::check(&record, &tunnels, &nodes)?;
             record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             put(&s.tunnels, wtxn, &record.id, &record)?;
-            Ok((record, revision, tunnels))
-        })?;
-        // In key order, as the table lists them.
-        let at = tunnels.partition_point(|t| t.id < record.id);
-        tunnels.insert(at, record.clone());
-        self.tunnels_at.keep(revision + 1, tunnels);
-        Ok(record)
-    }
-
-    /// Every tunnel, and the revision they are at: each tunnel write checks the new one
-    /// against all the others.
-    fn tunnels_in(&self, wtxn: &RwTxn) -> Result<(u64, Vec<TunnelRecord>), Error> {
-        let revision: u64 = get(&self.meta, wtxn, REVISION)?.unwrap_or(0);
-        let tunnels = self
-            .tunnels_at
-            .take_at(revision, || all(&self.tunnels, wtxn))?;
-        Ok((revision, tunnels))
+            Ok(record)
+        })
     }
 
     /// Change tunnel `id` to what `change` makes of it, in one transaction with the read.
@@ -56,8 +41,8 @@ impl Store {
         id: &str,
         change: impl FnOnce(&TunnelSpec, &[NodeRecord]) -> Result<TunnelSpec, Error>,
     ) -> Result<TunnelRecord, Error> {
-        let (record, revision, mut tunnels) = self.write(|s, wtxn| {
-            let (revision, tunnels) = s.tunnels_in(wtxn)?;
+        self.write(|s, wtxn| {
+            let tunnels = s.decoded_tunnels.all(&s.tunnels, wtxn)?;
             let nodes = s.decoded_nodes.all(&s.nodes, wtxn)?;
             let mut record = tunnels
                 .iter()
@@ -76,13 +61,8 @@ impl Store {
                 record.service_port = free_service_ports(s, wtxn, &tunnels, &record)?;
             }
             put(&s.tunnels, wtxn, id, &record)?;
-            Ok((record, revision, tunnels))
-        })?;
-        if let Some(kept) = tunnels.iter_mut().find(|t| t.id == record.id) {
-            *kept = record.clone();
-        }
-        self.tunnels_at.keep(revision + 1, tunnels);
-        Ok(record)
+            Ok(record)
+        })
     }
 
     /// A new service token for a tunnel: its record and the token (shown once).
@@ -141,8 +121,8 @@ impl Store {
     /// Remove a tunnel, and its hostname's certificate when nothing else serves that
     /// hostname (another tunnel on a path of it, or Control's own route).
     pub fn delete_tunnel(&self, id: &str) -> Result<(), Error> {
-        let (revision, tunnels) = self.write(|s, wtxn| {
-            let (revision, mut tunnels) = s.tunnels_in(wtxn)?;
+        self.write(|s, wtxn| {
+            let mut tunnels = s.decoded_tunnels.all(&s.tunnels, wtxn)?;
             let at = tunnels
                 .iter()
                 .position(|t| t.id == id)
@@ -159,10 +139,8 @@ impl Store {
                     s.certs.delete(wtxn, hostname.as_str())?;
                 }
             }
-            Ok((revision, tunnels))
-        })?;
-        self.tunnels_at.keep(revision + 1, tunnels);
-        Ok(())
+            Ok(())
+        })
     }
 }
 
