@@ -163,9 +163,7 @@ async fn forward(
     let mut request = request;
     for (i, upstream) in upstreams.iter().enumerate() {
         let patience = (i + 1 < upstreams.len()).then(|| match upstream.agent() {
-            Some(agent) => gateway
-                .replicas
-                .patience(agent, crate::replicas::REPLICA_PATIENCE),
+            Some(agent) => gateway.replicas.dial_patience(agent),
             None => crate::replicas::REPLICA_PATIENCE,
         });
         match send(gateway, upstream, request, patience).await {

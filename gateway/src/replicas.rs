@@ -127,6 +127,11 @@ impl ReplicaHealth {
         estimate.unwrap_or(ceiling).max(PATIENCE_FLOOR).min(ceiling)
     }
 
+    /// How long a dial to `agent`, one of several, waits before the next is tried.
+    pub fn dial_patience(&self, agent: Ipv4Addr) -> Duration {
+        self.patience(agent, REPLICA_PATIENCE)
+    }
+
     /// Record how long an answered probe of `agent` took.
     pub fn answered_within(&self, agent: Ipv4Addr, took: Duration) {
         let mut table = self.table();
@@ -238,7 +243,7 @@ impl AgentDialer {
                 .stack
                 .connect(SocketAddrV4::new(agent, upstream.service_port));
             let dialed = match i + 1 < ordered.len() {
-                true => within(self.health.patience(agent, REPLICA_PATIENCE), dial).await,
+                true => within(self.health.dial_patience(agent), dial).await,
                 false => dial.await,
             };
             match dialed {
