@@ -333,7 +333,7 @@ impl Fallback {
         gateway.last_check = Some(now);
         let stack = self.stack.clone();
         let health = std::net::SocketAddrV4::new(spec.overlay_ip, HEALTH_PORT);
-        let task = smol::spawn(async move {
+        let task = kakuremichi_rt::spawn(async move {
             let reached = async {
                 match stack.connect(health).await {
                     Ok(_) => true,
@@ -369,7 +369,7 @@ impl Fallback {
         };
         let carried = Arc::new(AtomicU8::new(Carried::Connecting as u8));
         let reached = carried.clone();
-        let task = smol::spawn(async move {
+        let task = kakuremichi_rt::spawn(async move {
             let timeout = kakuremichi_netstack::stack::CONNECT_TIMEOUT;
             let idle = tcp_carrier::IDLE_TIMEOUT;
             let ended = match (tcp_carrier::connect_tcp(udp, timeout).await, tls) {

@@ -208,7 +208,7 @@ impl Services {
             match self.stack.listen(service.port) {
                 Ok(listener) => {
                     let destination = Arc::new(RwLock::new(Destination::new(service)));
-                    let task = smol::spawn(accept_loop(
+                    let task = kakuremichi_rt::spawn(accept_loop(
                         listener,
                         destination.clone(),
                         (self.allowed.clone(), self.origins.clone()),
@@ -263,7 +263,7 @@ async fn accept_loop(
         };
         let (tunnel_id, allowed, origins) = (tunnel_id.clone(), allowed.clone(), origins.clone());
         // A forwarded connection lives until either side closes it or its target changes.
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             let cancel = async {
                 let _ = cancelled.recv().await;
                 Ok(())

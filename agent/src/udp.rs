@@ -87,7 +87,7 @@ fn open_flow(
     let socket = Arc::new(Async::<UdpSocket>::bind(any)?);
     socket.get_ref().connect(to)?;
     let reader = socket.clone();
-    let task = smol::spawn(async move {
+    let task = kakuremichi_rt::spawn(async move {
         let mut buffer = vec![0u8; datagrams::MAX_DATAGRAM];
         loop {
             // An ICMP "port unreachable" surfaces here as an error; the flow stays until

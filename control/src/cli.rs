@@ -58,7 +58,7 @@ pub fn call(
         let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo(stream))
             .await
             .map_err(|e| e.to_string())?;
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             let _ = connection.await;
         })
         .detach();

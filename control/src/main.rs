@@ -337,42 +337,44 @@ fn report(answer: Result<(u16, String), String>) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    kakuremichi_rt::exec::use_every_core();
+    kakuremichi_rt::exec::set_threads(kakuremichi_rt::exec::every_core());
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     match args.command {
         Some(Command::Healthcheck(_)) => kakuremichi_rt::stop::healthcheck_and_exit(args.listen),
         // `run` stops on SIGTERM itself: it closes the node sessions first.
-        None => smol::block_on(kakuremichi_control::run(kakuremichi_control::Settings {
-            data_dir: args.data_dir,
-            listen: args.listen,
-            overlay: args.overlay_cidr,
-            public_url: args.public_url,
-            acme: args.acme_directory.map(|directory| {
-                kakuremichi_control::certs::acme::AcmeSettings {
-                    directory,
-                    email: args.acme_email,
-                    extra_roots: args.acme_ca_bundle,
-                    challenge: args.acme_challenge,
-                }
-            }),
-            default_issuer: args.default_issuer,
-            control_hostname: args.control_hostname,
-            control_upstream: args.control_upstream,
-            heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
-            session_limits: kakuremichi_control::auth::sessions::SessionLimits {
-                idle_secs: args.session_idle_secs.max(1),
-                absolute_secs: args.session_max_secs.max(1),
+        None => kakuremichi_rt::exec::block_on(kakuremichi_control::run(
+            kakuremichi_control::Settings {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                overlay: args.overlay_cidr,
+                public_url: args.public_url,
+                acme: args.acme_directory.map(|directory| {
+                    kakuremichi_control::certs::acme::AcmeSettings {
+                        directory,
+                        email: args.acme_email,
+                        extra_roots: args.acme_ca_bundle,
+                        challenge: args.acme_challenge,
+                    }
+                }),
+                default_issuer: args.default_issuer,
+                control_hostname: args.control_hostname,
+                control_upstream: args.control_upstream,
+                heartbeat: std::time::Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+                session_limits: kakuremichi_control::auth::sessions::SessionLimits {
+                    idle_secs: args.session_idle_secs.max(1),
+                    absolute_secs: args.session_max_secs.max(1),
+                },
+                release_dir: args
+                    .release_dir
+                    .or_else(|| std::env::var_os("KAKUREMICHI_RELEASE_DIR").map(PathBuf::from)),
+                trusted_proxies: trusted_proxies(&args.trusted_proxies)?,
+                join_dir: match args.join_dir {
+                    Some(dir) => Some((dir, join_kinds(&args.join)?)),
+                    None => None,
+                },
             },
-            release_dir: args
-                .release_dir
-                .or_else(|| std::env::var_os("KAKUREMICHI_RELEASE_DIR").map(PathBuf::from)),
-            trusted_proxies: trusted_proxies(&args.trusted_proxies)?,
-            join_dir: match args.join_dir {
-                Some(dir) => Some((dir, join_kinds(&args.join)?)),
-                None => None,
-            },
-        }))?,
+        ))?,
         Some(Command::User(UserCommand {
             action: UserAction::Add(add),
         })) => {

@@ -213,7 +213,7 @@ pub fn upgrade_node(call: Call, kind: NodeKind) -> Response<Body> {
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut request);
-    smol::spawn(async move {
+    kakuremichi_rt::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 // Small buffers: 10,000 idle sessions each held tungstenite's default

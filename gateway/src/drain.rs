@@ -57,7 +57,7 @@ impl Drain {
         );
         let generation = self.signal().0;
         let drain = self.clone();
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             Timer::after(drain.deadline).await;
             let signal = drain.signal();
             // Only if this drain is still on: one ended in time spares every connection.

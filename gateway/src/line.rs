@@ -154,7 +154,7 @@ mod tests {
             let waiters: Vec<_> = (0..5)
                 .map(|i| {
                     let (line, order) = (line.clone(), order.clone());
-                    let task = smol::spawn(async move {
+                    let task = kakuremichi_rt::spawn(async move {
                         let slot = line.take(LONG, 10).await.unwrap();
                         order.lock().unwrap().push(i);
                         Timer::after(Duration::from_millis(5)).await;
@@ -191,7 +191,7 @@ mod tests {
                 Some(Refused::LineFull)
             );
             // A waiter whose request went away leaves the line.
-            let gone = smol::spawn({
+            let gone = kakuremichi_rt::spawn({
                 let line = line.clone();
                 async move { line.take(LONG, 10).await.map(|_| ()) }
             });

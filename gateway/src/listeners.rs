@@ -32,7 +32,7 @@ pub async fn serve_http(gateway: Arc<Gateway>, listener: Async<TcpListener>) {
         let gateway = gateway.clone();
         // Each connection lives as long as its client keeps it open; hyper's own timeouts
         // bound idle and slow clients.
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             let client = match gateway.fronts.client_of(&mut stream, peer).await {
                 Ok(client) => client,
                 Err(e) => return log::debug!("front {peer}: {e}"),
@@ -191,7 +191,7 @@ pub async fn serve_https(
         let (acceptor, gateway) = (acceptor.clone(), gateway.clone());
         // Each connection lives until its client closes it; the handshake and hyper's own
         // timeouts bound slow or idle clients.
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             let deadline = Timer::after(HANDSHAKE_TIMEOUT);
             let peer = match gateway.fronts.client_of(&mut stream, peer).await {
                 Ok(client) => client,

@@ -113,6 +113,8 @@ enum Command {
 struct Healthcheck {}
 
 fn main() -> anyhow::Result<()> {
+    // TLS and HTTP for different clients run side by side; the network stack is shared.
+    kakuremichi_rt::exec::set_threads(kakuremichi_rt::exec::every_core());
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
     if let Some(Command::Healthcheck(_)) = args.command {

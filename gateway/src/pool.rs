@@ -239,7 +239,7 @@ impl Lease {
             return;
         }
         // hyper's connection task has not yet seen the end of the response.
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             let ready = futures_lite::future::or(async { sender.ready().await.is_ok() }, async {
                 async_io::Timer::after(ready_within).await;
                 false
@@ -266,7 +266,7 @@ where
     let opened = open.clone();
     // The sender lives in the pool; the connection task ends when the connection closes.
     let run = |connection: std::pin::Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>| {
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             if let Err(e) = connection.await {
                 log::debug!("upstream connection {name}: {e}");
             }
@@ -424,7 +424,7 @@ impl Pool {
         let lane = lane.clone();
         let most = self.limits.connections;
         let dialing = dial(self.stack.clone(), upstream.clone(), self.open.clone());
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             if let Err(unwanted) = deliver.try_send(dialing.await) {
                 if let Ok(sender) = unwanted.into_inner() {
                     lane.put(sender, most);

@@ -149,7 +149,7 @@ impl PortListeners {
             Transport::Tcp => {
                 let listener = Async::<TcpListener>::bind(addr).map_err(|e| e.to_string())?;
                 let limit = self.settings.tcp_connections;
-                smol::spawn(accept_tcp(
+                kakuremichi_rt::spawn(accept_tcp(
                     listener,
                     agents,
                     upstream.clone(),
@@ -172,7 +172,7 @@ impl PortListeners {
                     metrics,
                     flows: Arc::new(Mutex::new(flows)),
                 };
-                smol::spawn(relay.run(self.settings.udp_idle_timeout))
+                kakuremichi_rt::spawn(relay.run(self.settings.udp_idle_timeout))
             }
         };
         log::info!(

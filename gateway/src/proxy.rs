@@ -141,7 +141,7 @@ pub async fn handle(
                     Err(e) => log::debug!("upgrade failed: {e}"),
                 }
             };
-            smol::spawn(futures_lite::future::or(tunnel, cut)).detach();
+            kakuremichi_rt::spawn(futures_lite::future::or(tunnel, cut)).detach();
         }
     } else {
         remove_hop_by_hop(response.headers_mut(), None);

@@ -274,7 +274,7 @@ impl AgentDialer {
             for agent in self.health.watched() {
                 let (stack, health, went_down) =
                     (self.stack.clone(), self.health.clone(), went_down.clone());
-                smol::spawn(async move {
+                kakuremichi_rt::spawn(async move {
                     let patience = health.patience(agent, settings.timeout);
                     let sent = std::time::Instant::now();
                     let dial = stack.connect(SocketAddrV4::new(agent, HEALTH_PORT));

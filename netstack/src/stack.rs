@@ -79,7 +79,7 @@ impl Stack {
             nudge,
             epoch,
         });
-        let driver = smol::spawn(drive(shared.clone(), udp, nudged));
+        let driver = kakuremichi_rt::spawn(drive(shared.clone(), udp, nudged));
         Ok(Stack {
             shared,
             local_addr,

@@ -113,7 +113,7 @@ impl Carriers {
         };
         self.live.fetch_add(1, Ordering::Relaxed);
         let live = self.live.clone();
-        smol::spawn(async move {
+        kakuremichi_rt::spawn(async move {
             log::info!("wireguard over tcp: carrier from {from}");
             let ended = pump(stream, socket, IDLE_TIMEOUT).await;
             live.fetch_sub(1, Ordering::Relaxed);
@@ -260,14 +260,14 @@ mod tests {
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap();
             let idle = Duration::from_millis(300);
-            let far = smol::spawn(async move {
+            let far = kakuremichi_rt::spawn(async move {
                 let (stream, _) = listener.accept().await.unwrap();
                 pump(stream, loopback_socket_for(b_addr).unwrap(), idle).await
             });
             let near_socket = loopback_socket_for(a_addr).unwrap();
             let near_addr = near_socket.get_ref().local_addr().unwrap();
             let stream = smol::net::TcpStream::connect(port).await.unwrap();
-            let near = smol::spawn(pump(stream, near_socket, idle));
+            let near = kakuremichi_rt::spawn(pump(stream, near_socket, idle));
             let mut buffer = vec![0u8; 70_000];
             for size in [0usize, 1, 148, 1420, 65_507] {
                 let sent = vec![size as u8; size];
@@ -298,7 +298,7 @@ mod tests {
             let sink_addr = sink.get_ref().local_addr().unwrap();
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap();
-            let far = smol::spawn(async move {
+            let far = kakuremichi_rt::spawn(async move {
                 let (stream, _) = listener.accept().await.unwrap();
                 pump(
                     stream,

@@ -1,12 +1,17 @@
-//! hyper's executor and timer on smol.
+//! The executor every task runs on, and hyper's executor and timer over it.
 
+use async_executor::{Executor, Task};
+use futures_lite::future;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on smol's executor.
-/// hyper owns these tasks' lifetimes through their connections, so they are detached here.
+/// Runs hyper's background tasks (HTTP/2 streams, connection drivers) on [`spawn`]'s
+/// executor. hyper owns these tasks' lifetimes through their connections, so they are
+/// detached here.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SmolExecutor;
 
@@ -16,7 +21,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        smol::spawn(future).detach();
+        spawn(future).detach();
     }
 }
 
@@ -44,16 +49,141 @@ impl hyper::rt::Timer for SmolTimer {
     }
 }
 
-/// Run smol's global executor on one thread per core, unless `SMOL_THREADS` says how many.
-/// smol's default is one thread, and one busy Control task (a gateway's snapshot) then held
-/// up every other node's session until its heartbeats looked missed. (The gateway stays on
-/// one: on two cores more threads did not raise its requests per second, since its data
-/// path shares one network stack.) Call first in `main`, before anything spawns: smol reads
-/// the variable once, when its executor starts, and no other thread exists yet to read the
-/// environment meanwhile.
-pub fn use_every_core() {
-    if std::env::var_os("SMOL_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("SMOL_THREADS", cores.to_string());
+/// The executor every task of the binaries runs on.
+///
+/// smol's global executor runs its tasks on threads of its own while the main thread (in
+/// `block_on`) and async-io's helper thread take turns waiting on the reactor. Under load
+/// the executor threads never waited, so every readiness event was seen on another thread
+/// and handed over with a futex wake and a context switch: a sixth of a gateway's CPU went
+/// to those hand-offs and to the helper thread. Here each thread both runs tasks and, after
+/// every [`BATCH`] of them, collects readiness events itself, so a task woken by I/O mostly
+/// runs where its event was seen.
+static EXECUTOR: Executor<'static> = Executor::new();
+/// Threads that run tasks, counting the one in [`block_on`]; 0 until [`set_threads`].
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+static STARTED: OnceLock<()> = OnceLock::new();
+/// Tasks run between two looks at the reactor. The executor's own loop looks every 200,
+/// which was long enough for async-io's helper thread to take the reactor over.
+const BATCH: usize = 32;
+
+/// Run `future` as a task; it is cancelled when the returned handle is dropped (or runs on
+/// after [`Task::detach`]).
+pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Task<T> {
+    start_helpers();
+    EXECUTOR.spawn(future)
+}
+
+/// Set how many threads run tasks (at least 1), before anything is spawned: later calls
+/// change nothing. A binary that never calls it gets one thread, as with smol.
+pub fn set_threads(threads: usize) {
+    let _ = THREADS.compare_exchange(0, threads.max(1), Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// One thread per core this process may use (its CPU affinity and cgroup quota count).
+pub fn every_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Run `main` to its end on this thread, which runs other tasks too: the process's
+/// [`set_threads`] count includes it.
+pub fn block_on<T: Send + 'static>(main: impl Future<Output = T> + Send + 'static) -> T {
+    set_threads(1);
+    let helpers_needed = STARTED.get().is_none();
+    let main = EXECUTOR.spawn(main);
+    if helpers_needed {
+        start_helpers_besides_this_one();
+    }
+    async_io::block_on(run_tasks_until(main))
+}
+
+/// Threads beyond the caller's, started once on the first spawn.
+fn start_helpers() {
+    STARTED.get_or_init(|| {
+        // Nobody runs tasks on the main thread yet: a library user's spawn needs a thread.
+        let threads = THREADS.load(Ordering::SeqCst).max(1);
+        (0..threads).for_each(start_helper);
+    });
+}
+
+fn start_helpers_besides_this_one() {
+    STARTED.get_or_init(|| {
+        let threads = THREADS.load(Ordering::SeqCst).max(1);
+        (1..threads).for_each(start_helper);
+    });
+}
+
+fn start_helper(n: usize) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("tasks-{n}"))
+        .spawn(|| async_io::block_on(run_tasks_until(future::pending::<()>())));
+    if let Err(e) = spawned {
+        // The threads already running still run every task, only on fewer cores.
+        log::error!("cannot start a task thread: {e}");
+    }
+}
+
+/// Run tasks until `until` is ready, returning to `async_io::block_on` after each batch so
+/// that it polls the reactor (without waiting) before the next.
+async fn run_tasks_until<T>(until: impl Future<Output = T>) -> T {
+    let run = async {
+        loop {
+            EXECUTOR.tick().await;
+            for _ in 1..BATCH {
+                if !EXECUTOR.try_tick() {
+                    break;
+                }
+            }
+            future::yield_now().await;
+        }
+    };
+    future::or(until, run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn a_task_runs_without_anyone_in_block_on() {
+        let task = spawn(async { 6 * 7 });
+        assert_eq!(future::block_on(task), 42);
+    }
+
+    /// Tasks woken by timers and by sockets (the reactor's two sources) all run to the end,
+    /// many at once, while block_on's own thread runs tasks too.
+    #[test]
+    fn tasks_woken_by_timers_and_sockets_all_finish() {
+        let echoed = block_on(async {
+            let server = async_io::Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).unwrap();
+            let address = server.get_ref().local_addr().unwrap();
+            let echo = spawn(async move {
+                let mut buffer = [0u8; 16];
+                loop {
+                    let (n, from) = server.recv_from(&mut buffer).await.unwrap();
+                    server.send_to(&buffer[..n], from).await.unwrap();
+                }
+            });
+            let clients: Vec<Task<bool>> = (0..300u16)
+                .map(|i| {
+                    spawn(async move {
+                        async_io::Timer::after(Duration::from_millis(u64::from(i % 7))).await;
+                        let socket =
+                            async_io::Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).unwrap();
+                        socket.send_to(&i.to_be_bytes(), address).await.unwrap();
+                        let mut answer = [0u8; 2];
+                        let n = socket.recv(&mut answer).await.unwrap();
+                        n == 2 && u16::from_be_bytes(answer) == i
+                    })
+                })
+                .collect();
+            let mut echoed = 0;
+            for client in clients {
+                echoed += usize::from(client.await);
+            }
+            drop(echo);
+            echoed
+        });
+        assert_eq!(echoed, 300);
     }
 }

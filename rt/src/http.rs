@@ -91,7 +91,7 @@ where
         let _ = stream.get_ref().set_nodelay(true);
         // Each connection lives as long as its client keeps it open; hyper's own timeouts
         // bound idle and slow clients.
-        smol::spawn(serve_connection(
+        crate::spawn(serve_connection(
             stream,
             peer,
             handler.clone(),

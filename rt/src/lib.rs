@@ -4,7 +4,7 @@
 //!
 //! - [`io`]: adapters between futures' `AsyncRead`/`AsyncWrite` and hyper's `rt::Read`/`Write`,
 //!   both ways (hyper's `Upgraded` only speaks hyper's traits).
-//! - [`exec`]: a hyper executor over `smol::spawn` and a hyper timer over `async_io::Timer`.
+//! - [`exec`]: the executor every task runs on ([`spawn`]), with hyper's executor and timer.
 //! - [`fs`]: writing a file so that a crash leaves the old one or the new one, never half.
 //! - [`http`]: server builders with the limits every listener shares, and body helpers.
 //! - [`copy`]: a bidirectional copy that flushes every write and half-closes at EOF.
@@ -24,6 +24,8 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod stop;
+
+pub use exec::spawn;
 
 /// Seconds since the Unix epoch (0 on a clock set before it): the one clock reading the
 /// binaries share for expiries, sessions and "since" times.

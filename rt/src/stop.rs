@@ -46,11 +46,16 @@ pub fn healthcheck(mut addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-/// Run `work` until it ends or the process is told to stop; `Ok` on a stop.
+/// Run `work` until it ends or the process is told to stop; `Ok` on a stop. This thread
+/// runs tasks meanwhile (see [`crate::exec`]).
 pub fn run_until_stopped<T, E>(
-    work: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<(), E> {
-    smol::block_on(futures_lite::future::or(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<(), E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    crate::exec::block_on(futures_lite::future::or(
         async { work.await.map(|_| ()) },
         async {
             stopped().await;

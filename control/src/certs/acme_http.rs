@@ -79,7 +79,7 @@ async fn send(
         .await
         .map_err(|e| other(e.to_string()))?;
     // The connection task ends with the connection, after the response body was read.
-    smol::spawn(async move {
+    kakuremichi_rt::spawn(async move {
         let _ = connection.await;
     })
     .detach();

@@ -68,7 +68,9 @@ pub async fn run(control: Arc<Control>) {
                     let name = hostname.clone();
                     orders.insert(
                         hostname,
-                        smol::spawn(async move { obtain(&control, name, issuer, previous).await }),
+                        kakuremichi_rt::spawn(async move {
+                            obtain(&control, name, issuer, previous).await
+                        }),
                     );
                 }
             }

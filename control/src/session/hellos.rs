@@ -35,7 +35,7 @@ impl Hellos {
         let (queue, waiting) = async_channel::unbounded();
         Hellos {
             queue,
-            _writer: smol::spawn(write(store, waiting, most)),
+            _writer: kakuremichi_rt::spawn(write(store, waiting, most)),
         }
     }
 
