@@ -2,7 +2,7 @@
 //! session and its peers'. Which gateways serve a tunnel is [`crate::model::GatewayChoice`].
 
 use crate::model::NodeRecord;
-use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use serde::Serialize;
 
 /// How a node is doing, as the pages and `GET /api/v1/{agents,gateways}` show it.
@@ -32,13 +32,13 @@ impl Health {
 const NAMED_PEERS: usize = 5;
 
 /// `node`'s health and why, from its session (`presence`), the store's `revision`, and its
-/// peers: every node of the other kind it should have a WireGuard session with, with whether
+/// `peers`: every node of the other kind it should have a WireGuard session with, with whether
 /// that peer is online.
 pub fn health(
     node: &NodeRecord,
     presence: &crate::hub::Presence,
     revision: u64,
-    peers: &[(&NodeRecord, bool)],
+    peers: &Peers,
 ) -> (Health, String) {
     if node.disabled {
         return (Health::Down, "disabled".into());
@@ -65,14 +65,7 @@ pub fn health(
             format!("applying config revision {revision}"),
         );
     }
-    // A gateway's report names up to every agent: looked up, not searched, per peer.
-    let live: std::collections::HashSet<_> = status.live_peers.iter().collect();
-    let missing: Vec<&str> = peers
-        .iter()
-        .filter(|(peer, online)| *online && !peer.disabled)
-        .filter(|(peer, _)| peer.public_key.is_some_and(|key| !live.contains(&key)))
-        .map(|(peer, _)| peer.name.as_str())
-        .collect();
+    let missing = peers.missing_from(&status.live_peers);
     if !missing.is_empty() {
         // A gateway can miss thousands of agents at once: the first few name the rest.
         let named = match missing.len() {
@@ -91,15 +84,104 @@ pub fn health(
     (Health::Healthy, "serving".into())
 }
 
+/// The nodes of one kind that a node of the other kind should be peered with, each with
+/// whether it is online.
+pub struct Peers<'a> {
+    nodes: Vec<(&'a NodeRecord, bool)>,
+    /// The keys of those online and enabled: what a live peer list must all hold.
+    expected: KeySet<&'a PublicKey>,
+}
+
+impl<'a> Peers<'a> {
+    /// From every node of the peer kind and whether it is online.
+    pub fn new(nodes: Vec<(&'a NodeRecord, bool)>) -> Self {
+        let wanted = nodes
+            .iter()
+            .filter(|(peer, online)| *online && !peer.disabled);
+        let expected = wanted
+            .filter_map(|(peer, _)| peer.public_key.as_ref())
+            .collect();
+        Peers { nodes, expected }
+    }
+
+    /// The names of the peers that should be in `live` and are not.
+    ///
+    /// A gateways list at 10,000 agents asks this of each of 100 gateways, each reporting
+    /// 10,000 keys: the usual answer, none missing, is found by looking each reported key up
+    /// once. Only a node that misses some gets its own set built, to name them.
+    fn missing_from(&self, live: &[PublicKey]) -> Vec<&'a str> {
+        // A node lists each peer once (its peer table is keyed by public key).
+        let peered = live.iter().filter(|k| self.expected.contains(k)).count();
+        if peered == self.expected.len() {
+            return Vec::new();
+        }
+        let live: KeySet<&PublicKey> = live.iter().collect();
+        let wanted = self
+            .nodes
+            .iter()
+            .filter(|(peer, online)| *online && !peer.disabled);
+        wanted
+            .filter(|(peer, _)| peer.public_key.is_some_and(|key| !live.contains(&key)))
+            .map(|(peer, _)| peer.name.as_str())
+            .collect()
+    }
+}
+
+/// A set of WireGuard public keys, hashed by their first eight bytes mixed with a secret of
+/// this process: the keys are already uniform, and std's SipHash over all 32 bytes made the
+/// lookups above most of a gateways list's time.
+type KeySet<K> = std::collections::HashSet<K, KeyHashing>;
+
+/// See [`KeySet`].
+#[derive(Clone)]
+struct KeyHashing(u64);
+
+impl Default for KeyHashing {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        // RandomState's keys are private; one of its hashes is as secret.
+        KeyHashing(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u64)
+        }))
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// See [`KeySet`].
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // A key hashes as one 32-byte write (after its length, below).
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        // A multiply by an odd constant spreads the secret-mixed word's bits upward, where
+        // the table takes its buckets and tags from.
+        self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, _length: usize) {}
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
 /// The fleet at one moment: which nodes are online, asked of the hub once. A list of
 /// 10,000 agents used to ask it for every peer of every node, a lock each.
 pub struct Fleet<'a> {
     hub: &'a crate::hub::Hub,
     state: &'a crate::model::State,
     online: std::collections::HashSet<String>,
-    /// Every node of each kind, with whether it is online: a node's peers are the other kind.
-    agents: Vec<(&'a NodeRecord, bool)>,
-    gateways: Vec<(&'a NodeRecord, bool)>,
+    /// Each kind's nodes, as the other kind's peers.
+    agents: Peers<'a>,
+    gateways: Peers<'a>,
 }
 
 impl<'a> Fleet<'a> {
@@ -108,7 +190,7 @@ impl<'a> Fleet<'a> {
         let online = hub.online_nodes();
         let of_kind = |kind| {
             let nodes = state.nodes.iter().filter(|n| n.kind == kind);
-            nodes.map(|n| (n, online.contains(&n.id))).collect()
+            Peers::new(nodes.map(|n| (n, online.contains(&n.id))).collect())
         };
         Fleet {
             hub,
@@ -162,7 +244,10 @@ mod tests {
             status: None,
             applied: None,
         };
-        assert_eq!(health(&gw, &offline, 5, &[]).0, Health::Down);
+        assert_eq!(
+            health(&gw, &offline, 5, &Peers::new(vec![])).0,
+            Health::Down
+        );
         let status = NodeStatus {
             live_peers: vec![PublicKey([2; 32])],
             ..NodeStatus::default()
@@ -170,23 +255,23 @@ mod tests {
         let online = Presence {
             online: true,
             last_seen: None,
-            status: Some(status),
+            status: Some(std::sync::Arc::new(status)),
             applied: Some(5),
         };
         assert_eq!(
-            health(&gw, &online, 5, &[(&agent, true)]),
+            health(&gw, &online, 5, &Peers::new(vec![(&agent, true)])),
             (Health::Healthy, "serving".into())
         );
-        let behind = health(&gw, &online, 6, &[(&agent, true)]);
+        let behind = health(&gw, &online, 6, &Peers::new(vec![(&agent, true)]));
         assert_eq!(
             behind,
             (Health::Degraded, "applying config revision 6".into())
         );
         let lonely = Presence {
-            status: Some(NodeStatus::default()),
+            status: Some(std::sync::Arc::new(NodeStatus::default())),
             ..online.clone()
         };
-        let (state, why) = health(&gw, &lonely, 5, &[(&agent, true)]);
+        let (state, why) = health(&gw, &lonely, 5, &Peers::new(vec![(&agent, true)]));
         assert_eq!(
             (state, why.as_str()),
             (Health::Degraded, "no WireGuard session with home")
@@ -201,12 +286,35 @@ mod tests {
             .collect();
         let peers: Vec<(&NodeRecord, bool)> = many.iter().map(|a| (a, true)).collect();
         assert_eq!(
-            health(&gw, &lonely, 5, &peers).1,
+            health(&gw, &lonely, 5, &Peers::new(peers)).1,
             "no WireGuard session with a0, a1, a2, a3, a4 and 2 more"
+        );
+        // A key reported for an agent now offline does not stand in for one online.
+        let gone = NodeRecord {
+            name: "gone".into(),
+            public_key: Some(PublicKey([3; 32])),
+            ..agent.clone()
+        };
+        let stale = Presence {
+            status: Some(std::sync::Arc::new(NodeStatus {
+                live_peers: vec![PublicKey([3; 32])],
+                ..NodeStatus::default()
+            })),
+            ..online.clone()
+        };
+        assert_eq!(
+            health(
+                &gw,
+                &stale,
+                5,
+                &Peers::new(vec![(&agent, true), (&gone, false)])
+            )
+            .1,
+            "no WireGuard session with home"
         );
         // An offline agent is not missed.
         assert_eq!(
-            health(&gw, &lonely, 5, &[(&agent, false)]).0,
+            health(&gw, &lonely, 5, &Peers::new(vec![(&agent, false)])).0,
             Health::Healthy
         );
         let refused = NodeStatus {
@@ -214,16 +322,19 @@ mod tests {
             ..NodeStatus::default()
         };
         let troubled = Presence {
-            status: Some(refused),
+            status: Some(std::sync::Arc::new(refused)),
             ..online.clone()
         };
-        assert_eq!(health(&gw, &troubled, 5, &[]).1, "cannot open tcp port 80");
+        assert_eq!(
+            health(&gw, &troubled, 5, &Peers::new(vec![])).1,
+            "cannot open tcp port 80"
+        );
         gw.draining = true;
         assert_eq!(
-            health(&gw, &online, 5, &[]),
+            health(&gw, &online, 5, &Peers::new(vec![])),
             (Health::Degraded, "draining".into())
         );
         gw.disabled = true;
-        assert_eq!(health(&gw, &online, 5, &[]).0, Health::Down);
+        assert_eq!(health(&gw, &online, 5, &Peers::new(vec![])).0, Health::Down);
     }
 }

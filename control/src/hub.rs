@@ -27,8 +27,9 @@ struct Session {
     /// revisions that do not concern it say nothing of what its node holds.
     nudged: u64,
     last_message: Instant,
-    /// The node's last report; none until its first heartbeat.
-    status: Option<NodeStatus>,
+    /// The node's last report; none until its first heartbeat. Shared, not copied: a
+    /// gateway's names every agent it is peered with.
+    status: Option<Arc<NodeStatus>>,
     changed: async_channel::Sender<()>,
 }
 
@@ -66,7 +67,7 @@ struct Sessions {
 pub struct Presence {
     pub online: bool,
     pub last_seen: Option<u64>,
-    pub status: Option<NodeStatus>,
+    pub status: Option<Arc<NodeStatus>>,
     /// The newest config revision the live session said it applied.
     pub applied: Option<u64>,
 }
@@ -318,8 +319,8 @@ impl SessionHandle {
             return;
         };
         session.last_message = Instant::now();
-        if status.is_some() {
-            session.status = status;
+        if let Some(status) = status {
+            session.status = Some(Arc::new(status));
         }
         let node_id = session.node_id.clone();
         sessions.last_seen.insert(node_id, crate::auth::unix_now());

@@ -46,8 +46,8 @@ struct Status {
     tx_bytes: u64,
 }
 
-impl From<NodeStatus> for Status {
-    fn from(s: NodeStatus) -> Self {
+impl From<&NodeStatus> for Status {
+    fn from(s: &NodeStatus) -> Self {
         Status {
             config_version: s.config_version,
             peers_up: s.peers_up,
@@ -80,7 +80,7 @@ impl<'a> Node<'a> {
                 labels: &node.labels,
                 draining: node.draining,
             }),
-            status: presence.status.map(Status::from),
+            status: presence.status.as_deref().map(Status::from),
         }
     }
 }

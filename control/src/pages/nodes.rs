@@ -37,14 +37,14 @@ pub struct Row {
     pub detail: String,
     pub last_seen: Option<u64>,
     /// What the node last reported, while online.
-    pub status: Option<NodeStatus>,
+    pub status: Option<std::sync::Arc<NodeStatus>>,
     /// Gateways: their labels, `key=value, …`.
     pub labels: String,
     /// Gateways: refusing new requests while those in flight finish.
     pub draining: bool,
     /// Healthy, degraded or down, and why.
     pub health: (Health, String),
-    /// Public keys of the peers it has a live WireGuard session with.
+    /// Agents: public keys of the gateways they have a live WireGuard session with.
     pub live_peers: Vec<String>,
     /// Agents: what they forward to, in words.
     pub allow_targets: String,
@@ -109,11 +109,14 @@ pub fn row(state: &State, fleet: &Fleet, node: &NodeRecord) -> Row {
             .join(", "),
         draining: node.draining,
         health: fleet.health(node),
-        live_peers: presence
-            .status
-            .as_ref()
-            .map(|s| s.live_peers.iter().map(ToString::to_string).collect())
-            .unwrap_or_default(),
+        // For the agents × gateways matrix, which has a row per agent: a gateway's would
+        // name every agent.
+        live_peers: match (node.kind, &presence.status) {
+            (NodeKind::Agent, Some(status)) => {
+                status.live_peers.iter().map(ToString::to_string).collect()
+            }
+            _ => Vec::new(),
+        },
         allow_targets: allowed_targets_in_words(node.allow_targets.as_deref()),
     }
 }

@@ -39,8 +39,9 @@ pub fn origin_failure(
         presence
             .status?
             .failing_origins
-            .into_iter()
+            .iter()
             .find(|f| f.tunnel_id == tunnel.id)
+            .cloned()
     })
 }
 
