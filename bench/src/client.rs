@@ -81,7 +81,8 @@ impl Target {
 
     async fn connection(&self) -> anyhow::Result<SendRequest<Body>> {
         let io = self.open().await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(FuturesIo(io)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(FuturesIo::new(io)).await?;
         smol::spawn(async move {
             let _ = connection.with_upgrades().await;
         })

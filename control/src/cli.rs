@@ -55,9 +55,10 @@ pub fn call(
         let stream = smol::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("Control at {addr}: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(FuturesIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
         kakuremichi_rt::spawn(async move {
             let _ = connection.await;
         })

@@ -277,7 +277,7 @@ where
     let sender = if upstream.speaks_http2() {
         let (sender, connection) = http2::Builder::new(kakuremichi_rt::exec::SmolExecutor)
             .timer(kakuremichi_rt::exec::SmolTimer)
-            .handshake(FuturesIo(io))
+            .handshake(FuturesIo::new(io))
             .await
             .inspect_err(|_| {
                 open.fetch_sub(1, Ordering::Relaxed);
@@ -287,7 +287,7 @@ where
         Sender::Http2(sender)
     } else {
         let (sender, connection) = http1::Builder::new()
-            .handshake(FuturesIo(io))
+            .handshake(FuturesIo::new(io))
             .await
             .inspect_err(|_| {
                 open.fetch_sub(1, Ordering::Relaxed);

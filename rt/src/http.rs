@@ -130,7 +130,7 @@ pub async fn serve_connection<I, F, Fut>(
         let response = handler(request, peer);
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
-    let io = crate::io::FuturesIo(io);
+    let io = crate::io::FuturesIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
             http1_server()

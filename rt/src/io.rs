@@ -7,10 +7,26 @@ use std::task::{ready, Context, Poll};
 
 /// Most bytes one `poll_read` through [`FuturesIo`] asks for: a TLS record is 16 KiB.
 const MAX_READ_BYTES: usize = 32 * 1024;
+/// Fewest: what a request or a small answer takes.
+const MIN_READ_BYTES: usize = 4 * 1024;
 
 /// A futures stream seen through hyper's I/O traits.
 #[derive(Debug)]
-pub struct FuturesIo<T>(pub T);
+pub struct FuturesIo<T> {
+    inner: T,
+    /// Bytes the next read asks for: twice the last read's, within the bounds above.
+    read_size: usize,
+}
+
+impl<T> FuturesIo<T> {
+    /// `inner` as hyper sees a stream.
+    pub fn new(inner: T) -> Self {
+        FuturesIo {
+            inner,
+            read_size: MIN_READ_BYTES,
+        }
+    }
+}
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for FuturesIo<T> {
     fn poll_read(
@@ -24,13 +40,16 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for FuturesIo<T> {
         unsafe {
             let uninit = buf.as_mut();
             // hyper hands out its whole spare capacity (up to hundreds of KB) and does not
-            // remember what was initialised: zeroing all of it on every read cost most of the
-            // gateway's CPU. A bounded prefix, zeroed by memset, is enough for one read.
-            let len = uninit.len().min(MAX_READ_BYTES);
+            // remember what was initialised, so each read zeroes what it offers, even a read
+            // that finds nothing. Offering what the stream has been delivering keeps that
+            // small for requests and grows to MAX_READ_BYTES within a few reads of a bulk
+            // transfer.
+            let len = uninit.len().min(self.read_size);
             std::ptr::write_bytes(uninit.as_mut_ptr(), 0, len);
             let slice = std::slice::from_raw_parts_mut(uninit.as_mut_ptr().cast::<u8>(), len);
-            let n = ready!(Pin::new(&mut self.0).poll_read(cx, slice))?;
+            let n = ready!(Pin::new(&mut self.inner).poll_read(cx, slice))?;
             buf.advance(n);
+            self.read_size = (2 * n).clamp(MIN_READ_BYTES, MAX_READ_BYTES);
         }
         Poll::Ready(Ok(()))
     }
@@ -42,13 +61,13 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 

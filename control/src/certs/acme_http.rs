@@ -75,7 +75,7 @@ async fn send(
         .connect(name, tcp)
         .await
         .map_err(|e| other(format!("TLS with {host}: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo(stream))
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
         .await
         .map_err(|e| other(e.to_string()))?;
     // The connection task ends with the connection, after the response body was read.
