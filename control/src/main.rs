@@ -343,7 +343,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Healthcheck(_)) => kakuremichi_rt::stop::healthcheck_and_exit(args.listen),
         // `run` stops on SIGTERM itself: it closes the node sessions first.
-        None => kakuremichi_rt::exec::block_on(kakuremichi_control::run(
+        None => kakuremichi_rt::exec::wait_on(kakuremichi_control::run(
             kakuremichi_control::Settings {
                 data_dir: args.data_dir,
                 listen: args.listen,

@@ -49,27 +49,32 @@ impl hyper::rt::Timer for SmolTimer {
     }
 }
 
-/// The executor every task of the binaries runs on.
+/// The executor every task of the binaries runs on, and the threads that run it.
 ///
-/// smol's global executor runs its tasks on threads of its own while the main thread (in
-/// `block_on`) and async-io's helper thread take turns waiting on the reactor. Under load
-/// the executor threads never waited, so every readiness event was seen on another thread
-/// and handed over with a futex wake and a context switch: a sixth of a gateway's CPU went
-/// to those hand-offs and to the helper thread. Here each thread both runs tasks and, after
-/// every [`BATCH`] of them, collects readiness events itself, so a task woken by I/O mostly
-/// runs where its event was seen.
+/// Two ways to run it, chosen by what `main` calls:
+/// - [`block_on`], for the data path (gateway, agent): every thread runs tasks and, after
+///   every [`BATCH`] of them, collects readiness events itself, so a task woken by I/O mostly
+///   runs where its event was seen. With smol's arrangement (below) every event was handed
+///   to another thread, a futex wake and a context switch each; under a concurrent load that
+///   halved a gateway's requests per second.
+/// - [`wait_on`], smol's own arrangement, for Control: task threads run the executor's loop
+///   while the calling thread waits on the reactor and wakes them. Its thousands of sessions
+///   are each woken rarely, and when 10,000 nodes connected at once the other way took 18 to
+///   59 s to give them all their configs, against 5 s this way.
 static EXECUTOR: Executor<'static> = Executor::new();
-/// Threads that run tasks, counting the one in [`block_on`]; 0 until [`set_threads`].
+/// Threads that run tasks; 0 until [`set_threads`].
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static STARTED: OnceLock<()> = OnceLock::new();
-/// Tasks run between two looks at the reactor. The executor's own loop looks every 200,
-/// which was long enough for async-io's helper thread to take the reactor over.
+/// Tasks run between two looks at the reactor in [`block_on`]'s threads. The executor's own
+/// loop looks every 200, which was long enough for async-io's helper thread to take the
+/// reactor over.
 const BATCH: usize = 32;
 
 /// Run `future` as a task; it is cancelled when the returned handle is dropped (or runs on
 /// after [`Task::detach`]).
 pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Task<T> {
-    start_helpers();
+    // A library user (a test) that neither blocks on nor waits on: as smol does.
+    start_threads(0, Loop::Executor);
     EXECUTOR.spawn(future)
 }
 
@@ -84,38 +89,45 @@ pub fn every_core() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Run `main` to its end on this thread, which runs other tasks too: the process's
-/// [`set_threads`] count includes it.
+/// Run `main` to its end as a task on this thread, which runs other tasks too (and is one of
+/// the [`set_threads`] threads), each thread collecting I/O events between batches.
 pub fn block_on<T: Send + 'static>(main: impl Future<Output = T> + Send + 'static) -> T {
-    set_threads(1);
-    let helpers_needed = STARTED.get().is_none();
     let main = EXECUTOR.spawn(main);
-    if helpers_needed {
-        start_helpers_besides_this_one();
-    }
-    async_io::block_on(run_tasks_until(main))
+    start_threads(1, Loop::Batches);
+    async_io::block_on(run_batches_until(main))
 }
 
-/// Threads beyond the caller's, started once on the first spawn.
-fn start_helpers() {
+/// Run `main` to its end on this thread, which waits on the reactor for the [`set_threads`]
+/// threads that run the tasks.
+pub fn wait_on<T>(main: impl Future<Output = T>) -> T {
+    start_threads(0, Loop::Executor);
+    async_io::block_on(main)
+}
+
+/// How a task thread runs.
+#[derive(Clone, Copy)]
+enum Loop {
+    /// `run_batches_until`.
+    Batches,
+    /// The executor's own.
+    Executor,
+}
+
+/// Start the task threads, once: all but `here` of them (those the caller is).
+fn start_threads(here: usize, kind: Loop) {
     STARTED.get_or_init(|| {
-        // Nobody runs tasks on the main thread yet: a library user's spawn needs a thread.
         let threads = THREADS.load(Ordering::SeqCst).max(1);
-        (0..threads).for_each(start_helper);
+        (here..threads).for_each(|n| start_thread(n, kind));
     });
 }
 
-fn start_helpers_besides_this_one() {
-    STARTED.get_or_init(|| {
-        let threads = THREADS.load(Ordering::SeqCst).max(1);
-        (1..threads).for_each(start_helper);
-    });
-}
-
-fn start_helper(n: usize) {
+fn start_thread(n: usize, kind: Loop) {
     let spawned = std::thread::Builder::new()
         .name(format!("tasks-{n}"))
-        .spawn(|| async_io::block_on(run_tasks_until(future::pending::<()>())));
+        .spawn(move || match kind {
+            Loop::Batches => async_io::block_on(run_batches_until(future::pending::<()>())),
+            Loop::Executor => async_io::block_on(EXECUTOR.run(future::pending::<()>())),
+        });
     if let Err(e) = spawned {
         // The threads already running still run every task, only on fewer cores.
         log::error!("cannot start a task thread: {e}");
@@ -124,7 +136,7 @@ fn start_helper(n: usize) {
 
 /// Run tasks until `until` is ready, returning to `async_io::block_on` after each batch so
 /// that it polls the reactor (without waiting) before the next.
-async fn run_tasks_until<T>(until: impl Future<Output = T>) -> T {
+async fn run_batches_until<T>(until: impl Future<Output = T>) -> T {
     let run = async {
         loop {
             EXECUTOR.tick().await;
