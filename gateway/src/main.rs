@@ -97,6 +97,10 @@ struct Args {
     /// none; headers from anyone else are never read)
     #[argh(option)]
     proxy_protocol_from: Option<String>,
+    /// threads that run TLS, HTTP and the tunnels (default: one per core the gateway may
+    /// use, as CPU affinity or a container's CPU limit says)
+    #[argh(option)]
+    threads: Option<usize>,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -113,10 +117,13 @@ enum Command {
 struct Healthcheck {}
 
 fn main() -> anyhow::Result<()> {
-    // TLS and HTTP for different clients run side by side; the network stack is shared.
-    kakuremichi_rt::exec::set_threads(kakuremichi_rt::exec::every_core());
     kakuremichi_rt::logger::init();
     let args: Args = argh::from_env();
+    // Before anything spawns a task.
+    kakuremichi_rt::exec::set_threads(
+        args.threads
+            .unwrap_or_else(kakuremichi_rt::exec::every_core),
+    );
     if let Some(Command::Healthcheck(_)) = args.command {
         kakuremichi_rt::stop::healthcheck_and_exit(args.admin_listen);
     }
