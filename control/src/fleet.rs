@@ -84,24 +84,27 @@ pub fn health(
     (Health::Healthy, "serving".into())
 }
 
-/// The nodes of one kind that a node of the other kind should be peered with, each with
-/// whether it is online.
+/// The nodes of one kind that a node of the other kind should be peered with: those online
+/// and enabled.
 pub struct Peers<'a> {
-    nodes: Vec<(&'a NodeRecord, bool)>,
-    /// The keys of those online and enabled: what a live peer list must all hold.
+    wanted: Vec<&'a NodeRecord>,
+    /// Their keys: what a live peer list must all hold.
     expected: KeySet<&'a PublicKey>,
 }
 
 impl<'a> Peers<'a> {
     /// From every node of the peer kind and whether it is online.
     pub fn new(nodes: Vec<(&'a NodeRecord, bool)>) -> Self {
-        let wanted = nodes
-            .iter()
-            .filter(|(peer, online)| *online && !peer.disabled);
-        let expected = wanted
-            .filter_map(|(peer, _)| peer.public_key.as_ref())
+        let wanted: Vec<&NodeRecord> = nodes
+            .into_iter()
+            .filter(|(peer, online)| *online && !peer.disabled)
+            .map(|(peer, _)| peer)
             .collect();
-        Peers { nodes, expected }
+        let expected = wanted
+            .iter()
+            .filter_map(|peer| peer.public_key.as_ref())
+            .collect();
+        Peers { wanted, expected }
     }
 
     /// The names of the peers that should be in `live` and are not.
@@ -116,13 +119,10 @@ impl<'a> Peers<'a> {
             return Vec::new();
         }
         let live: KeySet<&PublicKey> = live.iter().collect();
-        let wanted = self
-            .nodes
+        self.wanted
             .iter()
-            .filter(|(peer, online)| *online && !peer.disabled);
-        wanted
-            .filter(|(peer, _)| peer.public_key.is_some_and(|key| !live.contains(&key)))
-            .map(|(peer, _)| peer.name.as_str())
+            .filter(|peer| peer.public_key.is_some_and(|key| !live.contains(&key)))
+            .map(|peer| peer.name.as_str())
             .collect()
     }
 }
