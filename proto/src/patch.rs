@@ -78,6 +78,11 @@ impl<T: Keyed> ListPatch<T> {
         self.upsert.is_empty() && self.remove.is_empty()
     }
 
+    fn extend(&mut self, more: ListPatch<T>) {
+        self.upsert.extend(more.upsert);
+        self.remove.extend(more.remove);
+    }
+
     /// Apply to `list`: removed keys go, upserts replace their key's entry in place or are
     /// added at the end in the patch's order.
     pub fn apply(self, list: &mut Vec<T>) {
@@ -123,6 +128,16 @@ pub struct ListPatches {
 }
 
 impl ListPatches {
+    /// Add the changes of another message of the same patch: Control names each key once
+    /// in a patch, so applying the two together is applying one after the other.
+    fn extend(&mut self, more: ListPatches) {
+        self.peers.extend(more.peers);
+        self.routes.extend(more.routes);
+        self.port_routes.extend(more.port_routes);
+        self.passthrough_routes.extend(more.passthrough_routes);
+        self.certificate_refs.extend(more.certificate_refs);
+    }
+
     fn apply(self, config: &mut ConfigSnapshot) {
         self.peers.apply(&mut config.peers);
         self.routes.apply(&mut config.routes);
@@ -169,26 +184,38 @@ impl ConfigSnapshot {
 #[derive(Default)]
 pub struct Assembly {
     held: Option<ConfigSnapshot>,
-    building: Option<ConfigSnapshot>,
+    building: Option<Building>,
+}
+
+/// A patch whose messages are still coming: the config it starts from and the list changes
+/// so far, applied once the last is in. Control cuts a gateway's first config into a
+/// thousand small messages, and applying each to a list of 10,000 peers on its own would
+/// index that list a thousand times.
+struct Building {
+    config: ConfigSnapshot,
+    lists: ListPatches,
 }
 
 impl Assembly {
     /// Take one message of a patch; the whole config once its last message is in.
     pub fn receive(&mut self, patch: ConfigPatch) -> Result<Option<ConfigSnapshot>, String> {
-        let mut config = match self.building.take() {
-            Some(building) if building.version == patch.version => building,
+        let mut building = match self.building.take() {
+            Some(building) if building.config.version == patch.version => building,
             Some(building) => {
                 return Err(format!(
                     "a patch to version {} began before version {} was complete",
-                    patch.version, building.version
+                    patch.version, building.config.version
                 ))
             }
-            None => self.start(&patch)?,
+            None => Building {
+                config: self.start(&patch)?,
+                lists: ListPatches::default(),
+            },
         };
-        patch.lists.apply(&mut config);
+        building.lists.extend(patch.lists);
         if let Some(rest) = patch.rest {
-            let lists = std::mem::take(&mut config);
-            config = ConfigSnapshot {
+            let lists = std::mem::take(&mut building.config);
+            building.config = ConfigSnapshot {
                 peers: lists.peers,
                 routes: lists.routes,
                 port_routes: lists.port_routes,
@@ -197,11 +224,13 @@ impl Assembly {
                 ..*rest
             };
         }
-        config.version = patch.version;
+        building.config.version = patch.version;
         if patch.more {
-            self.building = Some(config);
+            self.building = Some(building);
             return Ok(None);
         }
+        let Building { mut config, lists } = building;
+        lists.apply(&mut config);
         self.held = Some(config.clone());
         Ok(Some(config))
     }

@@ -278,13 +278,15 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The most certificate bytes in one message, well under
-/// [`kakuremichi_proto::messages::MAX_MESSAGE_BYTES`]: a message
-/// is read whole before it is parsed, so smaller ones keep both ends' memory low.
-const CERTIFICATES_PER_MESSAGE_BYTES: usize = 1 << 20;
+/// About the most bytes of config entries or certificates in one message. tungstenite keeps
+/// its write buffer as large as the largest message a session sent, for the session's life:
+/// with messages of up to 1 MiB, 10,000 idle agents each held 22 KB of first config there
+/// (and a gateway up to 1 MiB of certificates). A gateway's first config at 10,000 agents
+/// (4 MB) then takes 500 messages, which cost Control milliseconds.
+const MESSAGE_BYTES: usize = 8 << 10;
 
 /// Send the node those of `served` it does not have (`held`), in messages of at most
-/// [`CERTIFICATES_PER_MESSAGE_BYTES`] of PEM each.
+/// [`MESSAGE_BYTES`] of PEM each (or one certificate, if larger).
 async fn send_certificates<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     served: &[DigestedCertificate],
@@ -294,7 +296,7 @@ async fn send_certificates<S: AsyncRead + AsyncWrite + Unpin>(
     let mut bytes = 0;
     for certificate in served.iter().filter(|c| !held.contains(&c.digest)) {
         let size = certificate.bundle.chain_pem.len() + certificate.bundle.key_pem.len();
-        if bytes + size > CERTIFICATES_PER_MESSAGE_BYTES && !batch.is_empty() {
+        if bytes + size > MESSAGE_BYTES && !batch.is_empty() {
             let certificates = std::mem::take(&mut batch);
             send(ws, &ControlMessage::Certificates { certificates }).await?;
             bytes = 0;

@@ -1,15 +1,12 @@
 //! What a session sends its node: the changes from the config the node holds
 //! ([`kakuremichi_proto::patch`]), worked out from digests of what it was sent, in messages
-//! of about [`PATCH_MESSAGE_BYTES`] at most.
+//! of about [`MESSAGE_BYTES`] at most.
 
+use super::MESSAGE_BYTES;
 use crate::model::{Entry, NodeConfig};
 use kakuremichi_proto::messages::{encode, ConfigSnapshot};
 use kakuremichi_proto::patch::{ConfigPatch, ListPatch, ListPatches};
 use std::collections::HashMap;
-
-/// The most bytes of list entries in one message. A message is read whole before it is
-/// parsed; a gateway's first config at 10,000 agents is about 4 MB.
-const PATCH_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Digests of the entries of one keyed list, by key.
 type Digests = HashMap<std::sync::Arc<str>, [u8; 16]>;
@@ -140,7 +137,7 @@ impl Messages {
     }
 
     fn make_room(&mut self, bytes: usize) {
-        if self.bytes > 0 && self.bytes + bytes > PATCH_MESSAGE_BYTES {
+        if self.bytes > 0 && self.bytes + bytes > MESSAGE_BYTES {
             let lists = std::mem::take(&mut self.lists);
             self.done.push(self.message(lists, true));
             self.bytes = 0;
@@ -206,7 +203,7 @@ mod tests {
         let mut last = None;
         for patch in patches {
             let text = encode(&patch);
-            assert!(text.len() < 2 * PATCH_MESSAGE_BYTES, "{} bytes", text.len());
+            assert!(text.len() < 2 * MESSAGE_BYTES, "{} bytes", text.len());
             last = node.receive(serde_json::from_str(&text).unwrap()).unwrap();
         }
         last
