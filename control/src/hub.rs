@@ -314,6 +314,7 @@ impl Hub {
 impl SessionHandle {
     /// The node said something; `status` if it was a status report.
     pub fn heard(&self, status: Option<NodeStatus>) {
+        let status = status.map(|status| self.with_all_live_peers(status));
         let mut sessions = self.hub.lock();
         let Some(session) = sessions.live.get_mut(&self.id) else {
             return;
@@ -324,6 +325,22 @@ impl SessionHandle {
         }
         let node_id = session.node_id.clone();
         sessions.last_seen.insert(node_id, crate::auth::unix_now());
+    }
+
+    /// `status` naming all its live peers: after a session's first report, a node sends how
+    /// they changed since its previous one. The session's reports come one at a time.
+    fn with_all_live_peers(&self, mut status: NodeStatus) -> NodeStatus {
+        if let Some(changes) = status.peer_changes.take() {
+            let previous = self
+                .hub
+                .lock()
+                .live
+                .get(&self.id)
+                .and_then(|s| s.status.clone());
+            let before = previous.as_deref().map_or(&[][..], |p| &p.live_peers);
+            status.live_peers = changes.apply(before);
+        }
+        status
     }
 
     /// The node applied config `version`.
@@ -366,5 +383,46 @@ impl Drop for SessionHandle {
                 sessions.by_node.remove(&session.node_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kakuremichi_proto::ids::PublicKey;
+    use kakuremichi_proto::messages::PeerChanges;
+
+    fn live(hub: &Hub) -> Vec<PublicKey> {
+        let presence = hub.presence("gw_1");
+        let mut live = presence.status.expect("a report").live_peers.clone();
+        live.sort();
+        live
+    }
+
+    #[test]
+    fn live_peers_are_carried_from_a_full_report_through_changes() {
+        let hub = Arc::new(Hub::new(Duration::from_secs(1)));
+        let key = |i: u8| PublicKey([i; 32]);
+        let address = std::net::IpAddr::from([127, 0, 0, 1]);
+        let session = hub.register("gw_1", NodeKind::Gateway, address);
+        let report = |live_peers: Vec<PublicKey>, peer_changes| NodeStatus {
+            live_peers,
+            peer_changes,
+            ..NodeStatus::default()
+        };
+        session.heard(Some(report(vec![key(1), key(2), key(3)], None)));
+        let changes = PeerChanges {
+            up: vec![key(4)],
+            down: vec![key(2)],
+        };
+        session.heard(Some(report(vec![], Some(changes))));
+        assert_eq!(live(&hub), [key(1), key(3), key(4)]);
+        session.heard(Some(report(vec![], Some(PeerChanges::default()))));
+        assert_eq!(live(&hub), [key(1), key(3), key(4)], "no change kept them");
+        // Another session of the node starts from its own first report.
+        drop(session);
+        let again = hub.register("gw_1", NodeKind::Gateway, address);
+        again.heard(Some(report(vec![], Some(PeerChanges::default()))));
+        assert!(live(&hub).is_empty());
     }
 }

@@ -8,10 +8,10 @@ use async_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{self, Message};
 use futures_lite::{future, StreamExt};
-use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::{
     decode, encode, CertificateBundle, ConfigSnapshot, ControlMessage, Hello, NodeMessage,
-    NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
+    NodeStatus, PeerChanges, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use kakuremichi_proto::patch::Assembly;
 use kakuremichi_rt::metrics::Readings;
@@ -260,11 +260,17 @@ enum Event {
     WatchPeers,
 }
 
-/// The peers with a live session a status names, in a comparable order.
-fn live_set(status: &NodeStatus) -> Vec<[u8; 32]> {
-    let mut live: Vec<[u8; 32]> = status.live_peers.iter().map(|key| key.0).collect();
+/// `status` as this session sends it: its live peers as changes from those the session last
+/// told Control of (`told`, sorted), or all of them in its first report.
+fn report(mut status: NodeStatus, told: &mut Option<Vec<PublicKey>>) -> NodeStatus {
+    let mut live = std::mem::take(&mut status.live_peers);
     live.sort_unstable();
-    live
+    match told {
+        Some(before) => status.peer_changes = Some(PeerChanges::between(before, &live)),
+        None => status.live_peers = live.clone(),
+    }
+    *told = Some(live);
+    status
 }
 
 /// One session; returns why it ended.
@@ -338,7 +344,7 @@ async fn session(
     // Control's snapshot says the interval; until it arrives, the default.
     let mut interval = HEARTBEAT_INTERVAL;
     let mut next_heartbeat = Instant::now() + interval;
-    // The live peers Control was last told of.
+    // The live peers Control was last told of on this session.
     let mut told_live = None;
     // Certificates Control sent on this session, by digest, for configs to refer to.
     let mut held: HashMap<String, CertificateBundle> = HashMap::new();
@@ -399,8 +405,7 @@ async fn session(
                     version: state.applied(),
                 };
                 // The status goes along: what the snapshot could not do shows at once.
-                let now = status();
-                told_live = Some(live_set(&now));
+                let now = report(status(), &mut told_live);
                 for message in [applied, NodeMessage::Status(now)] {
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
@@ -412,8 +417,7 @@ async fn session(
                     return Error::Connection("Control missed its heartbeats".into());
                 }
                 next_heartbeat = Instant::now() + interval;
-                let now = status();
-                told_live = Some(live_set(&now));
+                let now = report(status(), &mut told_live);
                 for message in [NodeMessage::Heartbeat, NodeMessage::Status(now)] {
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
@@ -421,10 +425,8 @@ async fn session(
                 }
             }
             Event::WatchPeers => {
-                let now = status();
-                let live = live_set(&now);
-                if told_live.as_ref() != Some(&live) {
-                    told_live = Some(live);
+                let now = report(status(), &mut told_live);
+                if now.peer_changes.as_ref().is_none_or(|c| !c.is_empty()) {
                     let message = NodeMessage::Status(now);
                     if let Err(e) = ws.send(Message::text(encode(&message))).await {
                         return Error::Connection(e.to_string());
@@ -491,10 +493,9 @@ pub fn netstack_status(config_version: u64, stack: &kakuremichi_netstack::Stack)
         live_peers: peers
             .iter()
             .filter(|p| p.is_up())
-            .map(|p| kakuremichi_proto::ids::PublicKey(p.public_key))
+            .map(|p| PublicKey(p.public_key))
             .collect(),
-        problems: Vec::new(),
-        failing_origins: Vec::new(),
+        ..NodeStatus::default()
     }
 }
 

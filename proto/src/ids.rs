@@ -139,7 +139,7 @@ impl fmt::Display for Target {
 string_serde!(Target);
 
 /// A WireGuard (Curve25519) public key, base64 on the wire as in `wg` configs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
 
 impl FromStr for PublicKey {

@@ -91,9 +91,15 @@ pub struct NodeStatus {
     /// Bytes sent over WireGuard (all peers).
     pub tx_bytes: u64,
     /// The public keys of the peers with a live WireGuard session (Control shows which
-    /// agent reaches which gateway).
+    /// agent reaches which gateway): all of them, unless `peer_changes` is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live_peers: Vec<PublicKey>,
+    /// Instead of `live_peers`, how they changed since the node's previous report on this
+    /// session. A gateway's live peers are every agent (320 KB of keys at 10,000 agents,
+    /// 440 KB as JSON), and it reports every heartbeat and each second they change; a
+    /// session's first report names them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_changes: Option<PeerChanges>,
     /// What the node was asked to do and could not (a port another program holds, a
     /// certificate that does not load).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +108,62 @@ pub struct NodeStatus {
     /// 502): what failed, and since when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_origins: Vec<OriginFailure>,
+}
+
+/// How a node's live peers changed between two of its reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerChanges {
+    /// Peers with a session now that had none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub up: Vec<PublicKey>,
+    /// Peers whose session ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down: Vec<PublicKey>,
+}
+
+impl PeerChanges {
+    /// From the live peers of the previous report to those of this one, both sorted.
+    pub fn between(before: &[PublicKey], now: &[PublicKey]) -> PeerChanges {
+        let mut changes = PeerChanges::default();
+        let (mut b, mut n) = (0, 0);
+        loop {
+            match (before.get(b), now.get(n)) {
+                (Some(was), Some(is)) if was == is => (b, n) = (b + 1, n + 1),
+                (Some(was), Some(is)) if was < is => {
+                    changes.down.push(*was);
+                    b += 1;
+                }
+                (Some(was), None) => {
+                    changes.down.push(*was);
+                    b += 1;
+                }
+                (_, Some(is)) => {
+                    changes.up.push(*is);
+                    n += 1;
+                }
+                (None, None) => return changes,
+            }
+        }
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.up.is_empty() && self.down.is_empty()
+    }
+
+    /// The live peers after these changes to `live`, each once whatever the node sent.
+    pub fn apply(&self, live: &[PublicKey]) -> Vec<PublicKey> {
+        if self.is_empty() {
+            return live.to_vec();
+        }
+        let down: std::collections::HashSet<&PublicKey> = self.down.iter().collect();
+        let mut seen = std::collections::HashSet::with_capacity(live.len() + self.up.len());
+        live.iter()
+            .chain(&self.up)
+            .filter(|key| !down.contains(key) && seen.insert(**key))
+            .copied()
+            .collect()
+    }
 }
 
 /// A tunnel whose target did not answer the agent's latest connection.
@@ -475,6 +537,28 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_changes_carry_a_live_set_from_one_report_to_the_next() {
+        let key = |i: u8| PublicKey([i; 32]);
+        let before = [key(1), key(2), key(4), key(6)];
+        let now = [key(2), key(3), key(4), key(7), key(8)];
+        let changes = PeerChanges::between(&before, &now);
+        assert_eq!(changes.up, [key(3), key(7), key(8)]);
+        assert_eq!(changes.down, [key(1), key(6)]);
+        let mut carried = changes.apply(&before);
+        carried.sort();
+        assert_eq!(carried, now);
+        assert!(PeerChanges::between(&now, &now).is_empty());
+        assert_eq!(PeerChanges::between(&[], &now).up, now);
+        assert_eq!(PeerChanges::between(&now, &[]).down, now);
+        // A node that names a live peer again, or one twice, still counts it once.
+        let repeated = PeerChanges {
+            up: vec![key(2), key(9), key(9)],
+            down: vec![],
+        };
+        assert_eq!(repeated.apply(&now).len(), now.len() + 1);
+    }
 
     #[test]
     fn path_prefixes_match_whole_segments() {

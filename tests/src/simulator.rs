@@ -1,14 +1,15 @@
 //! Nodes without a data plane, speaking Control's real node protocol over its WebSocket: each
 //! says hello with a fresh key, records every config it is sent (version, size, when),
 //! answers that it applied it, and sends a heartbeat and a status report every interval, as
-//! `nodelink` does (with no peers to report). Hundreds or thousands run on one thread, so a
-//! test can watch what a change costs a large fleet.
+//! `nodelink` does, with a live session to every peer its config names. Hundreds or
+//! thousands run on one thread, so a test can watch what a change costs a large fleet.
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
 use kakuremichi_proto::ids::PublicKey;
-use kakuremichi_proto::messages::{encode, Hello, NodeMessage, NodeStatus};
+use kakuremichi_proto::messages::{encode, Hello, NodeMessage, NodeStatus, PeerChanges};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,23 @@ struct Envelope {
     /// A config patch's other messages follow.
     #[serde(default)]
     more: bool,
+    #[serde(default)]
+    peers: PeersPatch,
+}
+
+/// What a simulated node reads of a config patch's peers: who they are, to report them live.
+#[derive(Default, serde::Deserialize)]
+struct PeersPatch {
+    #[serde(default)]
+    upsert: Vec<Peer>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Peer {
+    node_id: String,
+    public_key: PublicKey,
 }
 
 /// One config a simulated node was sent (all the messages of its patch).
@@ -148,6 +166,9 @@ async fn session(
         .map_err(|e| format!("hello: {e}"))?;
     // The bytes of a patch's messages so far, and the last config applied.
     let (mut pending, mut applied) = (0, 0);
+    // The peers configs named, by node id, and those the last report said were live.
+    let mut peers: HashMap<String, PublicKey> = HashMap::new();
+    let mut told: Option<Vec<PublicKey>> = None;
     let mut next_heartbeat = Instant::now() + heartbeat;
     loop {
         let received = futures_lite::future::or(async { Some(ws.next().await) }, async {
@@ -160,10 +181,20 @@ async fn session(
             Some(None) => return Ok(()),
             None => {
                 next_heartbeat = Instant::now() + heartbeat;
+                let mut live: Vec<PublicKey> = peers.values().copied().collect();
+                live.sort_unstable();
                 let status = NodeStatus {
                     config_version: applied,
+                    peers_up: live.len() as u32,
+                    peer_changes: told.as_ref().map(|t| PeerChanges::between(t, &live)),
+                    live_peers: if told.is_none() {
+                        live.clone()
+                    } else {
+                        Vec::new()
+                    },
                     ..NodeStatus::default()
                 };
+                told = Some(live);
                 for message in [NodeMessage::Heartbeat, NodeMessage::Status(status)] {
                     ws.send(send(message))
                         .await
@@ -177,12 +208,17 @@ async fn session(
             Message::Close(_) => return Ok(()),
             _ => continue,
         };
-        // Only the type and version: a gateway's config at scale is hundreds of KB, and
-        // decoding each in full made the simulator, not Control, the bottleneck.
+        // Only the type, version and peers: a gateway's config at scale is hundreds of KB,
+        // and decoding each in full made the simulator, not Control, the bottleneck.
         let envelope: Envelope = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         match envelope.kind.as_str() {
             "config" => {
                 let version = envelope.version.ok_or("a config without a version")?;
+                for gone in envelope.peers.remove {
+                    peers.remove(&gone);
+                }
+                let named = envelope.peers.upsert.into_iter();
+                peers.extend(named.map(|peer| (peer.node_id, peer.public_key)));
                 pending += text.len();
                 if envelope.more {
                     continue;

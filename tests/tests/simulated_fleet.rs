@@ -148,6 +148,26 @@ fn a_large_fleet_gets_an_edit_in_a_second_and_only_where_it_matters() {
     });
     assert!(current.is_some(), "agents shown behind: {:?}", applying());
 
+    // Every node reports a session with each peer its config names, after its first report
+    // as changes only (a gateway's are every agent): carried along, the whole fleet shows
+    // healthy. A reconnected agent's peers and the gateways' new peer come that way.
+    let unhealthy = || -> Vec<String> {
+        let mut found = Vec::new();
+        for kind in ["agents", "gateways"] {
+            let listed = cluster.api("GET", &format!("/api/v1/{kind}"), None).json();
+            for node in listed.as_array().cloned().unwrap_or_default() {
+                if node["health"] != "healthy" {
+                    found.push(format!("{}: {}", node["id"], node["health_reason"]));
+                }
+            }
+        }
+        found
+    };
+    let healthy = wait_for(heartbeat * 4 + Duration::from_secs(2), || {
+        unhealthy().is_empty().then_some(())
+    });
+    assert!(healthy.is_some(), "not healthy: {:?}", unhealthy());
+
     // SIGTERM: every node is told Control is going away (a close frame) before it exits.
     let mut cluster = cluster;
     let exited = cluster.control.terminate(Duration::from_secs(5));
