@@ -1,7 +1,7 @@
 //! Who is connected right now: one entry per live node session, presence for the API, and
 //! the nudge that tells every session to push a new snapshot after a change.
 
-use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::{NodeStatus, MISSED_HEARTBEATS_OFFLINE};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +27,11 @@ struct Session {
     /// revisions that do not concern it say nothing of what its node holds.
     nudged: u64,
     last_message: Instant,
-    /// The node's last report; none until its first heartbeat. Shared, not copied: a
-    /// gateway's names every agent it is peered with.
+    /// The node's last report (without its live peers); none until its first heartbeat.
     status: Option<Arc<NodeStatus>>,
+    /// The peers it last reported a live WireGuard session with: a gateway's are every
+    /// agent, so reports carry how they changed, and readers share the set.
+    live_peers: Arc<LivePeers>,
     changed: async_channel::Sender<()>,
 }
 
@@ -62,12 +64,17 @@ struct Sessions {
     last_seen: HashMap<String, u64>,
 }
 
+/// The public keys of a node's peers with a live WireGuard session.
+pub type LivePeers = crate::fleet::KeySet<PublicKey>;
+
 /// A node's presence as the API shows it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Presence {
     pub online: bool,
     pub last_seen: Option<u64>,
+    /// Its last report, without `live_peers`: see [`Presence::live_peers`].
     pub status: Option<Arc<NodeStatus>>,
+    pub live_peers: Arc<LivePeers>,
     /// The newest config revision the live session said it applied.
     pub applied: Option<u64>,
 }
@@ -168,6 +175,7 @@ impl Hub {
                 nudged: 0,
                 last_message: Instant::now(),
                 status: None,
+                live_peers: Arc::default(),
                 changed: tx,
             },
         );
@@ -262,6 +270,7 @@ impl Hub {
             online: live.is_some(),
             last_seen: sessions.last_seen.get(node_id).copied(),
             status: live.and_then(|s| s.status.clone()),
+            live_peers: live.map(|s| s.live_peers.clone()).unwrap_or_default(),
             applied: live.map(|s| s.applied),
         }
     }
@@ -314,33 +323,28 @@ impl Hub {
 impl SessionHandle {
     /// The node said something; `status` if it was a status report.
     pub fn heard(&self, status: Option<NodeStatus>) {
-        let status = status.map(|status| self.with_all_live_peers(status));
         let mut sessions = self.hub.lock();
         let Some(session) = sessions.live.get_mut(&self.id) else {
             return;
         };
         session.last_message = Instant::now();
-        if let Some(status) = status {
+        if let Some(mut status) = status {
+            // Copied only if a reader holds the set right now.
+            let live = Arc::make_mut(&mut session.live_peers);
+            match status.peer_changes.take() {
+                Some(changes) => {
+                    for gone in &changes.down {
+                        live.remove(gone);
+                    }
+                    live.extend(changes.up);
+                }
+                // A node of an earlier version names them all in every report.
+                None => *live = std::mem::take(&mut status.live_peers).into_iter().collect(),
+            }
             session.status = Some(Arc::new(status));
         }
         let node_id = session.node_id.clone();
         sessions.last_seen.insert(node_id, crate::auth::unix_now());
-    }
-
-    /// `status` naming all its live peers: after a session's first report, a node sends how
-    /// they changed since its previous one. The session's reports come one at a time.
-    fn with_all_live_peers(&self, mut status: NodeStatus) -> NodeStatus {
-        if let Some(changes) = status.peer_changes.take() {
-            let previous = self
-                .hub
-                .lock()
-                .live
-                .get(&self.id)
-                .and_then(|s| s.status.clone());
-            let before = previous.as_deref().map_or(&[][..], |p| &p.live_peers);
-            status.live_peers = changes.apply(before);
-        }
-        status
     }
 
     /// The node applied config `version`.
@@ -389,18 +393,17 @@ impl Drop for SessionHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kakuremichi_proto::ids::PublicKey;
     use kakuremichi_proto::messages::PeerChanges;
 
     fn live(hub: &Hub) -> Vec<PublicKey> {
-        let presence = hub.presence("gw_1");
-        let mut live = presence.status.expect("a report").live_peers.clone();
+        let mut live: Vec<PublicKey> = hub.presence("gw_1").live_peers.iter().copied().collect();
         live.sort();
         live
     }
 
     #[test]
     fn live_peers_are_carried_from_a_full_report_through_changes() {
+        // A node of an earlier version sends them all in every report (`live_peers`).
         let hub = Arc::new(Hub::new(Duration::from_secs(1)));
         let key = |i: u8| PublicKey([i; 32]);
         let address = std::net::IpAddr::from([127, 0, 0, 1]);
@@ -415,10 +418,23 @@ mod tests {
             up: vec![key(4)],
             down: vec![key(2)],
         };
+        let reading = hub.presence("gw_1");
         session.heard(Some(report(vec![], Some(changes))));
         assert_eq!(live(&hub), [key(1), key(3), key(4)]);
+        assert_eq!(reading.live_peers.len(), 3, "a reader keeps what it read");
+        let again = PeerChanges {
+            up: vec![key(4), key(5)],
+            down: vec![key(9)],
+        };
+        session.heard(Some(report(vec![], Some(again))));
+        let carried = [key(1), key(3), key(4), key(5)];
+        assert_eq!(
+            live(&hub),
+            carried,
+            "a repeated up and an unknown down change nothing"
+        );
         session.heard(Some(report(vec![], Some(PeerChanges::default()))));
-        assert_eq!(live(&hub), [key(1), key(3), key(4)], "no change kept them");
+        assert_eq!(live(&hub), carried, "no change kept them");
         // Another session of the node starts from its own first report.
         drop(session);
         let again = hub.register("gw_1", NodeKind::Gateway, address);

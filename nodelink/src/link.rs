@@ -11,7 +11,7 @@ use futures_lite::{future, StreamExt};
 use kakuremichi_proto::ids::{NodeKind, PublicKey};
 use kakuremichi_proto::messages::{
     decode, encode, CertificateBundle, ConfigSnapshot, ControlMessage, Hello, NodeMessage,
-    NodeStatus, PeerChanges, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
+    NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use kakuremichi_proto::patch::Assembly;
 use kakuremichi_rt::metrics::Readings;
@@ -260,19 +260,6 @@ enum Event {
     WatchPeers,
 }
 
-/// `status` as this session sends it: its live peers as changes from those the session last
-/// told Control of (`told`, sorted), or all of them in its first report.
-fn report(mut status: NodeStatus, told: &mut Option<Vec<PublicKey>>) -> NodeStatus {
-    let mut live = std::mem::take(&mut status.live_peers);
-    live.sort_unstable();
-    match told {
-        Some(before) => status.peer_changes = Some(PeerChanges::between(before, &live)),
-        None => status.live_peers = live.clone(),
-    }
-    *told = Some(live);
-    status
-}
-
 /// One session; returns why it ended.
 async fn session(
     settings: &LinkSettings,
@@ -333,8 +320,8 @@ async fn session(
         Err(e) => return e,
     };
     let hello = NodeMessage::Hello(settings.hello.clone());
-    if let Err(e) = ws.send(Message::text(encode(&hello))).await {
-        return Error::Connection(e.to_string());
+    if let Err(e) = send_all(&mut ws, [hello]).await {
+        return e;
     }
     log::info!("connected to Control at {}", control.ws_url);
     let _ = state.applied_changed.0.try_send(());
@@ -345,7 +332,7 @@ async fn session(
     let mut interval = HEARTBEAT_INTERVAL;
     let mut next_heartbeat = Instant::now() + interval;
     // The live peers Control was last told of on this session.
-    let mut told_live = None;
+    let mut told_live = Vec::new();
     // Certificates Control sent on this session, by digest, for configs to refer to.
     let mut held: HashMap<String, CertificateBundle> = HashMap::new();
     // The config as Control sent it on this session, which its patches apply to.
@@ -405,11 +392,10 @@ async fn session(
                     version: state.applied(),
                 };
                 // The status goes along: what the snapshot could not do shows at once.
-                let now = report(status(), &mut told_live);
-                for message in [applied, NodeMessage::Status(now)] {
-                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
-                        return Error::Connection(e.to_string());
-                    }
+                let reports = status().into_reports(&mut told_live);
+                let reports = reports.into_iter().map(NodeMessage::Status);
+                if let Err(e) = send_all(&mut ws, std::iter::once(applied).chain(reports)).await {
+                    return e;
                 }
             }
             Event::Tick => {
@@ -417,24 +403,40 @@ async fn session(
                     return Error::Connection("Control missed its heartbeats".into());
                 }
                 next_heartbeat = Instant::now() + interval;
-                let now = report(status(), &mut told_live);
-                for message in [NodeMessage::Heartbeat, NodeMessage::Status(now)] {
-                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
-                        return Error::Connection(e.to_string());
-                    }
+                let reports = status().into_reports(&mut told_live);
+                let reports = reports.into_iter().map(NodeMessage::Status);
+                let heartbeat = std::iter::once(NodeMessage::Heartbeat);
+                if let Err(e) = send_all(&mut ws, heartbeat.chain(reports)).await {
+                    return e;
                 }
             }
             Event::WatchPeers => {
-                let now = report(status(), &mut told_live);
-                if now.peer_changes.as_ref().is_none_or(|c| !c.is_empty()) {
-                    let message = NodeMessage::Status(now);
-                    if let Err(e) = ws.send(Message::text(encode(&message))).await {
-                        return Error::Connection(e.to_string());
+                let reports = status().into_reports(&mut told_live);
+                let changed =
+                    |r: &NodeStatus| r.peer_changes.as_ref().is_some_and(|c| !c.is_empty());
+                if reports.iter().any(changed) {
+                    let reports = reports.into_iter().map(NodeMessage::Status);
+                    if let Err(e) = send_all(&mut ws, reports).await {
+                        return e;
                     }
                 }
             }
         }
     }
+}
+
+/// Send `messages` in order; the first that fails ends the session.
+async fn send_all(
+    ws: &mut async_tungstenite::WebSocketStream<Box<dyn Transport>>,
+    messages: impl IntoIterator<Item = NodeMessage>,
+) -> Result<(), Error> {
+    for message in messages {
+        let text = Message::text(encode(&message));
+        ws.send(text)
+            .await
+            .map_err(|e| Error::Connection(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// What every node's `/metrics` says of its WireGuard side: the config version it runs,

@@ -95,9 +95,8 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live_peers: Vec<PublicKey>,
     /// Instead of `live_peers`, how they changed since the node's previous report on this
-    /// session. A gateway's live peers are every agent (320 KB of keys at 10,000 agents,
-    /// 440 KB as JSON), and it reports every heartbeat and each second they change; a
-    /// session's first report names them all.
+    /// session (from none, in its first). A gateway's live peers are every agent (440 KB of
+    /// JSON at 10,000 agents), and it reports every heartbeat and each second they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_changes: Option<PeerChanges>,
     /// What the node was asked to do and could not (a port another program holds, a
@@ -108,6 +107,41 @@ pub struct NodeStatus {
     /// 502): what failed, and since when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_origins: Vec<OriginFailure>,
+}
+
+/// The most peer keys one report names (about 3 KB of JSON): the other side's buffer for
+/// a session's messages grows to its largest and keeps that size.
+pub const PEERS_PER_REPORT: usize = 64;
+
+impl NodeStatus {
+    /// This status as a session sends it: its `live_peers` as changes from those the session
+    /// told of before (`told`, sorted, which becomes this status's), in as many reports as
+    /// they take at [`PEERS_PER_REPORT`] each; the other fields ride in every one.
+    pub fn into_reports(mut self, told: &mut Vec<PublicKey>) -> Vec<NodeStatus> {
+        let mut live = std::mem::take(&mut self.live_peers);
+        live.sort_unstable();
+        let changes = PeerChanges::between(told, &live);
+        *told = live;
+        let ups = changes.up.into_iter().map(|key| (true, key));
+        let mut keys = ups.chain(changes.down.into_iter().map(|key| (false, key)));
+        let mut reports = Vec::new();
+        loop {
+            let mut part = PeerChanges::default();
+            for (up, key) in keys.by_ref().take(PEERS_PER_REPORT) {
+                match up {
+                    true => part.up.push(key),
+                    false => part.down.push(key),
+                }
+            }
+            if part.is_empty() && !reports.is_empty() {
+                return reports;
+            }
+            reports.push(NodeStatus {
+                peer_changes: Some(part),
+                ..self.clone()
+            });
+        }
+    }
 }
 
 /// How a node's live peers changed between two of its reports.
@@ -149,20 +183,6 @@ impl PeerChanges {
     /// Nothing changed.
     pub fn is_empty(&self) -> bool {
         self.up.is_empty() && self.down.is_empty()
-    }
-
-    /// The live peers after these changes to `live`, each once whatever the node sent.
-    pub fn apply(&self, live: &[PublicKey]) -> Vec<PublicKey> {
-        if self.is_empty() {
-            return live.to_vec();
-        }
-        let down: std::collections::HashSet<&PublicKey> = self.down.iter().collect();
-        let mut seen = std::collections::HashSet::with_capacity(live.len() + self.up.len());
-        live.iter()
-            .chain(&self.up)
-            .filter(|key| !down.contains(key) && seen.insert(**key))
-            .copied()
-            .collect()
     }
 }
 
@@ -538,6 +558,16 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, ProtoError> {
 mod tests {
     use super::*;
 
+    /// What Control makes of `changes` to `live`.
+    fn carry(live: &[PublicKey], changes: &PeerChanges) -> Vec<PublicKey> {
+        let mut set: std::collections::BTreeSet<PublicKey> = live.iter().copied().collect();
+        for gone in &changes.down {
+            set.remove(gone);
+        }
+        set.extend(&changes.up);
+        set.into_iter().collect()
+    }
+
     #[test]
     fn peer_changes_carry_a_live_set_from_one_report_to_the_next() {
         let key = |i: u8| PublicKey([i; 32]);
@@ -546,18 +576,42 @@ mod tests {
         let changes = PeerChanges::between(&before, &now);
         assert_eq!(changes.up, [key(3), key(7), key(8)]);
         assert_eq!(changes.down, [key(1), key(6)]);
-        let mut carried = changes.apply(&before);
-        carried.sort();
-        assert_eq!(carried, now);
+        assert_eq!(carry(&before, &changes), now);
         assert!(PeerChanges::between(&now, &now).is_empty());
         assert_eq!(PeerChanges::between(&[], &now).up, now);
         assert_eq!(PeerChanges::between(&now, &[]).down, now);
-        // A node that names a live peer again, or one twice, still counts it once.
-        let repeated = PeerChanges {
-            up: vec![key(2), key(9), key(9)],
-            down: vec![],
+    }
+
+    #[test]
+    fn a_status_goes_in_small_reports_that_carry_the_live_peers() {
+        let key = |i: u32| {
+            let mut bytes = [0; 32];
+            bytes[..4].copy_from_slice(&i.to_be_bytes());
+            PublicKey(bytes)
         };
-        assert_eq!(repeated.apply(&now).len(), now.len() + 1);
+        let status = |live: Vec<PublicKey>| NodeStatus {
+            config_version: 7,
+            live_peers: live,
+            ..NodeStatus::default()
+        };
+        let (mut told, mut carried) = (Vec::new(), Vec::new());
+        let mut send = |live: Vec<PublicKey>| {
+            let reports = status(live).into_reports(&mut told);
+            for report in &reports {
+                assert_eq!(report.config_version, 7);
+                assert!(report.live_peers.is_empty());
+                let text = encode(&NodeMessage::Status(report.clone()));
+                assert!(text.len() < 4096, "{} bytes", text.len());
+                carried = carry(&carried, report.peer_changes.as_ref().unwrap());
+            }
+            (reports.len(), carried.clone())
+        };
+        let all: Vec<PublicKey> = (0..150).map(key).collect();
+        assert_eq!(send(all.clone()), (3, all.clone()), "64 + 64 + 22");
+        assert_eq!(send(all.clone()), (1, all.clone()), "one report, no change");
+        let fewer: Vec<PublicKey> = (100..300).map(key).collect();
+        assert_eq!(send(fewer.clone()).1, fewer, "150 up, 100 down");
+        assert_eq!(send(Vec::new()), (4, Vec::new()));
     }
 
     #[test]

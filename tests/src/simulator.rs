@@ -8,7 +8,7 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
 use kakuremichi_proto::ids::PublicKey;
-use kakuremichi_proto::messages::{encode, Hello, NodeMessage, NodeStatus, PeerChanges};
+use kakuremichi_proto::messages::{encode, Hello, NodeMessage, NodeStatus};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -168,7 +168,7 @@ async fn session(
     let (mut pending, mut applied) = (0, 0);
     // The peers configs named, by node id, and those the last report said were live.
     let mut peers: HashMap<String, PublicKey> = HashMap::new();
-    let mut told: Option<Vec<PublicKey>> = None;
+    let mut told = Vec::new();
     let mut next_heartbeat = Instant::now() + heartbeat;
     loop {
         let received = futures_lite::future::or(async { Some(ws.next().await) }, async {
@@ -181,21 +181,15 @@ async fn session(
             Some(None) => return Ok(()),
             None => {
                 next_heartbeat = Instant::now() + heartbeat;
-                let mut live: Vec<PublicKey> = peers.values().copied().collect();
-                live.sort_unstable();
                 let status = NodeStatus {
                     config_version: applied,
-                    peers_up: live.len() as u32,
-                    peer_changes: told.as_ref().map(|t| PeerChanges::between(t, &live)),
-                    live_peers: if told.is_none() {
-                        live.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    peers_up: peers.len() as u32,
+                    live_peers: peers.values().copied().collect(),
                     ..NodeStatus::default()
                 };
-                told = Some(live);
-                for message in [NodeMessage::Heartbeat, NodeMessage::Status(status)] {
+                let reports = status.into_reports(&mut told).into_iter();
+                let heartbeat = std::iter::once(NodeMessage::Heartbeat);
+                for message in heartbeat.chain(reports.map(NodeMessage::Status)) {
                     ws.send(send(message))
                         .await
                         .map_err(|e| format!("send: {e}"))?;

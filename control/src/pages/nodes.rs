@@ -111,11 +111,13 @@ pub fn row(state: &State, fleet: &Fleet, node: &NodeRecord) -> Row {
         health: fleet.health(node),
         // For the agents × gateways matrix, which has a row per agent: a gateway's would
         // name every agent.
-        live_peers: match (node.kind, &presence.status) {
-            (NodeKind::Agent, Some(status)) => {
-                status.live_peers.iter().map(ToString::to_string).collect()
-            }
-            _ => Vec::new(),
+        live_peers: match node.kind {
+            NodeKind::Agent => presence
+                .live_peers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            NodeKind::Gateway => Vec::new(),
         },
         allow_targets: allowed_targets_in_words(node.allow_targets.as_deref()),
     }
