@@ -21,8 +21,10 @@ use kakuremichi_rt::metrics::Readings;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-/// The read and write buffer of each node session's WebSocket.
-const SESSION_BUFFER_BYTES: usize = 4096;
+/// The read and write buffer of each node session's WebSocket: a node's messages are small
+/// (a report names at most 32 peers), and the read buffer of each idle session stays near
+/// twice this (3.9 KB at 2,048, 8.6 KB at 4,096, under heaptrack at 2,100 sessions).
+const SESSION_BUFFER_BYTES: usize = 2048;
 
 /// Accept connections forever.
 pub async fn serve(control: Arc<Control>, listener: Async<TcpListener>) {

@@ -109,9 +109,9 @@ pub struct NodeStatus {
     pub failing_origins: Vec<OriginFailure>,
 }
 
-/// The most peer keys one report names (about 3 KB of JSON): the other side's buffer for
-/// a session's messages grows to its largest and keeps that size.
-pub const PEERS_PER_REPORT: usize = 64;
+/// The most peer keys one report names (about 1.5 KB of JSON): the other side's buffer
+/// for a session's messages grows to its largest and keeps that size.
+pub const PEERS_PER_REPORT: usize = 32;
 
 impl NodeStatus {
     /// This status as a session sends it: its `live_peers` as changes from those the session
@@ -601,17 +601,17 @@ mod tests {
                 assert_eq!(report.config_version, 7);
                 assert!(report.live_peers.is_empty());
                 let text = encode(&NodeMessage::Status(report.clone()));
-                assert!(text.len() < 4096, "{} bytes", text.len());
+                assert!(text.len() < 2048, "{} bytes", text.len());
                 carried = carry(&carried, report.peer_changes.as_ref().unwrap());
             }
             (reports.len(), carried.clone())
         };
         let all: Vec<PublicKey> = (0..150).map(key).collect();
-        assert_eq!(send(all.clone()), (3, all.clone()), "64 + 64 + 22");
+        assert_eq!(send(all.clone()), (5, all.clone()), "32 × 4 + 22");
         assert_eq!(send(all.clone()), (1, all.clone()), "one report, no change");
         let fewer: Vec<PublicKey> = (100..300).map(key).collect();
         assert_eq!(send(fewer.clone()).1, fewer, "150 up, 100 down");
-        assert_eq!(send(Vec::new()), (4, Vec::new()));
+        assert_eq!(send(Vec::new()), (7, Vec::new()), "200 down");
     }
 
     #[test]

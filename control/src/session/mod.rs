@@ -282,8 +282,8 @@ async fn push_snapshot<S: AsyncRead + AsyncWrite + Unpin>(
 /// its write buffer as large as the largest message a session sent, for the session's life:
 /// with messages of up to 1 MiB, 10,000 idle agents each held 22 KB of first config there
 /// (and a gateway up to 1 MiB of certificates). A gateway's first config at 10,000 agents
-/// (4 MB) then takes 500 messages, which cost Control milliseconds.
-const MESSAGE_BYTES: usize = 8 << 10;
+/// (4 MB) then takes a thousand messages, which cost Control milliseconds.
+const MESSAGE_BYTES: usize = 4 << 10;
 
 /// Send the node those of `served` it does not have (`held`), in messages of at most
 /// [`MESSAGE_BYTES`] of PEM each (or one certificate, if larger).
