@@ -9,7 +9,7 @@ use kakuremichi_proto::patch::{ConfigPatch, ListPatch, ListPatches};
 use std::collections::HashMap;
 
 /// Digests of the entries of one keyed list, by key.
-type Digests = HashMap<std::sync::Arc<str>, [u8; 16]>;
+type Digests = HashMap<std::sync::Arc<str>, u64>;
 
 /// The config a node holds, as digests: what the next patch is worked out against.
 #[derive(Default)]
@@ -89,11 +89,11 @@ fn diff<'a, T: Clone + 'a>(
     }
     let mut next = Digests::with_capacity(held.len());
     for entry in now {
-        let (key, digest) = match held.remove_entry(&entry.key) {
-            Some(kept) => kept,
-            None => (entry.key.clone(), [0; 16]),
+        let (key, changed) = match held.remove_entry(&entry.key) {
+            Some((key, digest)) => (key, digest != entry.digest),
+            None => (entry.key.clone(), true),
         };
-        if digest != entry.digest {
+        if changed {
             out.upsert(list, entry);
         }
         next.insert(key, entry.digest);
