@@ -19,7 +19,7 @@ pub use snapshot::{
     hostnames_without_certificate, https_hostnames, node_config, snapshot, Entry, NodeConfig,
     SnapshotSettings, TunnelRoutes,
 };
-pub use state::State;
+pub use state::{PeerList, State};
 pub use tokens::{TokenRecord, TokenScope};
 pub use tunnels::{
     OriginScheme, OriginSettings, Replica, TunnelKind, TunnelRecord, TunnelSpec, FIRST_SERVICE_PORT,

@@ -4,11 +4,12 @@ use super::{Issuer, NodeRecord, State, TunnelKind, TunnelRecord};
 use kakuremichi_proto::ids::{Hostname, NodeKind};
 use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, CertificateRef, ConfigSnapshot, DigestedCertificate,
-    HttpRoute, PassthroughRoute, PeerConfig, PortRoute, Service, Upstream,
+    HttpRoute, PassthroughRoute, PortRoute, Service, Upstream,
 };
 use kakuremichi_proto::patch::Keyed;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a snapshot needs beyond the store.
@@ -60,10 +61,34 @@ pub struct TunnelRoutes {
     pub passthrough_routes: Vec<Entry<PassthroughRoute>>,
 }
 
+/// `values` as entries, each the entry of `before` with the same key where its value is the
+/// same (no JSON or digest worked out again), and `before` itself if every one is.
+pub fn kept_or_new<T>(before: &Arc<[Entry<T>]>, values: impl Iterator<Item = T>) -> Arc<[Entry<T>]>
+where
+    T: Keyed + serde::Serialize + PartialEq + Clone,
+{
+    let by_key: HashMap<&str, &Entry<T>> = before.iter().map(|e| (&*e.key, e)).collect();
+    let entries: Vec<Entry<T>> = values
+        .map(|value| match by_key.get(value.key().as_str()) {
+            Some(kept) if kept.value == value => (*kept).clone(),
+            _ => Entry::new(value),
+        })
+        .collect();
+    let same = entries.len() == before.len()
+        && entries
+            .iter()
+            .zip(before.iter())
+            .all(|(now, was)| Arc::ptr_eq(&now.key, &was.key));
+    match same {
+        true => before.clone(),
+        false => entries.into(),
+    }
+}
+
 /// A node's config as a session sends it: the keyed lists as entries shared with every
 /// other node's, and the rest.
 pub struct NodeConfig<'a> {
-    pub peers: &'a [Entry<PeerConfig>],
+    pub peers: &'a super::state::PeerList,
     pub routes: Vec<&'a TunnelRoutes>,
     pub certificate_refs: &'a [Entry<CertificateRef>],
     /// The config's other fields, its keyed lists empty.
@@ -75,7 +100,7 @@ impl NodeConfig<'_> {
     pub fn into_snapshot(self) -> ConfigSnapshot {
         let routes = self.routes.iter();
         ConfigSnapshot {
-            peers: values(self.peers),
+            peers: values(self.peers.iter()),
             routes: values(routes.clone().flat_map(|r| &r.routes)),
             port_routes: values(routes.clone().flat_map(|r| &r.port_routes)),
             passthrough_routes: values(routes.flat_map(|r| &r.passthrough_routes)),

@@ -10,7 +10,12 @@ use kakuremichi_proto::messages::{
     AcmeChallenge, CertificateBundle, CertificateRef, ControlRoute, DigestedCertificate, PeerConfig,
 };
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+/// The WireGuard peers of a node, shared by every node of its kind and carried from one
+/// state to the next while none of them changed: a session that sent a list compares it
+/// with the next by pointer, not entry by entry (a gateway's are 10,000 agents).
+pub type PeerList = Arc<[Entry<PeerConfig>]>;
 
 /// Everything in the store at one revision.
 #[derive(Clone, Debug)]
@@ -47,8 +52,11 @@ pub struct Derived {
     /// replica).
     tunnels_by_agent: OnceLock<HashMap<String, Vec<usize>>>,
     /// The peers of an enabled agent (the enabled gateways) and of an enabled gateway.
-    peers_of_agents: OnceLock<Vec<Entry<PeerConfig>>>,
-    peers_of_gateways: OnceLock<Vec<Entry<PeerConfig>>>,
+    peers_of_agents: OnceLock<PeerList>,
+    peers_of_gateways: OnceLock<PeerList>,
+    /// The same lists of the state before, if it had worked them out: entries whose value
+    /// did not change are kept, and a list with none changed is kept whole.
+    before: (Option<PeerList>, Option<PeerList>),
     /// What gateways route to each tunnel, by position in [`State::tunnels`].
     gateway_routes: OnceLock<Vec<TunnelRoutes>>,
     /// References to [`State::served_certificates`].
@@ -93,11 +101,22 @@ impl State {
     }
 
     /// The WireGuard peers of `node`: none while it is disabled.
-    pub fn peers_for(&self, node: &NodeRecord) -> &[Entry<PeerConfig>] {
+    pub fn peers_for(&self, node: &NodeRecord) -> &PeerList {
+        static NONE: OnceLock<PeerList> = OnceLock::new();
         match node.disabled {
-            true => &[],
+            true => NONE.get_or_init(|| Arc::from(Vec::new())),
             false => self.peers_of(node.kind),
         }
+    }
+
+    /// Carry over what `before` (the state of an earlier revision) worked out and this one
+    /// can reuse; see [`PeerList`].
+    pub fn follows(&mut self, before: &State) {
+        let derived = &before.derived;
+        self.derived.before = (
+            derived.peers_of_agents.get().cloned(),
+            derived.peers_of_gateways.get().cloned(),
+        );
     }
 
     /// What gateways route to each tunnel, in the order of [`State::tunnels`].
@@ -127,26 +146,38 @@ impl State {
 
     /// The WireGuard peers of an enabled node of `kind`: every enabled node of the other
     /// kind with a key (agents never peer with agents, nor gateways with gateways).
-    fn peers_of(&self, kind: NodeKind) -> &[Entry<PeerConfig>] {
-        let (cell, peer_kind) = match kind {
-            NodeKind::Agent => (&self.derived.peers_of_agents, NodeKind::Gateway),
-            NodeKind::Gateway => (&self.derived.peers_of_gateways, NodeKind::Agent),
+    fn peers_of(&self, kind: NodeKind) -> &PeerList {
+        let (cell, peer_kind, before) = match kind {
+            NodeKind::Agent => (
+                &self.derived.peers_of_agents,
+                NodeKind::Gateway,
+                &self.derived.before.0,
+            ),
+            NodeKind::Gateway => (
+                &self.derived.peers_of_gateways,
+                NodeKind::Agent,
+                &self.derived.before.1,
+            ),
         };
         cell.get_or_init(|| {
-            self.nodes
+            let values = self
+                .nodes
                 .iter()
                 .filter(|n| n.kind == peer_kind && !n.disabled)
                 .filter_map(|n| {
-                    Some(Entry::new(PeerConfig {
+                    Some(PeerConfig {
                         node_id: n.id.clone(),
                         public_key: n.public_key?,
                         overlay_ip: n.overlay_ip,
                         endpoint: n.wireguard_endpoint.clone(),
                         instance: n.instance,
                         https_port: n.https_port,
-                    }))
-                })
-                .collect()
+                    })
+                });
+            match before {
+                Some(before) => super::snapshot::kept_or_new(before, values),
+                None => values.map(Entry::new).collect(),
+            }
         })
     }
 }

@@ -3,10 +3,11 @@
 //! of about [`MESSAGE_BYTES`] at most.
 
 use super::MESSAGE_BYTES;
-use crate::model::{Entry, NodeConfig};
+use crate::model::{Entry, NodeConfig, PeerList};
 use kakuremichi_proto::messages::{encode, ConfigSnapshot};
 use kakuremichi_proto::patch::{ConfigPatch, ListPatch, ListPatches};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Digests of the entries of one keyed list, by key.
 type Digests = HashMap<std::sync::Arc<str>, u64>;
@@ -18,6 +19,9 @@ pub struct Held {
     /// keyed lists.
     config: Option<(u64, [u8; 32])>,
     peers: Digests,
+    /// The peer list `peers` was worked out from: a state whose peers did not change carries
+    /// the same list ([`crate::model::PeerList`]), and the next patch then skips them.
+    peer_list: Option<PeerList>,
     routes: Digests,
     port_routes: Digests,
     passthrough_routes: Digests,
@@ -40,7 +44,19 @@ impl Held {
         let base = self.version().unwrap_or(0);
         let mut out = Messages::new(version, base);
         let routes = config.routes.iter();
-        diff(config.peers, &mut self.peers, |l| &mut l.peers, &mut out);
+        if !self
+            .peer_list
+            .as_ref()
+            .is_some_and(|sent| Arc::ptr_eq(sent, config.peers))
+        {
+            diff(
+                config.peers.iter(),
+                &mut self.peers,
+                |l| &mut l.peers,
+                &mut out,
+            );
+            self.peer_list = Some(config.peers.clone());
+        }
         let http = routes.clone().flat_map(|r| &r.routes);
         diff(http, &mut self.routes, |l| &mut l.routes, &mut out);
         let ports = routes.clone().flat_map(|r| &r.port_routes);
@@ -185,7 +201,7 @@ mod tests {
         })
     }
 
-    fn config<'a>(peers: &'a [Entry<PeerConfig>], draining: bool) -> NodeConfig<'a> {
+    fn config(peers: &PeerList, draining: bool) -> NodeConfig<'_> {
         NodeConfig {
             peers,
             routes: Vec::<&TunnelRoutes>::new(),
@@ -213,18 +229,24 @@ mod tests {
     fn a_node_is_sent_what_changed_and_ends_up_with_the_whole_config() {
         let (mut held, mut node) = (Held::default(), Assembly::default());
         let mut peers: Vec<_> = (0..10_000).map(|i| peer(i, 1)).collect();
-        let first = held.patch(config(&peers, false), 5);
+        let list: PeerList = peers.clone().into();
+        let first = held.patch(config(&list, false), 5);
         assert!(first.len() > 1, "10,000 peers take several messages");
         assert_eq!(apply(&mut node, first).unwrap().peers.len(), 10_000);
 
+        let same: PeerList = peers.clone().into();
         assert!(
-            held.patch(config(&peers, false), 6).is_empty(),
-            "nothing changed"
+            held.patch(config(&same, false), 6).is_empty(),
+            "nothing changed, entry by entry"
+        );
+        assert!(
+            held.patch(config(&same, false), 6).is_empty(),
+            "nothing changed: the same list"
         );
         peers[17] = peer(17, 2);
         peers.remove(3);
         peers.push(peer(10_000, 1));
-        let second = held.patch(config(&peers, true), 7);
+        let second = held.patch(config(&peers.clone().into(), true), 7);
         assert_eq!(second.len(), 1);
         let text = encode(&second[0]);
         assert!(

@@ -168,7 +168,11 @@ impl Store {
         if let Some(state) = shared.as_ref().filter(|s| s.revision == revision) {
             return Ok(state.clone());
         }
-        let state = Arc::new(self.state()?);
+        let mut state = self.state()?;
+        if let Some(before) = shared.as_deref() {
+            state.follows(before);
+        }
+        let state = Arc::new(state);
         *shared = Some(state.clone());
         Ok(state)
     }

@@ -380,3 +380,42 @@ fn the_nodes_a_change_concerns_include_every_node_whose_config_changed() {
         }
     }
 }
+
+#[test]
+fn a_state_keeps_the_peer_list_of_the_one_before_while_no_peer_changed() {
+    let overlay: OverlayNet = "10.77.0.0/16".parse().unwrap();
+    let nodes = vec![
+        node("gw_1", NodeKind::Gateway, 1, Some(1)),
+        node("agt_1", NodeKind::Agent, 2, Some(2)),
+        node("agt_2", NodeKind::Agent, 3, Some(3)),
+    ];
+    let gateway = nodes[0].clone();
+    let first = state(overlay.clone(), nodes.clone(), vec![]);
+    let first_peers = first.peers_for(&gateway).clone();
+    // A tunnel more changes no peer: the same list, not a copy.
+    let mut second = state(
+        overlay.clone(),
+        nodes.clone(),
+        vec![tunnel("t1", "agt_1", 1, true)],
+    );
+    second.follows(&first);
+    assert!(Arc::ptr_eq(second.peers_for(&gateway), &first_peers));
+    // An agent that reconnected (a new instance) changes its entry alone.
+    let mut moved = nodes.clone();
+    moved[2].instance = 7;
+    let mut third = state(overlay.clone(), moved.clone(), vec![]);
+    third.follows(&second);
+    let third_peers = third.peers_for(&gateway).clone();
+    assert!(!Arc::ptr_eq(&third_peers, &first_peers));
+    assert!(
+        Arc::ptr_eq(&third_peers[0].key, &first_peers[0].key),
+        "agt_1 kept"
+    );
+    assert_eq!(third_peers[1].value.instance, 7);
+    assert_ne!(third_peers[1].digest, first_peers[1].digest);
+    // What a state without one before works out is the same.
+    let fresh = state(overlay, moved, vec![]);
+    let fresh_peers = fresh.peers_for(&gateway);
+    let digests = |list: &crate::model::PeerList| list.iter().map(|e| e.digest).collect::<Vec<_>>();
+    assert_eq!(digests(fresh_peers), digests(&third_peers));
+}
