@@ -390,20 +390,16 @@ fn a_state_keeps_the_peer_list_of_the_one_before_while_no_peer_changed() {
         node("agt_2", NodeKind::Agent, 3, Some(3)),
     ];
     let gateway = nodes[0].clone();
-    let first = state(overlay.clone(), nodes.clone(), vec![]);
+    let first = state(overlay, nodes.clone(), vec![]);
     let first_peers = first.peers_for(&gateway).clone();
     // A tunnel more changes no peer: the same list, not a copy.
-    let mut second = state(
-        overlay.clone(),
-        nodes.clone(),
-        vec![tunnel("t1", "agt_1", 1, true)],
-    );
+    let mut second = state(overlay, nodes.clone(), vec![tunnel("t1", "agt_1", 1, true)]);
     second.follows(&first);
     assert!(Arc::ptr_eq(second.peers_for(&gateway), &first_peers));
     // An agent that reconnected (a new instance) changes its entry alone.
     let mut moved = nodes.clone();
     moved[2].instance = 7;
-    let mut third = state(overlay.clone(), moved.clone(), vec![]);
+    let mut third = state(overlay, moved.clone(), vec![]);
     third.follows(&second);
     let third_peers = third.peers_for(&gateway).clone();
     assert!(!Arc::ptr_eq(&third_peers, &first_peers));
