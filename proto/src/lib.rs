@@ -15,6 +15,7 @@
 //! - [`targets`]: which targets an agent forwards to (`ALLOW_TARGETS`).
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
+//! - [`status`]: what a node reports of itself, its live peers as changes between reports.
 //!
 //! ```
 //! use kakuremichi_proto::{ids::Hostname, messages::{decode, encode, NodeMessage}};
@@ -34,6 +35,7 @@ pub mod patch;
 pub mod path;
 pub mod ports;
 pub mod proxy_protocol;
+pub mod status;
 pub mod targets;
 pub mod throttle;
 
