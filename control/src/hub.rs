@@ -329,17 +329,22 @@ impl SessionHandle {
         };
         session.last_message = Instant::now();
         if let Some(mut status) = status {
-            // Copied only if a reader holds the set right now.
-            let live = Arc::make_mut(&mut session.live_peers);
+            // Changed in place; copied only if a reader holds the set right now, so a report
+            // that changes nothing (most heartbeats) does not touch it.
             match status.peer_changes.take() {
+                Some(changes) if changes.is_empty() => {}
                 Some(changes) => {
+                    let live = Arc::make_mut(&mut session.live_peers);
                     for gone in &changes.down {
                         live.remove(gone);
                     }
                     live.extend(changes.up);
                 }
                 // A node of an earlier version names them all in every report.
-                None => *live = std::mem::take(&mut status.live_peers).into_iter().collect(),
+                None => {
+                    let all = std::mem::take(&mut status.live_peers);
+                    session.live_peers = Arc::new(all.into_iter().collect());
+                }
             }
             session.status = Some(Arc::new(status));
         }

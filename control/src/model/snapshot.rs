@@ -63,7 +63,10 @@ pub struct TunnelRoutes {
 
 /// `values` as entries, each the entry of `before` with the same key where its value is the
 /// same (no JSON or digest worked out again), and `before` itself if every one is.
-pub fn kept_or_new<T>(before: &Arc<[Entry<T>]>, values: impl Iterator<Item = T>) -> Arc<[Entry<T>]>
+pub(super) fn kept_or_new<T>(
+    before: &Arc<[Entry<T>]>,
+    values: impl Iterator<Item = T>,
+) -> Arc<[Entry<T>]>
 where
     T: Keyed + serde::Serialize + PartialEq + Clone,
 {
