@@ -37,6 +37,7 @@ pub mod server;
 pub mod session;
 pub mod spec;
 pub mod store;
+pub mod traffic;
 pub mod tunnels;
 pub mod web;
 

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::Request;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,14 +62,20 @@ impl std::fmt::Display for ClientBodyError {
 
 impl std::error::Error for ClientBodyError {}
 
-/// Whether (and how) a request's body failed; shared with the body itself.
+/// Whether (and how) a request's body failed, and how much of it arrived; shared with the
+/// body itself.
 #[derive(Clone, Debug, Default)]
-pub struct BodyFailure(Arc<OnceLock<ClientBodyError>>);
+pub struct BodyFailure(Arc<OnceLock<ClientBodyError>>, Arc<AtomicU64>);
 
 impl BodyFailure {
     /// The failure, once one happened.
     pub fn get(&self) -> Option<&ClientBodyError> {
         self.0.get()
+    }
+
+    /// The count of the body's bytes received from the client, as it grows.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.1.clone()
     }
 
     fn record(&self, error: ClientBodyError) -> ClientBodyError {
@@ -137,6 +144,8 @@ impl ClientBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.armed = false;
+                let bytes = frame.data_ref().map_or(0, |d| d.len() as u64);
+                self.failure.1.fetch_add(bytes, Ordering::Relaxed);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self

@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod replicas;
 pub mod routes;
 pub mod tls;
+pub mod traffic;
 
 use async_io::Async;
 use futures_lite::future;
@@ -163,6 +164,8 @@ pub struct Gateway {
     /// What the last snapshot asked for that could not be done (a port taken, a certificate
     /// that does not load), reported to Control as the gateway's health.
     problems: Mutex<Vec<String>>,
+    /// What each tunnel moved, by minute, for Control.
+    traffic: traffic::Traffic,
     /// Agents' endpoints as last seen, by base64 public key; survives restarts.
     known_endpoints: Mutex<HashMap<String, SocketAddr>>,
 }
@@ -328,6 +331,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let port_metrics = Arc::new(ports::PortMetrics::default());
+    let traffic = traffic::Traffic::default();
     let drain = Arc::new(drain::Drain::new(settings.drain_timeout));
     let replica_health = Arc::new(replicas::ReplicaHealth::default());
     let dialer = replicas::AgentDialer {
@@ -343,11 +347,12 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             settings.ports.clone(),
             settings.fronts.clone(),
             drain.clone(),
-            port_metrics.clone(),
+            (port_metrics.clone(), traffic.clone()),
         )),
         fronts: settings.fronts.clone(),
         drain: drain.clone(),
         problems: Mutex::new(Vec::new()),
+        traffic,
         port_metrics,
         passthrough: passthrough::PassthroughTable::default(),
         pool: pool::Pool::new(stack.clone(), settings.upstream_limits),
@@ -395,6 +400,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            traffic: gateway.traffic.with(|table| {
+                table.report(traffic::this_minute(), gateway.link.sessions())
+            }),
             ..link::netstack_status(
                 gateway.config_version.load(Ordering::Relaxed),
                 &gateway.stack,

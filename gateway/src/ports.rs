@@ -8,6 +8,8 @@
 //! Dropping a port's entry closes its listener and every connection or flow through it.
 
 use crate::drain::Drain;
+use crate::traffic::{Outcome, Traffic};
+use kakuremichi_proto::traffic::Failure;
 use crate::front::TrustedFronts;
 use crate::replicas::AgentDialer;
 use async_io::{Async, Timer};
@@ -78,6 +80,7 @@ pub struct PortListeners {
     fronts: TrustedFronts,
     drain: Arc<Drain>,
     metrics: Arc<PortMetrics>,
+    traffic: Traffic,
     open: HashMap<(Transport, u16), Open>,
 }
 
@@ -88,7 +91,7 @@ impl PortListeners {
         settings: PortSettings,
         fronts: TrustedFronts,
         drain: Arc<Drain>,
-        metrics: Arc<PortMetrics>,
+        (metrics, traffic): (Arc<PortMetrics>, Traffic),
     ) -> Self {
         PortListeners {
             agents,
@@ -96,6 +99,7 @@ impl PortListeners {
             fronts,
             drain,
             metrics,
+            traffic,
             open: HashMap::new(),
         }
     }
@@ -153,7 +157,7 @@ impl PortListeners {
                     listener,
                     agents,
                     upstream.clone(),
-                    metrics,
+                    (metrics, self.traffic.clone()),
                     (self.fronts.clone(), self.drain.clone()),
                     limit,
                 ))
@@ -192,7 +196,7 @@ async fn accept_tcp(
     listener: Async<TcpListener>,
     agents: AgentDialer,
     upstream: Arc<RwLock<Upstream>>,
-    metrics: Arc<PortMetrics>,
+    (metrics, traffic): (Arc<PortMetrics>, Traffic),
     (fronts, drain): (TrustedFronts, Arc<Drain>),
     limit: usize,
 ) {
@@ -218,6 +222,7 @@ async fn accept_tcp(
             let _ = client.get_ref().set_nodelay(true);
             let upstream = upstream.read().unwrap_or_else(|p| p.into_inner()).clone();
             let (agents, fronts, cut) = (agents.clone(), fronts.clone(), drain.cut());
+            let traffic = traffic.clone();
             let slot = Slot::take(&live);
             executor
                 .spawn(async move {
@@ -226,7 +231,7 @@ async fn accept_tcp(
                         Ok(from) => from,
                         Err(e) => return log::debug!("front {peer}: {e}"),
                     };
-                    let spliced = async { splice(&agents, &upstream, client, from, &[]).await };
+                    let spliced = async { splice((&agents, &traffic), &upstream, client, from, &[]).await };
                     let cut = async {
                         cut.await;
                         Ok(())
@@ -260,14 +265,23 @@ impl Drop for Slot {
 /// Forward `client` to the agent until either side closes: the PROXY header if the tunnel
 /// wants one, then `already_read` (bytes taken from the client to choose the route), then
 /// both directions.
+/// The connection is counted in the tunnel's traffic.
 pub(crate) async fn splice(
-    agents: &AgentDialer,
+    (agents, traffic): (&AgentDialer, &Traffic),
     upstream: &Upstream,
     client: Async<std::net::TcpStream>,
     from: SocketAddr,
     already_read: &[u8],
 ) -> io::Result<()> {
-    let mut agent = agents.connect(upstream).await?;
+    let mut agent = match agents.connect(upstream).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            traffic.refused(&upstream.tunnel_id, Outcome::Failed(Failure::Unreachable));
+            return Err(e);
+        }
+    };
+    let mut connection = traffic.connection(&upstream.tunnel_id);
+    connection.moved(already_read.len() as u64, 0);
     // A replica a probe finds gone will not answer: its connections end then, as its HTTP
     // requests do, not when TCP gives up. Counted from now, before anything is sent.
     let gone = agents.health.until_probed_down(*agent.peer_addr().ip());
@@ -290,7 +304,8 @@ pub(crate) async fn splice(
         Err(io::Error::other("the agent stopped answering its probes"))
     };
     let copied = kakuremichi_rt::copy::copy_bidirectional(client, agent);
-    futures_lite::future::or(copied, gone).await?;
+    let (bytes_in, bytes_out) = futures_lite::future::or(copied, gone).await?;
+    connection.moved(bytes_in, bytes_out);
     Ok(())
 }
 

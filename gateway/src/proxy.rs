@@ -5,7 +5,8 @@
 use crate::body::{ClientBody, READ_AHEAD_BYTES};
 use crate::pages;
 use crate::pool::{Held, UpstreamError};
-use crate::routes::Upstream;
+use crate::routes::{Route, Upstream};
+use crate::traffic::{Metered, Outcome, RequestMeter};
 use crate::Gateway;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,6 +17,7 @@ use hyper::header::{
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_proto::path::PathRefused;
+use kakuremichi_proto::traffic::{Denial, Failure};
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
 use std::net::SocketAddr;
@@ -72,10 +74,37 @@ pub async fn handle(
             None => pages::not_found(&host),
         };
     };
+    let mut meter = gateway.traffic.request(&route.tunnel_id);
+    let (response, outcome) =
+        through_tunnel(&gateway, route, request, client, scheme, &host, &mut meter).await;
+    meter.answered(response.status().as_u16(), outcome);
+    response.map(|body| Metered { body, meter }.boxed())
+}
+
+/// Answer a request for `route`'s tunnel: the access rules, then its agents. What kept it
+/// from the origin, if anything, is counted in the tunnel's traffic.
+async fn through_tunnel(
+    gateway: &Arc<Gateway>,
+    route: Route,
+    request: Request<Incoming>,
+    client: SocketAddr,
+    scheme: &'static str,
+    host: &str,
+    meter: &mut RequestMeter,
+) -> (Response<Body>, Option<Outcome>) {
+    let metrics = &gateway.metrics;
     let mut request =
-        match crate::guard::admit(&gateway, &route, request, client, scheme, &host).await {
+        match crate::guard::admit(gateway, &route, request, client, scheme, host).await {
             Ok(request) => request,
-            Err(answer) => return answer,
+            Err(answer) => {
+                let denial = match answer.status().as_u16() {
+                    401 => Some(Denial::Unauthorized),
+                    403 => Some(Denial::Forbidden),
+                    429 => Some(Denial::Throttled),
+                    _ => None,
+                };
+                return (answer, denial.map(Outcome::Denied));
+            }
         };
     let client_version = request.version();
     let upgrade = request.headers().get(UPGRADE).cloned();
@@ -84,7 +113,7 @@ pub async fn handle(
         v.to_str()
             .is_ok_and(|v| v.to_ascii_lowercase().contains("trailers"))
     });
-    prepare_request(&mut request, &host, client, scheme, upgrade.as_ref());
+    prepare_request(&mut request, host, client, scheme, upgrade.as_ref());
     if let Some(host_header) = &route.host_header {
         request.headers_mut().insert(HOST, host_header.clone());
     }
@@ -92,20 +121,21 @@ pub async fn handle(
         as_http2(&mut request, wants_trailers);
     }
     let (body_failure, mut request) = ClientBody::wrap(request, gateway.body_idle_timeout);
+    meter.count_request_body(body_failure.received());
     if let Some(why) = request.body_mut().read_ahead(READ_AHEAD_BYTES).await {
         metrics.client_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
-        return pages::client_error(why.status(), why.message());
+        return (pages::client_error(why.status(), why.message()), None);
     }
     let upstreams = route.upstreams(&gateway.replicas);
-    let mut response = match forward(&gateway, &upstreams, request).await {
+    let mut response = match forward(gateway, &upstreams, request).await {
         Ok(response) => response,
         Err(e) => {
             if let Some(why) = body_failure.get() {
                 // The client broke off or sent a malformed body: not the tunnel's fault.
                 metrics.client_errors.fetch_add(1, Ordering::Relaxed);
                 log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
-                return pages::client_error(why.status(), why.message());
+                return (pages::client_error(why.status(), why.message()), None);
             }
             if matches!(e, UpstreamError::Busy) {
                 metrics.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -114,14 +144,16 @@ pub async fn handle(
                     route.tunnel_id,
                     route.hostname
                 );
-                return pages::overloaded(route.hostname.as_str());
+                let busy = Some(Outcome::Failed(Failure::Busy));
+                return (pages::overloaded(route.hostname.as_str()), busy);
             }
             metrics.bad_gateway.fetch_add(1, Ordering::Relaxed);
             log::warn!("tunnel {} ({}): {e}", route.tunnel_id, route.hostname);
-            return match &route.bad_gateway_page {
+            let page = match &route.bad_gateway_page {
                 Some(page) => pages::tunnel_page(502, page),
                 None => pages::bad_gateway(route.hostname.as_str()),
             };
+            return (page, Some(Outcome::Failed(Failure::Unreachable)));
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -129,14 +161,18 @@ pub async fn handle(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             // The tunnel lives as long as both ends keep it open, or until a drain's deadline.
             let cut = gateway.drain.cut();
+            let mut connection = gateway.traffic.connection(&route.tunnel_id);
             let tunnel = async move {
                 match futures_lite::future::try_zip(client_upgrade, upstream_upgrade).await {
                     Ok((client, upstream)) => {
-                        let _ = kakuremichi_rt::copy::copy_bidirectional(
+                        let copied = kakuremichi_rt::copy::copy_bidirectional(
                             HyperIo(client),
                             HyperIo(upstream),
                         )
                         .await;
+                        if let Ok((bytes_in, bytes_out)) = copied {
+                            connection.moved(bytes_in, bytes_out);
+                        }
                     }
                     Err(e) => log::debug!("upgrade failed: {e}"),
                 }
@@ -149,7 +185,7 @@ pub async fn handle(
     // A proxy answers in its own HTTP version, not the origin's (RFC 9110 §6.2): an HTTP/1.0
     // origin must not turn the client's keep-alive HTTP/1.1 connection into 1.0.
     *response.version_mut() = client_version;
-    response.map(|b| b.boxed())
+    (response.map(|b| b.boxed()), None)
 }
 
 /// Send `request` to the first of `upstreams` (a tunnel's replicas in the order to try)

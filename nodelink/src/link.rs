@@ -412,8 +412,10 @@ async fn session(
             }
             Event::WatchPeers => {
                 let reports = status().into_reports(&mut told_live);
-                let changed =
-                    |r: &NodeStatus| r.peer_changes.as_ref().is_some_and(|c| !c.is_empty());
+                // Traffic taken for a report is sent, not dropped.
+                let changed = |r: &NodeStatus| {
+                    r.peer_changes.as_ref().is_some_and(|c| !c.is_empty()) || !r.traffic.is_empty()
+                };
                 if reports.iter().any(changed) {
                     let reports = reports.into_iter().map(NodeMessage::Status);
                     if let Err(e) = send_all(&mut ws, reports).await {

@@ -16,6 +16,7 @@
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
 //! - [`status`]: what a node reports of itself, its live peers as changes between reports.
+//! - [`traffic`]: what each tunnel moved, by minute, with latency histograms that merge.
 //!
 //! ```
 //! use kakuremichi_proto::{ids::Hostname, messages::{decode, encode, NodeMessage}};
@@ -38,6 +39,7 @@ pub mod proxy_protocol;
 pub mod status;
 pub mod targets;
 pub mod throttle;
+pub mod traffic;
 
 /// Why an identifier or a message was rejected. Always the sender's fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! the peers it has a live WireGuard session with, the last as changes from report to report.
 
 use crate::ids::PublicKey;
+use crate::traffic::TrafficPoint;
 use serde::{Deserialize, Serialize};
 
 /// Counters a node reports.
@@ -32,17 +33,42 @@ pub struct NodeStatus {
     /// 502): what failed, and since when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_origins: Vec<OriginFailure>,
+    /// Gateways: what each tunnel moved, by minute, since the previous report on this
+    /// session (minutes not yet reported, and the current one as it stands).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficPoint>,
 }
 
 /// The most peer keys one report names (about 1.5 KB of JSON): the other side's buffer
 /// for a session's messages grows to its largest and keeps that size.
 pub const PEERS_PER_REPORT: usize = 32;
 
+/// The most traffic points one report carries (a point with its latency histogram is a few
+/// hundred bytes of JSON), for the same reason.
+pub const TRAFFIC_POINTS_PER_REPORT: usize = 6;
+
 impl NodeStatus {
     /// This status as a session sends it: its `live_peers` as changes from those the session
     /// told of before (`told`, sorted, which becomes this status's), in as many reports as
-    /// they take at [`PEERS_PER_REPORT`] each; the other fields ride in every one.
+    /// they take at [`PEERS_PER_REPORT`] each, its traffic spread over them (and more) at
+    /// [`TRAFFIC_POINTS_PER_REPORT`] each; the other fields ride in every one.
     pub fn into_reports(mut self, told: &mut Vec<PublicKey>) -> Vec<NodeStatus> {
+        let traffic = std::mem::take(&mut self.traffic);
+        let mut reports = self.peer_reports(told);
+        for (i, points) in traffic.chunks(TRAFFIC_POINTS_PER_REPORT).enumerate() {
+            match reports.get_mut(i) {
+                Some(report) => report.traffic = points.to_vec(),
+                None => reports.push(NodeStatus {
+                    peer_changes: Some(PeerChanges::default()),
+                    traffic: points.to_vec(),
+                    ..reports[0].clone()
+                }),
+            }
+        }
+        reports
+    }
+
+    fn peer_reports(mut self, told: &mut Vec<PublicKey>) -> Vec<NodeStatus> {
         let mut live = std::mem::take(&mut self.live_peers);
         live.sort_unstable();
         let changes = PeerChanges::between(told, &live);
@@ -183,5 +209,33 @@ mod tests {
         let fewer: Vec<PublicKey> = (100..300).map(key).collect();
         assert_eq!(send(fewer.clone()).1, fewer, "150 up, 100 down");
         assert_eq!(send(Vec::new()), (7, Vec::new()), "200 down");
+    }
+
+    #[test]
+    fn traffic_rides_in_small_reports_each_point_once() {
+        use crate::traffic::{TrafficCounts, TrafficPoint};
+        let point = |i: u64| {
+            let mut counts = TrafficCounts::default();
+            for micros in 0..40 {
+                counts.latency.record(micros * 997 * (i + 1));
+            }
+            TrafficPoint {
+                tunnel_id: format!("tun_{i:016x}"),
+                minute: 29_000_000 + i,
+                counts,
+            }
+        };
+        let status = NodeStatus {
+            traffic: (0..20).map(point).collect(),
+            ..NodeStatus::default()
+        };
+        let reports = status.into_reports(&mut Vec::new());
+        assert_eq!(reports.len(), 4, "6 + 6 + 6 + 2");
+        let carried: Vec<TrafficPoint> = reports.iter().flat_map(|r| r.traffic.clone()).collect();
+        assert_eq!(carried, (0..20).map(point).collect::<Vec<_>>());
+        for report in &reports {
+            let text = encode(&NodeMessage::Status(report.clone()));
+            assert!(text.len() < 4096, "{} bytes", text.len());
+        }
     }
 }
