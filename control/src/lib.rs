@@ -14,6 +14,7 @@
 //! - [`certs`]: certificates: ACME orders, the internal CA, renewal.
 //! - [`auth`]: API keys and tokens, users, passwords, browser sessions, login throttling.
 //! - [`pages`] and [`web`]: the browser pages and their handlers.
+//! - [`traffic`]: what gateways report each tunnel moved, kept as minute and hour series.
 //! - [`cli`]: `kakuremichi-control tunnel …`, the tunnel API from a shell.
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
@@ -69,6 +70,8 @@ pub struct Control {
     pub releases: Vec<releases::Release>,
     /// Proxies besides the gateways whose `X-Real-IP` names the client (`--trusted-proxies`).
     pub trusted_proxies: Vec<kakuremichi_proto::access::Cidr>,
+    /// What gateways report each tunnel moved, minute by minute.
+    pub traffic: traffic::TrafficStore,
 }
 
 impl Control {
@@ -160,6 +163,8 @@ pub struct Settings {
     /// Where to keep a gateway's and an agent's API keys for a one-shot deployment, and
     /// which of the two kinds to enrol there.
     pub join_dir: Option<(std::path::PathBuf, Vec<kakuremichi_proto::ids::NodeKind>)>,
+    /// How long traffic history is kept, and how often minutes become hours.
+    pub traffic_retention: traffic::Retention,
 }
 
 /// Open the store and serve until the process ends.
@@ -195,6 +200,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
 /// ([`server::answer`] answers a request without a socket).
 pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Control>, Error> {
     let store = Arc::new(store::Store::open(&settings.data_dir, settings.overlay)?);
+    let traffic =
+        traffic::TrafficStore::open(&settings.data_dir.join("traffic"), settings.traffic_retention)?;
     let public_url = settings
         .public_url
         .unwrap_or_else(|| format!("http://{local}"));
@@ -261,6 +268,7 @@ pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Contr
         session_limits: settings.session_limits,
         releases,
         trusted_proxies: settings.trusted_proxies,
+        traffic,
     });
     Ok(control)
 }

@@ -69,6 +69,16 @@ struct Args {
     /// believed)
     #[argh(option, default = "String::new()")]
     trusted_proxies: String,
+    /// hours of per-minute traffic points kept per tunnel and gateway before they are
+    /// added into hourly points (default 48)
+    #[argh(option, default = "48")]
+    traffic_minutes_hours: u64,
+    /// days of hourly traffic points kept (default 90)
+    #[argh(option, default = "90")]
+    traffic_hours_days: u64,
+    /// seconds between roll-ups of minute points into hours (default 300)
+    #[argh(option, default = "300")]
+    traffic_rollup_secs: u64,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -372,6 +382,11 @@ fn main() -> anyhow::Result<()> {
                 join_dir: match args.join_dir {
                     Some(dir) => Some((dir, join_kinds(&args.join)?)),
                     None => None,
+                },
+                traffic_retention: kakuremichi_control::traffic::Retention {
+                    minutes: args.traffic_minutes_hours.max(1) * 60,
+                    hours: args.traffic_hours_days.max(1) * 24 * 60,
+                    every: std::time::Duration::from_secs(args.traffic_rollup_secs.max(1)),
                 },
             },
         ))?,

@@ -310,9 +310,12 @@ fn api_v1(t: &mut Table) {
         t.at(path("")).get(api(Read, move |c, _| api::nodes::list(c, kind))).post(api(Write, move |c, b| api::nodes::create(c, b, kind)));
         t.at(path("/{id}")).get(api(Read, move |c, _| api::nodes::get(c, kind))).patch(api(Write, move |c, b| api::nodes::change(c, b, kind))).delete(api(Write, move |c, _| api::nodes::delete(c, kind)));
         t.at(path("/{id}/rotate-key")).post(api(Write, move |c, _| api::nodes::rotate_key(c, kind)));
+        t.at(path("/{id}/traffic")).get(api(Read, move |c, _| api::traffic::of_node(c, kind)));
     }
     t.at("/api/v1/tunnels").get(api(Read, api::tunnels::list)).post(api(Write, api::tunnels::create));
     t.at("/api/v1/tunnels/{id}").get(api(Read, api::tunnels::get)).patch(api(Write, api::tunnels::change)).delete(api(Write, api::tunnels::delete));
+    t.at("/api/v1/tunnels/{id}/traffic").get(api(Read, api::traffic::of_tunnel));
+    t.at("/api/v1/traffic").get(api(Read, api::traffic::of_all));
     t.at("/api/v1/tunnels/{id}/service-tokens").get(api(Read, api::tunnels::service_tokens)).post(api(Write, api::tunnels::add_service_token));
     t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}").delete(api(Write, api::tunnels::revoke_service_token));
     t.at("/api/v1/access/rotate-keys").post(api(Write, api::tunnels::rotate_access_keys));

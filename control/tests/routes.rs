@@ -52,6 +52,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         release_dir: None,
         trusted_proxies: Vec::new(),
         join_dir: None,
+        traffic_retention: Default::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod certificates;
 pub mod nodes;
+pub mod traffic;
 pub mod tunnels;
 mod views;
 

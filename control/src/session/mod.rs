@@ -15,9 +15,11 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_lite::{future, AsyncRead, AsyncWrite, StreamExt};
+use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
     decode, encode, ControlMessage, DigestedCertificate, Hello, NodeMessage,
 };
+use kakuremichi_proto::traffic::TrafficPoint;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +68,13 @@ pub async fn run<S>(
     }
     log::info!("node {node_id} connected (version {})", hello.version);
     let session = control.hub.register(&node_id, kind, address);
+    let speaker = Speaker {
+        control: &control,
+        session: &session,
+        node_id: &node_id,
+        kind,
+        instance: hello.instance,
+    };
     let mut sent = Sent::default();
     let credential = Credential {
         node_id: &node_id,
@@ -98,7 +107,7 @@ pub async fn run<S>(
         })
         .await;
         let outcome = match event {
-            Event::Received(Some(Ok(message))) => handle_message(&session, &node_id, message),
+            Event::Received(Some(Ok(message))) => speaker.handle(message),
             Event::Received(Some(Err(e))) => Err(format!("socket error: {e}")),
             Event::Received(None) => Err("disconnected".to_string()),
             Event::StoreChanged if control.hub.stopping() => {
@@ -117,7 +126,7 @@ pub async fn run<S>(
             // Changes other processes commit (the CLI's) come as nudges too: the hub polls.
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
-                heartbeat(&control, &session, &node_id, &mut ws).await
+                heartbeat(&speaker, &mut ws).await
             }
         };
         if let Err(reason) = outcome {
@@ -161,28 +170,58 @@ where
     Some(hello)
 }
 
-fn handle_message(session: &SessionHandle, node_id: &str, message: Message) -> Result<(), String> {
-    match message {
-        Message::Text(text) => match decode::<NodeMessage>(&text) {
-            Ok(NodeMessage::Heartbeat) => session.heard(None),
-            Ok(NodeMessage::Applied { version }) => session.applied(version),
-            Ok(NodeMessage::Status(status)) => session.heard(Some(status)),
-            Ok(NodeMessage::Hello(_)) => log::debug!("node {node_id}: repeated hello ignored"),
-            Err(e) => return Err(format!("bad message: {e}")),
-        },
-        Message::Ping(_) | Message::Pong(_) => session.heard(None),
-        Message::Close(_) => return Err("closed by node".into()),
-        Message::Binary(_) | Message::Frame(_) => return Err("unexpected binary frame".into()),
+/// The node on the other end of a session, and where what it says goes.
+struct Speaker<'a> {
+    control: &'a Control,
+    session: &'a SessionHandle,
+    node_id: &'a str,
+    kind: NodeKind,
+    /// The node's process, from its hello: a gateway's traffic is kept per process.
+    instance: u64,
+}
+
+impl Speaker<'_> {
+    fn handle(&self, message: Message) -> Result<(), String> {
+        let (session, node_id) = (self.session, self.node_id);
+        match message {
+            Message::Text(text) => match decode::<NodeMessage>(&text) {
+                Ok(NodeMessage::Heartbeat) => session.heard(None),
+                Ok(NodeMessage::Applied { version }) => session.applied(version),
+                Ok(NodeMessage::Status(mut status)) => {
+                    self.keep_traffic(std::mem::take(&mut status.traffic));
+                    session.heard(Some(status))
+                }
+                Ok(NodeMessage::Hello(_)) => log::debug!("node {node_id}: repeated hello ignored"),
+                Err(e) => return Err(format!("bad message: {e}")),
+            },
+            Message::Ping(_) | Message::Pong(_) => session.heard(None),
+            Message::Close(_) => return Err("closed by node".into()),
+            Message::Binary(_) | Message::Frame(_) => return Err("unexpected binary frame".into()),
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// A gateway's counts of the tunnels Control has go to the traffic history; anything
+    /// else a node says it moved is not kept.
+    fn keep_traffic(&self, mut points: Vec<TrafficPoint>) {
+        if points.is_empty() || self.kind != NodeKind::Gateway {
+            return;
+        }
+        let Some(state) = self.control.store.last_shared_state() else {
+            return;
+        };
+        points.retain(|p| state.tunnel(&p.tunnel_id).is_ok());
+        self.control
+            .traffic
+            .submit(self.node_id, self.instance, points);
+    }
 }
 
 async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
-    control: &Control,
-    session: &SessionHandle,
-    node_id: &str,
+    speaker: &Speaker<'_>,
     ws: &mut WebSocketStream<S>,
 ) -> Result<(), String> {
+    let (control, session) = (speaker.control, speaker.session);
     if session.silence() > control.hub.offline_after() {
         // What the node sent while this session was busy sending (a large config to a
         // slow reader) is waiting in the socket: it was not silent. Read that first.
@@ -193,7 +232,7 @@ async fn heartbeat<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         {
             match message {
-                Some(Ok(message)) => handle_message(session, node_id, message)?,
+                Some(Ok(message)) => speaker.handle(message)?,
                 Some(Err(e)) => return Err(format!("socket error: {e}")),
                 None => return Err("disconnected".to_string()),
             }

@@ -18,6 +18,7 @@
 pub mod series;
 
 use crate::error::Error;
+use crate::model::State;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
 use kakuremichi_proto::traffic::{TrafficCounts, TrafficPoint, MINUTE_SECONDS};
@@ -145,8 +146,7 @@ impl TrafficStore {
                         Err(e) => log::warn!("traffic: {} reports not kept: {e}", batch.len()),
                     }
                     if Instant::now() >= next_rollup {
-                        let now = kakuremichi_rt::unix_now() / MINUTE_SECONDS;
-                        if let Err(e) = writer.roll_up(now, retention) {
+                        if let Err(e) = writer.roll_up(this_minute(), retention) {
                             log::warn!("traffic: roll-up failed: {e}");
                         }
                         next_rollup = Instant::now() + retention.every;
@@ -208,6 +208,26 @@ impl TrafficStore {
         Ok(acc.finish())
     }
 
+    /// The traffic of what `scope` names in `state`, over `range` at minute `now`.
+    pub fn series_of(
+        &self,
+        state: &State,
+        scope: Scope<'_>,
+        range: Range,
+        now: u64,
+    ) -> Result<Series, Error> {
+        let all = state.tunnels.iter().map(|t| t.id.as_str());
+        match scope {
+            Scope::Tunnel(id) => self.series([state.tunnel(id)?.id.as_str()], None, range, now),
+            Scope::Agent(id) => {
+                let tunnels = state.tunnels_of_agent(id).map(|t| t.id.as_str());
+                self.series(tunnels, None, range, now)
+            }
+            Scope::Gateway(id) => self.series(all, Some(id), range, now),
+            Scope::All => self.series(all, None, range, now),
+        }
+    }
+
     /// Records kept: (minute records, hour records), and the bytes of the environment's file.
     pub fn size(&self) -> Result<(u64, u64, u64), Error> {
         let rtxn = self.tables.env.read_txn()?;
@@ -234,6 +254,22 @@ impl TrafficStore {
     pub fn roll_up(&self, now: u64, retention: Retention) -> Result<(), Error> {
         self.tables.roll_up(now, retention)
     }
+}
+
+/// Whose traffic a series adds up.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    Tunnel(&'a str),
+    /// The tunnels an agent serves (with replicas, those it shares too).
+    Agent(&'a str),
+    /// Every tunnel, through one gateway.
+    Gateway(&'a str),
+    All,
+}
+
+/// The minute it is now.
+pub fn this_minute() -> u64 {
+    kakuremichi_rt::unix_now() / MINUTE_SECONDS
 }
 
 impl Tables {
