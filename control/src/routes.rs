@@ -257,6 +257,7 @@ fn pages(t: &mut Table) {
     t.at("/").get(page(Member, tunnels::dashboard));
     t.at("/tunnels").get(page(Member, tunnels::list));
     t.at("/tunnels/new").get(page(Admin, tunnels::new_page)).post(form(Admin, tunnels::create));
+    t.at("/tunnels/{id}").get(page(Member, tunnels::detail));
     t.at("/tunnels/{id}/edit").get(page(Admin, tunnels::edit_page)).post(form(Admin, tunnels::save));
     t.at("/tunnels/{id}/enabled").post(form(Admin, tunnels::set_enabled));
     t.at("/tunnels/{id}/delete").get(page(Admin, tunnels::delete_page)).post(form(Admin, tunnels::delete));

@@ -15,7 +15,7 @@ pub mod servers;
 pub mod simulator;
 
 pub use cluster::{Cluster, Node};
-pub use origin::{EchoOrigin, Origin};
+pub use origin::{EchoOrigin, Origin, ShapedOrigin};
 
 use std::time::{Duration, Instant};
 

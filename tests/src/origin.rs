@@ -108,3 +108,30 @@ impl EchoOrigin {
         EchoOrigin { addr }
     }
 }
+
+/// An origin whose answers a test chooses by path: `/<status>/<bytes>` is answered with that
+/// status and a body of that many bytes, after the request's body is read to its end.
+pub struct ShapedOrigin {
+    pub addr: SocketAddr,
+}
+
+impl ShapedOrigin {
+    /// Start it on a free loopback port.
+    pub fn start() -> ShapedOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind shaped origin");
+        let addr = listener.local_addr().expect("shaped origin address");
+        std::thread::spawn(move || {
+            let listener = async_io::Async::new(listener).expect("async listener");
+            let answer = |request: Request<Incoming>, _| async move {
+                let mut parts = request.uri().path().trim_start_matches('/').split('/');
+                let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(200u16);
+                let bytes = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0usize);
+                let mut incoming = request.into_body();
+                while let Some(Ok(_)) = incoming.frame().await {}
+                respond(status, "application/octet-stream", vec![b'x'; bytes])
+            };
+            smol::block_on(kakuremichi_rt::http::serve(listener, answer));
+        });
+        ShapedOrigin { addr }
+    }
+}

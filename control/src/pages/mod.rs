@@ -4,11 +4,13 @@
 pub mod access;
 pub mod account;
 pub mod certificates;
+pub mod charts;
 pub mod dashboard;
 pub mod login;
 pub mod nodes;
 pub mod setup;
 pub mod tokens;
+pub mod tunnel;
 pub mod tunnel_form;
 pub mod tunnels;
 pub mod users;

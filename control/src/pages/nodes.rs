@@ -203,7 +203,7 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                     }
                     @if let Some(status) = &row.status {
                         dt { "WireGuard peers up" } dd { (status.peers_up) }
-                        dt { "Traffic" } dd { (bytes(status.rx_bytes)) " in, " (bytes(status.tx_bytes)) " out" }
+                        dt { "Traffic" } dd { (super::charts::bytes(status.rx_bytes)) " in, " (super::charts::bytes(status.tx_bytes)) " out" }
                     } @else if row.online {
                         dt { "WireGuard peers up" } dd.muted { "reported with the node's next heartbeat" }
                     }
@@ -254,22 +254,6 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
             }
         },
     )
-}
-
-/// A byte count in the largest unit that keeps it at least 1.
-fn bytes(count: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
 }
 
 /// Which agent has a WireGuard session with which gateway: agents down, gateways across.

@@ -157,7 +157,7 @@ pub fn page(user: &UserRecord, csrf: &str, filter: &str, rows: &[Row], total: us
                             @for row in rows {
                                 tr {
                                     td data-label="Published as" {
-                                        (row.name)
+                                        a href={"/tunnels/" (row.id)} { (row.name) }
                                         @if row.kind == "tls" { " " span.badge { "TLS passthrough" } }
                                         br;
                                         @match &row.access {

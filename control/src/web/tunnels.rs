@@ -1,4 +1,4 @@
-//! The dashboard and the tunnels: the list, the form that creates and edits one, turning one
+//! The dashboard and the tunnels: the list, a tunnel's own page, the form that creates and edits one, turning one
 //! on or off, deleting one. Their pages are [`crate::pages::tunnels`] and
 //! [`crate::pages::tunnel_form`].
 
@@ -10,6 +10,8 @@ use crate::pages;
 use crate::pages::tunnel_form::{self, Purpose, TunnelForm};
 use crate::routes::{FormResult, PageResult};
 use crate::spec::TunnelFields;
+use crate::traffic::series::Range;
+use crate::traffic::{this_minute, Scope};
 use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
 
@@ -29,6 +31,22 @@ pub fn list(page: &Page) -> PageResult {
     let (user, csrf) = page.who();
     let listed = pages::tunnels::page(user, csrf, &filter, &rows, state.tunnels.len());
     Ok((200, listed))
+}
+
+/// A tunnel's own page, with its traffic over `?range=` (the last hour by default).
+pub fn detail(page: &Page) -> PageResult {
+    let id = page.param("id");
+    let state = page.state()?;
+    state.tunnel(id)?;
+    let range = Range::parse(page.query("range").as_deref())?;
+    let series = (page.control.traffic).series_of(&state, Scope::Tunnel(id), range, this_minute())?;
+    let rows = pages::tunnels::rows(&state, &page.control.hub, "", auth::unix_now());
+    let row = rows
+        .iter()
+        .find(|row| row.id == id)
+        .ok_or_else(|| crate::Error::not_found("tunnel", id))?;
+    let (user, csrf) = page.who();
+    Ok((200, pages::tunnel::page(user, csrf, row, &series)))
 }
 
 fn agent_choices(control: &Control, state: &State) -> Vec<tunnel_form::AgentChoice> {
