@@ -105,6 +105,31 @@ def protect(walk, control, tunnel_url):
     walk.expect('"origin":"demo"', "the tunnel password opens the tunnel")
 
 
+def traffic(walk, control, check_command):
+    """Requests through the gateway show on the tunnel's own page, in figures and charts."""
+    for _ in range(40):
+        subprocess.run(check_command, shell=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    walk.go(control + "/tunnels")
+    walk.click(walk.page.locator("td a", has_text="hello.localhost").first)
+    walk.expect("Traffic", "a tunnel's own page")
+
+    def counted():
+        walk.page.reload()
+        figure = walk.page.locator("dl.figures dd").first.inner_text().replace(",", "")
+        return figure.isdigit() and int(figure) >= 40
+    wait_for("the requests counted on the tunnel's page", counted, seconds=40)
+    if walk.page.locator("figure.chart svg path").count() < 8:
+        fail("the tunnel's page draws its four charts")
+    walk.click(walk.page.locator("nav.ranges a", has_text="24h"))
+    walk.expect("per 15 min", "the 24 h range has 15-minute steps")
+    walk.click(walk.page.locator("nav.ranges a", has_text="1h"))
+    walk.shoot("tunnel-traffic", laptop={"width": 1280, "height": 1000})
+    walk.page.set_viewport_size(PHONE)
+    walk.page.screenshot(path=os.path.join(walk.out, "tunnel-traffic-phone.png"), full_page=True)
+    walk.page.set_viewport_size(LAPTOP)
+
+
 def first_run(walk, control, code):
     """Setup, the dashboard, logging out and in, enrolling an agent."""
     walk.go(control + "/")
@@ -236,6 +261,7 @@ def run(control, code, out, agent_command=None, target=None, check_command=None,
                                                 stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL).returncode == 0)
                 walk.shots.append("use case 5: agent online, tunnel answers through the gateway")
+                traffic(walk, control, check_command)
             if tunnel_url:
                 protect(walk, control, tunnel_url)
                 walk.shots.append("issue 10: a Control login and a password open a protected tunnel")

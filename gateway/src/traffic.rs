@@ -7,7 +7,9 @@
 //! anyway. Control keeps the latest counts per gateway process and minute, so a repeat
 //! changes nothing. Time is passed in as a minute number: the table is plain data.
 
-use kakuremichi_proto::traffic::{Denial, Failure, TrafficCounts, TrafficPoint, MINUTE_SECONDS};
+use kakuremichi_proto::traffic::{
+    Denial, Failure, TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS,
+};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,8 +35,13 @@ pub struct TrafficTable {
 }
 
 impl TrafficTable {
-    /// Change `tunnel`'s counts for `minute`.
-    pub fn count(&mut self, minute: u64, tunnel: &str, change: impl FnOnce(&mut TrafficCounts)) {
+    /// Change `tunnel`'s counts for `minute`, and the gateway's totals.
+    pub fn count(&mut self, minute: u64, tunnel: &str, change: impl Fn(&mut TrafficCounts)) {
+        self.apply(minute, tunnel, &change);
+        self.apply(minute, ALL_TUNNELS, &change);
+    }
+
+    fn apply(&mut self, minute: u64, tunnel: &str, change: impl FnOnce(&mut TrafficCounts)) {
         let counts = self.minutes.entry(minute).or_default();
         let counts = match counts.get_mut(tunnel) {
             Some(counts) => counts,
@@ -50,21 +57,25 @@ impl TrafficTable {
 
     /// A connection to `tunnel` opened.
     pub fn opened(&mut self, minute: u64, tunnel: &str) {
-        let open = self.open.entry(tunnel.to_string()).or_default();
-        *open += 1;
-        let open = *open;
-        self.count(minute, tunnel, |c| {
-            c.connections += 1;
-            c.open_max = c.open_max.max(open);
-        });
+        for key in [tunnel, ALL_TUNNELS] {
+            let open = self.open.entry(key.to_string()).or_default();
+            *open += 1;
+            let open = *open;
+            self.apply(minute, key, |c| {
+                c.connections += 1;
+                c.open_max = c.open_max.max(open);
+            });
+        }
     }
 
     /// A connection to `tunnel` closed after moving these bytes.
     pub fn closed(&mut self, minute: u64, tunnel: &str, bytes_in: u64, bytes_out: u64) {
-        if let Some(open) = self.open.get_mut(tunnel) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                self.open.remove(tunnel);
+        for key in [tunnel, ALL_TUNNELS] {
+            if let Some(open) = self.open.get_mut(key) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    self.open.remove(key);
+                }
             }
         }
         self.count(minute, tunnel, |c| {
@@ -79,7 +90,7 @@ impl TrafficTable {
     pub fn report(&mut self, minute: u64, session: u64) -> Vec<TrafficPoint> {
         let open: Vec<(String, u64)> = self.open.iter().map(|(t, n)| (t.clone(), *n)).collect();
         for (tunnel, n) in open {
-            self.count(minute, &tunnel, |c| c.open_max = c.open_max.max(n));
+            self.apply(minute, &tunnel, |c| c.open_max = c.open_max.max(n));
         }
         let oldest = minute.saturating_sub(KEPT_MINUTES - 1);
         self.minutes = self.minutes.split_off(&oldest);
@@ -283,8 +294,13 @@ impl Drop for OpenConnection {
 mod tests {
     use super::*;
 
-    fn requests(points: &[TrafficPoint]) -> u64 {
-        points.iter().map(|p| p.counts.requests()).sum()
+    /// Requests of every tunnel in `points`, and of the gateway's totals.
+    fn requests(points: &[TrafficPoint]) -> (u64, u64) {
+        let of = |all: bool| {
+            let points = points.iter().filter(|p| (p.tunnel_id == ALL_TUNNELS) == all);
+            points.map(|p| p.counts.requests()).sum()
+        };
+        (of(false), of(true))
     }
 
     #[test]
@@ -293,16 +309,17 @@ mod tests {
         table.count(100, "tun_a", |c| c.answered(200));
         table.count(100, "tun_b", |c| c.answered(502));
         let first = table.report(100, 1);
-        assert_eq!(first.len(), 2);
+        assert_eq!(first.len(), 3, "two tunnels and the totals");
+        assert_eq!(requests(&first), (2, 2));
         assert!(table.report(100, 1).is_empty(), "nothing changed");
         table.count(101, "tun_a", |c| c.answered(200));
         table.count(100, "tun_a", |c| c.answered(200));
         let second = table.report(101, 1);
-        assert_eq!(second.len(), 2, "minute 100 again (whole) and minute 101");
-        let a100 = second.iter().find(|p| p.minute == 100).unwrap();
+        assert_eq!(second.len(), 4, "minute 100 again (whole) and minute 101, with totals");
+        let a100 = second.iter().find(|p| p.minute == 100 && p.tunnel_id == "tun_a").unwrap();
         assert_eq!(a100.counts.status[1], 2, "the minute's whole count, not an increment");
         // Control restarted: a new session gets every kept minute.
-        assert_eq!(requests(&table.report(101, 2)), 4);
+        assert_eq!(requests(&table.report(101, 2)), (4, 4));
         // Minutes older than KEPT_MINUTES are gone.
         assert!(table.report(101 + KEPT_MINUTES, 3).is_empty());
     }
@@ -314,7 +331,12 @@ mod tests {
         table.opened(10, "tun_t");
         table.closed(10, "tun_t", 5, 7);
         let points = table.report(12, 1);
-        let at = |m: u64| points.iter().find(|p| p.minute == m).map(|p| &p.counts);
+        let at = |m: u64| {
+            let point = points.iter().find(|p| p.minute == m && p.tunnel_id == "tun_t");
+            point.map(|p| &p.counts)
+        };
+        let all = points.iter().find(|p| p.minute == 12 && p.tunnel_id == ALL_TUNNELS);
+        assert_eq!(all.unwrap().counts.open_max, 1);
         assert_eq!(at(10).unwrap().connections, 2);
         assert_eq!(at(10).unwrap().open_max, 2);
         assert_eq!(at(10).unwrap().bytes_out, 7);

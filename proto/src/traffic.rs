@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 /// Seconds in one point of the finest series.
 pub const MINUTE_SECONDS: u64 = 60;
 
+/// The tunnel id under which a gateway reports the sum of all its tunnels: a fleet's or a
+/// gateway's totals are then one series to read, not one per tunnel.
+pub const ALL_TUNNELS: &str = "*";
+
 /// What one tunnel moved on one gateway during one minute.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficCounts {

@@ -35,6 +35,13 @@ pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Create `dir` (and its parents) if needed and make it 0700; a directory found open to
 /// others is closed and the change logged.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    // Created 0700, so a new directory is never open to others, even for a moment.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    #[cfg(not(unix))]
     fs::create_dir_all(dir)?;
     restrict(dir, 0o700)
 }

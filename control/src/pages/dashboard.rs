@@ -4,6 +4,8 @@ use super::layout;
 use crate::auth::UserRecord;
 use crate::hub::Hub;
 use crate::model::{CertState, State};
+use crate::traffic::series::Series;
+use kakuremichi_proto::traffic::TrafficCounts;
 use kakuremichi_proto::ids::NodeKind;
 use maud::{html, Markup};
 
@@ -16,12 +18,28 @@ pub struct Overview {
     pub certificates_valid: usize,
     /// What needs a look, worst first.
     pub attention: Vec<String>,
+    /// Every tunnel's traffic over the last day.
+    pub traffic: Series,
 }
+
+/// A tunnel needs a look when at least this share of its recent answers were 5xx…
+const ERROR_SHARE: f64 = 0.1;
+/// …of at least this many requests, over [`RECENT_MINUTES`].
+const ERROR_MIN_REQUESTS: u64 = 20;
+/// The minutes the dashboard looks back for tunnels that answer errors.
+pub const RECENT_MINUTES: u64 = 15;
 
 impl Overview {
     /// Online and total per node kind, tunnels, and problems: nodes offline or degraded,
     /// tunnels whose origin fails, certificates failing, expiring or missing (every issuer).
-    pub fn of(state: &State, hub: &Hub) -> Overview {
+    /// `recent` is what tunnels moved over the last [`RECENT_MINUTES`]: those answering
+    /// mostly errors, or not at all, are problems too.
+    pub fn of(
+        state: &State,
+        hub: &Hub,
+        recent: &[(String, TrafficCounts)],
+        traffic: Series,
+    ) -> Overview {
         let fleet = crate::fleet::Fleet::now(hub, state);
         let count = |kind| {
             let nodes: Vec<_> = state.nodes.iter().filter(|n| n.kind == kind).collect();
@@ -80,7 +98,23 @@ impl Overview {
                 ));
             }
         }
+        for (tunnel, counts) in recent {
+            let Ok(tunnel) = state.tunnel(tunnel) else {
+                continue;
+            };
+            let (requests, errors) = (counts.requests(), counts.status[4]);
+            if requests >= ERROR_MIN_REQUESTS && errors as f64 >= ERROR_SHARE * requests as f64 {
+                attention.push(format!(
+                    "Tunnel {} answered {:.0} % of {requests} requests with 5xx in the last \
+                     {RECENT_MINUTES} minutes ({} got no answer from any agent)",
+                    tunnel.label(),
+                    100.0 * errors as f64 / requests as f64,
+                    counts.failed_total()
+                ));
+            }
+        }
         Overview {
+            traffic,
             agents: count(NodeKind::Agent),
             gateways: count(NodeKind::Gateway),
             tunnels: state.tunnels.len(),
@@ -144,6 +178,7 @@ pub fn page(user: &UserRecord, csrf: &str, overview: &Overview) -> Markup {
                     }
                 }
             }
+            div.card { (super::charts::traffic(&overview.traffic, "/")) }
         },
     )
 }

@@ -173,6 +173,8 @@ pub struct Detail<'a> {
     pub name_error: Option<&'a str>,
     /// Why the last action was refused.
     pub refusal: Option<&'a str>,
+    /// Agents: their tunnels' traffic; gateways: what went through them.
+    pub traffic: crate::traffic::series::Series,
 }
 
 pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> Markup {
@@ -216,6 +218,7 @@ pub fn detail_page(user: &UserRecord, csrf: &str, detail: &Detail, now: u64) -> 
                     }
                 }
             }
+            div.card { (super::charts::traffic(&detail.traffic, &base)) }
             @if admin {
                 h2 { "Manage" }
                 div.card {

@@ -19,7 +19,7 @@ use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
     decode, encode, ControlMessage, DigestedCertificate, Hello, NodeMessage,
 };
-use kakuremichi_proto::traffic::TrafficPoint;
+use kakuremichi_proto::traffic::{TrafficPoint, ALL_TUNNELS};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,7 +210,7 @@ impl Speaker<'_> {
         let Some(state) = self.control.store.last_shared_state() else {
             return;
         };
-        points.retain(|p| state.tunnel(&p.tunnel_id).is_ok());
+        points.retain(|p| p.tunnel_id == ALL_TUNNELS || state.tunnel(&p.tunnel_id).is_ok());
         self.control
             .traffic
             .submit(self.node_id, self.instance, points);

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::model::State;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
-use kakuremichi_proto::traffic::{TrafficCounts, TrafficPoint, MINUTE_SECONDS};
+use kakuremichi_proto::traffic::{TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS};
 use series::{Accumulator, Range, Series};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -216,16 +216,39 @@ impl TrafficStore {
         range: Range,
         now: u64,
     ) -> Result<Series, Error> {
-        let all = state.tunnels.iter().map(|t| t.id.as_str());
         match scope {
             Scope::Tunnel(id) => self.series([state.tunnel(id)?.id.as_str()], None, range, now),
             Scope::Agent(id) => {
                 let tunnels = state.tunnels_of_agent(id).map(|t| t.id.as_str());
                 self.series(tunnels, None, range, now)
             }
-            Scope::Gateway(id) => self.series(all, Some(id), range, now),
-            Scope::All => self.series(all, None, range, now),
+            Scope::Gateway(id) => self.series([ALL_TUNNELS], Some(id), range, now),
+            Scope::All => self.series([ALL_TUNNELS], None, range, now),
         }
+    }
+
+    /// What each of `tunnels` moved over the `minutes` minutes up to `now`, through every
+    /// gateway; tunnels that moved nothing are left out.
+    pub fn recent<'a>(
+        &self,
+        tunnels: impl IntoIterator<Item = &'a str>,
+        minutes: u64,
+        now: u64,
+    ) -> Result<Vec<(String, TrafficCounts)>, Error> {
+        let rtxn = self.tables.env.read_txn()?;
+        let mut recent = Vec::new();
+        for tunnel in tunnels {
+            let (start, end) = (key(tunnel, now + 1 - minutes.min(now + 1), ""), key(tunnel, now + 1, ""));
+            let bounds = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
+            let mut sum = TrafficCounts::default();
+            for entry in self.tables.minutes.range(&rtxn, &bounds)? {
+                sum.add(&decode_counts(entry?.1)?);
+            }
+            if !sum.is_empty() {
+                recent.push((tunnel.to_string(), sum));
+            }
+        }
+        Ok(recent)
     }
 
     /// Records kept: (minute records, hour records), and the bytes of the environment's file.
@@ -262,8 +285,9 @@ pub enum Scope<'a> {
     Tunnel(&'a str),
     /// The tunnels an agent serves (with replicas, those it shares too).
     Agent(&'a str),
-    /// Every tunnel, through one gateway.
+    /// Every tunnel (deleted ones too), through one gateway.
     Gateway(&'a str),
+    /// Every tunnel (deleted ones too), through every gateway.
     All,
 }
 

@@ -8,6 +8,8 @@ use crate::error::Error;
 use crate::model::{NodeRecord, State};
 use crate::pages::{self, nodes};
 use crate::routes::{FormResult, PageResult};
+use crate::traffic::series::Range;
+use crate::traffic::{this_minute, Scope};
 use hyper::Response;
 use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_rt::http::Body;
@@ -80,6 +82,15 @@ fn node_page(page: &Page, state: &State, kind: NodeKind, notes: Notes) -> PageRe
         name: notes.name.map_or(node.name.as_str(), |(value, _)| value),
         name_error: notes.name.map(|(_, error)| error),
         refusal: notes.refusal,
+        traffic: (page.control.traffic).series_of(
+            state,
+            match kind {
+                NodeKind::Agent => Scope::Agent(id),
+                NodeKind::Gateway => Scope::Gateway(id),
+            },
+            Range::parse(page.query("range").as_deref())?,
+            this_minute(),
+        )?,
     };
     let status = match (&notes.name, &notes.refusal) {
         (Some(_), _) => 400,

@@ -16,7 +16,14 @@ use crate::Control;
 use kakuremichi_proto::ids::NodeKind;
 
 pub fn dashboard(page: &Page) -> PageResult {
-    let overview = pages::dashboard::Overview::of(&*page.state()?, &page.control.hub);
+    let state = page.state()?;
+    let traffic = &page.control.traffic;
+    let now = this_minute();
+    let ids = || state.tunnels.iter().map(|t| t.id.as_str());
+    let recent = traffic.recent(ids(), pages::dashboard::RECENT_MINUTES, now)?;
+    let range = Range::parse(Some(page.query("range").as_deref().unwrap_or("24h")))?;
+    let series = traffic.series_of(&state, Scope::All, range, now)?;
+    let overview = pages::dashboard::Overview::of(&state, &page.control.hub, &recent, series);
     let (user, csrf) = page.who();
     Ok((200, pages::dashboard::page(user, csrf, &overview)))
 }
