@@ -93,12 +93,17 @@ fn chart(title: &str, series: &Series, lines: &[Line], label: fn(f64) -> String)
                 pen_down = false;
                 continue;
             };
-            let x = WIDTH * i as f64 / steps;
+            // Inset by the line's width: a dot at either end is drawn whole.
+            let x = 3.0 + (WIDTH - 6.0) * i as f64 / steps;
             let y = match top > 0.0 {
                 true => HEIGHT - 2.0 - (HEIGHT - 4.0) * value / top,
                 false => HEIGHT - 2.0,
             };
-            let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_down { "L" } else { "M" });
+            // A step alone between gaps is a dot: a zero-length line with round caps.
+            match pen_down {
+                true => _ = write!(path, "L{x:.1},{y:.1} "),
+                false => _ = write!(path, "M{x:.1},{y:.1} h0 "),
+            }
             pen_down = true;
         }
         let _ = write!(svg, r#"<path class="{}" d="{}"/>"#, line.class, path.trim_end());
