@@ -200,8 +200,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
 /// ([`server::answer`] answers a request without a socket).
 pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Control>, Error> {
     let store = Arc::new(store::Store::open(&settings.data_dir, settings.overlay)?);
-    let traffic =
-        traffic::TrafficStore::open(&settings.data_dir.join("traffic"), settings.traffic_retention)?;
+    let traffic = traffic::TrafficStore::open(
+        &settings.data_dir.join("traffic"),
+        settings.traffic_retention,
+    )?;
     let public_url = settings
         .public_url
         .unwrap_or_else(|| format!("http://{local}"));

@@ -400,9 +400,9 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            traffic: gateway.traffic.with(|table| {
-                table.report(traffic::this_minute(), gateway.link.sessions())
-            }),
+            traffic: gateway
+                .traffic
+                .with(|table| table.report(traffic::this_minute(), gateway.link.sessions())),
             ..link::netstack_status(
                 gateway.config_version.load(Ordering::Relaxed),
                 &gateway.stack,

@@ -170,7 +170,15 @@ async fn pass_through_or_keep(
     let Some(upstream) = sni.and_then(|sni| gateway.passthrough.lookup(&sni)) else {
         return Some((stream, already_read));
     };
-    if let Err(e) = ports::splice((&gateway.dialer, &gateway.traffic), &upstream, stream, peer, &already_read).await {
+    if let Err(e) = ports::splice(
+        (&gateway.dialer, &gateway.traffic),
+        &upstream,
+        stream,
+        peer,
+        &already_read,
+    )
+    .await
+    {
         log::debug!(
             "tunnel {}: passthrough from {peer}: {e}",
             upstream.tunnel_id

@@ -8,10 +8,9 @@
 //! Dropping a port's entry closes its listener and every connection or flow through it.
 
 use crate::drain::Drain;
-use crate::traffic::{Outcome, Traffic};
-use kakuremichi_proto::traffic::Failure;
 use crate::front::TrustedFronts;
 use crate::replicas::AgentDialer;
+use crate::traffic::{OpenConnection, Outcome, Traffic};
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use kakuremichi_netstack::TcpStream;
@@ -19,6 +18,7 @@ use kakuremichi_proto::datagrams::{self, Frame};
 use kakuremichi_proto::messages::{PortRoute, Upstream};
 use kakuremichi_proto::ports::{PortPolicy, PortRange, Transport};
 use kakuremichi_proto::proxy_protocol;
+use kakuremichi_proto::traffic::Failure;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
@@ -175,6 +175,8 @@ impl PortListeners {
                     upstream: upstream.clone(),
                     metrics,
                     flows: Arc::new(Mutex::new(flows)),
+                    traffic: self.traffic.clone(),
+                    counted: Mutex::default(),
                 };
                 kakuremichi_rt::spawn(relay.run(self.settings.udp_idle_timeout))
             }
@@ -231,7 +233,8 @@ async fn accept_tcp(
                         Ok(from) => from,
                         Err(e) => return log::debug!("front {peer}: {e}"),
                     };
-                    let spliced = async { splice((&agents, &traffic), &upstream, client, from, &[]).await };
+                    let spliced =
+                        async { splice((&agents, &traffic), &upstream, client, from, &[]).await };
                     let cut = async {
                         cut.await;
                         Ok(())
@@ -375,6 +378,9 @@ struct UdpRelay {
     upstream: Arc<RwLock<Upstream>>,
     metrics: Arc<PortMetrics>,
     flows: Arc<Mutex<Flows>>,
+    traffic: Traffic,
+    /// Each flow counted as a connection of the tunnel while it lasts.
+    counted: Mutex<HashMap<u32, OpenConnection>>,
 }
 
 impl UdpRelay {
@@ -390,6 +396,9 @@ impl UdpRelay {
                     .udp_datagrams_in
                     .fetch_add(1, Ordering::Relaxed);
                 let flow = self.lock_flows().flow_of(client, Instant::now());
+                if let Some(flow) = flow {
+                    self.count(flow, len as u64, 0);
+                }
                 let mut frame = Vec::with_capacity(datagrams::FRAME_HEADER + len);
                 let framed = flow.map(|flow| datagrams::encode(flow, &buffer[..len], &mut frame));
                 if !matches!(framed, Some(Ok(()))) || to_agent.try_send(frame).is_err() {
@@ -401,6 +410,11 @@ impl UdpRelay {
             loop {
                 Timer::after(idle_timeout / 4).await;
                 let ended = self.lock_flows().expire(Instant::now() - idle_timeout);
+                let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+                for flow in &ended {
+                    counted.remove(flow);
+                }
+                drop(counted);
                 for flow in ended {
                     let mut frame = Vec::new();
                     datagrams::encode_end(flow, &mut frame);
@@ -434,6 +448,10 @@ impl UdpRelay {
                 }
                 // The agent forgot every flow with the connection.
                 self.lock_flows().clear();
+                self.counted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
         };
         future::or(future::or(receive, expire), carry).await
@@ -441,6 +459,17 @@ impl UdpRelay {
 
     fn lock_flows(&self) -> std::sync::MutexGuard<'_, Flows> {
         self.flows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a datagram of `flow` in the tunnel's traffic; a new flow is a new connection.
+    fn count(&self, flow: u32, bytes_in: u64, bytes_out: u64) {
+        let upstream = self.upstream.read().unwrap_or_else(|p| p.into_inner());
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        counted
+            .entry(flow)
+            .or_insert_with(|| self.traffic.connection(&upstream.tunnel_id));
+        drop(counted);
+        self.traffic.moved(&upstream.tunnel_id, bytes_in, bytes_out);
     }
 
     /// Send queued frames on `carrier` and replies back to clients until it fails.
@@ -485,6 +514,7 @@ impl UdpRelay {
                     let client = self.lock_flows().client_of(flow);
                     if let Some(client) = client {
                         if self.socket.send_to(datagram, client).await.is_ok() {
+                            self.count(flow, 0, datagram.len() as u64);
                             self.metrics
                                 .udp_datagrams_out
                                 .fetch_add(1, Ordering::Relaxed);

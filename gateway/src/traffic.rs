@@ -7,11 +7,11 @@
 //! anyway. Control keeps the latest counts per gateway process and minute, so a repeat
 //! changes nothing. Time is passed in as a minute number: the table is plain data.
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use kakuremichi_proto::traffic::{
     Denial, Failure, TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS,
 };
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +161,16 @@ impl Traffic {
         }
     }
 
+    /// Bytes `tunnel` moved outside a request or a connection's end (a udp datagram).
+    pub fn moved(&self, tunnel: &str, bytes_in: u64, bytes_out: u64) {
+        self.with(|t| {
+            t.count(this_minute(), tunnel, |c| {
+                c.bytes_in += bytes_in;
+                c.bytes_out += bytes_out;
+            })
+        });
+    }
+
     /// A connection to `tunnel` the rules turned away, or that no agent took.
     pub fn refused(&self, tunnel: &str, outcome: Outcome) {
         self.with(|t| t.count(this_minute(), tunnel, |c| outcome.count(c)));
@@ -297,7 +307,9 @@ mod tests {
     /// Requests of every tunnel in `points`, and of the gateway's totals.
     fn requests(points: &[TrafficPoint]) -> (u64, u64) {
         let of = |all: bool| {
-            let points = points.iter().filter(|p| (p.tunnel_id == ALL_TUNNELS) == all);
+            let points = points
+                .iter()
+                .filter(|p| (p.tunnel_id == ALL_TUNNELS) == all);
             points.map(|p| p.counts.requests()).sum()
         };
         (of(false), of(true))
@@ -315,9 +327,19 @@ mod tests {
         table.count(101, "tun_a", |c| c.answered(200));
         table.count(100, "tun_a", |c| c.answered(200));
         let second = table.report(101, 1);
-        assert_eq!(second.len(), 4, "minute 100 again (whole) and minute 101, with totals");
-        let a100 = second.iter().find(|p| p.minute == 100 && p.tunnel_id == "tun_a").unwrap();
-        assert_eq!(a100.counts.status[1], 2, "the minute's whole count, not an increment");
+        assert_eq!(
+            second.len(),
+            4,
+            "minute 100 again (whole) and minute 101, with totals"
+        );
+        let a100 = second
+            .iter()
+            .find(|p| p.minute == 100 && p.tunnel_id == "tun_a")
+            .unwrap();
+        assert_eq!(
+            a100.counts.status[1], 2,
+            "the minute's whole count, not an increment"
+        );
         // Control restarted: a new session gets every kept minute.
         assert_eq!(requests(&table.report(101, 2)), (4, 4));
         // Minutes older than KEPT_MINUTES are gone.
@@ -332,10 +354,14 @@ mod tests {
         table.closed(10, "tun_t", 5, 7);
         let points = table.report(12, 1);
         let at = |m: u64| {
-            let point = points.iter().find(|p| p.minute == m && p.tunnel_id == "tun_t");
+            let point = points
+                .iter()
+                .find(|p| p.minute == m && p.tunnel_id == "tun_t");
             point.map(|p| &p.counts)
         };
-        let all = points.iter().find(|p| p.minute == 12 && p.tunnel_id == ALL_TUNNELS);
+        let all = points
+            .iter()
+            .find(|p| p.minute == 12 && p.tunnel_id == ALL_TUNNELS);
         assert_eq!(all.unwrap().counts.open_max, 1);
         assert_eq!(at(10).unwrap().connections, 2);
         assert_eq!(at(10).unwrap().open_max, 2);

@@ -256,7 +256,10 @@ mod tests {
         for q in [0.5, 0.9, 0.95, 0.99] {
             let exact = all[(q * all.len() as f64).ceil() as usize - 1] as f64;
             let read = merged.quantile(q).unwrap() as f64;
-            assert!((read - exact).abs() / exact <= 0.0625, "q{q}: {read} vs {exact}");
+            assert!(
+                (read - exact).abs() / exact <= 0.0625,
+                "q{q}: {read} vs {exact}"
+            );
         }
         assert!(merged.is_valid());
         assert_eq!(Histogram::default().quantile(0.5), None);

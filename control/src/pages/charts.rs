@@ -83,7 +83,10 @@ fn chart(title: &str, series: &Series, lines: &[Line], label: fn(f64) -> String)
     );
     for y in [0.25, 0.5, 0.75] {
         let y = HEIGHT * y;
-        let _ = write!(svg, r#"<line class="grid" x1="0" x2="{WIDTH}" y1="{y}" y2="{y}"/>"#);
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="0" x2="{WIDTH}" y1="{y}" y2="{y}"/>"#
+        );
     }
     for line in lines {
         let mut path = String::new();
@@ -106,7 +109,12 @@ fn chart(title: &str, series: &Series, lines: &[Line], label: fn(f64) -> String)
             }
             pen_down = true;
         }
-        let _ = write!(svg, r#"<path class="{}" d="{}"/>"#, line.class, path.trim_end());
+        let _ = write!(
+            svg,
+            r#"<path class="{}" d="{}"/>"#,
+            line.class,
+            path.trim_end()
+        );
     }
     svg.push_str("</svg>");
     html! {

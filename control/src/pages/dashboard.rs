@@ -5,8 +5,8 @@ use crate::auth::UserRecord;
 use crate::hub::Hub;
 use crate::model::{CertState, State};
 use crate::traffic::series::Series;
-use kakuremichi_proto::traffic::TrafficCounts;
 use kakuremichi_proto::ids::NodeKind;
+use kakuremichi_proto::traffic::TrafficCounts;
 use maud::{html, Markup};
 
 /// Counts and problems drawn from the store and the live sessions.

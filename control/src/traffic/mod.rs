@@ -191,7 +191,10 @@ impl TrafficStore {
                 Bound::Included(key(tunnel, from, "")),
                 Bound::Excluded(key(tunnel, to, "")),
             );
-            let bounds = (bounds.0.as_ref().map(Vec::as_slice), bounds.1.as_ref().map(Vec::as_slice));
+            let bounds = (
+                bounds.0.as_ref().map(Vec::as_slice),
+                bounds.1.as_ref().map(Vec::as_slice),
+            );
             for table in [&self.tables.minutes, &self.tables.hours] {
                 for entry in table.range(&rtxn, &bounds)? {
                     let (k, v) = entry?;
@@ -238,8 +241,14 @@ impl TrafficStore {
         let rtxn = self.tables.env.read_txn()?;
         let mut recent = Vec::new();
         for tunnel in tunnels {
-            let (start, end) = (key(tunnel, now + 1 - minutes.min(now + 1), ""), key(tunnel, now + 1, ""));
-            let bounds = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
+            let (start, end) = (
+                key(tunnel, now + 1 - minutes.min(now + 1), ""),
+                key(tunnel, now + 1, ""),
+            );
+            let bounds = (
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            );
             let mut sum = TrafficCounts::default();
             for entry in self.tables.minutes.range(&rtxn, &bounds)? {
                 sum.add(&decode_counts(entry?.1)?);
@@ -404,7 +413,10 @@ impl Tables {
         before: u64,
     ) -> Result<Vec<Vec<u8>>, Error> {
         let (start, end) = (key(tunnel, 0, ""), key(tunnel, before, ""));
-        let bounds = (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()));
+        let bounds = (
+            Bound::Included(start.as_slice()),
+            Bound::Excluded(end.as_slice()),
+        );
         let mut keys = Vec::new();
         for entry in table.range(txn, &bounds)? {
             keys.push(entry?.0.to_vec());

@@ -181,7 +181,11 @@ impl Accumulator {
                 total.add(counts);
                 let open_max = open.values().copied().max().unwrap_or(0);
                 total_open = total_open.max(open_max);
-                Point::of(self.from * MINUTE_SECONDS + i as u64 * step_seconds, counts, open_max)
+                Point::of(
+                    self.from * MINUTE_SECONDS + i as u64 * step_seconds,
+                    counts,
+                    open_max,
+                )
             })
             .collect();
         Series {

@@ -38,7 +38,11 @@ fn a_repeated_report_changes_nothing_and_a_restarted_gateway_adds() {
     let (store, _dir) = store();
     let now = 29_000_000;
     let report = |instance: u64, requests: u64| {
-        ("gw_1".to_string(), instance, vec![point("tun_a", now, requests)])
+        (
+            "gw_1".to_string(),
+            instance,
+            vec![point("tun_a", now, requests)],
+        )
     };
     store.write_now(vec![report(1, 10), report(1, 10)]).unwrap();
     store.write_now(vec![report(1, 20)]).unwrap(); // the minute grew
@@ -47,9 +51,18 @@ fn a_repeated_report_changes_nothing_and_a_restarted_gateway_adds() {
     assert_eq!(series.totals.requests, 25);
     assert_eq!(series.points.last().unwrap().requests, 25);
     assert_eq!(series.totals.status_5xx, 2 + 1);
-    let other = store.series(["tun_a"], Some("gw_2"), Range::Hour, now).unwrap();
+    let other = store
+        .series(["tun_a"], Some("gw_2"), Range::Hour, now)
+        .unwrap();
     assert_eq!(other.totals.requests, 0);
-    assert_eq!(store.series(["tun_b"], None, Range::Hour, now).unwrap().totals.requests, 0);
+    assert_eq!(
+        store
+            .series(["tun_b"], None, Range::Hour, now)
+            .unwrap()
+            .totals
+            .requests,
+        0
+    );
 }
 
 /// Three days of minutes from two gateways, rolled up every simulated hour with the
@@ -74,19 +87,30 @@ fn minutes_become_hours_and_both_stay_within_their_bounds() {
         let now = start + (hour + 1) * 60 - 1;
         store.roll_up(now, retention).unwrap();
         let (minutes, _, _) = store.size().unwrap();
-        assert!(minutes <= 2 * (retention.minutes + 60), "{minutes} minute records");
+        assert!(
+            minutes <= 2 * (retention.minutes + 60),
+            "{minutes} minute records"
+        );
     }
     let now = start + days - 1;
     let (minutes, hours, _) = store.size().unwrap();
     assert!(hours > 0 && minutes > 0);
     let week = store.series(["tun_a"], None, Range::Week, now).unwrap();
-    assert_eq!(week.totals.requests, sent, "every request once, minutes and hours together");
+    assert_eq!(
+        week.totals.requests, sent,
+        "every request once, minutes and hours together"
+    );
     assert_eq!(week.totals.bytes_in, 100 * sent);
-    assert_eq!(week.totals.open_max, 6, "two gateways' 3 open side by side, not summed over time");
+    assert_eq!(
+        week.totals.open_max, 6,
+        "two gateways' 3 open side by side, not summed over time"
+    );
     let p99 = week.totals.p99_ms.unwrap();
     assert!((p99 - 1.003).abs() < 0.07, "{p99}");
     // 90 days on, everything is gone.
-    store.roll_up(now + retention.hours + 24 * 60, retention).unwrap();
+    store
+        .roll_up(now + retention.hours + 24 * 60, retention)
+        .unwrap();
     assert_eq!(store.size().unwrap().0 + store.size().unwrap().1, 0);
 }
 

@@ -46,7 +46,8 @@ pub fn detail(page: &Page) -> PageResult {
     let state = page.state()?;
     state.tunnel(id)?;
     let range = Range::parse(page.query("range").as_deref())?;
-    let series = (page.control.traffic).series_of(&state, Scope::Tunnel(id), range, this_minute())?;
+    let series =
+        (page.control.traffic).series_of(&state, Scope::Tunnel(id), range, this_minute())?;
     let rows = pages::tunnels::rows(&state, &page.control.hub, "", auth::unix_now());
     let row = rows
         .iter()
