@@ -132,5 +132,8 @@ fn metrics(gateway: &Gateway) -> String {
     let version = gateway.config_version.load(Ordering::Relaxed);
     kakuremichi_nodelink::link::read_node_metrics(&mut readings, version, &gateway.stack);
     gateway.link.read_metrics(&mut readings);
+    gateway
+        .traffic
+        .with(|table| table.read_metrics(&mut readings));
     readings.encode()
 }

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use kakuremichi_proto::traffic::{
     Denial, Failure, TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS,
 };
+use kakuremichi_rt::metrics::Readings;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,15 @@ pub struct TrafficTable {
     open: HashMap<String, u64>,
     /// The Control session the last report went out on.
     reported_on: Option<u64>,
+    /// Everything counted since the gateway started, per tunnel, for `/metrics`: at most
+    /// [`METRIC_TUNNELS`] tunnels, the rest together as [`OTHER_TUNNELS`].
+    totals: HashMap<String, TrafficCounts>,
 }
+
+/// The most tunnels `/metrics` names one by one (ten series each): 10,000 series at most.
+pub const METRIC_TUNNELS: usize = 1_000;
+/// The `tunnel` label of every tunnel beyond [`METRIC_TUNNELS`].
+pub const OTHER_TUNNELS: &str = "other";
 
 impl TrafficTable {
     /// Change `tunnel`'s counts for `minute`, and the gateway's totals.
@@ -41,7 +50,18 @@ impl TrafficTable {
         self.apply(minute, ALL_TUNNELS, &change);
     }
 
-    fn apply(&mut self, minute: u64, tunnel: &str, change: impl FnOnce(&mut TrafficCounts)) {
+    fn apply(&mut self, minute: u64, tunnel: &str, change: impl Fn(&mut TrafficCounts)) {
+        if tunnel != ALL_TUNNELS {
+            let known = self.totals.contains_key(tunnel);
+            let key = match known || self.totals.len() < METRIC_TUNNELS {
+                true => tunnel,
+                false => OTHER_TUNNELS,
+            };
+            match self.totals.get_mut(key) {
+                Some(total) => change(total),
+                None => change(self.totals.entry(key.to_string()).or_default()),
+            }
+        }
         let counts = self.minutes.entry(minute).or_default();
         let counts = match counts.get_mut(tunnel) {
             Some(counts) => counts,
@@ -119,6 +139,65 @@ impl TrafficTable {
                 })
             })
             .collect()
+    }
+}
+
+impl TrafficTable {
+    /// Each tunnel's counts since start, and the connections open now, as `/metrics` shows
+    /// them (labelled `tunnel`).
+    pub fn read_metrics(&self, readings: &mut Readings) {
+        for (tunnel, total) in &self.totals {
+            let labels = |class: &'static str| [("tunnel", tunnel.as_str()), ("class", class)];
+            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .into_iter()
+                .zip(total.status)
+            {
+                readings.counter_with(
+                    "tunnel_requests",
+                    "HTTP answers per tunnel, by status class.",
+                    &labels(class),
+                    n,
+                );
+            }
+            let tunnel = [("tunnel", tunnel.as_str())];
+            readings
+                .counter_with(
+                    "tunnel_received_bytes",
+                    "Bytes from clients per tunnel.",
+                    &tunnel,
+                    total.bytes_in,
+                )
+                .counter_with(
+                    "tunnel_sent_bytes",
+                    "Bytes to clients per tunnel.",
+                    &tunnel,
+                    total.bytes_out,
+                )
+                .counter_with(
+                    "tunnel_connections",
+                    "Connections, udp flows and upgrades per tunnel.",
+                    &tunnel,
+                    total.connections,
+                )
+                .counter_with(
+                    "tunnel_denied",
+                    "Requests and connections access rules turned away.",
+                    &tunnel,
+                    total.denied_total(),
+                )
+                .counter_with(
+                    "tunnel_failed",
+                    "Requests and connections no agent or origin answered.",
+                    &tunnel,
+                    total.failed_total(),
+                )
+                .gauge_with(
+                    "tunnel_open_connections",
+                    "Connections open now.",
+                    &tunnel,
+                    self.open.get(tunnel[0].1).copied().unwrap_or(0),
+                );
+        }
     }
 }
 
@@ -370,5 +449,32 @@ mod tests {
         assert_eq!(at(12).unwrap().connections, 0);
         table.closed(13, "tun_t", 0, 0);
         assert!(table.open.is_empty());
+    }
+
+    #[test]
+    fn metrics_name_a_bounded_number_of_tunnels() {
+        let mut table = TrafficTable::default();
+        for i in 0..METRIC_TUNNELS + 5 {
+            table.count(1, &format!("tun_{i}"), |c| c.answered(200));
+        }
+        table.count(2, "tun_0", |c| c.answered(503));
+        let mut readings = Readings::new("kakuremichi_gateway");
+        table.read_metrics(&mut readings);
+        let text = readings.encode();
+        let families = text
+            .lines()
+            .filter(|l| l.contains("tunnel_sent_bytes_total{"))
+            .count();
+        assert_eq!(families, METRIC_TUNNELS + 1, "the bound and one `other`");
+        assert!(text.contains(
+            r#"kakuremichi_gateway_tunnel_requests_total{tunnel="other",class="2xx"} 5"#
+        ));
+        assert!(text.contains(
+            r#"kakuremichi_gateway_tunnel_requests_total{tunnel="tun_0",class="5xx"} 1"#
+        ));
+        assert!(
+            !text.contains(r#"tunnel="*""#),
+            "the totals are not a tunnel"
+        );
     }
 }

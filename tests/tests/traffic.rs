@@ -3,7 +3,7 @@
 //! Control and the gateways restart (a gateway's repeated reports count once).
 
 use kakuremichi_tests::browser::log_in_admin;
-use kakuremichi_tests::{wait_for, Cluster, ShapedOrigin};
+use kakuremichi_tests::{metric, wait_for, Cluster, ShapedOrigin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
