@@ -66,8 +66,10 @@ impl TrafficTable {
         let counts = match counts.get_mut(tunnel) {
             Some(counts) => counts,
             None => {
-                let mut fresh = TrafficCounts::default();
-                fresh.open_max = self.open.get(tunnel).copied().unwrap_or(0);
+                let fresh = TrafficCounts {
+                    open_max: self.open.get(tunnel).copied().unwrap_or(0),
+                    ..TrafficCounts::default()
+                };
                 counts.entry(tunnel.to_string()).or_insert(fresh)
             }
         };

@@ -130,7 +130,7 @@ fn a_known_load_through_two_gateways_is_counted_exactly_and_survives_restarts() 
             let port = ports[c % 2];
             std::thread::spawn(move || {
                 load(port, "shaped.localhost", REQUESTS / CLIENTS, UPLOAD, |i| {
-                    let status = if (c * REQUESTS / CLIENTS + i) % 10 == 0 {
+                    let status = if (c * REQUESTS / CLIENTS + i).is_multiple_of(10) {
                         502
                     } else {
                         200
@@ -179,6 +179,13 @@ fn a_known_load_through_two_gateways_is_counted_exactly_and_survives_restarts() 
         Some(0),
         "the origin's own 502s are answers: {t}"
     );
+    // Each gateway's /metrics names the tunnel; their 5xx add up to the load's.
+    let sample =
+        format!(r#"kakuremichi_gateway_tunnel_requests_total{{tunnel="{tunnel}",class="5xx"}}"#);
+    let from_metrics: f64 = (0..2)
+        .map(|g| metric(&cluster.gateways[g].metrics(), &sample).unwrap_or(0.0))
+        .sum();
+    assert_eq!(from_metrics, (REQUESTS / 10) as f64);
     let (p50, p99) = (t["p50_ms"].as_f64().unwrap(), t["p99_ms"].as_f64().unwrap());
     assert!(p50 > 0.0 && p99 >= p50, "{t}");
     // Each gateway's share, and the gateway failure counted on the dead tunnel.
@@ -271,7 +278,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
