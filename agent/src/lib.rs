@@ -82,6 +82,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         https_port: None,
         http_port: None,
         allow_targets: Some(settings.allow_targets.text().to_string()),
+        features: &[],
     })
     .await?;
     let status_listener =
@@ -165,6 +166,8 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             ..link::netstack_status(agent.config_version.load(Ordering::Relaxed), &agent.stack)
         }
         },
+        // An agent keeps no request log and never says it does.
+        |_| Vec::new(),
     );
     log::info!(
         "agent started (status on http://{})",

@@ -15,6 +15,7 @@
 //! - [`auth`]: API keys and tokens, users, passwords, browser sessions, login throttling.
 //! - [`pages`] and [`web`]: the browser pages and their handlers.
 //! - [`traffic`]: what gateways report each tunnel moved, kept as minute and hour series.
+//! - [`logs`]: the gateways' request logs, asked for the Logs page and the API.
 //! - [`cli`]: `kakuremichi-control tunnel …`, the tunnel API from a shell.
 //! - [`server`]: the HTTP listener and routing.
 #![deny(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod fleet;
 pub mod hub;
 pub mod install;
 pub mod join;
+pub mod logs;
 pub mod model;
 pub mod openapi;
 pub mod pages;
@@ -72,6 +74,8 @@ pub struct Control {
     pub trusted_proxies: Vec<kakuremichi_proto::access::Cidr>,
     /// What gateways report each tunnel moved, minute by minute.
     pub traffic: traffic::TrafficStore,
+    /// The gateways' request logs, asked through their sessions.
+    pub logs: Arc<logs::LogBroker>,
 }
 
 impl Control {
@@ -271,6 +275,7 @@ pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Contr
         releases,
         trusted_proxies: settings.trusted_proxies,
         traffic,
+        logs: Arc::default(),
     });
     Ok(control)
 }

@@ -44,6 +44,7 @@ const DOCS: &[Doc] = &[
     Doc("POST", "/gateways/{id}/rotate-key", "give a gateway a new API key, shown once; the old key stops working", NOTHING, false),
     Doc("GET", "/gateways/{id}/traffic", "traffic through the gateway, every tunnel, per step of `?range=` 1h (default), 24h, 7d or 90d", NOTHING, false),
     Doc("GET", "/traffic", "traffic of every tunnel through every gateway, per step of `?range=` 1h (default), 24h, 7d or 90d", NOTHING, false),
+    Doc("GET", "/logs", "the latest requests of every gateway's log, newest first; `?tunnel=` id, `status=` 1-5 (the class), `client=` address, `user=` name, `minutes=` back, `limit=` at most 500", NOTHING, false),
     Doc("GET", "/tunnels", "tunnels", NOTHING, false),
     Doc("POST", "/tunnels", "create a tunnel", TUNNEL, true),
     Doc("GET", "/tunnels/{id}", "one tunnel", NOTHING, false),
@@ -121,7 +122,9 @@ fn operations() -> impl Iterator<Item = (&'static str, &'static str, TokenScope)
                 .methods
                 .iter()
                 .filter_map(move |(method, handler)| match handler {
-                    Handler::Api(scope, _) => Some((path, method.as_str(), *scope)),
+                    Handler::Api(scope, _) | Handler::WaitingApi(scope, _) => {
+                        Some((path, method.as_str(), *scope))
+                    }
                     _ => None,
                 })
         })

@@ -65,6 +65,10 @@ type SessionFormFn = Box<dyn Fn(Call, Form, Option<Visitor>) -> Response<Body> +
 type FormFn = Box<dyn Fn(&Page, &Form) -> FormResult + Send + Sync>;
 type ApiFn = Box<dyn Fn(&Call, api::Json) -> ApiResult + Send + Sync>;
 type TokenFn = Box<dyn Fn(&Call) -> Response<Body> + Send + Sync>;
+/// A handler's answer that waits on something (the gateways, for the request log).
+pub type Waiting<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+type WaitingPageFn = Box<dyn Fn(Arc<Page>) -> Waiting<PageResult> + Send + Sync>;
+type WaitingApiFn = Box<dyn Fn(Arc<Call>) -> Waiting<ApiResult> + Send + Sync>;
 
 /// What a route needs before its handler runs, and the handler.
 pub enum Handler {
@@ -84,6 +88,10 @@ pub enum Handler {
     Form(Role, FormFn),
     /// JSON under `/api/v1` with an API token of at least this scope.
     Api(TokenScope, ApiFn),
+    /// A page as [`Handler::Page`] whose answer waits on the gateways.
+    WaitingPage(Role, WaitingPageFn),
+    /// An operation as [`Handler::Api`] (without a body) whose answer waits on the gateways.
+    WaitingApi(TokenScope, WaitingApiFn),
     /// A text answer for an API token of at least this scope (`/metrics`).
     Token(TokenScope, TokenFn),
 }
@@ -113,6 +121,18 @@ fn api(
     f: impl Fn(&Call, api::Json) -> ApiResult + Send + Sync + 'static,
 ) -> Handler {
     Handler::Api(scope, Box::new(f))
+}
+fn waiting_page(
+    role: Role,
+    f: impl Fn(Arc<Page>) -> Waiting<PageResult> + Send + Sync + 'static,
+) -> Handler {
+    Handler::WaitingPage(role, Box::new(f))
+}
+fn waiting_api(
+    scope: TokenScope,
+    f: impl Fn(Arc<Call>) -> Waiting<ApiResult> + Send + Sync + 'static,
+) -> Handler {
+    Handler::WaitingApi(scope, Box::new(f))
 }
 fn token(
     scope: TokenScope,
@@ -242,7 +262,7 @@ fn operations(t: &mut Table) {
 
 #[rustfmt::skip]
 fn pages(t: &mut Table) {
-    use crate::web::{access, account, certificates, login, nodes, tokens, tunnels, users};
+    use crate::web::{access, account, certificates, login, logs, nodes, tokens, tunnels, users};
     use NodeKind::{Agent, Gateway};
     use Role::{Admin, Member};
     // Pages: the way in.
@@ -279,6 +299,9 @@ fn pages(t: &mut Table) {
     }
     t.at("/gateways/{id}/labels").post(form(Admin, nodes::set_labels));
     t.at("/gateways/{id}/draining").post(form(Admin, nodes::set_draining));
+
+    // Pages: what the gateways saw.
+    t.at("/logs").get(waiting_page(Member, |p| Box::pin(logs::page(p))));
 
     // Pages: certificates, people and tokens.
     t.at("/certificates").get(page(Member, certificates::list));
@@ -317,6 +340,7 @@ fn api_v1(t: &mut Table) {
     t.at("/api/v1/tunnels/{id}").get(api(Read, api::tunnels::get)).patch(api(Write, api::tunnels::change)).delete(api(Write, api::tunnels::delete));
     t.at("/api/v1/tunnels/{id}/traffic").get(api(Read, api::traffic::of_tunnel));
     t.at("/api/v1/traffic").get(api(Read, api::traffic::of_all));
+    t.at("/api/v1/logs").get(waiting_api(Read, |c| Box::pin(api::logs::query(c))));
     t.at("/api/v1/tunnels/{id}/service-tokens").get(api(Read, api::tunnels::service_tokens)).post(api(Write, api::tunnels::add_service_token));
     t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}").delete(api(Write, api::tunnels::revoke_service_token));
     t.at("/api/v1/access/rotate-keys").post(api(Write, api::tunnels::rotate_access_keys));
@@ -382,6 +406,8 @@ pub async fn dispatch(
             Err(refused) => refused,
         },
         Handler::Api(scope, f) => api::serve(call, body, *scope, f).await,
+        Handler::WaitingPage(role, f) => web::serve_waiting_page(call, *role, f).await,
+        Handler::WaitingApi(scope, f) => api::serve_waiting(call, *scope, f).await,
         Handler::Token(scope, f) => match api::authorize(&call, *scope) {
             Ok(()) => f(&call),
             Err(e) => api::error_response(&e),

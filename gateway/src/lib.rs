@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod drain;
@@ -42,6 +43,7 @@ pub mod pool;
 pub mod ports;
 pub mod proxy;
 pub mod replicas;
+pub mod request_log;
 pub mod routes;
 pub mod tls;
 pub mod traffic;
@@ -77,6 +79,9 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A file the settings name could not be opened.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the gateway is told at start.
@@ -113,6 +118,13 @@ pub struct Settings {
     /// Where agents whose network drops UDP carry WireGuard over TCP (the WireGuard
     /// endpoint's port, over TCP); `None`: nowhere.
     pub wireguard_tcp_listen: Option<SocketAddr>,
+    /// Count each tunnel's traffic for Control and `/metrics`, and log its requests (off
+    /// only to measure what that costs).
+    pub count_traffic: bool,
+    /// Requests kept per tunnel for Control's Logs page.
+    pub request_log_entries: usize,
+    /// Where each request is also written as a JSON line, and how that file rotates.
+    pub access_log: Option<(std::path::PathBuf, access_log::Rotation)>,
 }
 
 /// WireGuard-over-TCP (and over-TLS) carriers open at once.
@@ -301,6 +313,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
         https_port: Some(settings.https_public_port),
         http_port: Some(settings.http_public_port),
         allow_targets: None,
+        features: &[kakuremichi_proto::request_log::FEATURE],
     })
     .await?;
     let http = listen(settings.http_listen)?;
@@ -331,7 +344,15 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
     let admin = listen(settings.admin_listen)?;
     let (stack, snapshots, state_dir) = (node.stack, node.snapshots, node.link.state_dir.clone());
     let port_metrics = Arc::new(ports::PortMetrics::default());
-    let traffic = traffic::Traffic::default();
+    let access_log = match &settings.access_log {
+        Some((path, rotation)) => Some(
+            access_log::AccessLog::open(path, *rotation)
+                .map_err(|e| Error::Config(format!("--access-log {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let requests = request_log::RequestLog::new(settings.request_log_entries, access_log);
+    let traffic = traffic::Traffic::new(settings.count_traffic, requests);
     let drain = Arc::new(drain::Drain::new(settings.drain_timeout));
     let replica_health = Arc::new(replicas::ReplicaHealth::default());
     let dialer = replicas::AgentDialer {
@@ -408,6 +429,7 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
                 &gateway.stack,
             )
         },
+        |query| gateway.traffic.log.query(query),
     );
     let answer_probes = kakuremichi_nodelink::node::answer_health_probes(&gateway.stack)?;
     let probe_gateway = gateway.clone();

@@ -62,6 +62,25 @@ struct Args {
         default = "kakuremichi_gateway::body::BODY_IDLE_TIMEOUT.as_secs()"
     )]
     body_idle_timeout: u64,
+    /// count each tunnel's requests, bytes and latency for Control's charts and /metrics:
+    /// on (default) or off
+    #[argh(option, default = "String::from(\"on\")")]
+    traffic_counts: String,
+    /// requests kept per tunnel for Control's Logs page (default 1000; 0 keeps none)
+    #[argh(
+        option,
+        default = "kakuremichi_gateway::request_log::DEFAULT_PER_TUNNEL"
+    )]
+    request_log_entries: usize,
+    /// also write each request as a JSON line to this file (0600), rotated by size
+    #[argh(option)]
+    access_log: Option<std::path::PathBuf>,
+    /// size in MB at which --access-log is rotated (default 10)
+    #[argh(option, default = "10")]
+    access_log_max_mb: u64,
+    /// rotated --access-log files kept (default 5)
+    #[argh(option, default = "5")]
+    access_log_keep: usize,
     /// public TCP ports tcp tunnels may take, e.g. 10000-20000,5432 (default: any port the
     /// gateway's own listeners do not use)
     #[argh(option, default = "String::from(\"1-65535\")")]
@@ -180,6 +199,19 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         body_idle_timeout: std::time::Duration::from_secs(args.body_idle_timeout.max(1)),
+        request_log_entries: args.request_log_entries,
+        access_log: args.access_log.map(|path| {
+            let rotation = kakuremichi_gateway::access_log::Rotation {
+                max_bytes: args.access_log_max_mb.max(1) << 20,
+                keep: args.access_log_keep,
+            };
+            (path, rotation)
+        }),
+        count_traffic: match args.traffic_counts.as_str() {
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!("--traffic-counts: {other:?} is neither on nor off"),
+        },
         ports: PortSettings {
             udp_idle_timeout: std::time::Duration::from_secs(args.udp_idle_timeout.max(1)),
             udp_flows: args.udp_flows.max(1),

@@ -17,6 +17,7 @@ use hyper::header::{
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_proto::path::PathRefused;
+use kakuremichi_proto::request_log::{kept_path, LogEntry};
 use kakuremichi_proto::traffic::{Denial, Failure};
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
@@ -74,9 +75,30 @@ pub async fn handle(
             None => pages::not_found(&host),
         };
     };
-    let mut meter = gateway.traffic.request(&route.tunnel_id);
-    let (response, outcome) =
-        through_tunnel(&gateway, route, request, client, scheme, &host, &mut meter).await;
+    let entry = LogEntry {
+        time_ms: kakuremichi_rt::unix_now_ms(),
+        tunnel_id: route.tunnel_id.clone(),
+        client: client.ip().to_string(),
+        method: request.method().as_str().to_string(),
+        host: host.clone(),
+        path: kept_path(&path),
+        ..LogEntry::default()
+    };
+    let Some(mut meter) = gateway.traffic.request(entry) else {
+        return through_tunnel(&gateway, route, request, client, scheme, &host, None)
+            .await
+            .0;
+    };
+    let (response, outcome) = through_tunnel(
+        &gateway,
+        route,
+        request,
+        client,
+        scheme,
+        &host,
+        Some(&mut meter),
+    )
+    .await;
     meter.answered(response.status().as_u16(), outcome);
     response.map(|body| Metered { body, meter }.boxed())
 }
@@ -90,7 +112,7 @@ async fn through_tunnel(
     client: SocketAddr,
     scheme: &'static str,
     host: &str,
-    meter: &mut RequestMeter,
+    mut meter: Option<&mut RequestMeter>,
 ) -> (Response<Body>, Option<Outcome>) {
     let metrics = &gateway.metrics;
     let mut request =
@@ -121,14 +143,23 @@ async fn through_tunnel(
         as_http2(&mut request, wants_trailers);
     }
     let (body_failure, mut request) = ClientBody::wrap(request, gateway.body_idle_timeout);
-    meter.count_request_body(body_failure.received());
+    if let Some(meter) = meter.as_deref_mut() {
+        meter.count_request_body(body_failure.received());
+        let user = request.headers().get(crate::guard::USER_HEADER);
+        meter.user(user.and_then(|u| u.to_str().ok()).map(str::to_string));
+    }
     if let Some(why) = request.body_mut().read_ahead(READ_AHEAD_BYTES).await {
         metrics.client_errors.fetch_add(1, Ordering::Relaxed);
         log::debug!("tunnel {} ({}): {why}", route.tunnel_id, route.hostname);
         return (pages::client_error(why.status(), why.message()), None);
     }
     let upstreams = route.upstreams(&gateway.replicas);
-    let mut response = match forward(gateway, &upstreams, request).await {
+    let mut answered_by = None;
+    let forwarded = forward(gateway, &upstreams, request, &mut answered_by).await;
+    if let Some(meter) = meter {
+        meter.agent(answered_by);
+    }
+    let mut response = match forwarded {
         Ok(response) => response,
         Err(e) => {
             if let Some(why) = body_failure.get() {
@@ -195,6 +226,7 @@ async fn forward(
     gateway: &Gateway,
     upstreams: &[Upstream],
     request: Request<ClientBody>,
+    answered_by: &mut Option<std::net::Ipv4Addr>,
 ) -> Result<Response<Held<Incoming>>, UpstreamError> {
     let mut request = request;
     for (i, upstream) in upstreams.iter().enumerate() {
@@ -203,7 +235,10 @@ async fn forward(
             None => crate::replicas::REPLICA_PATIENCE,
         });
         match send(gateway, upstream, request, patience).await {
-            Attempt::Answered(result) => return result,
+            Attempt::Answered(result) => {
+                *answered_by = upstream.agent().filter(|_| result.is_ok());
+                return result;
+            }
             Attempt::NotSent {
                 request: unsent,
                 error,

@@ -7,8 +7,10 @@
 //! anyway. Control keeps the latest counts per gateway process and minute, so a repeat
 //! changes nothing. Time is passed in as a minute number: the table is plain data.
 
+use crate::request_log::RequestLog;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use kakuremichi_proto::request_log::LogEntry;
 use kakuremichi_proto::traffic::{
     Denial, Failure, TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS,
 };
@@ -203,9 +205,14 @@ impl TrafficTable {
     }
 }
 
-/// The gateway's table, shared by every request and connection.
-#[derive(Clone, Default)]
-pub struct Traffic(Arc<Mutex<TrafficTable>>);
+/// The gateway's table, shared by every request and connection, and its request log; none
+/// of either when counting is off (`--traffic-counts off`, for measuring what it costs).
+#[derive(Clone)]
+pub struct Traffic {
+    table: Option<Arc<Mutex<TrafficTable>>>,
+    /// The latest requests of every tunnel.
+    pub log: Arc<RequestLog>,
+}
 
 /// The minute it is now.
 pub fn this_minute() -> u64 {
@@ -213,22 +220,36 @@ pub fn this_minute() -> u64 {
 }
 
 impl Traffic {
-    /// Work on the table (a plain table: a panic elsewhere leaves it usable).
-    pub fn with<T>(&self, f: impl FnOnce(&mut TrafficTable) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    /// A table, or none when `on` is false; requests are kept in `log`.
+    pub fn new(on: bool, log: RequestLog) -> Traffic {
+        Traffic {
+            table: on.then(Arc::default),
+            log: Arc::new(log),
+        }
     }
 
-    /// A request to `tunnel` starts now; the meter counts it when dropped.
-    pub fn request(&self, tunnel: &str) -> RequestMeter {
-        RequestMeter {
+    /// Work on the table (a plain table: a panic elsewhere leaves it usable); without one,
+    /// nothing happens.
+    pub fn with<T: Default>(&self, f: impl FnOnce(&mut TrafficTable) -> T) -> T {
+        match &self.table {
+            Some(table) => f(&mut table.lock().unwrap_or_else(|p| p.into_inner())),
+            None => T::default(),
+        }
+    }
+
+    /// A request to `tunnel` starts now (`entry` says what it is); the meter counts and logs
+    /// it when dropped. None when counting is off.
+    pub fn request(&self, entry: LogEntry) -> Option<RequestMeter> {
+        self.table.as_ref()?;
+        Some(RequestMeter {
             traffic: self.clone(),
-            tunnel: tunnel.to_string(),
+            entry,
             started: Instant::now(),
             answered: None,
             request_body: None,
             bytes_out: 0,
             outcome: None,
-        }
+        })
     }
 
     /// A connection to `tunnel` opened; counted closed when the guard drops.
@@ -278,7 +299,8 @@ impl Outcome {
 /// or the client went away).
 pub struct RequestMeter {
     traffic: Traffic,
-    tunnel: String,
+    /// The log's entry, filled in as the request goes.
+    entry: LogEntry,
     started: Instant,
     /// The answer's status and how long its head took.
     answered: Option<(u16, u64)>,
@@ -300,6 +322,16 @@ impl RequestMeter {
     pub fn count_request_body(&mut self, received: Arc<AtomicU64>) {
         self.request_body = Some(received);
     }
+
+    /// The gateway admitted the request as Control user `user`.
+    pub fn user(&mut self, user: Option<String>) {
+        self.entry.user = user;
+    }
+
+    /// The agent at `agent` answered.
+    pub fn agent(&mut self, agent: Option<std::net::Ipv4Addr>) {
+        self.entry.agent = agent.map(|a| a.to_string());
+    }
 }
 
 impl Drop for RequestMeter {
@@ -313,7 +345,7 @@ impl Drop for RequestMeter {
             .map_or(0, |received| received.load(Ordering::Relaxed));
         let (bytes_out, outcome) = (self.bytes_out, self.outcome);
         self.traffic.with(|t| {
-            t.count(this_minute(), &self.tunnel, |c| {
+            t.count(this_minute(), &self.entry.tunnel_id, |c| {
                 c.answered(status);
                 c.latency.record(micros);
                 c.bytes_in += bytes_in;
@@ -323,6 +355,10 @@ impl Drop for RequestMeter {
                 }
             })
         });
+        let mut entry = std::mem::take(&mut self.entry);
+        (entry.status, entry.micros) = (status, micros);
+        (entry.bytes_in, entry.bytes_out) = (bytes_in, bytes_out);
+        self.traffic.log.record(entry);
     }
 }
 

@@ -40,6 +40,7 @@ pub fn hello(private_key: &[u8; 32], settings: &crate::node::NodeSettings) -> He
         https_port: settings.https_port,
         http_port: settings.http_port,
         allow_targets: settings.allow_targets.clone(),
+        features: settings.features.iter().map(|f| f.to_string()).collect(),
     }
 }
 

@@ -14,6 +14,7 @@ use kakuremichi_proto::messages::{
     NodeStatus, HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS_OFFLINE,
 };
 use kakuremichi_proto::patch::Assembly;
+use kakuremichi_proto::request_log::{LogEntry, LogQuery};
 use kakuremichi_rt::metrics::Readings;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -208,17 +209,18 @@ impl LinkState {
 
 /// Keep a session with Control open forever: every snapshot received is cached in the state
 /// handed to `apply` (which keeps each with [`StateDir::keep_config`] once applied); `status`
-/// is reported with each heartbeat.
+/// is reported with each heartbeat; Control's log queries are answered by `answer`.
 pub async fn run(
     settings: LinkSettings,
     state: &LinkState,
     mut apply: impl FnMut(ConfigSnapshot),
     status: impl Fn() -> NodeStatus,
+    answer: impl Fn(&LogQuery) -> Vec<LogEntry>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
         let started = Instant::now();
-        let error = session(&settings, state, &mut apply, &status).await;
+        let error = session(&settings, state, &mut apply, (&status, &answer)).await;
         state.connected.store(false, Ordering::Relaxed);
         match &error {
             Error::Unauthorized => log::error!("{error}; retrying in {backoff:?}"),
@@ -265,7 +267,10 @@ async fn session(
     settings: &LinkSettings,
     state: &LinkState,
     apply: &mut impl FnMut(ConfigSnapshot),
-    status: &impl Fn() -> NodeStatus,
+    (status, answer): (
+        &impl Fn() -> NodeStatus,
+        &impl Fn(&LogQuery) -> Vec<LogEntry>,
+    ),
 ) -> Error {
     let control = &settings.control;
     let connect = async {
@@ -379,6 +384,16 @@ async fn session(
                         apply(snapshot);
                     }
                     Ok(ControlMessage::Heartbeat) => {}
+                    Ok(ControlMessage::LogQuery(query)) => {
+                        let entries = answer(&query);
+                        let logs = NodeMessage::Logs {
+                            id: query.id,
+                            entries,
+                        };
+                        if let Err(e) = send_all(&mut ws, [logs]).await {
+                            return e;
+                        }
+                    }
                     Err(e) => return Error::Protocol(e.to_string()),
                 }
             }

@@ -96,6 +96,8 @@ pub struct NodeSettings<'a> {
     pub http_port: Option<u16>,
     /// Agents: their `ALLOW_TARGETS`, as Control shows and checks tunnels against it.
     pub allow_targets: Option<String>,
+    /// What the node says it can do in its hello ([`kakuremichi_proto::messages::Hello::features`]).
+    pub features: &'static [&'static str],
 }
 
 /// A started node, not yet talking to Control.

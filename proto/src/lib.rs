@@ -16,6 +16,7 @@
 //! - [`messages`]: the JSON messages carried over the `/ws/agent` and `/ws/gateway` WebSocket,
 //!   and the config snapshot Control pushes to every node.
 //! - [`status`]: what a node reports of itself, its live peers as changes between reports.
+//! - [`request_log`]: the requests a gateway keeps, and how Control asks for them.
 //! - [`traffic`]: what each tunnel moved, by minute, with latency histograms that merge.
 //!
 //! ```
@@ -36,6 +37,7 @@ pub mod patch;
 pub mod path;
 pub mod ports;
 pub mod proxy_protocol;
+pub mod request_log;
 pub mod status;
 pub mod targets;
 pub mod throttle;

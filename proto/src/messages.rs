@@ -11,6 +11,7 @@ use crate::ids::{Hostname, PublicKey, Target};
 use crate::patch::ConfigPatch;
 use crate::ports::{PortPolicy, Transport};
 use crate::proxy_protocol::ProxyProtocol;
+use crate::request_log::{LogEntry, LogQuery};
 use crate::ProtoError;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -42,6 +43,13 @@ pub enum NodeMessage {
     Heartbeat,
     /// What the node is running and has moved.
     Status(NodeStatus),
+    /// Gateways: the answer to [`ControlMessage::LogQuery`] `id`, newest first.
+    Logs {
+        /// The query's id.
+        id: u64,
+        /// The matching entries.
+        entries: Vec<LogEntry>,
+    },
 }
 
 /// Who the node is, beyond its API key.
@@ -69,6 +77,10 @@ pub struct Hello {
     /// Control sends a browser back to after a tunnel login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_port: Option<u16>,
+    /// What the node can do beyond what every node does ([`crate::request_log::FEATURE`]):
+    /// Control asks only nodes that say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// Agents only: the targets the agent forwards to (its `ALLOW_TARGETS`, see
     /// [`crate::targets`]); empty for any but those refused by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +110,9 @@ pub enum ControlMessage {
     },
     /// Liveness, every heartbeat interval ([`HEARTBEAT_INTERVAL`] unless Control says otherwise).
     Heartbeat,
+    /// Gateways that said [`crate::request_log::FEATURE`] in their hello: the requests in
+    /// their log that match, as [`NodeMessage::Logs`].
+    LogQuery(LogQuery),
 }
 
 /// Everything a node needs, versioned. A higher version replaces a lower one entirely.

@@ -159,6 +159,7 @@ async fn session(
         https_port: None,
         http_port: None,
         allow_targets: None,
+        features: Vec::new(),
     };
     let send = |message: NodeMessage| Message::text(encode(&message));
     ws.send(send(NodeMessage::Hello(hello)))

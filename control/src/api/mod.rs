@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod certificates;
+pub mod logs;
 pub mod nodes;
 pub mod traffic;
 pub mod tunnels;
@@ -65,6 +66,21 @@ pub async fn serve(
         operation(&call, Json(bytes))
     };
     match answered.await {
+        Ok((status, body)) => json_response(status, &body),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// [`serve`] for an operation without a body whose answer waits on the gateways.
+pub async fn serve_waiting(
+    call: Call,
+    scope: TokenScope,
+    operation: &(impl Fn(std::sync::Arc<Call>) -> crate::routes::Waiting<ApiResult> + ?Sized),
+) -> Response<Body> {
+    if let Err(e) = authorize(&call, scope) {
+        return error_response(&e);
+    }
+    match operation(std::sync::Arc::new(call)).await {
         Ok((status, body)) => json_response(status, &body),
         Err(e) => error_response(&e),
     }

@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod charts;
 pub mod dashboard;
 pub mod login;
+pub mod logs;
 pub mod nodes;
 pub mod setup;
 pub mod tokens;
@@ -42,6 +43,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             a href="/tunnels" aria-current=[title.contains("unnel").then_some("page")] { "Tunnels" }
                             a href="/agents" aria-current=[title.contains("gent").then_some("page")] { "Agents" }
                             a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
+                            a href="/logs" aria-current=[(title == "Logs").then_some("page")] { "Logs" }
                             a href="/certificates" aria-current=[(title == "Certificates").then_some("page")] { "Certificates" }
                             @if user.role == crate::auth::Role::Admin {
                                 a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }

@@ -117,6 +117,7 @@ mod tests {
             https_port: None,
             http_port: None,
             allow_targets: None,
+            features: Vec::new(),
         };
         // Ten waiting at once, written at most three at a time: four commits, ten answers.
         let (queue, waiting) = async_channel::unbounded();

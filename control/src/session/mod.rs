@@ -19,6 +19,7 @@ use kakuremichi_proto::ids::NodeKind;
 use kakuremichi_proto::messages::{
     decode, encode, ControlMessage, DigestedCertificate, Hello, NodeMessage,
 };
+use kakuremichi_proto::request_log::{LogQuery, FEATURE};
 use kakuremichi_proto::traffic::{TrafficPoint, ALL_TUNNELS};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ enum Event {
     Received(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     StoreChanged,
     Tick,
+    /// A person asked the gateway's request log.
+    LogQuery(LogQuery),
 }
 
 /// Serve one node, authenticated as `node`, until its socket ends, the node is removed or
@@ -68,6 +71,9 @@ pub async fn run<S>(
     }
     log::info!("node {node_id} connected (version {})", hello.version);
     let session = control.hub.register(&node_id, kind, address);
+    // A gateway that keeps a request log answers the Logs page's queries.
+    let asked = (kind == NodeKind::Gateway && hello.features.iter().any(|f| f == FEATURE))
+        .then(|| control.logs.join(&node_id));
     let speaker = Speaker {
         control: &control,
         session: &session,
@@ -98,10 +104,21 @@ pub async fn run<S>(
                     Timer::at(next_heartbeat).await;
                     Event::Tick
                 },
-                async {
-                    let _ = session.changed.recv().await;
-                    Event::StoreChanged
-                },
+                future::or(
+                    async {
+                        let _ = session.changed.recv().await;
+                        Event::StoreChanged
+                    },
+                    async {
+                        match asked.as_ref().map(|a| a.queries.recv()) {
+                            Some(query) => match query.await {
+                                Ok(query) => Event::LogQuery(query),
+                                Err(_) => future::pending().await,
+                            },
+                            None => future::pending().await,
+                        }
+                    },
+                ),
             )
             .await
         })
@@ -123,6 +140,7 @@ pub async fn run<S>(
             Event::StoreChanged => {
                 push_snapshot(&control, &session, &credential, &mut ws, &mut sent).await
             }
+            Event::LogQuery(query) => send(&mut ws, &ControlMessage::LogQuery(query)).await,
             // Changes other processes commit (the CLI's) come as nudges too: the hub polls.
             Event::Tick => {
                 next_heartbeat = Instant::now() + interval;
@@ -190,6 +208,9 @@ impl Speaker<'_> {
                 Ok(NodeMessage::Status(mut status)) => {
                     self.keep_traffic(std::mem::take(&mut status.traffic));
                     session.heard(Some(status))
+                }
+                Ok(NodeMessage::Logs { id, entries }) => {
+                    self.control.logs.answered(id, node_id, entries)
                 }
                 Ok(NodeMessage::Hello(_)) => log::debug!("node {node_id}: repeated hello ignored"),
                 Err(e) => return Err(format!("bad message: {e}")),

@@ -168,6 +168,7 @@ mod tests {
             https_port: None,
             http_port: None,
             allow_targets: None,
+            features: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod access;
 pub mod account;
 pub mod certificates;
 pub mod login;
+pub mod logs;
 pub mod nodes;
 pub mod tokens;
 pub mod tunnels;
@@ -122,6 +123,30 @@ pub fn serve_page(call: Call, role: Role, handler: impl Fn(&Page) -> PageResult)
         }
         Err(e) => {
             log::error!("page: {e}");
+            html(e.status(), status_page(page.who(), e.status()))
+        }
+    }
+}
+
+/// [`serve_page`] for a handler whose answer waits on the gateways.
+pub async fn serve_waiting_page(
+    call: Call,
+    role: Role,
+    handler: &(impl Fn(std::sync::Arc<Page>) -> crate::routes::Waiting<PageResult> + ?Sized),
+) -> Response<Body> {
+    let visitor = match current(&call.control, &call.request) {
+        Ok(Some(visitor)) => visitor,
+        Ok(None) => return way_in(&call.control),
+        Err(e) => return failure(&e),
+    };
+    let page = std::sync::Arc::new(Page { call, visitor });
+    if !admits(role, &page.visitor) {
+        return html(403, status_page(page.who(), 403));
+    }
+    match handler(page.clone()).await {
+        Ok((status, markup)) => html(status, markup),
+        Err(e) => {
+            log::debug!("page: {e}");
             html(e.status(), status_page(page.who(), e.status()))
         }
     }

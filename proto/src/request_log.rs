@@ -1,0 +1,168 @@
+//! The request log: each gateway keeps the latest requests of every tunnel in memory, and
+//! Control asks the gateways for those a person filters for ([`LogQuery`], answered with
+//! [`crate::messages::NodeMessage::Logs`]). Nothing of a request beyond what
+//! [`LogEntry`] holds is kept: the path without its query, no header, no body.
+
+use serde::{Deserialize, Serialize};
+
+/// The most entries one answer carries.
+pub const MAX_ENTRIES: usize = 500;
+/// The longest path kept; a longer one is cut and ends in `…`.
+pub const MAX_PATH_CHARS: usize = 512;
+/// What a gateway says it can do in its hello: it answers [`LogQuery`]s.
+pub const FEATURE: &str = "request_log";
+
+/// One request as the gateway answered it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Unix milliseconds when the request arrived.
+    pub time_ms: u64,
+    /// The tunnel it was for.
+    pub tunnel_id: String,
+    /// The client's address (the one a trusted front named, if any).
+    pub client: String,
+    /// The Control user the gateway admitted, if the tunnel asked for a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The hostname asked for.
+    pub host: String,
+    /// The normalised path, without the query string.
+    pub path: String,
+    /// The answer's status.
+    pub status: u16,
+    /// Bytes of the request body.
+    pub bytes_in: u64,
+    /// Bytes of the answer's body.
+    pub bytes_out: u64,
+    /// Microseconds from arrival to the answer's head.
+    pub micros: u64,
+    /// The overlay address of the agent that answered, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// Which entries a person wants: each field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Chosen by Control to match the answer to the question.
+    pub id: u64,
+    /// Only this tunnel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_id: Option<String>,
+    /// 1 to 5: the status class (`5` is 5xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_class: Option<u16>,
+    /// The client address, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Only this Control user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Only entries at or after this Unix millisecond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// At most this many, newest first (capped at [`MAX_ENTRIES`]).
+    pub limit: usize,
+}
+
+impl LogQuery {
+    /// Whether `entry` is one the query asks for.
+    pub fn matches(&self, entry: &LogEntry) -> bool {
+        self.tunnel_id
+            .as_ref()
+            .is_none_or(|t| *t == entry.tunnel_id)
+            && self.status_class.is_none_or(|c| entry.status / 100 == c)
+            && self.client.as_ref().is_none_or(|c| *c == entry.client)
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| entry.user.as_ref() == Some(u))
+            && self.since_ms.is_none_or(|t| entry.time_ms >= t)
+    }
+
+    /// The number of entries to answer with.
+    pub fn limit(&self) -> usize {
+        self.limit.clamp(1, MAX_ENTRIES)
+    }
+}
+
+/// `path` as a log keeps it: at most [`MAX_PATH_CHARS`] characters.
+pub fn kept_path(path: &str) -> String {
+    match path.char_indices().nth(MAX_PATH_CHARS) {
+        Some((at, _)) => format!("{}…", &path[..at]),
+        None => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(status: u16, user: Option<&str>) -> LogEntry {
+        LogEntry {
+            time_ms: 1_000,
+            tunnel_id: "tun_a".into(),
+            client: "203.0.113.5".into(),
+            user: user.map(str::to_string),
+            method: "GET".into(),
+            host: "app.example.com".into(),
+            path: "/".into(),
+            status,
+            bytes_in: 0,
+            bytes_out: 10,
+            micros: 1_500,
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn every_set_field_of_a_query_must_match() {
+        let all = LogQuery::default();
+        assert!(all.matches(&entry(200, None)));
+        let errors = LogQuery {
+            status_class: Some(5),
+            ..LogQuery::default()
+        };
+        assert!(errors.matches(&entry(502, None)) && !errors.matches(&entry(200, None)));
+        let alice = LogQuery {
+            user: Some("alice".into()),
+            tunnel_id: Some("tun_a".into()),
+            since_ms: Some(1_000),
+            ..LogQuery::default()
+        };
+        assert!(alice.matches(&entry(200, Some("alice"))));
+        assert!(!alice.matches(&entry(200, None)));
+        assert!(!LogQuery {
+            since_ms: Some(1_001),
+            ..alice
+        }
+        .matches(&entry(200, Some("alice"))));
+        assert_eq!(
+            LogQuery {
+                limit: 0,
+                ..LogQuery::default()
+            }
+            .limit(),
+            1
+        );
+        assert_eq!(
+            LogQuery {
+                limit: 10_000,
+                ..LogQuery::default()
+            }
+            .limit(),
+            MAX_ENTRIES
+        );
+    }
+
+    #[test]
+    fn long_paths_are_cut() {
+        let long = "/ä".repeat(400);
+        let kept = kept_path(&long);
+        assert_eq!(kept.chars().count(), MAX_PATH_CHARS + 1);
+        assert!(kept.ends_with('…'));
+        assert_eq!(kept_path("/short"), "/short");
+    }
+}
