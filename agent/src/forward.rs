@@ -54,6 +54,9 @@ impl Allowed {
 /// instead of a calm "serving" while visitors get 502). A success clears the failure.
 pub struct Origins {
     failing: Mutex<HashMap<String, OriginFailure>>,
+    /// Tunnels whose failure an HTTP check found: a connection the target accepts does not
+    /// clear it, only a check that passes.
+    failed_check: Mutex<std::collections::HashSet<String>>,
     /// Called when a tunnel starts or stops failing, so Control hears at once.
     on_change: Box<dyn Fn() + Send + Sync>,
 }
@@ -63,12 +66,43 @@ impl Origins {
     pub fn new(on_change: impl Fn() + Send + Sync + 'static) -> Self {
         Origins {
             failing: Mutex::new(HashMap::new()),
+            failed_check: Mutex::default(),
             on_change: Box::new(on_change),
         }
     }
 
+    /// The outcome of a check of `tunnel_id`'s target: an HTTP check's failure stays until
+    /// a check passes.
+    pub fn record_check(
+        &self,
+        tunnel_id: &str,
+        target: &Target,
+        outcome: Result<(), String>,
+        (now, http): (u64, bool),
+    ) {
+        let mut failed_check = self.failed_check.lock().unwrap_or_else(|p| p.into_inner());
+        match (&outcome, http) {
+            (Err(_), true) => failed_check.insert(tunnel_id.to_string()),
+            _ => failed_check.remove(tunnel_id),
+        };
+        drop(failed_check);
+        self.record(tunnel_id, target, outcome, now);
+    }
+
+    /// Whether `tunnel_id`'s target is failing now.
+    pub fn is_failing(&self, tunnel_id: &str) -> bool {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.contains_key(tunnel_id)
+    }
+
     /// The outcome of one connection to `target` for `tunnel_id`, at `now` (Unix seconds).
     pub fn record(&self, tunnel_id: &str, target: &Target, outcome: Result<(), String>, now: u64) {
+        if outcome.is_ok() {
+            let failed_check = self.failed_check.lock().unwrap_or_else(|p| p.into_inner());
+            if failed_check.contains(tunnel_id) {
+                return;
+            }
+        }
         let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         let was_failing = failing.contains_key(tunnel_id);
         match outcome {
@@ -122,7 +156,7 @@ const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a service's connections go now. Dropping it closes every connection forwarded to
 /// that target: each holds a receiver of `cancel`, which then reports closed.
-struct Destination {
+pub(crate) struct Destination {
     target: Target,
     transport: Transport,
     connect_timeout: Duration,
@@ -141,6 +175,12 @@ impl Destination {
             cancelled,
         }
     }
+
+    /// Close every connection forwarded so far; new ones go to the same place.
+    fn cut(&mut self) {
+        self.cancel.close();
+        (self.cancel, self.cancelled) = async_channel::bounded(1);
+    }
 }
 
 fn connect_timeout_of(service: &Service) -> Duration {
@@ -149,15 +189,71 @@ fn connect_timeout_of(service: &Service) -> Duration {
         .map_or(TARGET_CONNECT_TIMEOUT, Duration::from_millis)
 }
 
+/// One service port: its listener, open unless a check closed it, and where its
+/// connections go.
+pub(crate) struct Port {
+    stack: Stack,
+    port: u16,
+    pub(crate) tunnel_id: String,
+    pub(crate) destination: Arc<RwLock<Destination>>,
+    pub(crate) allowed: Arc<Allowed>,
+    pub(crate) origins: Arc<Origins>,
+    accepting: Mutex<Option<smol::Task<()>>>,
+}
+
+impl Port {
+    /// Listen, unless already listening.
+    pub(crate) fn open(&self) -> std::io::Result<()> {
+        let mut accepting = self.accepting.lock().unwrap_or_else(|p| p.into_inner());
+        if accepting.is_none() {
+            let listener = self.stack.listen(self.port)?;
+            *accepting = Some(kakuremichi_rt::spawn(accept_loop(
+                listener,
+                self.destination.clone(),
+                (self.allowed.clone(), self.origins.clone()),
+                self.tunnel_id.clone(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stop listening and close the connections forwarded so far: gateways then reach the
+    /// tunnel's other agents. Whether it was open.
+    pub(crate) fn close(&self) -> bool {
+        let closed = self
+            .accepting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if closed.is_some() {
+            self.destination
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .cut();
+        }
+        closed.is_some()
+    }
+
+    /// The target and how it is reached now.
+    pub(crate) fn target(&self) -> (Target, Transport, Duration) {
+        let destination = self.destination.read().unwrap_or_else(|p| p.into_inner());
+        let d = &*destination;
+        (d.target.clone(), d.transport, d.connect_timeout)
+    }
+}
+
 struct Running {
-    destination: Arc<RwLock<Destination>>,
-    _accept_loop: smol::Task<()>,
+    port: Arc<Port>,
+    /// How the target is checked, and whether other agents serve the tunnel too.
+    health: Arc<RwLock<crate::health::Watch>>,
+    _prober: smol::Task<()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.destination
-            .read()
+        self.port.close();
+        let destination = self.port.destination.read();
+        destination
             .unwrap_or_else(|p| p.into_inner())
             .cancel
             .close();
@@ -184,14 +280,16 @@ impl Services {
         }
     }
 
-    /// Listen on exactly the snapshot's service ports.
+    /// Listen on exactly the snapshot's service ports, and check their targets.
     pub fn reconcile(&mut self, services: &[Service]) {
         self.origins.keep_only(services);
         self.running
             .retain(|port, _| services.iter().any(|s| s.port == *port));
         for service in services {
+            let watch = crate::health::Watch::of(service);
             if let Some(running) = self.running.get(&service.port) {
                 let mut destination = running
+                    .port
                     .destination
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
@@ -203,31 +301,37 @@ impl Services {
                 }
                 // A new timeout applies to the next connections; live ones stay.
                 destination.connect_timeout = connect_timeout_of(service);
+                drop(destination);
+                *running.health.write().unwrap_or_else(|p| p.into_inner()) = watch;
                 continue;
             }
-            match self.stack.listen(service.port) {
-                Ok(listener) => {
-                    let destination = Arc::new(RwLock::new(Destination::new(service)));
-                    let task = kakuremichi_rt::spawn(accept_loop(
-                        listener,
-                        destination.clone(),
-                        (self.allowed.clone(), self.origins.clone()),
-                        service.tunnel_id.clone(),
-                    ));
-                    self.running.insert(
-                        service.port,
-                        Running {
-                            destination,
-                            _accept_loop: task,
-                        },
-                    );
-                }
-                Err(e) => log::error!(
+            let port = Arc::new(Port {
+                stack: self.stack.clone(),
+                port: service.port,
+                tunnel_id: service.tunnel_id.clone(),
+                destination: Arc::new(RwLock::new(Destination::new(service))),
+                allowed: self.allowed.clone(),
+                origins: self.origins.clone(),
+                accepting: Mutex::new(None),
+            });
+            if let Err(e) = port.open() {
+                log::error!(
                     "tunnel {}: cannot listen on service port {}: {e}",
                     service.tunnel_id,
                     service.port
-                ),
+                );
+                continue;
             }
+            let health = Arc::new(RwLock::new(watch));
+            let prober = kakuremichi_rt::spawn(crate::health::watch(port.clone(), health.clone()));
+            self.running.insert(
+                service.port,
+                Running {
+                    port,
+                    health,
+                    _prober: prober,
+                },
+            );
         }
     }
 
@@ -304,7 +408,7 @@ enum Reached {
 
 /// A connection to `target` within `connect_timeout`. On failure the overlay stream is
 /// dropped, which closes it: the gateway answers 502 at once.
-async fn connect(
+pub(crate) async fn connect(
     target: SocketAddr,
     connect_timeout: Duration,
 ) -> std::io::Result<smol::net::TcpStream> {
@@ -332,6 +436,8 @@ mod tests {
             target: target.parse().unwrap(),
             transport: Transport::Tcp,
             connect_timeout_ms: None,
+            health: None,
+            replicated: false,
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod fallback;
 pub mod forward;
+pub mod health;
 pub mod status;
 pub mod udp;
 

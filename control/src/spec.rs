@@ -148,6 +148,17 @@ pub struct OriginFields {
     #[serde(default, deserialize_with = "given")]
     #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_secs: Option<Option<u64>>,
+    /// A path the agent GETs to check the origin (none: a TCP connect).
+    #[serde(default, deserialize_with = "given")]
+    pub health_path: Option<Option<String>>,
+    /// The status that check expects (none: any 2xx or 3xx).
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(range(min = 100, max = 599))]
+    pub health_status: Option<Option<u16>>,
+    /// Seconds between checks; 0: none (none: 30).
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub health_interval_secs: Option<Option<u64>>,
     #[serde(default, deserialize_with = "given")]
     pub bad_gateway_page: Option<Option<String>>,
     #[serde(default, deserialize_with = "given")]
@@ -162,6 +173,9 @@ impl OriginFields {
             server_name: Some(origin.server_name.clone()),
             host_header: Some(origin.host_header.clone()),
             connect_timeout_secs: Some(origin.connect_timeout_secs),
+            health_path: Some(origin.health_path.clone()),
+            health_status: Some(origin.health_status),
+            health_interval_secs: Some(origin.health_interval_secs),
             bad_gateway_page: Some(origin.bad_gateway_page.clone()),
             not_found_page: Some(origin.not_found_page.clone()),
         }
@@ -175,6 +189,9 @@ impl OriginFields {
             server_name,
             host_header,
             connect_timeout_secs,
+            health_path,
+            health_status,
+            health_interval_secs,
             bad_gateway_page,
             not_found_page,
         } = self;
@@ -183,6 +200,7 @@ impl OriginFields {
             (&mut origin.ca_pem, ca_pem),
             (&mut origin.server_name, server_name),
             (&mut origin.host_header, host_header),
+            (&mut origin.health_path, health_path),
             (&mut origin.bad_gateway_page, bad_gateway_page),
             (&mut origin.not_found_page, not_found_page),
         ] {
@@ -192,6 +210,12 @@ impl OriginFields {
         }
         if let Some(timeout) = connect_timeout_secs {
             origin.connect_timeout_secs = timeout;
+        }
+        if let Some(status) = health_status {
+            origin.health_status = status;
+        }
+        if let Some(interval) = health_interval_secs {
+            origin.health_interval_secs = interval;
         }
     }
 }

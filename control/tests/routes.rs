@@ -530,6 +530,7 @@ fn api_answers_carry_the_fields_clients_read() {
                 "created_at",
                 "enabled",
                 "gateways",
+                "health",
                 "hostname",
                 "id",
                 "issuer",
@@ -543,6 +544,8 @@ fn api_answers_carry_the_fields_clients_read() {
             ]
         );
         assert_eq!(keys(&tunnels[0]["agents"][0]), ["agent", "target"]);
+        assert_eq!(keys(&tunnels[0]["health"]), ["failing", "state"]);
+        assert_eq!(tunnels[0]["health"]["state"], "no agent online");
         let user = call("POST", "/api/v1/users".into(), r#"{"name":"carol"}"#).await;
         assert_eq!(
             keys(&user),

@@ -394,6 +394,30 @@ pub struct Service {
     /// How long the agent waits for the target to accept; its default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// How the agent checks the target between connections; absent: a TCP connect every
+    /// [`DEFAULT_HEALTH_INTERVAL_SECS`] (tcp targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Other agents serve the tunnel too: while its target fails its check, this agent
+    /// closes the service port, so gateways send the tunnel's requests to the others.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicated: bool,
+}
+
+/// Seconds between an agent's checks of a target, unless its tunnel says.
+pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 30;
+
+/// How an agent checks a tunnel's target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Seconds between checks; 0: none.
+    pub interval_secs: u64,
+    /// A path to `GET` over HTTP/1.1; absent: a TCP connect is the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    /// The status that passes; absent: any 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
 }
 
 fn is_tcp(transport: &Transport) -> bool {
@@ -507,6 +531,12 @@ mod tests {
                 target: "127.0.0.1:8080".parse().unwrap(),
                 transport: Transport::Udp,
                 connect_timeout_ms: Some(1500),
+                health: Some(HealthCheck {
+                    interval_secs: 5,
+                    http_path: Some("/health".into()),
+                    expect_status: Some(204),
+                }),
+                replicated: true,
             }],
             port_routes: vec![PortRoute {
                 transport: Transport::Tcp,

@@ -9,11 +9,67 @@ use crate::model::TunnelRecord;
 use crate::routes::{ApiResult, Call};
 use crate::spec::{Name, TunnelFields, TunnelView};
 use crate::Control;
+use serde::Serialize;
 
 pub fn list(call: &Call, _: Json) -> ApiResult {
     let state = call.control.store.shared_state()?;
-    let tunnels: Vec<_> = state.tunnels.iter().map(TunnelView::of).collect();
+    let hub = &call.control.hub;
+    let tunnels: Vec<_> = (state.tunnels.iter()).map(|t| Live::of(t, hub)).collect();
     answer(200, tunnels)
+}
+
+/// A tunnel with how its origin is doing now.
+#[derive(Serialize)]
+struct Live<'a> {
+    #[serde(flatten)]
+    tunnel: TunnelView<'a>,
+    health: Health,
+}
+
+/// `healthy`, `degraded` (some agents' targets fail), `failing` (every online agent's
+/// does), `no agent online` or `disabled`; with each failure its agent saw.
+#[derive(Serialize)]
+struct Health {
+    state: &'static str,
+    failing: Vec<FailingOrigin>,
+}
+
+#[derive(Serialize)]
+struct FailingOrigin {
+    agent: String,
+    target: String,
+    error: String,
+    since: u64,
+}
+
+impl<'a> Live<'a> {
+    fn of(tunnel: &'a TunnelRecord, hub: &crate::hub::Hub) -> Live<'a> {
+        let failing: Vec<FailingOrigin> = crate::pages::tunnels::origin_failures(tunnel, hub)
+            .into_iter()
+            .map(|(agent, f)| FailingOrigin {
+                agent,
+                target: f.target,
+                error: f.error,
+                since: f.since,
+            })
+            .collect();
+        let online = tunnel
+            .spec
+            .agents()
+            .filter(|(a, _)| hub.is_online(a))
+            .count();
+        let state = match failing.len() {
+            _ if !tunnel.spec.enabled => "disabled",
+            _ if online == 0 => "no agent online",
+            0 => "healthy",
+            n if n >= online => "failing",
+            _ => "degraded",
+        };
+        Live {
+            tunnel: TunnelView::of(tunnel),
+            health: Health { state, failing },
+        }
+    }
 }
 
 pub fn create(call: &Call, body: Json) -> ApiResult {
@@ -25,7 +81,7 @@ pub fn create(call: &Call, body: Json) -> ApiResult {
 
 pub fn get(call: &Call, _: Json) -> ApiResult {
     let tunnel = find_tunnel(&call.control, call.param("id"))?;
-    answer(200, TunnelView::of(&tunnel))
+    answer(200, Live::of(&tunnel, &call.control.hub))
 }
 
 pub fn change(call: &Call, body: Json) -> ApiResult {

@@ -151,6 +151,8 @@ pub fn node_config<'a>(
                     target,
                     transport,
                     connect_timeout_ms: t.spec.origin.connect_timeout_secs.map(|s| s * 1000),
+                    health: t.spec.origin.health_check(),
+                    replicated: !t.spec.replicas.is_empty(),
                 }));
             }
         }

@@ -180,6 +180,15 @@ pub struct OriginSettings {
     /// How long the agent waits for the target to accept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_secs: Option<u64>,
+    /// A path the agent `GET`s to check the origin; none: a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// The status the check expects; none: any 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_status: Option<u16>,
+    /// Seconds between checks (0: none); none: the agent's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_interval_secs: Option<u64>,
     /// HTML shown instead of the gateway's own page when the origin cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_gateway_page: Option<String>,
@@ -201,6 +210,9 @@ impl Default for OriginSettings {
             server_name: None,
             host_header: None,
             connect_timeout_secs: None,
+            health_path: None,
+            health_status: None,
+            health_interval_secs: None,
             bad_gateway_page: None,
             not_found_page: None,
         }
@@ -212,6 +224,8 @@ pub const MAX_ORIGIN_TEXT: usize = 64 * 1024;
 
 /// The longest connect timeout a tunnel may ask for.
 pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 300;
+/// The longest time between two checks of an origin.
+pub const MAX_HEALTH_INTERVAL_SECS: u64 = 3_600;
 
 impl OriginSettings {
     pub(crate) fn check(&self, kind: TunnelKind) -> Result<(), Error> {
@@ -280,7 +294,50 @@ impl OriginSettings {
                 format!("connect_timeout_secs must be 1 to {MAX_CONNECT_TIMEOUT_SECS}"),
             ));
         }
+        if let Some(path) = &self.health_path {
+            let plain = path.starts_with('/')
+                && path.len() <= 256
+                && path.bytes().all(|b| b.is_ascii_graphic());
+            if !plain {
+                return Err(Error::invalid(
+                    "origin",
+                    "health_path must be a path starting with /, without spaces",
+                ));
+            }
+        }
+        if self
+            .health_status
+            .is_some_and(|s| !(100..=599).contains(&s))
+        {
+            return Err(Error::invalid("origin", "health_status must be 100 to 599"));
+        }
+        if self
+            .health_interval_secs
+            .is_some_and(|s| s > MAX_HEALTH_INTERVAL_SECS)
+        {
+            return Err(Error::invalid(
+                "origin",
+                format!("health_interval_secs must be 0 (no checks) to {MAX_HEALTH_INTERVAL_SECS}"),
+            ));
+        }
         Ok(())
+    }
+}
+
+impl OriginSettings {
+    /// How the agent checks the origin; none when the tunnel says nothing (the agent's
+    /// default TCP check).
+    pub fn health_check(&self) -> Option<kakuremichi_proto::messages::HealthCheck> {
+        let set = self.health_path.is_some()
+            || self.health_status.is_some()
+            || self.health_interval_secs.is_some();
+        set.then(|| kakuremichi_proto::messages::HealthCheck {
+            interval_secs: self
+                .health_interval_secs
+                .unwrap_or(kakuremichi_proto::messages::DEFAULT_HEALTH_INTERVAL_SECS),
+            http_path: self.health_path.clone(),
+            expect_status: self.health_status,
+        })
     }
 }
 

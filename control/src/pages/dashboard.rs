@@ -89,12 +89,14 @@ impl Overview {
             }
         }
         for tunnel in state.tunnels.iter().filter(|t| t.spec.enabled) {
-            if let Some(failure) = super::tunnels::origin_failure(tunnel, hub) {
+            for (agent, failure) in super::tunnels::origin_failures(tunnel, hub) {
+                let agent = state.node(&agent).map_or(agent.clone(), |n| n.name.clone());
                 attention.push(format!(
-                    "Tunnel {} answers 502: its agent cannot reach {} ({})",
+                    "Tunnel {}: agent {agent} cannot reach {} ({}) since {}",
                     tunnel.label(),
                     failure.target,
-                    failure.error
+                    failure.error,
+                    super::clock(failure.since)
                 ));
             }
         }

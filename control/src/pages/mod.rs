@@ -142,6 +142,13 @@ pub fn content_security_policy() -> &'static str {
     })
 }
 
+/// Unix seconds as `HH:MM UTC`.
+pub fn clock(at: u64) -> String {
+    let time = time::OffsetDateTime::from_unix_timestamp(at as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:02}:{:02} UTC", time.hour(), time.minute())
+}
+
 /// How long ago `at` was, in words.
 pub fn ago(at: u64, now: u64) -> String {
     match now.saturating_sub(at) {

@@ -96,6 +96,15 @@ impl TunnelForm<'_> {
             "connect_timeout",
             timeout.map(|s| s.to_string()).unwrap_or_default(),
         );
+        set(
+            "health_path",
+            origin.health_path.flatten().unwrap_or_default(),
+        );
+        let interval = origin.health_interval_secs.flatten();
+        set(
+            "health_interval",
+            interval.map(|s| s.to_string()).unwrap_or_default(),
+        );
         if fields.enabled == Some(true) {
             set("enabled", "true".into());
         }
@@ -134,6 +143,12 @@ impl TunnelForm<'_> {
                 Error::invalid("connect_timeout", "must be a whole number of seconds")
             })?),
         };
+        let health_interval = match given("health_interval") {
+            None => None,
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                Error::invalid("health_interval", "must be a whole number of seconds")
+            })?),
+        };
         Ok(TunnelFields {
             kind: given("kind").map(|raw| raw.parse()).transpose()?,
             hostname: given("hostname"),
@@ -150,6 +165,8 @@ impl TunnelForm<'_> {
                 tls_verify: Some(!self.checked("skip_tls_verify")),
                 host_header: Some(given("host_header")),
                 connect_timeout_secs: Some(connect_timeout),
+                health_path: Some(given("health_path")),
+                health_interval_secs: Some(health_interval),
                 ..OriginFields::default()
             }),
             enabled: Some(self.checked("enabled")),
@@ -172,7 +189,9 @@ fn gateways_text(shown: serde_json::Value) -> String {
 }
 
 /// The fields the form shows errors beside; others are shown above it.
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 16] = [
+    "health_path",
+    "health_interval",
     "gateways",
     "agents",
     "path_prefix",
@@ -264,7 +283,7 @@ pub fn form_page(
                     (optional_field("Gateways: all (empty), ids separated by commas, or labels such as region=tokyo", "gateways", form.value("gateways"), form.error_for("gateways")))
                     (choice("Certificate (http)", "issuer", &ISSUERS, form.value("issuer"), form.error_for("issuer")))
                     (choice("Client address to the origin (tcp and tls)", "proxy_protocol", &PROXY_PROTOCOLS, form.value("proxy_protocol"), form.error_for("proxy_protocol")))
-                    details open[form.checked("skip_tls_verify") || !form.value("host_header").is_empty() || !form.value("connect_timeout").is_empty() || form.error_for("origin").is_some()] {
+                    details open[form.checked("skip_tls_verify") || !form.value("host_header").is_empty() || !form.value("connect_timeout").is_empty() || !form.value("health_path").is_empty() || !form.value("health_interval").is_empty() || form.error_for("origin").is_some()] {
                         summary { "Origin options" }
                         label.check {
                             input type="checkbox" name="skip_tls_verify" value="true" checked[form.checked("skip_tls_verify")];
@@ -273,6 +292,8 @@ pub fn form_page(
                         @if let Some(error) = form.error_for("origin") { p.notice.bad role="alert" { (error) } }
                         (optional_field("Host header sent to the origin (empty: the client's)", "host_header", form.value("host_header"), form.error_for("host_header")))
                         (optional_field("Connect timeout in seconds (empty: 5)", "connect_timeout", form.value("connect_timeout"), form.error_for("connect_timeout")))
+                        (optional_field("Health check: a path the agent GETs, expecting 2xx or 3xx (empty: a TCP connect)", "health_path", form.value("health_path"), form.error_for("health_path")))
+                        (optional_field("Seconds between health checks (empty: 30; 0: none)", "health_interval", form.value("health_interval"), form.error_for("health_interval")))
                     }
                     label.check {
                         input type="checkbox" name="enabled" value="true" checked[form.checked("enabled")];

@@ -28,12 +28,13 @@ pub struct Row {
     pub state: (String, &'static str),
 }
 
-/// The failure of `tunnel`'s origin that one of its online agents reported, if any.
-pub fn origin_failure(
+/// The failures of `tunnel`'s origin that its online agents reported (a refused connection,
+/// or a failed check), with each agent's id.
+pub fn origin_failures(
     tunnel: &crate::model::TunnelRecord,
     hub: &Hub,
-) -> Option<kakuremichi_proto::messages::OriginFailure> {
-    tunnel.spec.agents().find_map(|(agent, _)| {
+) -> Vec<(String, kakuremichi_proto::messages::OriginFailure)> {
+    let online_failure = |agent: &str| {
         let presence = hub.presence(agent);
         presence.online.then_some(())?;
         presence
@@ -42,7 +43,12 @@ pub fn origin_failure(
             .iter()
             .find(|f| f.tunnel_id == tunnel.id)
             .cloned()
-    })
+    };
+    tunnel
+        .spec
+        .agents()
+        .filter_map(|(agent, _)| Some((agent.to_string(), online_failure(agent)?)))
+        .collect()
 }
 
 /// The rows matching `filter` (in hostname, agent or target, any case), by hostname.
@@ -92,17 +98,32 @@ pub fn rows(state: &State, hub: &Hub, filter: &str, now: u64) -> Vec<Row> {
                     },
                 },
             };
-            let state = if !tunnel.spec.enabled {
-                ("disabled".to_string(), "")
-            } else if !agents.iter().any(|(_, online)| *online) {
-                ("down: no agent online".to_string(), "bad")
-            } else if let Some(failure) = origin_failure(tunnel, hub) {
-                (
-                    format!("502: cannot reach {} ({})", failure.target, failure.error),
+            let online = agents.iter().filter(|(_, online)| *online).count();
+            let failures = origin_failures(tunnel, hub);
+            let name_of = |id: &str| state.node(id).map_or(id.to_string(), |n| n.name.clone());
+            let state = match failures.first() {
+                _ if !tunnel.spec.enabled => ("disabled".to_string(), ""),
+                _ if online == 0 => ("down: no agent online".to_string(), "bad"),
+                Some((_, failure)) if failures.len() >= online => (
+                    format!(
+                        "502: cannot reach {} ({}) since {}",
+                        failure.target,
+                        failure.error,
+                        super::clock(failure.since)
+                    ),
                     "bad",
-                )
-            } else {
-                ("serving".to_string(), "good")
+                ),
+                Some((agent, failure)) => (
+                    format!(
+                        "serving from {} of {online} agents: {} cannot reach {} ({})",
+                        online - failures.len(),
+                        name_of(agent),
+                        failure.target,
+                        failure.error
+                    ),
+                    "warn",
+                ),
+                None => ("serving".to_string(), "good"),
             };
             Row {
                 id: tunnel.id.clone(),
