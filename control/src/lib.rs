@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod certs;
@@ -76,6 +77,8 @@ pub struct Control {
     pub traffic: traffic::TrafficStore,
     /// The gateways' request logs, asked through their sessions.
     pub logs: Arc<logs::LogBroker>,
+    /// Alert rules at work: what fires, and notices on their way to channels.
+    pub alerts: alerts::Alerts,
 }
 
 impl Control {
@@ -169,6 +172,8 @@ pub struct Settings {
     pub join_dir: Option<(std::path::PathBuf, Vec<kakuremichi_proto::ids::NodeKind>)>,
     /// How long traffic history is kept, and how often minutes become hours.
     pub traffic_retention: traffic::Retention,
+    /// How often alert rules are looked at and due notices sent.
+    pub alert_interval: std::time::Duration,
 }
 
 /// Open the store and serve until the process ends.
@@ -188,7 +193,10 @@ pub async fn run(settings: Settings) -> Result<(), Error> {
             server::serve(control.clone(), listener),
             kakuremichi_rt::memory::release_periodically(),
         ),
-        futures_lite::future::or(certs::run(control.clone()), follow),
+        futures_lite::future::or(
+            futures_lite::future::or(certs::run(control.clone()), follow),
+            alerts::run(control.clone()),
+        ),
     );
     futures_lite::future::or(work, kakuremichi_rt::stop::stopped()).await;
     // Nodes are told, so they reconnect at once to the next Control; a second at most.
@@ -276,6 +284,7 @@ pub fn open(settings: Settings, local: std::net::SocketAddr) -> Result<Arc<Contr
         trusted_proxies: settings.trusted_proxies,
         traffic,
         logs: Arc::default(),
+        alerts: alerts::Alerts::new(settings.alert_interval),
     });
     Ok(control)
 }

@@ -76,6 +76,10 @@ struct Args {
     /// days of hourly traffic points kept (default 90)
     #[argh(option, default = "90")]
     traffic_hours_days: u64,
+    /// seconds between looks at the alert rules, and between a notice's retries at the
+    /// least (default 15)
+    #[argh(option, default = "15")]
+    alert_interval_secs: u64,
     /// seconds between roll-ups of minute points into hours (default 300)
     #[argh(option, default = "300")]
     traffic_rollup_secs: u64,
@@ -383,6 +387,7 @@ fn main() -> anyhow::Result<()> {
                     Some(dir) => Some((dir, join_kinds(&args.join)?)),
                     None => None,
                 },
+                alert_interval: std::time::Duration::from_secs(args.alert_interval_secs.max(1)),
                 traffic_retention: kakuremichi_control::traffic::Retention {
                     minutes: args.traffic_minutes_hours.max(1) * 60,
                     hours: args.traffic_hours_days.max(1) * 24 * 60,

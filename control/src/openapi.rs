@@ -28,7 +28,16 @@ const USER_CHANGE: Takes = Some(schema_of::<UserChange>);
 /// answers 201.
 struct Doc(&'static str, &'static str, &'static str, Takes, bool);
 
+const RULE: Takes = Some(schema_of::<crate::alerts::spec::NewRule>);
+const CHANNEL: Takes = Some(schema_of::<crate::alerts::spec::NewChannel>);
+
 const DOCS: &[Doc] = &[
+    Doc("GET", "/alerts", "alert rules, channels (never their secrets), what fires, the latest deliveries", NOTHING, false),
+    Doc("POST", "/alerts/rules", "a new alert rule", RULE, true),
+    Doc("DELETE", "/alerts/rules/{id}", "delete an alert rule", NOTHING, false),
+    Doc("POST", "/alerts/channels", "a new alert channel: webhook (HMAC-signed), ntfy, gotify, discord, slack or email", CHANNEL, true),
+    Doc("DELETE", "/alerts/channels/{id}", "delete an alert channel", NOTHING, false),
+    Doc("POST", "/alerts/channels/{id}/test", "send the channel a test notice now; whether it was taken", NOTHING, false),
     Doc("GET", "/agents", "agents with their state", NOTHING, false),
     Doc("POST", "/agents", "enrol an agent; its API key and install snippets, once", NODE, true),
     Doc("GET", "/agents/{id}", "an agent with its state", NOTHING, false),

@@ -262,7 +262,7 @@ fn operations(t: &mut Table) {
 
 #[rustfmt::skip]
 fn pages(t: &mut Table) {
-    use crate::web::{access, account, certificates, login, logs, nodes, tokens, tunnels, users};
+    use crate::web::{access, account, alerts, certificates, login, logs, nodes, tokens, tunnels, users};
     use NodeKind::{Agent, Gateway};
     use Role::{Admin, Member};
     // Pages: the way in.
@@ -300,8 +300,14 @@ fn pages(t: &mut Table) {
     t.at("/gateways/{id}/labels").post(form(Admin, nodes::set_labels));
     t.at("/gateways/{id}/draining").post(form(Admin, nodes::set_draining));
 
-    // Pages: what the gateways saw.
+    // Pages: what the gateways saw, and who hears of problems.
     t.at("/logs").get(waiting_page(Member, |p| Box::pin(logs::page(p))));
+    t.at("/alerts").get(page(Member, alerts::page));
+    t.at("/alerts/rules").post(form(Admin, alerts::add_rule));
+    t.at("/alerts/rules/{id}/delete").post(form(Admin, alerts::delete_rule));
+    t.at("/alerts/channels").post(form(Admin, alerts::add_channel));
+    t.at("/alerts/channels/{id}/delete").post(form(Admin, alerts::delete_channel));
+    t.at("/alerts/channels/{id}/test").post(form(Admin, alerts::test_channel));
 
     // Pages: certificates, people and tokens.
     t.at("/certificates").get(page(Member, certificates::list));
@@ -340,6 +346,12 @@ fn api_v1(t: &mut Table) {
     t.at("/api/v1/tunnels/{id}").get(api(Read, api::tunnels::get)).patch(api(Write, api::tunnels::change)).delete(api(Write, api::tunnels::delete));
     t.at("/api/v1/tunnels/{id}/traffic").get(api(Read, api::traffic::of_tunnel));
     t.at("/api/v1/traffic").get(api(Read, api::traffic::of_all));
+    t.at("/api/v1/alerts").get(api(Read, api::alerts::overview));
+    t.at("/api/v1/alerts/rules").post(api(Write, api::alerts::create_rule));
+    t.at("/api/v1/alerts/rules/{id}").delete(api(Write, api::alerts::delete_rule));
+    t.at("/api/v1/alerts/channels").post(api(Write, api::alerts::create_channel));
+    t.at("/api/v1/alerts/channels/{id}").delete(api(Write, api::alerts::delete_channel));
+    t.at("/api/v1/alerts/channels/{id}/test").post(waiting_api(Write, |c| Box::pin(api::alerts::test(c))));
     t.at("/api/v1/logs").get(waiting_api(Read, |c| Box::pin(api::logs::query(c))));
     t.at("/api/v1/tunnels/{id}/service-tokens").get(api(Read, api::tunnels::service_tokens)).post(api(Write, api::tunnels::add_service_token));
     t.at("/api/v1/tunnels/{id}/service-tokens/{token_id}").delete(api(Write, api::tunnels::revoke_service_token));

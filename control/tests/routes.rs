@@ -53,6 +53,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         trusted_proxies: Vec::new(),
         join_dir: None,
         traffic_retention: Default::default(),
+        alert_interval: std::time::Duration::from_secs(15),
     }
 }
 
@@ -197,7 +198,7 @@ fn template(pattern: &str) -> String {
                 "gateways" => "{gateway}",
                 "users" => "{member}",
                 "tokens" => "{token}",
-                "sessions" => "none",
+                "sessions" | "rules" | "channels" => "none",
                 other => panic!("the fixture has no {other} for {pattern}"),
             },
             "{token_id}" => "{service_token}",

@@ -5,6 +5,7 @@
 //! request is valid.
 
 pub mod accounts;
+pub mod alerts;
 pub mod certificates;
 pub mod logs;
 pub mod nodes;

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod account;
+pub mod alerts;
 pub mod certificates;
 pub mod charts;
 pub mod dashboard;
@@ -44,6 +45,7 @@ pub fn layout(title: &str, who: Option<(&UserRecord, &str)>, content: Markup) ->
                             a href="/agents" aria-current=[title.contains("gent").then_some("page")] { "Agents" }
                             a href="/gateways" aria-current=[title.contains("ateway").then_some("page")] { "Gateways" }
                             a href="/logs" aria-current=[(title == "Logs").then_some("page")] { "Logs" }
+                            a href="/alerts" aria-current=[(title == "Alerts").then_some("page")] { "Alerts" }
                             a href="/certificates" aria-current=[(title == "Certificates").then_some("page")] { "Certificates" }
                             @if user.role == crate::auth::Role::Admin {
                                 a href="/users" aria-current=[(title == "Users").then_some("page")] { "Users" }

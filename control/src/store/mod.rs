@@ -248,6 +248,24 @@ impl Store {
     pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
         self.write(|s, wtxn| put(&s.meta, wtxn, key, value))
     }
+
+    /// Change a value of the meta table (its default when absent) in one transaction: two
+    /// writers never lose each other's change; an `Err` from `change` writes nothing.
+    pub fn update_meta<T, R>(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut T) -> Result<R, Error>,
+    ) -> Result<R, Error>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        self.write(|s, wtxn| {
+            let mut value: T = get(&s.meta, wtxn, key)?.unwrap_or_default();
+            let answer = change(&mut value)?;
+            put(&s.meta, wtxn, key, &value)?;
+            Ok(answer)
+        })
+    }
 }
 
 /// Longest key LMDB takes (its default `MDB_MAXKEYSIZE`).

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod account;
+pub mod alerts;
 pub mod certificates;
 pub mod login;
 pub mod logs;
