@@ -130,6 +130,38 @@ def traffic(walk, control, check_command):
     walk.page.set_viewport_size(LAPTOP)
 
 
+def shoot_whole(walk, name):
+    """A page at laptop and phone width, each as long as the page."""
+    walk.page.screenshot(path=os.path.join(walk.out, f"{name}.png"), full_page=True)
+    walk.page.set_viewport_size(PHONE)
+    walk.page.screenshot(path=os.path.join(walk.out, f"{name}-phone.png"), full_page=True)
+    walk.page.set_viewport_size(LAPTOP)
+    walk.shots.append(name)
+
+
+def logs_and_alerts(walk, control):
+    """The requests of the walk in the Logs page; a channel and a rule made in the Alerts page."""
+    walk.go(control + "/logs")
+    walk.expect("hello.localhost", "the Logs page lists the requests through the gateway")
+    walk.expect("from 1 of 1 gateways", "the Logs page says which gateways answered")
+    shoot_whole(walk, "logs")
+    walk.go(control + "/alerts")
+    walk.submit({"name": "ops webhook", "kind": "webhook",
+                 "url": "https://hooks.example.com/kakuremichi", "secret": "a webhook secret"},
+                form="form[action='/alerts/channels']")
+    walk.expect("ops webhook", "a channel made in the Alerts page")
+    if "a webhook secret" in walk.page.content():
+        fail("the Alerts page shows a channel's secret")
+    walk.submit({"name": "origin down", "kind": "target_failing", "for_secs": "60"},
+                form="form[action='/alerts/rules']")
+    walk.expect("origin down", "a rule made in the Alerts page")
+    walk.submit({"name": "bad", "kind": "ntfy", "url": "ftp://nowhere"},
+                form="form[action='/alerts/channels']")
+    walk.expect("invalid", "a bad channel is refused with a reason")
+    walk.go(control + "/alerts")
+    shoot_whole(walk, "alerts")
+
+
 def first_run(walk, control, code):
     """Setup, the dashboard, logging out and in, enrolling an agent."""
     walk.go(control + "/")
@@ -262,6 +294,7 @@ def run(control, code, out, agent_command=None, target=None, check_command=None,
                                                 stderr=subprocess.DEVNULL).returncode == 0)
                 walk.shots.append("use case 5: agent online, tunnel answers through the gateway")
                 traffic(walk, control, check_command)
+                logs_and_alerts(walk, control)
             if tunnel_url:
                 protect(walk, control, tunnel_url)
                 walk.shots.append("issue 10: a Control login and a password open a protected tunnel")

@@ -169,10 +169,11 @@ pub fn page(
             }
             h2 { "Deliveries" }
             script { (maud::PreEscaped(super::REFRESH_SCRIPT)) }
-            div.card.table {
-                @if view.deliveries.is_empty() {
-                    p.muted { "Nothing sent yet." }
-                } @else {
+            @if view.waiting > 0 { p.muted { (view.waiting) " waiting for a retry." } }
+            @if view.deliveries.is_empty() {
+                div.card { p.muted { "Nothing sent yet." } }
+            } @else {
+                div.card.table {
                     table {
                         thead { tr { th { "When" } th { "Notice" } th { "Channel" } th { "Outcome" } } }
                         tbody {
@@ -192,7 +193,6 @@ pub fn page(
                         }
                     }
                 }
-                @if view.waiting > 0 { p.muted { (view.waiting) " waiting for a retry." } }
             }
         },
     )

@@ -89,10 +89,20 @@ impl Overview {
             }
         }
         for tunnel in state.tunnels.iter().filter(|t| t.spec.enabled) {
-            for (agent, failure) in super::tunnels::origin_failures(tunnel, hub) {
-                let agent = state.node(&agent).map_or(agent.clone(), |n| n.name.clone());
+            let failures = super::tunnels::origin_failures(tunnel, hub);
+            let online = tunnel
+                .spec
+                .agents()
+                .filter(|(a, _)| hub.is_online(a))
+                .count();
+            for (agent, failure) in &failures {
+                let agent = state.node(agent).map_or(agent.clone(), |n| n.name.clone());
+                let (what, rest) = match failures.len() >= online {
+                    true => (" answers 502: its agent", ""),
+                    false => (": agent", "; its other agents serve it"),
+                };
                 attention.push(format!(
-                    "Tunnel {}: agent {agent} cannot reach {} ({}) since {}",
+                    "Tunnel {}{what} {agent} cannot reach {} ({}) since {}{rest}",
                     tunnel.label(),
                     failure.target,
                     failure.error,

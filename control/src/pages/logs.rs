@@ -28,18 +28,24 @@ impl Filter {
     }
 }
 
-fn time_of(ms: u64) -> String {
+/// `(HH:MM:SS.mmm, YYYY-MM-DD)` in UTC.
+fn time_of(ms: u64) -> (String, String) {
     let time = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
-        u8::from(time.month()),
-        time.day(),
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{:03}",
         time.hour(),
         time.minute(),
         time.second(),
         ms % 1000
-    )
+    );
+    let day = format!(
+        "{}-{:02}-{:02}",
+        time.year(),
+        u8::from(time.month()),
+        time.day()
+    );
+    (clock, day)
 }
 
 fn status_health(status: u16) -> &'static str {
@@ -101,23 +107,24 @@ pub fn page(
                 } @else {
                     div.card.table {
                         table.logs {
-                            thead { tr { th { "Time (UTC)" } th { "Request" } th { "Status" } th { "Client" } th { "Size" } th { "Time taken" } th { "Gateway → agent" } } }
+                            thead { tr { th { "Time (UTC)" } th { "Request" } th { "Status" } th { "Client" } th { "In / out" } th { "Took" } th { "Gateway → agent" } } }
                             tbody {
                                 @for entry in &found.entries {
+                                    @let (clock, day) = time_of(entry.time_ms);
                                     tr {
-                                        td data-label="Time" { (time_of(entry.time_ms)) }
+                                        td.nowrap data-label="Time" title=(day) { (clock) }
                                         td data-label="Request" {
-                                            code { (entry.method) " " (entry.host) (entry.path) }
+                                            code { (entry.method) " " (entry.path) }
                                             br;
-                                            span.muted { a href={"/tunnels/" (entry.tunnel_id)} { (entry.tunnel) } }
+                                            span.muted { a href={"/tunnels/" (entry.tunnel_id)} { (entry.tunnel) } " · " (entry.host) }
                                         }
                                         td data-label="Status" { span class={"dot " (status_health(entry.status))} {} (entry.status) }
                                         td data-label="Client" {
                                             (entry.client)
                                             @if let Some(user) = &entry.user { br; span.muted { "👤 " (user) } }
                                         }
-                                        td data-label="Size" { (super::charts::bytes(entry.bytes_in)) " / " (super::charts::bytes(entry.bytes_out)) }
-                                        td data-label="Time taken" { (format!("{:.1} ms", entry.duration_ms)) }
+                                        td.nowrap data-label="In / out" { (super::charts::bytes(entry.bytes_in)) " / " (super::charts::bytes(entry.bytes_out)) }
+                                        td.nowrap data-label="Took" { (format!("{:.1} ms", entry.duration_ms)) }
                                         td data-label="Gateway → agent" {
                                             (entry.gateway_name) " → " (entry.agent.as_deref().unwrap_or("none"))
                                         }
