@@ -92,6 +92,7 @@ struct Args {
 // Parsed once at start; argh's subcommands cannot be boxed.
 #[allow(clippy::large_enum_variant)]
 enum Command {
+    Alert(kakuremichi_control::cli::alerts::AlertCommand),
     Token(TokenCommand),
     User(UserCommand),
     Tunnel(TunnelCommand),
@@ -456,6 +457,17 @@ fn main() -> anyhow::Result<()> {
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
             report(call(args.listen, token, method, &path, body))?;
+        }
+        Some(Command::Alert(alert)) => {
+            let token = alert.token.clone();
+            let (method, path, body) = alert.request().map_err(anyhow::Error::msg)?;
+            report(kakuremichi_control::cli::call(
+                args.listen,
+                token,
+                method,
+                &path,
+                body,
+            ))?;
         }
         Some(Command::Gateway(GatewayCommand { token, action })) => {
             let (method, path, body) = match action {

@@ -10,6 +10,7 @@ use crate::model::{GatewayChoice, Issuer, NodeRecord, OriginSettings};
 use crate::model::{TunnelKind, TunnelRecord, TunnelSpec};
 use crate::tunnels::{parse_path_prefix, parse_replica, parse_scheme_target};
 use kakuremichi_proto::ports::PortRange;
+use kakuremichi_proto::request_log::LogDetails;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -102,6 +103,8 @@ pub struct TunnelFields {
     #[serde(default, deserialize_with = "given")]
     #[schemars(schema_with = "gateways_schema")]
     pub gateways: Option<Value>,
+    /// `http`: what the gateways' request log keeps beyond the path.
+    pub request_log: Option<RequestLogFields>,
 }
 
 fn ports_schema(_: &mut SchemaGenerator) -> Schema {
@@ -220,6 +223,44 @@ impl OriginFields {
     }
 }
 
+/// What the request log keeps of a tunnel's requests beyond the path: the query string
+/// (secret parameters redacted) and named headers (never credentials).
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLogFields {
+    #[serde(default)]
+    pub query: bool,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Query parameters redacted besides token, password, secret, key, code, session, …
+    #[serde(default)]
+    pub redact: Vec<String>,
+}
+
+impl RequestLogFields {
+    fn of(details: &LogDetails) -> Self {
+        RequestLogFields {
+            query: details.query,
+            headers: details.headers.clone(),
+            redact: details.redact.clone(),
+        }
+    }
+
+    fn into_details(self) -> LogDetails {
+        let lower = |names: Vec<String>| {
+            names
+                .into_iter()
+                .map(|n| n.trim().to_ascii_lowercase())
+                .collect()
+        };
+        LogDetails {
+            query: self.query,
+            headers: lower(self.headers),
+            redact: lower(self.redact),
+        }
+    }
+}
+
 /// The API's view of a tunnel: its fields as they are written, and what Control assigned.
 #[derive(Serialize)]
 pub struct TunnelView<'a> {
@@ -266,6 +307,7 @@ impl TunnelFields {
             proxy_protocol: spec.proxy_protocol.map(|p| p.as_str().to_string()),
             path_prefix: spec.path_prefix.clone(),
             gateways: Some(spec.gateways.to_json()),
+            request_log: Some(RequestLogFields::of(&spec.request_log)),
         }
     }
 
@@ -372,6 +414,10 @@ impl TunnelFields {
             path_prefix: match self.path_prefix {
                 Some(raw) => parse_path_prefix(&raw)?,
                 None => current.and_then(|c| c.path_prefix.clone()),
+            },
+            request_log: match self.request_log {
+                Some(fields) => fields.into_details(),
+                None => current.map(|c| c.request_log.clone()).unwrap_or_default(),
             },
         })
     }

@@ -234,6 +234,15 @@ pub fn check(
                     ),
                 ));
             }
+            if !tunnel.spec.request_log.is_off() && tunnel.spec.kind != TunnelKind::Http {
+                return Err(Error::invalid(
+                    "request_log",
+                    "only http tunnels log requests",
+                ));
+            }
+            if let Err(why) = tunnel.spec.request_log.check() {
+                return Err(Error::invalid("request_log", why));
+            }
             if tunnel.spec.path_prefix.is_some() && tunnel.spec.kind != TunnelKind::Http {
                 return Err(Error::invalid(
                     "path_prefix",

@@ -540,6 +540,7 @@ fn api_answers_carry_the_fields_clients_read() {
                 "path_prefix",
                 "ports",
                 "proxy_protocol",
+                "request_log",
                 "service_port",
                 "target",
             ]

@@ -143,6 +143,8 @@ mod tests {
             bytes_out: 1,
             micros: 5,
             agent: None,
+            query: None,
+            headers: Vec::new(),
         };
         for _ in 0..1_000 {
             log.write(&entry);

@@ -17,7 +17,7 @@ use hyper::header::{
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use kakuremichi_proto::path::PathRefused;
-use kakuremichi_proto::request_log::{kept_path, LogEntry};
+use kakuremichi_proto::request_log::{kept_path, LogDetails, LogEntry};
 use kakuremichi_proto::traffic::{Denial, Failure};
 use kakuremichi_rt::http::Body;
 use kakuremichi_rt::io::HyperIo;
@@ -82,6 +82,13 @@ pub async fn handle(
         method: request.method().as_str().to_string(),
         host: host.clone(),
         path: kept_path(&path),
+        query: (route.log.as_ref())
+            .filter(|details| details.query)
+            .and_then(|details| Some(details.redacted(request.uri().query()?))),
+        headers: match &route.log {
+            Some(details) => logged_headers(details, request.headers()),
+            None => Vec::new(),
+        },
         ..LogEntry::default()
     };
     let Some(mut meter) = gateway.traffic.request(entry) else {
@@ -217,6 +224,18 @@ async fn through_tunnel(
     // origin must not turn the client's keep-alive HTTP/1.1 connection into 1.0.
     *response.version_mut() = client_version;
     (response.map(|b| b.boxed()), None)
+}
+
+/// The headers `details` names, as the client sent them (values cut at 256 characters).
+fn logged_headers(details: &LogDetails, headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut logged = Vec::new();
+    for name in &details.headers {
+        for value in headers.get_all(name.as_str()) {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            logged.push((name.clone(), value.chars().take(256).collect()));
+        }
+    }
+    logged
 }
 
 /// Send `request` to the first of `upstreams` (a tunnel's replicas in the order to try)

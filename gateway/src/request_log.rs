@@ -106,6 +106,8 @@ mod tests {
             bytes_out: 0,
             micros: 10,
             agent: None,
+            query: None,
+            headers: Vec::new(),
         }
     }
 

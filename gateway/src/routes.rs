@@ -5,6 +5,7 @@ use hyper::header::HeaderValue;
 use kakuremichi_proto::access::AccessPolicy;
 use kakuremichi_proto::ids::Hostname;
 use kakuremichi_proto::messages::{under_prefix, ControlRoute, HttpRoute};
+use kakuremichi_proto::request_log::LogDetails;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct Route {
     pub bad_gateway_page: Option<Arc<str>>,
     /// Only paths under this prefix.
     pub path_prefix: Option<String>,
+    /// What the request log keeps beyond the path, when the tunnel asks.
+    pub log: Option<Arc<LogDetails>>,
 }
 
 /// Every route of one hostname, longest path prefix first.
@@ -194,6 +197,7 @@ impl RouteTable {
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 bad_gateway_page: r.origin.bad_gateway_page.as_deref().map(Arc::from),
                 path_prefix: r.path_prefix.clone(),
+                log: (!r.log.is_off()).then(|| Arc::new(r.log.clone())),
             });
         }
         for host in by_host.values_mut() {
@@ -215,6 +219,7 @@ impl RouteTable {
                 host_header: None,
                 bad_gateway_page: None,
                 path_prefix: None,
+                log: None,
             };
             let host = HostRoutes {
                 routes: vec![route],
@@ -285,6 +290,7 @@ mod tests {
                 access: Default::default(),
                 origin: Default::default(),
                 path_prefix: None,
+                log: Default::default(),
             }],
             None,
         );

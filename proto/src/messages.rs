@@ -11,7 +11,7 @@ use crate::ids::{Hostname, PublicKey, Target};
 use crate::patch::ConfigPatch;
 use crate::ports::{PortPolicy, Transport};
 use crate::proxy_protocol::ProxyProtocol;
-use crate::request_log::{LogEntry, LogQuery};
+use crate::request_log::{LogDetails, LogEntry, LogQuery};
 use crate::ProtoError;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -321,6 +321,9 @@ pub struct HttpRoute {
     /// matching prefix of a hostname wins. Absent: everything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// What the request log keeps beyond the path; nothing when absent.
+    #[serde(default, skip_serializing_if = "LogDetails::is_off")]
+    pub log: LogDetails,
 }
 
 /// Whether a request for `path` (normalised, [`crate::path`]) falls under a route's path

@@ -41,6 +41,124 @@ pub struct LogEntry {
     /// The overlay address of the agent that answered, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The query string, when the tunnel asks for it ([`LogDetails`]), secrets redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The request headers the tunnel names, when it does ([`LogDetails`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Headers no log keeps, whatever a tunnel asks: they carry credentials.
+pub const NEVER_LOGGED: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-kakuremichi-token",
+];
+
+/// Query parameters whose values every log replaces, beside those a tunnel names.
+pub const ALWAYS_REDACTED: [&str; 12] = [
+    "access_token",
+    "api_key",
+    "apikey",
+    "auth",
+    "code",
+    "key",
+    "password",
+    "secret",
+    "session",
+    "sig",
+    "signature",
+    "token",
+];
+
+/// What a tunnel's log keeps beyond the path, when the tunnel asks: nothing by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogDetails {
+    /// Keep the query string, the values of [`ALWAYS_REDACTED`] and `redact` replaced.
+    #[serde(default)]
+    pub query: bool,
+    /// Keep these request headers (lower case; never those of [`NEVER_LOGGED`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// More query parameters whose values are replaced (lower case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+}
+
+impl LogDetails {
+    /// Nothing beyond the path.
+    pub fn is_off(&self) -> bool {
+        !self.query && self.headers.is_empty()
+    }
+
+    /// Why these details cannot be kept, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(secret) = self
+            .headers
+            .iter()
+            .find(|h| NEVER_LOGGED.contains(&h.as_str()))
+        {
+            return Err(format!("{secret} carries credentials and is never logged"));
+        }
+        let token = |v: &String| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        };
+        if self.headers.len() > 16 || !self.headers.iter().all(token) {
+            return Err("headers: at most 16 lower-case header names".into());
+        }
+        if self.redact.len() > 32 || !self.redact.iter().all(token) {
+            return Err("redact: at most 32 lower-case parameter names".into());
+        }
+        Ok(())
+    }
+
+    /// `query` as the log keeps it: each parameter of a secret's name has its value
+    /// replaced by `REDACTED` (names compared in any case), at most [`MAX_PATH_CHARS`].
+    pub fn redacted(&self, query: &str) -> String {
+        let secret = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            ALWAYS_REDACTED.contains(&name.as_str()) || self.redact.contains(&name)
+        };
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if secret(&decoded(name)) => format!("{name}=REDACTED"),
+                None if secret(&decoded(pair)) => format!("{pair}=REDACTED"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        kept_path(&parts.join("&"))
+    }
+}
+
+/// A query parameter's name with `+` and `%XX` decoded, so `%74oken` is `token`.
+fn decoded(name: &str) -> String {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Which entries a person wants: each field that is set must match.
@@ -114,6 +232,8 @@ mod tests {
             bytes_out: 10,
             micros: 1_500,
             agent: None,
+            query: None,
+            headers: Vec::new(),
         }
     }
 
@@ -155,6 +275,31 @@ mod tests {
             .limit(),
             MAX_ENTRIES
         );
+    }
+
+    #[test]
+    fn secrets_in_a_query_are_redacted_in_every_spelling() {
+        let details = LogDetails {
+            query: true,
+            redact: vec!["otp".into()],
+            ..LogDetails::default()
+        };
+        assert_eq!(
+            details.redacted("page=2&token=abc&TOKEN=def&%74oken=ghi&otp=123&q=x%20y&password"),
+            "page=2&token=REDACTED&TOKEN=REDACTED&%74oken=REDACTED&otp=REDACTED&q=x%20y&password=REDACTED"
+        );
+        assert!(details.check().is_ok());
+        let cookie = LogDetails {
+            headers: vec!["cookie".into()],
+            ..LogDetails::default()
+        };
+        assert!(cookie.check().unwrap_err().contains("never logged"));
+        let upper = LogDetails {
+            headers: vec!["User-Agent".into()],
+            ..LogDetails::default()
+        };
+        assert!(upper.check().is_err());
+        assert!(LogDetails::default().is_off());
     }
 
     #[test]

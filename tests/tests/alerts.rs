@@ -190,13 +190,23 @@ fn a_failing_target_fires_once_reaches_a_recovered_webhook_and_a_mailbox_and_res
             "smtp_security": "none", "mail_from": "kakuremichi@example.test", "mail_to": "oncall@example.test",
         }),
     );
-    api(
-        "POST",
-        "/api/v1/alerts/rules",
-        serde_json::json!({
-            "name": "origin down", "kind": "target_failing", "for_secs": 2,
-        }),
+    // The rule from the CLI, as a shell user makes it.
+    let rule = [
+        "add-rule",
+        "--name",
+        "origin down",
+        "--kind",
+        "target_failing",
+        "--for-secs",
+        "2",
+    ];
+    let (made, out) = cluster.cli("alert", &rule);
+    assert!(made, "{out}");
+    let (made, out) = cluster.cli(
+        "alert",
+        &["add-rule", "--name", "x", "--kind", "everything"],
     );
+    assert!(!made && out.contains("target_failing"), "{out}");
     // Bad input is refused with its field and changes nothing.
     let refused = cluster.api(
         "POST",
@@ -213,13 +223,11 @@ fn a_failing_target_fires_once_reaches_a_recovered_webhook_and_a_mailbox_and_res
         Some(r#"{"name":"x","kind":"slack","url":"ftp://x"}"#),
     );
     assert_eq!(refused.status, 400);
-    assert_eq!(
-        api("GET", "/api/v1/alerts", serde_json::json!({}))["rules"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    let (listed, out) = cluster.cli("alert", &["list"]);
+    assert!(listed, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["rules"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(!out.contains(SECRET), "the CLI never shows a secret");
     // The test button's API: taken by the receiver.
     let tested = api(
         "POST",
@@ -307,4 +315,55 @@ fn a_failing_target_fires_once_reaches_a_recovered_webhook_and_a_mailbox_and_res
     assert!(overview["firing"].as_array().unwrap().is_empty());
     let _ = origin.kill();
     let _ = origin.wait();
+}
+
+#[test]
+fn a_mail_server_that_requires_starttls_and_a_password_takes_the_test_notice() {
+    let cluster = Cluster::new("alerts-starttls");
+    let (cert, key) = kakuremichi_tests::openssl_leaf(&cluster.dir, "smtp", "localhost");
+    let (port, maildir) = (free_tcp_port(), cluster.dir.join("starttls-mail"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_server.py");
+    let mut server = Command::new("python3")
+        .arg(script)
+        .args([port.to_string(), maildir.display().to_string()])
+        .args([&cert, &key])
+        .args(["alerter", "the smtp password"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tests/smtp_server.py (aiosmtpd)");
+    wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("the SMTP server listens");
+    let channel = |password: &str| {
+        let body = serde_json::json!({
+            "name": "mail", "kind": "email", "smtp_server": format!("localhost:{port}"),
+            "smtp_security": "starttls", "smtp_username": "alerter", "smtp_password": password,
+            "smtp_ca_pem": std::fs::read_to_string(&cert).unwrap(),
+            "mail_from": "kakuremichi@example.test", "mail_to": "oncall@example.test",
+        });
+        let made = cluster.api("POST", "/api/v1/alerts/channels", Some(&body.to_string()));
+        assert_eq!(made.status, 201, "{}", made.body);
+        assert!(!made.body.contains(password), "the password is never shown");
+        made.json()["id"].as_str().unwrap().to_string()
+    };
+    let test = |id: &str| {
+        cluster
+            .api("POST", &format!("/api/v1/alerts/channels/{id}/test"), None)
+            .json()
+    };
+    let wrong = test(&channel("not the password"));
+    assert_eq!(wrong["delivered"], false, "{wrong}");
+    let right = test(&channel("the smtp password"));
+    assert_eq!(right["delivered"], true, "{right}");
+    let mails: Vec<String> = std::fs::read_dir(&maildir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].contains("this channel works"), "{}", mails[0]);
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
 }

@@ -146,6 +146,44 @@ fn both_gateways_logs_in_one_query_filtered_bounded_and_without_secrets() {
     let mode = std::fs::metadata(&access_log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the access log is the gateway's alone");
 
+    // A tunnel that opts in keeps the query string and named headers, secrets redacted; a
+    // header that carries credentials cannot be asked for.
+    let refused = cluster.api(
+        "PATCH",
+        &format!("/api/v1/tunnels/{tunnel}"),
+        Some(r#"{"request_log":{"headers":["cookie"]}}"#),
+    );
+    assert_eq!(
+        (refused.status, refused.json()["field"].as_str()),
+        (400, Some("request_log")),
+        "{}",
+        refused.body
+    );
+    let details = r#"{"request_log":{"query":true,"headers":["user-agent"],"redact":["otp"]}}"#;
+    let changed = cluster.api("PATCH", &format!("/api/v1/tunnels/{tunnel}"), Some(details));
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let detailed = format!("/200/1?page=2&token={SECRET}&OTP={SECRET}");
+    wait_for(Duration::from_secs(5), || {
+        assert_eq!(
+            get(&cluster, 1, &detailed, &["-A", "probe/1", "-H", &auth]),
+            200
+        );
+        let found = logs(&cluster, "?limit=1");
+        (found["entries"][0]["query"].is_string()).then_some(())
+    })
+    .expect("the gateways keep the query once the tunnel asks");
+    let newest = logs(&cluster, "?limit=1")["entries"][0].clone();
+    assert_eq!(
+        newest["query"], "page=2&token=REDACTED&OTP=REDACTED",
+        "{newest}"
+    );
+    assert_eq!(
+        newest["headers"],
+        serde_json::json!([["user-agent", "probe/1"]]),
+        "{newest}"
+    );
+    assert!(!logs(&cluster, "").to_string().contains(SECRET));
+
     // A gateway that stops answering leaves the others' entries, said so.
     cluster.gateways[0].kill9();
     let partial = logs(&cluster, "");

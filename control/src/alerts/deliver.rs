@@ -371,6 +371,7 @@ where
 /// Send one mail (blocking: run off the executor).
 fn mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), String> {
     use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     use lettre::{Message, SmtpTransport, Transport};
     let message = Message::builder()
         .from(smtp.from.parse().map_err(|e| format!("from: {e}"))?)
@@ -378,12 +379,19 @@ fn mail(smtp: &Smtp, subject: &str, body: &str) -> Result<(), String> {
         .subject(subject)
         .body(body.to_string())
         .map_err(|e| e.to_string())?;
-    let builder = match smtp.security {
-        SmtpSecurity::Starttls => {
-            SmtpTransport::starttls_relay(&smtp.host).map_err(|e| e.to_string())?
+    let tls = || {
+        let mut parameters = TlsParameters::builder(smtp.host.clone());
+        if let Some(pem) = &smtp.ca_pem {
+            let certificate = Certificate::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+            parameters = parameters.add_root_certificate(certificate);
         }
-        SmtpSecurity::Tls => SmtpTransport::relay(&smtp.host).map_err(|e| e.to_string())?,
-        SmtpSecurity::None => SmtpTransport::builder_dangerous(&smtp.host),
+        parameters.build_rustls().map_err(|e| e.to_string())
+    };
+    let builder = SmtpTransport::builder_dangerous(&smtp.host);
+    let builder = match smtp.security {
+        SmtpSecurity::Starttls => builder.tls(Tls::Required(tls()?)),
+        SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls()?)),
+        SmtpSecurity::None => builder,
     };
     let mut builder = builder.port(smtp.port).timeout(Some(ATTEMPT_TIMEOUT));
     if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {

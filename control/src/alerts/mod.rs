@@ -169,6 +169,10 @@ pub struct Smtp {
     pub password: Option<String>,
     pub from: String,
     pub to: String,
+    /// PEM certificates to trust for the server's TLS besides the web's roots (a private CA
+    /// or a self-signed relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// One channel. Its secret and SMTP password are never shown again.

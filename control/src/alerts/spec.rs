@@ -42,6 +42,8 @@ pub struct NewChannel {
     pub smtp_password: Option<String>,
     pub mail_from: Option<String>,
     pub mail_to: Option<String>,
+    /// Email: PEM certificates to trust for the server's TLS (a private CA).
+    pub smtp_ca_pem: Option<String>,
 }
 
 fn name(name: &str) -> Result<String, Error> {
@@ -125,6 +127,14 @@ impl NewChannel {
                 password: self.smtp_password.filter(|p| !p.is_empty()),
                 from: address("mail_from", self.mail_from)?,
                 to: address("mail_to", self.mail_to)?,
+                ca_pem: match text(self.smtp_ca_pem) {
+                    Some(pem) => {
+                        lettre::transport::smtp::client::Certificate::from_pem(pem.as_bytes())
+                            .map_err(|e| Error::invalid("smtp_ca_pem", e.to_string()))?;
+                        Some(pem)
+                    }
+                    None => None,
+                },
             });
         } else {
             let given = text(self.url).ok_or_else(|| Error::invalid("url", "is required"))?;

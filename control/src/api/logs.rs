@@ -20,6 +20,12 @@ pub struct LogView {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// When the tunnel keeps it: the query string, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// When the tunnel names them: request headers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -52,6 +58,8 @@ impl LogView {
             method: entry.method,
             host: entry.host,
             path: entry.path,
+            query: entry.query,
+            headers: entry.headers,
             status: entry.status,
             bytes_in: entry.bytes_in,
             bytes_out: entry.bytes_out,

@@ -237,6 +237,7 @@ pub(super) fn tunnel_routes(state: &State, t: &TunnelRecord) -> TunnelRoutes {
             access: t.spec.access.policy(&state.users),
             origin: t.spec.origin_options(),
             path_prefix: t.spec.path_prefix.clone(),
+            log: t.spec.request_log.clone(),
         })),
         (TunnelKind::Tls, Some(hostname), _, _) => {
             routes.passthrough_routes.push(Entry::new(PassthroughRoute {

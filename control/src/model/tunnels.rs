@@ -9,6 +9,7 @@ use kakuremichi_proto::ids::{Hostname, Target};
 use kakuremichi_proto::messages::{OriginOptions, OriginTls};
 use kakuremichi_proto::ports::{PortRange, Transport};
 use kakuremichi_proto::proxy_protocol::ProxyProtocol;
+use kakuremichi_proto::request_log::LogDetails;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -66,6 +67,9 @@ pub struct TunnelSpec {
     /// `http`: only requests under this path (`/api`); several tunnels may share a hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// `http`: what the gateways' request log keeps beyond the path (nothing by default).
+    #[serde(default, skip_serializing_if = "LogDetails::is_off")]
+    pub request_log: LogDetails,
 }
 
 /// One more agent serving a tunnel (see [`TunnelRecord::replicas`]).

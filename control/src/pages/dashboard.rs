@@ -37,7 +37,7 @@ impl Overview {
     pub fn of(
         state: &State,
         hub: &Hub,
-        recent: &[(String, TrafficCounts)],
+        (recent, firing): (&[(String, TrafficCounts)], &[crate::alerts::engine::Firing]),
         traffic: Series,
     ) -> Overview {
         let fleet = crate::fleet::Fleet::now(hub, state);
@@ -46,7 +46,16 @@ impl Overview {
             let online = nodes.iter().filter(|n| fleet.is_online(&n.id)).count();
             (online, nodes.len())
         };
-        let mut attention = Vec::new();
+        // Alerts that fire come first: someone was told of them.
+        let mut attention: Vec<String> = (firing.iter())
+            .map(|f| {
+                format!(
+                    "Alert firing since {}: {}",
+                    super::clock(f.since),
+                    f.message
+                )
+            })
+            .collect();
         let now = crate::auth::unix_now();
         for cert in &state.certificates {
             if cert.state == CertState::Valid && cert.not_after < now + 14 * 86_400 {

@@ -114,7 +114,8 @@ pub fn page(
                                     tr {
                                         td.nowrap data-label="Time" title=(day) { (clock) }
                                         td data-label="Request" {
-                                            code { (entry.method) " " (entry.path) }
+                                            code { (entry.method) " " (entry.path) @if let Some(query) = &entry.query { "?" (query) } }
+                                            @for (name, value) in &entry.headers { br; span.muted { (name) ": " (value) } }
                                             br;
                                             span.muted { a href={"/tunnels/" (entry.tunnel_id)} { (entry.tunnel) } " · " (entry.host) }
                                         }

@@ -22,6 +22,7 @@ fn port_tunnel(id: &str, kind: TunnelKind, ports: &str, service_port: u16) -> Tu
             proxy_protocol: None,
             origin: OriginSettings::default(),
             path_prefix: None,
+            request_log: Default::default(),
             gateways: crate::model::GatewayChoice::All,
         },
         service_port,

@@ -88,6 +88,7 @@ pub fn add_channel(page: &Page, form: &Form) -> FormResult {
         smtp_password: given("smtp_password"),
         mail_from: given("mail_from"),
         mail_to: given("mail_to"),
+        smtp_ca_pem: given("smtp_ca_pem"),
     };
     match keep_channel(&page.control, fields) {
         Ok(_) => Ok(redirect("/alerts")),

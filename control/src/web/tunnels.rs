@@ -23,7 +23,13 @@ pub fn dashboard(page: &Page) -> PageResult {
     let recent = traffic.recent(ids(), pages::dashboard::RECENT_MINUTES, now)?;
     let range = Range::parse(Some(page.query("range").as_deref().unwrap_or("24h")))?;
     let series = traffic.series_of(&state, Scope::All, range, now)?;
-    let overview = pages::dashboard::Overview::of(&state, &page.control.hub, &recent, series);
+    let firing: Vec<crate::alerts::engine::Firing> = page
+        .control
+        .store
+        .meta(crate::alerts::FIRING)?
+        .unwrap_or_default();
+    let hub = &page.control.hub;
+    let overview = pages::dashboard::Overview::of(&state, hub, (&recent, &firing), series);
     let (user, csrf) = page.who();
     Ok((200, pages::dashboard::page(user, csrf, &overview)))
 }

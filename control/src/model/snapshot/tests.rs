@@ -37,6 +37,7 @@ fn tunnel(id: &str, agent: &str, port: u16, enabled: bool) -> TunnelRecord {
             proxy_protocol: None,
             origin: OriginSettings::default(),
             path_prefix: None,
+            request_log: Default::default(),
             gateways: GatewayChoice::All,
         },
         service_port: port,

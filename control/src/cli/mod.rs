@@ -1,6 +1,9 @@
-//! `kakuremichi-control tunnel …`: the tunnel API from a shell on Control's host. It talks to
-//! the running Control over its HTTP listener (so every change is pushed to the nodes at
-//! once, as from the pages), with an API token from `--token` or `KAKUREMICHI_TOKEN`.
+//! `kakuremichi-control tunnel …`, `gateway …` and `alert …`: the API from a shell on
+//! Control's host. It talks to the running Control over its HTTP listener (so every change
+//! is pushed to the nodes at once, as from the pages), with an API token from `--token` or
+//! `KAKUREMICHI_TOKEN`.
+
+pub mod alerts;
 
 use crate::spec::TunnelFields;
 use futures_lite::future;
