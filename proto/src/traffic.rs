@@ -186,6 +186,17 @@ impl Histogram {
         self.buckets.last().map(|(bucket, _)| middle_of(*bucket))
     }
 
+    /// The (bucket, count) pairs, by bucket: for storing it in another encoding.
+    pub fn buckets(&self) -> &[(u16, u64)] {
+        &self.buckets
+    }
+
+    /// A histogram of stored `buckets`; `None` unless they are as [`Histogram::is_valid`]
+    /// wants.
+    pub fn from_buckets(buckets: Vec<(u16, u64)>) -> Option<Histogram> {
+        Some(Histogram { buckets }).filter(Histogram::is_valid)
+    }
+
     /// Whether every bucket index is one [`Histogram::record`] could make: a report from
     /// the network is checked before it is kept.
     pub fn is_valid(&self) -> bool {

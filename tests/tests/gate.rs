@@ -391,17 +391,27 @@ fn keys_hashes_and_certificates_on_disk_are_readable_by_their_owner_alone() {
     let mode =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     let mut checked = Vec::new();
-    for dir in ["control-data", "gateway0-state", "agent0-state"] {
-        let dir = cluster.dir.join(dir);
+    // Every directory 0700 (Control's traffic history is one inside its data directory),
+    // every file 0600.
+    let mut dirs: Vec<std::path::PathBuf> = ["control-data", "gateway0-state", "agent0-state"]
+        .iter()
+        .map(|dir| cluster.dir.join(dir))
+        .collect();
+    while let Some(dir) = dirs.pop() {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
             assert_eq!(mode(&path), 0o600, "{}", path.display());
             checked.push(path);
         }
     }
     for wanted in [
         "control-data/data.mdb",
+        "control-data/traffic/data.mdb",
         "gateway0-state/config.json",
         "gateway0-state/wireguard.key",
         "agent0-state/wireguard.key",

@@ -319,12 +319,10 @@ impl Tables {
                     continue;
                 }
                 let k = key(&point.tunnel_id, point.minute, &report.gateway);
-                let mut by_instance: Vec<(u64, TrafficCounts)> =
-                    match self.minutes.get(&wtxn, &k)? {
-                        Some(v) => serde_json::from_slice(v)
-                            .map_err(|e| Error::Store(format!("a traffic record: {e}")))?,
-                        None => Vec::new(),
-                    };
+                let mut by_instance = match self.minutes.get(&wtxn, &k)? {
+                    Some(v) => decode(v)?,
+                    None => Vec::new(),
+                };
                 match by_instance.iter_mut().find(|(i, _)| *i == report.instance) {
                     Some((_, counts)) => *counts = point.counts.clone(),
                     None => by_instance.push((report.instance, point.counts.clone())),
@@ -450,17 +448,70 @@ fn parse_key(k: &[u8]) -> Option<(&str, u64, &str)> {
     Some((tunnel, minute, gateway))
 }
 
+/// A minute's or an hour's counts as the table keeps them: [`TrafficCounts`] without
+/// optional fields, so a compact encoding that does not describe itself can read it back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    status: [u64; 5],
+    bytes_in: u64,
+    bytes_out: u64,
+    connections: u64,
+    open_max: u64,
+    denied: Vec<(kakuremichi_proto::traffic::Denial, u64)>,
+    failed: Vec<(kakuremichi_proto::traffic::Failure, u64)>,
+    latency: Vec<(u16, u64)>,
+}
+
+impl Stored {
+    fn of(counts: &TrafficCounts) -> Stored {
+        Stored {
+            status: counts.status,
+            bytes_in: counts.bytes_in,
+            bytes_out: counts.bytes_out,
+            connections: counts.connections,
+            open_max: counts.open_max,
+            denied: counts.denied.iter().map(|(k, v)| (*k, *v)).collect(),
+            failed: counts.failed.iter().map(|(k, v)| (*k, *v)).collect(),
+            latency: counts.latency.buckets().to_vec(),
+        }
+    }
+
+    fn counts(self) -> Result<TrafficCounts, Error> {
+        Ok(TrafficCounts {
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            connections: self.connections,
+            open_max: self.open_max,
+            denied: self.denied.into_iter().collect(),
+            failed: self.failed.into_iter().collect(),
+            latency: kakuremichi_proto::traffic::Histogram::from_buckets(self.latency)
+                .ok_or_else(|| Error::Store("a traffic record's latency is damaged".into()))?,
+        })
+    }
+}
+
 fn encode(by_instance: &[(u64, TrafficCounts)]) -> Vec<u8> {
-    serde_json::to_vec(by_instance).unwrap_or_default()
+    let stored: Vec<(u64, Stored)> = (by_instance.iter())
+        .map(|(instance, counts)| (*instance, Stored::of(counts)))
+        .collect();
+    postcard::to_stdvec(&stored).unwrap_or_default()
+}
+
+/// A record's counts, per gateway process.
+fn decode(value: &[u8]) -> Result<Vec<(u64, TrafficCounts)>, Error> {
+    let stored: Vec<(u64, Stored)> =
+        postcard::from_bytes(value).map_err(|e| Error::Store(format!("a traffic record: {e}")))?;
+    (stored.into_iter())
+        .map(|(instance, stored)| Ok((instance, stored.counts()?)))
+        .collect()
 }
 
 /// A record's counts over every gateway process.
 fn decode_counts(value: &[u8]) -> Result<TrafficCounts, Error> {
-    let by_instance: Vec<(u64, TrafficCounts)> = serde_json::from_slice(value)
-        .map_err(|e| Error::Store(format!("a traffic record: {e}")))?;
     let mut sum = TrafficCounts::default();
-    for (_, counts) in &by_instance {
-        sum.add(counts);
+    for (_, counts) in decode(value)? {
+        sum.add(&counts);
     }
     Ok(sum)
 }
