@@ -1,6 +1,7 @@
 //! `kakuremichi-control`: serve Control, or manage its store from the command line.
 
 use argh::FromArgs;
+use kakuremichi_control::cli;
 use std::path::PathBuf;
 
 /// kakuremichi control plane.
@@ -418,7 +419,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some(Command::Tunnel(TunnelCommand { token, action })) => {
-            use kakuremichi_control::cli::{call, tunnel_body};
+            use kakuremichi_control::cli::tunnel_body;
             use kakuremichi_control::spec::TunnelFields;
             let (method, path, body) = match action {
                 TunnelAction::List(_) => ("GET", "tunnels".to_string(), None),
@@ -456,18 +457,12 @@ fn main() -> anyhow::Result<()> {
                 .map(|(fields, json)| tunnel_body(&fields, json.as_deref()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            report(call(args.listen, token, method, &path, body))?;
+            report(cli::call(args.listen, token, method, &path, body))?;
         }
         Some(Command::Alert(alert)) => {
             let token = alert.token.clone();
             let (method, path, body) = alert.request().map_err(anyhow::Error::msg)?;
-            report(kakuremichi_control::cli::call(
-                args.listen,
-                token,
-                method,
-                &path,
-                body,
-            ))?;
+            report(cli::call(args.listen, token, method, &path, body))?;
         }
         Some(Command::Gateway(GatewayCommand { token, action })) => {
             let (method, path, body) = match action {
@@ -493,13 +488,7 @@ fn main() -> anyhow::Result<()> {
                     ("PATCH", path, Some(serde_json::Value::Object(body)))
                 }
             };
-            report(kakuremichi_control::cli::call(
-                args.listen,
-                token,
-                method,
-                &path,
-                body,
-            ))?;
+            report(cli::call(args.listen, token, method, &path, body))?;
         }
         Some(Command::Token(TokenCommand {
             action: TokenAction::Create(create),

@@ -69,47 +69,22 @@ impl Store {
     /// Open (or create) the store in `dir`. The overlay network is fixed at first open;
     /// `overlay` only applies then, and a different one later is an error.
     pub fn open(dir: &Path, overlay: OverlayNet) -> Result<Store, Error> {
-        kakuremichi_rt::fs::private_dir(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        for name in ["data.mdb", "lock.mdb"] {
-            let file = dir.join(name);
-            kakuremichi_rt::fs::private_file(&file)
-                .map_err(|e| Error::io(format!("restricting {}", file.display()), e))?;
-        }
-        // SAFETY: LMDB requires that the same environment is not opened twice in one process
-        // and that its files are not modified except through LMDB. Control opens its data
-        // directory once, at start; other processes (the CLI) go through LMDB's own locking.
-        #[allow(unsafe_code)]
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(16)
-                .open(dir)
-        }
-        .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
-        let mut tables = Vec::new();
-        for name in [
-            "nodes",
-            "api_keys",
-            "tunnels",
-            "tokens",
-            "meta",
-            "certs",
-            "challenges",
-            "users",
-            "user_names",
-            "sessions",
-        ] {
-            let wtxn = env.write_txn()?;
-            let table: Table = env
-                .create_databases_and_commit(wtxn, |opener, wtxn| {
-                    opener
-                        .create_database(wtxn, Some(name))
-                        .map(CommitOrAbort::<_, ()>::Commit)
-                })?
-                .unwrap_commit();
-            tables.push(table);
-        }
+        let (env, tables) = open_env(
+            dir,
+            MAP_SIZE,
+            &[
+                "nodes",
+                "api_keys",
+                "tunnels",
+                "tokens",
+                "meta",
+                "certs",
+                "challenges",
+                "users",
+                "user_names",
+                "sessions",
+            ],
+        )?;
         let [nodes, api_keys, tunnels, tokens, meta, certs, challenges, users, user_names, sessions] =
             tables[..]
         else {
@@ -266,6 +241,46 @@ impl Store {
             Ok(answer)
         })
     }
+}
+
+/// Open (or create) the LMDB environment in `dir` (a 0700 directory of 0600 files) with
+/// the named tables, each created in its own transaction if missing.
+pub(crate) fn open_env<K: 'static>(
+    dir: &Path,
+    map_size: usize,
+    names: &[&str],
+) -> Result<(Env, Vec<Database<'static, K, Bytes>>), Error> {
+    kakuremichi_rt::fs::private_dir(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    for name in ["data.mdb", "lock.mdb"] {
+        let file = dir.join(name);
+        kakuremichi_rt::fs::private_file(&file)
+            .map_err(|e| Error::io(format!("restricting {}", file.display()), e))?;
+    }
+    // SAFETY: LMDB requires that the same environment is not opened twice in one process
+    // and that its files are not modified except through LMDB. Control opens each of its
+    // environments once, at start; other processes (the CLI) go through LMDB's own locking.
+    #[allow(unsafe_code)]
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .map_size(map_size)
+            .max_dbs(16)
+            .open(dir)
+    }
+    .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
+    let mut tables = Vec::new();
+    for name in names {
+        let wtxn = env.write_txn()?;
+        let table = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                opener
+                    .create_database(wtxn, Some(name))
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })?
+            .unwrap_commit();
+        tables.push(table);
+    }
+    Ok((env, tables))
 }
 
 /// Longest key LMDB takes (its default `MDB_MAXKEYSIZE`).

@@ -20,7 +20,7 @@ pub mod series;
 use crate::error::Error;
 use crate::model::State;
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
+use heed::{Database, Env};
 use kakuremichi_proto::traffic::{TrafficCounts, TrafficPoint, ALL_TUNNELS, MINUTE_SECONDS};
 use series::{Accumulator, Range, Series};
 use std::collections::BTreeMap;
@@ -89,35 +89,7 @@ impl TrafficStore {
     /// Open (or create) the history in `dir` and start its writer thread, which ends when
     /// the store is dropped.
     pub fn open(dir: &Path, retention: Retention) -> Result<TrafficStore, Error> {
-        kakuremichi_rt::fs::private_dir(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        for name in ["data.mdb", "lock.mdb"] {
-            let file = dir.join(name);
-            kakuremichi_rt::fs::private_file(&file)
-                .map_err(|e| Error::io(format!("restricting {}", file.display()), e))?;
-        }
-        // SAFETY: as for the main store: this environment is opened once per process, at
-        // start, and its files are changed only through LMDB.
-        #[allow(unsafe_code)]
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(2)
-                .open(dir)
-        }
-        .map_err(|e| Error::Store(format!("opening {}: {e}", dir.display())))?;
-        let mut tables = Vec::new();
-        for name in ["minutes", "hours"] {
-            let wtxn = env.write_txn()?;
-            let table: Table = env
-                .create_databases_and_commit(wtxn, |opener, wtxn| {
-                    opener
-                        .create_database(wtxn, Some(name))
-                        .map(CommitOrAbort::<_, ()>::Commit)
-                })?
-                .unwrap_commit();
-            tables.push(table);
-        }
+        let (env, tables) = crate::store::open_env(dir, MAP_SIZE, &["minutes", "hours"])?;
         let [minutes, hours] = tables[..] else {
             unreachable!("two tables were created above")
         };
