@@ -308,6 +308,17 @@ impl OriginSettings {
                     "health_path must be a path starting with /, without spaces",
                 ));
             }
+            // The agent checks in plain HTTP/1.1; a TLS or HTTP/2 origin is checked by a
+            // TCP connect.
+            if self.scheme != OriginScheme::Http {
+                return Err(Error::invalid(
+                    "origin",
+                    format!(
+                        "health_path checks plain-HTTP origins; a {}:// origin is checked by a TCP connect",
+                        self.scheme.as_str()
+                    ),
+                ));
+            }
         }
         if self
             .health_status

@@ -112,3 +112,62 @@ fn a_change_names_only_what_changes_and_kind_is_fixed() {
         Some("agent")
     );
 }
+
+#[test]
+fn health_checks_are_checked_with_their_reasons() {
+    let build = |body: serde_json::Value| {
+        let fields = read::<TunnelFields>(body).unwrap();
+        fields.build(None, Issuer::Acme, &[])
+    };
+    let base = |origin: serde_json::Value, target: &str| json!({"hostname": "app.example.com", "agent": "agt_1", "target": target, "origin": origin});
+    let spec = build(base(
+        json!({"health_path": "/healthz", "health_status": 204, "health_interval_secs": 5}),
+        "127.0.0.1:8080",
+    ))
+    .unwrap();
+    let check = spec.origin.health_check().unwrap();
+    assert_eq!(
+        (
+            check.interval_secs,
+            check.http_path.as_deref(),
+            check.expect_status
+        ),
+        (5, Some("/healthz"), Some(204))
+    );
+    assert_eq!(
+        build(base(json!({}), "127.0.0.1:8080"))
+            .unwrap()
+            .origin
+            .health_check(),
+        None,
+        "the agent's default"
+    );
+    for (origin, target, why) in [
+        (
+            json!({"health_path": "healthz"}),
+            "127.0.0.1:8080",
+            "starting with /",
+        ),
+        (
+            json!({"health_path": "/a b"}),
+            "127.0.0.1:8080",
+            "without spaces",
+        ),
+        (json!({"health_status": 99}), "127.0.0.1:8080", "100 to 599"),
+        (
+            json!({"health_interval_secs": 4000}),
+            "127.0.0.1:8080",
+            "3600",
+        ),
+        (
+            json!({"health_path": "/"}),
+            "https://127.0.0.1:8443",
+            "plain-HTTP",
+        ),
+    ] {
+        let error = build(base(origin.clone(), target))
+            .and_then(|spec| spec.origin.check(spec.kind).map(|_| spec));
+        let error = error.expect_err(&origin.to_string()).to_string();
+        assert!(error.contains(why), "{origin}: {error}");
+    }
+}
