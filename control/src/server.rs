@@ -19,6 +19,7 @@ use kakuremichi_rt::http::{respond, Body};
 use kakuremichi_rt::io::HyperIo;
 use kakuremichi_rt::metrics::Readings;
 use std::net::TcpListener;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The read and write buffer of each node session's WebSocket: a node's messages are small
@@ -166,6 +167,16 @@ pub fn metrics(call: &Call) -> Response<Body> {
             "snapshots_pushed",
             "Config snapshots sent to nodes.",
             hub.snapshots_pushed(),
+        )
+        .counter(
+            "traffic_points_written",
+            "Traffic points the gateways reported and Control kept.",
+            control.traffic.written.load(Ordering::Relaxed),
+        )
+        .counter(
+            "traffic_reports_dropped",
+            "Traffic reports dropped because the writer fell behind (the gateway resends on its next session).",
+            control.traffic.dropped.load(Ordering::Relaxed),
         );
     respond(
         200,

@@ -82,6 +82,11 @@ impl RequestLog {
         self.rings().values().map(VecDeque::len).sum()
     }
 
+    /// Lines the access log file dropped because its writer fell behind.
+    pub fn file_dropped(&self) -> u64 {
+        (self.file.as_ref()).map_or(0, |f| f.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Nothing held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -186,6 +186,14 @@ fn a_known_load_through_two_gateways_is_counted_exactly_and_survives_restarts() 
         .map(|g| metric(&cluster.gateways[g].metrics(), &sample).unwrap_or(0.0))
         .sum();
     assert_eq!(from_metrics, (REQUESTS / 10) as f64);
+    let control = cluster.control_metrics();
+    let kept = metric(&control, "kakuremichi_control_traffic_points_written_total");
+    assert!(kept.unwrap_or(0.0) > 0.0, "{control}");
+    let dropped = metric(
+        &control,
+        "kakuremichi_control_traffic_reports_dropped_total",
+    );
+    assert_eq!(dropped, Some(0.0), "{control}");
     let (p50, p99) = (t["p50_ms"].as_f64().unwrap(), t["p99_ms"].as_f64().unwrap());
     assert!(p50 > 0.0 && p99 >= p50, "{t}");
     // Each gateway's share, and the gateway failure counted on the dead tunnel.

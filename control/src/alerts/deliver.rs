@@ -14,7 +14,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use kakuremichi_rt::io::FuturesIo;
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one attempt may take.
@@ -266,28 +266,18 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-fn tls() -> TlsConnector {
-    static TLS: OnceLock<TlsConnector> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|c| c.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|_| {
-                ClientConfig::builder_with_provider(Arc::new(
-                    futures_rustls::rustls::crypto::ring::default_provider(),
-                ))
-                .with_protocol_versions(&[&futures_rustls::rustls::version::TLS13])
-                .expect("TLS 1.3 is always supported by ring")
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth()
-            });
-        TlsConnector::from(Arc::new(config))
-    })
-    .clone()
+/// A TLS client that trusts the web's roots (built per delivery: alerts are rare).
+fn tls() -> Result<TlsConnector, String> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// POST `body` to `url` (http or https); a 2xx is taken.
@@ -326,7 +316,7 @@ async fn post(
     let status = match url.scheme() {
         "https" => {
             let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let stream = tls()
+            let stream = tls()?
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {host}: {e}"))?;
